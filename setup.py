@@ -1,0 +1,50 @@
+"""
+Packaging for twisted-channel.
+
+The drop-in ``twisted/plugins/twisted_channel_endpoints.py`` is shipped as
+the namespace package ``twisted.plugins`` so that a plain ``pip install .``
+puts it where Twisted's plugin system looks, without an ``__init__.py`` that
+would shadow Twisted's own.
+"""
+
+from setuptools import setup
+
+setup(
+    name="twisted-channel",
+    version="0.1.0",
+    description=(
+        "A self-hosting inter-process channel for Twisted: the first process "
+        "that can host a named channel does, the others connect, and clients "
+        "fail over and resend when the host dies."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["twisted_channel", "twisted.plugins"],
+    package_data={"twisted_channel": ["py.typed"]},
+    install_requires=["twisted>=22.10", "zope.interface>=5"],
+    extras_require={
+        "test": [
+            "pytest>=7",
+            "pytest-twisted>=1.14",
+            "pytest-timeout>=2.1",
+            "hypothesis>=6",
+        ],
+        "dev": [
+            "pytest>=7",
+            "pytest-twisted>=1.14",
+            "pytest-timeout>=2.1",
+            "hypothesis>=6",
+            "mypy>=1.8",
+            "mypy-zope>=1.0",
+            "ruff>=0.4",
+        ],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX",
+    ],
+    zip_safe=False,
+)

@@ -1,0 +1,40 @@
+"""
+Addresses of channel ports and channel links.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IAddress
+from zope.interface import implementer
+
+#: The role of a listening port whose process hosts the channel.
+HOST = "host"
+#: The role of a listening port whose process waits to take over.
+STANDBY = "standby"
+#: The role of a client link's own end.
+CLIENT = "client"
+
+
+@implementer(IAddress)
+@dataclass(frozen=True)
+class ChannelAddress:
+    """
+    Where a channel lives, and who is at one end of it.
+
+    @ivar name: the channel's name.
+    @ivar path: the path of the channel's socket file.
+    @ivar role: for a listening port, C{"host"} or C{"standby"}; for the
+        host's end of a link, C{"host"}; for a client's end, C{"client"}.
+    @ivar pid: the process id at this end, where known: for a peer, as the
+        operating system reports it (C{SO_PEERCRED}) or, failing that, as the
+        peer said in its handshake.
+    @ivar uid: the user id at this end, where the operating system reports it.
+    """
+
+    name: str
+    path: str
+    role: str | None = None
+    pid: int | None = None
+    uid: int | None = None

@@ -1,0 +1,716 @@
+"""
+The connecting side of a channel: one logical connection that outlives the
+links beneath it.
+
+The application's protocol is connected to a L{ChannelClientTransport} at
+once.  Beneath it, a L{ChannelReconnectingFactory} (a
+L{ReconnectingClientFactory}) drives a L{_LinkConnector} that opens links to
+whoever hosts the channel now; when a link is lost, it opens another, and
+the transport sends again every message the old host had not acknowledged.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import error
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IConnector,
+    IConsumer,
+    IDelayedCall,
+    IProducer,
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol, ReconnectingClientFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import _wire
+from ._address import CLIENT, HOST, ChannelAddress
+from ._credentials import peerCredentials
+from ._interfaces import (
+    ChannelBufferFullError,
+    ChannelClosedError,
+    ChannelUnreachableError,
+    IChannelLinkObserver,
+)
+from ._pending import PendingWrites
+
+if TYPE_CHECKING:
+    from ._host import ChannelPort
+
+_log = Logger()
+
+CONNECTING = "connecting"
+CONNECTED = "connected"
+CLOSED = "closed"
+
+#: Seconds a host may take to answer a hello before the link is dropped and
+#: another is tried.  A host frozen by SIGSTOP still accepts connections in
+#: the kernel; this is what keeps a client from waiting on it for ever.
+LINK_HANDSHAKE_TIMEOUT = 2.0
+
+
+class ChannelReconnectingFactory(ReconnectingClientFactory):
+    """
+    The channel's reconnection strategy: a L{ReconnectingClientFactory} that
+    starts again after milliseconds, not a second, because a standby takes
+    over within a millisecond of the host's death.
+
+    Endpoints never tell a factory that a connection failed or was lost, so
+    the channel calls L{clientConnectionFailed} and L{clientConnectionLost}
+    itself, with a L{_LinkConnector} whose C{connect} looks for the current
+    host again.
+    """
+
+    initialDelay = 0.002
+    factor = 2.0
+    maxDelay = 0.25
+    jitter = 0.2
+    delay = initialDelay
+    noisy = False
+
+    def __init__(self, connection: ChannelClientTransport) -> None:
+        self.connection = connection
+        self.clock = connection.reactor
+
+    def buildProtocol(self, addr: IAddress) -> _ClientLink:
+        return _ClientLink(self.connection)
+
+    def retry(self, connector: IConnector | None = None) -> None:
+        """
+        Connect again after the current delay, with jitter that stays
+        between zero and C{maxDelay} (L{ReconnectingClientFactory}'s own can
+        go negative or past it).
+        """
+        if not self.continueTrying:
+            return
+        if connector is None:
+            connector = self.connector
+        if connector is None:
+            raise ValueError("no connector to retry")
+        self.retries += 1
+        if self.maxRetries is not None and self.retries > self.maxRetries:
+            return
+        wait = self.delay
+        if self.jitter:
+            wait = random.uniform(wait * (1 - self.jitter), wait * (1 + self.jitter))
+        wait = min(max(wait, 0.0), self.maxDelay)
+        target = connector
+
+        def reconnect() -> None:
+            self._callID = None
+            target.connect()
+
+        self._callID = self.clock.callLater(wait, reconnect)  # type: ignore[union-attr]
+        self.delay = min(self.delay * self.factor, self.maxDelay)
+
+
+@implementer(IConnector)
+class _LinkConnector:
+    """
+    What the reconnection strategy drives: each C{connect} opens one link to
+    the channel's socket.
+    """
+
+    def __init__(self, connection: ChannelClientTransport) -> None:
+        self._connection = connection
+        self._attempt: Deferred[Any] | None = None
+
+    def connect(self) -> None:
+        connection = self._connection
+        if connection.closed or self._attempt is not None:
+            return
+        candidate = connection.candidate
+        if candidate is not None:
+            candidate.standAgain()
+        endpoint = UNIXClientEndpoint(
+            connection.reactor, connection.address.path, timeout=5
+        )
+        attempt = endpoint.connect(connection.strategy)
+        self._attempt = attempt
+
+        def connected(link: _ClientLink) -> None:
+            self._attempt = None
+            link.connector = self
+
+        def failed(reason: Failure) -> None:
+            self._attempt = None
+            if reason.check(error.ConnectingCancelledError) or connection.closed:
+                return
+            connection.strategy.clientConnectionFailed(self, reason)
+
+        attempt.addCallbacks(connected, failed)
+
+    def stopConnecting(self) -> None:
+        attempt, self._attempt = self._attempt, None
+        if attempt is None:
+            raise error.NotConnectingError()
+        attempt.cancel()
+
+    def disconnect(self) -> None:
+        link = self._connection.link
+        if link is not None and link.transport is not None:
+            link.transport.loseConnection()
+
+    def getDestination(self) -> IAddress:
+        return self._connection.getPeer()
+
+
+class _ClientLink(Protocol):
+    """
+    The client's end of one link to a host.
+    """
+
+    connector: _LinkConnector | None = None
+
+    def __init__(self, connection: ChannelClientTransport) -> None:
+        self._connection = connection
+        self._decoder = _wire.FrameDecoder(connection.maxMessageSize)
+        self._welcomed = False
+        self._deadline: IDelayedCall | None = None
+        self.hostAddress = ChannelAddress(
+            connection.address.name, connection.address.path, HOST
+        )
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        connection = self._connection
+        credentials = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
+        if credentials.uid is not None and credentials.uid != os.getuid():
+            _log.warn(
+                "channel {channel}: the socket {path} is served by uid {uid}, "
+                "not by this process's uid; refusing it",
+                channel=connection.address.name,
+                path=connection.address.path,
+                uid=credentials.uid,
+            )
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        self.hostAddress = ChannelAddress(
+            connection.address.name,
+            connection.address.path,
+            HOST,
+            credentials.pid,
+            credentials.uid,
+        )
+        self._deadline = connection.reactor.callLater(
+            LINK_HANDSHAKE_TIMEOUT, self._handshakeExpired
+        )
+        self.transport.write(
+            _wire.encodeHello(
+                _wire.Hello(
+                    connection.clientId,
+                    os.getpid(),
+                    connection.maxMessageSize,
+                    connection.pending.firstSequence,
+                )
+            )
+        )
+
+    def _handshakeExpired(self) -> None:
+        self._deadline = None
+        _log.warn(
+            "channel {channel}: host pid {hostPid} did not answer within "
+            "{timeout} s; trying again",
+            channel=self._connection.address.name,
+            hostPid=self.hostAddress.pid,
+            timeout=LINK_HANDSHAKE_TIMEOUT,
+        )
+        self.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        connection = self._connection
+        try:
+            frames = self._decoder.feed(data)
+        except _wire.ProtocolError as e:
+            self._brokenHost(str(e))
+            return
+        for kind, body in frames:
+            if kind == _wire.DATA and self._welcomed:
+                connection.messageReceived(body)
+            elif kind == _wire.ACK and self._welcomed:
+                try:
+                    connection.acknowledged(_wire.decodeAck(body))
+                except (ValueError, _wire.ProtocolError) as e:
+                    self._brokenHost(str(e))
+                    return
+            elif kind == _wire.WELCOME and not self._welcomed:
+                if self._deadline is not None and self._deadline.active():
+                    self._deadline.cancel()
+                self._deadline = None
+                try:
+                    welcome = _wire.decodeWelcome(body)
+                except _wire.ProtocolError as e:
+                    self._brokenHost(str(e))
+                    return
+                if self.hostAddress.pid is None:
+                    self.hostAddress = ChannelAddress(
+                        self.hostAddress.name,
+                        self.hostAddress.path,
+                        HOST,
+                        welcome.pid,
+                        None,
+                    )
+                self._welcomed = True
+                if not connection.linkUp(self, welcome):
+                    return
+            elif kind == _wire.ERROR:
+                _log.warn(
+                    "channel {channel}: host pid {hostPid} closed the link: {reason}",
+                    channel=connection.address.name,
+                    hostPid=self.hostAddress.pid,
+                    reason=body.decode("utf-8", "replace"),
+                )
+                self.abort()
+                return
+            elif kind == _wire.GOODBYE and self._welcomed:
+                connection.closedByHost()
+                return
+            elif kind == _wire.PONG:
+                pass
+            else:
+                self._brokenHost(f"unexpected frame of kind {kind}")
+                return
+            if connection.closed:
+                return
+
+    def _brokenHost(self, reason: str) -> None:
+        _log.error(
+            "channel {channel}: host pid {hostPid} broke the protocol ({reason}); "
+            "dropping the link",
+            channel=self._connection.address.name,
+            hostPid=self.hostAddress.pid,
+            reason=reason,
+        )
+        self.abort()
+
+    def sendMessages(self, payloads: list[bytes]) -> None:
+        """
+        Frame and send C{payloads} in one write.
+        """
+        if not payloads or self.transport is None:
+            return
+        header = _wire.frameHeader
+        data = _wire.DATA
+        chunks: list[bytes] = []
+        append = chunks.append
+        for payload in payloads:
+            append(header(data, len(payload)))
+            append(payload)
+        self.transport.writeSequence(chunks)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        self._connection.linkLost(self, reason, self._welcomed)
+
+
+@implementer(ITransport, IConsumer)
+class ChannelClientTransport:
+    """
+    The transport of a client protocol connected through a channel.
+
+    It is one logical connection: writes are buffered while no host is
+    reachable, sent when a link comes up, and sent again to the next host if
+    the old one dies before acknowledging them.  Each C{write} arrives at the
+    host's protocol as one C{dataReceived} call.
+
+    @ivar state: C{"connecting"} (no link to a host now; writes are
+        buffered), C{"connected"} or C{"closed"}.
+    @ivar disconnecting: whether L{loseConnection} was called.
+    @ivar pending: the messages no host has acknowledged yet.
+    """
+
+    disconnecting = False
+
+    def __init__(
+        self,
+        reactor: Any,
+        address: ChannelAddress,
+        protocol: IProtocol,
+        factory: IProtocolFactory,
+        timeout: float,
+        maxMessageSize: int,
+        maxBufferSize: int,
+        candidate: ChannelPort | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.address = address
+        self.protocol = protocol
+        self.factory = factory
+        self.timeout = timeout
+        self.maxMessageSize = maxMessageSize
+        self.maxBufferSize = maxBufferSize
+        self.candidate = candidate
+        self.clientId = os.urandom(16)
+        self.pending = PendingWrites()
+        self.state = CONNECTING
+        self.link: _ClientLink | None = None
+        self.strategy = ChannelReconnectingFactory(self)
+        self._connector = _LinkConnector(self)
+        self._giveUp: IDelayedCall | None = None
+        self._connectedWaiters: list[Deferred[ChannelAddress]] = []
+        self._hostAddress = ChannelAddress(address.name, address.path, HOST)
+        self._hostsSeen = 0
+        self._linkFailures = 0
+        self._producer: IProducer | None = None
+        self._streamingProducer = True
+        self._producerPaused = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<ChannelClientTransport {self.address.name!r} {self.state}, "
+            f"{len(self.pending)} unacknowledged>"
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self.state == CLOSED
+
+    def startConnecting(self) -> None:
+        """
+        Start looking for the host.  Called once, by the endpoint.
+        """
+        self._startGiveUpTimer()
+        self._connector.connect()
+
+    # ITransport
+
+    def write(self, data: bytes) -> None:
+        """
+        Send C{data} as one message.  It is delivered even if no host is
+        reachable now, once one is.
+
+        @raise ValueError: if it is larger than the message size limit.
+        @raise TypeError: if it is not L{bytes}.
+        @raise ChannelClosedError: after L{loseConnection} or once closed.
+        """
+        if type(data) is not bytes:
+            if isinstance(data, (bytearray, memoryview)):
+                data = bytes(data)
+            else:
+                raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        if len(data) > self.maxMessageSize:
+            raise ValueError(
+                f"message of {len(data)} bytes is over the limit of "
+                f"{self.maxMessageSize} bytes (maxMessageSize)"
+            )
+        if self.disconnecting or self.state == CLOSED:
+            raise ChannelClosedError(
+                f"channel {self.address.name!r} connection is "
+                f"{'closed' if self.state == CLOSED else 'closing'}"
+            )
+        pending = self.pending
+        if pending.byteCount + len(data) > self.maxBufferSize:
+            raise ChannelBufferFullError(
+                f"channel {self.address.name!r} already holds "
+                f"{pending.byteCount} unacknowledged bytes; another "
+                f"{len(data)} would pass maxBufferSize={self.maxBufferSize} "
+                "(register a producer to be paused before this happens)"
+            )
+        pending.append(data)
+        link = self.link
+        if link is not None:
+            link.transport.writeSequence(  # type: ignore[union-attr]
+                [_wire.frameHeader(_wire.DATA, len(data)), data]
+            )
+        if self._producer is not None and pending.byteCount >= self.highWater:
+            self._pauseProducer()
+
+    def writeSequence(self, data: Any) -> None:
+        """
+        Send the concatenation of C{data} as one message.
+        """
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection once every message written so far is
+        acknowledged by a host (or, if none is reachable for C{timeout}
+        seconds, give up and report how many were not).
+        """
+        if self.disconnecting or self.state == CLOSED:
+            return
+        self.disconnecting = True
+        if not self.pending:
+            self._finish(Failure(error.ConnectionDone()))
+        elif self.link is not None:
+            self._startGiveUpTimer()
+
+    def abortConnection(self) -> None:
+        """
+        Close the connection now, dropping unacknowledged messages.
+        """
+        if self.state == CLOSED:
+            return
+        self.disconnecting = True
+        undelivered = len(self.pending)
+        self._finish(
+            Failure(
+                error.ConnectionAborted(
+                    f"aborted with {undelivered} message(s) not acknowledged"
+                )
+            )
+        )
+
+    def getPeer(self) -> ChannelAddress:
+        """
+        The current host's address (with its pid once a link is up).
+        """
+        return self._hostAddress
+
+    def getHost(self) -> ChannelAddress:
+        """
+        This client's end.
+        """
+        return ChannelAddress(
+            self.address.name, self.address.path, CLIENT, os.getpid(), os.getuid()
+        )
+
+    # IConsumer
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        if self._producer is not None:
+            raise RuntimeError(
+                f"cannot register producer {producer!r}: {self._producer!r} "
+                "is already registered"
+            )
+        self._producer = producer
+        self._streamingProducer = streaming
+        self._producerPaused = False
+        if self.pending.byteCount >= self.highWater:
+            self._pauseProducer()
+        elif not streaming:
+            producer.resumeProducing()  # type: ignore[attr-defined]
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    @property
+    def highWater(self) -> int:
+        """
+        Buffered bytes above which a registered producer is paused.
+        """
+        return self.maxBufferSize // 2
+
+    @property
+    def lowWater(self) -> int:
+        """
+        Buffered bytes under which a paused producer is resumed.
+        """
+        return self.maxBufferSize // 4
+
+    def _pauseProducer(self) -> None:
+        producer = self._producer
+        if producer is None or self._producerPaused:
+            return
+        self._producerPaused = True
+        if self._streamingProducer:
+            IPushProducer(producer).pauseProducing()
+
+    def _resumeProducer(self) -> None:
+        producer = self._producer
+        if producer is None or not self._producerPaused:
+            return
+        self._producerPaused = False
+        producer.resumeProducing()  # type: ignore[attr-defined]
+
+    # State
+
+    def whenConnected(self) -> Deferred[ChannelAddress]:
+        """
+        A Deferred that fires with the host's address when a link is up: at
+        once if one is now.  It fails if the connection closes first.
+        """
+        if self.state == CONNECTED:
+            return succeed(self._hostAddress)
+        if self.state == CLOSED:
+            return fail(ChannelClosedError(f"channel {self.address.name!r} is closed"))
+        waiter: Deferred[ChannelAddress] = Deferred()
+        self._connectedWaiters.append(waiter)
+        return waiter
+
+    def _startGiveUpTimer(self) -> None:
+        if self.timeout > 0 and self._giveUp is None:
+            self._giveUp = self.reactor.callLater(self.timeout, self._gaveUp)
+
+    def _stopGiveUpTimer(self) -> None:
+        if self._giveUp is not None and self._giveUp.active():
+            self._giveUp.cancel()
+        self._giveUp = None
+
+    def _gaveUp(self) -> None:
+        self._giveUp = None
+        reason = ChannelUnreachableError(
+            self.address.name, self.timeout, len(self.pending)
+        )
+        _log.warn(
+            "channel {channel}: {reason}",
+            channel=self.address.name,
+            reason=str(reason),
+            undelivered=len(self.pending),
+        )
+        self._finish(Failure(reason))
+
+    # Called by links
+
+    def linkUp(self, link: _ClientLink, welcome: _wire.Welcome) -> bool:
+        """
+        A host welcomed C{link}: resend what it lacks, and go on there.
+
+        @return: whether the link was kept.
+        """
+        if self.state == CLOSED:
+            link.abort()
+            return False
+        try:
+            resend = self.pending.resumeAfter(welcome.resumeAfter)
+        except ValueError as e:
+            link._brokenHost(str(e))
+            return False
+        tooLarge = [len(p) for p in resend if len(p) > welcome.maxMessageSize]
+        if tooLarge:
+            self._finish(
+                Failure(
+                    ValueError(
+                        f"the host of channel {self.address.name!r} accepts "
+                        f"messages of at most {welcome.maxMessageSize} bytes; "
+                        f"{len(tooLarge)} buffered message(s) are larger"
+                    )
+                )
+            )
+            return False
+        if not self.disconnecting:
+            self._stopGiveUpTimer()
+        self.link = link
+        self.state = CONNECTED
+        self._hostAddress = link.hostAddress
+        self._hostsSeen += 1
+        self._linkFailures = 0
+        self.strategy.resetDelay()
+        link.sendMessages(resend)
+        log = _log.info if self._hostsSeen > 1 else _log.debug
+        log(
+            "channel {channel}: link up to host pid {hostPid}; resent {resent} "
+            "message(s)",
+            channel=self.address.name,
+            hostPid=link.hostAddress.pid,
+            resent=len(resend),
+            role=CLIENT,
+        )
+        waiters, self._connectedWaiters = self._connectedWaiters, []
+        for waiter in waiters:
+            waiter.callback(self._hostAddress)
+        observer = IChannelLinkObserver(self.protocol, None)
+        if observer is not None:
+            observer.linkEstablished(self._hostAddress)
+        if self.disconnecting and not self.pending:
+            self._finish(Failure(error.ConnectionDone()))
+        return self.state != CLOSED
+
+    def messageReceived(self, body: bytes) -> None:
+        try:
+            self.protocol.dataReceived(body)
+        except Exception:
+            failure = Failure()
+            _log.failure(
+                "channel {channel}: the application's dataReceived raised; "
+                "closing the connection",
+                failure,
+                channel=self.address.name,
+            )
+            self._finish(failure)
+
+    def acknowledged(self, sequence: int) -> None:
+        pending = self.pending
+        pending.acknowledge(sequence)
+        if self._producer is not None:
+            if self._producerPaused:
+                if pending.byteCount <= self.lowWater:
+                    self._resumeProducer()
+            elif not self._streamingProducer:
+                self._producer.resumeProducing()  # type: ignore[attr-defined]
+        if self.disconnecting and not pending:
+            self._finish(Failure(error.ConnectionDone()))
+
+    def closedByHost(self) -> None:
+        undelivered = len(self.pending)
+        if undelivered:
+            reason: Exception = error.ConnectionLost(
+                f"the host closed the connection with {undelivered} message(s) "
+                "not acknowledged"
+            )
+        else:
+            reason = error.ConnectionDone("the host closed the connection")
+        self._finish(Failure(reason))
+
+    def linkLost(self, link: _ClientLink, reason: Failure, welcomed: bool) -> None:
+        if self.state == CLOSED:
+            return
+        if link is not self.link:
+            # A link that never got a welcome: the host died or refused.
+            self.strategy.clientConnectionFailed(self._connector, reason)
+            return
+        self.link = None
+        self.state = CONNECTING
+        self._hostAddress = ChannelAddress(self.address.name, self.address.path, HOST)
+        self._startGiveUpTimer()
+        _log.info(
+            "channel {channel}: link to host pid {hostPid} lost ({reason}); "
+            "{pending} message(s) await a host",
+            channel=self.address.name,
+            hostPid=link.hostAddress.pid,
+            reason=reason.getErrorMessage(),
+            pending=len(self.pending),
+            role=CLIENT,
+        )
+        observer = IChannelLinkObserver(self.protocol, None)
+        if observer is not None:
+            observer.linkLost(reason)
+        if self.state == CLOSED:
+            return
+        # The first attempt goes at once: a standby has usually taken over
+        # by the time the kernel reports the old host's end.
+        self.strategy.resetDelay()
+        self.strategy.connector = self._connector
+        self._connector.connect()
+
+    def _finish(self, reason: Failure) -> None:
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        self.disconnecting = True
+        self._stopGiveUpTimer()
+        self.strategy.stopTrying()
+        link, self.link = self.link, None
+        if link is not None and link.transport is not None:
+            link.transport.loseConnection()
+        waiters, self._connectedWaiters = self._connectedWaiters, []
+        for waiter in waiters:
+            waiter.errback(
+                ChannelClosedError(
+                    f"channel {self.address.name!r} closed: {reason.getErrorMessage()}"
+                )
+            )
+        candidate, self.candidate = self.candidate, None
+        if candidate is not None:
+            candidate.stopListening()
+        try:
+            self.protocol.connectionLost(reason)
+        finally:
+            self.factory.doStop()

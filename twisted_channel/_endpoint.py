@@ -1,0 +1,173 @@
+"""
+L{ChannelEndpoint}: the channel as a Twisted endpoint, both client and
+server.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
+from zope.interface import implementer
+
+from ._address import HOST, ChannelAddress
+from ._client import ChannelClientTransport
+from ._directory import channelPaths, checkName, prepareDirectory
+from ._host import ChannelPort
+from ._wire import MAX_FRAME_BODY
+
+#: The default largest message, in bytes.
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+#: The default cap on a client's unacknowledged bytes.
+DEFAULT_MAX_BUFFER_SIZE = 64 * 1024 * 1024
+#: The default seconds a client waits for a host before giving up.
+DEFAULT_TIMEOUT = 5.0
+
+
+def checkTimeout(timeout: float) -> float:
+    """
+    @raise ValueError: unless C{timeout} is a finite number of seconds, zero
+        or more (zero waits for ever).
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
+    if not math.isfinite(timeout) or timeout < 0:
+        raise ValueError(
+            f"timeout must be a finite number of seconds, 0 or more "
+            f"(0 waits for ever), not {timeout!r}"
+        )
+    return float(timeout)
+
+
+def checkSize(option: str, value: int, smallest: int = 1) -> int:
+    """
+    @raise ValueError: unless C{value} is a whole number of bytes in range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{option} must be a whole number of bytes, not {value!r}")
+    if not smallest <= value <= MAX_FRAME_BODY:
+        raise ValueError(
+            f"{option} must be from {smallest} to {MAX_FRAME_BODY} bytes, "
+            f"not {value}"
+        )
+    return value
+
+
+@implementer(IStreamClientEndpoint, IStreamServerEndpoint)
+class ChannelEndpoint:
+    """
+    A named channel among the processes of one machine (one user, one
+    runtime directory).
+
+    C{listen(factory)} makes this process a candidate host: it hosts the
+    channel if nobody does, else stands by and takes over when the host
+    goes.  C{connect(factory)} fires at once with a protocol whose transport
+    is one logical connection to whoever hosts the channel, now or later.
+
+    @param reactor: the reactor; it must provide C{IReactorUNIX},
+        C{IReactorTime} and C{IReactorFromThreads}.
+    @param name: the channel's name: 1 to 100 characters of C{A-Z a-z 0-9 .
+        _ -}, not starting with C{.} or C{-}.
+    @param directory: the runtime directory (default C{$XDG_RUNTIME_DIR/
+        twisted-channel}, else C{<tempdir>/twisted-channel-<uid>}).
+    @param timeout: seconds a client waits for a host before its connection
+        fails; C{0} waits for ever.
+    @param serverFactory: if given, C{connect} also makes this process a
+        candidate host serving links with this factory, as open-channel's
+        C{openChannel(name, listener)} does.
+    @param maxMessageSize: the largest message, in bytes, either way.
+    @param maxBufferSize: the most unacknowledged bytes a client holds.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        name: str,
+        *,
+        directory: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        serverFactory: IProtocolFactory | None = None,
+        maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE,
+        maxBufferSize: int = DEFAULT_MAX_BUFFER_SIZE,
+    ) -> None:
+        self._reactor = reactor
+        self.name = checkName(name)
+        self.paths = channelPaths(name, directory)
+        self.timeout = checkTimeout(timeout)
+        self.serverFactory = serverFactory
+        self.maxMessageSize = checkSize("maxMessageSize", maxMessageSize)
+        self.maxBufferSize = checkSize("maxBufferSize", maxBufferSize)
+        if self.maxBufferSize < self.maxMessageSize:
+            raise ValueError(
+                f"maxBufferSize ({self.maxBufferSize}) must be at least "
+                f"maxMessageSize ({self.maxMessageSize})"
+            )
+
+    def __repr__(self) -> str:
+        return f"<ChannelEndpoint {self.name!r} in {self.paths.directory!r}>"
+
+    def _port(self, factory: IProtocolFactory) -> ChannelPort:
+        return ChannelPort(
+            self._reactor, self.name, self.paths, factory, self.maxMessageSize
+        )
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[ChannelPort]:
+        """
+        Stand as a candidate host of the channel.
+
+        @return: a Deferred that fires with a L{ChannelPort} once this
+            process hosts or stands by, or fails if the runtime directory is
+            not safe or the socket cannot be bound.
+        """
+        port = self._port(protocolFactory)
+        try:
+            port.startListening()
+        except Exception as e:
+            return fail(e)
+        return succeed(port)
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """
+        Connect to the channel without waiting for a host.
+
+        @return: a Deferred that fires at once with the factory's protocol,
+            connected to a L{ChannelClientTransport}; writes are buffered
+            until a host is reachable.
+        """
+        try:
+            prepareDirectory(self.paths.directory)
+            candidate = None
+            if self.serverFactory is not None:
+                candidate = self._port(self.serverFactory)
+                candidate.startListening()
+        except Exception as e:
+            return fail(e)
+        address = ChannelAddress(self.name, self.paths.socket, HOST)
+        protocolFactory.doStart()
+        protocol = protocolFactory.buildProtocol(address)
+        if protocol is None:
+            protocolFactory.doStop()
+            if candidate is not None:
+                candidate.stopListening()
+            return fail(ConnectError(string="the factory returned no protocol"))
+        transport = ChannelClientTransport(
+            self._reactor,
+            address,
+            protocol,
+            protocolFactory,
+            self.timeout,
+            self.maxMessageSize,
+            self.maxBufferSize,
+            candidate,
+        )
+        protocol.makeConnection(transport)
+        transport.startConnecting()
+        return succeed(protocol)

@@ -1,0 +1,695 @@
+"""
+The listening side of a channel: a candidate that hosts or stands by.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import error, tcp, unix
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IDelayedCall,
+    IListeningPort,
+    IProducer,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import _wire
+from ._address import HOST, STANDBY, ChannelAddress
+from ._credentials import peerCredentials
+from ._directory import ChannelPaths, prepareDirectory, removeStaleSocket
+from ._election import HostElection
+
+_log = Logger()
+
+#: Seconds a new link may take to send its hello before it is dropped, so
+#: that a peer that connects and says nothing cannot hold a slot for ever.
+HANDSHAKE_TIMEOUT = 10.0
+
+#: How many clients a host remembers the delivery progress of, for
+#: recognising resends; the least recently seen disconnected ones go first.
+REMEMBERED_CLIENTS = 65536
+
+#: Seconds a standby waits before trying again when it won the lock but
+#: could not bind the socket.
+_REBIND_DELAY = 1.0
+
+STOPPED = "stopped"
+
+
+class _HostSocketPort(unix.Port):
+    """
+    A Unix listening port that, when it closes, removes its socket file only
+    if the file there is still the one it bound: a host never removes a
+    socket it did not make, and does not fail if its own was deleted.
+    """
+
+    _identity: tuple[int, int] | None = None
+
+    def startListening(self) -> None:
+        super().startListening()
+        info = os.lstat(self._bindPath)
+        self._identity = (info.st_dev, info.st_ino)
+
+    def connectionLost(self, reason: Failure) -> None:
+        try:
+            info = os.lstat(self._bindPath)
+        except OSError:
+            pass
+        else:
+            if (info.st_dev, info.st_ino) == self._identity:
+                try:
+                    os.unlink(self._bindPath)
+                except FileNotFoundError:
+                    pass
+        tcp.Port.connectionLost(self, reason)
+
+
+class _HostingTerm:
+    """
+    What a host knows during one uninterrupted period of hosting.
+
+    @ivar delivered: for each client id, how many of its messages this
+        host's application has received, for recognising resends.
+    @ivar links: the links whose handshake is complete, by client id.
+    """
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.delivered: OrderedDict[bytes, int] = OrderedDict()
+        self.links: dict[bytes, _HostLink] = {}
+        self.allLinks: set[_HostLink] = set()
+        self.messages = 0
+        self.bytes = 0
+
+    def remember(self, clientId: bytes, sequence: int) -> None:
+        delivered = self.delivered
+        delivered[clientId] = sequence
+        delivered.move_to_end(clientId)
+        if len(delivered) > REMEMBERED_CLIENTS:
+            for oldId in list(delivered)[: len(delivered) - REMEMBERED_CLIENTS]:
+                if oldId not in self.links:
+                    del delivered[oldId]
+
+
+@implementer(ITransport, IConsumer)
+class _LinkTransport:
+    """
+    The transport a host's application protocol writes to: one client's
+    link, one frame per write.
+    """
+
+    def __init__(self, link: _HostLink) -> None:
+        self._link = link
+
+    def write(self, data: bytes) -> None:
+        self._link.sendMessage(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self._link.sendMessage(b"".join(data))
+
+    def loseConnection(self) -> None:
+        self._link.closeByApplication(abort=False)
+
+    def abortConnection(self) -> None:
+        self._link.closeByApplication(abort=True)
+
+    def getPeer(self) -> IAddress:
+        return self._link.peerAddress
+
+    def getHost(self) -> IAddress:
+        return self._link.port.getHost()
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        transport = self._link.transport
+        assert transport is not None
+        IConsumer(transport).registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        transport = self._link.transport
+        if transport is not None:
+            IConsumer(transport).unregisterProducer()
+
+
+class _HostLink(Protocol):
+    """
+    The host's end of one link: checks the peer, runs the handshake, turns
+    frames into calls on the application's protocol and acknowledges them.
+    """
+
+    application: IProtocol | None = None
+    clientId: bytes | None = None
+
+    def __init__(self, port: ChannelPort, term: _HostingTerm) -> None:
+        self.port = port
+        self.term = term
+        self._decoder = _wire.FrameDecoder(port.maxMessageSize)
+        self._sequence = 0
+        self._closing = False
+        self._deadline: IDelayedCall | None = None
+        self._peerMaxMessageSize = port.maxMessageSize
+        self.peerAddress = ChannelAddress(port.name, port.paths.socket, None)
+        self._closedWaiters: list[Deferred[None]] = []
+        self._lost = False
+
+    def whenClosed(self) -> Deferred[None]:
+        """
+        A Deferred that fires when this link has closed.
+        """
+        waiter: Deferred[None] = Deferred()
+        if self._lost:
+            waiter.callback(None)
+        else:
+            self._closedWaiters.append(waiter)
+        return waiter
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.term.allLinks.add(self)
+        credentials = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
+        self.peerAddress = ChannelAddress(
+            self.port.name, self.port.paths.socket, None, credentials.pid, credentials.uid
+        )
+        if credentials.uid is not None and credentials.uid != os.getuid():
+            self.refuse(
+                f"peer runs as uid {credentials.uid}, not as this channel's "
+                f"uid {os.getuid()}"
+            )
+            return
+        self._deadline = self.port.clock.callLater(
+            self.port.handshakeTimeout, self._handshakeExpired
+        )
+
+    def _handshakeExpired(self) -> None:
+        self._deadline = None
+        self.refuse(
+            f"no hello within {self.port.handshakeTimeout:g} seconds of connecting"
+        )
+
+    def refuse(self, reason: str) -> None:
+        """
+        Close this link because the peer broke the rules, and log why.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        _log.warn(
+            "channel {channel}: closing link from pid {peerPid} uid {peerUid}: "
+            "{reason}",
+            channel=self.port.name,
+            peerPid=self.peerAddress.pid,
+            peerUid=self.peerAddress.uid,
+            reason=reason,
+        )
+        assert self.transport is not None
+        self.transport.write(_wire.encodeError(reason))
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            frames = self._decoder.feed(data)
+        except _wire.ProtocolError as e:
+            self.refuse(str(e))
+            return
+        self.term.bytes += len(data)
+        application = self.application
+        if application is None:
+            if not frames:
+                return
+            kind, body = frames[0]
+            if not self._handshake(kind, body):
+                return
+            frames = frames[1:]
+            application = self.application
+        delivered = 0
+        try:
+            for kind, body in frames:
+                if kind == _wire.DATA:
+                    delivered += 1
+                    application.dataReceived(body)  # type: ignore[union-attr]
+                    if self._closing:
+                        break
+                elif kind == _wire.PING:
+                    self.transport.write(_wire.encodeFrame(_wire.PONG, body))  # type: ignore[union-attr]
+                else:
+                    self.refuse(f"unexpected frame of kind {kind} after the handshake")
+                    break
+        except Exception:
+            _log.failure(
+                "channel {channel}: the application's dataReceived raised; "
+                "closing the link from pid {peerPid}",
+                channel=self.port.name,
+                peerPid=self.peerAddress.pid,
+            )
+            self._closing = True
+            self.transport.abortConnection()  # type: ignore[union-attr]
+        if delivered:
+            self._sequence += delivered
+            term = self.term
+            term.messages += delivered
+            term.remember(self.clientId, self._sequence)  # type: ignore[arg-type]
+            if self.transport is not None:
+                self.transport.write(_wire.encodeAck(self._sequence))
+
+    def _handshake(self, kind: int, body: bytes) -> bool:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        if kind != _wire.HELLO:
+            self.refuse(f"first frame is of kind {kind}, not a hello")
+            return False
+        try:
+            hello = _wire.decodeHello(body)
+        except _wire.ProtocolError as e:
+            self.refuse(str(e))
+            return False
+        assert self.transport is not None
+        if hello.flags & _wire.FLAG_STATUS_QUERY:
+            self._closing = True
+            self.transport.write(
+                _wire.encodeFrame(
+                    _wire.STATUS, json.dumps(self.port.status()).encode("utf-8")
+                )
+            )
+            self.transport.loseConnection()
+            return False
+        if self.peerAddress.pid is None:
+            self.peerAddress = ChannelAddress(
+                self.port.name, self.port.paths.socket, None, hello.pid, None
+            )
+        term = self.term
+        clientId = hello.clientId
+        known = term.delivered.get(clientId, 0)
+        resumeAfter = max(known, hello.firstSequence - 1)
+        previous = term.links.get(clientId)
+        if previous is not None:
+            # The client gave up on its old link (it would not say hello
+            # again otherwise); one logical connection has one live link.
+            previous.closeQuietly()
+        self.clientId = clientId
+        self._sequence = resumeAfter
+        self._peerMaxMessageSize = hello.maxMessageSize
+        term.links[clientId] = self
+        term.remember(clientId, resumeAfter)
+        self.transport.write(
+            _wire.encodeWelcome(
+                _wire.Welcome(resumeAfter, os.getpid(), self.port.maxMessageSize)
+            )
+        )
+        application = self.port.factory.buildProtocol(self.peerAddress)
+        if application is None:
+            self.refuse("the host's factory refused the connection")
+            return False
+        self.application = application
+        _log.debug(
+            "channel {channel}: link up from pid {peerPid}, resuming after "
+            "message {resumeAfter}",
+            channel=self.port.name,
+            peerPid=self.peerAddress.pid,
+            resumeAfter=resumeAfter,
+        )
+        application.makeConnection(_LinkTransport(self))
+        return True
+
+    def sendMessage(self, data: bytes) -> None:
+        """
+        Send one application message to the client.
+
+        @raise ValueError: if it is over the size limit of either end.
+        """
+        if not isinstance(data, bytes):
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        size = len(data)
+        if size > self.port.maxMessageSize or size > self._peerMaxMessageSize:
+            raise ValueError(
+                f"message of {size} bytes is over the limit of "
+                f"{min(self.port.maxMessageSize, self._peerMaxMessageSize)} bytes"
+            )
+        if self._closing or self.transport is None:
+            return
+        self.term.bytes += size
+        self.transport.writeSequence([_wire.frameHeader(_wire.DATA, size), data])
+
+    def closeByApplication(self, abort: bool) -> None:
+        """
+        The host's application ends this client's connection: tell the
+        client not to come back, then close.
+        """
+        if self._closing or self.transport is None:
+            return
+        self._closing = True
+        self.transport.write(_wire.encodeFrame(_wire.GOODBYE))
+        if abort:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+        else:
+            self.transport.loseConnection()
+
+    def closeQuietly(self) -> None:
+        """
+        Close the link without telling the client anything: it will
+        reconnect and resend what was not acknowledged.
+        """
+        if self.transport is not None:
+            self._closing = True
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        self._lost = True
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        term = self.term
+        term.allLinks.discard(self)
+        if self.clientId is not None and term.links.get(self.clientId) is self:
+            del term.links[self.clientId]
+        application, self.application = self.application, None
+        waiters, self._closedWaiters = self._closedWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        if application is not None:
+            application.connectionLost(reason)
+
+
+class _HostLinkFactory(Factory):
+    def __init__(self, port: ChannelPort, term: _HostingTerm) -> None:
+        self.port = port
+        self.term = term
+        self.noisy = False
+
+    def buildProtocol(self, addr: IAddress) -> _HostLink:
+        return _HostLink(self.port, self.term)
+
+
+@implementer(IListeningPort)
+class ChannelPort:
+    """
+    A process's candidacy to host a channel, returned by
+    L{ChannelEndpoint.listen}.
+
+    While L{role} is C{"host"}, this process accepts the channel's links and
+    gives each one a protocol from the factory; while it is C{"standby"}, it
+    waits, and takes over the instant the host goes away.
+
+    To run something in exactly one process of the channel::
+
+        port = await endpoint.listen(factory)
+        while True:
+            await port.whenHosting()
+            job.start()
+            await port.whenNotHosting()
+            job.stop()
+
+    @ivar name: the channel's name.
+    @ivar factory: the factory that builds a protocol for each link.
+    @ivar role: C{"host"}, C{"standby"} or, after L{stopListening},
+        C{"stopped"}.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        name: str,
+        paths: ChannelPaths,
+        factory: IProtocolFactory,
+        maxMessageSize: int,
+        handshakeTimeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor
+        self.name = name
+        self.paths = paths
+        self.factory = factory
+        self.maxMessageSize = maxMessageSize
+        self.handshakeTimeout = handshakeTimeout
+        self.role = STOPPED
+        self._election = HostElection(reactor, paths.lock, self._elected)
+        self._socketPort: _HostSocketPort | None = None
+        self._term: _HostingTerm | None = None
+        self._hostingWaiters: list[Deferred[ChannelAddress]] = []
+        self._notHostingWaiters: list[Deferred[ChannelAddress]] = []
+        self._roleObservers: list[Callable[[str], None]] = []
+        self._rebind: IDelayedCall | None = None
+        self._factoryStarted = False
+
+    def __repr__(self) -> str:
+        return f"<ChannelPort {self.name!r} {self.role} at {self.paths.socket!r}>"
+
+    @property
+    def hosting(self) -> bool:
+        """
+        Whether this process hosts the channel now.
+        """
+        return self.role == HOST
+
+    def getHost(self) -> ChannelAddress:
+        """
+        This candidate's address; its C{role} says whether it hosts.
+        """
+        return ChannelAddress(
+            self.name,
+            self.paths.socket,
+            self.role,
+            os.getpid(),
+            os.getuid(),
+        )
+
+    def startListening(self) -> None:
+        """
+        Stand as a candidate: host now if nobody does, else stand by.
+
+        @raise UnsafeDirectoryError: if the runtime directory or the files
+            in it are not safe to use.
+        @raise OSError: if they cannot be created.
+        @raise error.CannotListenError: if this process won the election but
+            could not bind the socket.
+        """
+        if self.role != STOPPED:
+            return
+        prepareDirectory(self.paths.directory)
+        if not self._factoryStarted:
+            self.factory.doStart()
+            self._factoryStarted = True
+        self.role = STANDBY
+        try:
+            if self._election.tryNow():
+                self._becomeHost()
+                return
+            self._election.waitInBackground()
+        except BaseException:
+            self._election.release()
+            self.role = STOPPED
+            raise
+        _log.debug(
+            "channel {channel}: pid {pid} stands by",
+            channel=self.name,
+            pid=os.getpid(),
+        )
+
+    def standAgain(self) -> None:
+        """
+        A standby tries the lock again at once; used when a client of this
+        process lost its link, in case the lock is free and the background
+        wait has not woken yet.
+        """
+        if self.role == STANDBY and self._rebind is None:
+            try:
+                if self._election.tryNow():
+                    self._elected()
+            except Exception:
+                _log.failure("channel {channel}: election failed", channel=self.name)
+
+    def _elected(self) -> None:
+        if self.role != STANDBY:
+            self._election.release()
+            return
+        try:
+            self._becomeHost()
+        except Exception:
+            _log.failure(
+                "channel {channel}: won the election but could not host; "
+                "trying again in {delay} s",
+                channel=self.name,
+                delay=_REBIND_DELAY,
+            )
+            self._rebind = self.clock.callLater(_REBIND_DELAY, self._retryElection)
+
+    def _retryElection(self) -> None:
+        self._rebind = None
+        if self.role != STANDBY:
+            return
+        try:
+            if self._election.tryNow():
+                self._elected()
+            else:
+                self._election.waitInBackground()
+        except Exception:
+            _log.failure("channel {channel}: election failed", channel=self.name)
+            self._rebind = self.clock.callLater(_REBIND_DELAY, self._retryElection)
+
+    def _becomeHost(self) -> None:
+        """
+        Called holding the lock: bind the socket and start accepting links.
+        """
+        term = _HostingTerm(time.time())
+        try:
+            removeStaleSocket(self.paths.socket)
+            socketPort = _HostSocketPort(
+                self.paths.socket,
+                _HostLinkFactory(self, term),
+                backlog=128,
+                mode=0o600,
+                reactor=self.reactor,
+            )
+            socketPort.startListening()
+        except BaseException:
+            self._election.release()
+            raise
+        self._socketPort = socketPort
+        self._term = term
+        self.role = HOST
+        _log.info(
+            "channel {channel}: pid {pid} hosts at {path}",
+            channel=self.name,
+            pid=os.getpid(),
+            path=self.paths.socket,
+            role=HOST,
+        )
+        self._announce(self._hostingWaiters)
+
+    def _announce(self, waiters: list[Deferred[ChannelAddress]]) -> None:
+        address = self.getHost()
+        pending = waiters[:]
+        del waiters[:]
+        for waiter in pending:
+            waiter.callback(address)
+        for observer in self._roleObservers[:]:
+            try:
+                observer(self.role)
+            except Exception:
+                _log.failure(
+                    "channel {channel}: role observer {observer} raised",
+                    channel=self.name,
+                    observer=observer,
+                )
+
+    def whenHosting(self) -> Deferred[ChannelAddress]:
+        """
+        A Deferred that fires with this port's address when this process
+        hosts the channel: at once if it does now, else when it takes over.
+        It never fires if the port stops first.
+        """
+        if self.role == HOST:
+            return succeed(self.getHost())
+        waiter: Deferred[ChannelAddress] = Deferred()
+        self._hostingWaiters.append(waiter)
+        return waiter
+
+    def whenNotHosting(self) -> Deferred[ChannelAddress]:
+        """
+        A Deferred that fires with this port's address when this process is
+        not (or no longer) the host: at once if it does not host now.
+        """
+        if self.role != HOST:
+            return succeed(self.getHost())
+        waiter: Deferred[ChannelAddress] = Deferred()
+        self._notHostingWaiters.append(waiter)
+        return waiter
+
+    def addRoleObserver(self, observer: Callable[[str], None]) -> None:
+        """
+        Call C{observer} with the new role (C{"host"}, C{"standby"} or
+        C{"stopped"}) each time this process starts or stops hosting.
+        """
+        self._roleObservers.append(observer)
+
+    def removeRoleObserver(self, observer: Callable[[str], None]) -> None:
+        """
+        Stop calling an observer added with L{addRoleObserver}.
+        """
+        self._roleObservers.remove(observer)
+
+    def stopListening(self) -> Deferred[None]:
+        """
+        Withdraw from the channel.
+
+        A host stops accepting, removes its socket, gives up the lock (a
+        standby takes over at once) and closes its links; their clients
+        fail over to the new host and resend what this one had not
+        acknowledged.  A standby just stops waiting.
+
+        @return: a Deferred that fires when all of that is done.
+        """
+        if self._rebind is not None and self._rebind.active():
+            self._rebind.cancel()
+        self._rebind = None
+        wasHosting = self.role == HOST
+        self.role = STOPPED
+        if not wasHosting:
+            self._election.release()
+            self._stopFactory()
+            return succeed(None)
+        socketPort, self._socketPort = self._socketPort, None
+        term, self._term = self._term, None
+        assert socketPort is not None and term is not None
+        stopped: Deferred[None] = Deferred()
+
+        def portClosed(result: object) -> Deferred[Any]:
+            # Only once the socket file is gone may the lock go: the next
+            # host binds a fresh socket at the same path.
+            self._election.release()
+            _log.info(
+                "channel {channel}: pid {pid} stopped hosting",
+                channel=self.name,
+                pid=os.getpid(),
+                role=STOPPED,
+            )
+            closing = []
+            for link in list(term.allLinks):
+                closing.append(link.whenClosed())
+                link.closeQuietly()
+            self._announce(self._notHostingWaiters)
+            return DeferredList(closing)
+
+        closed = socketPort.stopListening() or succeed(None)
+        closed.addBoth(portClosed)
+        closed.addBoth(lambda _: self._stopFactory())
+        closed.chainDeferred(stopped)  # type: ignore[arg-type]
+        return stopped
+
+    def _stopFactory(self) -> None:
+        if self._factoryStarted:
+            self._factoryStarted = False
+            self.factory.doStop()
+
+    def status(self) -> dict[str, Any]:
+        """
+        What the host reports to a status query.
+        """
+        term = self._term
+        return {
+            "name": self.name,
+            "hosted": self.role == HOST,
+            "pid": os.getpid(),
+            "since": term.started if term else None,
+            "path": self.paths.socket,
+            "links": len(term.links) if term else 0,
+            "messages": term.messages if term else 0,
+            "bytes": term.bytes if term else 0,
+        }

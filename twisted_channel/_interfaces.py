@@ -1,0 +1,67 @@
+"""
+Interfaces and errors the channel defines.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.error import ConnectionLost
+from twisted.python.failure import Failure
+from zope.interface import Interface
+
+
+class IChannelLinkObserver(Interface):
+    """
+    Optionally provided by a client protocol that wants to know when the
+    channel moves to another host.
+
+    The protocol's C{connectionLost} is called only when the logical
+    connection ends; these methods tell about the links beneath it.
+    """
+
+    def linkEstablished(host: object) -> None:
+        """
+        A link to a host is up (the first one, or one after a failover).
+
+        @param host: the host's L{ChannelAddress}, with its pid.
+        """
+
+    def linkLost(reason: Failure) -> None:
+        """
+        The link to the host is gone; the channel is looking for a host and
+        buffers writes meanwhile.
+        """
+
+
+class ChannelUnreachableError(ConnectionLost):
+    """
+    No host could be reached for the endpoint's C{timeout}, so the logical
+    connection was given up.
+
+    @ivar undelivered: how many written messages no host acknowledged.
+    """
+
+    def __init__(self, name: str, timeout: float, undelivered: int) -> None:
+        self.name = name
+        self.timeout = timeout
+        self.undelivered = undelivered
+        super().__init__(
+            f"no host of channel {name!r} could be reached for {timeout:g} "
+            f"seconds; {undelivered} written message(s) were not delivered"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ChannelClosedError(Exception):
+    """
+    A write was made on a channel connection that is closing or closed.
+    """
+
+
+class ChannelBufferFullError(Exception):
+    """
+    A write would make a client hold more unacknowledged bytes than its
+    C{maxBufferSize}.  Nothing was buffered; register a producer to be
+    paused before the cap is reached.
+    """

@@ -1,0 +1,97 @@
+"""
+The messages a client has written and no host has acknowledged yet.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class PendingWrites:
+    """
+    An ordered store of a client's unacknowledged messages.
+
+    Each message gets the next sequence number when it is appended.  A host
+    acknowledges cumulatively; on a new link the host says how far it
+    already got, and everything after that is sent again, in order.
+
+    This class does no I/O: the client transport decides when to send.
+
+    @ivar byteCount: the total size of the payloads held.
+    """
+
+    def __init__(self) -> None:
+        self._messages: deque[bytes] = deque()
+        self._firstSequence = 1
+        self.byteCount = 0
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    @property
+    def firstSequence(self) -> int:
+        """
+        The sequence number of the oldest message held, or of the next
+        message to be appended when none is held.
+        """
+        return self._firstSequence
+
+    @property
+    def nextSequence(self) -> int:
+        """
+        The sequence number the next appended message will get.
+        """
+        return self._firstSequence + len(self._messages)
+
+    def append(self, payload: bytes) -> int:
+        """
+        Hold C{payload} until it is acknowledged, and return its sequence
+        number.
+        """
+        self._messages.append(payload)
+        self.byteCount += len(payload)
+        return self._firstSequence + len(self._messages) - 1
+
+    def acknowledge(self, sequence: int) -> int:
+        """
+        Forget every message up to and including C{sequence}, and return how
+        many were forgotten.  Acknowledgements of messages already forgotten
+        change nothing.
+
+        @raise ValueError: if C{sequence} acknowledges a message never
+            appended (a host that does this is broken or lying).
+        """
+        count = sequence - self._firstSequence + 1
+        if count <= 0:
+            return 0
+        messages = self._messages
+        if count > len(messages):
+            raise ValueError(
+                f"acknowledgement of message {sequence}, but the newest message "
+                f"is {self.nextSequence - 1}"
+            )
+        popleft = messages.popleft
+        dropped = 0
+        for _ in range(count):
+            dropped += len(popleft())
+        self.byteCount -= dropped
+        self._firstSequence += count
+        return count
+
+    def resumeAfter(self, sequence: int) -> list[bytes]:
+        """
+        A new link's host already has every message up to C{sequence}:
+        forget those, and return the rest, in order, to be sent on it.
+        """
+        self.acknowledge(sequence)
+        return list(self._messages)
+
+    def clear(self) -> int:
+        """
+        Forget every message, and return how many there were.
+        """
+        count = len(self._messages)
+        self._messages.clear()
+        self._firstSequence += count
+        self.byteCount = 0
+        return count

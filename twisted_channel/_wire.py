@@ -1,0 +1,307 @@
+"""
+The channel's wire format, without any I/O.
+
+Every byte that crosses a channel link is a frame::
+
+    +----------------+--------+------------------+
+    | length: u32 BE | kind:u8| body (length - 1) |
+    +----------------+--------+------------------+
+
+``length`` counts the kind byte and the body.  The first frame a client
+sends is a L{Hello}; the host answers with a L{Welcome} (or an L{ERROR}
+frame carrying a reason, then closes).  After that both sides exchange
+C{DATA} frames, one per application message, and the host acknowledges the
+client's messages with cumulative C{ACK} frames.
+
+Sequence numbers are implicit: the host's L{Welcome} says how many of the
+client's messages it has already delivered (C{resumeAfter}); the next C{DATA}
+frame on the link is message C{resumeAfter + 1}, and so on.  That keeps each
+message's overhead to five bytes while letting a host recognise a resend.
+
+This module is sans-IO: L{FrameDecoder} turns bytes into frames and the
+C{encode*} functions turn messages into bytes.  It never touches a socket, a
+reactor or a clock, so it is tested on its own.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+MAGIC: Final = b"TWCH"
+VERSION: Final = 1
+
+HELLO: Final = 1
+WELCOME: Final = 2
+DATA: Final = 3
+ACK: Final = 4
+ERROR: Final = 5
+STATUS_REQUEST: Final = 6
+STATUS: Final = 7
+PING: Final = 8
+PONG: Final = 9
+#: The host's application closed this client's connection: the client must
+#: not reconnect.
+GOODBYE: Final = 10
+
+KNOWN_KINDS: Final = frozenset(
+    {HELLO, WELCOME, DATA, ACK, ERROR, STATUS_REQUEST, STATUS, PING, PONG, GOODBYE}
+)
+
+#: Frames other than C{DATA} are small; this bounds what a peer that has not
+#: yet identified itself can make us buffer.
+MAX_CONTROL_BODY: Final = 4096
+
+#: The largest body a u32 length can describe.
+MAX_FRAME_BODY: Final = 0xFFFFFFFF - 1
+
+_HEADER = struct.Struct(">IB")
+_ACK = struct.Struct(">Q")
+HEADER_SIZE: Final = _HEADER.size
+
+# A hello is magic, version, flags, client id, pid, maximum message size,
+# first sequence number.
+_HELLO = struct.Struct(">4sBB16sIIQ")
+# A welcome is magic, version, resume point, host pid, maximum message size.
+_WELCOME = struct.Struct(">4sBQII")
+
+#: Hello flag: the peer only wants to ask for the channel's status.
+FLAG_STATUS_QUERY: Final = 0x01
+
+
+class ProtocolError(Exception):
+    """
+    A peer sent bytes that break the wire format.
+
+    The message says what was wrong, for the log line written when the link
+    is closed because of it.
+    """
+
+
+@dataclass(frozen=True)
+class Hello:
+    """
+    The first frame of a client link.
+
+    @ivar clientId: 16 bytes naming the client's logical connection, the same
+        across every link that connection makes, so that a host recognises
+        a resend.
+    @ivar pid: the client's process id, as the client claims it.
+    @ivar maxMessageSize: the largest message the client accepts.
+    @ivar firstSequence: the sequence number of the oldest message the client
+        still holds (not yet acknowledged by any host); a host that has not
+        seen this client numbers the link's first message with it.
+    @ivar flags: a bit set of C{FLAG_*} values.
+    @ivar version: the wire version the client speaks.
+    """
+
+    clientId: bytes
+    pid: int
+    maxMessageSize: int
+    firstSequence: int = 1
+    flags: int = 0
+    version: int = VERSION
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """
+    The host's answer to a L{Hello}.
+
+    @ivar resumeAfter: how many of this client's messages the host has
+        already delivered to its application; the client resends from the
+        next one.
+    @ivar pid: the host's process id.
+    @ivar maxMessageSize: the largest message the host accepts.
+    @ivar version: the wire version the host speaks.
+    """
+
+    resumeAfter: int
+    pid: int
+    maxMessageSize: int
+    version: int = VERSION
+
+
+def frameHeader(kind: int, bodyLength: int) -> bytes:
+    """
+    The five bytes that precede a body of C{bodyLength} bytes of C{kind}.
+    """
+    return _HEADER.pack(bodyLength + 1, kind)
+
+
+def encodeFrame(kind: int, body: bytes = b"") -> bytes:
+    """
+    One whole frame.
+    """
+    return _HEADER.pack(len(body) + 1, kind) + body
+
+
+def encodeHello(hello: Hello) -> bytes:
+    """
+    A C{HELLO} frame.
+    """
+    return encodeFrame(
+        HELLO,
+        _HELLO.pack(
+            MAGIC,
+            hello.version,
+            hello.flags,
+            hello.clientId,
+            hello.pid,
+            hello.maxMessageSize,
+            hello.firstSequence,
+        ),
+    )
+
+
+def encodeWelcome(welcome: Welcome) -> bytes:
+    """
+    A C{WELCOME} frame.
+    """
+    return encodeFrame(
+        WELCOME,
+        _WELCOME.pack(
+            MAGIC,
+            welcome.version,
+            welcome.resumeAfter,
+            welcome.pid,
+            welcome.maxMessageSize,
+        ),
+    )
+
+
+def encodeAck(sequence: int) -> bytes:
+    """
+    An C{ACK} frame: every message up to and including C{sequence} was
+    delivered.
+    """
+    return encodeFrame(ACK, _ACK.pack(sequence))
+
+
+def encodeError(reason: str) -> bytes:
+    """
+    An C{ERROR} frame: the sender is about to close the link, and why.
+    """
+    return encodeFrame(ERROR, reason.encode("utf-8", "replace")[:MAX_CONTROL_BODY])
+
+
+def _checkMagic(magic: bytes, version: int, what: str) -> None:
+    if magic != MAGIC:
+        raise ProtocolError(f"{what} does not start with the channel's magic bytes")
+    if version != VERSION:
+        raise ProtocolError(
+            f"{what} asks for wire version {version}; this side speaks {VERSION}"
+        )
+
+
+def decodeHello(body: bytes) -> Hello:
+    """
+    Parse the body of a C{HELLO} frame.
+
+    @raise ProtocolError: if it is not a hello this version understands.
+    """
+    if len(body) != _HELLO.size:
+        raise ProtocolError(
+            f"hello is {len(body)} bytes long; it must be {_HELLO.size}"
+        )
+    magic, version, flags, clientId, pid, maxMessageSize, first = _HELLO.unpack(body)
+    _checkMagic(magic, version, "hello")
+    return Hello(clientId, pid, maxMessageSize, first, flags, version)
+
+
+def decodeWelcome(body: bytes) -> Welcome:
+    """
+    Parse the body of a C{WELCOME} frame.
+
+    @raise ProtocolError: if it is not a welcome this version understands.
+    """
+    if len(body) != _WELCOME.size:
+        raise ProtocolError(
+            f"welcome is {len(body)} bytes long; it must be {_WELCOME.size}"
+        )
+    magic, version, resumeAfter, pid, maxMessageSize = _WELCOME.unpack(body)
+    _checkMagic(magic, version, "welcome")
+    return Welcome(resumeAfter, pid, maxMessageSize, version)
+
+
+def decodeAck(body: bytes) -> int:
+    """
+    Parse the body of an C{ACK} frame.
+
+    @raise ProtocolError: if it is not eight bytes.
+    """
+    if len(body) != _ACK.size:
+        raise ProtocolError(f"ack is {len(body)} bytes long; it must be {_ACK.size}")
+    sequence: int = _ACK.unpack(body)[0]
+    return sequence
+
+
+class FrameDecoder:
+    """
+    Split a byte stream into frames.
+
+    @ivar maxMessageSize: the largest C{DATA} body accepted; other kinds are
+        bounded by L{MAX_CONTROL_BODY}.
+    """
+
+    def __init__(self, maxMessageSize: int) -> None:
+        self.maxMessageSize = maxMessageSize
+        self._buffer = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """
+        How many bytes of incomplete frames are held.
+        """
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """
+        Add bytes read from the link and return every frame they complete, in
+        order, as C{(kind, body)} pairs.
+
+        @raise ProtocolError: on an unknown kind or a frame over its limit.
+            The decoder is then unusable: the link must be closed.
+        """
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            source: bytes | bytearray = buffer
+        else:
+            # The common case: a read that starts on a frame boundary is
+            # parsed straight from the bytes object, copying only bodies.
+            source = data
+        frames: list[tuple[int, bytes]] = []
+        append = frames.append
+        unpack = _HEADER.unpack_from
+        maxData = self.maxMessageSize + 1
+        offset = 0
+        end = len(source)
+        while end - offset >= 5:
+            length, kind = unpack(source, offset)
+            if length == 0:
+                raise ProtocolError("frame length of 0 leaves no room for its kind")
+            if kind == DATA:
+                if length > maxData:
+                    raise ProtocolError(
+                        f"message of {length - 1} bytes is over the limit of "
+                        f"{self.maxMessageSize} bytes"
+                    )
+            elif kind not in KNOWN_KINDS:
+                raise ProtocolError(f"unknown frame kind {kind}")
+            elif length > MAX_CONTROL_BODY + 1:
+                raise ProtocolError(
+                    f"control frame of kind {kind} is {length - 1} bytes long, "
+                    f"over the limit of {MAX_CONTROL_BODY}"
+                )
+            stop = offset + 4 + length
+            if stop > end:
+                break
+            append((kind, bytes(source[offset + 5 : stop])))
+            offset = stop
+        if source is buffer:
+            del buffer[:offset]
+        elif offset < end:
+            buffer += source[offset:]
+        return frames
