@@ -1,0 +1,258 @@
+"""
+The channel's promises, checked with real processes over real sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+import pytest
+
+from .processes import Child, Children, readRecords
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def children(channelDirectory: str) -> Iterator[Children]:
+    group = Children(channelDirectory)
+    try:
+        yield group
+    finally:
+        group.reapAll()
+
+
+def waitUntil(condition: object, timeout: float, what: str) -> float:
+    """
+    Poll C{condition} until true; return the seconds it took.
+    """
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if condition():  # type: ignore[operator]
+            return time.monotonic() - start
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def hostOf(candidates: list[Child]) -> list[Child]:
+    return [c for c in candidates if c.role() == "host"]
+
+
+def assertDeliveredInOrder(
+    records: list[tuple[int, str, int]], senders: dict[str, int]
+) -> None:
+    """
+    Every sender's messages 1..count arrived at some host; within each
+    host's life, each sender's messages are in order and none twice.
+    """
+    seen: dict[str, set[int]] = defaultdict(set)
+    perHost: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for pid, tag, number in records:
+        seen[tag].add(number)
+        perHost[(pid, tag)].append(number)
+    for tag, count in senders.items():
+        missing = set(range(1, count + 1)) - seen[tag]
+        assert not missing, f"{tag}: {len(missing)} lost, e.g. {sorted(missing)[:5]}"
+    for (pid, tag), numbers in perHost.items():
+        assert numbers == sorted(numbers), f"{tag} out of order at host {pid}"
+        assert len(numbers) == len(set(numbers)), f"{tag} duplicated at host {pid}"
+
+
+def test_twentyRacingCandidatesElectOneHost(
+    children: Children, channelDirectory: str
+) -> None:
+    """
+    Twenty processes that listen on one name at once: exactly one hosts, and
+    it stays so.
+    """
+    record = os.path.join(channelDirectory, "record")
+    candidates = [children.candidate("race", record) for _ in range(20)]
+    for candidate in candidates:
+        candidate.waitFor(lambda line: line.startswith("ROLE "), 60)
+    time.sleep(0.5)
+    hosts = hostOf(candidates)
+    assert len(hosts) == 1, [c.role() for c in candidates]
+    assert sum(c.role() == "standby" for c in candidates) == 19
+
+
+def test_writesBeforeAnyHostArriveInOrder(
+    children: Children, channelDirectory: str
+) -> None:
+    """
+    A client writes 100 messages before any host exists; once one starts,
+    all arrive, in order, one dataReceived each.
+    """
+    record = os.path.join(channelDirectory, "record")
+    client = children.client("early", "early", 100, "--slice", "100")
+    client.waitFor(lambda line: line == "SENT 100")
+    assert not os.path.exists(os.path.join(channelDirectory, "early.sock"))
+    time.sleep(0.3)
+    host = children.candidate("early", record)
+    host.waitFor(lambda line: line == "ROLE host")
+    client.waitFor(lambda line: line.startswith("CLOSED"))
+    assert client.collect()[-1] == "CLOSED ConnectionDone 0"
+    records = readRecords(record)
+    assert [(pid, tag) for pid, tag, _ in records] == [(host.pid, "early")] * 100
+    assert [number for _, _, number in records] == list(range(1, 101))
+
+
+def test_hostKilledWhileTwoClientsStream(
+    children: Children, channelDirectory: str
+) -> None:
+    """
+    The host is SIGKILLed while two clients stream 10,000 numbered messages
+    each: every message reaches some host, in order per sender within each
+    host's life, none twice within one host's life.
+    """
+    record = os.path.join(channelDirectory, "record")
+    candidates = [children.candidate("kill", record) for _ in range(3)]
+    for candidate in candidates:
+        candidate.waitFor(lambda line: line.startswith("ROLE "))
+    first = hostOf(candidates)
+    assert len(first) == 1
+    clients = [
+        children.client("kill", tag, 10000, "--slice", "50", "--interval", "0.002")
+        for tag in ("a", "b")
+    ]
+    waitUntil(lambda: len(readRecords(record)) > 2000, 30, "2,000 messages")
+    first[0].kill()
+    first[0].wait()
+    survivors = [c for c in candidates if c is not first[0]]
+    waitUntil(lambda: len(hostOf(survivors)) == 1, 10, "a new host")
+    for client in clients:
+        client.waitFor(lambda line: line.startswith("CLOSED"), 60)
+        assert client.collect()[-1] == "CLOSED ConnectionDone 0"
+        assert "UNLINK" in client.collect()
+    records = readRecords(record)
+    assertDeliveredInOrder(records, {"a": 10000, "b": 10000})
+    assert {pid for pid, _, _ in records} == {first[0].pid, hostOf(survivors)[0].pid}
+
+
+def test_staleSocketOfKilledHostDoesNotBlock(
+    children: Children, channelDirectory: str
+) -> None:
+    """
+    A killed host leaves its socket file behind; the next candidate hosts
+    within a second anyway.
+    """
+    record = os.path.join(channelDirectory, "record")
+    socketPath = os.path.join(channelDirectory, "stale.sock")
+    host = children.candidate("stale", record)
+    host.waitFor(lambda line: line == "ROLE host")
+    host.kill()
+    host.wait()
+    assert stat.S_ISSOCK(os.lstat(socketPath).st_mode)
+    start = time.monotonic()
+    successor = children.candidate("stale", record)
+    successor.waitFor(lambda line: line == "ROLE host", 10)
+    assert time.monotonic() - start < 1.0 + 1.0  # interpreter start-up included
+    client = children.client("stale", "s", 10)
+    client.waitFor(lambda line: line.startswith("CLOSED"))
+    assert client.collect()[-1] == "CLOSED ConnectionDone 0"
+    assert [n for _, _, n in readRecords(record)] == list(range(1, 11))
+
+
+def test_stopListeningHandsOver(children: Children, channelDirectory: str) -> None:
+    """
+    A host that stops listening hands the channel to a standby; its clients
+    fail over and lose nothing.
+    """
+    record = os.path.join(channelDirectory, "record")
+    first = children.candidate("handover", record)
+    first.waitFor(lambda line: line == "ROLE host")
+    second = children.candidate("handover", record)
+    second.waitFor(lambda line: line == "ROLE standby")
+    client = children.client(
+        "handover", "h", 4000, "--slice", "20", "--interval", "0.002"
+    )
+    waitUntil(lambda: len(readRecords(record)) > 500, 30, "500 messages")
+    first.send("stop")
+    first.waitFor(lambda line: line == "STOPPED")
+    assert first.role() == "stopped"
+    second.waitFor(lambda line: line == "ROLE host", 5)
+    client.waitFor(lambda line: line.startswith("CLOSED"), 60)
+    assert client.collect()[-1] == "CLOSED ConnectionDone 0"
+    records = readRecords(record)
+    assertDeliveredInOrder(records, {"h": 4000})
+    assert {pid for pid, _, _ in records} == {first.pid, second.pid}
+
+
+def test_garbageFromRawClientDoesNotHurtOthers(
+    children: Children, channelDirectory: str
+) -> None:
+    """
+    A raw client that sends garbage is disconnected; the host survives and
+    other clients go on.
+    """
+    record = os.path.join(channelDirectory, "record")
+    host = children.candidate("garbage", record)
+    host.waitFor(lambda line: line == "ROLE host")
+    client = children.client(
+        "garbage", "g", 2000, "--slice", "10", "--interval", "0.002"
+    )
+    waitUntil(lambda: len(readRecords(record)) > 100, 30, "100 messages")
+    socketPath = os.path.join(channelDirectory, "garbage.sock")
+    for garbage in (
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"\xff" * 64,
+        b"\x00\x00\x00\x02\x01\x00",
+        os.urandom(4096),
+    ):
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.settimeout(5)
+        raw.connect(socketPath)
+        raw.sendall(garbage)
+        reply = b""
+        try:
+            while True:
+                chunk = raw.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+        raw.close()
+        assert reply[4:5] == b"\x05", f"expected an ERROR frame, got {reply!r}"
+    client.waitFor(lambda line: line.startswith("CLOSED"), 60)
+    assert client.collect()[-1] == "CLOSED ConnectionDone 0"
+    assert not host.exited()
+    assert host.role() == "host"
+    assertDeliveredInOrder(readRecords(record), {"g": 2000})
+
+
+def test_clientGivesUpAfterTimeoutWithCount(
+    children: Children, channelDirectory: str
+) -> None:
+    """
+    With no host for C{timeout} seconds, the client's connection ends and
+    says how many messages were never delivered.
+    """
+    client = children.client("nobody", "n", 7, "--timeout", "0.5", "--slice", "7")
+    client.waitFor(lambda line: line.startswith("CLOSED"), 10)
+    assert client.collect()[-1] == "CLOSED ChannelUnreachableError 7"
+
+
+def test_sigtermedHostHandsOver(children: Children, channelDirectory: str) -> None:
+    """
+    SIGTERM stops the host's reactor; the standby takes over and the
+    client goes on.
+    """
+    record = os.path.join(channelDirectory, "record")
+    first = children.candidate("term", record)
+    first.waitFor(lambda line: line == "ROLE host")
+    second = children.candidate("term", record)
+    second.waitFor(lambda line: line == "ROLE standby")
+    client = children.client("term", "t", 2000, "--slice", "20", "--interval", "0.002")
+    waitUntil(lambda: len(readRecords(record)) > 200, 30, "200 messages")
+    first.kill(signal.SIGTERM)
+    first.wait()
+    second.waitFor(lambda line: line == "ROLE host", 5)
+    client.waitFor(lambda line: line.startswith("CLOSED"), 60)
+    assert client.collect()[-1] == "CLOSED ConnectionDone 0"
+    assertDeliveredInOrder(readRecords(record), {"t": 2000})
