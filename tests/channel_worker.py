@@ -101,9 +101,7 @@ def runCandidate(options: argparse.Namespace) -> None:
         def dataReceived(self, data: bytes) -> None:
             for command in data.decode().split():
                 if command == "stop":
-                    state["port"].stopListening().addCallback(
-                        lambda _: say("STOPPED")
-                    )
+                    state["port"].stopListening().addCallback(lambda _: say("STOPPED"))
 
         def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
             # The test went away: do not outlive it.

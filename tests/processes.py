@@ -65,9 +65,7 @@ class Child:
         self.lines.append(line)
         return True
 
-    def waitFor(
-        self, predicate: Callable[[str], bool], timeout: float = 20.0
-    ) -> str:
+    def waitFor(self, predicate: Callable[[str], bool], timeout: float = 20.0) -> str:
         """
         Wait for a line (seen before or new) that satisfies C{predicate}.
 

@@ -74,7 +74,7 @@ class ChannelReconnectingFactory(ReconnectingClientFactory):
 
     initialDelay = 0.002
     factor = 2.0
-    maxDelay = 0.25
+    maxDelay = 0.25  # type: ignore[assignment]
     jitter = 0.2
     delay = initialDelay
     noisy = False
@@ -83,7 +83,7 @@ class ChannelReconnectingFactory(ReconnectingClientFactory):
         self.connection = connection
         self.clock = connection.reactor
 
-    def buildProtocol(self, addr: IAddress) -> _ClientLink:
+    def buildProtocol(self, addr: IAddress | None) -> _ClientLink:
         return _ClientLink(self.connection)
 
     def retry(self, connector: IConnector | None = None) -> None:
@@ -147,7 +147,7 @@ class _LinkConnector:
             self._attempt = None
             if reason.check(error.ConnectingCancelledError) or connection.closed:
                 return
-            connection.strategy.clientConnectionFailed(self, reason)
+            connection.strategy.clientConnectionFailed(self, reason)  # type: ignore[no-untyped-call]
 
         attempt.addCallbacks(connected, failed)
 
@@ -602,7 +602,7 @@ class ChannelClientTransport:
         self._hostAddress = link.hostAddress
         self._hostsSeen += 1
         self._linkFailures = 0
-        self.strategy.resetDelay()
+        self.strategy.resetDelay()  # type: ignore[no-untyped-call]
         link.sendMessages(resend)
         log = _log.info if self._hostsSeen > 1 else _log.debug
         log(
@@ -664,7 +664,7 @@ class ChannelClientTransport:
             return
         if link is not self.link:
             # A link that never got a welcome: the host died or refused.
-            self.strategy.clientConnectionFailed(self._connector, reason)
+            self.strategy.clientConnectionFailed(self._connector, reason)  # type: ignore[no-untyped-call]
             return
         self.link = None
         self.state = CONNECTING
@@ -686,7 +686,7 @@ class ChannelClientTransport:
             return
         # The first attempt goes at once: a standby has usually taken over
         # by the time the kernel reports the old host's end.
-        self.strategy.resetDelay()
+        self.strategy.resetDelay()  # type: ignore[no-untyped-call]
         self.strategy.connector = self._connector
         self._connector.connect()
 
@@ -696,7 +696,7 @@ class ChannelClientTransport:
         self.state = CLOSED
         self.disconnecting = True
         self._stopGiveUpTimer()
-        self.strategy.stopTrying()
+        self.strategy.stopTrying()  # type: ignore[no-untyped-call]
         link, self.link = self.link, None
         if link is not None and link.transport is not None:
             link.transport.loseConnection()

@@ -39,17 +39,13 @@ def checkName(name: str) -> str:
     if not name:
         raise ValueError(f"channel name is empty: {NAME_RULE}")
     if len(name) > 100:
-        raise ValueError(
-            f"channel name is {len(name)} characters long: {NAME_RULE}"
-        )
+        raise ValueError(f"channel name is {len(name)} characters long: {NAME_RULE}")
     if _NAME.fullmatch(name) is None:
         bad = sorted({c for c in name if not re.fullmatch(r"[A-Za-z0-9._-]", c)})
         if bad:
             shown = ", ".join(repr(c) for c in bad)
             raise ValueError(f"channel name {name!r} contains {shown}: {NAME_RULE}")
-        raise ValueError(
-            f"channel name {name!r} starts with {name[0]!r}: {NAME_RULE}"
-        )
+        raise ValueError(f"channel name {name!r} starts with {name[0]!r}: {NAME_RULE}")
     return name
 
 
@@ -129,7 +125,9 @@ def prepareDirectory(directory: str) -> None:
         # A link is followed only if what it points to passes the same checks.
         info = os.stat(directory)
     if not stat.S_ISDIR(info.st_mode):
-        raise UnsafeDirectoryError(f"channel directory {directory!r} is not a directory")
+        raise UnsafeDirectoryError(
+            f"channel directory {directory!r} is not a directory"
+        )
     if info.st_uid != os.getuid():
         raise UnsafeDirectoryError(
             f"channel directory {directory!r} belongs to uid {info.st_uid}, "

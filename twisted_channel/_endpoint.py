@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import (
+    IListeningPort,
     IProtocol,
     IProtocolFactory,
     IStreamClientEndpoint,
@@ -55,8 +56,7 @@ def checkSize(option: str, value: int, smallest: int = 1) -> int:
         raise ValueError(f"{option} must be a whole number of bytes, not {value!r}")
     if not smallest <= value <= MAX_FRAME_BODY:
         raise ValueError(
-            f"{option} must be from {smallest} to {MAX_FRAME_BODY} bytes, "
-            f"not {value}"
+            f"{option} must be from {smallest} to {MAX_FRAME_BODY} bytes, not {value}"
         )
     return value
 
@@ -119,7 +119,7 @@ class ChannelEndpoint:
             self._reactor, self.name, self.paths, factory, self.maxMessageSize
         )
 
-    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[ChannelPort]:
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         """
         Stand as a candidate host of the channel.
 

@@ -62,7 +62,7 @@ class _HostSocketPort(unix.Port):
     _identity: tuple[int, int] | None = None
 
     def startListening(self) -> None:
-        super().startListening()
+        super().startListening()  # type: ignore[no-untyped-call]
         info = os.lstat(self._bindPath)
         self._identity = (info.st_dev, info.st_ino)
 
@@ -183,7 +183,11 @@ class _HostLink(Protocol):
         self.term.allLinks.add(self)
         credentials = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
         self.peerAddress = ChannelAddress(
-            self.port.name, self.port.paths.socket, None, credentials.pid, credentials.uid
+            self.port.name,
+            self.port.paths.socket,
+            None,
+            credentials.pid,
+            credentials.uid,
         )
         if credentials.uid is not None and credentials.uid != os.getuid():
             self.refuse(
@@ -393,7 +397,7 @@ class _HostLinkFactory(Factory):
         self.term = term
         self.noisy = False
 
-    def buildProtocol(self, addr: IAddress) -> _HostLink:
+    def buildProtocol(self, addr: IAddress | None) -> _HostLink:
         return _HostLink(self.port, self.term)
 
 
@@ -551,7 +555,7 @@ class ChannelPort:
         try:
             removeStaleSocket(self.paths.socket)
             socketPort = _HostSocketPort(
-                self.paths.socket,
+                os.fsencode(self.paths.socket),
                 _HostLinkFactory(self, term),
                 backlog=128,
                 mode=0o600,
@@ -625,7 +629,7 @@ class ChannelPort:
         """
         self._roleObservers.remove(observer)
 
-    def stopListening(self) -> Deferred[None]:
+    def stopListening(self) -> Deferred[Any]:
         """
         Withdraw from the channel.
 
@@ -648,7 +652,6 @@ class ChannelPort:
         socketPort, self._socketPort = self._socketPort, None
         term, self._term = self._term, None
         assert socketPort is not None and term is not None
-        stopped: Deferred[None] = Deferred()
 
         def portClosed(result: object) -> Deferred[Any]:
             # Only once the socket file is gone may the lock go: the next
@@ -667,11 +670,13 @@ class ChannelPort:
             self._announce(self._notHostingWaiters)
             return DeferredList(closing)
 
-        closed = socketPort.stopListening() or succeed(None)
+        def factoryStopped(result: object) -> None:
+            self._stopFactory()
+
+        closed: Deferred[Any] = socketPort.stopListening() or succeed(None)  # type: ignore[no-untyped-call]
         closed.addBoth(portClosed)
-        closed.addBoth(lambda _: self._stopFactory())
-        closed.chainDeferred(stopped)  # type: ignore[arg-type]
-        return stopped
+        closed.addBoth(factoryStopped)
+        return closed
 
     def _stopFactory(self) -> None:
         if self._factoryStarted:

@@ -118,7 +118,9 @@ class ChannelEndpointParser:
 
     prefix = "channel"
 
-    def _parse(self, reactor: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _parse(
+        self, reactor: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         from ._endpoint import ChannelEndpoint
 
         arguments = endpointArguments(args, kwargs)
