@@ -155,7 +155,12 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.001)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--stay", action="store_true")
+    parser.add_argument("--reactor", choices=["default", "asyncio"], default="default")
     options = parser.parse_args()
+    if options.reactor == "asyncio":
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install()
     if options.mode == "candidate":
         runCandidate(options)
     else:

@@ -152,13 +152,15 @@ class Children:
     Every child a test starts; the fixture reaps them all, also on failure.
     """
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, reactorName: str = "default") -> None:
         self.directory = directory
+        self.reactorName = reactorName
         self.all: list[Child] = []
 
     def worker(self, mode: str, name: str, *extra: str) -> Child:
         child = Child(
             [sys.executable, WORKER, mode, "--dir", self.directory, "--name", name]
+            + ["--reactor", self.reactorName]
             + list(extra),
             cwd=self.directory,
         )

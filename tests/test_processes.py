@@ -20,8 +20,14 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
-def children(channelDirectory: str) -> Iterator[Children]:
-    group = Children(channelDirectory)
+def children(
+    channelDirectory: str, request: pytest.FixtureRequest
+) -> Iterator[Children]:
+    # Children run the reactor the suite runs under (pytest --reactor=...).
+    reactorName = request.config.getoption("reactor", "default")
+    group = Children(
+        channelDirectory, "asyncio" if reactorName == "asyncio" else "default"
+    )
     try:
         yield group
     finally:
@@ -256,3 +262,40 @@ def test_sigtermedHostHandsOver(children: Children, channelDirectory: str) -> No
     client.waitFor(lambda line: line.startswith("CLOSED"), 60)
     assert client.collect()[-1] == "CLOSED ConnectionDone 0"
     assertDeliveredInOrder(readRecords(record), {"t": 2000})
+
+
+def test_frozenHostIsGivenUpOnWithCount(
+    children: Children, channelDirectory: str
+) -> None:
+    """
+    A host frozen with SIGSTOP keeps the lock, so nobody can take over; a
+    client with unacknowledged messages drops the silent link, cannot get a
+    welcome anywhere, and gives up after its timeout, saying how many
+    messages were not delivered.  Resumed, the host serves new clients.
+    """
+    record = os.path.join(channelDirectory, "record")
+    host = children.candidate("frozen", record)
+    host.waitFor(lambda line: line == "ROLE host")
+    standby = children.candidate("frozen", record)
+    standby.waitFor(lambda line: line == "ROLE standby")
+    streaming = children.client(
+        "frozen", "s", 100000, "--timeout", "1", "--slice", "10", "--interval", "0.01"
+    )
+    streaming.waitFor(lambda line: line.startswith("LINK"))
+    host.kill(signal.SIGSTOP)
+    try:
+        client = children.client("frozen", "f", 50, "--timeout", "1", "--slice", "50")
+        client.waitFor(lambda line: line.startswith("CLOSED"), 20)
+        assert client.collect()[-1] == "CLOSED ChannelUnreachableError 50"
+        # The streaming client's link was up: it notices the silence after
+        # its stall timeout (2 s), then gives up after its timeout (1 s).
+        closed = streaming.waitFor(lambda line: line.startswith("CLOSED"), 20)
+        assert closed.startswith("CLOSED ChannelUnreachableError ")
+        assert int(closed.split()[-1]) > 0
+        assert "UNLINK" in streaming.collect()
+        assert standby.role() == "standby"
+    finally:
+        host.kill(signal.SIGCONT)
+    later = children.client("frozen", "l", 10)
+    later.waitFor(lambda line: line.startswith("CLOSED"), 20)
+    assert later.collect()[-1] == "CLOSED ConnectionDone 0"

@@ -364,6 +364,8 @@ class ChannelClientTransport:
         self.strategy = ChannelReconnectingFactory(self)
         self._connector = _LinkConnector(self)
         self._giveUp: IDelayedCall | None = None
+        self._stallCheck: IDelayedCall | None = None
+        self._lastProgress = 0.0
         self._connectedWaiters: list[Deferred[ChannelAddress]] = []
         self._hostAddress = ChannelAddress(address.name, address.path, HOST)
         self._hostsSeen = 0
@@ -429,6 +431,8 @@ class ChannelClientTransport:
             link.transport.writeSequence(  # type: ignore[union-attr]
                 [_wire.frameHeader(_wire.DATA, len(data)), data]
             )
+            if self._stallCheck is None:
+                self._armStallCheck()
         if self._producer is not None and pending.byteCount >= self.highWater:
             self._pauseProducer()
 
@@ -549,6 +553,51 @@ class ChannelClientTransport:
         if self.timeout > 0 and self._giveUp is None:
             self._giveUp = self.reactor.callLater(self.timeout, self._gaveUp)
 
+    @property
+    def stallTimeout(self) -> float:
+        """
+        Seconds a host may leave written messages unacknowledged before the
+        link to it is dropped and another tried: a host frozen with SIGSTOP
+        keeps its link open but never answers.
+        """
+        if self.timeout > 0:
+            return max(self.timeout, LINK_HANDSHAKE_TIMEOUT)
+        return 10.0
+
+    def _armStallCheck(self, delay: float | None = None) -> None:
+        self._lastProgress = self.reactor.seconds()
+        self._stallCheck = self.reactor.callLater(
+            self.stallTimeout if delay is None else delay, self._checkStall
+        )
+
+    def _stopStallCheck(self) -> None:
+        if self._stallCheck is not None and self._stallCheck.active():
+            self._stallCheck.cancel()
+        self._stallCheck = None
+
+    def _checkStall(self) -> None:
+        self._stallCheck = None
+        link = self.link
+        if link is None or not self.pending:
+            return
+        idle = self.reactor.seconds() - self._lastProgress
+        if idle < self.stallTimeout:
+            # Acknowledgements came meanwhile: look again when the newest
+            # of them would be too old.
+            lastProgress = self._lastProgress
+            self._armStallCheck(self.stallTimeout - idle)
+            self._lastProgress = lastProgress
+            return
+        _log.warn(
+            "channel {channel}: host pid {hostPid} acknowledged nothing for "
+            "{idle:.1f} s with {pending} message(s) waiting; dropping the link",
+            channel=self.address.name,
+            hostPid=link.hostAddress.pid,
+            idle=idle,
+            pending=len(self.pending),
+        )
+        link.abort()
+
     def _stopGiveUpTimer(self) -> None:
         if self._giveUp is not None and self._giveUp.active():
             self._giveUp.cancel()
@@ -604,6 +653,9 @@ class ChannelClientTransport:
         self._linkFailures = 0
         self.strategy.resetDelay()  # type: ignore[no-untyped-call]
         link.sendMessages(resend)
+        if resend:
+            self._stopStallCheck()
+            self._armStallCheck()
         log = _log.info if self._hostsSeen > 1 else _log.debug
         log(
             "channel {channel}: link up to host pid {hostPid}; resent {resent} "
@@ -639,6 +691,7 @@ class ChannelClientTransport:
     def acknowledged(self, sequence: int) -> None:
         pending = self.pending
         pending.acknowledge(sequence)
+        self._lastProgress = self.reactor.seconds()
         if self._producer is not None:
             if self._producerPaused:
                 if pending.byteCount <= self.lowWater:
@@ -668,6 +721,7 @@ class ChannelClientTransport:
             return
         self.link = None
         self.state = CONNECTING
+        self._stopStallCheck()
         self._hostAddress = ChannelAddress(self.address.name, self.address.path, HOST)
         self._startGiveUpTimer()
         _log.info(
@@ -696,6 +750,7 @@ class ChannelClientTransport:
         self.state = CLOSED
         self.disconnecting = True
         self._stopGiveUpTimer()
+        self._stopStallCheck()
         self.strategy.stopTrying()  # type: ignore[no-untyped-call]
         link, self.link = self.link, None
         if link is not None and link.transport is not None:
