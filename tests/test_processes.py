@@ -5,9 +5,12 @@ The channel's promises, checked with real processes over real sockets.
 from __future__ import annotations
 
 import os
+import sys
+import shutil
 import signal
 import socket
 import stat
+import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -299,3 +302,63 @@ def test_frozenHostIsGivenUpOnWithCount(
     later = children.client("frozen", "l", 10)
     later.waitFor(lambda line: line.startswith("CLOSED"), 20)
     assert later.collect()[-1] == "CLOSED ConnectionDone 0"
+
+
+def _asNobody(*arguments: str) -> list[str]:
+    # The resolved interpreter, not a virtualenv's link to it: a virtualenv
+    # in a 0700 directory is out of another user's reach.  The script it
+    # runs needs the standard library only.
+    return [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        os.path.realpath(sys.executable),
+        *arguments,
+    ]
+
+
+def _canRunAsNobody() -> bool:
+    if os.getuid() != 0 or shutil.which("setpriv") is None:
+        return False
+    probe = subprocess.run(_asNobody("-c", "pass"), capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(
+    not _canRunAsNobody(),
+    reason="needs root, setpriv and an interpreter uid 65534 can run, to run "
+    "a client as another user",
+)
+def test_peerOfAnotherUserIsRefused(children: Children, channelDirectory: str) -> None:
+    """
+    A process of another uid that reaches the socket (the test opens the
+    directory and socket modes for it) is refused by SO_PEERCRED before
+    its hello is read; the host goes on serving its own user's clients.
+    """
+    record = os.path.join(channelDirectory, "record")
+    host = children.candidate("peers", record)
+    host.waitFor(lambda line: line == "ROLE host")
+    socketPath = os.path.join(channelDirectory, "peers.sock")
+    os.chmod(channelDirectory, 0o711)
+    os.chmod(socketPath, 0o666)
+    script = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "s.settimeout(5)\n"
+        f"s.connect({socketPath!r})\n"
+        "reply = b''\n"
+        "while True:\n"
+        "    chunk = s.recv(4096)\n"
+        "    if not chunk: break\n"
+        "    reply += chunk\n"
+        "sys.stdout.write(reply[5:].decode('utf-8', 'replace') + '\\n')\n"
+    )
+    stranger = children.start(_asNobody("-c", script))
+    assert stranger.wait(20) == 0, stranger.stderr
+    line = stranger.waitFor(lambda line: "uid" in line)
+    assert "uid 65534" in line
+    client = children.client("peers", "p", 20)
+    client.waitFor(lambda line: line.startswith("CLOSED"))
+    assert client.collect()[-1] == "CLOSED ConnectionDone 0"
+    assert host.role() == "host"
