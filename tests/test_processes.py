@@ -5,12 +5,12 @@ The channel's promises, checked with real processes over real sockets.
 from __future__ import annotations
 
 import os
-import sys
 import shutil
 import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
