@@ -370,6 +370,7 @@ class ChannelClientTransport:
         self._hostAddress = ChannelAddress(address.name, address.path, HOST)
         self._hostsSeen = 0
         self._linkFailures = 0
+        self._hostMaxMessageSize = maxMessageSize
         self._producer: IProducer | None = None
         self._streamingProducer = True
         self._producerPaused = False
@@ -389,6 +390,8 @@ class ChannelClientTransport:
         Start looking for the host.  Called once, by the endpoint.
         """
         self._startGiveUpTimer()
+        # So that stopTrying() also cancels an attempt under way.
+        self.strategy.connector = self._connector
         self._connector.connect()
 
     # ITransport
@@ -411,6 +414,12 @@ class ChannelClientTransport:
             raise ValueError(
                 f"message of {len(data)} bytes is over the limit of "
                 f"{self.maxMessageSize} bytes (maxMessageSize)"
+            )
+        if len(data) > self._hostMaxMessageSize and self.link is not None:
+            raise ValueError(
+                f"message of {len(data)} bytes is over the limit of "
+                f"{self._hostMaxMessageSize} bytes of the host of channel "
+                f"{self.address.name!r}"
             )
         if self.disconnecting or self.state == CLOSED:
             raise ChannelClosedError(
@@ -518,6 +527,20 @@ class ChannelClientTransport:
         Buffered bytes under which a paused producer is resumed.
         """
         return self.maxBufferSize // 4
+
+    def _producerMayGoOn(self) -> None:
+        """
+        Acknowledged messages were forgotten: resume a paused producer under
+        the low-water mark, and ask a pull producer for more.
+        """
+        producer = self._producer
+        if producer is None:
+            return
+        if self._producerPaused:
+            if self.pending.byteCount <= self.lowWater:
+                self._resumeProducer()
+        elif not self._streamingProducer:
+            producer.resumeProducing()  # type: ignore[attr-defined]
 
     def _pauseProducer(self) -> None:
         producer = self._producer
@@ -634,6 +657,7 @@ class ChannelClientTransport:
             return False
         tooLarge = [len(p) for p in resend if len(p) > welcome.maxMessageSize]
         if tooLarge:
+            link.abort()
             self._finish(
                 Failure(
                     ValueError(
@@ -652,10 +676,13 @@ class ChannelClientTransport:
         self._hostsSeen += 1
         self._linkFailures = 0
         self.strategy.resetDelay()  # type: ignore[no-untyped-call]
+        self._hostMaxMessageSize = welcome.maxMessageSize
         link.sendMessages(resend)
         if resend:
             self._stopStallCheck()
             self._armStallCheck()
+        # The host may already have had much of what was buffered.
+        self._producerMayGoOn()
         log = _log.info if self._hostsSeen > 1 else _log.debug
         log(
             "channel {channel}: link up to host pid {hostPid}; resent {resent} "
@@ -692,12 +719,7 @@ class ChannelClientTransport:
         pending = self.pending
         pending.acknowledge(sequence)
         self._lastProgress = self.reactor.seconds()
-        if self._producer is not None:
-            if self._producerPaused:
-                if pending.byteCount <= self.lowWater:
-                    self._resumeProducer()
-            elif not self._streamingProducer:
-                self._producer.resumeProducing()  # type: ignore[attr-defined]
+        self._producerMayGoOn()
         if self.disconnecting and not pending:
             self._finish(Failure(error.ConnectionDone()))
 
@@ -762,6 +784,9 @@ class ChannelClientTransport:
                     f"channel {self.address.name!r} closed: {reason.getErrorMessage()}"
                 )
             )
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.stopProducing()
         candidate, self.candidate = self.candidate, None
         if candidate is not None:
             candidate.stopListening()

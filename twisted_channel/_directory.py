@@ -174,6 +174,8 @@ def openLockFile(path: str) -> int:
     flags |= getattr(os, "O_CLOEXEC", 0)
     try:
         descriptor = os.open(path, flags, 0o600)
+    except IsADirectoryError as e:
+        raise UnsafeDirectoryError(f"lock file {path!r} is a directory") from e
     except OSError as e:
         if os.path.islink(path):
             raise UnsafeDirectoryError(

@@ -158,7 +158,9 @@ class _HostLink(Protocol):
     def __init__(self, port: ChannelPort, term: _HostingTerm) -> None:
         self.port = port
         self.term = term
-        self._decoder = _wire.FrameDecoder(port.maxMessageSize)
+        # Until the peer has said hello, nothing larger than a control frame
+        # is buffered for it.
+        self._decoder = _wire.FrameDecoder(_wire.MAX_CONTROL_BODY)
         self._sequence = 0
         self._closing = False
         self._deadline: IDelayedCall | None = None
@@ -166,6 +168,8 @@ class _HostLink(Protocol):
         self.peerAddress = ChannelAddress(port.name, port.paths.socket, None)
         self._closedWaiters: list[Deferred[None]] = []
         self._lost = False
+        self._inBatch = False
+        self._closeAfterBatch: bool | None = None
 
     def whenClosed(self) -> Deferred[None]:
         """
@@ -243,18 +247,20 @@ class _HostLink(Protocol):
             frames = frames[1:]
             application = self.application
         delivered = 0
+        self._inBatch = True
         try:
             for kind, body in frames:
+                if self._closing:
+                    # The application closed the connection: what follows
+                    # is not delivered, nor acknowledged.
+                    break
                 if kind == _wire.DATA:
                     delivered += 1
                     application.dataReceived(body)  # type: ignore[union-attr]
-                    if self._closing:
-                        break
                 elif kind == _wire.PING:
                     self.transport.write(_wire.encodeFrame(_wire.PONG, body))  # type: ignore[union-attr]
                 else:
                     self.refuse(f"unexpected frame of kind {kind} after the handshake")
-                    break
         except Exception:
             _log.failure(
                 "channel {channel}: the application's dataReceived raised; "
@@ -263,7 +269,10 @@ class _HostLink(Protocol):
                 peerPid=self.peerAddress.pid,
             )
             self._closing = True
+            self._closeAfterBatch = None
             self.transport.abortConnection()  # type: ignore[union-attr]
+        finally:
+            self._inBatch = False
         if delivered:
             self._sequence += delivered
             term = self.term
@@ -271,6 +280,11 @@ class _HostLink(Protocol):
             term.remember(self.clientId, self._sequence)  # type: ignore[arg-type]
             if self.transport is not None:
                 self.transport.write(_wire.encodeAck(self._sequence))
+        abort, self._closeAfterBatch = self._closeAfterBatch, None
+        if abort is not None:
+            # After the acknowledgement, so that the client knows what was
+            # delivered before the goodbye.
+            self._sayGoodbye(abort)
 
     def _handshake(self, kind: int, body: bytes) -> bool:
         if self._deadline is not None and self._deadline.active():
@@ -302,6 +316,10 @@ class _HostLink(Protocol):
         clientId = hello.clientId
         known = term.delivered.get(clientId, 0)
         resumeAfter = max(known, hello.firstSequence - 1)
+        application = self.port.factory.buildProtocol(self.peerAddress)
+        if application is None:
+            self.refuse("the host's factory refused the connection")
+            return False
         previous = term.links.get(clientId)
         if previous is not None:
             # The client gave up on its old link (it would not say hello
@@ -310,6 +328,7 @@ class _HostLink(Protocol):
         self.clientId = clientId
         self._sequence = resumeAfter
         self._peerMaxMessageSize = hello.maxMessageSize
+        self._decoder.maxMessageSize = self.port.maxMessageSize
         term.links[clientId] = self
         term.remember(clientId, resumeAfter)
         self.transport.write(
@@ -317,10 +336,6 @@ class _HostLink(Protocol):
                 _wire.Welcome(resumeAfter, os.getpid(), self.port.maxMessageSize)
             )
         )
-        application = self.port.factory.buildProtocol(self.peerAddress)
-        if application is None:
-            self.refuse("the host's factory refused the connection")
-            return False
         self.application = application
         _log.debug(
             "channel {channel}: link up from pid {peerPid}, resuming after "
@@ -359,6 +374,13 @@ class _HostLink(Protocol):
         if self._closing or self.transport is None:
             return
         self._closing = True
+        if self._inBatch:
+            self._closeAfterBatch = abort
+            return
+        self._sayGoodbye(abort)
+
+    def _sayGoodbye(self, abort: bool) -> None:
+        assert self.transport is not None
         self.transport.write(_wire.encodeFrame(_wire.GOODBYE))
         if abort:
             self.transport.abortConnection()  # type: ignore[attr-defined]

@@ -140,7 +140,11 @@ def encodeFrame(kind: int, body: bytes = b"") -> bytes:
 def encodeHello(hello: Hello) -> bytes:
     """
     A C{HELLO} frame.
+
+    @raise ValueError: if the client id is not 16 bytes.
     """
+    if len(hello.clientId) != 16:
+        raise ValueError(f"client id is {len(hello.clientId)} bytes; it must be 16")
     return encodeFrame(
         HELLO,
         _HELLO.pack(

@@ -1,0 +1,1122 @@
+"""
+Unit tests of the client's state machine: L{ChannelClientTransport},
+L{_ClientLink} and L{ChannelReconnectingFactory}, driven by hand with a
+memory reactor and string transports.  No sockets, no sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from twisted.internet import error
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from twisted_channel import (
+    ChannelAddress,
+    ChannelBufferFullError,
+    ChannelClientTransport,
+    ChannelClosedError,
+    ChannelUnreachableError,
+    IChannelLinkObserver,
+    _client,
+    _wire,
+)
+from twisted_channel._address import HOST
+from twisted_channel._client import (
+    CLOSED,
+    CONNECTED,
+    CONNECTING,
+    LINK_HANDSHAKE_TIMEOUT,
+    _ClientLink,
+)
+from twisted_channel._credentials import PeerCredentials
+
+SOCKET = "/tmp/tc-unit/jobs.sock"
+HOST_PID = 4242
+
+
+class Recorder(Protocol):
+    """
+    A client application that records what happens to it.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.lost: list[Failure] = []
+        self.made = 0
+
+    def connectionMade(self) -> None:
+        self.made += 1
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        self.lost.append(reason)
+
+
+@implementer(IChannelLinkObserver)
+class Observer(Recorder):
+    """
+    A client application that also watches links come and go.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, object]] = []
+
+    def linkEstablished(self, host: object) -> None:
+        self.events.append(("up", host))
+
+    def linkLost(self, reason: Failure) -> None:
+        self.events.append(("down", reason))
+
+
+class RecordingFactory(Factory):
+    stopped = 0
+
+    def doStop(self) -> None:
+        self.stopped += 1
+
+
+class NoCredentials:
+    """
+    A socket handle that cannot tell who its peer is.
+    """
+
+    def getsockopt(self, *args: object) -> bytes:
+        raise OSError("not a socket")
+
+
+class LinkTransport(StringTransport):
+    """
+    A string transport that records each C{writeSequence} call.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sequences: list[list[bytes]] = []
+
+    def getHandle(self) -> NoCredentials:
+        return NoCredentials()
+
+    def writeSequence(self, data: Any) -> None:
+        data = list(data)
+        self.sequences.append(data)
+        super().writeSequence(data)
+
+
+@implementer(IPushProducer)
+class Producer:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+@pytest.fixture(autouse=True)
+def noPeerCredentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    String transports have no socket to ask the kernel about.
+    """
+    monkeypatch.setattr(
+        _client, "peerCredentials", lambda handle: PeerCredentials(None, None)
+    )
+
+
+def makeClient(
+    protocol: Protocol | None = None,
+    timeout: float = 5.0,
+    maxMessageSize: int = 1000,
+    maxBufferSize: int = 4000,
+) -> tuple[ChannelClientTransport, Any, MemoryReactorClock]:
+    reactor = MemoryReactorClock()
+    if protocol is None:
+        protocol = Recorder()
+    factory = RecordingFactory()
+    transport = ChannelClientTransport(
+        reactor,
+        ChannelAddress("jobs", SOCKET, HOST),
+        protocol,
+        factory,
+        timeout,
+        maxMessageSize,
+        maxBufferSize,
+    )
+    protocol.makeConnection(transport)
+    return transport, protocol, reactor
+
+
+def openLink(client: ChannelClientTransport) -> tuple[_ClientLink, LinkTransport]:
+    link = _ClientLink(client)
+    transport = LinkTransport()
+    link.makeConnection(transport)
+    return link, transport
+
+
+def sent(transport: StringTransport) -> list[tuple[int, bytes]]:
+    """
+    The frames written to C{transport} since it was last cleared.
+    """
+    frames = _wire.FrameDecoder(0xFFFFFFFE).feed(transport.value())
+    transport.clear()
+    return frames
+
+
+def sentData(transport: StringTransport) -> list[bytes]:
+    frames = sent(transport)
+    assert all(kind == _wire.DATA for kind, _ in frames), frames
+    return [body for _, body in frames]
+
+
+def welcome(
+    link: _ClientLink, resumeAfter: int = 0, maxMessageSize: int = 1000
+) -> None:
+    link.dataReceived(
+        _wire.encodeWelcome(_wire.Welcome(resumeAfter, HOST_PID, maxMessageSize))
+    )
+
+
+def ack(link: _ClientLink, sequence: int) -> None:
+    link.dataReceived(_wire.encodeAck(sequence))
+
+
+def connected(
+    client: ChannelClientTransport, resumeAfter: int = 0
+) -> tuple[_ClientLink, LinkTransport]:
+    """
+    A link that said hello and was welcomed, with its output cleared.
+    """
+    link, transport = openLink(client)
+    welcome(link, resumeAfter)
+    transport.clear()
+    transport.sequences.clear()
+    return link, transport
+
+
+def loseLink(link: _ClientLink) -> None:
+    link.connectionLost(Failure(error.ConnectionLost("gone")))
+
+
+# Interfaces and the hello
+
+
+def test_interfaces() -> None:
+    client, _, _ = makeClient()
+    assert verifyObject(ITransport, client)
+    assert verifyObject(IConsumer, client)
+    assert client.state == CONNECTING
+    assert not client.closed
+    assert "jobs" in repr(client)
+
+
+def test_hello() -> None:
+    """
+    A new link says hello with the connection's id, this process's pid, the
+    size limit and the oldest unacknowledged message.
+    """
+    client, _, _ = makeClient(maxMessageSize=777)
+    client.write(b"a")
+    client.write(b"b")
+    client.pending.acknowledge(1)
+    link, transport = openLink(client)
+    [(kind, body)] = sent(transport)
+    assert kind == _wire.HELLO
+    hello = _wire.decodeHello(body)
+    assert hello == _wire.Hello(client.clientId, os.getpid(), 777, 2)
+    assert len(client.clientId) == 16
+    assert client.state == CONNECTING
+
+
+def test_helloWithRealHandleLackingCredentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    A handle that cannot report peer credentials is not an obstacle: the
+    link says hello all the same.
+    """
+    from twisted_channel import _credentials
+
+    monkeypatch.setattr(_client, "peerCredentials", _credentials.peerCredentials)
+    client, _, _ = makeClient()
+    link, transport = openLink(client)
+    [(kind, _)] = sent(transport)
+    assert kind == _wire.HELLO
+    assert not transport.disconnecting
+
+
+def test_hostOfAnotherUserRefused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A socket served by another uid is dropped without a hello.
+    """
+    monkeypatch.setattr(
+        _client, "peerCredentials", lambda handle: PeerCredentials(99, os.getuid() + 1)
+    )
+    client, _, reactor = makeClient()
+    link, transport = openLink(client)
+    assert transport.value() == b""
+    assert transport.disconnecting
+    assert reactor.getDelayedCalls() == []
+
+
+# Buffering and sending
+
+
+def test_writesBeforeLinkBufferedThenSentInOneWrite() -> None:
+    """
+    Writes made while no host is reachable are held, then sent in order in
+    a single C{writeSequence} once a host welcomes a link.
+    """
+    client, _, _ = makeClient()
+    for payload in (b"one", b"two", b"three"):
+        client.write(payload)
+    assert len(client.pending) == 3
+    link, transport = openLink(client)
+    transport.clear()
+    welcome(link)
+    assert len(transport.sequences) == 1
+    assert sentData(transport) == [b"one", b"two", b"three"]
+    assert client.state == CONNECTED
+    assert client.link is link
+    assert len(client.pending) == 3
+
+
+def test_welcomeResumeAfterDropsDelivered() -> None:
+    """
+    A welcome saying the host already has the first k messages makes the
+    client forget them and send only the rest.
+    """
+    client, _, _ = makeClient()
+    for i in range(1, 6):
+        client.write(b"m%d" % i)
+    link, transport = openLink(client)
+    transport.clear()
+    welcome(link, resumeAfter=2)
+    assert sentData(transport) == [b"m3", b"m4", b"m5"]
+    assert client.pending.firstSequence == 3
+    assert len(client.pending) == 3
+
+
+def test_welcomeWithNothingToSend() -> None:
+    """
+    With nothing buffered, a welcome sends nothing.
+    """
+    client, _, _ = makeClient()
+    link, transport = openLink(client)
+    transport.clear()
+    welcome(link)
+    assert transport.value() == b""
+    assert transport.sequences == []
+
+
+def test_writeWhileConnectedIsSentAtOnce() -> None:
+    client, _, _ = makeClient()
+    link, transport = connected(client)
+    client.write(b"now")
+    assert transport.sequences == [[_wire.frameHeader(_wire.DATA, 3), b"now"]]
+    assert sentData(transport) == [b"now"]
+    client.writeSequence([b"a", b"b", b"c"])
+    assert sentData(transport) == [b"abc"]
+    client.write(bytearray(b"ba"))
+    client.write(memoryview(b"mv"))
+    assert sentData(transport) == [b"ba", b"mv"]
+    assert client.pending.resumeAfter(0) == [b"now", b"abc", b"ba", b"mv"]
+
+
+def test_ackFreesPending() -> None:
+    """
+    Cumulative ACKs free what they cover; stale ones change nothing.
+    """
+    client, _, _ = makeClient()
+    link, transport = connected(client)
+    for payload in (b"a", b"bb", b"ccc"):
+        client.write(payload)
+    ack(link, 2)
+    assert len(client.pending) == 1
+    assert client.pending.byteCount == 3
+    ack(link, 1)
+    assert len(client.pending) == 1
+    ack(link, 3)
+    assert len(client.pending) == 0
+    assert client.state == CONNECTED
+    assert not transport.disconnecting
+
+
+def test_ackBeyondNewestDropsLink() -> None:
+    """
+    A host acknowledging a message never sent is broken: the link is
+    dropped, and the messages kept.
+    """
+    client, _, _ = makeClient()
+    link, transport = connected(client)
+    client.write(b"a")
+    ack(link, 2)
+    assert transport.disconnecting
+    assert len(client.pending) == 1
+
+
+def test_lostLinkThenNewLinkResends() -> None:
+    """
+    When a link is lost, what its host had not acknowledged is sent again,
+    in order and with later writes, on the next link.
+    """
+    client, protocol, reactor = makeClient()
+    link, transport = connected(client)
+    for i in range(1, 5):
+        client.write(b"m%d" % i)
+    ack(link, 1)
+    loseLink(link)
+    assert client.state == CONNECTING
+    assert client.link is None
+    assert protocol.lost == []
+    # The next attempt starts at once.
+    assert [c[0] for c in reactor.unixClients] == [SOCKET]
+    client.write(b"m5")
+    assert len(client.pending) == 4
+
+    second, transport2 = openLink(client)
+    [(kind, body)] = sent(transport2)
+    assert kind == _wire.HELLO
+    assert _wire.decodeHello(body).firstSequence == 2
+    assert _wire.decodeHello(body).clientId == client.clientId
+    welcome(second, resumeAfter=1)
+    assert sentData(transport2) == [b"m2", b"m3", b"m4", b"m5"]
+    assert len(transport2.sequences) == 1
+
+    # The second host got two of them before that link died too.
+    loseLink(second)
+    third, transport3 = openLink(client)
+    transport3.clear()
+    welcome(third, resumeAfter=3)
+    assert sentData(transport3) == [b"m4", b"m5"]
+    ack(third, 5)
+    assert not client.pending
+    assert protocol.lost == []
+
+
+def test_dataFromHost() -> None:
+    """
+    Each DATA frame from the host is one C{dataReceived} call.
+    """
+    client, protocol, _ = makeClient()
+    link, _ = connected(client)
+    link.dataReceived(
+        _wire.encodeFrame(_wire.DATA, b"x") + _wire.encodeFrame(_wire.DATA, b"")
+    )
+    frame = _wire.encodeFrame(_wire.DATA, b"split")
+    link.dataReceived(frame[:3])
+    link.dataReceived(frame[3:])
+    assert protocol.received == [b"x", b"", b"split"]
+
+
+def test_welcomeAndFramesInOneRead() -> None:
+    """
+    A welcome followed by an ACK and DATA in one read is handled in order.
+    """
+    client, protocol, _ = makeClient()
+    client.write(b"a")
+    link, transport = openLink(client)
+    transport.clear()
+    link.dataReceived(
+        _wire.encodeWelcome(_wire.Welcome(0, HOST_PID, 1000))
+        + _wire.encodeAck(1)
+        + _wire.encodeFrame(_wire.DATA, b"reply")
+    )
+    assert sentData(transport) == [b"a"]
+    assert not client.pending
+    assert protocol.received == [b"reply"]
+
+
+def test_hostAddressAndWhenConnected() -> None:
+    """
+    Once welcomed, the peer is the host with the pid from its welcome, and
+    L{whenConnected} fires with it.
+    """
+    client, _, _ = makeClient()
+    waiting = client.whenConnected()
+    assert not waiting.called
+    assert client.getPeer() == ChannelAddress("jobs", SOCKET, HOST)
+    link, _ = connected(client)
+    expected = ChannelAddress("jobs", SOCKET, HOST, HOST_PID, None)
+    assert client.getPeer() == expected
+    assert waiting.result == expected
+    assert client.whenConnected().result == expected
+    me = client.getHost()
+    assert (me.role, me.pid, me.uid) == ("client", os.getpid(), os.getuid())
+    loseLink(link)
+    assert client.getPeer() == ChannelAddress("jobs", SOCKET, HOST)
+
+
+# Write errors
+
+
+def test_writeTooLarge() -> None:
+    client, _, _ = makeClient(maxMessageSize=10)
+    client.write(b"x" * 10)
+    with pytest.raises(ValueError, match="message of 11 bytes is over the limit"):
+        client.write(b"x" * 11)
+    assert len(client.pending) == 1
+
+
+def test_writeText() -> None:
+    client, _, _ = makeClient()
+    with pytest.raises(TypeError, match="data must be bytes, not str"):
+        client.write("text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        client.write(None)  # type: ignore[arg-type]
+    assert not client.pending
+
+
+def test_bufferFull() -> None:
+    """
+    A write that would pass maxBufferSize is refused and buffers nothing;
+    acknowledgements make room again.
+    """
+    client, _, _ = makeClient(maxMessageSize=100, maxBufferSize=250)
+    client.write(b"x" * 100)
+    client.write(b"x" * 100)
+    with pytest.raises(ChannelBufferFullError, match="200 unacknowledged bytes"):
+        client.write(b"x" * 51)
+    client.write(b"x" * 50)
+    assert client.pending.byteCount == 250
+    with pytest.raises(ChannelBufferFullError):
+        client.write(b"x")
+    link, _ = connected(client)
+    ack(link, 1)
+    client.write(b"y" * 100)
+    assert client.pending.byteCount == 250
+
+
+def test_writeAfterClose() -> None:
+    client, _, _ = makeClient()
+    client.write(b"a")
+    client.loseConnection()
+    with pytest.raises(ChannelClosedError, match="closing"):
+        client.write(b"b")
+    client.abortConnection()
+    with pytest.raises(ChannelClosedError, match="closed"):
+        client.write(b"b")
+
+
+# Closing
+
+
+def test_loseConnectionWaitsForAcks() -> None:
+    """
+    L{loseConnection} closes once every message is acknowledged, with
+    L{ConnectionDone}.
+    """
+    client, protocol, _ = makeClient()
+    link, transport = connected(client)
+    client.write(b"a")
+    client.write(b"b")
+    client.loseConnection()
+    assert client.disconnecting
+    assert client.state == CONNECTED
+    assert protocol.lost == []
+    ack(link, 1)
+    assert protocol.lost == []
+    assert not transport.disconnecting
+    ack(link, 2)
+    assert client.state == CLOSED
+    [reason] = protocol.lost
+    assert reason.check(error.ConnectionDone)
+    assert transport.disconnecting
+    assert client.factory.stopped == 1
+
+
+def test_loseConnectionWithNothingPending() -> None:
+    client, protocol, reactor = makeClient()
+    waiting = client.whenConnected()
+    failures: list[Failure] = []
+    waiting.addErrback(failures.append)
+    client.loseConnection()
+    [reason] = protocol.lost
+    assert reason.check(error.ConnectionDone)
+    assert failures[0].check(ChannelClosedError)
+    client.loseConnection()
+    assert len(protocol.lost) == 1
+    assert client.whenConnected().called
+
+
+def test_loseConnectionWhileConnectingSendsOnWelcome() -> None:
+    """
+    Messages written before L{loseConnection} are still delivered when a
+    host turns up, and the connection closes after their ACK.
+    """
+    client, protocol, _ = makeClient()
+    client.write(b"late")
+    client.loseConnection()
+    link, transport = openLink(client)
+    transport.clear()
+    welcome(link)
+    assert sentData(transport) == [b"late"]
+    assert protocol.lost == []
+    ack(link, 1)
+    assert protocol.lost[0].check(error.ConnectionDone)
+
+
+def test_loseConnectionAlreadyDeliveredClosesOnWelcome() -> None:
+    """
+    If the new host says it already has everything, the closing connection
+    ends at its welcome.
+    """
+    client, protocol, _ = makeClient()
+    client.write(b"a")
+    client.loseConnection()
+    link, _ = openLink(client)
+    welcome(link, resumeAfter=1)
+    assert protocol.lost[0].check(error.ConnectionDone)
+
+
+def test_loseConnectionGivesUpAfterTimeout() -> None:
+    """
+    A host that never acknowledges does not hold a closing connection open
+    beyond its timeout.
+    """
+    client, protocol, reactor = makeClient(timeout=3)
+    link, transport = connected(client)
+    client.write(b"a")
+    client.loseConnection()
+    reactor.advance(2.9)
+    assert protocol.lost == []
+    reactor.advance(0.2)
+    [reason] = protocol.lost
+    assert reason.check(ChannelUnreachableError)
+    assert reason.value.undelivered == 1
+    assert transport.disconnecting
+
+
+def test_abortConnection() -> None:
+    client, protocol, _ = makeClient()
+    link, transport = connected(client)
+    client.write(b"a")
+    client.abortConnection()
+    [reason] = protocol.lost
+    assert reason.check(error.ConnectionAborted)
+    assert "1 message(s) not acknowledged" in reason.getErrorMessage()
+    assert transport.disconnecting
+    # The link's end after that changes nothing.
+    loseLink(link)
+    assert len(protocol.lost) == 1
+
+
+def test_timeoutWithNoHost() -> None:
+    """
+    With no host for C{timeout} seconds, the connection ends with
+    L{ChannelUnreachableError} saying how many messages were not delivered.
+    """
+    client, protocol, reactor = makeClient(timeout=5)
+    client.startConnecting()
+    for payload in (b"a", b"b", b"c"):
+        client.write(payload)
+    waiting = client.whenConnected()
+    failures: list[Failure] = []
+    waiting.addErrback(failures.append)
+    reactor.advance(4.99)
+    assert protocol.lost == []
+    reactor.advance(0.02)
+    [reason] = protocol.lost
+    assert reason.check(ChannelUnreachableError)
+    assert reason.check(error.ConnectionLost)
+    assert reason.value.undelivered == 3
+    assert reason.value.name == "jobs"
+    assert reason.value.timeout == 5
+    assert "3 written message(s) were not delivered" in str(reason.value)
+    assert failures[0].check(ChannelClosedError)
+    assert client.state == CLOSED
+    assert client.factory.stopped == 1
+    assert reactor.getDelayedCalls() == []
+
+
+def failLatestAttempt(reactor: MemoryReactorClock) -> None:
+    """
+    Make the most recent connection attempt fail, as when nobody listens.
+    """
+    factory = reactor.unixClients[-1][1]
+    factory.clientConnectionFailed(
+        reactor.connectors[-1], Failure(error.ConnectionRefusedError())
+    )
+
+
+def test_failedAttemptsRetryQuicklyUntilTimeout() -> None:
+    """
+    Refused attempts are retried after milliseconds, backing off to at most
+    C{maxDelay}, until the timeout ends the connection.
+    """
+    client, protocol, reactor = makeClient(timeout=2)
+    client.write(b"a")
+    client.startConnecting()
+    assert len(reactor.unixClients) == 1
+    failLatestAttempt(reactor)
+    # Two calls are now scheduled: the give-up timer and a quick retry.
+    waits = sorted(c.getTime() - reactor.seconds() for c in reactor.getDelayedCalls())
+    assert len(waits) == 2
+    assert waits[0] <= 0.0024
+    assert waits[1] == 2
+    while protocol.lost == []:
+        attempts = len(reactor.unixClients)
+        reactor.advance(client.strategy.maxDelay)
+        if protocol.lost:
+            break
+        assert len(reactor.unixClients) == attempts + 1
+        failLatestAttempt(reactor)
+    assert 2 <= reactor.seconds() <= 2 + client.strategy.maxDelay
+    assert protocol.lost[0].check(ChannelUnreachableError)
+    assert protocol.lost[0].value.undelivered == 1
+    assert reactor.getDelayedCalls() == []
+
+
+def test_timeoutZeroNeverGivesUp() -> None:
+    """
+    With timeout=0 a client retries for ever and keeps its messages.
+    """
+    client, protocol, reactor = makeClient(timeout=0)
+    client.write(b"a")
+    client.startConnecting()
+    for _ in range(500):
+        failLatestAttempt(reactor)
+        assert len(reactor.getDelayedCalls()) == 1
+        reactor.advance(client.strategy.maxDelay)
+    reactor.advance(10**6)
+    assert protocol.lost == []
+    assert client.state == CONNECTING
+    assert len(client.pending) == 1
+    assert len(reactor.unixClients) == 501
+
+    # A host at last: the latest attempt connects, and the message goes.
+    wrapper = reactor.unixClients[-1][1].buildProtocol(None)
+    transport = LinkTransport()
+    wrapper.makeConnection(transport)
+    transport.clear()
+    wrapper.dataReceived(_wire.encodeWelcome(_wire.Welcome(0, HOST_PID, 1000)))
+    assert sentData(transport) == [b"a"]
+    assert client.state == CONNECTED
+    assert client.link is not None and client.link.connector is client._connector
+
+
+def test_connectedLinkCancelsGiveUp() -> None:
+    """
+    A welcome stops the give-up timer; losing the link starts it again.
+    """
+    client, protocol, reactor = makeClient(timeout=5)
+    client.startConnecting()
+    wrapper = reactor.unixClients[-1][1].buildProtocol(None)
+    wrapper.makeConnection(LinkTransport())
+    wrapper.dataReceived(_wire.encodeWelcome(_wire.Welcome(0, HOST_PID, 1000)))
+    assert reactor.getDelayedCalls() == []
+    reactor.advance(100)
+    assert protocol.lost == []
+    loseLink(client.link)  # type: ignore[arg-type]
+    reactor.advance(5.01)
+    assert protocol.lost[0].check(ChannelUnreachableError)
+
+
+# The reconnection strategy
+
+
+class FakeConnector:
+    def __init__(self) -> None:
+        self.connects = 0
+
+    def connect(self) -> None:
+        self.connects += 1
+
+
+def scheduledWaits(
+    client: ChannelClientTransport, reactor: MemoryReactorClock, count: int
+) -> list[float]:
+    connector = FakeConnector()
+    waits = []
+    for _ in range(count):
+        before = set(reactor.getDelayedCalls())
+        client.strategy.retry(connector)  # type: ignore[arg-type]
+        [call] = set(reactor.getDelayedCalls()) - before
+        waits.append(call.getTime() - reactor.seconds())
+    reactor.advance(10)
+    assert connector.connects == count
+    return waits
+
+
+def test_strategyDelays() -> None:
+    """
+    Retries start after about two milliseconds and back off, with jitter,
+    never below zero nor above C{maxDelay}.
+    """
+    client, _, reactor = makeClient()
+    strategy = client.strategy
+    waits = scheduledWaits(client, reactor, 40)
+    assert strategy.initialDelay * 0.8 <= waits[0] <= strategy.initialDelay * 1.2
+    assert waits[0] < 0.01
+    expected = strategy.initialDelay
+    for wait in waits:
+        assert 0 <= wait <= strategy.maxDelay
+        assert expected * (1 - strategy.jitter) <= wait + 1e-12
+        assert wait <= expected * (1 + strategy.jitter) + 1e-12
+        expected = min(expected * strategy.factor, strategy.maxDelay)
+    assert waits[-1] >= strategy.maxDelay * (1 - strategy.jitter)
+    strategy.resetDelay()
+    assert scheduledWaits(client, reactor, 1)[0] < 0.01
+
+
+@pytest.mark.parametrize("pick", [min, max])
+def test_strategyJitterClamped(pick: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Even extreme jitter stays in [0, maxDelay].
+    """
+    monkeypatch.setattr(_client.random, "uniform", lambda a, b: pick(a, b))
+    client, _, reactor = makeClient()
+    client.strategy.jitter = 1.5
+    for wait in scheduledWaits(client, reactor, 20):
+        assert 0 <= wait <= client.strategy.maxDelay
+    assert max(scheduledWaits(client, reactor, 1)) in (0.0, client.strategy.maxDelay)
+
+
+def test_strategyStopped() -> None:
+    """
+    After L{stopTrying} nothing is scheduled; without a connector at all,
+    retry says so.
+    """
+    client, _, reactor = makeClient()
+    client.strategy.stopTrying()
+    client.strategy.retry(FakeConnector())  # type: ignore[arg-type]
+    assert reactor.getDelayedCalls() == []
+    client.strategy.continueTrying = True
+    with pytest.raises(ValueError, match="no connector"):
+        client.strategy.retry()
+
+
+def test_unwelcomedLinkLostRetries() -> None:
+    """
+    A link that never got its welcome counts as a failed attempt: another
+    is made after a short delay, not at once.
+    """
+    client, protocol, reactor = makeClient()
+    link, transport = openLink(client)
+    loseLink(link)
+    assert reactor.unixClients == []
+    [call] = reactor.getDelayedCalls()
+    assert call.getTime() - reactor.seconds() <= 0.0024
+    reactor.advance(0.01)
+    assert len(reactor.unixClients) == 1
+    assert protocol.lost == []
+
+
+# Misbehaving hosts
+
+
+def test_handshakeTimeout() -> None:
+    """
+    A host that does not answer the hello in time has its link dropped.
+    """
+    client, _, reactor = makeClient(timeout=0)
+    link, transport = openLink(client)
+    reactor.advance(LINK_HANDSHAKE_TIMEOUT - 0.01)
+    assert not transport.disconnecting
+    reactor.advance(0.02)
+    assert transport.disconnecting
+    assert client.state == CONNECTING
+
+
+def test_welcomeCancelsHandshakeTimeout() -> None:
+    client, _, reactor = makeClient(timeout=0)
+    link, transport = connected(client)
+    assert reactor.getDelayedCalls() == []
+    reactor.advance(LINK_HANDSHAKE_TIMEOUT * 2)
+    assert not transport.disconnecting
+
+
+def test_errorFrameDropsLink() -> None:
+    client, protocol, _ = makeClient()
+    link, transport = openLink(client)
+    link.dataReceived(_wire.encodeError("go away"))
+    assert transport.disconnecting
+    assert client.state == CONNECTING
+    assert protocol.lost == []
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        _wire.encodeFrame(_wire.DATA, b"early"),
+        _wire.encodeAck(0),
+        _wire.encodeFrame(_wire.GOODBYE),
+        _wire.encodeFrame(_wire.STATUS, b"{}"),
+        b"GET / HTTP/1.1\r\n\r\n",
+        _wire.encodeFrame(_wire.WELCOME, b"short"),
+    ],
+)
+def test_brokenHostBeforeWelcome(frame: bytes) -> None:
+    """
+    Anything but a well-formed welcome first drops the link, and delivers
+    nothing to the application.
+    """
+    client, protocol, _ = makeClient()
+    link, transport = openLink(client)
+    link.dataReceived(frame)
+    assert transport.disconnecting
+    assert protocol.received == []
+    assert client.state == CONNECTING
+    assert protocol.lost == []
+
+
+def test_secondWelcomeDropsLink() -> None:
+    client, _, _ = makeClient()
+    link, transport = connected(client)
+    welcome(link)
+    assert transport.disconnecting
+
+
+def test_welcomeResumingBeyondWritesDropsLink() -> None:
+    """
+    A welcome claiming messages never written drops the link and keeps the
+    messages.
+    """
+    client, _, _ = makeClient()
+    client.write(b"a")
+    link, transport = openLink(client)
+    welcome(link, resumeAfter=2)
+    assert transport.disconnecting
+    assert len(client.pending) == 1
+    assert client.state == CONNECTING
+
+
+def test_hostWithSmallerLimitFailsConnection() -> None:
+    """
+    A host that accepts smaller messages than some already buffered ends
+    the connection with a L{ValueError} saying so.
+    """
+    client, protocol, _ = makeClient()
+    client.write(b"x" * 100)
+    link, transport = openLink(client)
+    welcome(link, maxMessageSize=50)
+    [reason] = protocol.lost
+    assert reason.check(ValueError)
+    assert "at most 50 bytes" in reason.getErrorMessage()
+
+
+def test_hostWithSmallerLimitClosesLink() -> None:
+    client, _, _ = makeClient()
+    client.write(b"x" * 100)
+    link, transport = openLink(client)
+    welcome(link, maxMessageSize=50)
+    assert transport.disconnecting
+
+
+def test_applicationErrorClosesConnection() -> None:
+    """
+    An application whose C{dataReceived} raises has its connection closed
+    with that error.
+    """
+
+    class Broken(Recorder):
+        def dataReceived(self, data: bytes) -> None:
+            raise RuntimeError("app bug")
+
+    client, protocol, _ = makeClient(protocol=Broken())
+    link, transport = connected(client)
+    link.dataReceived(
+        _wire.encodeFrame(_wire.DATA, b"a") + _wire.encodeFrame(_wire.DATA, b"b")
+    )
+    [reason] = protocol.lost
+    assert reason.check(RuntimeError)
+    assert transport.disconnecting
+
+
+def test_goodbyeEndsConnection() -> None:
+    """
+    A GOODBYE from the host ends the logical connection: no reconnection,
+    and a L{ConnectionDone} when everything was acknowledged.
+    """
+    client, protocol, reactor = makeClient()
+    link, transport = connected(client)
+    client.write(b"a")
+    ack(link, 1)
+    link.dataReceived(_wire.encodeFrame(_wire.GOODBYE))
+    [reason] = protocol.lost
+    assert reason.check(error.ConnectionDone)
+    assert client.state == CLOSED
+    assert transport.disconnecting
+    loseLink(link)
+    assert reactor.unixClients == []
+    assert reactor.getDelayedCalls() == []
+    assert len(protocol.lost) == 1
+
+
+def test_goodbyeWithUnacknowledged() -> None:
+    """
+    A GOODBYE while messages are unacknowledged ends the connection with
+    L{ConnectionLost} saying how many.
+    """
+    client, protocol, _ = makeClient()
+    link, _ = connected(client)
+    client.write(b"a")
+    client.write(b"b")
+    link.dataReceived(
+        _wire.encodeFrame(_wire.GOODBYE) + _wire.encodeFrame(_wire.DATA, b"after")
+    )
+    [reason] = protocol.lost
+    assert reason.check(error.ConnectionLost)
+    assert "2 message(s) not acknowledged" in reason.getErrorMessage()
+    assert protocol.received == []
+
+
+def test_pongIgnored() -> None:
+    client, protocol, _ = makeClient()
+    link, transport = connected(client)
+    link.dataReceived(_wire.encodeFrame(_wire.PONG, b"x"))
+    assert not transport.disconnecting
+    assert protocol.received == []
+
+
+# Link observers
+
+
+def test_linkObserver() -> None:
+    """
+    A protocol providing L{IChannelLinkObserver} hears of each link coming
+    up and going down; its C{connectionLost} only at the end.
+    """
+    client, protocol, _ = makeClient(protocol=Observer())
+    link, _ = connected(client)
+    loseLink(link)
+    second, _ = connected(client)
+    assert [event for event, _ in protocol.events] == ["up", "down", "up"]
+    assert protocol.events[0][1] == ChannelAddress("jobs", SOCKET, HOST, HOST_PID)
+    assert protocol.events[1][1].check(error.ConnectionLost)
+    assert protocol.lost == []
+    client.loseConnection()
+    assert protocol.lost[0].check(error.ConnectionDone)
+    assert [event for event, _ in protocol.events] == ["up", "down", "up"]
+
+
+def test_observerClosingInLinkLost() -> None:
+    """
+    An observer that aborts in C{linkLost} stops the reconnection.
+    """
+
+    @implementer(IChannelLinkObserver)
+    class Quitter(Observer):
+        def linkLost(self, reason: Failure) -> None:
+            super().linkLost(reason)
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    client, protocol, reactor = makeClient(protocol=Quitter())
+    link, _ = connected(client)
+    loseLink(link)
+    assert client.state == CLOSED
+    assert reactor.unixClients == []
+    assert protocol.lost[0].check(error.ConnectionAborted)
+
+
+# Producers
+
+
+def test_streamingProducerPausedAndResumed() -> None:
+    """
+    A streaming producer is paused once unacknowledged bytes reach half the
+    buffer cap, and resumed once ACKs bring them to a quarter.
+    """
+    client, _, _ = makeClient(maxMessageSize=100, maxBufferSize=1000)
+    assert (client.highWater, client.lowWater) == (500, 250)
+    producer = Producer()
+    client.registerProducer(producer, True)
+    assert producer.events == []
+    link, _ = connected(client)
+    for _ in range(4):
+        client.write(b"x" * 100)
+    assert producer.events == []
+    client.write(b"x" * 100)
+    assert producer.events == ["pause"]
+    client.write(b"x" * 100)
+    assert producer.events == ["pause"]
+    ack(link, 2)
+    assert producer.events == ["pause"]
+    ack(link, 3)
+    assert producer.events == ["pause"]
+    ack(link, 4)
+    assert producer.events == ["pause", "resume"]
+    ack(link, 6)
+    assert producer.events == ["pause", "resume"]
+    client.unregisterProducer()
+    for _ in range(8):
+        client.write(b"x" * 100)
+    assert producer.events == ["pause", "resume"]
+
+
+def test_producerRegisteredAboveHighWater() -> None:
+    client, _, _ = makeClient(maxMessageSize=100, maxBufferSize=400)
+    client.write(b"x" * 100)
+    client.write(b"x" * 100)
+    producer = Producer()
+    client.registerProducer(producer, True)
+    assert producer.events == ["pause"]
+    with pytest.raises(RuntimeError, match="already registered"):
+        client.registerProducer(Producer(), True)
+
+
+def test_pullProducer() -> None:
+    """
+    A pull producer is asked for more at registration and after each ACK,
+    unless too much is buffered: then only once ACKs bring the buffer down
+    to the low-water mark.
+    """
+    client, _, _ = makeClient(maxMessageSize=100, maxBufferSize=400)
+    assert (client.highWater, client.lowWater) == (200, 100)
+    producer = Producer()
+    client.registerProducer(producer, False)
+    assert producer.events == ["resume"]
+    link, _ = connected(client)
+    # A link coming up is a chance to produce, too.
+    assert producer.events == ["resume"] * 2
+    client.write(b"x" * 100)
+    ack(link, 1)
+    assert producer.events == ["resume"] * 3
+    for _ in range(3):
+        client.write(b"x" * 100)
+    assert producer.events == ["resume"] * 3
+    ack(link, 2)
+    assert client.pending.byteCount == 200
+    assert producer.events == ["resume"] * 3
+    ack(link, 3)
+    assert producer.events == ["resume"] * 4
+
+
+def test_producerResumedWhenWelcomeAcknowledges() -> None:
+    client, _, _ = makeClient(maxMessageSize=100, maxBufferSize=1000)
+    producer = Producer()
+    client.registerProducer(producer, True)
+    link, _ = connected(client)
+    for _ in range(5):
+        client.write(b"x" * 100)
+    assert producer.events == ["pause"]
+    # The host got them all, but its ACK was lost with the link.
+    loseLink(link)
+    second, _ = openLink(client)
+    welcome(second, resumeAfter=5)
+    assert not client.pending
+    assert producer.events == ["pause", "resume"]
+
+
+def test_producerStoppedWhenConnectionEnds() -> None:
+    client, _, reactor = makeClient(timeout=1)
+    producer = Producer()
+    client.registerProducer(producer, True)
+    client.startConnecting()
+    reactor.advance(2)
+    assert client.state == CLOSED
+    assert "stop" in producer.events

@@ -1,0 +1,683 @@
+"""
+Unit tests of the host's end of a link, L{_HostLink}, driven by hand with a
+memory reactor and string transports.  No sockets, no sleeps, no election.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+from twisted.internet import error
+from twisted.internet.interfaces import IAddress, ITransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
+
+from twisted_channel import ChannelAddress, ChannelClientTransport, _host, _wire
+from twisted_channel._address import HOST
+from twisted_channel._credentials import PeerCredentials
+from twisted_channel._directory import channelPaths
+from twisted_channel._host import ChannelPort, _HostingTerm, _HostLink
+
+CLIENT_PID = 1234
+LIMIT = 1000
+
+
+class App(Protocol):
+    """
+    A host application protocol that records what happens to it.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.lost: list[Failure] = []
+        self.made = 0
+
+    def connectionMade(self) -> None:
+        self.made += 1
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        self.lost.append(reason)
+
+
+class Exploding(App):
+    """
+    An application with a bug: it raises on C{b"boom"}.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if data == b"boom":
+            raise RuntimeError("application bug")
+
+
+class Closing(App):
+    """
+    An application that ends the client's connection after one message.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.transport.write(b"bye: " + data)  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class AppFactory(Factory):
+    def __init__(self, protocolClass: type[App] = App) -> None:
+        self.protocolClass = protocolClass
+        self.built: list[App] = []
+        self.addresses: list[IAddress] = []
+
+    def buildProtocol(self, addr: IAddress) -> App:
+        protocol = self.protocolClass()
+        protocol.factory = self
+        self.built.append(protocol)
+        self.addresses.append(addr)
+        return protocol
+
+
+class LinkTransport(StringTransport):
+    """
+    A string transport with a socket handle that cannot name its peer.
+    """
+
+    def getHandle(self) -> Any:
+        return None
+
+
+class Host:
+    """
+    A port and a hosting term, as if this process had won the election.
+    """
+
+    def __init__(self, directory: str, factory: AppFactory) -> None:
+        self.reactor = MemoryReactorClock()
+        self.factory = factory
+        self.port = ChannelPort(
+            self.reactor,
+            "jobs",
+            channelPaths("jobs", directory),
+            factory,
+            LIMIT,
+            handshakeTimeout=10.0,
+        )
+        self.term = _HostingTerm(self.reactor.seconds())
+        self.port._term = self.term
+        self.port.role = HOST
+
+    def link(self) -> tuple[_HostLink, StringTransport]:
+        link = _HostLink(self.port, self.term)
+        transport = LinkTransport()
+        link.makeConnection(transport)
+        return link, transport
+
+
+@pytest.fixture(autouse=True)
+def noPeerCredentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        _host, "peerCredentials", lambda handle: PeerCredentials(None, None)
+    )
+
+
+@pytest.fixture
+def host(channelDirectory: str) -> Host:
+    return Host(channelDirectory, AppFactory())
+
+
+def hello(
+    clientId: bytes = b"c" * 16,
+    firstSequence: int = 1,
+    maxMessageSize: int = LIMIT,
+    flags: int = 0,
+) -> bytes:
+    return _wire.encodeHello(
+        _wire.Hello(clientId, CLIENT_PID, maxMessageSize, firstSequence, flags)
+    )
+
+
+def data(*payloads: bytes) -> bytes:
+    return b"".join(_wire.encodeFrame(_wire.DATA, p) for p in payloads)
+
+
+def sent(transport: StringTransport) -> list[tuple[int, bytes]]:
+    frames = _wire.FrameDecoder(0xFFFFFFFE).feed(transport.value())
+    transport.clear()
+    return frames
+
+
+def acks(frames: list[tuple[int, bytes]]) -> list[int]:
+    assert all(kind == _wire.ACK for kind, _ in frames), frames
+    return [_wire.decodeAck(body) for _, body in frames]
+
+
+def welcomed(transport: StringTransport) -> _wire.Welcome:
+    [(kind, body)] = sent(transport)
+    assert kind == _wire.WELCOME
+    return _wire.decodeWelcome(body)
+
+
+def errorOf(transport: StringTransport) -> str:
+    frames = sent(transport)
+    assert [kind for kind, _ in frames] == [_wire.ERROR], frames
+    return frames[0][1].decode("utf-8")
+
+
+# Handshake
+
+
+def test_helloGetsWelcomeAndApplication(host: Host) -> None:
+    """
+    A hello is answered with a welcome, and the factory's protocol is
+    connected to the link.
+    """
+    link, transport = host.link()
+    assert transport.value() == b""
+    link.dataReceived(hello())
+    assert welcomed(transport) == _wire.Welcome(0, os.getpid(), LIMIT)
+    [app] = host.factory.built
+    assert app.made == 1
+    assert verifyObject(ITransport, app.transport)
+    peer = ChannelAddress("jobs", host.port.paths.socket, None, CLIENT_PID, None)
+    assert app.transport.getPeer() == peer  # type: ignore[union-attr]
+    assert host.factory.addresses == [peer]
+    assert app.transport.getHost() == host.port.getHost()  # type: ignore[union-attr]
+    assert host.term.links == {b"c" * 16: link}
+    assert link in host.term.allLinks
+    assert host.reactor.getDelayedCalls() == []
+    assert not transport.disconnecting
+
+
+def test_helloInPieces(host: Host) -> None:
+    """
+    A hello split across reads is a hello.
+    """
+    link, transport = host.link()
+    frame = hello()
+    for i in range(len(frame)):
+        link.dataReceived(frame[i : i + 1])
+    assert welcomed(transport).resumeAfter == 0
+    assert len(host.factory.built) == 1
+
+
+def test_helloAndDataInOneRead(host: Host) -> None:
+    link, transport = host.link()
+    link.dataReceived(hello() + data(b"a", b"b"))
+    frames = sent(transport)
+    assert [kind for kind, _ in frames] == [_wire.WELCOME, _wire.ACK]
+    assert _wire.decodeAck(frames[1][1]) == 2
+    assert host.factory.built[0].received == [b"a", b"b"]
+
+
+# Delivery and acknowledgement
+
+
+def test_oneAckPerRead(host: Host) -> None:
+    """
+    Each DATA frame is one C{dataReceived} call; each read that delivers
+    messages is answered with one cumulative ACK.
+    """
+    link, transport = host.link()
+    link.dataReceived(hello())
+    transport.clear()
+    [app] = host.factory.built
+    link.dataReceived(data(b"one", b"two", b""))
+    assert app.received == [b"one", b"two", b""]
+    assert acks(sent(transport)) == [3]
+    frame = data(b"four")
+    link.dataReceived(frame[:6])
+    assert transport.value() == b""
+    link.dataReceived(frame[6:] + data(b"five")[:2])
+    assert acks(sent(transport)) == [4]
+    link.dataReceived(data(b"five")[2:])
+    assert acks(sent(transport)) == [5]
+    assert app.received == [b"one", b"two", b"", b"four", b"five"]
+    assert host.term.messages == 5
+    assert host.term.delivered[b"c" * 16] == 5
+
+
+def test_resendRecognisedOnNewLink(host: Host) -> None:
+    """
+    When a client says hello again with the same id, the new link resumes
+    after what the host already delivered; the old link is closed quietly
+    and nothing is delivered twice.
+    """
+    first, firstTransport = host.link()
+    first.dataReceived(hello())
+    first.dataReceived(data(b"m1", b"m2"))
+    firstTransport.clear()
+
+    # The client never saw the ACK: it still holds m1 and m2.
+    second, secondTransport = host.link()
+    second.dataReceived(hello(firstSequence=1))
+    assert welcomed(secondTransport).resumeAfter == 2
+    assert firstTransport.disconnecting
+    assert firstTransport.value() == b""
+    # Late data on the old link is ignored.
+    first.dataReceived(data(b"m3"))
+    assert firstTransport.value() == b""
+
+    second.dataReceived(data(b"m3"))
+    assert acks(sent(secondTransport)) == [3]
+    app1, app2 = host.factory.built
+    assert app1.received == [b"m1", b"m2"]
+    assert app2.received == [b"m3"]
+    assert host.term.links == {b"c" * 16: second}
+
+    first.connectionLost(Failure(error.ConnectionDone()))
+    assert app1.lost and not app2.lost
+    assert host.term.links == {b"c" * 16: second}
+
+
+def test_resumeAfterLinkLost(host: Host) -> None:
+    """
+    A client that comes back after its link was lost resumes after what was
+    delivered, even if it saw only part of the acknowledgements.
+    """
+    first, _ = host.link()
+    first.dataReceived(hello() + data(b"m1", b"m2", b"m3"))
+    first.connectionLost(Failure(error.ConnectionLost()))
+    assert host.term.links == {}
+    assert host.factory.built[0].lost[0].check(error.ConnectionLost)
+    second, transport = host.link()
+    second.dataReceived(hello(firstSequence=2))
+    assert welcomed(transport).resumeAfter == 3
+
+
+def test_unknownClientNumbersFromItsFirstSequence(host: Host) -> None:
+    """
+    A client this host has not seen (it failed over from another host)
+    numbers its messages from the oldest one it holds.
+    """
+    link, transport = host.link()
+    link.dataReceived(hello(b"n" * 16, firstSequence=5))
+    assert welcomed(transport).resumeAfter == 4
+    link.dataReceived(data(b"m5"))
+    assert acks(sent(transport)) == [5]
+
+
+def test_clientsAreSeparate(host: Host) -> None:
+    a, aTransport = host.link()
+    b, bTransport = host.link()
+    a.dataReceived(hello(b"a" * 16) + data(b"x"))
+    b.dataReceived(hello(b"b" * 16))
+    assert welcomed(bTransport).resumeAfter == 0
+    assert not aTransport.disconnecting
+    assert len(host.term.links) == 2
+
+
+def test_ping(host: Host) -> None:
+    link, transport = host.link()
+    link.dataReceived(hello())
+    transport.clear()
+    link.dataReceived(_wire.encodeFrame(_wire.PING, b"123"))
+    assert sent(transport) == [(_wire.PONG, b"123")]
+
+
+def test_unexpectedFrameAfterHandshake(host: Host) -> None:
+    link, transport = host.link()
+    link.dataReceived(hello())
+    transport.clear()
+    link.dataReceived(data(b"a") + _wire.encodeAck(1) + data(b"b"))
+    frames = sent(transport)
+    assert [kind for kind, _ in frames] == [_wire.ERROR, _wire.ACK]
+    assert "unexpected frame of kind 4 after the handshake" in frames[0][1].decode()
+    assert host.factory.built[0].received == [b"a"]
+    assert transport.disconnecting
+
+
+# Refusals
+
+
+@pytest.mark.parametrize(
+    "garbage, reason",
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "unknown frame kind"),
+        (b"\x00\x00\x00\x00\x01", "frame length of 0"),
+        (data(b"sneaky"), "first frame is of kind 3, not a hello"),
+        (_wire.encodeAck(1), "first frame is of kind 4, not a hello"),
+        (_wire.encodeFrame(_wire.HELLO, b"short"), "hello is 5 bytes long"),
+        (
+            _wire.encodeHello(_wire.Hello(b"c" * 16, 1, 1, version=9)),
+            "hello asks for wire version 9",
+        ),
+        (
+            _wire.encodeFrame(_wire.HELLO, b"XXXX" + hello()[9:]),
+            "does not start with the channel's magic bytes",
+        ),
+        (_wire.frameHeader(_wire.HELLO, 5000), "over the limit of 4096"),
+        # Before the hello, nothing larger than a control frame is buffered.
+        (
+            _wire.frameHeader(_wire.DATA, _wire.MAX_CONTROL_BODY + 1),
+            "over the limit of 4096 bytes",
+        ),
+    ],
+)
+def test_garbageRefused(host: Host, garbage: bytes, reason: str) -> None:
+    """
+    A peer that does not start with a well-formed hello gets an ERROR frame
+    saying why, then the link is closed; no application protocol is built.
+    """
+    link, transport = host.link()
+    link.dataReceived(garbage)
+    assert reason in errorOf(transport)
+    assert transport.disconnecting
+    assert host.factory.built == []
+    link.dataReceived(hello())
+    assert transport.value() == b""
+    assert host.factory.built == []
+    # A late deadline changes nothing, and the link's end cancels it.
+    host.reactor.advance(5)
+    assert transport.value() == b""
+    link.connectionLost(Failure(error.ConnectionDone()))
+    assert host.reactor.getDelayedCalls() == []
+    assert host.term.allLinks == set()
+
+
+def test_handshakeDeadline(host: Host) -> None:
+    """
+    A peer that connects and says nothing (or only part of a hello) is
+    dropped when the handshake deadline passes.
+    """
+    link, transport = host.link()
+    link.dataReceived(hello()[:10])
+    host.reactor.advance(9.99)
+    assert not transport.disconnecting
+    host.reactor.advance(0.02)
+    assert "no hello within 10 seconds" in errorOf(transport)
+    assert transport.disconnecting
+    link.connectionLost(Failure(error.ConnectionDone()))
+    assert link not in host.term.allLinks
+
+
+def test_helloBeatsDeadline(host: Host) -> None:
+    link, transport = host.link()
+    host.reactor.advance(9)
+    link.dataReceived(hello())
+    host.reactor.advance(100)
+    assert not transport.disconnecting
+    assert welcomed(transport).resumeAfter == 0
+
+
+def test_peerOfAnotherUserRefused(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        _host, "peerCredentials", lambda handle: PeerCredentials(77, os.getuid() + 1)
+    )
+    link, transport = host.link()
+    assert f"peer runs as uid {os.getuid() + 1}" in errorOf(transport)
+    assert transport.disconnecting
+    assert host.reactor.getDelayedCalls() == []
+    assert link.peerAddress.pid == 77
+
+
+def test_kernelPidPreferred(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The peer's pid as the kernel reports it wins over the one in its hello.
+    """
+    monkeypatch.setattr(
+        _host, "peerCredentials", lambda handle: PeerCredentials(77, os.getuid())
+    )
+    link, _ = host.link()
+    link.dataReceived(hello())
+    assert link.peerAddress.pid == 77
+    assert link.peerAddress.uid == os.getuid()
+
+
+def test_factoryRefuses(host: Host) -> None:
+    """
+    A factory that returns no protocol gets the link closed with an ERROR.
+    """
+    host.factory.buildProtocol = lambda addr: None  # type: ignore[method-assign,assignment,return-value]
+    link, transport = host.link()
+    link.dataReceived(hello())
+    frames = sent(transport)
+    assert frames[-1][0] == _wire.ERROR
+    assert "factory refused" in frames[-1][1].decode()
+    assert transport.disconnecting
+
+
+def test_factoryRefusesWithoutWelcome(host: Host) -> None:
+    host.factory.buildProtocol = lambda addr: None  # type: ignore[method-assign,assignment,return-value]
+    link, transport = host.link()
+    link.dataReceived(hello())
+    assert [kind for kind, _ in sent(transport)] == [_wire.ERROR]
+
+
+# Application errors and application closes
+
+
+def test_applicationErrorAbortsOnlyItsLink(channelDirectory: str) -> None:
+    """
+    An application protocol that raises in C{dataReceived} has its link
+    aborted; the rest of the read is not delivered, and other links go on.
+    """
+    host = Host(channelDirectory, AppFactory(Exploding))
+    bad, badTransport = host.link()
+    good, goodTransport = host.link()
+    good.dataReceived(hello(b"g" * 16))
+    bad.dataReceived(hello(b"b" * 16))
+    bad.dataReceived(data(b"ok", b"boom", b"after"))
+    assert badTransport.disconnected
+    goodApp, badApp = host.factory.built
+    assert badApp.received == [b"ok", b"boom"]
+    bad.dataReceived(data(b"later"))
+    assert badApp.received == [b"ok", b"boom"]
+    bad.connectionLost(Failure(error.ConnectionAborted()))
+    assert badApp.lost[0].check(error.ConnectionAborted)
+
+    goodTransport.clear()
+    good.dataReceived(data(b"fine"))
+    assert goodApp.received == [b"fine"]
+    assert acks(sent(goodTransport)) == [1]
+    assert not goodTransport.disconnecting
+
+    third, thirdTransport = host.link()
+    third.dataReceived(hello(b"t" * 16))
+    assert welcomed(thirdTransport).resumeAfter == 0
+
+
+def test_applicationWrites(host: Host) -> None:
+    """
+    Each application write is one DATA frame to the client, within the
+    smaller of both ends' limits.
+    """
+    link, transport = host.link()
+    link.dataReceived(hello(maxMessageSize=10))
+    transport.clear()
+    appTransport = host.factory.built[0].transport
+    assert appTransport is not None
+    appTransport.write(b"hello")
+    appTransport.writeSequence([b"a", b"b"])
+    assert sent(transport) == [(_wire.DATA, b"hello"), (_wire.DATA, b"ab")]
+    with pytest.raises(ValueError, match="message of 11 bytes is over the limit of 10"):
+        appTransport.write(b"x" * 11)
+    with pytest.raises(TypeError, match="must be bytes"):
+        appTransport.write("text")  # type: ignore[arg-type]
+    assert transport.value() == b""
+
+
+def test_applicationLoseConnectionSaysGoodbye(host: Host) -> None:
+    link, transport = host.link()
+    link.dataReceived(hello())
+    transport.clear()
+    host.factory.built[0].transport.loseConnection()  # type: ignore[union-attr]
+    assert sent(transport) == [(_wire.GOODBYE, b"")]
+    assert transport.disconnecting and not transport.disconnected
+    link.dataReceived(data(b"late"))
+    assert host.factory.built[0].received == []
+    assert transport.value() == b""
+
+
+def test_applicationAbortSaysGoodbye(host: Host) -> None:
+    link, transport = host.link()
+    link.dataReceived(hello())
+    transport.clear()
+    host.factory.built[0].transport.abortConnection()  # type: ignore[union-attr]
+    assert sent(transport) == [(_wire.GOODBYE, b"")]
+    assert transport.disconnected
+
+
+def test_applicationCloseInDataReceivedStopsDelivery(channelDirectory: str) -> None:
+    """
+    Once the application closes the connection, the rest of the read is not
+    delivered.
+    """
+    host = Host(channelDirectory, AppFactory(Closing))
+    link, transport = host.link()
+    link.dataReceived(hello())
+    transport.clear()
+    link.dataReceived(data(b"one", b"two"))
+    assert host.factory.built[0].received == [b"one"]
+    kinds = [kind for kind, _ in sent(transport)]
+    assert sorted(kinds) == sorted([_wire.DATA, _wire.GOODBYE, _wire.ACK])
+
+
+def test_ackBeforeGoodbye(channelDirectory: str) -> None:
+    host = Host(channelDirectory, AppFactory(Closing))
+    link, transport = host.link()
+    link.dataReceived(hello())
+    transport.clear()
+    link.dataReceived(data(b"one"))
+    kinds = [kind for kind, _ in sent(transport)]
+    assert kinds.index(_wire.ACK) < kinds.index(_wire.GOODBYE)
+
+
+def test_clientSeesCleanCloseAfterDeliveredMessage(
+    channelDirectory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from twisted_channel import _client
+
+    monkeypatch.setattr(
+        _client, "peerCredentials", lambda handle: PeerCredentials(None, None)
+    )
+
+    class ClientApp(App):
+        pass
+
+    host = Host(channelDirectory, AppFactory(Closing))
+    clientApp = ClientApp()
+    client = ChannelClientTransport(
+        host.reactor,
+        ChannelAddress("jobs", host.port.paths.socket, HOST),
+        clientApp,
+        Factory(),
+        5.0,
+        LIMIT,
+        4 * LIMIT,
+    )
+    clientApp.makeConnection(client)
+    client.write(b"request")
+
+    clientLink = _client._ClientLink(client)
+    clientSide = LinkTransport()
+    clientLink.makeConnection(clientSide)
+    hostLink, hostSide = host.link()
+    # Shuttle bytes between the two ends until both are quiet.
+    for _ in range(10):
+        toHost, toClient = clientSide.value(), hostSide.value()
+        clientSide.clear()
+        hostSide.clear()
+        if not toHost and not toClient:
+            break
+        if toHost:
+            hostLink.dataReceived(toHost)
+        if toClient:
+            clientLink.dataReceived(toClient)
+    assert host.factory.built[0].received == [b"request"]
+    assert clientApp.received == [b"bye: request"]
+    [reason] = clientApp.lost
+    assert reason.check(error.ConnectionDone), reason
+
+
+# Status queries
+
+
+def test_statusQuery(host: Host) -> None:
+    """
+    A hello with the status flag gets a STATUS frame of JSON about the
+    channel, then the link is closed; no application is involved.
+    """
+    busy, _ = host.link()
+    busy.dataReceived(hello(b"a" * 16) + data(b"x", b"yy"))
+    link, transport = host.link()
+    link.dataReceived(hello(b"s" * 16, flags=_wire.FLAG_STATUS_QUERY))
+    [(kind, body)] = sent(transport)
+    assert kind == _wire.STATUS
+    status = json.loads(body)
+    assert status["name"] == "jobs"
+    assert status["hosted"] is True
+    assert status["pid"] == os.getpid()
+    assert status["path"] == host.port.paths.socket
+    assert status["links"] == 1
+    assert status["messages"] == 2
+    assert status["since"] == host.term.started
+    assert status["bytes"] > 0
+    assert transport.disconnecting
+    assert len(host.factory.built) == 1
+    assert b"s" * 16 not in host.term.links
+    assert b"s" * 16 not in host.term.delivered
+    assert host.reactor.getDelayedCalls() == []
+
+
+def test_statusWhenNotHosting(channelDirectory: str) -> None:
+    port = ChannelPort(
+        MemoryReactorClock(), "jobs", channelPaths("jobs", channelDirectory), App, 10
+    )
+    status = port.status()
+    assert status["hosted"] is False
+    assert (status["links"], status["messages"], status["since"]) == (0, 0, None)
+
+
+# Bookkeeping
+
+
+def test_whenClosed(host: Host) -> None:
+    link, _ = host.link()
+    waiting = link.whenClosed()
+    assert not waiting.called
+    link.connectionLost(Failure(error.ConnectionDone()))
+    assert waiting.called
+    assert link.whenClosed().called
+    assert host.term.allLinks == set()
+
+
+def test_rememberedClientsBounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The host forgets the least recently seen disconnected clients first,
+    never one with a live link.
+    """
+    monkeypatch.setattr(_host, "REMEMBERED_CLIENTS", 2)
+    term = _HostingTerm(0.0)
+    term.links[b"live"] = object()  # type: ignore[assignment]
+    term.remember(b"live", 1)
+    term.remember(b"old", 1)
+    term.remember(b"new", 1)
+    assert list(term.delivered) == [b"live", b"old", b"new"]
+    term.remember(b"newer", 1)
+    assert list(term.delivered) == [b"live", b"new", b"newer"]
+    term.remember(b"new", 5)
+    assert list(term.delivered) == [b"live", b"newer", b"new"]
+    assert term.delivered[b"new"] == 5
+
+
+class ClosingAtOnce(App):
+    """
+    An application that ends the client's connection as soon as it starts.
+    """
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+def test_noDataAfterCloseInConnectionMade(channelDirectory: str) -> None:
+    host = Host(channelDirectory, AppFactory(ClosingAtOnce))
+    link, transport = host.link()
+    link.dataReceived(hello() + data(b"a", b"b"))
+    assert host.factory.built[0].received == []

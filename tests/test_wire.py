@@ -1,0 +1,480 @@
+"""
+Unit tests for L{twisted_channel._wire}: the sans-IO frame format.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from twisted_channel import _wire
+from twisted_channel._wire import (
+    ACK,
+    DATA,
+    ERROR,
+    HEADER_SIZE,
+    HELLO,
+    KNOWN_KINDS,
+    MAGIC,
+    MAX_CONTROL_BODY,
+    VERSION,
+    WELCOME,
+    FrameDecoder,
+    Hello,
+    ProtocolError,
+    Welcome,
+)
+
+#: The largest DATA body the decoders in these tests accept.
+LIMIT = 300
+
+U8 = st.integers(0, 0xFF)
+U32 = st.integers(0, 0xFFFFFFFF)
+U64 = st.integers(0, 0xFFFFFFFFFFFFFFFF)
+
+
+def frameStrategy() -> st.SearchStrategy[tuple[int, bytes]]:
+    """
+    Any well-formed frame a decoder with a DATA limit of L{LIMIT} accepts.
+    """
+    data = st.tuples(st.just(DATA), st.binary(max_size=LIMIT))
+    control = st.tuples(
+        st.sampled_from(sorted(KNOWN_KINDS - {DATA})), st.binary(max_size=64)
+    )
+    return st.one_of(data, control)
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    """
+    Split C{data} at the given offsets (taken modulo its length).
+    """
+    if not data:
+        return [data]
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+def feedAll(decoder: FrameDecoder, chunks: list[bytes]) -> list[tuple[int, bytes]]:
+    frames: list[tuple[int, bytes]] = []
+    for chunk in chunks:
+        frames.extend(decoder.feed(chunk))
+    return frames
+
+
+# Round trips
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    frames=st.lists(frameStrategy(), max_size=20),
+    cuts=st.lists(st.integers(min_value=0), max_size=30),
+)
+def test_framesRoundTripInAnyChunking(
+    frames: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    """
+    Any sequence of frames, encoded and then fed to a decoder in any
+    chunking, decodes to the same frames, with nothing left buffered.
+    """
+    encoded = b"".join(_wire.encodeFrame(kind, body) for kind, body in frames)
+    decoder = FrameDecoder(LIMIT)
+    assert feedAll(decoder, chunked(encoded, cuts)) == frames
+    assert decoder.buffered == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(frames=st.lists(frameStrategy(), max_size=10))
+def test_byteAtATime(frames: list[tuple[int, bytes]]) -> None:
+    """
+    Feeding one byte at a time decodes the same frames.
+    """
+    encoded = b"".join(_wire.encodeFrame(kind, body) for kind, body in frames)
+    decoder = FrameDecoder(LIMIT)
+    result = feedAll(decoder, [encoded[i : i + 1] for i in range(len(encoded))])
+    assert result == frames
+    assert decoder.buffered == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(payloads=st.lists(st.binary(max_size=LIMIT), max_size=10))
+def test_frameHeaderMatchesEncodeFrame(payloads: list[bytes]) -> None:
+    """
+    A header from L{_wire.frameHeader} followed by the body is the same as
+    L{_wire.encodeFrame}, which is how the client and host send DATA.
+    """
+    for payload in payloads:
+        assert _wire.frameHeader(DATA, len(payload)) + payload == _wire.encodeFrame(
+            DATA, payload
+        )
+    assert len(_wire.frameHeader(DATA, 0)) == HEADER_SIZE == 5
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    clientId=st.binary(min_size=16, max_size=16),
+    pid=U32,
+    maxMessageSize=U32,
+    firstSequence=U64,
+    flags=U8,
+)
+def test_helloRoundTrip(
+    clientId: bytes, pid: int, maxMessageSize: int, firstSequence: int, flags: int
+) -> None:
+    """
+    A hello decodes to what was encoded, directly and through a decoder.
+    """
+    hello = Hello(clientId, pid, maxMessageSize, firstSequence, flags)
+    frame = _wire.encodeHello(hello)
+    assert _wire.decodeHello(frame[HEADER_SIZE:]) == hello
+    [(kind, body)] = FrameDecoder(1).feed(frame)
+    assert kind == HELLO
+    assert _wire.decodeHello(body) == hello
+
+
+def test_helloDefaults() -> None:
+    """
+    A hello's first sequence defaults to 1, its flags to none and its version
+    to this side's.
+    """
+    hello = _wire.decodeHello(_wire.encodeHello(Hello(b"c" * 16, 7, 100))[HEADER_SIZE:])
+    assert hello == Hello(b"c" * 16, 7, 100, 1, 0, VERSION)
+    assert hello.flags & _wire.FLAG_STATUS_QUERY == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(resumeAfter=U64, pid=U32, maxMessageSize=U32)
+def test_welcomeRoundTrip(resumeAfter: int, pid: int, maxMessageSize: int) -> None:
+    """
+    A welcome decodes to what was encoded.
+    """
+    welcome = Welcome(resumeAfter, pid, maxMessageSize)
+    frame = _wire.encodeWelcome(welcome)
+    [(kind, body)] = FrameDecoder(1).feed(frame)
+    assert kind == WELCOME
+    assert _wire.decodeWelcome(body) == welcome
+
+
+@settings(max_examples=200, deadline=None)
+@given(sequence=U64)
+def test_ackRoundTrip(sequence: int) -> None:
+    """
+    An ACK decodes to its sequence number.
+    """
+    [(kind, body)] = FrameDecoder(1).feed(_wire.encodeAck(sequence))
+    assert kind == ACK
+    assert _wire.decodeAck(body) == sequence
+
+
+def test_errorFrame() -> None:
+    """
+    An ERROR frame carries its reason as UTF-8, cut to the control limit so
+    that any decoder accepts it.
+    """
+    [(kind, body)] = FrameDecoder(1).feed(_wire.encodeError("nope: é"))
+    assert (kind, body.decode("utf-8")) == (ERROR, "nope: é")
+    long = _wire.encodeError("x" * (MAX_CONTROL_BODY * 2))
+    [(kind, body)] = FrameDecoder(1).feed(long)
+    assert kind == ERROR
+    assert len(body) == MAX_CONTROL_BODY
+
+
+# Truncated input
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    frames=st.lists(frameStrategy(), min_size=1, max_size=10),
+    data=st.data(),
+)
+def test_truncatedInputIsBuffered(
+    frames: list[tuple[int, bytes]], data: st.DataObject
+) -> None:
+    """
+    Input that stops inside a frame yields the complete frames before it and
+    buffers the rest; the rest of the bytes then complete it.
+    """
+    encoded = [_wire.encodeFrame(kind, body) for kind, body in frames]
+    whole = b"".join(encoded)
+    cut = data.draw(st.integers(0, len(whole) - 1), label="cut")
+    decoder = FrameDecoder(LIMIT)
+    first = decoder.feed(whole[:cut])
+    # Which frames end at or before the cut?
+    complete = 0
+    end = 0
+    for frame in encoded:
+        if end + len(frame) > cut:
+            break
+        end += len(frame)
+        complete += 1
+    assert first == frames[:complete]
+    assert decoder.buffered == cut - end
+    assert decoder.feed(whole[cut:]) == frames[complete:]
+    assert decoder.buffered == 0
+
+
+def test_partialHeader() -> None:
+    """
+    Fewer than five bytes are not a frame yet.
+    """
+    decoder = FrameDecoder(10)
+    frame = _wire.encodeAck(5)
+    for i in range(HEADER_SIZE - 1):
+        assert decoder.feed(frame[i : i + 1]) == []
+    assert decoder.buffered == HEADER_SIZE - 1
+    assert decoder.feed(frame[HEADER_SIZE - 1 :]) == [(ACK, struct.pack(">Q", 5))]
+    assert decoder.buffered == 0
+
+
+def test_emptyFeed() -> None:
+    """
+    Feeding nothing yields nothing and keeps what was buffered.
+    """
+    decoder = FrameDecoder(10)
+    assert decoder.feed(b"") == []
+    decoder.feed(b"\x00\x00")
+    assert decoder.feed(b"") == []
+    assert decoder.buffered == 2
+
+
+def test_bytearrayAndMemoryviewInput() -> None:
+    """
+    The decoder accepts any bytes-like chunk and returns bodies as bytes.
+    """
+    frame = _wire.encodeFrame(DATA, b"hello")
+    decoder = FrameDecoder(10)
+    assert decoder.feed(bytearray(frame[:7])) == []
+    [(kind, body)] = decoder.feed(bytearray(frame[7:]))
+    assert (kind, body) == (DATA, b"hello")
+    assert type(body) is bytes
+
+
+# Corrupted input
+
+
+def test_unknownKind() -> None:
+    """
+    A kind the wire format does not define is refused as soon as its header
+    arrives.
+    """
+    with pytest.raises(ProtocolError, match="unknown frame kind 99"):
+        FrameDecoder(10).feed(_wire.frameHeader(99, 3))
+    with pytest.raises(ProtocolError, match="unknown frame kind 0"):
+        FrameDecoder(10).feed(_wire.encodeFrame(0))
+
+
+def test_unknownKindAfterGoodFrames() -> None:
+    """
+    An unknown kind after good frames in the same read still raises.
+    """
+    decoder = FrameDecoder(10)
+    with pytest.raises(ProtocolError, match="unknown frame kind 200"):
+        decoder.feed(_wire.encodeAck(1) + _wire.encodeFrame(200, b"x"))
+
+
+def test_dataAtLimit() -> None:
+    """
+    A DATA body exactly at the limit is accepted.
+    """
+    assert FrameDecoder(10).feed(_wire.encodeFrame(DATA, b"x" * 10)) == [
+        (DATA, b"x" * 10)
+    ]
+    assert FrameDecoder(10).feed(_wire.encodeFrame(DATA)) == [(DATA, b"")]
+
+
+def test_oversizedData() -> None:
+    """
+    A DATA frame over the limit is refused from its header alone, before
+    its body is buffered, with a message giving both sizes.
+    """
+    decoder = FrameDecoder(10)
+    with pytest.raises(ProtocolError, match="message of 11 bytes is over the limit"):
+        decoder.feed(_wire.frameHeader(DATA, 11))
+    with pytest.raises(ProtocolError, match="limit of 10 bytes"):
+        FrameDecoder(10).feed(_wire.frameHeader(DATA, 0xFFFFFFFE))
+
+
+def test_oversizedControlFrame() -> None:
+    """
+    Frames other than DATA are bounded by L{MAX_CONTROL_BODY}, whatever the
+    DATA limit.
+    """
+    ok = _wire.encodeFrame(ERROR, b"e" * MAX_CONTROL_BODY)
+    assert FrameDecoder(1).feed(ok) == [(ERROR, b"e" * MAX_CONTROL_BODY)]
+    decoder = FrameDecoder(10 * MAX_CONTROL_BODY)
+    with pytest.raises(ProtocolError) as caught:
+        decoder.feed(_wire.frameHeader(HELLO, MAX_CONTROL_BODY + 1))
+    message = str(caught.value)
+    assert "control frame of kind 1" in message
+    assert f"{MAX_CONTROL_BODY + 1} bytes long" in message
+    assert f"limit of {MAX_CONTROL_BODY}" in message
+
+
+def test_zeroLength() -> None:
+    """
+    A length of zero has no room for the kind byte.
+    """
+    with pytest.raises(ProtocolError, match="frame length of 0"):
+        FrameDecoder(10).feed(b"\x00\x00\x00\x00\x03")
+
+
+def test_zeroLengthAfterBufferedBytes() -> None:
+    """
+    A zero length is found when its header is completed by a later read.
+    """
+    decoder = FrameDecoder(10)
+    assert decoder.feed(_wire.encodeAck(1) + b"\x00\x00") == [
+        (ACK, struct.pack(">Q", 1))
+    ]
+    with pytest.raises(ProtocolError, match="frame length of 0"):
+        decoder.feed(b"\x00\x00\x04")
+
+
+def helloBody(**overrides: object) -> bytes:
+    fields: dict[str, object] = {
+        "magic": MAGIC,
+        "version": VERSION,
+        "flags": 0,
+        "clientId": b"i" * 16,
+        "pid": 1,
+        "maxMessageSize": 10,
+        "first": 1,
+    }
+    fields.update(overrides)
+    return struct.pack(">4sBB16sIIQ", *fields.values())
+
+
+def welcomeBody(**overrides: object) -> bytes:
+    fields: dict[str, object] = {
+        "magic": MAGIC,
+        "version": VERSION,
+        "resumeAfter": 0,
+        "pid": 1,
+        "maxMessageSize": 10,
+    }
+    fields.update(overrides)
+    return struct.pack(">4sBQII", *fields.values())
+
+
+def test_helloBodyHelper() -> None:
+    """
+    The helpers below build the same bodies as the encoders.
+    """
+    assert helloBody() == _wire.encodeHello(Hello(b"i" * 16, 1, 10))[HEADER_SIZE:]
+    assert welcomeBody() == _wire.encodeWelcome(Welcome(0, 1, 10))[HEADER_SIZE:]
+
+
+def test_badMagic() -> None:
+    """
+    A hello or welcome without the magic bytes is refused.
+    """
+    with pytest.raises(ProtocolError, match="hello does not start with .* magic"):
+        _wire.decodeHello(helloBody(magic=b"HTTP"))
+    with pytest.raises(ProtocolError, match="welcome does not start with .* magic"):
+        _wire.decodeWelcome(welcomeBody(magic=b"\x00\x00\x00\x00"))
+
+
+def test_wrongVersion() -> None:
+    """
+    A hello or welcome of another wire version is refused, naming both.
+    """
+    with pytest.raises(
+        ProtocolError,
+        match=f"hello asks for wire version 2; this side speaks {VERSION}",
+    ):
+        _wire.decodeHello(helloBody(version=2))
+    with pytest.raises(ProtocolError, match="welcome asks for wire version 0"):
+        _wire.decodeWelcome(welcomeBody(version=0))
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_wrongBodyLengths(delta: int) -> None:
+    """
+    Hello, welcome and ACK bodies of the wrong length are refused, with the
+    length found and the one expected.
+    """
+    hello = helloBody()
+    badHello = hello[:-1] if delta < 0 else hello + b"\x00"
+    with pytest.raises(
+        ProtocolError,
+        match=f"hello is {len(hello) + delta} bytes long; it must be {len(hello)}",
+    ):
+        _wire.decodeHello(badHello)
+    welcome = welcomeBody()
+    badWelcome = welcome[:-1] if delta < 0 else welcome + b"\x00"
+    with pytest.raises(
+        ProtocolError,
+        match=f"welcome is {len(welcome) + delta} bytes long; "
+        f"it must be {len(welcome)}",
+    ):
+        _wire.decodeWelcome(badWelcome)
+    with pytest.raises(ProtocolError, match=f"ack is {8 + delta} bytes long"):
+        _wire.decodeAck(b"\x00" * (8 + delta))
+
+
+def test_emptyBodies() -> None:
+    """
+    Empty bodies are refused by every control decoder.
+    """
+    for decode, what in [
+        (_wire.decodeHello, "hello"),
+        (_wire.decodeWelcome, "welcome"),
+        (_wire.decodeAck, "ack"),
+    ]:
+        with pytest.raises(ProtocolError, match=f"{what} is 0 bytes long"):
+            decode(b"")
+
+
+# Arbitrary bytes
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    garbage=st.binary(max_size=200),
+    cuts=st.lists(st.integers(min_value=0), max_size=10),
+    limit=st.integers(1, 100),
+)
+def test_randomBytes(garbage: bytes, cuts: list[int], limit: int) -> None:
+    """
+    Arbitrary bytes either decode to well-formed frames or raise
+    L{ProtocolError}: never another exception.  And the outcome does not
+    depend on how the bytes were split: the frames are the same, and if one
+    feed raises, some feed of the chunked input raises too.
+    """
+    whole = FrameDecoder(limit)
+    try:
+        expected: list[tuple[int, bytes]] | None = whole.feed(garbage)
+    except ProtocolError as e:
+        assert str(e)
+        expected = None
+    else:
+        for kind, body in expected:
+            assert kind in KNOWN_KINDS
+            assert len(body) <= (limit if kind == DATA else MAX_CONTROL_BODY)
+            assert type(body) is bytes
+
+    pieces = FrameDecoder(limit)
+    got: list[tuple[int, bytes]] = []
+    try:
+        for chunk in chunked(garbage, cuts):
+            got.extend(pieces.feed(chunk))
+    except ProtocolError:
+        assert expected is None
+    else:
+        assert got == expected
+        assert pieces.buffered == whole.buffered
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=60))
+def test_randomControlBodies(body: bytes) -> None:
+    """
+    The control decoders raise only L{ProtocolError} on arbitrary bodies.
+    """
+    for decode in (_wire.decodeHello, _wire.decodeWelcome, _wire.decodeAck):
+        try:
+            decode(body)
+        except ProtocolError as e:
+            assert str(e)
