@@ -586,7 +586,8 @@ def test_loseConnectionAlreadyDeliveredClosesOnWelcome() -> None:
 def test_loseConnectionGivesUpAfterTimeout() -> None:
     """
     A host that never acknowledges does not hold a closing connection open
-    beyond its timeout.
+    for ever: its link is dropped after the stall timeout, and with no
+    other host the connection ends after its timeout.
     """
     client, protocol, reactor = makeClient(timeout=3)
     link, transport = connected(client)
@@ -594,11 +595,35 @@ def test_loseConnectionGivesUpAfterTimeout() -> None:
     client.loseConnection()
     reactor.advance(2.9)
     assert protocol.lost == []
+    assert not transport.disconnecting
     reactor.advance(0.2)
+    assert transport.disconnecting
+    loseLink(link)
+    assert protocol.lost == []
+    reactor.advance(3.1)
     [reason] = protocol.lost
     assert reason.check(ChannelUnreachableError)
     assert reason.value.undelivered == 1
-    assert transport.disconnecting
+
+
+def test_loseConnectionWaitsForSlowHost() -> None:
+    """
+    A host that keeps acknowledging, however slowly, is waited for beyond
+    the timeout: closing never drops messages a live host is working on.
+    """
+    client, protocol, reactor = makeClient(timeout=1)
+    link, transport = connected(client)
+    for _ in range(10):
+        client.write(b"m")
+    client.loseConnection()
+    for sequence in range(1, 10):
+        reactor.advance(1.5)
+        ack(link, sequence)
+        assert protocol.lost == []
+    assert not transport.disconnecting
+    ack(link, 10)
+    [reason] = protocol.lost
+    assert reason.check(error.ConnectionDone)
 
 
 def test_abortConnection() -> None:

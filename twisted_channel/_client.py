@@ -462,8 +462,10 @@ class ChannelClientTransport:
         self.disconnecting = True
         if not self.pending:
             self._finish(Failure(error.ConnectionDone()))
-        elif self.link is not None:
-            self._startGiveUpTimer()
+        # Else the last acknowledgement finishes it.  A host that makes
+        # progress, however slowly, is waited for; one that stops
+        # acknowledging loses its link after stallTimeout, and then the
+        # usual timeout applies.
 
     def abortConnection(self) -> None:
         """
@@ -668,8 +670,7 @@ class ChannelClientTransport:
                 )
             )
             return False
-        if not self.disconnecting:
-            self._stopGiveUpTimer()
+        self._stopGiveUpTimer()
         self.link = link
         self.state = CONNECTED
         self._hostAddress = link.hostAddress
