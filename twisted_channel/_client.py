@@ -239,6 +239,8 @@ class _ClientLink(Protocol):
         except _wire.ProtocolError as e:
             self._brokenHost(str(e))
             return
+        # Whatever the host sends shows that it is not frozen.
+        connection.heardFromHost()
         for kind, body in frames:
             if kind == _wire.DATA and self._welcomed:
                 connection.messageReceived(body)
@@ -280,7 +282,8 @@ class _ClientLink(Protocol):
             elif kind == _wire.GOODBYE and self._welcomed:
                 connection.closedByHost()
                 return
-            elif kind == _wire.PONG:
+            elif kind == _wire.PONG or kind == _wire.PING:
+                # A host that stopped reading us pings to show it is alive.
                 pass
             else:
                 self._brokenHost(f"unexpected frame of kind {kind}")
@@ -320,7 +323,7 @@ class _ClientLink(Protocol):
         self._connection.linkLost(self, reason, self._welcomed)
 
 
-@implementer(ITransport, IConsumer)
+@implementer(ITransport, IConsumer, IPushProducer)
 class ChannelClientTransport:
     """
     The transport of a client protocol connected through a channel.
@@ -371,6 +374,7 @@ class ChannelClientTransport:
         self._hostsSeen = 0
         self._linkFailures = 0
         self._hostMaxMessageSize = maxMessageSize
+        self._readingPaused = False
         self._producer: IProducer | None = None
         self._streamingProducer = True
         self._producerPaused = False
@@ -559,6 +563,35 @@ class ChannelClientTransport:
         self._producerPaused = False
         producer.resumeProducing()  # type: ignore[attr-defined]
 
+    # IPushProducer: the messages from the host, for an application that
+    # wants to stop reading for a while.
+
+    def pauseProducing(self) -> None:
+        """
+        Stop reading from the host until L{resumeProducing}; this holds for
+        links made after a failover too.
+        """
+        self._readingPaused = True
+        link = self.link
+        if link is not None and link.transport is not None:
+            link.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        """
+        Read from the host again.
+        """
+        self._readingPaused = False
+        self._lastProgress = self.reactor.seconds()
+        link = self.link
+        if link is not None and link.transport is not None:
+            link.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        """
+        As for any Twisted transport: close the connection.
+        """
+        self.loseConnection()
+
     # State
 
     def whenConnected(self) -> Deferred[ChannelAddress]:
@@ -605,10 +638,14 @@ class ChannelClientTransport:
         link = self.link
         if link is None or not self.pending:
             return
+        if self._readingPaused:
+            # Acknowledgements are not read now: judge the host later.
+            self._armStallCheck()
+            return
         idle = self.reactor.seconds() - self._lastProgress
         if idle < self.stallTimeout:
-            # Acknowledgements came meanwhile: look again when the newest
-            # of them would be too old.
+            # The host was heard from meanwhile: look again when that news
+            # would be too old.
             lastProgress = self._lastProgress
             self._armStallCheck(self.stallTimeout - idle)
             self._lastProgress = lastProgress
@@ -678,6 +715,8 @@ class ChannelClientTransport:
         self._linkFailures = 0
         self.strategy.resetDelay()  # type: ignore[no-untyped-call]
         self._hostMaxMessageSize = welcome.maxMessageSize
+        if self._readingPaused and link.transport is not None:
+            link.transport.pauseProducing()  # type: ignore[attr-defined]
         link.sendMessages(resend)
         if resend:
             self._stopStallCheck()
@@ -716,10 +755,12 @@ class ChannelClientTransport:
             )
             self._finish(failure)
 
+    def heardFromHost(self) -> None:
+        self._lastProgress = self.reactor.seconds()
+
     def acknowledged(self, sequence: int) -> None:
         pending = self.pending
         pending.acknowledge(sequence)
-        self._lastProgress = self.reactor.seconds()
         self._producerMayGoOn()
         if self.disconnecting and not pending:
             self._finish(Failure(error.ConnectionDone()))

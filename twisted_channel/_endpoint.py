@@ -116,7 +116,12 @@ class ChannelEndpoint:
 
     def _port(self, factory: IProtocolFactory) -> ChannelPort:
         return ChannelPort(
-            self._reactor, self.name, self.paths, factory, self.maxMessageSize
+            self._reactor,
+            self.name,
+            self.paths,
+            factory,
+            self.maxMessageSize,
+            maxBufferSize=self.maxBufferSize,
         )
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:

@@ -21,10 +21,12 @@ from twisted.internet.interfaces import (
     IProducer,
     IProtocol,
     IProtocolFactory,
+    IPushProducer,
     IReactorTime,
     ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -34,6 +36,7 @@ from ._address import HOST, STANDBY, ChannelAddress
 from ._credentials import peerCredentials
 from ._directory import ChannelPaths, prepareDirectory, removeStaleSocket
 from ._election import HostElection
+from ._interfaces import ChannelBufferFullError
 
 _log = Logger()
 
@@ -44,6 +47,9 @@ HANDSHAKE_TIMEOUT = 10.0
 #: How many clients a host remembers the delivery progress of, for
 #: recognising resends; the least recently seen disconnected ones go first.
 REMEMBERED_CLIENTS = 65536
+
+#: Seconds between the pings a host sends to a client it stopped reading.
+KEEPALIVE_INTERVAL = 1.0
 
 #: Seconds a standby waits before trying again when it won the lock but
 #: could not bind the socket.
@@ -80,6 +86,19 @@ class _HostSocketPort(unix.Port):
         tcp.Port.connectionLost(self, reason)
 
 
+def _bufferedBytes(transport: object) -> int:
+    """
+    How many bytes a Twisted socket transport holds that the kernel has not
+    taken yet.
+    """
+    # FileDescriptor keeps a flushed-in-part buffer and a list of writes not
+    # yet joined to it; there is no public accessor for their size.
+    dataBuffer = getattr(transport, "dataBuffer", b"")
+    offset: int = getattr(transport, "offset", 0)
+    pending: int = getattr(transport, "_tempDataLen", 0)
+    return len(dataBuffer) - offset + pending
+
+
 class _HostingTerm:
     """
     What a host knows during one uninterrupted period of hosting.
@@ -107,7 +126,7 @@ class _HostingTerm:
                     del delivered[oldId]
 
 
-@implementer(ITransport, IConsumer)
+@implementer(ITransport, IConsumer, IPushProducer)
 class _LinkTransport:
     """
     The transport a host's application protocol writes to: one client's
@@ -136,6 +155,10 @@ class _LinkTransport:
         return self._link.port.getHost()
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """
+        Register a producer of this link's outgoing messages: the link's
+        socket pauses it while its send buffer is full.
+        """
         transport = self._link.transport
         assert transport is not None
         IConsumer(transport).registerProducer(producer, streaming)
@@ -144,6 +167,28 @@ class _LinkTransport:
         transport = self._link.transport
         if transport is not None:
             IConsumer(transport).unregisterProducer()
+
+    # IPushProducer: the client's messages, for an application that wants
+    # to stop reading for a while.
+
+    def pauseProducing(self) -> None:
+        """
+        Stop reading this client's messages (they wait in the client, which
+        is told the host is alive) until L{resumeProducing}.
+        """
+        self._link.pauseReading()
+
+    def resumeProducing(self) -> None:
+        """
+        Read this client's messages again.
+        """
+        self._link.resumeReading()
+
+    def stopProducing(self) -> None:
+        """
+        As for any Twisted transport: close the connection.
+        """
+        self.loseConnection()
 
 
 class _HostLink(Protocol):
@@ -170,6 +215,7 @@ class _HostLink(Protocol):
         self._lost = False
         self._inBatch = False
         self._closeAfterBatch: bool | None = None
+        self._keepAlive: LoopingCall | None = None
 
     def whenClosed(self) -> Deferred[None]:
         """
@@ -363,8 +409,44 @@ class _HostLink(Protocol):
             )
         if self._closing or self.transport is None:
             return
+        if _bufferedBytes(self.transport) + size > self.port.maxBufferSize:
+            raise ChannelBufferFullError(
+                f"channel {self.port.name!r}: the link to pid "
+                f"{self.peerAddress.pid} already holds "
+                f"{_bufferedBytes(self.transport)} unsent bytes; another {size} "
+                f"would pass maxBufferSize={self.port.maxBufferSize} (the client "
+                "is not reading: register a producer to be paused first)"
+            )
         self.term.bytes += size
         self.transport.writeSequence([_wire.frameHeader(_wire.DATA, size), data])
+
+    def pauseReading(self) -> None:
+        """
+        The application stops reading this client.  The client hears a ping
+        every second meanwhile, so that it does not take the silence for a
+        frozen host.
+        """
+        if self.transport is None or self._keepAlive is not None:
+            return
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._keepAlive = LoopingCall(self._ping)
+        self._keepAlive.clock = self.port.clock
+        self._keepAlive.start(KEEPALIVE_INTERVAL, now=True)
+
+    def resumeReading(self) -> None:
+        """
+        The application reads this client again.
+        """
+        keepAlive, self._keepAlive = self._keepAlive, None
+        if keepAlive is None:
+            return
+        keepAlive.stop()
+        if self.transport is not None and not self._lost:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def _ping(self) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.write(_wire.encodeFrame(_wire.PING))
 
     def closeByApplication(self, abort: bool) -> None:
         """
@@ -398,6 +480,9 @@ class _HostLink(Protocol):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._lost = True
+        keepAlive, self._keepAlive = self._keepAlive, None
+        if keepAlive is not None:
+            keepAlive.stop()
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
@@ -456,6 +541,7 @@ class ChannelPort:
         factory: IProtocolFactory,
         maxMessageSize: int,
         handshakeTimeout: float = HANDSHAKE_TIMEOUT,
+        maxBufferSize: int = 64 * 1024 * 1024,
     ) -> None:
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -463,6 +549,7 @@ class ChannelPort:
         self.paths = paths
         self.factory = factory
         self.maxMessageSize = maxMessageSize
+        self.maxBufferSize = maxBufferSize
         self.handshakeTimeout = handshakeTimeout
         self.role = STOPPED
         self._election = HostElection(reactor, paths.lock, self._elected)
