@@ -93,7 +93,9 @@ def runCandidate(options: argparse.Namespace) -> None:
     RecordingServer.recordDescriptor = os.open(
         options.record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
     )
-    endpoint = ChannelEndpoint(reactor, options.name, directory=options.dir)
+    endpoint = ChannelEndpoint(
+        reactor, options.name, directory=options.dir, transport=options.transport
+    )
     factory = Factory.forProtocol(RecordingServer)
     state: dict[str, Any] = {}
 
@@ -130,7 +132,11 @@ def runClient(options: argparse.Namespace) -> None:
     from twisted_channel import ChannelEndpoint, IChannelLinkObserver
 
     endpoint = ChannelEndpoint(
-        reactor, options.name, directory=options.dir, timeout=options.timeout
+        reactor,
+        options.name,
+        directory=options.dir,
+        transport=options.transport,
+        timeout=options.timeout,
     )
 
     def build() -> StreamingClient:
@@ -156,6 +162,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--stay", action="store_true")
     parser.add_argument("--reactor", choices=["default", "asyncio"], default="default")
+    parser.add_argument("--transport", choices=["unix", "tcp"], default="unix")
     options = parser.parse_args()
     if options.reactor == "asyncio":
         from twisted.internet import asyncioreactor

@@ -152,15 +152,18 @@ class Children:
     Every child a test starts; the fixture reaps them all, also on failure.
     """
 
-    def __init__(self, directory: str, reactorName: str = "default") -> None:
+    def __init__(
+        self, directory: str, reactorName: str = "default", transport: str = "unix"
+    ) -> None:
         self.directory = directory
         self.reactorName = reactorName
+        self.transport = transport
         self.all: list[Child] = []
 
     def worker(self, mode: str, name: str, *extra: str) -> Child:
         child = Child(
             [sys.executable, WORKER, mode, "--dir", self.directory, "--name", name]
-            + ["--reactor", self.reactorName]
+            + ["--reactor", self.reactorName, "--transport", self.transport]
             + list(extra),
             cwd=self.directory,
         )
@@ -172,6 +175,14 @@ class Children:
 
     def client(self, name: str, tag: str, count: int, *extra: str) -> Child:
         return self.worker("client", name, "--tag", tag, "--count", str(count), *extra)
+
+    def channelFile(self, name: str) -> str:
+        """
+        The file a host of channel C{name} publishes: its socket, or its TCP
+        port file.
+        """
+        suffix = ".port" if self.transport == "tcp" else ".sock"
+        return os.path.join(self.directory, name + suffix)
 
     def start(self, arguments: list[str]) -> Child:
         child = Child(arguments, cwd=self.directory)

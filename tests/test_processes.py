@@ -4,6 +4,7 @@ The channel's promises, checked with real processes over real sockets.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,24 +18,46 @@ from collections.abc import Iterator
 
 import pytest
 
+from twisted_channel._wire import CHALLENGE, ERROR, FrameDecoder
+
 from .processes import Child, Children, readRecords
 
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
+@pytest.fixture(params=["unix", "tcp"])
 def children(
     channelDirectory: str, request: pytest.FixtureRequest
 ) -> Iterator[Children]:
-    # Children run the reactor the suite runs under (pytest --reactor=...).
+    """
+    The children of one test, over each transport in turn, running the
+    reactor the suite runs under (pytest --reactor=...).
+    """
     reactorName = request.config.getoption("reactor", "default")
     group = Children(
-        channelDirectory, "asyncio" if reactorName == "asyncio" else "default"
+        channelDirectory,
+        "asyncio" if reactorName == "asyncio" else "default",
+        request.param,
     )
     try:
         yield group
     finally:
         group.reapAll()
+
+
+def rawConnection(children: Children, name: str) -> socket.socket:
+    """
+    A plain socket connected to the host of channel C{name}.
+    """
+    if children.transport == "tcp":
+        with open(children.channelFile(name)) as f:
+            port = json.load(f)["port"]
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    else:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.settimeout(5)
+        raw.connect(children.channelFile(name))
+    return raw
 
 
 def waitUntil(condition: object, timeout: float, what: str) -> float:
@@ -100,7 +123,7 @@ def test_writesBeforeAnyHostArriveInOrder(
     record = os.path.join(channelDirectory, "record")
     client = children.client("early", "early", 100, "--slice", "100")
     client.waitFor(lambda line: line == "SENT 100")
-    assert not os.path.exists(os.path.join(channelDirectory, "early.sock"))
+    assert not os.path.exists(children.channelFile("early"))
     time.sleep(0.3)
     host = children.candidate("early", record)
     host.waitFor(lambda line: line == "ROLE host")
@@ -151,12 +174,12 @@ def test_staleSocketOfKilledHostDoesNotBlock(
     within a second anyway.
     """
     record = os.path.join(channelDirectory, "record")
-    socketPath = os.path.join(channelDirectory, "stale.sock")
     host = children.candidate("stale", record)
     host.waitFor(lambda line: line == "ROLE host")
     host.kill()
     host.wait()
-    assert stat.S_ISSOCK(os.lstat(socketPath).st_mode)
+    left = os.lstat(children.channelFile("stale")).st_mode
+    assert stat.S_ISSOCK(left) if children.transport == "unix" else stat.S_ISREG(left)
     start = time.monotonic()
     successor = children.candidate("stale", record)
     successor.waitFor(lambda line: line == "ROLE host", 10)
@@ -206,16 +229,13 @@ def test_garbageFromRawClientDoesNotHurtOthers(
         "garbage", "g", 2000, "--slice", "10", "--interval", "0.002"
     )
     waitUntil(lambda: len(readRecords(record)) > 100, 30, "100 messages")
-    socketPath = os.path.join(channelDirectory, "garbage.sock")
     for garbage in (
         b"GET / HTTP/1.1\r\n\r\n",
         b"\xff" * 64,
         b"\x00\x00\x00\x02\x01\x00",
         os.urandom(4096),
     ):
-        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        raw.settimeout(5)
-        raw.connect(socketPath)
+        raw = rawConnection(children, "garbage")
         raw.sendall(garbage)
         reply = b""
         try:
@@ -227,7 +247,9 @@ def test_garbageFromRawClientDoesNotHurtOthers(
         except (ConnectionResetError, TimeoutError):
             pass
         raw.close()
-        assert reply[4:5] == b"\x05", f"expected an ERROR frame, got {reply!r}"
+        kinds = [kind for kind, _ in FrameDecoder(1 << 20).feed(reply)]
+        expected = [ERROR] if children.transport == "unix" else [CHALLENGE, ERROR]
+        assert kinds == expected, f"expected an ERROR frame, got {reply!r}"
     client.waitFor(lambda line: line.startswith("CLOSED"), 60)
     assert client.collect()[-1] == "CLOSED ConnectionDone 0"
     assert not host.exited()
@@ -336,6 +358,8 @@ def test_peerOfAnotherUserIsRefused(children: Children, channelDirectory: str) -
     directory and socket modes for it) is refused by SO_PEERCRED before
     its hello is read; the host goes on serving its own user's clients.
     """
+    if children.transport == "tcp":
+        pytest.skip("SO_PEERCRED is for Unix sockets; TCP peers prove a secret")
     record = os.path.join(channelDirectory, "record")
     host = children.candidate("peers", record)
     host.waitFor(lambda line: line == "ROLE host")

@@ -31,6 +31,9 @@ class ChannelAddress:
         operating system reports it (C{SO_PEERCRED}) or, failing that, as the
         peer said in its handshake.
     @ivar uid: the user id at this end, where the operating system reports it.
+    @ivar host: on the loopback TCP transport, the IP address the host
+        listens on (then C{path} is the port file's path).
+    @ivar port: on the loopback TCP transport, the host's TCP port.
     """
 
     name: str
@@ -38,3 +41,5 @@ class ChannelAddress:
     role: str | None = None
     pid: int | None = None
     uid: int | None = None
+    host: str | None = None
+    port: int | None = None

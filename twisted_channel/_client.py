@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import (
     IAddress,
     IConnector,
@@ -27,6 +27,7 @@ from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
     IPushProducer,
+    IStreamClientEndpoint,
     ITransport,
 )
 from twisted.internet.protocol import Protocol, ReconnectingClientFactory
@@ -36,6 +37,14 @@ from zope.interface import implementer
 
 from . import _wire
 from ._address import CLIENT, HOST, ChannelAddress
+from ._auth import (
+    NONCE_SIZE,
+    clientProof,
+    hostProof,
+    newNonce,
+    proofMatches,
+    readPortFile,
+)
 from ._credentials import peerCredentials
 from ._interfaces import (
     ChannelBufferFullError,
@@ -49,6 +58,8 @@ if TYPE_CHECKING:
     from ._host import ChannelPort
 
 _log = Logger()
+
+LOOPBACK = "127.0.0.1"
 
 CONNECTING = "connecting"
 CONNECTED = "connected"
@@ -133,9 +144,29 @@ class _LinkConnector:
         candidate = connection.candidate
         if candidate is not None:
             candidate.standAgain()
-        endpoint = UNIXClientEndpoint(
-            connection.reactor, connection.address.path, timeout=5
-        )
+        endpoint: IStreamClientEndpoint
+        if connection.transportKind == "tcp":
+            # Read afresh each time: a host that died left a stale file, and
+            # its successor writes a new port and secret.
+            try:
+                portFile = readPortFile(connection.address.path)
+            except (OSError, ValueError) as e:
+                if not isinstance(e, FileNotFoundError):
+                    _log.warn(
+                        "channel {channel}: cannot use the port file: {error}",
+                        channel=connection.address.name,
+                        error=e,
+                    )
+                connection.strategy.clientConnectionFailed(self, Failure(e))  # type: ignore[no-untyped-call]
+                return
+            connection.linkSecret = portFile.secret
+            endpoint = TCP4ClientEndpoint(
+                connection.reactor, LOOPBACK, portFile.port, timeout=5
+            )
+        else:
+            endpoint = UNIXClientEndpoint(
+                connection.reactor, connection.address.path, timeout=5
+            )
         attempt = endpoint.connect(connection.strategy)
         self._attempt = attempt
 
@@ -178,6 +209,11 @@ class _ClientLink(Protocol):
         self._decoder = _wire.FrameDecoder(connection.maxMessageSize)
         self._welcomed = False
         self._deadline: IDelayedCall | None = None
+        # Unix sockets need no authentication: the directory is private.
+        self._authenticated = True
+        self._secret: bytes | None = None
+        self._hostNonce: bytes | None = None
+        self._clientNonce: bytes | None = None
         self.hostAddress = ChannelAddress(
             connection.address.name, connection.address.path, HOST
         )
@@ -185,6 +221,12 @@ class _ClientLink(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         connection = self._connection
+        if connection.transportKind == "tcp":
+            # The host speaks first, with its challenge.
+            self._secret = connection.linkSecret
+            self._authenticated = False
+            self._startDeadline()
+            return
         credentials = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
         if credentials.uid is not None and credentials.uid != os.getuid():
             _log.warn(
@@ -203,9 +245,17 @@ class _ClientLink(Protocol):
             credentials.pid,
             credentials.uid,
         )
-        self._deadline = connection.reactor.callLater(
+        self._startDeadline()
+        self._sayHello()
+
+    def _startDeadline(self) -> None:
+        self._deadline = self._connection.reactor.callLater(
             LINK_HANDSHAKE_TIMEOUT, self._handshakeExpired
         )
+
+    def _sayHello(self) -> None:
+        assert self.transport is not None
+        connection = self._connection
         self.transport.write(
             _wire.encodeHello(
                 _wire.Hello(
@@ -242,6 +292,10 @@ class _ClientLink(Protocol):
         # Whatever the host sends shows that it is not frozen.
         connection.heardFromHost()
         for kind, body in frames:
+            if not self._authenticated:
+                if not self._authenticate(kind, body):
+                    return
+                continue
             if kind == _wire.DATA and self._welcomed:
                 connection.messageReceived(body)
             elif kind == _wire.ACK and self._welcomed:
@@ -290,6 +344,45 @@ class _ClientLink(Protocol):
                 return
             if connection.closed:
                 return
+
+    def _authenticate(self, kind: int, body: bytes) -> bool:
+        """
+        Answer the host's challenge, then check the host's own proof.
+        """
+        assert self.transport is not None and self._secret is not None
+        if kind == _wire.CHALLENGE and self._clientNonce is None:
+            if len(body) != NONCE_SIZE:
+                self._brokenHost(f"challenge is {len(body)} bytes long")
+                return False
+            self._hostNonce = body
+            self._clientNonce = newNonce()
+            self.transport.write(
+                _wire.encodeFrame(
+                    _wire.AUTH,
+                    self._clientNonce
+                    + clientProof(self._secret, body, self._clientNonce),
+                )
+            )
+            return True
+        if kind == _wire.AUTH_OK and self._clientNonce is not None:
+            assert self._hostNonce is not None
+            expected = hostProof(self._secret, self._clientNonce, self._hostNonce)
+            if not proofMatches(expected, body):
+                self._brokenHost("the host could not prove it knows the secret")
+                return False
+            self._authenticated = True
+            self._sayHello()
+            return True
+        if kind == _wire.ERROR:
+            _log.warn(
+                "channel {channel}: the host refused us: {reason}",
+                channel=self._connection.address.name,
+                reason=body.decode("utf-8", "replace"),
+            )
+            self.abort()
+            return False
+        self._brokenHost(f"unexpected frame of kind {kind} during authentication")
+        return False
 
     def _brokenHost(self, reason: str) -> None:
         _log.error(
@@ -351,6 +444,7 @@ class ChannelClientTransport:
         maxMessageSize: int,
         maxBufferSize: int,
         candidate: ChannelPort | None = None,
+        transport: str = "unix",
     ) -> None:
         self.reactor = reactor
         self.address = address
@@ -360,6 +454,9 @@ class ChannelClientTransport:
         self.maxMessageSize = maxMessageSize
         self.maxBufferSize = maxBufferSize
         self.candidate = candidate
+        self.transportKind = transport
+        #: The secret from the port file read for the current attempt.
+        self.linkSecret: bytes | None = None
         self.clientId = os.urandom(16)
         self.pending = PendingWrites()
         self.state = CONNECTING

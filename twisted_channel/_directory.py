@@ -68,11 +68,14 @@ class ChannelPaths:
     @ivar directory: the runtime directory.
     @ivar socket: the Unix socket the host listens on.
     @ivar lock: the file whose lock makes a process the host.
+    @ivar port: the file in which a host on the loopback TCP transport names
+        its port and secret.
     """
 
     directory: str
     socket: str
     lock: str
+    port: str
 
 
 def channelPaths(name: str, directory: str | None) -> ChannelPaths:
@@ -104,7 +107,12 @@ def channelPaths(name: str, directory: str | None) -> ChannelPaths:
                 f"would have a path of {len(os.fsencode(socketPath))} bytes, and "
                 f"a Unix socket path holds at most {_MAX_SOCKET_PATH}"
             )
-    return ChannelPaths(directory, socketPath, os.path.join(directory, name + ".lock"))
+    return ChannelPaths(
+        directory,
+        socketPath,
+        os.path.join(directory, name + ".lock"),
+        os.path.join(directory, name + ".port"),
+    )
 
 
 def prepareDirectory(directory: str) -> None:

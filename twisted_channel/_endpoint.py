@@ -6,6 +6,7 @@ server.
 from __future__ import annotations
 
 import math
+import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -14,6 +15,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IProtocol,
     IProtocolFactory,
+    IReactorUNIX,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
@@ -46,6 +48,30 @@ def checkTimeout(timeout: float) -> float:
             f"(0 waits for ever), not {timeout!r}"
         )
     return float(timeout)
+
+
+UNIX = "unix"
+TCP = "tcp"
+TRANSPORTS = (UNIX, TCP)
+
+
+def defaultTransport(reactor: object) -> str:
+    """
+    C{"unix"} where the reactor and the platform have Unix sockets, else
+    C{"tcp"} (on Windows, for example).
+    """
+    if hasattr(socket, "AF_UNIX") and IReactorUNIX.providedBy(reactor):
+        return UNIX
+    return TCP
+
+
+def checkTransport(transport: str) -> str:
+    """
+    @raise ValueError: unless C{transport} is C{"unix"} or C{"tcp"}.
+    """
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be 'unix' or 'tcp', not {transport!r}")
+    return transport
 
 
 def checkSize(option: str, value: int, smallest: int = 1) -> int:
@@ -84,7 +110,12 @@ class ChannelEndpoint:
         candidate host serving links with this factory, as open-channel's
         C{openChannel(name, listener)} does.
     @param maxMessageSize: the largest message, in bytes, either way.
-    @param maxBufferSize: the most unacknowledged bytes a client holds.
+    @param maxBufferSize: the most unacknowledged bytes a client holds, and
+        the most unsent bytes a host holds for one link.
+    @param transport: C{"unix"} (a Unix socket in the runtime directory) or
+        C{"tcp"} (a loopback TCP port named, with a secret both ends prove
+        they know, in a port file in the runtime directory); the default is
+        C{"unix"} where Unix sockets exist.
     """
 
     def __init__(
@@ -97,8 +128,14 @@ class ChannelEndpoint:
         serverFactory: IProtocolFactory | None = None,
         maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE,
         maxBufferSize: int = DEFAULT_MAX_BUFFER_SIZE,
+        transport: str | None = None,
     ) -> None:
         self._reactor = reactor
+        self.transport = (
+            defaultTransport(reactor)
+            if transport is None
+            else checkTransport(transport)
+        )
         self.name = checkName(name)
         self.paths = channelPaths(name, directory)
         self.timeout = checkTimeout(timeout)
@@ -112,7 +149,17 @@ class ChannelEndpoint:
             )
 
     def __repr__(self) -> str:
-        return f"<ChannelEndpoint {self.name!r} in {self.paths.directory!r}>"
+        return (
+            f"<ChannelEndpoint {self.name!r} in {self.paths.directory!r} "
+            f"over {self.transport}>"
+        )
+
+    @property
+    def address(self) -> str:
+        """
+        The file clients look at: the socket, or the TCP port file.
+        """
+        return self.paths.socket if self.transport == UNIX else self.paths.port
 
     def _port(self, factory: IProtocolFactory) -> ChannelPort:
         return ChannelPort(
@@ -122,6 +169,7 @@ class ChannelEndpoint:
             factory,
             self.maxMessageSize,
             maxBufferSize=self.maxBufferSize,
+            transport=self.transport,
         )
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
@@ -155,7 +203,7 @@ class ChannelEndpoint:
                 candidate.startListening()
         except Exception as e:
             return fail(e)
-        address = ChannelAddress(self.name, self.paths.socket, HOST)
+        address = ChannelAddress(self.name, self.address, HOST)
         protocolFactory.doStart()
         protocol = protocolFactory.buildProtocol(address)
         if protocol is None:
@@ -172,6 +220,7 @@ class ChannelEndpoint:
             self.maxMessageSize,
             self.maxBufferSize,
             candidate,
+            transport=self.transport,
         )
         protocol.makeConnection(transport)
         transport.startConnecting()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +33,18 @@ from zope.interface import implementer
 
 from . import _wire
 from ._address import HOST, STANDBY, ChannelAddress
+from ._auth import (
+    NONCE_SIZE,
+    PROOF_SIZE,
+    PortFile,
+    clientProof,
+    hostProof,
+    newNonce,
+    newSecret,
+    proofMatches,
+    removePortFile,
+    writePortFile,
+)
 from ._credentials import peerCredentials
 from ._directory import ChannelPaths, prepareDirectory, removeStaleSocket
 from ._election import HostElection
@@ -47,6 +59,14 @@ HANDSHAKE_TIMEOUT = 10.0
 #: How many clients a host remembers the delivery progress of, for
 #: recognising resends; the least recently seen disconnected ones go first.
 REMEMBERED_CLIENTS = 65536
+
+#: The loopback address a TCP host listens on.
+LOOPBACK = "127.0.0.1"
+
+#: Failed TCP authentications within AUTH_FAILURE_WINDOW seconds after which
+#: new links are refused until the window has passed.
+AUTH_FAILURE_LIMIT = 20
+AUTH_FAILURE_WINDOW = 10.0
 
 #: Seconds between the pings a host sends to a client it stopped reading.
 KEEPALIVE_INTERVAL = 1.0
@@ -216,6 +236,7 @@ class _HostLink(Protocol):
         self._inBatch = False
         self._closeAfterBatch: bool | None = None
         self._keepAlive: LoopingCall | None = None
+        self._hostNonce: bytes | None = None
 
     def whenClosed(self) -> Deferred[None]:
         """
@@ -231,10 +252,23 @@ class _HostLink(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.term.allLinks.add(self)
+        port = self.port
+        if port.secret is not None:
+            # Loopback TCP: any user can connect, so the peer must first
+            # prove it knows the secret.
+            self.peerAddress = ChannelAddress(port.name, port.paths.port, None)
+            if not port.acceptingLinks():
+                self._closing = True
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+                return
+            self._hostNonce = newNonce()
+            self.transport.write(_wire.encodeFrame(_wire.CHALLENGE, self._hostNonce))
+            self._startDeadline()
+            return
         credentials = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
         self.peerAddress = ChannelAddress(
-            self.port.name,
-            self.port.paths.socket,
+            port.name,
+            port.paths.socket,
             None,
             credentials.pid,
             credentials.uid,
@@ -245,9 +279,40 @@ class _HostLink(Protocol):
                 f"uid {os.getuid()}"
             )
             return
+        self._startDeadline()
+
+    def _startDeadline(self) -> None:
         self._deadline = self.port.clock.callLater(
             self.port.handshakeTimeout, self._handshakeExpired
         )
+
+    def _authenticate(self, kind: int, body: bytes) -> bool:
+        """
+        Check the client's proof, and prove ourselves in return.
+        """
+        self._hostNonce, hostNonce = None, self._hostNonce
+        assert hostNonce is not None and self.transport is not None
+        secret = self.port.secret
+        if kind != _wire.AUTH:
+            self.port.authenticationFailed()
+            self.refuse(f"first frame is of kind {kind}, not an authentication")
+            return False
+        if len(body) != NONCE_SIZE + PROOF_SIZE or secret is None:
+            self.port.authenticationFailed()
+            self.refuse(
+                f"authentication is {len(body)} bytes long; it must be "
+                f"{NONCE_SIZE + PROOF_SIZE}"
+            )
+            return False
+        clientNonce, proof = body[:NONCE_SIZE], body[NONCE_SIZE:]
+        if not proofMatches(clientProof(secret, hostNonce, clientNonce), proof):
+            self.port.authenticationFailed()
+            self.refuse("authentication failed: the peer does not know the secret")
+            return False
+        self.transport.write(
+            _wire.encodeFrame(_wire.AUTH_OK, hostProof(secret, clientNonce, hostNonce))
+        )
+        return True
 
     def _handshakeExpired(self) -> None:
         self._deadline = None
@@ -285,13 +350,20 @@ class _HostLink(Protocol):
         self.term.bytes += len(data)
         application = self.application
         if application is None:
-            if not frames:
+            index = 0
+            while application is None and index < len(frames):
+                kind, body = frames[index]
+                index += 1
+                if self._hostNonce is not None:
+                    if not self._authenticate(kind, body):
+                        return
+                    continue
+                if not self._handshake(kind, body):
+                    return
+                application = self.application
+            if application is None:
                 return
-            kind, body = frames[0]
-            if not self._handshake(kind, body):
-                return
-            frames = frames[1:]
-            application = self.application
+            frames = frames[index:]
         delivered = 0
         self._inBatch = True
         try:
@@ -302,7 +374,7 @@ class _HostLink(Protocol):
                     break
                 if kind == _wire.DATA:
                     delivered += 1
-                    application.dataReceived(body)  # type: ignore[union-attr]
+                    application.dataReceived(body)
                 elif kind == _wire.PING:
                     self.transport.write(_wire.encodeFrame(_wire.PONG, body))  # type: ignore[union-attr]
                 else:
@@ -356,7 +428,7 @@ class _HostLink(Protocol):
             return False
         if self.peerAddress.pid is None:
             self.peerAddress = ChannelAddress(
-                self.port.name, self.port.paths.socket, None, hello.pid, None
+                self.port.name, self.peerAddress.path, None, hello.pid, None
             )
         term = self.term
         clientId = hello.clientId
@@ -542,6 +614,7 @@ class ChannelPort:
         maxMessageSize: int,
         handshakeTimeout: float = HANDSHAKE_TIMEOUT,
         maxBufferSize: int = 64 * 1024 * 1024,
+        transport: str = "unix",
     ) -> None:
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -551,9 +624,13 @@ class ChannelPort:
         self.maxMessageSize = maxMessageSize
         self.maxBufferSize = maxBufferSize
         self.handshakeTimeout = handshakeTimeout
+        self.transport = transport
+        self.secret: bytes | None = None
+        self._authFailures: deque[float] = deque()
+        self._floodLogged = 0.0
         self.role = STOPPED
         self._election = HostElection(reactor, paths.lock, self._elected)
-        self._socketPort: _HostSocketPort | None = None
+        self._socketPort: IListeningPort | None = None
         self._term: _HostingTerm | None = None
         self._hostingWaiters: list[Deferred[ChannelAddress]] = []
         self._notHostingWaiters: list[Deferred[ChannelAddress]] = []
@@ -575,6 +652,19 @@ class ChannelPort:
         """
         This candidate's address; its C{role} says whether it hosts.
         """
+        if self.transport == "tcp":
+            tcpPort = None
+            if self._socketPort is not None:
+                tcpPort = self._socketPort.getHost().port  # type: ignore[attr-defined]
+            return ChannelAddress(
+                self.name,
+                self.paths.port,
+                self.role,
+                os.getpid(),
+                os.getuid(),
+                LOOPBACK,
+                tcpPort,
+            )
         return ChannelAddress(
             self.name,
             self.paths.socket,
@@ -661,16 +751,33 @@ class ChannelPort:
         Called holding the lock: bind the socket and start accepting links.
         """
         term = _HostingTerm(time.time())
+        socketPort: IListeningPort
         try:
-            removeStaleSocket(self.paths.socket)
-            socketPort = _HostSocketPort(
-                os.fsencode(self.paths.socket),
-                _HostLinkFactory(self, term),
-                backlog=128,
-                mode=0o600,
-                reactor=self.reactor,
-            )
-            socketPort.startListening()
+            if self.transport == "tcp":
+                socketPort = self.reactor.listenTCP(
+                    0, _HostLinkFactory(self, term), backlog=128, interface=LOOPBACK
+                )
+                secret = newSecret()
+                try:
+                    writePortFile(
+                        self.paths.port,
+                        PortFile(socketPort.getHost().port, secret, os.getpid()),  # type: ignore[attr-defined]
+                    )
+                except BaseException:
+                    socketPort.stopListening()
+                    raise
+                self.secret = secret
+            else:
+                removeStaleSocket(self.paths.socket)
+                unixPort = _HostSocketPort(
+                    os.fsencode(self.paths.socket),
+                    _HostLinkFactory(self, term),
+                    backlog=128,
+                    mode=0o600,
+                    reactor=self.reactor,
+                )
+                unixPort.startListening()
+                socketPort = unixPort
         except BaseException:
             self._election.release()
             raise
@@ -681,7 +788,7 @@ class ChannelPort:
             "channel {channel}: pid {pid} hosts at {path}",
             channel=self.name,
             pid=os.getpid(),
-            path=self.paths.socket,
+            path=self.getHost().path,
             role=HOST,
         )
         self._announce(self._hostingWaiters)
@@ -761,6 +868,10 @@ class ChannelPort:
         socketPort, self._socketPort = self._socketPort, None
         term, self._term = self._term, None
         assert socketPort is not None and term is not None
+        secret, self.secret = self.secret, None
+        if secret is not None:
+            # Clients stop finding this host before it stops listening.
+            removePortFile(self.paths.port, secret)
 
         def portClosed(result: object) -> Deferred[Any]:
             # Only once the socket file is gone may the lock go: the next
@@ -782,10 +893,40 @@ class ChannelPort:
         def factoryStopped(result: object) -> None:
             self._stopFactory()
 
-        closed: Deferred[Any] = socketPort.stopListening() or succeed(None)  # type: ignore[no-untyped-call]
+        closed: Deferred[Any] = socketPort.stopListening() or succeed(None)
         closed.addBoth(portClosed)
         closed.addBoth(factoryStopped)
         return closed
+
+    def authenticationFailed(self) -> None:
+        """
+        Count a failed authentication, for L{acceptingLinks}.
+        """
+        self._authFailures.append(self.clock.seconds())
+
+    def acceptingLinks(self) -> bool:
+        """
+        Whether new TCP links are served now: after
+        L{AUTH_FAILURE_LIMIT} failed authentications within
+        L{AUTH_FAILURE_WINDOW} seconds, new links are closed at once until
+        the window has passed, so guessing costs an attacker time.
+        """
+        now = self.clock.seconds()
+        failures = self._authFailures
+        while failures and failures[0] < now - AUTH_FAILURE_WINDOW:
+            failures.popleft()
+        if len(failures) < AUTH_FAILURE_LIMIT:
+            return True
+        if now - self._floodLogged > AUTH_FAILURE_WINDOW:
+            self._floodLogged = now
+            _log.warn(
+                "channel {channel}: {count} failed authentications in "
+                "{window} s; refusing new links for a while",
+                channel=self.name,
+                count=len(failures),
+                window=AUTH_FAILURE_WINDOW,
+            )
+        return False
 
     def _stopFactory(self) -> None:
         if self._factoryStarted:
@@ -802,7 +943,8 @@ class ChannelPort:
             "hosted": self.role == HOST,
             "pid": os.getpid(),
             "since": term.started if term else None,
-            "path": self.paths.socket,
+            "path": self.getHost().path,
+            "transport": self.transport,
             "links": len(term.links) if term else 0,
             "messages": term.messages if term else 0,
             "bytes": term.bytes if term else 0,

@@ -24,6 +24,7 @@ OPTIONS = {
     "timeout": "timeout",
     "maxMessageSize": "maxMessageSize",
     "maxBufferSize": "maxBufferSize",
+    "transport": "transport",
 }
 
 _SIZE = re.compile(r"([0-9]+)([KMG]i?B?)?", re.IGNORECASE)
@@ -100,6 +101,12 @@ def endpointArguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str
             result["directory"] = value
         elif key == "timeout":
             result["timeout"] = parseTimeout(value)
+        elif key == "transport":
+            if value not in ("unix", "tcp"):
+                raise ValueError(
+                    f"transport={value!r}: use transport=unix or transport=tcp"
+                )
+            result["transport"] = value
         else:
             result[OPTIONS[key]] = parseSize(key, value)
     return result

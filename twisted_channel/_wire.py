@@ -37,16 +37,34 @@ WELCOME: Final = 2
 DATA: Final = 3
 ACK: Final = 4
 ERROR: Final = 5
-STATUS_REQUEST: Final = 6
 STATUS: Final = 7
 PING: Final = 8
 PONG: Final = 9
 #: The host's application closed this client's connection: the client must
 #: not reconnect.
 GOODBYE: Final = 10
+#: Loopback TCP only, before the hello: the host's nonce.
+CHALLENGE: Final = 11
+#: The client's nonce and its proof that it knows the channel's secret.
+AUTH: Final = 12
+#: The host's proof that it knows the secret.
+AUTH_OK: Final = 13
 
 KNOWN_KINDS: Final = frozenset(
-    {HELLO, WELCOME, DATA, ACK, ERROR, STATUS_REQUEST, STATUS, PING, PONG, GOODBYE}
+    {
+        HELLO,
+        WELCOME,
+        DATA,
+        ACK,
+        ERROR,
+        STATUS,
+        PING,
+        PONG,
+        GOODBYE,
+        CHALLENGE,
+        AUTH,
+        AUTH_OK,
+    }
 )
 
 #: Frames other than C{DATA} are small; this bounds what a peer that has not
