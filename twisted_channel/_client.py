@@ -65,6 +65,11 @@ CONNECTING = "connecting"
 CONNECTED = "connected"
 CLOSED = "closed"
 
+#: Seconds a link must have been up (or it must have carried an
+#: acknowledgement) for its loss to be taken as a host's end, reconnecting at
+#: once, rather than as a host that drops us, backing off.
+HEALTHY_LINK = 0.5
+
 #: Seconds a host may take to answer a hello before the link is dropped and
 #: another is tried.  A host frozen by SIGSTOP still accepts connections in
 #: the kernel; this is what keeps a client from waiting on it for ever.
@@ -469,7 +474,8 @@ class ChannelClientTransport:
         self._connectedWaiters: list[Deferred[ChannelAddress]] = []
         self._hostAddress = ChannelAddress(address.name, address.path, HOST)
         self._hostsSeen = 0
-        self._linkFailures = 0
+        self._linkUpAt = 0.0
+        self._ackedOnLink = False
         self._hostMaxMessageSize = maxMessageSize
         self._readingPaused = False
         self._producer: IProducer | None = None
@@ -809,8 +815,8 @@ class ChannelClientTransport:
         self.state = CONNECTED
         self._hostAddress = link.hostAddress
         self._hostsSeen += 1
-        self._linkFailures = 0
-        self.strategy.resetDelay()  # type: ignore[no-untyped-call]
+        self._linkUpAt = self.reactor.seconds()
+        self._ackedOnLink = False
         self._hostMaxMessageSize = welcome.maxMessageSize
         if self._readingPaused and link.transport is not None:
             link.transport.pauseProducing()  # type: ignore[attr-defined]
@@ -832,9 +838,7 @@ class ChannelClientTransport:
         waiters, self._connectedWaiters = self._connectedWaiters, []
         for waiter in waiters:
             waiter.callback(self._hostAddress)
-        observer = IChannelLinkObserver(self.protocol, None)
-        if observer is not None:
-            observer.linkEstablished(self._hostAddress)
+        self._tellObserver("linkEstablished", self._hostAddress)
         if self.disconnecting and not self.pending:
             self._finish(Failure(error.ConnectionDone()))
         return self.state != CLOSED
@@ -852,12 +856,30 @@ class ChannelClientTransport:
             )
             self._finish(failure)
 
+    def _tellObserver(self, method: str, argument: object) -> None:
+        """
+        Call the protocol's L{IChannelLinkObserver} method, if it has one.
+        What it raises is logged: a bug there must not cost the link.
+        """
+        observer = IChannelLinkObserver(self.protocol, None)
+        if observer is None:
+            return
+        try:
+            getattr(observer, method)(argument)
+        except Exception:
+            _log.failure(
+                "channel {channel}: the application's {method} raised",
+                channel=self.address.name,
+                method=method,
+            )
+
     def heardFromHost(self) -> None:
         self._lastProgress = self.reactor.seconds()
 
     def acknowledged(self, sequence: int) -> None:
         pending = self.pending
         pending.acknowledge(sequence)
+        self._ackedOnLink = True
         self._producerMayGoOn()
         if self.disconnecting and not pending:
             self._finish(Failure(error.ConnectionDone()))
@@ -894,16 +916,23 @@ class ChannelClientTransport:
             pending=len(self.pending),
             role=CLIENT,
         )
-        observer = IChannelLinkObserver(self.protocol, None)
-        if observer is not None:
-            observer.linkLost(reason)
+        self._tellObserver("linkLost", reason)
         if self.state == CLOSED:
             return
-        # The first attempt goes at once: a standby has usually taken over
-        # by the time the kernel reports the old host's end.
-        self.strategy.resetDelay()  # type: ignore[no-untyped-call]
         self.strategy.connector = self._connector
-        self._connector.connect()
+        healthy = self._ackedOnLink or (
+            self.reactor.seconds() - self._linkUpAt >= HEALTHY_LINK
+        )
+        if healthy:
+            # The first attempt goes at once: a standby has usually taken
+            # over by the time the kernel reports the old host's end.
+            self.strategy.resetDelay()  # type: ignore[no-untyped-call]
+            self._connector.connect()
+        else:
+            # A link that dies as soon as it is up (a host that refuses us
+            # after its welcome, say) must not become a busy loop: the
+            # backoff goes on growing.
+            self.strategy.clientConnectionLost(self._connector, reason)  # type: ignore[no-untyped-call]
 
     def _finish(self, reason: Failure) -> None:
         if self.state == CLOSED:
