@@ -1,0 +1,725 @@
+"""
+The benchmark's child processes: ``python -m bench._children KIND ...``.
+
+Each child is bounded in time twice over: C{signal.alarm(--limit)} ends it
+even if its reactor is stuck, and it exits as soon as its stdin reaches end
+of file, which happens when the parent closes it or dies.  Commands from
+the parent (C{go}, C{stop}) arrive as lines on stdin.
+
+Kinds (C{--impl channel} uses L{twisted_channel.ChannelEndpoint}, C{--impl
+baseline} plain Twisted C{unix:} endpoints with C{Int32StringReceiver}):
+
+- C{recv}: a receiver that counts C{--count} messages over C{--conns}
+  connections and reports the time from the first to the last;
+- C{send}: a sender of C{--count} messages of C{--size} bytes, C{--slice}
+  writes per reactor turn;
+- C{echo} / C{ping}: the two ends of the round-trip test;
+- C{startup}: listen-to-hosting and connect-to-first-message, in-process;
+- C{memhost} / C{idle}: a host's memory with many idle links, and the
+  process holding those links;
+- C{cand} / C{stream}: a failover candidate that records every message and
+  reports when it starts hosting and receives its first message, and a
+  client streaming numbered messages (channel only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from time import monotonic_ns
+from typing import Any
+
+from bench._common import (
+    BASELINE,
+    CHANNEL,
+    INT32_MAX_LENGTH,
+    raiseFileLimit,
+    report,
+    rssKiB,
+    say,
+)
+
+#: What a line on stdin runs, by its first word.
+commands: dict[str, Callable[[], None]] = {}
+
+
+def _watchStdin(reactor: Any) -> None:
+    """
+    Run the parent's commands; exit at once when stdin closes.
+    """
+
+    def run(word: str) -> None:
+        # Looked up in the reactor thread, so that a command registered
+        # before the line announcing it is never missed.
+        handler = commands.get(word)
+        if handler is None:
+            say("ERROR", f"unknown or early command {word!r}")
+            _stopSoon(reactor)
+            return
+        handler()
+
+    def read() -> None:
+        for raw in sys.stdin.buffer:
+            reactor.callFromThread(run, raw.decode("ascii", "replace").strip())
+        os._exit(3)
+
+    threading.Thread(target=read, name="stdin-watch", daemon=True).start()
+
+
+_stopping: list[bool] = []
+
+
+def _stopSoon(reactor: Any) -> None:
+    """
+    Stop the reactor once the current call returns (once, however often
+    this is called).
+    """
+    if not _stopping:
+        _stopping.append(True)
+        reactor.callLater(0, reactor.stop)
+
+
+def _fail(reactor: Any) -> Callable[[Any], None]:
+    def failed(reason: Any) -> None:
+        say("ERROR", reason.getErrorMessage().replace("\n", " "))
+        _stopSoon(reactor)
+
+    return failed
+
+
+def _channel(reactor: Any, options: argparse.Namespace) -> Any:
+    from twisted_channel import ChannelEndpoint
+
+    return ChannelEndpoint(
+        reactor, options.name, directory=options.dir, timeout=options.timeout
+    )
+
+
+def _unixPath(options: argparse.Namespace) -> str:
+    return os.path.join(options.dir, options.name + ".b.sock")
+
+
+def _listen(reactor: Any, options: argparse.Namespace, factory: Any) -> Any:
+    """
+    Listen with the implementation chosen; the Deferred fires once this
+    process accepts connections (for the channel: once it hosts).
+    """
+    if options.impl == CHANNEL:
+        d = _channel(reactor, options).listen(factory)
+        return d.addCallback(
+            lambda port: port.whenHosting().addCallback(lambda _: port)
+        )
+    from twisted.internet.endpoints import serverFromString
+
+    # A deep backlog, so that clients opening many links at once (memory
+    # test) are not refused while this process waits for a CPU.
+    endpoint = serverFromString(reactor, f"unix:{_unixPath(options)}:backlog=1024")
+    return endpoint.listen(factory)
+
+
+def _connect(reactor: Any, options: argparse.Namespace, factory: Any) -> Any:
+    """
+    Connect with the implementation chosen; the Deferred fires with the
+    protocol once a link is up.
+    """
+    if options.impl == CHANNEL:
+
+        def linked(protocol: Any) -> Any:
+            return protocol.transport.whenConnected().addCallback(lambda _: protocol)
+
+        return _channel(reactor, options).connect(factory).addCallback(linked)
+    from twisted.internet.endpoints import clientFromString
+
+    endpoint = clientFromString(reactor, f"unix:path={_unixPath(options)}")
+    return endpoint.connect(factory)
+
+
+def _int32() -> type:
+    from twisted.protocols.basic import Int32StringReceiver
+
+    class Int32(Int32StringReceiver):
+        MAX_LENGTH = INT32_MAX_LENGTH
+
+    return Int32
+
+
+# Throughput and fan-in
+
+
+def runRecv(reactor: Any, options: argparse.Namespace) -> None:
+    from twisted.internet.protocol import Factory, Protocol
+
+    total = options.count
+    state = {"n": 0, "t0": 0, "closed": 0, "done": False}
+
+    def finish() -> None:
+        t1 = monotonic_ns()
+        state["done"] = True
+        seconds = (t1 - state["t0"]) / 1e9
+        report(
+            {
+                "messages": total,
+                "seconds": seconds,
+                "msgs_per_s": (total - 1) / seconds if seconds > 0 else None,
+                "t0_ns": state["t0"],
+                "t1_ns": t1,
+            }
+        )
+
+    def closed() -> None:
+        state["closed"] += 1
+        if state["closed"] >= options.conns:
+            if not state["done"]:
+                say("INCOMPLETE", state["n"])
+            _stopSoon(reactor)
+
+    if options.impl == CHANNEL:
+
+        class Counter(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                n = state["n"] = state["n"] + 1
+                if n == 1:
+                    state["t0"] = monotonic_ns()
+                if n == total:
+                    finish()
+
+            def connectionLost(self, reason: Any = None) -> None:
+                closed()
+
+    else:
+
+        class Counter(_int32()):  # type: ignore[no-redef]
+            def stringReceived(self, data: bytes) -> None:
+                n = state["n"] = state["n"] + 1
+                if n == 1:
+                    state["t0"] = monotonic_ns()
+                if n == total:
+                    finish()
+
+            def connectionLost(self, reason: Any = None) -> None:
+                closed()
+
+    factory = Factory.forProtocol(Counter)
+    _listen(reactor, options, factory).addCallbacks(
+        lambda _: say("READY"), _fail(reactor)
+    )
+
+
+def runSend(reactor: Any, options: argparse.Namespace) -> None:
+    """
+    Write C{--count} messages, C{--slice} per reactor turn.  The channel's
+    sender also respects the client's buffer cap: when one more write would
+    take C{transport.pending.byteCount} past C{transport.maxBufferSize}, it
+    waits for acknowledgements, looking again every millisecond.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+
+    payload = b"x" * options.size
+    size = len(payload)
+    total = options.count
+    step = options.slice
+    state = {"sent": 0, "waits": 0}
+
+    def pumpChannel(transport: Any) -> None:
+        pending = transport.pending
+        cap = transport.maxBufferSize
+        write = transport.write
+        sent = state["sent"]
+        stop = min(sent + step, total)
+        while sent < stop:
+            if pending.byteCount + size > cap:
+                state["sent"] = sent
+                state["waits"] += 1
+                reactor.callLater(0.001, pumpChannel, transport)
+                return
+            write(payload)
+            sent += 1
+        state["sent"] = sent
+        if sent < total:
+            reactor.callLater(0, pumpChannel, transport)
+        else:
+            transport.loseConnection()
+
+    def pumpBaseline(protocol: Any) -> None:
+        send = protocol.sendString
+        sent = state["sent"]
+        n = min(step, total - sent)
+        for _ in range(n):
+            send(payload)
+        state["sent"] = sent = sent + n
+        if sent < total:
+            reactor.callLater(0, pumpBaseline, protocol)
+        else:
+            protocol.transport.loseConnection()
+
+    def finished() -> None:
+        say("DONE", state["sent"], state["waits"])
+        _stopSoon(reactor)
+
+    if options.impl == CHANNEL:
+
+        class Sender(Protocol):
+            def connectionLost(self, reason: Any = None) -> None:
+                finished()
+
+        def start(protocol: Any) -> None:
+            pumpChannel(protocol.transport)
+
+    else:
+
+        class Sender(_int32()):  # type: ignore[no-redef]
+            def connectionLost(self, reason: Any = None) -> None:
+                finished()
+
+        def start(protocol: Any) -> None:
+            pumpBaseline(protocol)
+
+    def connected(protocol: Any) -> None:
+        if options.go:
+            commands["go"] = lambda: start(protocol)
+            say("READY")
+        else:
+            say("READY")
+            start(protocol)
+
+    _connect(reactor, options, Factory.forProtocol(Sender)).addCallbacks(
+        connected, _fail(reactor)
+    )
+
+
+# Round trip
+
+
+def runEcho(reactor: Any, options: argparse.Namespace) -> None:
+    from twisted.internet.protocol import Factory, Protocol
+
+    if options.impl == CHANNEL:
+
+        class Echo(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                self.transport.write(data)  # type: ignore[union-attr]
+
+            def connectionLost(self, reason: Any = None) -> None:
+                _stopSoon(reactor)
+
+    else:
+
+        class Echo(_int32()):  # type: ignore[no-redef]
+            def stringReceived(self, data: bytes) -> None:
+                self.sendString(data)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                _stopSoon(reactor)
+
+    _listen(reactor, options, Factory.forProtocol(Echo)).addCallbacks(
+        lambda _: say("READY"), _fail(reactor)
+    )
+
+
+def runPing(reactor: Any, options: argparse.Namespace) -> None:
+    from twisted.internet.protocol import Factory, Protocol
+
+    from bench._common import percentile
+
+    payload = b"p" * options.size
+    warmup = options.warmup
+    total = warmup + options.count
+    rtts: list[int] = []
+    state = {"i": 0, "t": 0}
+
+    def replied(protocol: Any, send: Callable[[bytes], None]) -> None:
+        t = monotonic_ns()
+        i = state["i"]
+        if i >= warmup:
+            rtts.append(t - state["t"])
+        state["i"] = i = i + 1
+        if i < total:
+            state["t"] = monotonic_ns()
+            send(payload)
+            return
+        report(
+            {
+                "pings": len(rtts),
+                "p50_us": percentile(rtts, 0.5) / 1e3,
+                "p99_us": percentile(rtts, 0.99) / 1e3,
+                "mean_us": sum(rtts) / len(rtts) / 1e3,
+                "max_us": max(rtts) / 1e3,
+            }
+        )
+        protocol.transport.loseConnection()
+
+    if options.impl == CHANNEL:
+
+        class Pinger(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                replied(self, self.transport.write)  # type: ignore[union-attr]
+
+            def connectionLost(self, reason: Any = None) -> None:
+                _stopSoon(reactor)
+
+        def start(protocol: Any) -> None:
+            state["t"] = monotonic_ns()
+            protocol.transport.write(payload)
+
+    else:
+
+        class Pinger(_int32()):  # type: ignore[no-redef]
+            def stringReceived(self, data: bytes) -> None:
+                replied(self, self.sendString)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                _stopSoon(reactor)
+
+        def start(protocol: Any) -> None:
+            state["t"] = monotonic_ns()
+            protocol.sendString(payload)
+
+    _connect(reactor, options, Factory.forProtocol(Pinger)).addCallbacks(
+        start, _fail(reactor)
+    )
+
+
+# Start-up
+
+
+def runStartup(reactor: Any, options: argparse.Namespace) -> None:
+    """
+    C{--reps} times, on a fresh channel (or socket) each time: the time
+    from C{listen()} to hosting (for the baseline, to listening), and from
+    C{connect()} to the first message delivered to the host's protocol.
+    """
+    from twisted.internet.defer import Deferred
+    from twisted.internet.endpoints import clientFromString, serverFromString
+    from twisted.internet.protocol import Factory, Protocol
+
+    from bench._common import median
+    from twisted_channel import ChannelEndpoint
+
+    arrivals: list[Deferred[int]] = []
+
+    def arrived() -> None:
+        t = monotonic_ns()
+        if arrivals:
+            arrivals.pop(0).callback(t)
+
+    class ChannelHost(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            arrived()
+
+    class BaselineHost(_int32()):  # type: ignore[misc, valid-type]
+        def stringReceived(self, data: bytes) -> None:
+            arrived()
+
+    class BaselineClient(_int32()):  # type: ignore[misc, valid-type]
+        def connectionMade(self) -> None:
+            self.sendString(b"hello")
+
+    def pause(seconds: float) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        reactor.callLater(seconds, d.callback, None)
+        return d
+
+    async def once(i: int) -> tuple[int, int]:
+        arrival: Deferred[int] = Deferred()
+        arrivals.append(arrival)
+        name = f"st{i}"
+        if options.impl == CHANNEL:
+            endpoint = ChannelEndpoint(reactor, name, directory=options.dir)
+            t0 = monotonic_ns()
+            port = await endpoint.listen(Factory.forProtocol(ChannelHost))
+            await port.whenHosting()
+            t1 = monotonic_ns()
+            t2 = monotonic_ns()
+            protocol = await endpoint.connect(Factory.forProtocol(Protocol))
+            protocol.transport.write(b"hello")
+        else:
+            path = os.path.join(options.dir, name + ".b.sock")
+            server = serverFromString(reactor, f"unix:{path}")
+            client = clientFromString(reactor, f"unix:path={path}")
+            t0 = monotonic_ns()
+            port = await server.listen(Factory.forProtocol(BaselineHost))
+            t1 = monotonic_ns()
+            t2 = monotonic_ns()
+            protocol = await client.connect(Factory.forProtocol(BaselineClient))
+        t3 = await arrival
+        connectNs = t3 - t2
+        protocol.transport.loseConnection()
+        await pause(0.02)
+        await port.stopListening()
+        return t1 - t0, connectNs
+
+    async def main() -> None:
+        listens: list[float] = []
+        connects: list[float] = []
+        for i in range(options.reps):
+            listenNs, connectNs = await once(i)
+            listens.append(listenNs / 1e3)
+            connects.append(connectNs / 1e3)
+            await pause(0.02)
+        report(
+            {
+                "listen_us": median(listens),
+                "connect_us": median(connects),
+                "listen_all_us": listens,
+                "connect_all_us": connects,
+            }
+        )
+
+    d = Deferred.fromCoroutine(main())
+    d.addErrback(_fail(reactor))
+    d.addBoth(lambda _: _stopSoon(reactor))
+
+
+# Memory with idle links
+
+
+def runMemHost(reactor: Any, options: argparse.Namespace) -> None:
+    """
+    Host C{--links} idle links; read this process's RSS once hosting, once
+    C{--conns} links are up (C{MARK}) and once all are (C{RESULT}).
+    """
+    from twisted.internet.protocol import Factory, Protocol
+
+    raiseFileLimit(options.links + 256)
+    state = {"n": 0, "rss0": 0, "mark": 0}
+
+    def settled() -> int:
+        gc.collect()
+        return rssKiB()
+
+    def mark() -> None:
+        state["mark"] = settled()
+        say("MARK", state["n"], state["mark"])
+
+    def measure() -> None:
+        rss1 = settled()
+        n = state["n"]
+        later = n - options.conns
+        report(
+            {
+                "links": n,
+                "rss0_kib": state["rss0"],
+                "rss_mark_kib": state["mark"],
+                "rss1_kib": rss1,
+                "per_link_kib": (rss1 - state["mark"]) / later if later else None,
+                "per_link_overall_kib": (rss1 - state["rss0"]) / max(n, 1),
+            }
+        )
+
+    def made() -> None:
+        state["n"] += 1
+        if state["n"] == options.conns:
+            reactor.callLater(0.3, mark)
+        if state["n"] == options.links:
+            reactor.callLater(0.3, measure)
+
+    if options.impl == CHANNEL:
+
+        class Idle(Protocol):
+            def connectionMade(self) -> None:
+                made()
+
+    else:
+
+        class Idle(_int32()):  # type: ignore[no-redef]
+            def connectionMade(self) -> None:
+                made()
+
+    def ready(_: Any) -> None:
+        state["rss0"] = settled()
+        say("READY", state["rss0"])
+
+    _listen(reactor, options, Factory.forProtocol(Idle)).addCallbacks(
+        ready, _fail(reactor)
+    )
+
+
+def runIdle(reactor: Any, options: argparse.Namespace) -> None:
+    """
+    Open C{--links} links, a few at a time (a listening socket's backlog is
+    finite), and hold them.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+
+    raiseFileLimit(options.links + 256)
+    protocol = Protocol if options.impl == CHANNEL else _int32()
+    factory = Factory.forProtocol(protocol)
+    held: list[Any] = []
+    state = {"started": 0, "retries": 0}
+
+    def openOne() -> None:
+        if state["started"] >= options.links:
+            return
+        state["started"] += 1
+        _connect(reactor, options, factory).addCallbacks(opened, failed)
+
+    def opened(protocol: Any) -> None:
+        held.append(protocol)
+        if len(held) == options.links:
+            say("READY", len(held), state["retries"])
+        else:
+            openOne()
+
+    def failed(reason: Any) -> None:
+        # A Unix socket whose backlog is full refuses at once (EAGAIN),
+        # which Twisted reports as a failed connection: try again shortly.
+        state["retries"] += 1
+        if state["retries"] > options.links:
+            _fail(reactor)(reason)
+            return
+        state["started"] -= 1
+        reactor.callLater(0.01, openOne)
+
+    for _ in range(8):
+        openOne()
+
+
+# Failover
+
+
+def runCandidate(reactor: Any, options: argparse.Namespace) -> None:
+    """
+    Stand as a candidate host; record every message received, as a line in
+    C{--record}, before C{dataReceived} returns (so before it is
+    acknowledged).  Report C{ROLE <role> <ns>} on each change and C{FIRST
+    <ns>} at the first message of each hosting term.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+
+    record = os.open(options.record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    state = {"awaitingFirst": True}
+
+    class Recorder(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            if state["awaitingFirst"]:
+                t = monotonic_ns()
+                state["awaitingFirst"] = False
+                say("FIRST", t)
+            os.write(record, data + b"\n")
+
+    def roleChanged(role: str) -> None:
+        t = monotonic_ns()
+        if role == "host":
+            state["awaitingFirst"] = True
+        say("ROLE", role, t)
+
+    def listening(port: Any) -> None:
+        port.addRoleObserver(roleChanged)
+        say("ROLE", port.role, monotonic_ns())
+
+    options.impl = CHANNEL
+    _channel(reactor, options).listen(Factory.forProtocol(Recorder)).addCallbacks(
+        listening, _fail(reactor)
+    )
+
+
+def runStream(reactor: Any, options: argparse.Namespace) -> None:
+    """
+    Write C{TAG:1}, C{TAG:2}... C{--slice} every C{--interval} seconds
+    until told to C{stop}; then close gracefully (which waits until a host
+    acknowledged everything) and report C{SENT n} and C{CLOSED <reason>
+    <undelivered>}.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+
+    tag = options.tag.encode("ascii")
+    state = {"next": 1, "stopped": False, "call": None}
+
+    class Streamer(Protocol):
+        def connectionLost(self, reason: Any = None) -> None:
+            undelivered = getattr(reason.value, "undelivered", 0)
+            say("CLOSED", type(reason.value).__name__, undelivered)
+            _stopSoon(reactor)
+
+    def writeSome(transport: Any) -> None:
+        state["call"] = None
+        pending = transport.pending
+        cap = transport.maxBufferSize
+        number = state["next"]
+        for _ in range(options.slice):
+            message = b"%s:%d" % (tag, number)
+            if pending.byteCount + len(message) > cap:
+                break
+            transport.write(message)
+            number += 1
+        state["next"] = number
+        state["call"] = reactor.callLater(options.interval, writeSome, transport)
+
+    def start(protocol: Any) -> None:
+        transport = protocol.transport
+
+        def stop() -> None:
+            if state["stopped"]:
+                return
+            state["stopped"] = True
+            call = state["call"]
+            if call is not None and call.active():
+                call.cancel()
+            say("SENT", state["next"] - 1)
+            transport.loseConnection()
+
+        commands["stop"] = stop
+        say("READY")
+        writeSome(transport)
+
+    options.impl = CHANNEL
+    endpoint = _channel(reactor, options)
+    endpoint.connect(Factory.forProtocol(Streamer)).addCallbacks(start, _fail(reactor))
+
+
+KINDS: dict[str, Callable[[Any, argparse.Namespace], None]] = {
+    "recv": runRecv,
+    "send": runSend,
+    "echo": runEcho,
+    "ping": runPing,
+    "startup": runStartup,
+    "memhost": runMemHost,
+    "idle": runIdle,
+    "cand": runCandidate,
+    "stream": runStream,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench._children")
+    parser.add_argument("kind", choices=sorted(KINDS))
+    parser.add_argument("--impl", choices=[CHANNEL, BASELINE], default=CHANNEL)
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--name", default="b")
+    parser.add_argument("--limit", type=int, default=300, help="seconds to live")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--slice", type=int, default=1000)
+    parser.add_argument("--conns", type=int, default=1)
+    parser.add_argument("--go", action="store_true")
+    parser.add_argument("--warmup", type=int, default=0)
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--links", type=int, default=0)
+    parser.add_argument("--record", default="")
+    parser.add_argument("--tag", default="c")
+    parser.add_argument("--interval", type=float, default=0.002)
+    options = parser.parse_args(argv)
+
+    # Bounded in time whatever happens: SIGALRM's default action ends us.
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(max(1, options.limit))
+
+    from twisted.internet import reactor
+
+    _watchStdin(reactor)
+    KINDS[options.kind](reactor, options)
+    reactor.run()  # type: ignore[attr-defined]
+    # Leave without finalising the interpreter, which would wait for the
+    # thread blocked reading stdin.
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""
+One run of each measurement, for one implementation: start the children in
+a fresh workspace, collect what they report, and return plain numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench._common import percentile
+from bench._procs import Child, ChildFailedError, Workspace, workspace
+
+
+@dataclass
+class Settings:
+    """
+    The sizes of every test; L{quick} makes a smoke run of them.
+    """
+
+    thrSmallCount: int = 200_000
+    thrKiBCount: int = 200_000
+    thr64KiBCount: int = 10_000
+    #: Writes per reactor turn, for both implementations: this many, or as
+    #: many as make C{sliceBytes}, whichever is fewer.
+    slice: int = 1000
+    sliceBytes: int = 1 << 20
+    rttCount: int = 20_000
+    rttWarmup: int = 1_000
+    rttSize: int = 64
+    startupReps: int = 20
+    kills: int = 30
+    candidates: int = 4
+    streamClients: int = 2
+    streamSlice: int = 10
+    streamInterval: float = 0.002
+    faninClients: int = 20
+    faninCount: int = 10_000
+    memLinks: int = 1_000
+    memProcesses: int = 2
+    #: Seconds any single wait on a child may take before the run fails.
+    wait: float = 120.0
+
+    def sliceFor(self, size: int) -> int:
+        return max(1, min(self.slice, self.sliceBytes // size))
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(
+            thrSmallCount=20_000,
+            thrKiBCount=10_000,
+            thr64KiBCount=1_000,
+            rttCount=2_000,
+            startupReps=5,
+            kills=3,
+            faninClients=5,
+            faninCount=2_000,
+            memLinks=1_000,
+            wait=30.0,
+        )
+
+
+def _finish(children: list[Child], timeout: float = 30.0) -> None:
+    """
+    Wait for children that should now exit by themselves (the caller's
+    workspace reaps them in any case).
+    """
+    for child in children:
+        child.wait(timeout)
+
+
+def throughput(impl: str, size: int, count: int, settings: Settings) -> dict[str, Any]:
+    """
+    One sender streams C{count} messages of C{size} bytes to the host; the
+    host's protocol times the first to the last.
+    """
+    with workspace() as space:
+        receiver = space.start("recv", "--impl", impl, "--name", "t", "--count", count)
+        receiver.expect("READY", settings.wait)
+        sender = space.start(
+            "send",
+            "--impl",
+            impl,
+            "--name",
+            "t",
+            "--count",
+            count,
+            "--size",
+            size,
+            "--slice",
+            settings.sliceFor(size),
+        )
+        result = receiver.result(settings.wait)
+        done = sender.expect("DONE", settings.wait)
+        _finish([sender, receiver])
+    rate = result["msgs_per_s"]
+    return {
+        "msgs_per_s": rate,
+        "mb_per_s": rate * size / 1e6,
+        "seconds": result["seconds"],
+        "backpressure_waits": int(done[1]),
+    }
+
+
+def fanIn(impl: str, settings: Settings) -> dict[str, Any]:
+    """
+    C{faninClients} sender processes connect, then all start on one signal
+    and stream C{faninCount} 100-byte messages each; the host's protocols
+    time the first to the last message overall.
+    """
+    clients = settings.faninClients
+    total = clients * settings.faninCount
+    with workspace() as space:
+        receiver = space.start(
+            "recv", "--impl", impl, "--name", "f", "--count", total, "--conns", clients
+        )
+        receiver.expect("READY", settings.wait)
+        senders = [
+            space.start(
+                "send",
+                "--impl",
+                impl,
+                "--name",
+                "f",
+                "--count",
+                settings.faninCount,
+                "--size",
+                100,
+                "--slice",
+                settings.sliceFor(100),
+                "--go",
+            )
+            for _ in range(clients)
+        ]
+        for sender in senders:
+            sender.expect("READY", settings.wait)
+        for sender in senders:
+            sender.send("go")
+        result = receiver.result(settings.wait)
+        for sender in senders:
+            sender.expect("DONE", settings.wait)
+        _finish([*senders, receiver])
+    return {"msgs_per_s": result["msgs_per_s"], "seconds": result["seconds"]}
+
+
+def roundTrip(impl: str, settings: Settings) -> dict[str, Any]:
+    """
+    Sequential request/echo round trips, timed by the client.
+    """
+    with workspace() as space:
+        echo = space.start("echo", "--impl", impl, "--name", "r")
+        echo.expect("READY", settings.wait)
+        pinger = space.start(
+            "ping",
+            "--impl",
+            impl,
+            "--name",
+            "r",
+            "--count",
+            settings.rttCount,
+            "--warmup",
+            settings.rttWarmup,
+            "--size",
+            settings.rttSize,
+        )
+        result = pinger.result(settings.wait)
+        _finish([pinger, echo])
+    return result
+
+
+def startup(impl: str, settings: Settings) -> dict[str, Any]:
+    """
+    listen() to hosting and connect() to first delivery, in one child.
+    """
+    with workspace() as space:
+        child = space.start("startup", "--impl", impl, "--reps", settings.startupReps)
+        result = child.result(settings.wait)
+        _finish([child])
+    return result
+
+
+def memory(impl: str, settings: Settings) -> dict[str, Any]:
+    """
+    The host's resident memory per idle link, with C{memLinks} links held
+    by C{memProcesses} client processes that connect one after the other.
+    The host reads its RSS before any link, after the first process's
+    links and after all; the per-link figure is the growth between the
+    last two (the first links also reuse memory freed during start-up).
+    """
+    links = settings.memLinks
+    shares = [links // settings.memProcesses] * settings.memProcesses
+    shares[0] += links - sum(shares)
+    with workspace() as space:
+        host = space.start(
+            "memhost",
+            "--impl",
+            impl,
+            "--name",
+            "m",
+            "--links",
+            links,
+            "--conns",
+            shares[0],
+        )
+        host.expect("READY", settings.wait)
+        for i, share in enumerate(shares):
+            holder = space.start(
+                "idle", "--impl", impl, "--name", "m", "--links", share
+            )
+            holder.expect("READY", settings.wait)
+            if i == 0:
+                host.expect("MARK", settings.wait)
+        result = host.result(settings.wait)
+    return result
+
+
+class _Candidate:
+    def __init__(self, child: Child, role: str) -> None:
+        self.child = child
+        self.role = role
+
+
+def failover(settings: Settings) -> dict[str, Any]:
+    """
+    C{candidates} candidate processes and C{streamClients} clients streaming
+    numbered messages; SIGKILL the host C{kills} times, each time timing the
+    kill to the new host's election and to the first message its protocol
+    receives, and starting a replacement candidate.  At the end every
+    client closes gracefully and the hosts' records are checked for every
+    number each client sent.
+    """
+    with workspace(limit=120 + 10 * settings.kills) as space:
+        return _failover(space, settings)
+
+
+def _failover(space: Workspace, settings: Settings) -> dict[str, Any]:
+    records: list[str] = []
+
+    def candidate() -> _Candidate:
+        record = space.path(f"rec{len(records)}")
+        records.append(record)
+        child = space.start("cand", "--name", "f", "--record", record)
+        fields = child.expect("ROLE", settings.wait)
+        return _Candidate(child, fields[0])
+
+    candidates = [candidate() for _ in range(settings.candidates)]
+    hosts = [c for c in candidates if c.role == "host"]
+    if len(hosts) != 1:
+        raise ChildFailedError(
+            f"expected one host, got roles {[c.role for c in candidates]}"
+        )
+    host = hosts[0]
+    streams = [
+        space.start(
+            "stream",
+            "--name",
+            "f",
+            "--tag",
+            f"c{i}",
+            "--slice",
+            settings.streamSlice,
+            "--interval",
+            settings.streamInterval,
+        )
+        for i in range(settings.streamClients)
+    ]
+    for stream in streams:
+        stream.expect("READY", settings.wait)
+    host.child.expect("FIRST", settings.wait)
+
+    samples: list[dict[str, float]] = []
+    for _ in range(settings.kills):
+        # Let traffic flow on the current host for a while, at a random
+        # phase with respect to the clients' write timers.
+        time.sleep(0.15 + random.uniform(0.0, 0.05))
+        tKill = host.child.kill()
+        others = [c for c in candidates if c is not host]
+        newHost, tHost = _awaitHost(others, settings.wait)
+        tFirst = int(newHost.child.expect("FIRST", settings.wait)[0])
+        host.child.reap()
+        candidates.remove(host)
+        host = newHost
+        samples.append(
+            {
+                "elected_ms": (tHost - tKill) / 1e6,
+                "first_message_ms": (tFirst - tKill) / 1e6,
+            }
+        )
+        replacement = candidate()
+        if replacement.role != "standby":
+            raise ChildFailedError(f"a replacement candidate became {replacement.role}")
+        candidates.append(replacement)
+
+    for stream in streams:
+        stream.send("stop")
+    sent: dict[str, int] = {}
+    closes: dict[str, list[str]] = {}
+    for i, stream in enumerate(streams):
+        sent[f"c{i}"] = int(stream.expect("SENT", settings.wait)[0])
+    for i, stream in enumerate(streams):
+        closes[f"c{i}"] = stream.expect("CLOSED", settings.wait)
+    for stream in streams:
+        stream.wait(settings.wait)
+
+    received: dict[str, list[int]] = {tag: [] for tag in sent}
+    for record in records:
+        if not os.path.exists(record):
+            continue
+        with open(record, "rb") as f:
+            for line in f:
+                tag, number = line.decode("ascii").strip().rsplit(":", 1)
+                received.setdefault(tag, []).append(int(number))
+    lost = 0
+    duplicates = 0
+    outOfRange = 0
+    for tag, count in sent.items():
+        numbers = received.get(tag, [])
+        unique = set(numbers)
+        lost += sum(1 for n in range(1, count + 1) if n not in unique)
+        duplicates += len(numbers) - len(unique)
+        outOfRange += sum(1 for n in unique if not 1 <= n <= count)
+    firsts = [s["first_message_ms"] for s in samples]
+    elections = [s["elected_ms"] for s in samples]
+    return {
+        "kills": len(samples),
+        "samples": samples,
+        "first_message_p50_ms": percentile(firsts, 0.5),
+        "first_message_p99_ms": percentile(firsts, 0.99),
+        "first_message_max_ms": max(firsts) if firsts else float("nan"),
+        "elected_p50_ms": percentile(elections, 0.5),
+        "sent": sent,
+        "delivered_records": sum(len(v) for v in received.values()),
+        "lost": lost,
+        "duplicates": duplicates,
+        "unexpected": outOfRange,
+        "closed": {tag: " ".join(fields) for tag, fields in closes.items()},
+    }
+
+
+def _awaitHost(candidates: list[_Candidate], timeout: float) -> tuple[_Candidate, int]:
+    """
+    The candidate that reports it became host, and when (monotonic ns).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for c in candidates:
+            line = c.child.take(lambda line: line.startswith("ROLE "))
+            if line is not None:
+                _, role, stamp = line.split()
+                c.role = role
+                if role == "host":
+                    return c, int(stamp)
+        # The times come from the children's stamps, so looking lazily
+        # costs no accuracy and leaves the CPUs to the children.
+        time.sleep(0.005)
+    raise ChildFailedError(f"no candidate took over within {timeout} s")
+
+
+SCENARIOS = ("throughput", "roundtrip", "startup", "fanin", "memory", "failover")
