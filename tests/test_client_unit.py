@@ -327,7 +327,7 @@ def test_writeWhileConnectedIsSentAtOnce() -> None:
     client, _, _ = makeClient()
     link, transport = connected(client)
     client.write(b"now")
-    assert transport.sequences == [[_wire.frameHeader(_wire.DATA, 3), b"now"]]
+    # A small payload goes with its header in one write.
     assert sentData(transport) == [b"now"]
     client.writeSequence([b"a", b"b", b"c"])
     assert sentData(transport) == [b"abc"]
@@ -335,6 +335,22 @@ def test_writeWhileConnectedIsSentAtOnce() -> None:
     client.write(memoryview(b"mv"))
     assert sentData(transport) == [b"ba", b"mv"]
     assert client.pending.resumeAfter(0) == [b"now", b"abc", b"ba", b"mv"]
+
+
+def test_largeWriteIsNotCopied() -> None:
+    """
+    A large payload goes to the link as its header and itself, not joined.
+    """
+    client, _, _ = makeClient(maxMessageSize=100_000, maxBufferSize=400_000)
+    link, transport = openLink(client)
+    welcome(link, maxMessageSize=100_000)
+    transport.clear()
+    transport.sequences.clear()
+    payload = b"p" * 50_000
+    client.write(payload)
+    [[header, sentPayload]] = transport.sequences
+    assert header == _wire.frameHeader(_wire.DATA, len(payload))
+    assert sentPayload is payload
 
 
 def test_ackFreesPending() -> None:

@@ -53,6 +53,7 @@ from ._interfaces import (
     IChannelLinkObserver,
 )
 from ._pending import PendingWrites
+from ._sockets import pushToKernel
 
 if TYPE_CHECKING:
     from ._host import ChannelPort
@@ -60,6 +61,11 @@ if TYPE_CHECKING:
 _log = Logger()
 
 LOOPBACK = "127.0.0.1"
+
+_HEADER = _wire.HEADER
+_DATA = _wire.DATA
+#: Payloads smaller than this are joined to their header in one write.
+_CONCATENATE_BELOW = 4096
 
 CONNECTING = "connecting"
 CONNECTED = "connected"
@@ -349,6 +355,8 @@ class _ClientLink(Protocol):
                 return
             if connection.closed:
                 return
+        # What the application wrote in answer leaves now.
+        pushToKernel(self.transport)
 
     def _authenticate(self, kind: int, body: bytes) -> bool:
         """
@@ -476,7 +484,12 @@ class ChannelClientTransport:
         self._hostsSeen = 0
         self._linkUpAt = 0.0
         self._ackedOnLink = False
-        self._hostMaxMessageSize = maxMessageSize
+        # The largest message a write may take now: ours, or the host's if
+        # smaller while a link is up.
+        self._writeLimit = maxMessageSize
+        # The link transport's write methods while a link is up.
+        self._linkWrite: Any = None
+        self._linkWriteSequence: Any = None
         self._readingPaused = False
         self._producer: IProducer | None = None
         self._streamingProducer = True
@@ -517,40 +530,56 @@ class ChannelClientTransport:
                 data = bytes(data)
             else:
                 raise TypeError(f"data must be bytes, not {type(data).__name__}")
-        if len(data) > self.maxMessageSize:
-            raise ValueError(
-                f"message of {len(data)} bytes is over the limit of "
-                f"{self.maxMessageSize} bytes (maxMessageSize)"
-            )
-        if len(data) > self._hostMaxMessageSize and self.link is not None:
-            raise ValueError(
-                f"message of {len(data)} bytes is over the limit of "
-                f"{self._hostMaxMessageSize} bytes of the host of channel "
-                f"{self.address.name!r}"
-            )
-        if self.disconnecting or self.state == CLOSED:
-            raise ChannelClosedError(
-                f"channel {self.address.name!r} connection is "
-                f"{'closed' if self.state == CLOSED else 'closing'}"
-            )
+        size = len(data)
         pending = self.pending
-        if pending.byteCount + len(data) > self.maxBufferSize:
-            raise ChannelBufferFullError(
-                f"channel {self.address.name!r} already holds "
-                f"{pending.byteCount} unacknowledged bytes; another "
-                f"{len(data)} would pass maxBufferSize={self.maxBufferSize} "
-                "(register a producer to be paused before this happens)"
-            )
-        pending.append(data)
-        link = self.link
-        if link is not None:
-            link.transport.writeSequence(  # type: ignore[union-attr]
-                [_wire.frameHeader(_wire.DATA, len(data)), data]
-            )
+        # One comparison in the common case; the slow path says which limit.
+        if (
+            size > self._writeLimit
+            or self.disconnecting
+            or pending.byteCount + size > self.maxBufferSize
+        ):
+            self._refuseWrite(size)
+        # PendingWrites.append, inlined: this is the hottest line there is.
+        pending.messages.append(data)
+        pending.byteCount += size
+        if self._linkWrite is not None:
+            if size < _CONCATENATE_BELOW:
+                # Copying a small payload is cheaper than handing the
+                # transport two pieces.
+                self._linkWrite(_HEADER.pack(size + 1, _DATA) + data)
+            else:
+                self._linkWriteSequence([_HEADER.pack(size + 1, _DATA), data])
             if self._stallCheck is None:
                 self._armStallCheck()
         if self._producer is not None and pending.byteCount >= self.highWater:
             self._pauseProducer()
+
+    def _refuseWrite(self, size: int) -> None:
+        """
+        Raise the error that says why a write of C{size} bytes is refused.
+        """
+        if size > self.maxMessageSize:
+            raise ValueError(
+                f"message of {size} bytes is over the limit of "
+                f"{self.maxMessageSize} bytes (maxMessageSize)"
+            )
+        if size > self._writeLimit:
+            raise ValueError(
+                f"message of {size} bytes is over the limit of "
+                f"{self._writeLimit} bytes of the host of channel "
+                f"{self.address.name!r}"
+            )
+        if self.disconnecting:
+            raise ChannelClosedError(
+                f"channel {self.address.name!r} connection is "
+                f"{'closed' if self.state == CLOSED else 'closing'}"
+            )
+        raise ChannelBufferFullError(
+            f"channel {self.address.name!r} already holds "
+            f"{self.pending.byteCount} unacknowledged bytes; another "
+            f"{size} would pass maxBufferSize={self.maxBufferSize} "
+            "(register a producer to be paused before this happens)"
+        )
 
     def writeSequence(self, data: Any) -> None:
         """
@@ -817,7 +846,10 @@ class ChannelClientTransport:
         self._hostsSeen += 1
         self._linkUpAt = self.reactor.seconds()
         self._ackedOnLink = False
-        self._hostMaxMessageSize = welcome.maxMessageSize
+        self._writeLimit = min(self.maxMessageSize, welcome.maxMessageSize)
+        assert link.transport is not None
+        self._linkWrite = link.transport.write
+        self._linkWriteSequence = link.transport.writeSequence
         if self._readingPaused and link.transport is not None:
             link.transport.pauseProducing()  # type: ignore[attr-defined]
         link.sendMessages(resend)
@@ -904,6 +936,8 @@ class ChannelClientTransport:
             return
         self.link = None
         self.state = CONNECTING
+        self._linkWrite = self._linkWriteSequence = None
+        self._writeLimit = self.maxMessageSize
         self._stopStallCheck()
         self._hostAddress = ChannelAddress(self.address.name, self.address.path, HOST)
         self._startGiveUpTimer()
@@ -943,6 +977,7 @@ class ChannelClientTransport:
         self._stopStallCheck()
         self.strategy.stopTrying()  # type: ignore[no-untyped-call]
         link, self.link = self.link, None
+        self._linkWrite = self._linkWriteSequence = None
         if link is not None and link.transport is not None:
             link.transport.loseConnection()
         waiters, self._connectedWaiters = self._connectedWaiters, []

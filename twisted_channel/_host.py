@@ -49,6 +49,7 @@ from ._credentials import peerCredentials
 from ._directory import ChannelPaths, prepareDirectory, removeStaleSocket
 from ._election import HostElection
 from ._interfaces import ChannelBufferFullError
+from ._sockets import bufferedBytes, pushToKernel
 
 _log = Logger()
 
@@ -104,19 +105,6 @@ class _HostSocketPort(unix.Port):
                 except FileNotFoundError:
                     pass
         tcp.Port.connectionLost(self, reason)
-
-
-def _bufferedBytes(transport: object) -> int:
-    """
-    How many bytes a Twisted socket transport holds that the kernel has not
-    taken yet.
-    """
-    # FileDescriptor keeps a flushed-in-part buffer and a list of writes not
-    # yet joined to it; there is no public accessor for their size.
-    dataBuffer = getattr(transport, "dataBuffer", b"")
-    offset: int = getattr(transport, "offset", 0)
-    pending: int = getattr(transport, "_tempDataLen", 0)
-    return len(dataBuffer) - offset + pending
 
 
 class _HostingTerm:
@@ -403,6 +391,9 @@ class _HostLink(Protocol):
             # After the acknowledgement, so that the client knows what was
             # delivered before the goodbye.
             self._sayGoodbye(abort)
+        else:
+            # The acknowledgement and any replies leave now.
+            pushToKernel(self.transport)
 
     def _handshake(self, kind: int, body: bytes) -> bool:
         if self._deadline is not None and self._deadline.active():
@@ -481,11 +472,11 @@ class _HostLink(Protocol):
             )
         if self._closing or self.transport is None:
             return
-        if _bufferedBytes(self.transport) + size > self.port.maxBufferSize:
+        if bufferedBytes(self.transport) + size > self.port.maxBufferSize:
             raise ChannelBufferFullError(
                 f"channel {self.port.name!r}: the link to pid "
                 f"{self.peerAddress.pid} already holds "
-                f"{_bufferedBytes(self.transport)} unsent bytes; another {size} "
+                f"{bufferedBytes(self.transport)} unsent bytes; another {size} "
                 f"would pass maxBufferSize={self.port.maxBufferSize} (the client "
                 "is not reading: register a producer to be paused first)"
             )

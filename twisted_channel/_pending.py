@@ -18,15 +18,17 @@ class PendingWrites:
     This class does no I/O: the client transport decides when to send.
 
     @ivar byteCount: the total size of the payloads held.
+    @ivar messages: the payloads held, oldest first.  A writer may append
+        to it directly, adding to L{byteCount}, as L{append} does.
     """
 
     def __init__(self) -> None:
-        self._messages: deque[bytes] = deque()
+        self.messages: deque[bytes] = deque()
         self._firstSequence = 1
         self.byteCount = 0
 
     def __len__(self) -> int:
-        return len(self._messages)
+        return len(self.messages)
 
     @property
     def firstSequence(self) -> int:
@@ -41,16 +43,16 @@ class PendingWrites:
         """
         The sequence number the next appended message will get.
         """
-        return self._firstSequence + len(self._messages)
+        return self._firstSequence + len(self.messages)
 
     def append(self, payload: bytes) -> int:
         """
         Hold C{payload} until it is acknowledged, and return its sequence
         number.
         """
-        self._messages.append(payload)
+        self.messages.append(payload)
         self.byteCount += len(payload)
-        return self._firstSequence + len(self._messages) - 1
+        return self._firstSequence + len(self.messages) - 1
 
     def acknowledge(self, sequence: int) -> int:
         """
@@ -64,7 +66,7 @@ class PendingWrites:
         count = sequence - self._firstSequence + 1
         if count <= 0:
             return 0
-        messages = self._messages
+        messages = self.messages
         if count > len(messages):
             raise ValueError(
                 f"acknowledgement of message {sequence}, but the newest message "
@@ -84,14 +86,14 @@ class PendingWrites:
         forget those, and return the rest, in order, to be sent on it.
         """
         self.acknowledge(sequence)
-        return list(self._messages)
+        return list(self.messages)
 
     def clear(self) -> int:
         """
         Forget every message, and return how many there were.
         """
-        count = len(self._messages)
-        self._messages.clear()
+        count = len(self.messages)
+        self.messages.clear()
         self._firstSequence += count
         self.byteCount = 0
         return count

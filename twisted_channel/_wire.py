@@ -74,7 +74,9 @@ MAX_CONTROL_BODY: Final = 4096
 #: The largest body a u32 length can describe.
 MAX_FRAME_BODY: Final = 0xFFFFFFFF - 1
 
-_HEADER = struct.Struct(">IB")
+#: The header of every frame: length, then kind.
+HEADER: Final = struct.Struct(">IB")
+_HEADER = HEADER
 _ACK = struct.Struct(">Q")
 HEADER_SIZE: Final = _HEADER.size
 

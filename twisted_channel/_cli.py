@@ -1,0 +1,586 @@
+"""
+The C{twisted-channel} command (also C{python -m twisted_channel}).
+
+Commands: C{demo}, C{status}, C{listen}, C{send}; C{--help} on each.  Exit
+status: 0 on success (for C{status}: the channel is hosted), 1 when the
+command ran but its answer is no (not hosted, a message lost, a host not
+reachable), 2 for a mistake in the command line (a bad name or option, a
+runtime directory that is not safe), 130 when the demo is interrupted.
+Errors are one line on standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, Any, NoReturn
+
+from twisted.python.failure import Failure
+
+from ._directory import UnsafeDirectoryError, checkName, defaultDirectory
+
+PROG = "twisted-channel"
+
+#: Exit statuses.
+OK = 0
+NO = 1
+USAGE = 2
+INTERRUPTED = 130
+
+#: Seconds a leaving C{listen} or C{send} may take to hand over.
+CLOSE_TIMEOUT = 5.0
+
+
+class UsageError(Exception):
+    """
+    A mistake in the command line: reported in one line, exit status 2.
+    """
+
+
+class _Parser(argparse.ArgumentParser):
+    """
+    An argument parser whose errors are one line on standard error.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _channelName(text: str) -> str:
+    try:
+        return checkName(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positiveInt(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not 0 or more")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{value:g} is not from 1 to 1000000")
+    return value
+
+
+def _addDirectory(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dir",
+        metavar="D",
+        dest="directory",
+        help=(
+            "the channel's runtime directory (default: "
+            "$XDG_RUNTIME_DIR/twisted-channel, else <tempdir>/"
+            f"twisted-channel-<uid>; here {defaultDirectory()})"
+        ),
+    )
+
+
+def buildParser() -> argparse.ArgumentParser:
+    """
+    The command line's parser, with a sub-parser per command.
+    """
+    from . import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description=(
+            "A self-hosting inter-process channel for Twisted: look inside a "
+            "channel, use it as a message bus, or watch it fail over."
+        ),
+        epilog=(
+            "Exit status: 0 on success, 1 when the answer is no (not hosted, "
+            "a message lost, no host reachable), 2 for a mistake in the "
+            "command line or an unsafe directory."
+        ),
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    demo = commands.add_parser(
+        "demo",
+        help="watch a channel survive its host being killed",
+        description=(
+            "Start worker processes that stream numbered messages over a fresh "
+            "channel, and candidate hosts that record them; SIGKILL the host "
+            "K times while they stream; show it live, then a summary. Every "
+            "sender survives (only hosts are killed), so nothing may be lost: "
+            "exits 0 only if nothing was. All children are reaped, also on "
+            "Ctrl-C (exit status 130)."
+        ),
+    )
+    demo.add_argument(
+        "--workers", type=_positiveInt, default=3, metavar="N", help="default 3"
+    )
+    demo.add_argument(
+        "--messages",
+        type=_positiveInt,
+        default=3000,
+        metavar="M",
+        help="messages each worker sends (default 3000)",
+    )
+    demo.add_argument(
+        "--kills", type=_count, default=3, metavar="K", help="host kills (default 3)"
+    )
+    demo.add_argument(
+        "--rate",
+        type=_rate,
+        default=1000.0,
+        metavar="R",
+        help="messages per second per worker (default 1000)",
+    )
+    demo.add_argument(
+        "--dir",
+        metavar="D",
+        dest="directory",
+        help=(
+            "run the demo's channel in this runtime directory (default: a "
+            "fresh temporary directory)"
+        ),
+    )
+    demo.set_defaults(run=commandDemo)
+
+    status = commands.add_parser(
+        "status",
+        help="is a channel hosted, by whom, and how busy",
+        description=(
+            "Ask the host of channel NAME, in the channel's own protocol, for "
+            "its pid, since when it hosts, its socket, how many links it has, "
+            "and the messages and bytes it received and relayed. Does not "
+            "disturb the application's links. Exits 0 if the channel is "
+            "hosted, 1 if not (or if its host does not answer)."
+        ),
+    )
+    status.add_argument("name", metavar="NAME", type=_channelName)
+    _addDirectory(status)
+    status.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of text"
+    )
+    status.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds to wait for the host's answer (default 2)",
+    )
+    status.set_defaults(run=commandStatus)
+
+    listen = commands.add_parser(
+        "listen",
+        help="print what arrives on a bus, one message a line",
+        description=(
+            "Join the bus on channel NAME (see twisted_channel.bus) and print "
+            "each message another participant publishes, one a line, until "
+            "interrupted or COUNT messages have arrived. Unless "
+            "--no-candidate, this process also stands as a host of the bus."
+        ),
+    )
+    listen.add_argument("name", metavar="NAME", type=_channelName)
+    _addDirectory(listen)
+    listen.add_argument(
+        "--count",
+        type=_positiveInt,
+        metavar="N",
+        help="exit after N messages",
+    )
+    listen.add_argument(
+        "--no-candidate",
+        dest="candidate",
+        action="store_false",
+        help="do not stand as a host: some other process must host the bus",
+    )
+    listen.add_argument(
+        "--quiet", action="store_true", help="say nothing on standard error"
+    )
+    listen.set_defaults(run=commandListen)
+
+    send = commands.add_parser(
+        "send",
+        help="publish messages on a bus",
+        description=(
+            "Join the bus on channel NAME and publish each MESSAGE, or, with "
+            "none, each line of standard input; exit once a host has "
+            "acknowledged them all. Participants that had joined receive "
+            "them. Unless --no-candidate, this process also stands as a host "
+            "of the bus while it runs."
+        ),
+    )
+    send.add_argument("name", metavar="NAME", type=_channelName)
+    send.add_argument("messages", metavar="MESSAGE", nargs="*")
+    _addDirectory(send)
+    send.add_argument(
+        "--no-candidate",
+        dest="candidate",
+        action="store_false",
+        help="do not stand as a host: some other process must host the bus",
+    )
+    send.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for a host before giving up (default 5)",
+    )
+    send.set_defaults(run=commandSend)
+    return parser
+
+
+# status
+
+
+def _describe(status: dict[str, Any], out: IO[str]) -> None:
+    name = status["name"]
+    if not status["hosted"]:
+        out.write(
+            f"channel {name!r} is not hosted (nothing listens at {status['path']})\n"
+        )
+        return
+    if status.get("responding") is False:
+        out.write(
+            f"channel {name!r} is hosted by pid {status['pid']}, which does not "
+            f"answer: {status.get('error')}\n"
+        )
+        return
+    out.write(f"channel {name!r} is hosted by pid {status['pid']}\n")
+    since = status.get("since")
+    if since is not None:
+        started = datetime.datetime.fromtimestamp(since).astimezone()
+        ago = max(0.0, time.time() - since)
+        out.write(f"  since     {started:%Y-%m-%d %H:%M:%S %Z} ({ago:.1f} s ago)\n")
+    out.write(f"  socket    {status['path']}\n")
+    out.write(f"  links     {status['links']}\n")
+    out.write(f"  messages  {status.get('messages', 0)} received from clients\n")
+    out.write(f"  bytes     {status.get('bytes', 0)} received and relayed\n")
+
+
+def commandStatus(options: argparse.Namespace) -> int:
+    """
+    C{twisted-channel status NAME}.
+    """
+    from ._directory import channelPaths
+    from ._status import StatusError, queryStatus
+
+    try:
+        status = queryStatus(options.name, options.directory, options.timeout)
+    except StatusError as e:
+        status = {
+            "name": options.name,
+            "hosted": True,
+            "responding": False,
+            "error": str(e),
+            "pid": e.pid,
+            "since": None,
+            "path": channelPaths(options.name, options.directory).socket,
+            "links": 0,
+            "messages": 0,
+            "bytes": 0,
+        }
+        if not options.json:
+            print(f"{PROG} status: {e}", file=sys.stderr)
+            return NO
+    else:
+        status.setdefault("responding", status["hosted"])
+        status["name"] = options.name
+    if options.json:
+        print(json.dumps(status, sort_keys=True))
+    else:
+        _describe(status, sys.stdout)
+    return OK if status["hosted"] and status["responding"] else NO
+
+
+# listen and send
+
+
+def _startLogging(verbose: bool = False) -> None:
+    """
+    Send the channel's errors (and, if C{verbose}, its news) to standard
+    error.  Its warnings are left out: what the user needs to know of them
+    (a host not reachable, messages lost) the command says in one line.
+    """
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    predicate = LogLevelFilterPredicate(LogLevel.info if verbose else LogLevel.error)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])],
+        redirectStandardIO=False,
+    )
+
+
+def _runReactor(command: str, main: Callable[[Any], Any]) -> int:
+    """
+    Run the reactor until C{main(reactor)}'s Deferred fires with an exit
+    status; a failure is one line on standard error and status 1.
+
+    C{SIGINT} and C{SIGTERM} stop the reactor the usual way; C{main} adds
+    a before-shutdown trigger for what must be done first.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.defer import maybeDeferred
+    from twisted.internet.error import ReactorNotRunning
+
+    result = {"status": OK}
+
+    def stop(status: int) -> None:
+        result["status"] = status
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            # Already stopping, for a signal.
+            pass
+
+    def failed(reason: Failure) -> None:
+        print(f"{PROG} {command}: error: {reason.getErrorMessage()}", file=sys.stderr)
+        stop(USAGE if reason.check(ValueError) else NO)
+
+    def start() -> None:
+        maybeDeferred(main, reactor).addCallbacks(stop, failed)
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    return result["status"]
+
+
+def _closeOnShutdown(reactor: Any, bus: Any) -> None:
+    """
+    When the reactor stops (also on C{SIGINT} or C{SIGTERM}), leave the bus
+    first, handing the relay to another candidate, for at most
+    L{CLOSE_TIMEOUT} seconds.
+    """
+    from twisted.internet.defer import Deferred
+
+    def closing() -> Deferred[None] | None:
+        if bus.closeReason is not None:
+            return None
+        closed: Deferred[None] = bus.close()
+        return closed.addTimeout(CLOSE_TIMEOUT, reactor).addErrback(lambda _: None)
+
+    reactor.addSystemEventTrigger("before", "shutdown", closing)
+
+
+def _reasonText(reason: Failure | None) -> str:
+    return reason.getErrorMessage() if reason is not None else "closed"
+
+
+def commandListen(options: argparse.Namespace) -> int:
+    """
+    C{twisted-channel listen NAME}.
+    """
+    from twisted.internet.defer import Deferred
+    from twisted.internet.error import ConnectionDone
+
+    from .bus import BusMessage, BusProtocol, joinBus
+
+    _startLogging()
+    out = sys.stdout.buffer
+
+    def main(reactor: Any) -> Deferred[int]:
+        finished: Deferred[int] = Deferred()
+        state = {"count": 0}
+
+        def received(message: BusMessage) -> None:
+            out.write(message.data + b"\n")
+            out.flush()
+            state["count"] += 1
+            if options.count is not None and state["count"] >= options.count:
+                bus = holder[0]
+                bus.close()
+
+        holder: list[BusProtocol] = []
+
+        def lost(sender: str, first: int, last: int) -> None:
+            start = "the start" if first == 0 else str(first)
+            print(
+                f"{PROG} listen: messages {start} to {last} of participant "
+                f"{sender} are lost",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        def joined(bus: BusProtocol) -> None:
+            if not options.quiet:
+                print(
+                    f"{PROG}: listening on bus {options.name!r} "
+                    f"(pid {os.getpid()}); Ctrl-C to stop",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        def ended(_: object) -> None:
+            bus = holder[0]
+            reason = bus.closeReason
+            if reason is None or reason.check(ConnectionDone):
+                finished.callback(OK)
+            else:
+                print(f"{PROG} listen: {_reasonText(reason)}", file=sys.stderr)
+                finished.callback(NO)
+
+        def connected(bus: BusProtocol) -> Deferred[int]:
+            holder.append(bus)
+            _closeOnShutdown(reactor, bus)
+            bus.whenJoined().addCallback(joined)
+            bus.whenClosed().addCallback(ended)
+            return finished
+
+        joining = joinBus(
+            reactor,
+            options.name,
+            received,
+            directory=options.directory,
+            candidate=options.candidate,
+            timeout=0 if options.candidate else 5.0,
+            onLost=lost,
+        )
+        return joining.addCallback(connected)
+
+    return _runReactor("listen", main)
+
+
+def commandSend(options: argparse.Namespace) -> int:
+    """
+    C{twisted-channel send NAME [MESSAGE...]}.
+    """
+    from twisted.internet.defer import Deferred
+    from twisted.internet.error import ConnectionDone
+
+    from .bus import BusProtocol, joinBus
+
+    _startLogging()
+    if options.timeout < 0:
+        raise UsageError("--timeout must be 0 or more")
+
+    def main(reactor: Any) -> Deferred[int]:
+        finished: Deferred[int] = Deferred()
+        holder: list[BusProtocol] = []
+
+        def ended(_: object) -> None:
+            bus = holder[0]
+            reason = bus.closeReason
+            if reason is None or reason.check(ConnectionDone):
+                finished.callback(OK)
+            else:
+                print(f"{PROG} send: {_reasonText(reason)}", file=sys.stderr)
+                finished.callback(NO)
+
+        def readStandardInput(bus: BusProtocol) -> None:
+            from twisted.internet import stdio
+            from twisted.protocols.basic import LineOnlyReceiver
+
+            class Lines(LineOnlyReceiver):
+                delimiter = b"\n"
+                MAX_LENGTH = 16 * 1024 * 1024
+
+                def lineReceived(self, line: bytes) -> None:
+                    bus.publish(line.rstrip(b"\r"))
+
+                def connectionLost(self, reason: Failure | None = None) -> None:
+                    # The last line may lack its newline.
+                    rest = self._buffer
+                    if rest:
+                        bus.publish(rest)
+                    bus.close()
+
+            stdio.StandardIO(Lines())
+
+        def connected(bus: BusProtocol) -> Deferred[int]:
+            holder.append(bus)
+            _closeOnShutdown(reactor, bus)
+            bus.whenClosed().addCallback(ended)
+            if options.messages:
+                for message in options.messages:
+                    bus.publish(os.fsencode(message))
+                bus.close()
+            else:
+                readStandardInput(bus)
+            return finished
+
+        joining = joinBus(
+            reactor,
+            options.name,
+            lambda message: None,
+            directory=options.directory,
+            candidate=options.candidate,
+            timeout=options.timeout,
+        )
+        return joining.addCallback(connected)
+
+    return _runReactor("send", main)
+
+
+# demo
+
+
+def commandDemo(options: argparse.Namespace) -> int:
+    """
+    C{twisted-channel demo}.
+    """
+    from ._demo import runDemo
+
+    return runDemo(
+        options.workers,
+        options.messages,
+        options.kills,
+        options.rate,
+        options.directory,
+    )
+
+
+def main(arguments: Sequence[str] | None = None) -> int:
+    """
+    Run the command line; return the exit status.
+    """
+    parser = buildParser()
+    options, extra = parser.parse_known_args(arguments)
+    if extra and options.command == "send" and not extra[0].startswith("-"):
+        # Messages after an option: argparse leaves them over.
+        options.messages.extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    run: Callable[[argparse.Namespace], int] = options.run
+    try:
+        return run(options)
+    except UnsafeDirectoryError as e:
+        print(f"{PROG} {options.command}: error: {e}", file=sys.stderr)
+        return USAGE
+    except (UsageError, ValueError) as e:
+        print(f"{PROG} {options.command}: error: {e}", file=sys.stderr)
+        return USAGE
+    except OSError as e:
+        print(f"{PROG} {options.command}: error: {e}", file=sys.stderr)
+        return NO
+    except KeyboardInterrupt:
+        print(f"{PROG} {options.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
