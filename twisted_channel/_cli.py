@@ -185,6 +185,11 @@ def buildParser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object instead of text"
     )
     status.add_argument(
+        "--transport",
+        choices=["unix", "tcp"],
+        help="the channel's transport (default: whichever the directory holds)",
+    )
+    status.add_argument(
         "--timeout",
         type=float,
         default=2.0,
@@ -212,6 +217,11 @@ def buildParser() -> argparse.ArgumentParser:
         help="exit after N messages",
     )
     listen.add_argument(
+        "--transport",
+        choices=["unix", "tcp"],
+        help="the channel's transport (default: unix where Unix sockets exist)",
+    )
+    listen.add_argument(
         "--no-candidate",
         dest="candidate",
         action="store_false",
@@ -236,6 +246,11 @@ def buildParser() -> argparse.ArgumentParser:
     send.add_argument("name", metavar="NAME", type=_channelName)
     send.add_argument("messages", metavar="MESSAGE", nargs="*")
     _addDirectory(send)
+    send.add_argument(
+        "--transport",
+        choices=["unix", "tcp"],
+        help="the channel's transport (default: unix where Unix sockets exist)",
+    )
     send.add_argument(
         "--no-candidate",
         dest="candidate",
@@ -281,15 +296,23 @@ def _describe(status: dict[str, Any], out: IO[str]) -> None:
     out.write(f"  bytes     {status.get('bytes', 0)} received and relayed\n")
 
 
+def _path(options: argparse.Namespace) -> str:
+    from ._directory import channelPaths
+
+    paths = channelPaths(options.name, options.directory)
+    return paths.port if options.transport == "tcp" else paths.socket
+
+
 def commandStatus(options: argparse.Namespace) -> int:
     """
     C{twisted-channel status NAME}.
     """
-    from ._directory import channelPaths
     from ._status import StatusError, queryStatus
 
     try:
-        status = queryStatus(options.name, options.directory, options.timeout)
+        status = queryStatus(
+            options.name, options.directory, options.timeout, options.transport
+        )
     except StatusError as e:
         status = {
             "name": options.name,
@@ -298,7 +321,7 @@ def commandStatus(options: argparse.Namespace) -> int:
             "error": str(e),
             "pid": e.pid,
             "since": None,
-            "path": channelPaths(options.name, options.directory).socket,
+            "path": _path(options),
             "links": 0,
             "messages": 0,
             "bytes": 0,
@@ -461,6 +484,7 @@ def commandListen(options: argparse.Namespace) -> int:
             received,
             directory=options.directory,
             candidate=options.candidate,
+            transport=options.transport,
             timeout=0 if options.candidate else 5.0,
             onLost=lost,
         )
@@ -533,6 +557,7 @@ def commandSend(options: argparse.Namespace) -> int:
             lambda message: None,
             directory=options.directory,
             candidate=options.candidate,
+            transport=options.transport,
             timeout=options.timeout,
         )
         return joining.addCallback(connected)

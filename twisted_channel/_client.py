@@ -54,6 +54,7 @@ from ._interfaces import (
 )
 from ._pending import PendingWrites
 from ._sockets import pushToKernel
+from ._watch import stopWatching, watchFor
 
 if TYPE_CHECKING:
     from ._host import ChannelPort
@@ -189,9 +190,19 @@ class _LinkConnector:
             self._attempt = None
             if reason.check(error.ConnectingCancelledError) or connection.closed:
                 return
+            if connection.hostAppearedMeanwhile():
+                self.connect()
+                return
             connection.strategy.clientConnectionFailed(self, reason)  # type: ignore[no-untyped-call]
 
         attempt.addCallbacks(connected, failed)
+
+    @property
+    def attempting(self) -> bool:
+        """
+        Whether a connection attempt is under way.
+        """
+        return self._attempt is not None
 
     def stopConnecting(self) -> None:
         attempt, self._attempt = self._attempt, None
@@ -491,6 +502,8 @@ class ChannelClientTransport:
         self._linkWrite: Any = None
         self._linkWriteSequence: Any = None
         self._readingPaused = False
+        self._watching = False
+        self._hostAppearedDuringAttempt = False
         self._producer: IProducer | None = None
         self._streamingProducer = True
         self._producerPaused = False
@@ -510,6 +523,7 @@ class ChannelClientTransport:
         Start looking for the host.  Called once, by the endpoint.
         """
         self._startGiveUpTimer()
+        self._watchForHost()
         # So that stopTrying() also cancels an attempt under way.
         self.strategy.connector = self._connector
         self._connector.connect()
@@ -844,6 +858,7 @@ class ChannelClientTransport:
         self.state = CONNECTED
         self._hostAddress = link.hostAddress
         self._hostsSeen += 1
+        self._stopWatchingForHost()
         self._linkUpAt = self.reactor.seconds()
         self._ackedOnLink = False
         self._writeLimit = min(self.maxMessageSize, welcome.maxMessageSize)
@@ -905,6 +920,46 @@ class ChannelClientTransport:
                 method=method,
             )
 
+    def _watchForHost(self) -> None:
+        if not self._watching:
+            self._watching = watchFor(
+                self.reactor, self.address.path, self._hostAppeared
+            )
+
+    def _stopWatchingForHost(self) -> None:
+        if self._watching:
+            self._watching = False
+            stopWatching(self.address.path, self._hostAppeared)
+
+    def _hostAppeared(self) -> None:
+        """
+        A host just published its socket or port file: connect now rather
+        than at the next retry.
+        """
+        if self.state != CONNECTING:
+            return
+        if self._connector.attempting:
+            # That attempt may have gone to the old host's stale socket;
+            # if it fails, try again at once.
+            self._hostAppearedDuringAttempt = True
+            return
+        strategy = self.strategy
+        retry = strategy._callID
+        if retry is not None and retry.active():
+            retry.cancel()
+            strategy._callID = None
+        self._connector.connect()
+
+    def hostAppearedMeanwhile(self) -> bool:
+        """
+        Whether a host appeared while the failed attempt was under way.
+        """
+        appeared, self._hostAppearedDuringAttempt = (
+            self._hostAppearedDuringAttempt,
+            False,
+        )
+        return appeared
+
     def heardFromHost(self) -> None:
         self._lastProgress = self.reactor.seconds()
 
@@ -936,6 +991,7 @@ class ChannelClientTransport:
             return
         self.link = None
         self.state = CONNECTING
+        self._watchForHost()
         self._linkWrite = self._linkWriteSequence = None
         self._writeLimit = self.maxMessageSize
         self._stopStallCheck()
@@ -975,6 +1031,7 @@ class ChannelClientTransport:
         self.disconnecting = True
         self._stopGiveUpTimer()
         self._stopStallCheck()
+        self._stopWatchingForHost()
         self.strategy.stopTrying()  # type: ignore[no-untyped-call]
         link, self.link = self.link, None
         self._linkWrite = self._linkWriteSequence = None

@@ -148,13 +148,14 @@ def prepareDirectory(directory: str) -> None:
         )
 
 
-def removeStaleSocket(path: str) -> None:
+def checkReplaceableSocket(path: str) -> None:
     """
-    Remove what a dead host left at the socket path.  Called only by the
-    lock holder, so no live host's socket can be removed.
+    Make sure that whatever is at the socket path may be replaced: nothing,
+    or a socket (a dead host's).  Called only by the lock holder, so no live
+    host's socket can be replaced.
 
     @raise UnsafeDirectoryError: if something other than a socket is there
-        (a symbolic link, a regular file): the channel does not remove what
+        (a symbolic link, a regular file): the channel does not replace what
         it did not make.
     """
     try:
@@ -165,6 +166,18 @@ def removeStaleSocket(path: str) -> None:
         raise UnsafeDirectoryError(
             f"{path!r} exists and is not a socket; refusing to replace it"
         )
+
+
+def removeStaleSocket(path: str) -> None:
+    """
+    Remove what a dead host left at the socket path.  Called only by the
+    lock holder, so no live host's socket can be removed.
+
+    @raise UnsafeDirectoryError: if something other than a socket is there
+        (a symbolic link, a regular file): the channel does not remove what
+        it did not make.
+    """
+    checkReplaceableSocket(path)
     try:
         os.unlink(path)
     except FileNotFoundError:

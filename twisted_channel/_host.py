@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import socket
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -46,7 +48,7 @@ from ._auth import (
     writePortFile,
 )
 from ._credentials import peerCredentials
-from ._directory import ChannelPaths, prepareDirectory, removeStaleSocket
+from ._directory import ChannelPaths, checkReplaceableSocket, prepareDirectory
 from ._election import HostElection
 from ._interfaces import ChannelBufferFullError
 from ._sockets import bufferedBytes, pushToKernel
@@ -105,6 +107,33 @@ class _HostSocketPort(unix.Port):
                 except FileNotFoundError:
                     pass
         tcp.Port.connectionLost(self, reason)
+
+
+def _listeningUnixSocket(path: str) -> socket.socket:
+    """
+    A Unix socket listening at C{path}, published there only once it
+    listens: it is bound under a temporary name and renamed into place, so
+    a client never finds a socket that refuses it, and the rename tells
+    watching clients that a host is ready.  The rename also replaces a
+    stale socket a dead host left.
+    """
+    directory = os.path.dirname(path)
+    temporary = os.path.join(directory, f".tc-{os.getpid()}-{secrets.token_hex(4)}")
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listening.bind(temporary)
+        os.chmod(temporary, 0o600)
+        listening.listen(128)
+        listening.setblocking(False)
+        os.rename(temporary, path)
+    except BaseException:
+        listening.close()
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    return listening
 
 
 class _HostingTerm:
@@ -759,7 +788,7 @@ class ChannelPort:
                     raise
                 self.secret = secret
             else:
-                removeStaleSocket(self.paths.socket)
+                checkReplaceableSocket(self.paths.socket)
                 unixPort = _HostSocketPort(
                     os.fsencode(self.paths.socket),
                     _HostLinkFactory(self, term),
@@ -767,6 +796,7 @@ class ChannelPort:
                     mode=0o600,
                     reactor=self.reactor,
                 )
+                unixPort._preexistingSocket = _listeningUnixSocket(self.paths.socket)
                 unixPort.startListening()
                 socketPort = unixPort
         except BaseException:

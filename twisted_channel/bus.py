@@ -19,45 +19,45 @@ L{BusProtocol}, usually through L{joinBus}, and writes only the callback::
 By default every participant is also a candidate host, so whichever process
 joins first hosts the relay and the others take over if it goes.
 
-Delivery guarantee
-==================
+B{The delivery guarantee.}  A participant I{joins} when its first link to a
+host is up (L{BusProtocol.whenJoined} fires).  While both a sender and a
+receiver stay on the bus, the receiver gets every message the sender
+publishes after the receiver joined: exactly once, in the order the sender
+published them, and also across the death of any number of hosts
+(C{SIGKILL} included).  It may get some messages published a little before
+it joined; it never gets a message twice or out of order.
 
-A participant I{joins} when its first link to a host is up
-(L{BusProtocol.whenJoined} fires).  While both a sender and a receiver stay
-on the bus, the receiver gets every message the sender publishes after the
-receiver joined: exactly once, in the order the sender published them, and
-also across the death of any number of hosts (C{SIGKILL} included).  It may
-get some messages published a little before it joined; it never gets a
-message twice or out of order.
-
-How: the channel acknowledges messages to the host, but not the host's
-relays to the other participants, so a host that dies can take relays with
-it, and a participant that is between hosts misses what the new host relays
-meanwhile.  The bus therefore numbers each sender's messages.  A receiver
+B{How.}  The channel acknowledges each message to the host, but not the
+host's relays to the other participants: a host that dies can take relays
+with it, and a participant that is between hosts misses what the new host
+relays meanwhile.  So the bus numbers each sender's messages.  A receiver
 holds back what arrives after a gap and asks the sender for the missing
-ones (a I{NAK}); the sender keeps its recent messages (L{BusProtocol}'s
-C{historySize} and C{historyBytes}) and publishes them again.  After every
-change of host each participant announces how far it has published, so that
-a loss at the end of a stream is noticed too, and asks the others to do the
-same.  Duplicates (a message the dead host had relayed, resent by the
-channel to the new one) are recognised and dropped.
+ones (a I{NAK}); the sender keeps its recent messages (C{historySize} and
+C{historyBytes}) and publishes them again.  After every change of host
+each participant announces how far it has published, so that a loss at the
+end of a stream is noticed too, and asks the others to do the same.
+Duplicates (a message the dead host had relayed, resent by the channel to
+the new one) are recognised and dropped.  A participant that reads too
+slowly for the host (more than the channel's C{maxBufferSize} waiting to be
+sent to it) has relays dropped, and recovers them the same way.
 
-What can be lost, and is then reported, never silently skipped:
+B{What can be lost}, and is then reported to the receiver's
+C{onLost(sender, first, last)} callback (by default, a log line), never
+skipped silently:
 
- - messages that the sender no longer holds when the receiver asks for them
-   (more than C{historySize} messages or C{historyBytes} bytes published
-   since): the sender answers that they are gone;
+ - messages that the sender no longer holds when the receiver asks for
+   them (more than C{historySize} messages or C{historyBytes} bytes
+   published since): the sender answers that they are gone;
  - messages of a sender that has left the bus (closed, or died) that a
    receiver had not received: the receiver waits C{gapTimeout} seconds for
    them, then gives up.  A sender that dies can also take the I{last}
-   messages of its stream with it unnoticed, since nobody knows they
+   messages of its stream with it unnoticed, since nobody else knows they
    existed.
 
-Each such loss is reported to the receiver's C{onLost(sender, first, last)}
-callback (by default, a log line), and the messages held back after the gap
-are then delivered.  Participants compare publication times on
-C{CLOCK_MONOTONIC}, so all of them must share one clock: one machine, one
-time namespace.
+After a reported loss the messages held back behind it are delivered.
+Participants compare publication times on C{CLOCK_MONOTONIC} to know
+where a newcomer starts, so all of them must share one clock: one machine,
+one time namespace.
 """
 
 from __future__ import annotations
@@ -178,6 +178,10 @@ class BusServerFactory(Factory):
 
     @ivar links: the links connected now.
     @ivar relayed: how many messages were relayed (counting each copy).
+    @ivar dropped: how many copies were not relayed because the participant
+        reads too slowly (more than the channel's C{maxBufferSize} waits to
+        be sent to it) or accepts smaller messages; it asks the sender for
+        them again when it notices the gap.
     """
 
     noisy = False
@@ -185,6 +189,7 @@ class BusServerFactory(Factory):
     def __init__(self) -> None:
         self.links: set[BusRelay] = set()
         self.relayed = 0
+        self.dropped = 0
 
     def buildProtocol(self, addr: IAddress | None) -> BusRelay:
         return BusRelay(self)
@@ -198,7 +203,10 @@ class BusServerFactory(Factory):
                 continue
             try:
                 link.transport.write(data)
-            except ValueError as e:
+            except (ValueError, ChannelBufferFullError) as e:
+                # Too large for that participant, or it reads too slowly: it
+                # will see the gap and ask the sender again.
+                self.dropped += 1
                 _log.warn("bus: not relayed to a participant: {reason}", reason=str(e))
             else:
                 self.relayed += 1
@@ -705,6 +713,7 @@ def joinBus(
     timeout: float = DEFAULT_TIMEOUT,
     candidate: bool = True,
     onLost: Callable[[str, int, int], object] | None = None,
+    transport: str | None = None,
     **options: Any,
 ) -> Deferred[BusProtocol]:
     """
@@ -719,6 +728,8 @@ def joinBus(
         L{ChannelEndpoint}.
     @param timeout: seconds without any host after which the connection
         fails, as in L{ChannelEndpoint}; C{0} waits for ever.
+    @param transport: C{"unix"} or C{"tcp"}, as in L{ChannelEndpoint}.
+    @param onLost: see L{BusProtocol}.
     @param options: C{historySize}, C{historyBytes}, C{gapTimeout}: see
         L{BusProtocol}.
 
@@ -730,7 +741,9 @@ def joinBus(
         candidacy is withdrawn too, handing the relay to another candidate.
     """
     try:
-        endpoint = ChannelEndpoint(reactor, name, directory=directory, timeout=timeout)
+        endpoint = ChannelEndpoint(
+            reactor, name, directory=directory, timeout=timeout, transport=transport
+        )
     except Exception as e:
         return fail(e)
     factory = BusClientFactory(onMessage, onLost, reactor, **options)
