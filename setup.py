@@ -23,8 +23,12 @@ setup(
     python_requires=">=3.10",
     packages=["twisted_channel", "twisted.plugins"],
     package_data={"twisted_channel": ["py.typed"]},
-    install_requires=["twisted>=22.10", "zope.interface>=5"],
+    install_requires=["twisted>=22.10", "zope.interface>=5", "rich>=12"],
+    entry_points={
+        "console_scripts": ["twisted-channel = twisted_channel._cli:main"],
+    },
     extras_require={
+        "docs": ["sphinx>=7", "myst-parser>=2"],
         "test": [
             "pytest>=7",
             "pytest-twisted>=1.14",
