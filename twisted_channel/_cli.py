@@ -435,8 +435,16 @@ def commandListen(options: argparse.Namespace) -> int:
         state = {"count": 0}
 
         def received(message: BusMessage) -> None:
-            out.write(message.data + b"\n")
-            out.flush()
+            if state["count"] < 0:
+                return
+            try:
+                out.write(message.data + b"\n")
+                out.flush()
+            except OSError:
+                # Whoever read our output went away (| head): leave quietly.
+                state["count"] = -1
+                holder[0].close()
+                return
             state["count"] += 1
             if options.count is not None and state["count"] >= options.count:
                 bus = holder[0]

@@ -41,15 +41,25 @@ class HostElection:
         self,
         reactor: IReactorFromThreads,
         lockPath: str,
-        onElected: Callable[[], None],
+        onElected: Callable[[object], None],
+        prepare: Callable[[], object] | None = None,
+        discard: Callable[[object], None] | None = None,
     ) -> None:
         """
         @param onElected: called in the reactor thread when the lock is won
-            by L{waitInBackground}.
+            by L{waitInBackground}, with what C{prepare} returned or raised
+            (or L{None} without C{prepare}).
+        @param prepare: called on the waiting thread, holding the lock, the
+            moment it is won: the work that must not wait for the reactor
+            (binding the socket, so that clients can connect at once).
+        @param discard: undoes what C{prepare} made if the wait was
+            cancelled meanwhile.
         """
         self._reactor = reactor
         self.lockPath = lockPath
         self._onElected = onElected
+        self._prepare = prepare
+        self._discard = discard
         self._descriptor: int | None = None
         # Each wait gets a token; a wait whose token is no longer current was
         # cancelled, and gives back the lock if it wins it.
@@ -125,15 +135,23 @@ class HostElection:
             # which may be busy or stopped, so that a real standby wins it.
             os.close(descriptor)
             return
-        self._reactor.callFromThread(self._won, descriptor, token)
+        prepared: object = None
+        if self._prepare is not None:
+            try:
+                prepared = self._prepare()
+            except Exception as e:
+                prepared = e
+        self._reactor.callFromThread(self._won, descriptor, token, prepared)
 
-    def _won(self, descriptor: int, token: object) -> None:
+    def _won(self, descriptor: int, token: object, prepared: object) -> None:
         if token is not self._waitToken or self._descriptor is not None:
+            if self._discard is not None and not isinstance(prepared, Exception):
+                self._discard(prepared)
             os.close(descriptor)
             return
         self._waitToken = None
         self._descriptor = descriptor
-        self._onElected()
+        self._onElected(prepared)
 
     def _waitFailed(self, token: object, error: BaseException) -> None:
         if token is self._waitToken:

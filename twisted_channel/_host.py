@@ -11,6 +11,7 @@ import socket
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import error, tcp, unix
@@ -109,7 +110,17 @@ class _HostSocketPort(unix.Port):
         tcp.Port.connectionLost(self, reason)
 
 
-def _listeningUnixSocket(path: str) -> socket.socket:
+@dataclass(frozen=True)
+class _PublishedSocket:
+    """
+    A listening Unix socket, and the device and inode of its file.
+    """
+
+    listening: socket.socket
+    identity: tuple[int, int]
+
+
+def _listeningUnixSocket(path: str) -> _PublishedSocket:
     """
     A Unix socket listening at C{path}, published there only once it
     listens: it is bound under a temporary name and renamed into place, so
@@ -117,6 +128,7 @@ def _listeningUnixSocket(path: str) -> socket.socket:
     watching clients that a host is ready.  The rename also replaces a
     stale socket a dead host left.
     """
+    checkReplaceableSocket(path)
     directory = os.path.dirname(path)
     temporary = os.path.join(directory, f".tc-{os.getpid()}-{secrets.token_hex(4)}")
     listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -126,6 +138,7 @@ def _listeningUnixSocket(path: str) -> socket.socket:
         listening.listen(128)
         listening.setblocking(False)
         os.rename(temporary, path)
+        info = os.lstat(path)
     except BaseException:
         listening.close()
         try:
@@ -133,7 +146,25 @@ def _listeningUnixSocket(path: str) -> socket.socket:
         except OSError:
             pass
         raise
-    return listening
+    return _PublishedSocket(listening, (info.st_dev, info.st_ino))
+
+
+def _withdrawUnixSocket(published: _PublishedSocket, path: str) -> None:
+    """
+    Close a socket made by L{_listeningUnixSocket} and remove its file, if
+    the file at C{path} is still that socket.
+    """
+    try:
+        info = os.lstat(path)
+    except OSError:
+        pass
+    else:
+        if (info.st_dev, info.st_ino) == published.identity:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    published.listening.close()
 
 
 class _HostingTerm:
@@ -649,7 +680,13 @@ class ChannelPort:
         self._authFailures: deque[float] = deque()
         self._floodLogged = 0.0
         self.role = STOPPED
-        self._election = HostElection(reactor, paths.lock, self._elected)
+        self._election = HostElection(
+            reactor,
+            paths.lock,
+            self._elected,
+            prepare=self._bindEarly if transport == "unix" else None,
+            discard=self._unbindEarly,
+        )
         self._socketPort: IListeningPort | None = None
         self._term: _HostingTerm | None = None
         self._hostingWaiters: list[Deferred[ChannelAddress]] = []
@@ -738,12 +775,37 @@ class ChannelPort:
             except Exception:
                 _log.failure("channel {channel}: election failed", channel=self.name)
 
-    def _elected(self) -> None:
+    def _bindEarly(self) -> _PublishedSocket:
+        """
+        On the election thread, the moment the lock is won: publish a
+        listening socket, so that clients connect (and queue in the kernel)
+        before the reactor thread even wakes.
+        """
+        return _listeningUnixSocket(self.paths.socket)
+
+    def _unbindEarly(self, prepared: object) -> None:
+        """
+        The wait was cancelled after L{_bindEarly}: withdraw its socket.
+        """
+        assert isinstance(prepared, _PublishedSocket)
+        _withdrawUnixSocket(prepared, self.paths.socket)
+
+    def _elected(self, prepared: object = None) -> None:
         if self.role != STANDBY:
+            if isinstance(prepared, _PublishedSocket):
+                self._unbindEarly(prepared)
             self._election.release()
             return
+        if isinstance(prepared, Exception):
+            _log.warn(
+                "channel {channel}: could not bind at once ({error}); "
+                "trying in the reactor thread",
+                channel=self.name,
+                error=prepared,
+            )
+            prepared = None
         try:
-            self._becomeHost()
+            self._becomeHost(prepared)
         except Exception:
             _log.failure(
                 "channel {channel}: won the election but could not host; "
@@ -766,7 +828,7 @@ class ChannelPort:
             _log.failure("channel {channel}: election failed", channel=self.name)
             self._rebind = self.clock.callLater(_REBIND_DELAY, self._retryElection)
 
-    def _becomeHost(self) -> None:
+    def _becomeHost(self, prepared: object = None) -> None:
         """
         Called holding the lock: bind the socket and start accepting links.
         """
@@ -788,7 +850,6 @@ class ChannelPort:
                     raise
                 self.secret = secret
             else:
-                checkReplaceableSocket(self.paths.socket)
                 unixPort = _HostSocketPort(
                     os.fsencode(self.paths.socket),
                     _HostLinkFactory(self, term),
@@ -796,7 +857,9 @@ class ChannelPort:
                     mode=0o600,
                     reactor=self.reactor,
                 )
-                unixPort._preexistingSocket = _listeningUnixSocket(self.paths.socket)
+                if not isinstance(prepared, _PublishedSocket):
+                    prepared = _listeningUnixSocket(self.paths.socket)
+                unixPort._preexistingSocket = prepared.listening
                 unixPort.startListening()
                 socketPort = unixPort
         except BaseException:
