@@ -323,34 +323,79 @@ def test_welcomeWithNothingToSend() -> None:
     assert transport.sequences == []
 
 
-def test_writeWhileConnectedIsSentAtOnce() -> None:
-    client, _, _ = makeClient()
+def test_writesWhileConnectedLeaveTogetherAtTheEndOfTheTurn() -> None:
+    """
+    Messages written while a link is up go to its transport in one call, at
+    the end of the reactor turn that wrote them.
+    """
+    client, _, reactor = makeClient()
     link, transport = connected(client)
     client.write(b"now")
-    # A small payload goes with its header in one write.
-    assert sentData(transport) == [b"now"]
     client.writeSequence([b"a", b"b", b"c"])
-    assert sentData(transport) == [b"abc"]
     client.write(bytearray(b"ba"))
     client.write(memoryview(b"mv"))
-    assert sentData(transport) == [b"ba", b"mv"]
+    assert transport.value() == b""
+    reactor.advance(0)
+    assert transport.sequences == []
+    assert sentData(transport) == [b"now", b"abc", b"ba", b"mv"]
     assert client.pending.resumeAfter(0) == [b"now", b"abc", b"ba", b"mv"]
+    reactor.advance(0)
+    assert transport.value() == b""
+
+
+def test_replyInDataReceivedLeavesWithTheRead() -> None:
+    """
+    What the application writes while handling a message from the host is
+    handed over at the end of that read, without waiting for the turn to
+    end.
+    """
+
+    class Replier(Recorder):
+        def dataReceived(self, data: bytes) -> None:
+            super().dataReceived(data)
+            self.transport.write(b"re:" + data)  # type: ignore[union-attr]
+
+    client, protocol, reactor = makeClient(protocol=Replier())
+    link, transport = connected(client)
+    link.dataReceived(_wire.encodeFrame(_wire.DATA, b"ping"))
+    assert sentData(transport) == [b"re:ping"]
 
 
 def test_largeWriteIsNotCopied() -> None:
     """
     A large payload goes to the link as its header and itself, not joined.
     """
-    client, _, _ = makeClient(maxMessageSize=100_000, maxBufferSize=400_000)
+    client, _, reactor = makeClient(maxMessageSize=100_000, maxBufferSize=400_000)
     link, transport = openLink(client)
     welcome(link, maxMessageSize=100_000)
     transport.clear()
     transport.sequences.clear()
     payload = b"p" * 50_000
     client.write(payload)
+    reactor.advance(0)
     [[header, sentPayload]] = transport.sequences
     assert header == _wire.frameHeader(_wire.DATA, len(payload))
     assert sentPayload is payload
+
+
+def test_unflushedWritesAreResentAfterLinkLoss() -> None:
+    """
+    Writes not yet handed to a link that is lost are sent on the next one,
+    in order, once.
+    """
+    client, _, reactor = makeClient()
+    link, transport = connected(client)
+    client.write(b"one")
+    client.write(b"two")
+    loseLink(link)
+    reactor.advance(0)
+    assert transport.value() == b""
+    second, secondTransport = openLink(client)
+    secondTransport.clear()
+    welcome(second)
+    assert sentData(secondTransport) == [b"one", b"two"]
+    reactor.advance(0)
+    assert secondTransport.value() == b""
 
 
 def test_ackFreesPending() -> None:

@@ -149,7 +149,7 @@ def test_hostKilledWhileTwoClientsStream(
     first = hostOf(candidates)
     assert len(first) == 1
     clients = [
-        children.client("kill", tag, 10000, "--slice", "50", "--interval", "0.002")
+        children.client("kill", tag, 10000, "--slice", "20", "--interval", "0.005")
         for tag in ("a", "b")
     ]
     waitUntil(lambda: len(readRecords(record)) > 2000, 30, "2,000 messages")

@@ -367,6 +367,8 @@ class _ClientLink(Protocol):
             if connection.closed:
                 return
         # What the application wrote in answer leaves now.
+        if connection.link is self:
+            connection.flush()
         pushToKernel(self.transport)
 
     def _authenticate(self, kind: int, body: bytes) -> bool:
@@ -498,9 +500,12 @@ class ChannelClientTransport:
         # The largest message a write may take now: ours, or the host's if
         # smaller while a link is up.
         self._writeLimit = maxMessageSize
-        # The link transport's write methods while a link is up.
-        self._linkWrite: Any = None
-        self._linkWriteSequence: Any = None
+        # While a link is up: the frames written this reactor turn, not yet
+        # handed to its transport.
+        self._outgoing: list[bytes] | None = None
+        self._outgoingLarge = False
+        self._flushCall: IDelayedCall | None = None
+        self._callLater = reactor.callLater
         self._readingPaused = False
         self._watching = False
         self._hostAppearedDuringAttempt = False
@@ -556,17 +561,57 @@ class ChannelClientTransport:
         # PendingWrites.append, inlined: this is the hottest line there is.
         pending.messages.append(data)
         pending.byteCount += size
-        if self._linkWrite is not None:
+        outgoing = self._outgoing
+        if outgoing is not None:
+            if not outgoing:
+                # The first message of a batch: the batch goes to the
+                # transport in one call, at the end of this reactor turn.
+                self._flushCall = self._callLater(0, self.flush)
+                if self._stallCheck is None:
+                    self._armStallCheck()
             if size < _CONCATENATE_BELOW:
-                # Copying a small payload is cheaper than handing the
-                # transport two pieces.
-                self._linkWrite(_HEADER.pack(size + 1, _DATA) + data)
+                outgoing.append(_HEADER.pack(size + 1, _DATA) + data)
             else:
-                self._linkWriteSequence([_HEADER.pack(size + 1, _DATA), data])
-            if self._stallCheck is None:
-                self._armStallCheck()
+                outgoing.append(_HEADER.pack(size + 1, _DATA))
+                outgoing.append(data)
+                self._outgoingLarge = True
         if self._producer is not None and pending.byteCount >= self.highWater:
             self._pauseProducer()
+
+    def flush(self) -> None:
+        """
+        Hand the messages written since the last flush to the link's
+        transport, in one call.  Done by itself at the end of the reactor
+        turn in which they were written, or sooner at the end of handling a
+        read.
+        """
+        call, self._flushCall = self._flushCall, None
+        if call is not None and call.active():
+            call.cancel()
+        outgoing = self._outgoing
+        if not outgoing:
+            return
+        self._outgoing = []
+        link = self.link
+        assert link is not None and link.transport is not None
+        if self._outgoingLarge:
+            # Twisted joins the pieces itself; joining them here too would
+            # copy large payloads twice.
+            self._outgoingLarge = False
+            link.transport.writeSequence(outgoing)
+        else:
+            link.transport.write(b"".join(outgoing))
+
+    def _dropOutgoing(self) -> None:
+        """
+        The link is gone: what was not flushed is still pending, and is sent
+        again on the next link.
+        """
+        call, self._flushCall = self._flushCall, None
+        if call is not None and call.active():
+            call.cancel()
+        self._outgoing = None
+        self._outgoingLarge = False
 
     def _refuseWrite(self, size: int) -> None:
         """
@@ -862,9 +907,7 @@ class ChannelClientTransport:
         self._linkUpAt = self.reactor.seconds()
         self._ackedOnLink = False
         self._writeLimit = min(self.maxMessageSize, welcome.maxMessageSize)
-        assert link.transport is not None
-        self._linkWrite = link.transport.write
-        self._linkWriteSequence = link.transport.writeSequence
+        self._outgoing = []
         if self._readingPaused and link.transport is not None:
             link.transport.pauseProducing()  # type: ignore[attr-defined]
         link.sendMessages(resend)
@@ -992,7 +1035,7 @@ class ChannelClientTransport:
         self.link = None
         self.state = CONNECTING
         self._watchForHost()
-        self._linkWrite = self._linkWriteSequence = None
+        self._dropOutgoing()
         self._writeLimit = self.maxMessageSize
         self._stopStallCheck()
         self._hostAddress = ChannelAddress(self.address.name, self.address.path, HOST)
@@ -1033,8 +1076,8 @@ class ChannelClientTransport:
         self._stopStallCheck()
         self._stopWatchingForHost()
         self.strategy.stopTrying()  # type: ignore[no-untyped-call]
+        self._dropOutgoing()
         link, self.link = self.link, None
-        self._linkWrite = self._linkWriteSequence = None
         if link is not None and link.transport is not None:
             link.transport.loseConnection()
         waiters, self._connectedWaiters = self._connectedWaiters, []

@@ -541,7 +541,11 @@ class _HostLink(Protocol):
                 "is not reading: register a producer to be paused first)"
             )
         self.term.bytes += size
-        self.transport.writeSequence([_wire.frameHeader(_wire.DATA, size), data])
+        if size < 4096:
+            # One small copy is cheaper than handing the transport two pieces.
+            self.transport.write(_wire.HEADER.pack(size + 1, _wire.DATA) + data)
+        else:
+            self.transport.writeSequence([_wire.frameHeader(_wire.DATA, size), data])
 
     def pauseReading(self) -> None:
         """
