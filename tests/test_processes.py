@@ -386,3 +386,31 @@ def test_peerOfAnotherUserIsRefused(children: Children, channelDirectory: str) -
     client.waitFor(lambda line: line.startswith("CLOSED"))
     assert client.collect()[-1] == "CLOSED ConnectionDone 0"
     assert host.role() == "host"
+
+
+def test_hostPublishesAgainWhenItsFileIsDeleted(
+    children: Children, channelDirectory: str
+) -> None:
+    """
+    The socket (or port) file deleted under a live host: links already up go
+    on, and within about a second the host publishes itself again, so new
+    clients find it.
+    """
+    record = os.path.join(channelDirectory, "record")
+    host = children.candidate("deleted", record)
+    host.waitFor(lambda line: line == "ROLE host")
+    streaming = children.client(
+        "deleted", "s", 1500, "--slice", "10", "--interval", "0.005"
+    )
+    streaming.waitFor(lambda line: line.startswith("LINK"))
+    published = children.channelFile("deleted")
+    os.unlink(published)
+    waitUntil(lambda: os.path.exists(published), 5, "the host to publish again")
+    newcomer = children.client("deleted", "n", 20)
+    newcomer.waitFor(lambda line: line.startswith("CLOSED"), 20)
+    assert newcomer.collect()[-1] == "CLOSED ConnectionDone 0"
+    streaming.waitFor(lambda line: line.startswith("CLOSED"), 60)
+    assert streaming.collect()[-1] == "CLOSED ConnectionDone 0"
+    assert "UNLINK" not in streaming.collect()
+    assertDeliveredInOrder(readRecords(record), {"s": 1500, "n": 20})
+    assert {pid for pid, _, _ in readRecords(record)} == {host.pid}

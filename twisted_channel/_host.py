@@ -45,6 +45,7 @@ from ._auth import (
     newNonce,
     newSecret,
     proofMatches,
+    readPortFile,
     removePortFile,
     writePortFile,
 )
@@ -71,6 +72,10 @@ LOOPBACK = "127.0.0.1"
 #: new links are refused until the window has passed.
 AUTH_FAILURE_LIMIT = 20
 AUTH_FAILURE_WINDOW = 10.0
+
+#: Seconds between a host's checks that its socket or port file is still
+#: the one it published.
+PUBLISH_CHECK_INTERVAL = 1.0
 
 #: Seconds between the pings a host sends to a client it stopped reading.
 KEEPALIVE_INTERVAL = 1.0
@@ -697,6 +702,7 @@ class ChannelPort:
         self._notHostingWaiters: list[Deferred[ChannelAddress]] = []
         self._roleObservers: list[Callable[[str], None]] = []
         self._rebind: IDelayedCall | None = None
+        self._guard: LoopingCall | None = None
         self._factoryStarted = False
 
     def __repr__(self) -> str:
@@ -872,6 +878,9 @@ class ChannelPort:
         self._socketPort = socketPort
         self._term = term
         self.role = HOST
+        self._guard = LoopingCall(self._checkPublished)
+        self._guard.clock = self.clock
+        self._guard.start(PUBLISH_CHECK_INTERVAL, now=False)
         _log.info(
             "channel {channel}: pid {pid} hosts at {path}",
             channel=self.name,
@@ -880,6 +889,74 @@ class ChannelPort:
             role=HOST,
         )
         self._announce(self._hostingWaiters)
+
+    def _checkPublished(self) -> None:
+        """
+        Make sure clients can still find this host: if its socket file (or
+        TCP port file) was deleted or replaced under it, publish it again.
+        Links already up never depended on the file.
+        """
+        if self.role != HOST or self._socketPort is None:
+            return
+        try:
+            if self.transport == "tcp":
+                self._checkPortFile()
+            else:
+                self._checkSocketFile()
+        except Exception:
+            _log.failure(
+                "channel {channel}: could not publish the host again; "
+                "trying again in {interval} s",
+                channel=self.name,
+                interval=PUBLISH_CHECK_INTERVAL,
+            )
+
+    def _checkSocketFile(self) -> None:
+        oldPort = self._socketPort
+        assert isinstance(oldPort, _HostSocketPort)
+        try:
+            info = os.lstat(self.paths.socket)
+        except FileNotFoundError:
+            info = None
+        if info is not None and (info.st_dev, info.st_ino) == oldPort._identity:
+            return
+        _log.warn(
+            "channel {channel}: the socket {path} was removed or replaced under "
+            "its host; publishing it again",
+            channel=self.name,
+            path=self.paths.socket,
+        )
+        published = _listeningUnixSocket(self.paths.socket)
+        newPort = _HostSocketPort(
+            os.fsencode(self.paths.socket),
+            oldPort.factory,
+            backlog=128,
+            mode=0o600,
+            reactor=self.reactor,
+        )
+        newPort._preexistingSocket = published.listening
+        newPort.startListening()
+        self._socketPort = newPort
+        # The old port no longer owns the file, so closing it removes nothing.
+        oldPort.stopListening()
+
+    def _checkPortFile(self) -> None:
+        secret = self.secret
+        assert secret is not None and self._socketPort is not None
+        try:
+            current = readPortFile(self.paths.port)
+        except (OSError, ValueError):
+            current = None
+        if current is not None and proofMatches(current.secret, secret):
+            return
+        _log.warn(
+            "channel {channel}: the port file {path} was removed or replaced "
+            "under its host; writing it again",
+            channel=self.name,
+            path=self.paths.port,
+        )
+        port = self._socketPort.getHost().port  # type: ignore[attr-defined]
+        writePortFile(self.paths.port, PortFile(port, secret, os.getpid()))
 
     def _announce(self, waiters: list[Deferred[ChannelAddress]]) -> None:
         address = self.getHost()
@@ -953,6 +1030,9 @@ class ChannelPort:
             self._election.release()
             self._stopFactory()
             return succeed(None)
+        guard, self._guard = self._guard, None
+        if guard is not None and guard.running:
+            guard.stop()
         socketPort, self._socketPort = self._socketPort, None
         term, self._term = self._term, None
         assert socketPort is not None and term is not None
