@@ -521,6 +521,9 @@ class ChannelClientTransport:
 
     @property
     def closed(self) -> bool:
+        """
+        Whether the logical connection has ended.
+        """
         return self.state == CLOSED
 
     def startConnecting(self) -> None:
@@ -934,6 +937,9 @@ class ChannelClientTransport:
         return self.state != CLOSED
 
     def messageReceived(self, body: bytes) -> None:
+        """
+        Called by the link: hand a message from the host to the protocol.
+        """
         try:
             self.protocol.dataReceived(body)
         except Exception:
@@ -1004,9 +1010,16 @@ class ChannelClientTransport:
         return appeared
 
     def heardFromHost(self) -> None:
+        """
+        Called by the link on every read: the host is not frozen.
+        """
         self._lastProgress = self.reactor.seconds()
 
     def acknowledged(self, sequence: int) -> None:
+        """
+        Called by the link: the host acknowledged every message up to
+        C{sequence}.
+        """
         pending = self.pending
         pending.acknowledge(sequence)
         self._ackedOnLink = True
@@ -1015,6 +1028,9 @@ class ChannelClientTransport:
             self._finish(Failure(error.ConnectionDone()))
 
     def closedByHost(self) -> None:
+        """
+        Called by the link: the host's application ended this connection.
+        """
         undelivered = len(self.pending)
         if undelivered:
             reason: Exception = error.ConnectionLost(
@@ -1026,6 +1042,9 @@ class ChannelClientTransport:
         self._finish(Failure(reason))
 
     def linkLost(self, link: _ClientLink, reason: Failure, welcomed: bool) -> None:
+        """
+        Called by a link when it closes: find the host again.
+        """
         if self.state == CLOSED:
             return
         if link is not self.link:

@@ -400,7 +400,6 @@ class _HostLink(Protocol):
         except _wire.ProtocolError as e:
             self.refuse(str(e))
             return
-        self.term.bytes += len(data)
         application = self.application
         if application is None:
             index = 0
@@ -418,6 +417,7 @@ class _HostLink(Protocol):
                 return
             frames = frames[index:]
         delivered = 0
+        payloadBytes = 0
         self._inBatch = True
         try:
             for kind, body in frames:
@@ -427,6 +427,7 @@ class _HostLink(Protocol):
                     break
                 if kind == _wire.DATA:
                     delivered += 1
+                    payloadBytes += len(body)
                     application.dataReceived(body)
                 elif kind == _wire.PING:
                     self.transport.write(_wire.encodeFrame(_wire.PONG, body))  # type: ignore[union-attr]
@@ -448,6 +449,7 @@ class _HostLink(Protocol):
             self._sequence += delivered
             term = self.term
             term.messages += delivered
+            term.bytes += payloadBytes
             term.remember(self.clientId, self._sequence)  # type: ignore[arg-type]
             if self.transport is not None:
                 self.transport.write(_wire.encodeAck(self._sequence))
