@@ -58,24 +58,27 @@ def _channelName(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _positiveInt(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
-    return value
+def _wholeNumber(smallest: int) -> Callable[[str], int]:
+    """
+    An argparse type: a whole number, C{smallest} or more.
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number"
+            ) from None
+        if value < smallest:
+            raise argparse.ArgumentTypeError(f"{value} is not {smallest} or more")
+        return value
+
+    return parse
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not 0 or more")
-    return value
+_positiveInt = _wholeNumber(1)
+_count = _wholeNumber(0)
 
 
 def _rate(text: str) -> float:
