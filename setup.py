@@ -29,6 +29,8 @@ setup(
     },
     extras_require={
         "docs": ["sphinx>=7", "myst-parser>=2"],
+        # The benchmark's optional peer (python -m bench): pyzmq over ipc://.
+        "bench": ["pyzmq>=25"],
         "test": [
             "pytest>=7",
             "pytest-twisted>=1.14",

@@ -19,7 +19,14 @@ baseline} plain Twisted C{unix:} endpoints with C{Int32StringReceiver}):
   process holding those links;
 - C{cand} / C{stream}: a failover candidate that records every message and
   reports when it starts hosting and receives its first message, and a
-  client streaming numbered messages (channel only).
+  client streaming numbered messages (channel only);
+- C{fanin}: forks C{--conns} C{send} clients at once (no reactor of its
+  own), for the fan-in test;
+- C{bufclient}: a client of a channel nobody hosts, writing past its
+  C{maxBufferSize}, reporting its memory (channel only).
+
+The peers' children (pyzmq, C{multiprocessing.connection}) are in
+L{bench._peers}, open-channel's scripts in C{bench/js/}.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from bench._common import (
     BASELINE,
     CHANNEL,
     INT32_MAX_LENGTH,
+    median,
     raiseFileLimit,
     report,
     rssKiB,
@@ -156,11 +164,20 @@ def runRecv(reactor: Any, options: argparse.Namespace) -> None:
 
     total = options.count
     state = {"n": 0, "t0": 0, "closed": 0, "done": False}
+    #: Per connection: [messages, first arrival, last arrival] (ns).
+    links: list[list[int]] = []
 
     def finish() -> None:
         t1 = monotonic_ns()
         state["done"] = True
         seconds = (t1 - state["t0"]) / 1e9
+        # Each sender's own rate: its messages over the time from its first
+        # to its last arrival here.
+        rates = sorted(
+            (n - 1) / ((last - first) / 1e9)
+            for n, first, last in links
+            if n > 1 and last > first
+        )
         report(
             {
                 "messages": total,
@@ -168,8 +185,29 @@ def runRecv(reactor: Any, options: argparse.Namespace) -> None:
                 "msgs_per_s": (total - 1) / seconds if seconds > 0 else None,
                 "t0_ns": state["t0"],
                 "t1_ns": t1,
+                "senders": len(links),
+                "sender_rate_min": rates[0] if rates else None,
+                "sender_rate_median": median(rates) if rates else None,
+                "sender_rate_max": rates[-1] if rates else None,
+                "sender_last_spread_s": (
+                    (max(x[2] for x in links) - min(x[2] for x in links)) / 1e9
+                    if links
+                    else None
+                ),
             }
         )
+
+    def arrived(link: list[int]) -> None:
+        t = monotonic_ns()
+        if not link[0]:
+            link[1] = t
+        link[0] += 1
+        link[2] = t
+        n = state["n"] = state["n"] + 1
+        if n == 1:
+            state["t0"] = t
+        if n == total:
+            finish()
 
     def closed() -> None:
         state["closed"] += 1
@@ -178,6 +216,9 @@ def runRecv(reactor: Any, options: argparse.Namespace) -> None:
                 say("INCOMPLETE", state["n"])
             _stopSoon(reactor)
 
+    # With one sender, the receivers count and nothing more, as lean as the
+    # peers' loops; with several, each link also keeps its own times (which
+    # costs either implementation the same one call per message).
     if options.impl == CHANNEL:
 
         class Counter(Protocol):
@@ -190,6 +231,14 @@ def runRecv(reactor: Any, options: argparse.Namespace) -> None:
 
             def connectionLost(self, reason: Any = None) -> None:
                 closed()
+
+        class LinkCounter(Counter):
+            def connectionMade(self) -> None:
+                self.link = [0, 0, 0]
+                links.append(self.link)
+
+            def dataReceived(self, data: bytes) -> None:
+                arrived(self.link)
 
     else:
 
@@ -204,7 +253,15 @@ def runRecv(reactor: Any, options: argparse.Namespace) -> None:
             def connectionLost(self, reason: Any = None) -> None:
                 closed()
 
-    factory = Factory.forProtocol(Counter)
+        class LinkCounter(Counter):  # type: ignore[no-redef]
+            def connectionMade(self) -> None:
+                self.link = [0, 0, 0]
+                links.append(self.link)
+
+            def stringReceived(self, data: bytes) -> None:
+                arrived(self.link)
+
+    factory = Factory.forProtocol(LinkCounter if options.conns > 1 else Counter)
     _listen(reactor, options, factory).addCallbacks(
         lambda _: say("READY"), _fail(reactor)
     )
@@ -290,6 +347,202 @@ def runSend(reactor: Any, options: argparse.Namespace) -> None:
     _connect(reactor, options, Factory.forProtocol(Sender)).addCallbacks(
         connected, _fail(reactor)
     )
+
+
+def runFanIn(options: argparse.Namespace) -> None:
+    """
+    Fork C{--conns} senders (as L{runSend} with C{--go}), each reporting
+    C{READY} and C{DONE} on the stdout they share with this process, and
+    start them all at the parent's C{go}.  Forking after Twisted is
+    imported, and before any reactor is, starts a hundred clients in well
+    under a second where a hundred interpreters would take half a minute.
+
+    This process runs no reactor: it reads stdin itself.  Each sender gets
+    the start signal on a pipe of its own and exits when that pipe reaches
+    end of file (when this process ends, however it ends), or at its own
+    C{--limit}; this process kills and reaps every sender by pid before it
+    exits.
+    """
+    import traceback
+
+    import twisted.internet.protocol  # noqa: F401  (shared by every fork)
+    import twisted.protocols.basic  # noqa: F401
+
+    if options.impl == CHANNEL:
+        import twisted_channel  # noqa: F401
+
+    options.go = True
+    pids: list[int] = []
+    pipes: list[int] = []
+    try:
+        for _ in range(options.conns):
+            readEnd, writeEnd = os.pipe()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                pid = os.fork()
+            except OSError as e:
+                os.close(readEnd)
+                os.close(writeEnd)
+                say("ERROR", f"fork failed after {len(pids)} senders: {e}")
+                return
+            if pid == 0:
+                status = 1
+                try:
+                    os.close(writeEnd)
+                    for fd in pipes:
+                        os.close(fd)
+                    signal.alarm(max(1, options.limit))
+                    _fanInSender(options, readEnd)
+                    status = 0
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(status)
+            os.close(readEnd)
+            pids.append(pid)
+            pipes.append(writeEnd)
+        say("FORKED", len(pids))
+        for raw in sys.stdin.buffer:
+            if raw.strip() == b"go":
+                break
+        else:
+            return
+        for fd in pipes:
+            os.write(fd, b"g")
+        failed = 0
+        while pids:
+            _, status = os.waitpid(pids[0], 0)
+            pids.pop(0)
+            failed += status != 0
+        say("EXITED", failed)
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        for fd in pipes:
+            os.close(fd)
+
+
+def _fanInSender(options: argparse.Namespace, startPipe: int) -> None:
+    """
+    One forked sender of L{runFanIn}: a fresh reactor, then L{runSend}.
+    """
+    from twisted.internet import reactor
+
+    def watch() -> None:
+        while True:
+            data = os.read(startPipe, 1)
+            if not data:
+                os._exit(3)
+            reactor.callFromThread(commands["go"])
+
+    threading.Thread(target=watch, name="start-watch", daemon=True).start()
+    runSend(reactor, options)
+    reactor.run()  # type: ignore[attr-defined]
+    _stoppedUnasked()
+
+
+# Memory of a client with no host
+
+
+def runBufClient(reactor: Any, options: argparse.Namespace) -> None:
+    """
+    A client of a channel nobody hosts, with C{maxBufferSize=--cap}: write
+    C{--total} bytes in messages of C{--size} bytes, each a fresh bytes
+    object as an application makes them, counting those refused with
+    L{twisted_channel.ChannelBufferFullError}; report the resident memory
+    before, after, and at its peak while writing.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+
+    from twisted_channel import ChannelBufferFullError, ChannelEndpoint
+
+    size = options.size
+    count = -(-options.total // size)
+    endpoint = ChannelEndpoint(
+        reactor,
+        options.name,
+        directory=options.dir,
+        timeout=0,
+        maxBufferSize=options.cap,
+    )
+
+    def connected(protocol: Any) -> None:
+        transport = protocol.transport
+        write = transport.write
+        filler = b"x" * (size - 8)
+        gc.collect()
+        resetPeak = _resetPeakRss()
+        rss0 = rssKiB()
+        accepted = refused = 0
+        t0 = monotonic_ns()
+        for i in range(count):
+            try:
+                write(i.to_bytes(8, "big") + filler)
+            except ChannelBufferFullError:
+                refused += 1
+            else:
+                accepted += 1
+        t1 = monotonic_ns()
+        gc.collect()
+        rss1 = rssKiB()
+        peak = _peakRssKiB()
+        report(
+            {
+                "cap_bytes": options.cap,
+                "message_bytes": size,
+                "written_bytes": count * size,
+                "writes": count,
+                "accepted": accepted,
+                "refused": refused,
+                "state": transport.state,
+                "buffered_bytes": transport.pending.byteCount,
+                "rss0_kib": rss0,
+                "rss1_kib": rss1,
+                "peak_kib": peak,
+                "peak_reset": resetPeak,
+                "growth_mib": (rss1 - rss0) / 1024,
+                "peak_growth_mib": (peak - rss0) / 1024 if resetPeak else None,
+                "seconds": (t1 - t0) / 1e9,
+            }
+        )
+        transport.abortConnection()
+        _stopSoon(reactor)
+
+    endpoint.connect(Factory.forProtocol(Protocol)).addCallbacks(
+        connected, _fail(reactor)
+    )
+
+
+def _resetPeakRss() -> bool:
+    """
+    Reset this process's peak resident set size (C{VmHWM}), where the
+    kernel allows it (Linux 4.0 and later).
+    """
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peakRssKiB() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 # Round trip
@@ -623,7 +876,8 @@ def runStream(reactor: Any, options: argparse.Namespace) -> None:
     Write C{TAG:1}, C{TAG:2}... C{--slice} every C{--interval} seconds
     until told to C{stop}; then close gracefully (which waits until a host
     acknowledged everything) and report C{SENT n} and C{CLOSED <reason>
-    <undelivered>}.
+    <undelivered>}.  C{pause} stops writing (C{PAUSED n}), C{resume} starts
+    again (C{RESUMED <ns>}, stamped before the first write).
     """
     from twisted.internet.protocol import Factory, Protocol
 
@@ -663,7 +917,21 @@ def runStream(reactor: Any, options: argparse.Namespace) -> None:
             say("SENT", state["next"] - 1)
             transport.loseConnection()
 
+        def pause() -> None:
+            call = state["call"]
+            if call is not None and call.active():
+                call.cancel()
+            state["call"] = None
+            say("PAUSED", state["next"] - 1)
+
+        def resume() -> None:
+            if state["call"] is None and not state["stopped"]:
+                say("RESUMED", monotonic_ns())
+                writeSome(transport)
+
         commands["stop"] = stop
+        commands["pause"] = pause
+        commands["resume"] = resume
         say("READY")
         writeSome(transport)
 
@@ -682,12 +950,27 @@ KINDS: dict[str, Callable[[Any, argparse.Namespace], None]] = {
     "idle": runIdle,
     "cand": runCandidate,
     "stream": runStream,
+    "bufclient": runBufClient,
 }
+
+#: Kinds that run no reactor of their own.
+PLAIN_KINDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "fanin": runFanIn,
+}
+
+
+def _stoppedUnasked() -> None:
+    """
+    Say so if the reactor stopped although nothing here asked it to: a
+    signal from outside (SIGTERM, SIGINT) is the only other way.
+    """
+    if not _stopping:
+        say("ERROR", "the reactor stopped unasked (a signal from outside?)")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench._children")
-    parser.add_argument("kind", choices=sorted(KINDS))
+    parser.add_argument("kind", choices=sorted([*KINDS, *PLAIN_KINDS]))
     parser.add_argument("--impl", choices=[CHANNEL, BASELINE], default=CHANNEL)
     parser.add_argument("--dir", required=True)
     parser.add_argument("--name", default="b")
@@ -704,17 +987,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", default="")
     parser.add_argument("--tag", default="c")
     parser.add_argument("--interval", type=float, default=0.002)
+    parser.add_argument("--cap", type=int, default=32 << 20)
+    parser.add_argument("--total", type=int, default=100_000_000)
     options = parser.parse_args(argv)
 
     # Bounded in time whatever happens: SIGALRM's default action ends us.
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     signal.alarm(max(1, options.limit))
 
+    if options.kind in PLAIN_KINDS:
+        PLAIN_KINDS[options.kind](options)
+        sys.stdout.flush()
+        os._exit(0)
+
     from twisted.internet import reactor
 
     _watchStdin(reactor)
     KINDS[options.kind](reactor, options)
     reactor.run()  # type: ignore[attr-defined]
+    _stoppedUnasked()
     # Leave without finalising the interpreter, which would wait for the
     # thread blocked reading stdin.
     sys.stdout.flush()

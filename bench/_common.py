@@ -18,6 +18,19 @@ CHANNEL = "channel"
 BASELINE = "baseline"
 IMPLEMENTATIONS = (CHANNEL, BASELINE)
 
+#: Peers measured beside them when available: pyzmq over C{ipc://},
+#: C{multiprocessing.connection} over AF_UNIX, and the Node package
+#: open-channel.
+ZMQ = "zmq"
+MPCONN = "mpconn"
+NODE = "node"
+PEERS = (ZMQ, MPCONN, NODE)
+PEER_TITLES = {
+    ZMQ: "pyzmq ipc://",
+    MPCONN: "multiprocessing.connection",
+    NODE: "open-channel (Node)",
+}
+
 #: Twisted's Int32StringReceiver refuses strings over MAX_LENGTH (99,999 by
 #: default); the 64 KiB throughput test needs more.
 INT32_MAX_LENGTH = 1 << 24

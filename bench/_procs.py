@@ -35,14 +35,29 @@ class Child:
     stderr kept in a file.
     """
 
-    def __init__(self, arguments: list[str], cwd: str, label: str) -> None:
+    def __init__(
+        self,
+        arguments: list[str],
+        cwd: str,
+        label: str,
+        environment: dict[str, str] | None = None,
+        group: bool = False,
+    ) -> None:
+        """
+        @param environment: variables added to this process's environment.
+        @param group: start the child in a process group of its own (its id
+            is the child's pid), and kill the whole group when it is reaped:
+            for children that start children of their own (Node's cluster).
+        """
         self.label = label
         self.arguments = arguments
+        self.group = group
         self._errPath = os.path.join(cwd, f"{label}.err")
-        environment = dict(os.environ)
+        env = dict(os.environ)
         root = repositoryRoot()
-        previous = environment.get("PYTHONPATH")
-        environment["PYTHONPATH"] = root + (os.pathsep + previous if previous else "")
+        previous = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = root + (os.pathsep + previous if previous else "")
+        env.update(environment or {})
         with open(self._errPath, "wb") as err:
             self.process = subprocess.Popen(
                 arguments,
@@ -50,7 +65,8 @@ class Child:
                 stdout=subprocess.PIPE,
                 stderr=err,
                 cwd=cwd,
-                env=environment,
+                env=env,
+                start_new_session=group,
             )
         self.pid = self.process.pid
         self.lines: list[str] = []
@@ -189,8 +205,17 @@ class Child:
 
     def reap(self) -> None:
         """
-        Kill the child if it still runs, wait for it, close its pipes.
+        Kill the child if it still runs (with its process group, if it has
+        one), wait for it, close its pipes.
         """
+        if self.group:
+            # The group's id is the child's pid, which the kernel does not
+            # hand out again while any member of the group lives, so this
+            # reaches only what the child started, also after it exited.
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.process.poll() is None:
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -219,15 +244,21 @@ class Workspace:
         self.children: list[Child] = []
         self._count = 0
 
-    def start(self, kind: str, *arguments: object, limit: int | None = None) -> Child:
+    def start(
+        self,
+        kind: str,
+        *arguments: object,
+        limit: int | None = None,
+        module: str = "bench._children",
+    ) -> Child:
         """
-        Start C{python -m bench._children KIND --dir DIR ...}.
+        Start C{python -m MODULE KIND --dir DIR --limit SECONDS ...}.
         """
         self._count += 1
         command = [
             sys.executable,
             "-m",
-            "bench._children",
+            module,
             kind,
             "--dir",
             self.directory,
@@ -236,6 +267,24 @@ class Workspace:
             *[str(a) for a in arguments],
         ]
         child = Child(command, self.directory, f"{self._count:03d}-{kind}")
+        self.children.append(child)
+        return child
+
+    def spawn(
+        self,
+        label: str,
+        command: list[str],
+        environment: dict[str, str] | None = None,
+        group: bool = False,
+    ) -> Child:
+        """
+        Start any command in this workspace (see L{Child}); it must bound
+        its own lifetime, and is killed and reaped with the others.
+        """
+        self._count += 1
+        child = Child(
+            command, self.directory, f"{self._count:03d}-{label}", environment, group
+        )
         self.children.append(child)
         return child
 

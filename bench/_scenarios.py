@@ -11,8 +11,43 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench._common import percentile
+from bench._common import MPCONN, ZMQ, percentile
 from bench._procs import Child, ChildFailedError, Workspace, workspace
+
+
+def _module(impl: str) -> str:
+    """
+    The module whose children implement C{impl}.
+    """
+    return "bench._peers" if impl in (ZMQ, MPCONN) else "bench._children"
+
+
+def faninCapacity(wanted: int) -> tuple[int, str]:
+    """
+    How many fan-in client processes this machine takes, at most C{wanted},
+    and what limited it: each forked client needs a few MiB of its own
+    (MemAvailable), a process slot (RLIMIT_NPROC) and, in the receiving
+    host, a file descriptor (RLIMIT_NOFILE, raised as far as allowed).
+    """
+    import resource
+
+    limits = [(wanted, "")]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    availableKiB = int(line.split()[1])
+                    limits.append((availableKiB // (64 * 1024), "memory"))
+    except OSError:
+        pass
+    soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    if soft != resource.RLIM_INFINITY:
+        limits.append((max(1, soft // 2), "RLIMIT_NPROC"))
+    _, hardFiles = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hardFiles != resource.RLIM_INFINITY:
+        limits.append((max(1, hardFiles - 256), "RLIMIT_NOFILE"))
+    count, reason = min(limits, key=lambda x: x[0])
+    return max(1, count), reason
 
 
 @dataclass
@@ -33,14 +68,29 @@ class Settings:
     rttSize: int = 64
     startupReps: int = 20
     kills: int = 30
+    #: Kills, spread among the others, made while every client is idle:
+    #: paused 300 ms before the kill (so the host holds nothing unread) and
+    #: resumed 200 ms after it.  Not in the kill-to-first-message figures.
+    idleKills: int = 3
     candidates: int = 4
     streamClients: int = 2
     streamSlice: int = 10
     streamInterval: float = 0.002
-    faninClients: int = 20
-    faninCount: int = 10_000
+    faninClients: int = 100
+    faninCount: int = 2_000
     memLinks: int = 1_000
     memProcesses: int = 2
+    #: The client-buffer test: this many bytes written with no host, by a
+    #: client whose maxBufferSize is C{bufCap}, in messages of each size.
+    bufTotal: int = 100_000_000
+    bufCap: int = 32 << 20
+    bufSizes: tuple[int, ...] = (1024, 100)
+    #: open-channel's failover: trials per run with the workers streaming
+    #: when the host is killed, and with them idle at that moment.
+    nodeTrials: int = 2
+    nodeIdleTrials: int = 1
+    #: How long each trial watches for recovery after the kill (ms).
+    nodeObserveMs: int = 1500
     #: Seconds any single wait on a child may take before the run fails.
     wait: float = 120.0
 
@@ -56,9 +106,14 @@ class Settings:
             rttCount=2_000,
             startupReps=5,
             kills=3,
-            faninClients=5,
-            faninCount=2_000,
+            idleKills=1,
+            faninClients=20,
+            faninCount=1_000,
             memLinks=1_000,
+            bufSizes=(1024,),
+            nodeTrials=1,
+            nodeIdleTrials=0,
+            nodeObserveMs=1000,
             wait=30.0,
         )
 
@@ -77,8 +132,11 @@ def throughput(impl: str, size: int, count: int, settings: Settings) -> dict[str
     One sender streams C{count} messages of C{size} bytes to the host; the
     host's protocol times the first to the last.
     """
+    module = _module(impl)
     with workspace() as space:
-        receiver = space.start("recv", "--impl", impl, "--name", "t", "--count", count)
+        receiver = space.start(
+            "recv", "--impl", impl, "--name", "t", "--count", count, module=module
+        )
         receiver.expect("READY", settings.wait)
         sender = space.start(
             "send",
@@ -92,6 +150,7 @@ def throughput(impl: str, size: int, count: int, settings: Settings) -> dict[str
             size,
             "--slice",
             settings.sliceFor(size),
+            module=module,
         )
         result = receiver.result(settings.wait)
         done = sender.expect("DONE", settings.wait)
@@ -107,9 +166,10 @@ def throughput(impl: str, size: int, count: int, settings: Settings) -> dict[str
 
 def fanIn(impl: str, settings: Settings) -> dict[str, Any]:
     """
-    C{faninClients} sender processes connect, then all start on one signal
-    and stream C{faninCount} 100-byte messages each; the host's protocols
-    time the first to the last message overall.
+    C{faninClients} sender processes (forked by one launcher, see
+    L{bench._children.runFanIn}) connect, then all start on one signal and
+    stream C{faninCount} 100-byte messages each; the host's protocols time
+    the first to the last message overall, and each sender's first to last.
     """
     clients = settings.faninClients
     total = clients * settings.faninCount
@@ -118,40 +178,61 @@ def fanIn(impl: str, settings: Settings) -> dict[str, Any]:
             "recv", "--impl", impl, "--name", "f", "--count", total, "--conns", clients
         )
         receiver.expect("READY", settings.wait)
-        senders = [
-            space.start(
-                "send",
-                "--impl",
-                impl,
-                "--name",
-                "f",
-                "--count",
-                settings.faninCount,
-                "--size",
-                100,
-                "--slice",
-                settings.sliceFor(100),
-                "--go",
-            )
-            for _ in range(clients)
-        ]
-        for sender in senders:
-            sender.expect("READY", settings.wait)
-        for sender in senders:
-            sender.send("go")
+        launcher = space.start(
+            "fanin",
+            "--impl",
+            impl,
+            "--name",
+            "f",
+            "--conns",
+            clients,
+            "--count",
+            settings.faninCount,
+            "--size",
+            100,
+            "--slice",
+            settings.sliceFor(100),
+        )
+        # The senders' READY lines may come before or after the launcher's
+        # FORKED: wait for them only.
+        for _ in range(clients):
+            launcher.expect("READY", settings.wait)
+        launcher.send("go")
         result = receiver.result(settings.wait)
-        for sender in senders:
-            sender.expect("DONE", settings.wait)
-        _finish([*senders, receiver])
-    return {"msgs_per_s": result["msgs_per_s"], "seconds": result["seconds"]}
+        for _ in range(clients):
+            launcher.expect("DONE", settings.wait)
+        failed = int(launcher.expect("EXITED", settings.wait)[0])
+        if failed:
+            raise ChildFailedError(f"{failed} fan-in sender(s) exited with an error")
+        _finish([launcher, receiver])
+    return {
+        "msgs_per_s": result["msgs_per_s"],
+        "seconds": result["seconds"],
+        "clients": clients,
+        "slowest_client_msgs_per_s": result["sender_rate_min"],
+        "median_client_msgs_per_s": result["sender_rate_median"],
+        "last_arrival_spread_s": result["sender_last_spread_s"],
+    }
 
 
 def roundTrip(impl: str, settings: Settings) -> dict[str, Any]:
     """
     Sequential request/echo round trips, timed by the client.
     """
+    module = _module(impl)
     with workspace() as space:
-        echo = space.start("echo", "--impl", impl, "--name", "r")
+        echo = space.start(
+            "echo",
+            "--impl",
+            impl,
+            "--name",
+            "r",
+            "--count",
+            settings.rttCount,
+            "--warmup",
+            settings.rttWarmup,
+            module=module,
+        )
         echo.expect("READY", settings.wait)
         pinger = space.start(
             "ping",
@@ -165,6 +246,7 @@ def roundTrip(impl: str, settings: Settings) -> dict[str, Any]:
             settings.rttWarmup,
             "--size",
             settings.rttSize,
+            module=module,
         )
         result = pinger.result(settings.wait)
         _finish([pinger, echo])
@@ -215,6 +297,42 @@ def memory(impl: str, settings: Settings) -> dict[str, Any]:
                 host.expect("MARK", settings.wait)
         result = host.result(settings.wait)
     return result
+
+
+def clientBuffer(size: int, settings: Settings) -> dict[str, Any]:
+    """
+    A channel client with no host writes C{bufTotal} bytes in C{size}-byte
+    messages with C{maxBufferSize=bufCap}: its resident memory's growth,
+    against the cap, and how many writes were refused.
+    """
+    with workspace() as space:
+        client = space.start(
+            "bufclient",
+            "--name",
+            "nohost",
+            "--size",
+            size,
+            "--cap",
+            settings.bufCap,
+            "--total",
+            settings.bufTotal,
+        )
+        result = client.result(settings.wait)
+        _finish([client])
+    capMiB = settings.bufCap / (1 << 20)
+    growth = result["peak_growth_mib"]
+    if growth is None:
+        growth = result["growth_mib"]
+    result["cap_mib"] = capMiB
+    result["growth_vs_cap"] = growth / capMiB
+    result["reported_growth_mib"] = growth
+    return result
+
+
+#: Seconds the failover test's clients are idle before an idle kill, and
+#: after it (open-channel's idle trials use the same).
+IDLE_BEFORE = 0.3
+IDLE_AFTER = 0.2
 
 
 class _Candidate:
@@ -272,23 +390,44 @@ def _failover(space: Workspace, settings: Settings) -> dict[str, Any]:
     host.child.expect("FIRST", settings.wait)
 
     samples: list[dict[str, float]] = []
-    for _ in range(settings.kills):
+    idleSamples: list[dict[str, float]] = []
+    total = settings.kills + settings.idleKills
+    idleAt = {
+        (i + 1) * total // (settings.idleKills + 1) for i in range(settings.idleKills)
+    }
+    for k in range(total):
+        idle = k in idleAt
         # Let traffic flow on the current host for a while, at a random
         # phase with respect to the clients' write timers.
         time.sleep(0.15 + random.uniform(0.0, 0.05))
+        if idle:
+            for stream in streams:
+                stream.send("pause")
+            for stream in streams:
+                stream.expect("PAUSED", settings.wait)
+            time.sleep(IDLE_BEFORE)
         tKill = host.child.kill()
         others = [c for c in candidates if c is not host]
         newHost, tHost = _awaitHost(others, settings.wait)
+        tResume = 0
+        if idle:
+            time.sleep(max(0.0, IDLE_AFTER - (time.monotonic_ns() - tKill) / 1e9))
+            for stream in streams:
+                stream.send("resume")
+            tResume = min(int(s.expect("RESUMED", settings.wait)[0]) for s in streams)
         tFirst = int(newHost.child.expect("FIRST", settings.wait)[0])
         host.child.reap()
         candidates.remove(host)
         host = newHost
-        samples.append(
-            {
-                "elected_ms": (tHost - tKill) / 1e6,
-                "first_message_ms": (tFirst - tKill) / 1e6,
-            }
-        )
+        sample = {
+            "elected_ms": (tHost - tKill) / 1e6,
+            "first_message_ms": (tFirst - tKill) / 1e6,
+        }
+        if idle:
+            sample["first_after_resume_ms"] = (tFirst - tResume) / 1e6
+            idleSamples.append(sample)
+        else:
+            samples.append(sample)
         replacement = candidate()
         if replacement.role != "standby":
             raise ChildFailedError(f"a replacement candidate became {replacement.role}")
@@ -327,6 +466,8 @@ def _failover(space: Workspace, settings: Settings) -> dict[str, Any]:
     return {
         "kills": len(samples),
         "samples": samples,
+        "idle_kills": len(idleSamples),
+        "idle_samples": idleSamples,
         "first_message_p50_ms": percentile(firsts, 0.5),
         "first_message_p99_ms": percentile(firsts, 0.99),
         "first_message_max_ms": max(firsts) if firsts else float("nan"),

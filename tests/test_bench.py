@@ -1,16 +1,21 @@
 """
 Smoke test of the benchmark: ``python -m bench --quick`` runs to the end,
-writes its JSON, and the failover test lost no message.
+writes its JSON, the failover test lost no message, the client buffer
+held to its cap, and each peer either ran or was skipped with a reason
+(never an error; no network needed).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+from bench import _node
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,12 +30,20 @@ FIGURES = {
     "startup_listen_us",
     "startup_connect_us",
     "fanin_msgs_per_s",
+    "fanin_slowest_client_msgs_per_s",
     "memory_per_link_KiB",
+}
+
+CHANNEL_ONLY = {
+    "client_buffer_1024B_rss_growth_MiB",
+    "client_buffer_1024B_refused",
     "failover_first_message_p50_ms",
     "failover_first_message_p99_ms",
     "failover_first_message_max_ms",
     "failover_elected_p50_ms",
     "failover_lost",
+    "failover_never_recovered",
+    "failover_idle_never_recovered",
 }
 
 
@@ -49,17 +62,96 @@ def test_quickBenchmark(tmp_path: object, request: pytest.FixtureRequest) -> Non
     assert "| figure | twisted-channel | baseline | ratio |" in completed.stdout
     with open(output, encoding="utf-8") as f:
         results = json.load(f)
-    assert {"meta", "figures", "failover", "raw", "errors"} <= set(results)
+    assert {"meta", "figures", "failover", "raw", "errors", "peers"} <= set(results)
     assert results["errors"] == []
-    assert FIGURES <= set(results["figures"])
-    for key in FIGURES:
-        figure = results["figures"][key]
+    figures = results["figures"]
+    assert FIGURES | CHANNEL_ONLY <= set(figures)
+    for key in FIGURES | CHANNEL_ONLY:
+        figure = figures[key]
         assert {"channel", "baseline", "ratio"} <= set(figure), key
         assert figure["channel"] is not None, key
-    for key in FIGURES - {k for k in FIGURES if k.startswith("failover_")}:
-        assert results["figures"][key]["baseline"] is not None, key
-        assert results["figures"][key]["ratio"] is not None, key
+    for key in FIGURES:
+        assert figures[key]["baseline"] is not None, key
+        assert figures[key]["ratio"] is not None, key
+
     failover = results["failover"]
     assert failover["kills"] >= 1
+    assert failover["idle_kills"] >= 1
     assert failover["lost"] == 0
-    assert results["figures"]["failover_lost"]["channel"] == 0
+    assert figures["failover_lost"]["channel"] == 0
+    assert figures["failover_never_recovered"]["channel"] == 0
+
+    # The client with no host holds exactly the cap and refuses the rest;
+    # its memory grows with what it holds, not with what was written (three
+    # times the cap).
+    [buffered] = results["raw"]["buffer_1024B"]["channel"]
+    assert buffered["state"] == "connecting"
+    assert buffered["buffered_bytes"] == buffered["cap_bytes"]
+    assert buffered["accepted"] * 1024 == buffered["cap_bytes"]
+    assert buffered["accepted"] + buffered["refused"] == buffered["writes"]
+    assert figures["client_buffer_1024B_rss_growth_MiB"]["ratio"] < 2.0
+
+    # Every peer either ran or says why it did not; none is an error.
+    peers = results["peers"]
+    assert set(peers) == {"zmq", "mpconn", "node"}
+    for name, peer in peers.items():
+        assert peer["ran"] or peer["detail"].startswith("skipped"), (name, peer)
+    assert peers["mpconn"]["ran"]
+    assert peers["zmq"]["ran"] == _importable("zmq")
+    for name, peer in peers.items():
+        if peer["ran"]:
+            for key in ("throughput_100B_msgs_per_s", "roundtrip_p50_us"):
+                value = figures[key]["peers"][name]["value"]
+                assert value is not None and value > 0, (name, key)
+        assert peer["detail"] in completed.stdout
+    if peers["node"]["ran"]:
+        assert figures["failover_first_message_p50_ms"]["peers"]["node"] is not None
+        assert figures["failover_lost"]["peers"]["node"]["sent"] > 0
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+def test_nodeSkippedWithoutInstall(tmp_path: object) -> None:
+    """
+    Without a cached install, C{--quick}'s way (no install) skips the Node
+    peer and says why.
+    """
+    status = _node.prepare(install=False, root=str(tmp_path))
+    assert not status.ok
+    assert status.detail.startswith("skipped:")
+
+
+def test_nodeSkippedWhenInstallFails(tmp_path: object) -> None:
+    """
+    A missing or failing npm skips the Node peer, with the reason; nothing is
+    left in the cache.
+    """
+    root = os.path.join(str(tmp_path), "cache")
+    missing = os.path.join(str(tmp_path), "no-such-npm")
+    status = _node.prepare(install=True, root=root, npm=missing)
+    assert not status.ok
+    assert status.detail.startswith("skipped:")
+    failing = os.path.join(str(tmp_path), "npm")
+    with open(failing, "w", encoding="ascii") as f:
+        f.write("#!/bin/sh\necho 'npm ERR! network unreachable' >&2\nexit 1\n")
+    os.chmod(failing, 0o755)
+    status = _node.prepare(install=True, root=root, npm=failing)
+    assert not status.ok
+    assert status.detail.startswith("skipped:")
+    if status.detail != "skipped: node is not on PATH":
+        assert "network unreachable" in status.detail
+    assert not os.path.exists(root) or os.listdir(root) == []
+
+
+def test_nodeSkippedWithoutNode(tmp_path: object) -> None:
+    status = _node.prepare(
+        install=True, root=str(tmp_path), node=os.path.join(str(tmp_path), "node")
+    )
+    assert not status.ok
+    assert status.detail.startswith("skipped:")
