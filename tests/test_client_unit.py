@@ -37,6 +37,7 @@ from twisted_channel._client import (
     _ClientLink,
 )
 from twisted_channel._credentials import PeerCredentials
+from twisted_channel._pending import PendingWrites
 
 SOCKET = "/tmp/tc-unit/jobs.sock"
 HOST_PID = 4242
@@ -545,21 +546,26 @@ def test_writeText() -> None:
 def test_bufferFull() -> None:
     """
     A write that would pass maxBufferSize is refused and buffers nothing;
-    acknowledgements make room again.
+    acknowledgements make room again.  Each message counts its payload and
+    PendingWrites.MESSAGE_OVERHEAD, so small messages are capped too.
     """
-    client, _, _ = makeClient(maxMessageSize=100, maxBufferSize=250)
+    overhead = PendingWrites.MESSAGE_OVERHEAD
+    cap = 2 * (100 + overhead) + 50 + overhead
+    client, _, _ = makeClient(maxMessageSize=100, maxBufferSize=cap)
     client.write(b"x" * 100)
     client.write(b"x" * 100)
-    with pytest.raises(ChannelBufferFullError, match="200 unacknowledged bytes"):
+    with pytest.raises(ChannelBufferFullError, match="2 unacknowledged messages"):
         client.write(b"x" * 51)
     client.write(b"x" * 50)
     assert client.pending.byteCount == 250
+    assert client.pending.footprint == cap
     with pytest.raises(ChannelBufferFullError):
         client.write(b"x")
     link, _ = connected(client)
     ack(link, 1)
     client.write(b"y" * 100)
     assert client.pending.byteCount == 250
+    assert client.pending.footprint == cap
 
 
 def test_writeAfterClose() -> None:
@@ -1117,17 +1123,19 @@ def test_streamingProducerPausedAndResumed() -> None:
     A streaming producer is paused once unacknowledged bytes reach half the
     buffer cap, and resumed once ACKs bring them to a quarter.
     """
-    client, _, _ = makeClient(maxMessageSize=100, maxBufferSize=1000)
-    assert (client.highWater, client.lowWater) == (500, 250)
+    step = 100 + PendingWrites.MESSAGE_OVERHEAD
+    client, _, _ = makeClient(maxMessageSize=100, maxBufferSize=8 * step)
+    assert (client.highWater, client.lowWater) == (4 * step, 2 * step)
     producer = Producer()
     client.registerProducer(producer, True)
     assert producer.events == []
     link, _ = connected(client)
-    for _ in range(4):
+    for _ in range(3):
         client.write(b"x" * 100)
     assert producer.events == []
     client.write(b"x" * 100)
     assert producer.events == ["pause"]
+    client.write(b"x" * 100)
     client.write(b"x" * 100)
     assert producer.events == ["pause"]
     ack(link, 2)
@@ -1161,8 +1169,9 @@ def test_pullProducer() -> None:
     unless too much is buffered: then only once ACKs bring the buffer down
     to the low-water mark.
     """
-    client, _, _ = makeClient(maxMessageSize=100, maxBufferSize=400)
-    assert (client.highWater, client.lowWater) == (200, 100)
+    step = 100 + PendingWrites.MESSAGE_OVERHEAD
+    client, _, _ = makeClient(maxMessageSize=100, maxBufferSize=4 * step)
+    assert (client.highWater, client.lowWater) == (2 * step, step)
     producer = Producer()
     client.registerProducer(producer, False)
     assert producer.events == ["resume"]

@@ -202,3 +202,19 @@ PendingWritesMachine.TestCase.settings = settings(
     max_examples=100, stateful_step_count=30, deadline=None
 )
 test_pendingWritesMachine = PendingWritesMachine.TestCase
+
+
+def test_footprintCountsBookkeeping() -> None:
+    """
+    The footprint the buffer cap counts is each payload plus a fixed
+    overhead per message, and it falls back to zero as messages go.
+    """
+    pending = PendingWrites()
+    overhead = PendingWrites.MESSAGE_OVERHEAD
+    for payload in (b"", b"a", b"bb" * 50):
+        pending.append(payload)
+    assert pending.footprint == 101 + 3 * overhead
+    pending.acknowledge(2)
+    assert pending.footprint == 100 + overhead
+    pending.clear()
+    assert pending.footprint == 0

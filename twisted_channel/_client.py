@@ -65,6 +65,7 @@ LOOPBACK = "127.0.0.1"
 
 _HEADER = _wire.HEADER
 _DATA = _wire.DATA
+_OVERHEAD = PendingWrites.MESSAGE_OVERHEAD
 #: Payloads smaller than this are joined to their header in one write.
 _CONCATENATE_BELOW = 4096
 
@@ -558,12 +559,13 @@ class ChannelClientTransport:
         if (
             size > self._writeLimit
             or self.disconnecting
-            or pending.byteCount + size > self.maxBufferSize
+            or pending.footprint + size + _OVERHEAD > self.maxBufferSize
         ):
             self._refuseWrite(size)
         # PendingWrites.append, inlined: this is the hottest line there is.
         pending.messages.append(data)
         pending.byteCount += size
+        pending.footprint += size + _OVERHEAD
         outgoing = self._outgoing
         if outgoing is not None:
             if not outgoing:
@@ -578,7 +580,7 @@ class ChannelClientTransport:
                 outgoing.append(_HEADER.pack(size + 1, _DATA))
                 outgoing.append(data)
                 self._outgoingLarge = True
-        if self._producer is not None and pending.byteCount >= self.highWater:
+        if self._producer is not None and pending.footprint >= self.highWater:
             self._pauseProducer()
 
     def flush(self) -> None:
@@ -638,8 +640,9 @@ class ChannelClientTransport:
             )
         raise ChannelBufferFullError(
             f"channel {self.address.name!r} already holds "
-            f"{self.pending.byteCount} unacknowledged bytes; another "
-            f"{size} would pass maxBufferSize={self.maxBufferSize} "
+            f"{len(self.pending)} unacknowledged messages taking "
+            f"{self.pending.footprint} bytes; another {size} would pass "
+            f"maxBufferSize={self.maxBufferSize} "
             "(register a producer to be paused before this happens)"
         )
 
@@ -706,7 +709,7 @@ class ChannelClientTransport:
         self._producer = producer
         self._streamingProducer = streaming
         self._producerPaused = False
-        if self.pending.byteCount >= self.highWater:
+        if self.pending.footprint >= self.highWater:
             self._pauseProducer()
         elif not streaming:
             producer.resumeProducing()  # type: ignore[attr-defined]
@@ -737,7 +740,7 @@ class ChannelClientTransport:
         if producer is None:
             return
         if self._producerPaused:
-            if self.pending.byteCount <= self.lowWater:
+            if self.pending.footprint <= self.lowWater:
                 self._resumeProducer()
         elif not self._streamingProducer:
             producer.resumeProducing()  # type: ignore[attr-defined]

@@ -18,14 +18,22 @@ class PendingWrites:
     This class does no I/O: the client transport decides when to send.
 
     @ivar byteCount: the total size of the payloads held.
+    @ivar footprint: what holding them costs in memory, as the buffer cap
+        counts it: each payload plus L{MESSAGE_OVERHEAD}.
     @ivar messages: the payloads held, oldest first.  A writer may append
         to it directly, adding to L{byteCount}, as L{append} does.
     """
+
+    #: Bytes of bookkeeping per message held (the bytes object's header and
+    #: its slot in the queue), so that a cap on L{footprint} bounds memory
+    #: for small messages too.
+    MESSAGE_OVERHEAD = 64
 
     def __init__(self) -> None:
         self.messages: deque[bytes] = deque()
         self._firstSequence = 1
         self.byteCount = 0
+        self.footprint = 0
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -52,6 +60,7 @@ class PendingWrites:
         """
         self.messages.append(payload)
         self.byteCount += len(payload)
+        self.footprint += len(payload) + self.MESSAGE_OVERHEAD
         return self._firstSequence + len(self.messages) - 1
 
     def acknowledge(self, sequence: int) -> int:
@@ -77,6 +86,7 @@ class PendingWrites:
         for _ in range(count):
             dropped += len(popleft())
         self.byteCount -= dropped
+        self.footprint -= dropped + count * self.MESSAGE_OVERHEAD
         self._firstSequence += count
         return count
 
@@ -96,4 +106,5 @@ class PendingWrites:
         self.messages.clear()
         self._firstSequence += count
         self.byteCount = 0
+        self.footprint = 0
         return count
