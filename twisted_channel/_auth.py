@@ -30,6 +30,9 @@ from dataclasses import dataclass
 
 from ._directory import UnsafeDirectoryError
 
+#: The address a TCP host listens on, and its clients connect to.
+LOOPBACK = "127.0.0.1"
+
 NONCE_SIZE = 32
 SECRET_SIZE = 32
 PROOF_SIZE = hashlib.sha256().digest_size

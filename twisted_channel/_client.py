@@ -38,6 +38,7 @@ from zope.interface import implementer
 from . import _wire
 from ._address import CLIENT, HOST, ChannelAddress
 from ._auth import (
+    LOOPBACK,
     NONCE_SIZE,
     clientProof,
     hostProof,
@@ -60,8 +61,6 @@ if TYPE_CHECKING:
     from ._host import ChannelPort
 
 _log = Logger()
-
-LOOPBACK = "127.0.0.1"
 
 _HEADER = _wire.HEADER
 _DATA = _wire.DATA

@@ -37,6 +37,7 @@ from zope.interface import implementer
 from . import _wire
 from ._address import HOST, STANDBY, ChannelAddress
 from ._auth import (
+    LOOPBACK,
     NONCE_SIZE,
     PROOF_SIZE,
     PortFile,
@@ -64,9 +65,6 @@ HANDSHAKE_TIMEOUT = 10.0
 #: How many clients a host remembers the delivery progress of, for
 #: recognising resends; the least recently seen disconnected ones go first.
 REMEMBERED_CLIENTS = 65536
-
-#: The loopback address a TCP host listens on.
-LOOPBACK = "127.0.0.1"
 
 #: Failed TCP authentications within AUTH_FAILURE_WINDOW seconds after which
 #: new links are refused until the window has passed.

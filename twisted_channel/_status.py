@@ -22,6 +22,7 @@ from typing import Any
 
 from . import _wire
 from ._auth import (
+    LOOPBACK,
     NONCE_SIZE,
     clientProof,
     hostProof,
@@ -40,7 +41,6 @@ from ._directory import (
 #: Seconds to wait for a host's answer.
 DEFAULT_STATUS_TIMEOUT = 2.0
 
-_LOOPBACK = "127.0.0.1"
 _NOBODY = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK)
 
 
@@ -163,7 +163,7 @@ def _queryTCP(paths: ChannelPaths, timeout: float) -> dict[str, Any] | None:
     try:
         sock.settimeout(timeout)
         try:
-            sock.connect((_LOOPBACK, portFile.port))
+            sock.connect((LOOPBACK, portFile.port))
         except TimeoutError:
             raise StatusError(
                 f"nobody accepted the query on port {portFile.port} within "
