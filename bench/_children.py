@@ -271,7 +271,7 @@ def runSend(reactor: Any, options: argparse.Namespace) -> None:
     """
     Write C{--count} messages, C{--slice} per reactor turn.  The channel's
     sender also respects the client's buffer cap: when one more write would
-    take C{transport.pending.byteCount} past C{transport.maxBufferSize}, it
+    take C{transport.pending.footprint} past C{transport.maxBufferSize}, it
     waits for acknowledgements, looking again every millisecond.
     """
     from twisted.internet.protocol import Factory, Protocol
@@ -289,7 +289,7 @@ def runSend(reactor: Any, options: argparse.Namespace) -> None:
         sent = state["sent"]
         stop = min(sent + step, total)
         while sent < stop:
-            if pending.byteCount + size > cap:
+            if pending.footprint + size + pending.MESSAGE_OVERHEAD > cap:
                 state["sent"] = sent
                 state["waits"] += 1
                 reactor.callLater(0.001, pumpChannel, transport)
@@ -507,6 +507,7 @@ def runBufClient(reactor: Any, options: argparse.Namespace) -> None:
                 "refused": refused,
                 "state": transport.state,
                 "buffered_bytes": transport.pending.byteCount,
+                "footprint_bytes": transport.pending.footprint,
                 "rss0_kib": rss0,
                 "rss1_kib": rss1,
                 "peak_kib": peak,
@@ -897,7 +898,7 @@ def runStream(reactor: Any, options: argparse.Namespace) -> None:
         number = state["next"]
         for _ in range(options.slice):
             message = b"%s:%d" % (tag, number)
-            if pending.byteCount + len(message) > cap:
+            if pending.footprint + len(message) + pending.MESSAGE_OVERHEAD > cap:
                 break
             transport.write(message)
             number += 1

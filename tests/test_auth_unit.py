@@ -270,3 +270,19 @@ def test_tcpIsTheDefaultWithoutUnixSockets() -> None:
         pass
 
     assert ChannelEndpoint(NoUnix(), "jobs").transport == "tcp"
+
+
+def test_handshakeTimeoutOption(channelDirectory: str) -> None:
+    reactor = MemoryReactorClock()
+    endpoint = serverFromString(
+        reactor, f"channel:jobs:dir={channelDirectory}:handshakeTimeout=2.5"
+    )
+    assert endpoint.handshakeTimeout == 2.5
+    assert endpoint._port(AppFactory()).handshakeTimeout == 2.5
+    assert clientFromString(reactor, "channel:jobs").handshakeTimeout == 10.0
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x", "inf", "nan"])
+def test_badHandshakeTimeout(value: str) -> None:
+    with pytest.raises(ValueError, match="handshakeTimeout"):
+        clientFromString(MemoryReactorClock(), f"channel:jobs:handshakeTimeout={value}")

@@ -728,7 +728,7 @@ def test_timeoutWithNoHost() -> None:
     assert reason.value.undelivered == 3
     assert reason.value.name == "jobs"
     assert reason.value.timeout == 5
-    assert "3 written message(s) were not delivered" in str(reason.value)
+    assert "3 written message(s) were not acknowledged" in str(reason.value)
     assert failures[0].check(ChannelClosedError)
     assert client.state == CLOSED
     assert client.factory.stopped == 1

@@ -569,21 +569,14 @@ def test_tricklingPeerIsDroppedAtTheDeadline(
         assertRefused(transport, "no hello within")
 
 
-_PIPELINING_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="the frames read together with the hello are checked against the "
-    "pre-hello limit (4 KiB), not the host's maxMessageSize",
-)
-
-
 @pytest.mark.parametrize(
     "limit, size, accepted",
     [
         (5000, 4096, True),
-        pytest.param(5000, 4097, True, marks=_PIPELINING_BUG),
+        (5000, 4097, True),
         (5000, 5000 + 1, False),
         (1000, 1000, True),
-        pytest.param(1000, 1001, False, marks=_PIPELINING_BUG),
+        (1000, 1001, False),
         (1000, 4097, False),
     ],
 )
@@ -607,11 +600,6 @@ def test_dataPipelinedWithHelloIsJudgedByTheHostLimit(
         assert transport.disconnecting is not accepted, (limit, size, together)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a link refused in the middle of a read is sent the ACK for the "
-    "messages delivered before the fault after its ERROR frame",
-)
 def test_errorIsTheLastFrame(directory: str) -> None:
     """
     The ERROR frame is the last a refused link is sent: the acknowledgement

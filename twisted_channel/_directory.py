@@ -17,8 +17,9 @@ NAME_RULE = (
 )
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
-# sun_path holds 108 bytes on Linux, 104 on the BSDs, including the NUL.
-_MAX_SOCKET_PATH = 107 if os.uname().sysname == "Linux" else 103
+#: The longest path a Unix socket address holds: sun_path is 108 bytes on
+#: Linux and 104 on the BSDs, including the NUL.
+MAX_SOCKET_PATH = 107 if os.uname().sysname == "Linux" else 103
 
 
 class UnsafeDirectoryError(ValueError):
@@ -96,16 +97,16 @@ def channelPaths(name: str, directory: str | None) -> ChannelPaths:
         raise ValueError("channel directory is empty")
     directory = os.path.abspath(directory)
     socketPath = os.path.join(directory, name + ".sock")
-    if len(os.fsencode(socketPath)) > _MAX_SOCKET_PATH:
+    if len(os.fsencode(socketPath)) > MAX_SOCKET_PATH:
         # A long name still gets a socket: its start and a digest of the
         # whole, joined by '~', which no channel name contains.
         digest = hashlib.sha256(name.encode("ascii")).hexdigest()[:20]
         socketPath = os.path.join(directory, f"{name[:24]}~{digest}.sock")
-        if len(os.fsencode(socketPath)) > _MAX_SOCKET_PATH:
+        if len(os.fsencode(socketPath)) > MAX_SOCKET_PATH:
             raise ValueError(
                 f"channel directory {directory!r} is too long: a socket in it "
                 f"would have a path of {len(os.fsencode(socketPath))} bytes, and "
-                f"a Unix socket path holds at most {_MAX_SOCKET_PATH}"
+                f"a Unix socket path holds at most {MAX_SOCKET_PATH}"
             )
     return ChannelPaths(
         directory,

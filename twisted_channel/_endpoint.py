@@ -24,7 +24,7 @@ from zope.interface import implementer
 from ._address import HOST, ChannelAddress
 from ._client import ChannelClientTransport
 from ._directory import channelPaths, checkName, prepareDirectory
-from ._host import ChannelPort
+from ._host import HANDSHAKE_TIMEOUT, ChannelPort
 from ._wire import MAX_FRAME_BODY
 
 #: The default largest message, in bytes.
@@ -116,6 +116,8 @@ class ChannelEndpoint:
         C{"tcp"} (a loopback TCP port named, with a secret both ends prove
         they know, in a port file in the runtime directory); the default is
         C{"unix"} where Unix sockets exist.
+    @param handshakeTimeout: seconds a host gives a new link to prove itself
+        and say hello before dropping it.
     """
 
     def __init__(
@@ -129,8 +131,19 @@ class ChannelEndpoint:
         maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE,
         maxBufferSize: int = DEFAULT_MAX_BUFFER_SIZE,
         transport: str | None = None,
+        handshakeTimeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self._reactor = reactor
+        if (
+            isinstance(handshakeTimeout, bool)
+            or not isinstance(handshakeTimeout, (int, float))
+            or not 0 < handshakeTimeout < float("inf")
+        ):
+            raise ValueError(
+                "handshakeTimeout must be a finite number of seconds above 0, "
+                f"not {handshakeTimeout!r}"
+            )
+        self.handshakeTimeout = float(handshakeTimeout)
         self.transport = (
             defaultTransport(reactor)
             if transport is None
@@ -170,6 +183,7 @@ class ChannelEndpoint:
             self.maxMessageSize,
             maxBufferSize=self.maxBufferSize,
             transport=self.transport,
+            handshakeTimeout=self.handshakeTimeout,
         )
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:

@@ -4,6 +4,7 @@ The listening side of a channel: a candidate that hosts or stands by.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -51,7 +52,15 @@ from ._auth import (
     writePortFile,
 )
 from ._credentials import peerCredentials
-from ._directory import ChannelPaths, checkReplaceableSocket, prepareDirectory
+from ._directory import (
+    MAX_SOCKET_PATH as _MAX_SOCKET_PATH,
+)
+from ._directory import (
+    ChannelPaths,
+    checkReplaceableSocket,
+    prepareDirectory,
+    removeStaleSocket,
+)
 from ._election import HostElection
 from ._interfaces import ChannelBufferFullError
 from ._sockets import bufferedBytes, pushToKernel
@@ -123,6 +132,35 @@ class _PublishedSocket:
     identity: tuple[int, int]
 
 
+def _temporaryPrefix(path: str) -> str:
+    """
+    The prefix of the temporary names a host of the socket at C{path} binds
+    under: a dot, the socket's file name, a tilde.
+    """
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}~")
+
+
+def _removeLeftovers(path: str) -> None:
+    """
+    Remove temporary sockets that hosts of this channel killed between bind
+    and rename left behind.  Called by the lock holder only, so none of
+    them is in use.
+    """
+    directory, _ = os.path.split(path)
+    prefix = os.path.basename(_temporaryPrefix(path))
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                removeStaleSocket(os.path.join(directory, name))
+            except (OSError, ValueError):
+                pass
+
+
 def _listeningUnixSocket(path: str) -> _PublishedSocket:
     """
     A Unix socket listening at C{path}, published there only once it
@@ -130,24 +168,40 @@ def _listeningUnixSocket(path: str) -> _PublishedSocket:
     a client never finds a socket that refuses it, and the rename tells
     watching clients that a host is ready.  The rename also replaces a
     stale socket a dead host left.
+
+    Where that cannot be done (no inode left for the temporary name, or a
+    name too long for a socket address), the dead host's socket is removed
+    and the new one bound in its place directly.
     """
     checkReplaceableSocket(path)
-    directory = os.path.dirname(path)
-    temporary = os.path.join(directory, f".tc-{os.getpid()}-{secrets.token_hex(4)}")
+    _removeLeftovers(path)
+    temporary = f"{_temporaryPrefix(path)}{os.getpid()}-{secrets.token_hex(4)}"
     listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        listening.bind(temporary)
+        try:
+            listening.bind(temporary)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG) and (
+                len(os.fsencode(temporary)) <= _MAX_SOCKET_PATH
+            ):
+                raise
+            # Free the dead host's inode (or its name) and bind there.
+            removeStaleSocket(path)
+            listening.bind(path)
+            temporary = path
         os.chmod(temporary, 0o600)
         listening.listen(128)
         listening.setblocking(False)
-        os.rename(temporary, path)
+        if temporary != path:
+            os.rename(temporary, path)
         info = os.lstat(path)
     except BaseException:
         listening.close()
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
+        if temporary != path:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
         raise
     return _PublishedSocket(listening, (info.st_dev, info.st_ino))
 
@@ -286,6 +340,7 @@ class _HostLink(Protocol):
         self._lost = False
         self._inBatch = False
         self._closeAfterBatch: bool | None = None
+        self._refusalAfterBatch: str | None = None
         self._keepAlive: LoopingCall | None = None
         self._hostNonce: bytes | None = None
 
@@ -386,6 +441,14 @@ class _HostLink(Protocol):
             peerUid=self.peerAddress.uid,
             reason=reason,
         )
+        if self._inBatch:
+            # After the acknowledgement of what was delivered before the
+            # fault: the ERROR is the last frame the client reads.
+            self._refusalAfterBatch = reason
+            return
+        self._sendRefusal(reason)
+
+    def _sendRefusal(self, reason: str) -> None:
         assert self.transport is not None
         self.transport.write(_wire.encodeError(reason))
         self.transport.loseConnection()
@@ -393,27 +456,29 @@ class _HostLink(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        application = self.application
+        decoder = self._decoder
         try:
-            frames = self._decoder.feed(data)
+            if application is None:
+                # One frame at a time until the handshake is done: what
+                # follows the hello is judged by the limit the hello sets.
+                frames = decoder.feed(data, 1)
+                while application is None:
+                    if not frames:
+                        return
+                    kind, body = frames[0]
+                    if self._hostNonce is not None:
+                        if not self._authenticate(kind, body):
+                            return
+                    elif not self._handshake(kind, body):
+                        return
+                    application = self.application
+                    frames = decoder.feed(b"", 1 if application is None else None)
+            else:
+                frames = decoder.feed(data)
         except _wire.ProtocolError as e:
             self.refuse(str(e))
             return
-        application = self.application
-        if application is None:
-            index = 0
-            while application is None and index < len(frames):
-                kind, body = frames[index]
-                index += 1
-                if self._hostNonce is not None:
-                    if not self._authenticate(kind, body):
-                        return
-                    continue
-                if not self._handshake(kind, body):
-                    return
-                application = self.application
-            if application is None:
-                return
-            frames = frames[index:]
         delivered = 0
         payloadBytes = 0
         self._inBatch = True
@@ -451,8 +516,11 @@ class _HostLink(Protocol):
             term.remember(self.clientId, self._sequence)  # type: ignore[arg-type]
             if self.transport is not None:
                 self.transport.write(_wire.encodeAck(self._sequence))
+        refusal, self._refusalAfterBatch = self._refusalAfterBatch, None
         abort, self._closeAfterBatch = self._closeAfterBatch, None
-        if abort is not None:
+        if refusal is not None:
+            self._sendRefusal(refusal)
+        elif abort is not None:
             # After the acknowledgement, so that the client knows what was
             # delivered before the goodbye.
             self._sayGoodbye(abort)

@@ -37,7 +37,10 @@ class ChannelUnreachableError(ConnectionLost):
     No host could be reached for the endpoint's C{timeout}, so the logical
     connection was given up.
 
-    @ivar undelivered: how many written messages no host acknowledged.
+    @ivar undelivered: how many written messages no host acknowledged.  If
+        the host was frozen rather than dead, some of them may still be
+        delivered when it thaws (they waited in its socket); a dead host
+        took none of them.
     """
 
     def __init__(self, name: str, timeout: float, undelivered: int) -> None:
@@ -46,7 +49,7 @@ class ChannelUnreachableError(ConnectionLost):
         self.undelivered = undelivered
         super().__init__(
             f"no host of channel {name!r} could be reached for {timeout:g} "
-            f"seconds; {undelivered} written message(s) were not delivered"
+            f"seconds; {undelivered} written message(s) were not acknowledged"
         )
 
     def __str__(self) -> str:

@@ -25,6 +25,7 @@ OPTIONS = {
     "maxMessageSize": "maxMessageSize",
     "maxBufferSize": "maxBufferSize",
     "transport": "transport",
+    "handshakeTimeout": "handshakeTimeout",
 }
 
 _SIZE = re.compile(r"([0-9]+)([KMG]i?B?)?", re.IGNORECASE)
@@ -57,7 +58,7 @@ def parseSize(option: str, text: str) -> int:
     return int(digits) * _UNITS[(unit or "")[:1].lower()]
 
 
-def parseTimeout(text: str) -> float:
+def parseTimeout(text: str, option: str = "timeout") -> float:
     """
     Seconds, as a decimal number.
 
@@ -66,8 +67,9 @@ def parseTimeout(text: str) -> float:
     try:
         return float(text)
     except ValueError:
+        meaning = " (0 waits for ever)" if option == "timeout" else ""
         raise ValueError(
-            f"timeout={text!r} is not a number of seconds (0 waits for ever)"
+            f"{option}={text!r} is not a number of seconds{meaning}"
         ) from None
 
 
@@ -101,6 +103,8 @@ def endpointArguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str
             result["directory"] = value
         elif key == "timeout":
             result["timeout"] = parseTimeout(value)
+        elif key == "handshakeTimeout":
+            result["handshakeTimeout"] = parseTimeout(value, key)
         elif key == "transport":
             if value not in ("unix", "tcp"):
                 raise ValueError(

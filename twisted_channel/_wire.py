@@ -280,10 +280,17 @@ class FrameDecoder:
         """
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def feed(
+        self, data: bytes, maxFrames: int | None = None
+    ) -> list[tuple[int, bytes]]:
         """
         Add bytes read from the link and return every frame they complete, in
         order, as C{(kind, body)} pairs.
+
+        @param maxFrames: return at most this many, keeping the rest
+            buffered (call again, with C{b""}, for them): a handshake takes
+            one frame at a time, so that each is judged by the limit in
+            force once the frames before it are handled.
 
         @raise ProtocolError: on an unknown kind or a frame over its limit.
             The decoder is then unusable: the link must be closed.
@@ -302,7 +309,8 @@ class FrameDecoder:
         maxData = self.maxMessageSize + 1
         offset = 0
         end = len(source)
-        while end - offset >= 5:
+        room = -1 if maxFrames is None else maxFrames
+        while end - offset >= 5 and room != 0:
             length, kind = unpack(source, offset)
             if length == 0:
                 raise ProtocolError("frame length of 0 leaves no room for its kind")
@@ -324,6 +332,7 @@ class FrameDecoder:
                 break
             append((kind, bytes(source[offset + 5 : stop])))
             offset = stop
+            room -= 1
         if source is buffer:
             del buffer[:offset]
         elif offset < end:
