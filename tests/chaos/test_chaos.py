@@ -97,16 +97,12 @@ def test_diskFull(reactorName: str) -> None:
     """
     A full filesystem (no byte, no inode left) when the host is killed:
     nothing is lost, and a standby hosts once it can publish its socket.
-    It should be at once: the lock holder may remove the dead host's
-    socket, freeing the inode its own needs.
+    It is at once: the lock holder removes the dead host's socket, freeing
+    the inode its own needs.
     """
     _needMounts()
-    result = _scenarios.diskFull(reactorName)
-    if not result.figures["failover_while_full"]:
-        pytest.xfail(
-            "no failover until an inode is freed: a new host binds its socket "
-            "under a temporary name before it renames it over the dead host's"
-        )
+    result = _scenarios.diskFull(reactorName, mustFailOver=True)
+    assert result.figures["failover_while_full"]
 
 
 def test_readOnlyDirectory(reactorName: str) -> None:
