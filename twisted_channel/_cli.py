@@ -91,6 +91,24 @@ def _rate(text: str) -> float:
     return value
 
 
+def _addBusOptions(parser: argparse.ArgumentParser) -> None:
+    """
+    The options every bus command takes: the transport, and whether to
+    stand as a host.
+    """
+    parser.add_argument(
+        "--transport",
+        choices=["unix", "tcp"],
+        help="the channel's transport (default: unix where Unix sockets exist)",
+    )
+    parser.add_argument(
+        "--no-candidate",
+        dest="candidate",
+        action="store_false",
+        help="do not stand as a host: some other process must host the bus",
+    )
+
+
 def _addDirectory(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dir",
@@ -219,17 +237,7 @@ def buildParser() -> argparse.ArgumentParser:
         metavar="N",
         help="exit after N messages",
     )
-    listen.add_argument(
-        "--transport",
-        choices=["unix", "tcp"],
-        help="the channel's transport (default: unix where Unix sockets exist)",
-    )
-    listen.add_argument(
-        "--no-candidate",
-        dest="candidate",
-        action="store_false",
-        help="do not stand as a host: some other process must host the bus",
-    )
+    _addBusOptions(listen)
     listen.add_argument(
         "--quiet", action="store_true", help="say nothing on standard error"
     )
@@ -249,17 +257,7 @@ def buildParser() -> argparse.ArgumentParser:
     send.add_argument("name", metavar="NAME", type=_channelName)
     send.add_argument("messages", metavar="MESSAGE", nargs="*")
     _addDirectory(send)
-    send.add_argument(
-        "--transport",
-        choices=["unix", "tcp"],
-        help="the channel's transport (default: unix where Unix sockets exist)",
-    )
-    send.add_argument(
-        "--no-candidate",
-        dest="candidate",
-        action="store_false",
-        help="do not stand as a host: some other process must host the bus",
-    )
+    _addBusOptions(send)
     send.add_argument(
         "--timeout",
         type=float,
