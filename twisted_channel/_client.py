@@ -439,7 +439,7 @@ class _ClientLink(Protocol):
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
-        self._connection.linkLost(self, reason, self._welcomed)
+        self._connection.linkLost(self, reason)
 
 
 @implementer(ITransport, IConsumer, IPushProducer)
@@ -1043,7 +1043,7 @@ class ChannelClientTransport:
             reason = error.ConnectionDone("the host closed the connection")
         self._finish(Failure(reason))
 
-    def linkLost(self, link: _ClientLink, reason: Failure, welcomed: bool) -> None:
+    def linkLost(self, link: _ClientLink, reason: Failure) -> None:
         """
         Called by a link when it closes: find the host again.
         """

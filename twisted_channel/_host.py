@@ -109,17 +109,25 @@ class _HostSocketPort(unix.Port):
         self._identity = (info.st_dev, info.st_ino)
 
     def connectionLost(self, reason: Failure) -> None:
-        try:
-            info = os.lstat(self._bindPath)
-        except OSError:
-            pass
-        else:
-            if (info.st_dev, info.st_ino) == self._identity:
-                try:
-                    os.unlink(self._bindPath)
-                except FileNotFoundError:
-                    pass
+        if self._identity is not None:
+            _unlinkIfSame(self._bindPath, self._identity)
         tcp.Port.connectionLost(self, reason)
+
+
+def _unlinkIfSame(path: str | bytes, identity: tuple[int, int]) -> None:
+    """
+    Remove the file at C{path} if it is still the one with C{identity}
+    (device, inode): a host never removes a socket it did not make.
+    """
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return
+    if (info.st_dev, info.st_ino) == identity:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 @dataclass(frozen=True)
@@ -211,16 +219,7 @@ def _withdrawUnixSocket(published: _PublishedSocket, path: str) -> None:
     Close a socket made by L{_listeningUnixSocket} and remove its file, if
     the file at C{path} is still that socket.
     """
-    try:
-        info = os.lstat(path)
-    except OSError:
-        pass
-    else:
-        if (info.st_dev, info.st_ino) == published.identity:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+    _unlinkIfSame(path, published.identity)
     published.listening.close()
 
 
