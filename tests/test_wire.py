@@ -117,7 +117,7 @@ def test_frameHeaderMatchesEncodeFrame(payloads: list[bytes]) -> None:
     clientId=st.binary(min_size=16, max_size=16),
     pid=U32,
     maxMessageSize=U32,
-    firstSequence=U64,
+    firstSequence=st.integers(min_value=1, max_value=_wire.MAX_SEQUENCE),
     flags=U8,
 )
 def test_helloRoundTrip(
@@ -478,3 +478,14 @@ def test_randomControlBodies(body: bytes) -> None:
             decode(body)
         except ProtocolError as e:
             assert str(e)
+
+
+@pytest.mark.parametrize("first", [0, _wire.MAX_SEQUENCE + 1, 2**64 - 1])
+def test_helloSequenceOutOfRange(first: int) -> None:
+    """
+    A hello whose first sequence number is 0 or near the end of a u64 is
+    refused: a host acknowledging from there would overflow.
+    """
+    body = _wire.encodeHello(_wire.Hello(b"c" * 16, 1, 1000, first))[5:]
+    with pytest.raises(_wire.ProtocolError, match="first sequence number"):
+        _wire.decodeHello(body)

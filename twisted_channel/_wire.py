@@ -71,6 +71,10 @@ KNOWN_KINDS: Final = frozenset(
 #: yet identified itself can make us buffer.
 MAX_CONTROL_BODY: Final = 4096
 
+#: The largest first sequence number a hello may name: far beyond what a
+#: client can write, and far from the u64 an acknowledgement carries.
+MAX_SEQUENCE: Final = 2**62
+
 #: The largest body a u32 length can describe.
 MAX_FRAME_BODY: Final = 0xFFFFFFFF - 1
 
@@ -231,6 +235,12 @@ def decodeHello(body: bytes) -> Hello:
         )
     magic, version, flags, clientId, pid, maxMessageSize, first = _HELLO.unpack(body)
     _checkMagic(magic, version, "hello")
+    if not 1 <= first <= MAX_SEQUENCE:
+        # A host counts on from here; it must not run off the end of an
+        # acknowledgement's u64.
+        raise ProtocolError(
+            f"hello's first sequence number {first} is not from 1 to {MAX_SEQUENCE}"
+        )
     return Hello(clientId, pid, maxMessageSize, first, flags, version)
 
 
