@@ -6,7 +6,8 @@ Run as ``python channel_worker.py MODE --dir D --name N ...``; it reports on
 stdout, one line per event, flushed at once:
 
 - ``ROLE host`` / ``ROLE standby`` when the candidate's role changes;
-- ``LINK <host pid>`` each time a client's link comes up;
+- ``LINK <host pid>`` each time a client's link comes up, ``UNLINK <reason
+  class>`` each time it goes;
 - ``SENT <count>`` once a client has written everything;
 - ``CLOSED <reason class> <undelivered>`` when a client's connection ends.
 
@@ -77,7 +78,7 @@ class StreamingClient(Protocol):
         say(f"LINK {host.pid}")
 
     def linkLost(self, reason: Failure) -> None:
-        say("UNLINK")
+        say(f"UNLINK {type(reason.value).__name__}")
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         undelivered = getattr(reason.value, "undelivered", 0)
@@ -90,6 +91,9 @@ def runCandidate(options: argparse.Namespace) -> None:
 
     from twisted_channel import ChannelEndpoint
 
+    # Memory the kernel must free when this process dies, before it closes
+    # its sockets.
+    ballast = bytearray(options.ballast * 1024 * 1024)
     RecordingServer.recordDescriptor = os.open(
         options.record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
     )
@@ -122,6 +126,7 @@ def runCandidate(options: argparse.Namespace) -> None:
     endpoint.listen(factory).addCallbacks(listened, failed)
     stdio.StandardIO(Commands())
     reactor.run()  # type: ignore[attr-defined]
+    del ballast
 
 
 def runClient(options: argparse.Namespace) -> None:
@@ -161,6 +166,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.001)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--stay", action="store_true")
+    parser.add_argument("--ballast", type=int, default=0, help="MiB a candidate holds")
     parser.add_argument("--reactor", choices=["default", "asyncio"], default="default")
     parser.add_argument("--transport", choices=["unix", "tcp"], default="unix")
     options = parser.parse_args()

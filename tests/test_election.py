@@ -1,18 +1,43 @@
 """
-The lock election in one process: two elections exclude each other (flock
-belongs to the open file description), a waiting standby wins the moment
-the holder lets go, and its early work is handed over or undone.
+The lock election: two elections exclude each other (also in one process),
+a waiting standby wins the moment the holder lets go or dies, its early work
+is handed over or undone, and the lock file records who hosts and whether
+the previous host died.  Each test runs with the robust mutex (where the
+platform has one) and with flock.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
-from twisted_channel._election import HostElection
+from twisted_channel._directory import UnsafeDirectoryError
+from twisted_channel._election import ROBUST_MUTEX, HostElection, readLockRecord
+
+pytestmark = pytest.mark.timeout(60)
+
+KINDS = [
+    pytest.param(
+        True,
+        id="robust-mutex",
+        marks=pytest.mark.skipif(
+            not ROBUST_MUTEX, reason="no robust process-shared mutexes here"
+        ),
+    ),
+    pytest.param(False, id="flock"),
+]
+
+
+@pytest.fixture(params=KINDS)
+def robust(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
 
 
 def lockPath(directory: str) -> str:
@@ -20,7 +45,9 @@ def lockPath(directory: str) -> str:
 
 
 @pytest_twisted.ensureDeferred
-async def test_standbyWinsWhenHolderReleases(channelDirectory: str) -> None:
+async def test_standbyWinsWhenHolderReleases(
+    channelDirectory: str, robust: bool
+) -> None:
     from twisted.internet import reactor
 
     won: Deferred[object] = Deferred()
@@ -30,18 +57,24 @@ async def test_standbyWinsWhenHolderReleases(channelDirectory: str) -> None:
         preparedOn.append(threading.current_thread().name)
         return "bound early"
 
-    holder = HostElection(reactor, lockPath(channelDirectory), lambda p: None)
-    standby = HostElection(
-        reactor, lockPath(channelDirectory), won.callback, prepare=prepare
-    )
+    path = lockPath(channelDirectory)
+    holder = HostElection(reactor, path, lambda p: None, robust=robust)
+    standby = HostElection(reactor, path, won.callback, prepare=prepare, robust=robust)
     assert holder.tryNow()
+    assert holder.term == 1
+    assert readLockRecord(path) == (1, os.getpid(), 0)
     assert not standby.tryNow()
     standby.waitInBackground()
     assert standby.waiting
     holder.release()
+    assert holder.term is None
     result = await won.addTimeout(5, reactor)
     assert result == "bound early"
     assert standby.holding
+    assert not standby.waiting
+    assert standby.term == 2
+    # A release is not a death: the new term names no dead predecessor.
+    assert readLockRecord(path) == (2, os.getpid(), 0)
     assert preparedOn and preparedOn[0].startswith("twisted-channel election")
     assert not holder.tryNow()
     standby.release()
@@ -50,18 +83,20 @@ async def test_standbyWinsWhenHolderReleases(channelDirectory: str) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_cancelledWaitGivesBack(channelDirectory: str) -> None:
+async def test_cancelledWaitGivesBack(channelDirectory: str, robust: bool) -> None:
     from twisted.internet import reactor, task
 
     discarded: list[object] = []
     elected: list[object] = []
-    holder = HostElection(reactor, lockPath(channelDirectory), lambda p: None)
+    path = lockPath(channelDirectory)
+    holder = HostElection(reactor, path, lambda p: None, robust=robust)
     standby = HostElection(
         reactor,
-        lockPath(channelDirectory),
+        path,
         elected.append,
         prepare=lambda: "made",
         discard=discarded.append,
+        robust=robust,
     )
     assert holder.tryNow()
     standby.waitInBackground()
@@ -78,7 +113,7 @@ async def test_cancelledWaitGivesBack(channelDirectory: str) -> None:
     holder.release()
 
 
-def test_prepareErrorIsHandedOver(channelDirectory: str) -> None:
+def test_prepareErrorIsHandedOver(channelDirectory: str, robust: bool) -> None:
     """
     What prepare raises reaches onElected instead of being lost on the
     thread (checked without a reactor: _won is called directly).
@@ -92,9 +127,10 @@ def test_prepareErrorIsHandedOver(channelDirectory: str) -> None:
     def failing() -> object:
         raise OSError("no room")
 
-    holder = HostElection(Reactor(), lockPath(channelDirectory), lambda p: None)
+    path = lockPath(channelDirectory)
+    holder = HostElection(Reactor(), path, lambda p: None, robust=robust)
     standby = HostElection(
-        Reactor(), lockPath(channelDirectory), received.append, prepare=failing
+        Reactor(), path, received.append, prepare=failing, robust=robust
     )
     assert holder.tryNow()
     standby.waitInBackground()
@@ -106,3 +142,127 @@ def test_prepareErrorIsHandedOver(channelDirectory: str) -> None:
     [error] = received
     assert isinstance(error, OSError)
     standby.release()
+    assert holder.tryNow()
+    holder.release()
+
+
+#: A process that takes the lock, says so, and waits to be killed.
+HOLDER = """
+import sys, time
+from twisted_channel._election import HostElection
+class Reactor:
+    def callFromThread(self, f, *args):
+        f(*args)
+election = HostElection(Reactor(), sys.argv[1], print, robust=sys.argv[2] == "1")
+print("held" if election.tryNow() else "refused", flush=True)
+time.sleep(60)
+"""
+
+
+def test_standbyWinsWhenHolderIsKilled(channelDirectory: str, robust: bool) -> None:
+    """
+    A real process holding the lock is SIGKILLed: the standby here wins,
+    and (with the robust mutex, which tells a death from a release) the
+    record names the dead host.
+    """
+    path = lockPath(channelDirectory)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, path, "1" if robust else "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        assert readLockRecord(path) == (1, holder.pid, 0)
+        won = threading.Event()
+
+        class Reactor:
+            def callFromThread(self, f: object, *args: object) -> None:
+                f(*args)  # type: ignore[operator]
+                won.set()
+
+        standby = HostElection(Reactor(), path, lambda p: None, robust=robust)
+        assert not standby.tryNow()
+        standby.waitInBackground()
+        os.kill(holder.pid, signal.SIGKILL)
+        assert won.wait(10)
+        assert standby.holding
+        record = readLockRecord(path)
+        assert record is not None
+        assert (record.term, record.hostPid) == (2, os.getpid())
+        assert record.diedPid == (holder.pid if robust else 0)
+        standby.release()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait(10)
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+def test_twoHoldersInOneProcessExclude(channelDirectory: str, robust: bool) -> None:
+    """
+    Two elections in one process, driven from one thread, exclude each
+    other: each lock is held by a thread of its own.
+    """
+    path = lockPath(channelDirectory)
+    first = HostElection(object(), path, lambda p: None, robust=robust)  # type: ignore[arg-type]
+    second = HostElection(object(), path, lambda p: None, robust=robust)  # type: ignore[arg-type]
+    assert first.tryNow()
+    assert first.tryNow()
+    assert not second.tryNow()
+    first.release()
+    first.release()
+    assert second.tryNow()
+    second.release()
+
+
+@pytest.mark.skipif(not ROBUST_MUTEX, reason="no robust process-shared mutexes here")
+@pytest.mark.parametrize(
+    "content, what",
+    [
+        (b"#!/bin/sh\nrm -rf /\n", "not a twisted-channel lock file"),
+        (b"twchlck1" + b"\0" * 100, "truncated to 108 bytes"),
+    ],
+)
+def test_foreignLockFileIsRefused(
+    channelDirectory: str, content: bytes, what: str
+) -> None:
+    """
+    A lock file that is not one of ours, or was cut short, is refused with
+    an error naming it, and left as it is.
+    """
+    path = lockPath(channelDirectory)
+    with open(path, "wb") as f:
+        f.write(content)
+    election = HostElection(object(), path, lambda p: None)  # type: ignore[arg-type]
+    with pytest.raises(UnsafeDirectoryError, match=what) as caught:
+        election.tryNow()
+    assert path in str(caught.value)
+    with pytest.raises(UnsafeDirectoryError, match=what):
+        election.waitInBackground()
+    assert not election.waiting
+    with open(path, "rb") as f:
+        assert f.read() == content
+
+
+def test_emptyLockFileIsMadeOne(channelDirectory: str) -> None:
+    """
+    An empty file (left by an interrupted first opener, or by an earlier
+    version, which used flock alone) becomes a lock file.
+    """
+    path = lockPath(channelDirectory)
+    open(path, "wb").close()
+    assert readLockRecord(path) is None
+    election = HostElection(object(), path, lambda p: None)  # type: ignore[arg-type]
+    assert election.tryNow()
+    assert readLockRecord(path) == (1, os.getpid(), 0)
+    election.release()
+
+
+def test_unreadableRecordIsNone(channelDirectory: str) -> None:
+    path = lockPath(channelDirectory)
+    assert readLockRecord(path) is None
+    os.symlink("/etc/passwd", path)
+    assert readLockRecord(path) is None

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from twisted_channel._election import ROBUST_MUTEX
 from twisted_channel._wire import CHALLENGE, ERROR, FrameDecoder
 
 from .processes import Child, Children, readRecords
@@ -160,10 +161,45 @@ def test_hostKilledWhileTwoClientsStream(
     for client in clients:
         client.waitFor(lambda line: line.startswith("CLOSED"), 60)
         assert client.collect()[-1] == "CLOSED ConnectionDone 0"
-        assert "UNLINK" in client.collect()
+        assert any(line.startswith("UNLINK ") for line in client.collect())
     records = readRecords(record)
     assertDeliveredInOrder(records, {"a": 10000, "b": 10000})
     assert {pid for pid, _, _ in records} == {first[0].pid, hostOf(survivors)[0].pid}
+
+
+@pytest.mark.skipif(
+    not ROBUST_MUTEX,
+    reason="with flock a standby wins only once the dead host's memory is freed",
+)
+def test_clientLeavesDeadHostBeforeTheKernelClosesItsLink(
+    children: Children, channelDirectory: str
+) -> None:
+    """
+    A host holding 600 MiB is SIGKILLed.  The kernel frees that memory
+    before it closes the dead host's sockets; meanwhile a standby has taken
+    over, and the streaming client leaves its link to the dead host for the
+    new one at once (its link ends with ConnectionAborted, its own doing,
+    not with the kernel's close).  Nothing is lost.
+    """
+    record = os.path.join(channelDirectory, "record")
+    heavy = children.worker(
+        "candidate", "heavy", "--record", record, "--ballast", "600"
+    )
+    heavy.waitFor(lambda line: line == "ROLE host", 60)
+    standby = children.candidate("heavy", record)
+    standby.waitFor(lambda line: line == "ROLE standby")
+    client = children.client("heavy", "h", 3000, "--slice", "10", "--interval", "0.002")
+    client.waitFor(lambda line: line == f"LINK {heavy.pid}")
+    waitUntil(lambda: len(readRecords(record)) > 300, 30, "300 messages")
+    heavy.kill()
+    standby.waitFor(lambda line: line == "ROLE host")
+    heavy.wait()
+    client.waitFor(lambda line: line.startswith("CLOSED"), 60)
+    assert client.collect()[-1] == "CLOSED ConnectionDone 0"
+    unlinks = [line for line in client.collect() if line.startswith("UNLINK ")]
+    assert unlinks == ["UNLINK ConnectionAborted"]
+    assert f"LINK {standby.pid}" in client.collect()
+    assertDeliveredInOrder(readRecords(record), {"h": 3000})
 
 
 def test_staleSocketOfKilledHostDoesNotBlock(
@@ -317,7 +353,7 @@ def test_frozenHostIsGivenUpOnWithCount(
         closed = streaming.waitFor(lambda line: line.startswith("CLOSED"), 20)
         assert closed.startswith("CLOSED ChannelUnreachableError ")
         assert int(closed.split()[-1]) > 0
-        assert "UNLINK" in streaming.collect()
+        assert any(line.startswith("UNLINK ") for line in streaming.collect())
         assert standby.role() == "standby"
     finally:
         host.kill(signal.SIGCONT)
@@ -411,6 +447,6 @@ def test_hostPublishesAgainWhenItsFileIsDeleted(
     assert newcomer.collect()[-1] == "CLOSED ConnectionDone 0"
     streaming.waitFor(lambda line: line.startswith("CLOSED"), 60)
     assert streaming.collect()[-1] == "CLOSED ConnectionDone 0"
-    assert "UNLINK" not in streaming.collect()
+    assert not any(line.startswith("UNLINK ") for line in streaming.collect())
     assertDeliveredInOrder(readRecords(record), {"s": 1500, "n": 20})
     assert {pid for pid, _, _ in readRecords(record)} == {host.pid}

@@ -47,6 +47,7 @@ from ._auth import (
     readPortFile,
 )
 from ._credentials import peerCredentials
+from ._election import readLockRecord
 from ._interfaces import (
     ChannelBufferFullError,
     ChannelClosedError,
@@ -471,7 +472,13 @@ class ChannelClientTransport:
         maxBufferSize: int,
         candidate: ChannelPort | None = None,
         transport: str = "unix",
+        lockPath: str | None = None,
     ) -> None:
+        """
+        @param lockPath: the channel's lock file, whose record tells a
+            linked client that its host died before the kernel closes the
+            link (see L{_hostAppeared}); without it, the close is awaited.
+        """
         self.reactor = reactor
         self.address = address
         self.protocol = protocol
@@ -481,6 +488,7 @@ class ChannelClientTransport:
         self.maxBufferSize = maxBufferSize
         self.candidate = candidate
         self.transportKind = transport
+        self._lockPath = lockPath
         #: The secret from the port file read for the current attempt.
         self.linkSecret: bytes | None = None
         self.clientId = os.urandom(16)
@@ -908,7 +916,8 @@ class ChannelClientTransport:
         self.state = CONNECTED
         self._hostAddress = link.hostAddress
         self._hostsSeen += 1
-        self._stopWatchingForHost()
+        if self._lockPath is None:
+            self._stopWatchingForHost()
         self._linkUpAt = self.reactor.seconds()
         self._ackedOnLink = False
         self._writeLimit = min(self.maxMessageSize, welcome.maxMessageSize)
@@ -986,7 +995,14 @@ class ChannelClientTransport:
         """
         A host just published its socket or port file: connect now rather
         than at the next retry.
+
+        Linked to a host that has just died, leave it now: the kernel
+        closes a dead process's sockets only after it has freed its memory,
+        milliseconds after a standby took over.
         """
+        if self.state == CONNECTED:
+            self._leaveIfSucceeded()
+            return
         if self.state != CONNECTING:
             return
         if self._connector.attempting:
@@ -1000,6 +1016,32 @@ class ChannelClientTransport:
             retry.cancel()
             strategy._callID = None
         self._connector.connect()
+
+    def _leaveIfSucceeded(self) -> None:
+        link = self.link
+        if link is None or self._lockPath is None:
+            return
+        record = readLockRecord(self._lockPath)
+        hostPid = link.hostAddress.pid
+        # Only a host that died: one that handed over gracefully still sends
+        # its last acknowledgements, and leaving early would resend those
+        # messages.
+        if (
+            record is None
+            or hostPid is None
+            or record.diedPid != hostPid
+            or record.hostPid == hostPid
+        ):
+            return
+        _log.info(
+            "channel {channel}: host pid {hostPid} died and pid {newPid} took "
+            "over; moving there",
+            channel=self.address.name,
+            hostPid=hostPid,
+            newPid=record.hostPid,
+            role=CLIENT,
+        )
+        link.abort()
 
     def hostAppearedMeanwhile(self) -> bool:
         """

@@ -235,6 +235,7 @@ class ChannelEndpoint:
             self.maxBufferSize,
             candidate,
             transport=self.transport,
+            lockPath=self.paths.lock,
         )
         protocol.makeConnection(transport)
         transport.startConnecting()
