@@ -218,7 +218,11 @@ def test_clientAnswersChallengeAndChecksHost() -> None:
     link.dataReceived(
         _wire.encodeFrame(_wire.AUTH_OK, hostProof(SECRET, clientNonce, hostNonce))
     )
-    assert [kind for kind, _ in frames(transport)] == [_wire.HELLO]
+    # Authenticated: the hello, and (eagerly) the message queued before.
+    sent = frames(transport)
+    assert [kind for kind, _ in sent] == [_wire.HELLO, _wire.DATA]
+    assert _wire.decodeHello(sent[0][1]).flags & _wire.FLAG_EAGER
+    assert sent[1][1] == b"queued"
 
 
 def test_clientRefusesHostWithoutSecret() -> None:

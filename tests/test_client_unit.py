@@ -33,6 +33,7 @@ from twisted_channel._client import (
     CLOSED,
     CONNECTED,
     CONNECTING,
+    EAGER_ASSUMED_LIMIT,
     LINK_HANDSHAKE_TIMEOUT,
     _ClientLink,
 )
@@ -235,10 +236,12 @@ def test_hello() -> None:
     client.write(b"b")
     client.pending.acknowledge(1)
     link, transport = openLink(client)
-    [(kind, body)] = sent(transport)
+    [(kind, body), message] = sent(transport)
     assert kind == _wire.HELLO
     hello = _wire.decodeHello(body)
-    assert hello == _wire.Hello(client.clientId, os.getpid(), 777, 2)
+    assert hello == _wire.Hello(client.clientId, os.getpid(), 777, 2, _wire.FLAG_EAGER)
+    # Eager: what it holds goes with the hello.
+    assert message == (_wire.DATA, b"b")
     assert len(client.clientId) == 16
     assert client.state == CONNECTING
 
@@ -279,21 +282,104 @@ def test_hostOfAnotherUserRefused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_writesBeforeLinkBufferedThenSentInOneWrite() -> None:
     """
-    Writes made while no host is reachable are held, then sent in order in
-    a single C{writeSequence} once a host welcomes a link.
+    Writes made while no host is reachable are held, then sent in order
+    with the hello of the next link, in a single C{writeSequence}, without
+    waiting for the welcome; the welcome sends nothing more.
     """
     client, _, _ = makeClient()
     for payload in (b"one", b"two", b"three"):
         client.write(payload)
     assert len(client.pending) == 3
     link, transport = openLink(client)
-    transport.clear()
-    welcome(link)
     assert len(transport.sequences) == 1
-    assert sentData(transport) == [b"one", b"two", b"three"]
+    frames = sent(transport)
+    assert frames[0][0] == _wire.HELLO
+    assert frames[1:] == [(_wire.DATA, p) for p in (b"one", b"two", b"three")]
+    transport.sequences.clear()
+    welcome(link)
+    assert transport.value() == b""
     assert client.state == CONNECTED
     assert client.link is link
     assert len(client.pending) == 3
+
+
+def test_writesBetweenHelloAndWelcomeFollowTheEagerOnes() -> None:
+    """
+    Messages written after an eager hello, before its welcome, are sent on
+    the welcome, after those that went with the hello.
+    """
+    client, _, _ = makeClient()
+    client.write(b"one")
+    link, transport = openLink(client)
+    transport.clear()
+    client.write(b"two")
+    client.write(b"three")
+    welcome(link)
+    assert sentData(transport) == [b"two", b"three"]
+    assert len(client.pending) == 3
+
+
+def test_notEagerWhenAMessageMayBeOverTheHostsLimit() -> None:
+    """
+    A held message larger than a host is assumed to take (before any
+    welcome: EAGER_ASSUMED_LIMIT) makes the hello wait for the welcome,
+    which names the host's limit; then the rest is sent.
+    """
+    large = b"x" * (EAGER_ASSUMED_LIMIT + 1)
+    client, _, _ = makeClient(
+        maxMessageSize=EAGER_ASSUMED_LIMIT * 2, maxBufferSize=EAGER_ASSUMED_LIMIT * 4
+    )
+    client.write(b"small")
+    client.write(large)
+    link, transport = openLink(client)
+    [(kind, body)] = sent(transport)
+    assert kind == _wire.HELLO
+    assert not _wire.decodeHello(body).flags & _wire.FLAG_EAGER
+    link.dataReceived(
+        _wire.encodeWelcome(_wire.Welcome(0, HOST_PID, EAGER_ASSUMED_LIMIT * 2))
+    )
+    assert sentData(transport) == [b"small", large]
+    # That host takes larger messages: the next hello is eager again.
+    loseLink(link)
+    second, secondTransport = openLink(client)
+    frames = sent(secondTransport)
+    assert _wire.decodeHello(frames[0][1]).flags & _wire.FLAG_EAGER
+    assert frames[1:] == [(_wire.DATA, b"small"), (_wire.DATA, large)]
+
+
+def test_eagerLinkRefusedThenNextWaitsForWelcome() -> None:
+    """
+    A host that refuses an eager link (a message over its limit, say) makes
+    the next link wait for the welcome, which says what the host takes.
+    """
+    client, protocol, _ = makeClient()
+    client.write(b"m1")
+    link, transport = openLink(client)
+    transport.clear()
+    link.dataReceived(_wire.encodeFrame(_wire.ERROR, b"message of 2 bytes is over"))
+    assert transport.disconnecting
+    loseLink(link)
+    second, secondTransport = openLink(client)
+    [(kind, body)] = sent(secondTransport)
+    assert not _wire.decodeHello(body).flags & _wire.FLAG_EAGER
+    welcome(second)
+    assert sentData(secondTransport) == [b"m1"]
+    assert protocol.lost == []
+
+
+def test_welcomeBeyondEagerMessagesIsBroken() -> None:
+    """
+    A host whose welcome claims messages this link never sent is broken:
+    the link is dropped and the messages kept.
+    """
+    client, _, _ = makeClient()
+    client.write(b"m1")
+    link, transport = openLink(client)
+    transport.clear()
+    welcome(link, resumeAfter=2)
+    assert transport.disconnecting
+    assert client.state == CONNECTING
+    assert len(client.pending) == 1
 
 
 def test_welcomeResumeAfterDropsDelivered() -> None:
@@ -304,12 +390,21 @@ def test_welcomeResumeAfterDropsDelivered() -> None:
     client, _, _ = makeClient()
     for i in range(1, 6):
         client.write(b"m%d" % i)
+    # Waiting for the welcome (a host refused an eager hello before).
+    client.eagerRefused()
     link, transport = openLink(client)
     transport.clear()
     welcome(link, resumeAfter=2)
     assert sentData(transport) == [b"m3", b"m4", b"m5"]
     assert client.pending.firstSequence == 3
     assert len(client.pending) == 3
+    # An eager link: all five went with the hello; the welcome sends none.
+    loseLink(link)
+    second, secondTransport = openLink(client)
+    secondTransport.clear()
+    welcome(second, resumeAfter=4)
+    assert secondTransport.value() == b""
+    assert client.pending.firstSequence == 5
 
 
 def test_welcomeWithNothingToSend() -> None:
@@ -392,9 +487,8 @@ def test_unflushedWritesAreResentAfterLinkLoss() -> None:
     reactor.advance(0)
     assert transport.value() == b""
     second, secondTransport = openLink(client)
-    secondTransport.clear()
+    assert sent(secondTransport)[1:] == [(_wire.DATA, b"one"), (_wire.DATA, b"two")]
     welcome(second)
-    assert sentData(secondTransport) == [b"one", b"two"]
     reactor.advance(0)
     assert secondTransport.value() == b""
 
@@ -451,20 +545,23 @@ def test_lostLinkThenNewLinkResends() -> None:
     assert len(client.pending) == 4
 
     second, transport2 = openLink(client)
-    [(kind, body)] = sent(transport2)
+    [(kind, body), *messages] = sent(transport2)
     assert kind == _wire.HELLO
     assert _wire.decodeHello(body).firstSequence == 2
     assert _wire.decodeHello(body).clientId == client.clientId
-    welcome(second, resumeAfter=1)
-    assert sentData(transport2) == [b"m2", b"m3", b"m4", b"m5"]
+    assert messages == [(_wire.DATA, b"m%d" % i) for i in range(2, 6)]
     assert len(transport2.sequences) == 1
+    welcome(second, resumeAfter=1)
+    assert transport2.value() == b""
 
-    # The second host got two of them before that link died too.
+    # The second host got two of them before that link died too: the third
+    # link sends all four with its hello, and its host skips two.
     loseLink(second)
     third, transport3 = openLink(client)
-    transport3.clear()
+    assert sent(transport3)[1:] == [(_wire.DATA, b"m%d" % i) for i in range(2, 6)]
     welcome(third, resumeAfter=3)
-    assert sentData(transport3) == [b"m4", b"m5"]
+    assert transport3.value() == b""
+    assert client.pending.firstSequence == 4
     ack(third, 5)
     assert not client.pending
     assert protocol.lost == []
@@ -492,13 +589,13 @@ def test_welcomeAndFramesInOneRead() -> None:
     client, protocol, _ = makeClient()
     client.write(b"a")
     link, transport = openLink(client)
-    transport.clear()
+    assert sent(transport)[1:] == [(_wire.DATA, b"a")]
     link.dataReceived(
         _wire.encodeWelcome(_wire.Welcome(0, HOST_PID, 1000))
         + _wire.encodeAck(1)
         + _wire.encodeFrame(_wire.DATA, b"reply")
     )
-    assert sentData(transport) == [b"a"]
+    assert transport.value() == b""
     assert not client.pending
     assert protocol.received == [b"reply"]
 
@@ -629,9 +726,8 @@ def test_loseConnectionWhileConnectingSendsOnWelcome() -> None:
     client.write(b"late")
     client.loseConnection()
     link, transport = openLink(client)
-    transport.clear()
+    assert sent(transport)[1:] == [(_wire.DATA, b"late")]
     welcome(link)
-    assert sentData(transport) == [b"late"]
     assert protocol.lost == []
     ack(link, 1)
     assert protocol.lost[0].check(error.ConnectionDone)
@@ -794,9 +890,8 @@ def test_timeoutZeroNeverGivesUp() -> None:
     wrapper = reactor.unixClients[-1][1].buildProtocol(None)
     transport = LinkTransport()
     wrapper.makeConnection(transport)
-    transport.clear()
+    assert sent(transport)[1:] == [(_wire.DATA, b"a")]
     wrapper.dataReceived(_wire.encodeWelcome(_wire.Welcome(0, HOST_PID, 1000)))
-    assert sentData(transport) == [b"a"]
     assert client.state == CONNECTED
     assert client.link is not None and client.link.connector is client._connector
 

@@ -302,6 +302,79 @@ def test_unknownClientNumbersFromItsFirstSequence(host: Host) -> None:
     assert acks(sent(transport)) == [5]
 
 
+def test_eagerHelloSkipsWhatWasDelivered(host: Host) -> None:
+    """
+    An eager client sends what it holds with its hello, numbered from its
+    oldest message; the host delivers at once, skipping what it already
+    delivered on an earlier link, and acknowledges the lot.
+    """
+    first, _ = host.link()
+    first.dataReceived(hello() + data(b"m1", b"m2"))
+    first.connectionLost(Failure(error.ConnectionLost()))
+    # The client saw no acknowledgement: it holds m1 and m2, and wrote m3.
+    second, transport = host.link()
+    second.dataReceived(
+        hello(firstSequence=1, flags=_wire.FLAG_EAGER) + data(b"m1", b"m2", b"m3")
+    )
+    frames = sent(transport)
+    assert frames[0][0] == _wire.WELCOME
+    assert _wire.decodeWelcome(frames[0][1]).resumeAfter == 2
+    assert acks(frames[1:]) == [3]
+    assert host.factory.built[1].received == [b"m3"]
+    # What follows, in a later read, is numbered on.
+    second.dataReceived(data(b"m4"))
+    assert acks(sent(transport)) == [4]
+    assert host.factory.built[1].received == [b"m3", b"m4"]
+
+
+def test_eagerHelloSkipsAcrossReads(host: Host) -> None:
+    """
+    The messages to skip may arrive over several reads, with pings among
+    them.
+    """
+    first, _ = host.link()
+    first.dataReceived(hello() + data(b"m1", b"m2", b"m3"))
+    first.connectionLost(Failure(error.ConnectionLost()))
+    second, transport = host.link()
+    second.dataReceived(hello(firstSequence=2, flags=_wire.FLAG_EAGER) + data(b"m2"))
+    assert welcomed(transport).resumeAfter == 3
+    second.dataReceived(_wire.encodeFrame(_wire.PING, b"p") + data(b"m3", b"m4"))
+    frames = sent(transport)
+    assert [kind for kind, _ in frames] == [_wire.PONG, _wire.ACK]
+    assert acks(frames[1:]) == [4]
+    assert host.factory.built[1].received == [b"m4"]
+
+
+def test_eagerHelloFromNewClient(host: Host) -> None:
+    """
+    A host that never saw the client delivers all of an eager hello's
+    messages.
+    """
+    link, transport = host.link()
+    link.dataReceived(
+        hello(b"n" * 16, firstSequence=7, flags=_wire.FLAG_EAGER) + data(b"a", b"b")
+    )
+    frames = sent(transport)
+    assert _wire.decodeWelcome(frames[0][1]).resumeAfter == 6
+    assert acks(frames[1:]) == [8]
+    assert host.factory.built[0].received == [b"a", b"b"]
+
+
+def test_eagerMessageOverLimitRefusesLink(host: Host) -> None:
+    """
+    A message sent with an eager hello that is over the host's limit ends
+    the link with a reason (the client then waits for the welcome, which
+    names the limit).
+    """
+    link, transport = host.link()
+    link.dataReceived(hello(flags=_wire.FLAG_EAGER) + data(b"x" * (LIMIT + 1)))
+    frames = sent(transport)
+    assert [kind for kind, _ in frames] == [_wire.WELCOME, _wire.ERROR]
+    assert f"message of {LIMIT + 1} bytes is over the limit" in frames[1][1].decode()
+    assert transport.disconnecting
+    assert host.factory.built[0].received == []
+
+
 def test_clientsAreSeparate(host: Host) -> None:
     a, aTransport = host.link()
     b, bTransport = host.link()

@@ -231,6 +231,10 @@ class _ClientLink(Protocol):
         self._connection = connection
         self._decoder = _wire.FrameDecoder(connection.maxMessageSize)
         self._welcomed = False
+        #: Whether this link's hello was eager (L{_wire.FLAG_EAGER}), and
+        #: the newest message it sent at once.
+        self.eager = False
+        self.eagerThrough = 0
         self._deadline: IDelayedCall | None = None
         # Unix sockets need no authentication: the directory is private.
         self._authenticated = True
@@ -277,18 +281,37 @@ class _ClientLink(Protocol):
         )
 
     def _sayHello(self) -> None:
+        """
+        Say hello and, if every message held may be sent before the host
+        answers, send them all with it: the host delivers them in the same
+        read, instead of one round trip later.
+        """
         assert self.transport is not None
         connection = self._connection
-        self.transport.write(
-            _wire.encodeHello(
-                _wire.Hello(
-                    connection.clientId,
-                    os.getpid(),
-                    connection.maxMessageSize,
-                    connection.pending.firstSequence,
-                )
+        pending = connection.pending
+        self.eager = connection.mayBeEager()
+        hello = _wire.encodeHello(
+            _wire.Hello(
+                connection.clientId,
+                os.getpid(),
+                connection.maxMessageSize,
+                pending.firstSequence,
+                _wire.FLAG_EAGER if self.eager else 0,
             )
         )
+        if not self.eager or not pending:
+            self.eagerThrough = pending.nextSequence - 1
+            self.transport.write(hello)
+            return
+        self.eagerThrough = pending.nextSequence - 1
+        chunks = [hello]
+        append = chunks.append
+        header = _wire.frameHeader
+        data = _wire.DATA
+        for payload in pending.messages:
+            append(header(data, len(payload)))
+            append(payload)
+        self.transport.writeSequence(chunks)
 
     def _handshakeExpired(self) -> None:
         self._deadline = None
@@ -354,6 +377,11 @@ class _ClientLink(Protocol):
                     hostPid=self.hostAddress.pid,
                     reason=body.decode("utf-8", "replace"),
                 )
+                if self.eager:
+                    # Perhaps a message it was sent before its welcome is
+                    # over its limit: the next link waits for the welcome,
+                    # which says so.
+                    connection.eagerRefused()
                 self.abort()
                 return
             elif kind == _wire.GOODBYE and self._welcomed:
@@ -443,6 +471,11 @@ class _ClientLink(Protocol):
         self._connection.linkLost(self, reason)
 
 
+#: Before any host has said how large a message it takes, messages up to
+#: this size go with an eager hello.
+EAGER_ASSUMED_LIMIT = 64 * 1024
+
+
 @implementer(ITransport, IConsumer, IPushProducer)
 class ChannelClientTransport:
     """
@@ -489,6 +522,10 @@ class ChannelClientTransport:
         self.candidate = candidate
         self.transportKind = transport
         self._lockPath = lockPath
+        # The largest message the last host took (before any welcome, a size
+        # every host is assumed to take), for eager hellos.
+        self._hostMaxMessageSize = EAGER_ASSUMED_LIMIT
+        self._eagerRefused = False
         #: The secret from the port file read for the current attempt.
         self.linkSecret: bytes | None = None
         self.clientId = os.urandom(16)
@@ -893,11 +930,19 @@ class ChannelClientTransport:
         if self.state == CLOSED:
             link.abort()
             return False
+        if link.eager and welcome.resumeAfter > link.eagerThrough:
+            link._brokenHost(
+                f"welcome resumes after message {welcome.resumeAfter}, but this "
+                f"link's newest is {link.eagerThrough}"
+            )
+            return False
         try:
             resend = self.pending.resumeAfter(welcome.resumeAfter)
         except ValueError as e:
             link._brokenHost(str(e))
             return False
+        self._hostMaxMessageSize = welcome.maxMessageSize
+        self._eagerRefused = False
         tooLarge = [len(p) for p in resend if len(p) > welcome.maxMessageSize]
         if tooLarge:
             link.abort()
@@ -924,8 +969,11 @@ class ChannelClientTransport:
         self._outgoing = []
         if self._readingPaused and link.transport is not None:
             link.transport.pauseProducing()  # type: ignore[attr-defined]
+        if link.eager:
+            # Those up to eagerThrough went with the hello.
+            del resend[: link.eagerThrough - self.pending.firstSequence + 1]
         link.sendMessages(resend)
-        if resend:
+        if self.pending:
             self._stopStallCheck()
             self._armStallCheck()
         # The host may already have had much of what was buffered.
@@ -1042,6 +1090,27 @@ class ChannelClientTransport:
             role=CLIENT,
         )
         link.abort()
+
+    def mayBeEager(self) -> bool:
+        """
+        Whether a new link may send every message held with its hello: no
+        host refused an eager link since the last welcome, and none of them
+        is over the largest message the host is known (or, before any
+        welcome, assumed) to take.
+        """
+        if self._eagerRefused:
+            return False
+        limit = min(self.maxMessageSize, self._hostMaxMessageSize)
+        pending = self.pending
+        if pending.byteCount <= limit:
+            return True
+        return max(map(len, pending.messages)) <= limit
+
+    def eagerRefused(self) -> None:
+        """
+        A host refused an eager link: wait for the welcome on the next one.
+        """
+        self._eagerRefused = True
 
     def hostAppearedMeanwhile(self) -> bool:
         """

@@ -331,6 +331,9 @@ class _HostLink(Protocol):
         # is buffered for it.
         self._decoder = _wire.FrameDecoder(_wire.MAX_CONTROL_BODY)
         self._sequence = 0
+        # Messages at the start of an eager hello's data that this host
+        # already delivered, still to be skipped.
+        self._skip = 0
         self._closing = False
         self._deadline: IDelayedCall | None = None
         self._peerMaxMessageSize = port.maxMessageSize
@@ -478,6 +481,8 @@ class _HostLink(Protocol):
         except _wire.ProtocolError as e:
             self.refuse(str(e))
             return
+        if self._skip:
+            frames = self._skipResent(frames)
         delivered = 0
         payloadBytes = 0
         self._inBatch = True
@@ -527,6 +532,19 @@ class _HostLink(Protocol):
             # The acknowledgement and any replies leave now.
             pushToKernel(self.transport)
 
+    def _skipResent(self, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        """
+        Drop the leading messages of an eager client that this host already
+        delivered.
+        """
+        kept = []
+        for frame in frames:
+            if self._skip and frame[0] == _wire.DATA:
+                self._skip -= 1
+            else:
+                kept.append(frame)
+        return kept
+
     def _handshake(self, kind: int, body: bytes) -> bool:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
@@ -568,6 +586,8 @@ class _HostLink(Protocol):
             previous.closeQuietly()
         self.clientId = clientId
         self._sequence = resumeAfter
+        if hello.flags & _wire.FLAG_EAGER:
+            self._skip = resumeAfter - (hello.firstSequence - 1)
         self._peerMaxMessageSize = hello.maxMessageSize
         self._decoder.maxMessageSize = self.port.maxMessageSize
         term.links[clientId] = self

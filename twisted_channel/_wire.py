@@ -92,6 +92,11 @@ _WELCOME = struct.Struct(">4sBQII")
 
 #: Hello flag: the peer only wants to ask for the channel's status.
 FLAG_STATUS_QUERY: Final = 0x01
+#: Hello flag: the client's messages follow the hello at once, without
+#: waiting for the welcome, numbered from the hello's first sequence number;
+#: the host skips those it already delivered.  This saves a round trip when
+#: a link comes up (start-up, failover).
+FLAG_EAGER: Final = 0x02
 
 
 class ProtocolError(Exception):
