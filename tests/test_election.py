@@ -146,35 +146,54 @@ def test_prepareErrorIsHandedOver(channelDirectory: str, robust: bool) -> None:
     holder.release()
 
 
-#: A process that takes the lock, says so, and waits to be killed.
+#: A process that takes the lock (at once, or by waiting for it after a
+#: first holder here lets go), says so, and then waits to be killed or, told
+#: to on its standard input, exits the normal way, holding it.
 HOLDER = """
-import sys, time
+import sys, threading
 from twisted_channel._election import HostElection
 class Reactor:
     def callFromThread(self, f, *args):
         f(*args)
-election = HostElection(Reactor(), sys.argv[1], print, robust=sys.argv[2] == "1")
-print("held" if election.tryNow() else "refused", flush=True)
-time.sleep(60)
+path, robust, how = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+won = threading.Event()
+election = HostElection(Reactor(), path, lambda p: won.set(), robust=robust)
+if how == "waiting":
+    first = HostElection(Reactor(), path, print, robust=robust)
+    assert first.tryNow()
+    election.waitInBackground()
+    first.release()
+    won.wait(10)
+    print("held" if election.holding else "refused", flush=True)
+else:
+    print("held" if election.tryNow() else "refused", flush=True)
+sys.stdin.readline()
 """
 
 
-def test_standbyWinsWhenHolderIsKilled(channelDirectory: str, robust: bool) -> None:
+@pytest.mark.parametrize("how", ["at once", "waiting"])
+@pytest.mark.parametrize("end", ["SIGKILL", "exit"])
+def test_standbyWinsWhenHolderProcessEnds(
+    channelDirectory: str, robust: bool, how: str, end: str
+) -> None:
     """
-    A real process holding the lock is SIGKILLed: the standby here wins,
-    and (with the robust mutex, which tells a death from a release) the
-    record names the dead host.
+    A real process holding the lock is SIGKILLed, or exits without
+    releasing it (the interpreter tears down its objects first): the
+    standby here wins.  With the robust mutex, which tells a death from a
+    release, the record names the host that ended.
     """
     path = lockPath(channelDirectory)
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, path, "1" if robust else "0"],
+        [sys.executable, "-c", HOLDER, path, "1" if robust else "0", how],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        assert holder.stdout is not None
+        assert holder.stdout is not None and holder.stdin is not None
         assert holder.stdout.readline().strip() == "held"
-        assert readLockRecord(path) == (1, holder.pid, 0)
+        record = readLockRecord(path)
+        assert record is not None and record.hostPid == holder.pid
         won = threading.Event()
 
         class Reactor:
@@ -185,20 +204,27 @@ def test_standbyWinsWhenHolderIsKilled(channelDirectory: str, robust: bool) -> N
         standby = HostElection(Reactor(), path, lambda p: None, robust=robust)
         assert not standby.tryNow()
         standby.waitInBackground()
-        os.kill(holder.pid, signal.SIGKILL)
-        assert won.wait(10)
+        if end == "SIGKILL":
+            os.kill(holder.pid, signal.SIGKILL)
+        else:
+            holder.stdin.write("exit\n")
+            holder.stdin.flush()
+        assert won.wait(10), "the standby did not win"
         assert standby.holding
         record = readLockRecord(path)
         assert record is not None
-        assert (record.term, record.hostPid) == (2, os.getpid())
+        # Terms: the holder's first host (when it waited), the holder, us.
+        expectedTerm = 2 if how == "at once" else 3
+        assert (record.term, record.hostPid) == (expectedTerm, os.getpid())
         assert record.diedPid == (holder.pid if robust else 0)
         standby.release()
     finally:
         if holder.poll() is None:
             holder.kill()
         holder.wait(10)
-        if holder.stdout is not None:
-            holder.stdout.close()
+        for stream in (holder.stdin, holder.stdout):
+            if stream is not None:
+                stream.close()
 
 
 def test_twoHoldersInOneProcessExclude(channelDirectory: str, robust: bool) -> None:

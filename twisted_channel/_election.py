@@ -17,8 +17,10 @@ process lists or pid files.  A standby waits for the lock in a blocking call
 on a thread of its own, which wakes the instant the lock is free.
 
 A robust mutex belongs to the thread that locked it, and the kernel frees
-it when that thread ends, so every lock is taken and held by a thread
-dedicated to it (L{_Attempt}) that lives until the lock is given back.
+it when that thread ends.  A lock taken without waiting (L{HostElection.tryNow})
+belongs to the reactor thread, which lives as long as the process hosts; a
+lock won by waiting is taken and held by a thread dedicated to it
+(L{_Attempt}), which lives until the lock is given back.
 
 The lock file also holds a record of the current host (L{LockRecord}): a
 number each new host increments, its pid, and the pid of its predecessor if
@@ -80,6 +82,8 @@ def _loadPthreads() -> ctypes.CDLL | None:
             "pthread_mutex_trylock",
             "pthread_mutex_unlock",
             "pthread_mutex_consistent",
+            "mmap",
+            "munmap",
         )
         for name in names:
             function = getattr(library, name)
@@ -88,6 +92,18 @@ def _loadPthreads() -> ctypes.CDLL | None:
                 function.argtypes = [ctypes.c_void_p, ctypes.c_int]
             elif name == "pthread_mutex_init":
                 function.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+            elif name == "mmap":
+                function.restype = ctypes.c_void_p
+                function.argtypes = [
+                    ctypes.c_void_p,
+                    ctypes.c_size_t,
+                    ctypes.c_int,
+                    ctypes.c_int,
+                    ctypes.c_int,
+                    ctypes.c_long,
+                ]
+            elif name == "munmap":
+                function.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
             else:
                 function.argtypes = [ctypes.c_void_p]
     except (OSError, AttributeError):
@@ -176,11 +192,23 @@ class _MutexLockFile:
                     f"lock file {path!r} was truncated to {size} bytes; "
                     "remove it if no process uses the channel"
                 )
-            self._mapping = mmap.mmap(descriptor, _FILE_SIZE)
-            self._mutex = (ctypes.c_char * _MUTEX_ROOM).from_buffer(
-                self._mapping, _MUTEX_OFFSET
+            # Mapped with the C library, not Python's mmap, which unmaps when
+            # collected (at interpreter exit, say): the kernel can free a
+            # dead holder's mutex only while it is still mapped.
+            address = _pthreads.mmap(
+                None,
+                _FILE_SIZE,
+                mmap.PROT_READ | mmap.PROT_WRITE,
+                mmap.MAP_SHARED,
+                descriptor,
+                0,
             )
-            self._address = ctypes.addressof(self._mutex)
+            if address is None or address == ctypes.c_void_p(-1).value:
+                error = ctypes.get_errno()
+                raise OSError(error, f"cannot map lock file {path!r}")
+            self._base: int = address
+            self._header = (ctypes.c_char * _HEADER.size).from_address(address)
+            self._address = address + _MUTEX_OFFSET
             if fresh:
                 self._initialise()
         finally:
@@ -210,7 +238,7 @@ class _MutexLockFile:
         finally:
             _pthreads.pthread_mutexattr_destroy(attributes)
         # The magic goes last: until it is there, openers initialise.
-        _HEADER.pack_into(self._mapping, 0, _MAGIC, 0, 0, 0)
+        self._header.raw = _HEADER.pack(_MAGIC, 0, 0, 0)
 
     def acquire(self, blocking: bool) -> bool:
         assert _pthreads is not None
@@ -234,16 +262,18 @@ class _MutexLockFile:
         _check(_pthreads.pthread_mutex_unlock(self._address), self._path)
 
     def beginTerm(self) -> int:
-        record = _nextRecord(
-            _decodeRecord(self._mapping[: _HEADER.size]), self._predecessorDied
-        )
-        self._mapping[: _HEADER.size] = record
+        record = _nextRecord(_decodeRecord(self._header.raw), self._predecessorDied)
+        self._header.raw = record
         return int(_HEADER.unpack(record)[1])
 
     def close(self) -> None:
-        # The buffer export must go before the mapping can be closed.
-        del self._mutex
-        self._mapping.close()
+        """
+        Unmap the file; only once the mutex is not held through it.
+        """
+        assert _pthreads is not None
+        base, self._base = self._base, 0
+        if base:
+            _pthreads.munmap(base, _FILE_SIZE)
 
 
 class _FlockLockFile:
@@ -324,7 +354,7 @@ def readLockRecord(path: str) -> LockRecord | None:
 
 class _Attempt:
     """
-    One try for the lock, made and (if won) held by a thread of its own,
+    A wait for the lock, made and (once won) held by a thread of its own,
     which gives the lock back when asked.
     """
 
@@ -334,33 +364,28 @@ class _Attempt:
         self.term = 0
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
-        self.decided = threading.Event()
         self._giveBack = threading.Event()
         self._givenBack = threading.Event()
 
-    def run(
-        self, blocking: bool, onDecided: Callable[[_Attempt], None] | None = None
-    ) -> None:
+    def run(self, onDecided: Callable[[_Attempt], None]) -> None:
         """
-        The thread's body: try (or wait) for the lock, then hold it until
-        L{giveBack}.
+        The thread's body: wait for the lock, then hold it until
+        L{giveBack}.  C{onDecided} is called on this thread once the lock
+        is won or the wait failed.
         """
         lock = self._lock
         try:
             try:
-                self.won = lock.acquire(blocking)
-                if self.won:
-                    try:
-                        self.term = lock.beginTerm()
-                    except BaseException:
-                        lock.release()
-                        self.won = False
-                        raise
+                self.won = lock.acquire(blocking=True)
+                try:
+                    self.term = lock.beginTerm()
+                except BaseException:
+                    lock.release()
+                    self.won = False
+                    raise
             except BaseException as e:
                 self.error = e
-            self.decided.set()
-            if onDecided is not None:
-                onDecided(self)
+            onDecided(self)
             if self.won:
                 self._giveBack.wait()
                 lock.release()
@@ -382,6 +407,30 @@ class _Attempt:
         Close the handle of an attempt whose thread never ran.
         """
         self._lock.close()
+
+
+class _Holding:
+    """
+    The lock, taken without waiting by the thread that made this (the
+    reactor thread), which holds it for as long as it runs: it alone may
+    give it back.
+    """
+
+    def __init__(self, lock: _LockFile, term: int) -> None:
+        self._lock = lock
+        self.term = term
+        self._owner = threading.get_ident()
+
+    def giveBack(self) -> None:
+        if threading.get_ident() != self._owner:
+            raise RuntimeError(
+                "the channel's lock must be released by the thread that took "
+                "it (the reactor thread)"
+            )
+        try:
+            self._lock.release()
+        finally:
+            self._lock.close()
 
 
 class HostElection:
@@ -420,7 +469,7 @@ class HostElection:
         self._prepare = prepare
         self._discard = discard
         self._robust = robust
-        self._held: _Attempt | None = None
+        self._held: _Attempt | _Holding | None = None
         # The background wait under way, if any.  A wait that is no longer
         # current was cancelled, and gives back the lock if it wins it.
         self._waiting: _Attempt | None = None
@@ -441,49 +490,6 @@ class HostElection:
     def term(self) -> int | None:
         return self._held.term if self._held is not None else None
 
-    def _start(self, blocking: bool) -> _Attempt:
-        # Opened here, so that a file that cannot be used raises at once.
-        attempt = _Attempt(openLock(self.lockPath, self._robust))
-        thread = threading.Thread(
-            target=attempt.run,
-            args=(blocking, self._decidedInBackground if blocking else None),
-            name=f"twisted-channel election {self.lockPath}",
-            daemon=True,
-        )
-        attempt.thread = thread
-        if blocking:
-            with self._waitingLock:
-                self._waiting = attempt
-        try:
-            thread.start()
-        except BaseException:
-            self.cancel()
-            attempt.close()
-            raise
-        return attempt
-
-    def tryNow(self) -> bool:
-        """
-        Take the lock if it is free, without blocking.
-
-        @return: whether this election holds the lock.
-        @raise OSError: if the lock file cannot be opened.
-        """
-        if self._held is not None:
-            return True
-        attempt = self._start(blocking=False)
-        # A non-blocking try: the thread answers as soon as it runs.
-        attempt.decided.wait()
-        if attempt.error is not None:
-            raise attempt.error
-        if not attempt.won:
-            return False
-        self._held = attempt
-        # A background wait still blocked in the kernel gives the lock back
-        # when it wins it, now that it is not needed.
-        self.cancel()
-        return True
-
     def waitInBackground(self) -> None:
         """
         Wait for the lock on a daemon thread, and call C{onElected} in the
@@ -492,7 +498,53 @@ class HostElection:
         """
         if self._held is not None or self._waiting is not None:
             return
-        self._start(blocking=True)
+        # Opened here, so that a file that cannot be used raises at once.
+        attempt = _Attempt(openLock(self.lockPath, self._robust))
+        thread = threading.Thread(
+            target=attempt.run,
+            args=(self._decidedInBackground,),
+            name=f"twisted-channel election {self.lockPath}",
+            daemon=True,
+        )
+        attempt.thread = thread
+        with self._waitingLock:
+            self._waiting = attempt
+        try:
+            thread.start()
+        except BaseException:
+            self.cancel()
+            attempt.close()
+            raise
+
+    def tryNow(self) -> bool:
+        """
+        Take the lock if it is free, without blocking.  The lock then
+        belongs to the calling thread (the reactor thread), which must be
+        the one to L{release} it.
+
+        @return: whether this election holds the lock.
+        @raise OSError: if the lock file cannot be opened.
+        """
+        if self._held is not None:
+            return True
+        lock = openLock(self.lockPath, self._robust)
+        won = False
+        try:
+            won = lock.acquire(blocking=False)
+            if not won:
+                lock.close()
+                return False
+            term = lock.beginTerm()
+        except BaseException:
+            if won:
+                lock.release()
+            lock.close()
+            raise
+        self._held = _Holding(lock, term)
+        # A background wait still blocked in the kernel gives the lock back
+        # when it wins it, now that it is not needed.
+        self.cancel()
+        return True
 
     def _decidedInBackground(self, attempt: _Attempt) -> None:
         """

@@ -182,7 +182,6 @@ def _listeningUnixSocket(path: str) -> _PublishedSocket:
     and the new one bound in its place directly.
     """
     checkReplaceableSocket(path)
-    _removeLeftovers(path)
     temporary = f"{_temporaryPrefix(path)}{os.getpid()}-{secrets.token_hex(4)}"
     listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -211,6 +210,8 @@ def _listeningUnixSocket(path: str) -> _PublishedSocket:
             except OSError:
                 pass
         raise
+    # After publishing, so that clients are not kept waiting for it.
+    _removeLeftovers(path)
     return _PublishedSocket(listening, (info.st_dev, info.st_ino))
 
 
