@@ -17,10 +17,10 @@ process lists or pid files.  A standby waits for the lock in a blocking call
 on a thread of its own, which wakes the instant the lock is free.
 
 A robust mutex belongs to the thread that locked it, and the kernel frees
-it when that thread ends.  A lock taken without waiting (L{HostElection.tryNow})
-belongs to the reactor thread, which lives as long as the process hosts; a
-lock won by waiting is taken and held by a thread dedicated to it
-(L{_Attempt}), which lives until the lock is given back.
+it when that thread ends.  A lock taken without waiting
+(L{HostElection.tryNow}) belongs to the reactor thread, which lives as long
+as the process hosts; a lock won by waiting is taken and held by a thread
+dedicated to it (L{_Attempt}), which lives until the lock is given back.
 
 The lock file also holds a record of the current host (L{LockRecord}): a
 number each new host increments, its pid, and the pid of its predecessor if
@@ -212,8 +212,8 @@ class _MutexLockFile:
             if fresh:
                 self._initialise()
         finally:
-            # Explicitly: the mapping keeps a duplicate of the descriptor,
-            # so closing this one would not release the flock.
+            # Explicitly: the mapping keeps the open file alive, so closing
+            # the descriptor would not release the flock.
             fcntl.flock(descriptor, fcntl.LOCK_UN)
             os.close(descriptor)
 
