@@ -5,6 +5,7 @@ memory reactor and string transports.  No sockets, no sleeps, no election.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from typing import Any
@@ -755,3 +756,48 @@ def test_noDataAfterCloseInConnectionMade(channelDirectory: str) -> None:
     link, transport = host.link()
     link.dataReceived(hello() + data(b"a", b"b"))
     assert host.factory.built[0].received == []
+
+
+# Winning the election but failing to bind
+
+
+def test_failedBindIsRetriedSoonThenLessOften(
+    channelDirectory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A standby that wins the lock but cannot bind its socket (a full file
+    system: a dead host's socket frees its inode only once the kernel has
+    closed it, after the lock was won) gives the lock back and tries again
+    10 ms later, then after doubling delays; once it hosts, the next
+    failure starts from 10 ms again.
+    """
+    failures = []
+    real = _host._listeningUnixSocket
+
+    def full(path: str) -> Any:
+        if len(failures) < 4:
+            failures.append(path)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path)
+
+    monkeypatch.setattr(_host, "_listeningUnixSocket", full)
+    reactor = MemoryReactorClock()
+    port = ChannelPort(reactor, "jobs", channelPaths("jobs", channelDirectory), App, 10)
+    port.role = _host.STANDBY
+    assert port._election.tryNow()
+    port._elected()
+    delays = []
+    while port.role != HOST:
+        [call] = reactor.getDelayedCalls()
+        delays.append(round(call.getTime() - reactor.seconds(), 3))
+        # The lock is free while it waits.
+        assert not port._election.holding
+        reactor.advance(delays[-1])
+    assert delays == [0.01, 0.02, 0.04, 0.08]
+    assert port._rebindDelay == 0.01
+    assert os.path.exists(port.paths.socket)
+    stopped = port.stopListening()
+    reactor.advance(0)
+    assert stopped.called
+    assert not os.path.exists(port.paths.socket)
+    assert not port._election.holding

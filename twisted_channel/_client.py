@@ -299,11 +299,10 @@ class _ClientLink(Protocol):
                 _wire.FLAG_EAGER if self.eager else 0,
             )
         )
+        self.eagerThrough = pending.nextSequence - 1
         if not self.eager or not pending:
-            self.eagerThrough = pending.nextSequence - 1
             self.transport.write(hello)
             return
-        self.eagerThrough = pending.nextSequence - 1
         chunks = [hello]
         append = chunks.append
         header = _wire.frameHeader

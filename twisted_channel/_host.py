@@ -88,7 +88,10 @@ PUBLISH_CHECK_INTERVAL = 1.0
 KEEPALIVE_INTERVAL = 1.0
 
 #: Seconds a standby waits before trying again when it won the lock but
-#: could not bind the socket.
+#: could not bind the socket: at first briefly (on a full file system, the
+#: dead host's socket frees its inode only once the kernel has closed it,
+#: a few milliseconds after the lock was won), then up to a second.
+_REBIND_FIRST_DELAY = 0.01
 _REBIND_DELAY = 1.0
 
 STOPPED = "stopped"
@@ -790,6 +793,7 @@ class ChannelPort:
         self._notHostingWaiters: list[Deferred[ChannelAddress]] = []
         self._roleObservers: list[Callable[[str], None]] = []
         self._rebind: IDelayedCall | None = None
+        self._rebindDelay = _REBIND_FIRST_DELAY
         self._guard: LoopingCall | None = None
         self._factoryStarted = False
 
@@ -909,9 +913,8 @@ class ChannelPort:
                 "channel {channel}: won the election but could not host; "
                 "trying again in {delay} s",
                 channel=self.name,
-                delay=_REBIND_DELAY,
+                delay=self._retryLater(),
             )
-            self._rebind = self.clock.callLater(_REBIND_DELAY, self._retryElection)
 
     def _retryElection(self) -> None:
         self._rebind = None
@@ -924,7 +927,17 @@ class ChannelPort:
                 self._election.waitInBackground()
         except Exception:
             _log.failure("channel {channel}: election failed", channel=self.name)
-            self._rebind = self.clock.callLater(_REBIND_DELAY, self._retryElection)
+            self._retryLater()
+
+    def _retryLater(self) -> float:
+        """
+        Try the election again after a delay that doubles with each failure;
+        return the delay.
+        """
+        delay = self._rebindDelay
+        self._rebindDelay = min(delay * 2, _REBIND_DELAY)
+        self._rebind = self.clock.callLater(delay, self._retryElection)
+        return delay
 
     def _becomeHost(self, prepared: object = None) -> None:
         """
@@ -966,6 +979,7 @@ class ChannelPort:
         self._socketPort = socketPort
         self._term = term
         self.role = HOST
+        self._rebindDelay = _REBIND_FIRST_DELAY
         self._guard = LoopingCall(self._checkPublished)
         self._guard.clock = self.clock
         self._guard.start(PUBLISH_CHECK_INTERVAL, now=False)
