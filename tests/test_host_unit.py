@@ -22,6 +22,7 @@ from twisted_channel import ChannelAddress, ChannelClientTransport, _host, _wire
 from twisted_channel._address import HOST
 from twisted_channel._credentials import PeerCredentials
 from twisted_channel._directory import channelPaths
+from twisted_channel._election import HostElection
 from twisted_channel._host import ChannelPort, _HostingTerm, _HostLink
 
 CLIENT_PID = 1234
@@ -801,3 +802,87 @@ def test_failedBindIsRetriedSoonThenLessOften(
     assert stopped.called
     assert not os.path.exists(port.paths.socket)
     assert not port._election.holding
+
+
+# The reactor's shutdown
+
+
+class TriggerReactor(MemoryReactorClock):
+    """
+    A memory reactor whose system event triggers can be removed.
+    """
+
+    def addSystemEventTrigger(  # type: ignore[override]
+        self, phase: str, eventType: str, callable: Any, *args: Any, **kw: Any
+    ) -> tuple[str, str, Any]:
+        super().addSystemEventTrigger(phase, eventType, callable, *args, **kw)
+        return (phase, eventType, callable)
+
+    def removeSystemEventTrigger(self, triggerID: tuple[str, str, Any]) -> None:
+        phase, eventType, callable = triggerID
+        triggers = self.triggers[phase][eventType]
+        triggers[:] = [t for t in triggers if t[0] != callable]
+
+
+def shutdownTriggers(reactor: MemoryReactorClock) -> list[Any]:
+    return [
+        trigger[0] for trigger in reactor.triggers.get("before", {}).get("shutdown", [])
+    ]
+
+
+def test_hostHandsOverWhenTheReactorStops(channelDirectory: str) -> None:
+    """
+    When the reactor stops, a host stops listening (and so releases the
+    lock) before the process exits: a standby takes over at once, instead
+    of when the process is gone.  The reactor waits for the handover.
+    """
+    reactor = MemoryReactorClock()
+    paths = channelPaths("jobs", channelDirectory)
+    port = ChannelPort(reactor, "jobs", paths, AppFactory(), 10)
+    port.startListening()
+    assert port.role == HOST
+    [trigger] = shutdownTriggers(reactor)
+    handedOver = trigger()
+    reactor.advance(0)
+    assert handedOver.called
+    assert port.role == _host.STOPPED
+    assert not os.path.exists(paths.socket)
+    nextHost = HostElection(reactor, paths.lock, lambda prepared: None)
+    assert nextHost.tryNow()
+    nextHost.release()
+
+
+def test_standbyStopsWaitingWhenTheReactorStops(channelDirectory: str) -> None:
+    reactor = MemoryReactorClock()
+    paths = channelPaths("jobs", channelDirectory)
+    holder = HostElection(reactor, paths.lock, lambda prepared: None)
+    assert holder.tryNow()
+    port = ChannelPort(reactor, "jobs", paths, AppFactory(), 10)
+    port.startListening()
+    assert port.role == _host.STANDBY
+    [trigger] = shutdownTriggers(reactor)
+    assert trigger() is not None
+    assert port.role == _host.STOPPED
+    assert not port._election.waiting
+    holder.release()
+
+
+def test_stoppedPortForgetsItsShutdownTrigger(channelDirectory: str) -> None:
+    """
+    A port stopped by its owner no longer acts at shutdown; one started
+    again does, once.
+    """
+    reactor = TriggerReactor()
+    port = ChannelPort(
+        reactor, "jobs", channelPaths("jobs", channelDirectory), AppFactory(), 10
+    )
+    port.startListening()
+    port.stopListening()
+    reactor.advance(0)
+    assert shutdownTriggers(reactor) == []
+    port.startListening()
+    port.startListening()
+    assert len(shutdownTriggers(reactor)) == 1
+    port.stopListening()
+    reactor.advance(0)
+    assert shutdownTriggers(reactor) == []

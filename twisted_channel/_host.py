@@ -94,6 +94,10 @@ KEEPALIVE_INTERVAL = 1.0
 _REBIND_FIRST_DELAY = 0.01
 _REBIND_DELAY = 1.0
 
+#: Seconds the reactor's shutdown waits for a host to hand over (its links
+#: to close with their last acknowledgements).
+SHUTDOWN_HANDOVER_TIMEOUT = 1.0
+
 STOPPED = "stopped"
 
 
@@ -794,6 +798,7 @@ class ChannelPort:
         self._roleObservers: list[Callable[[str], None]] = []
         self._rebind: IDelayedCall | None = None
         self._rebindDelay = _REBIND_FIRST_DELAY
+        self._shutdownTrigger: object | None = None
         self._guard: LoopingCall | None = None
         self._factoryStarted = False
 
@@ -852,17 +857,49 @@ class ChannelPort:
         try:
             if self._election.tryNow():
                 self._becomeHost()
-                return
-            self._election.waitInBackground()
+            else:
+                self._election.waitInBackground()
         except BaseException:
             self._election.release()
             self.role = STOPPED
             raise
-        _log.debug(
-            "channel {channel}: pid {pid} stands by",
-            channel=self.name,
-            pid=os.getpid(),
+        self._handOverAtShutdown()
+        if self.role == STANDBY:
+            _log.debug(
+                "channel {channel}: pid {pid} stands by",
+                channel=self.name,
+                pid=os.getpid(),
+            )
+
+    def _handOverAtShutdown(self) -> None:
+        """
+        Stop listening when the reactor stops, so that a standby takes over
+        at once and the links close with their last acknowledgements,
+        rather than when the process has finished exiting.
+        """
+        if self._shutdownTrigger is None:
+            addTrigger = getattr(self.reactor, "addSystemEventTrigger", None)
+            if addTrigger is not None:
+                self._shutdownTrigger = addTrigger(
+                    "before", "shutdown", self._reactorStopping
+                )
+
+    def _reactorStopping(self) -> Deferred[Any] | None:
+        self._shutdownTrigger = None
+        if self.role == STOPPED:
+            return None
+        stopped = self.stopListening()
+        # The reactor waits for the handover, but not for ever: a client
+        # that stopped reading would hold a link open.
+        stopped.addTimeout(SHUTDOWN_HANDOVER_TIMEOUT, self.clock)
+        stopped.addErrback(
+            lambda failure: _log.failure(
+                "channel {channel}: handing over at shutdown",
+                failure,
+                channel=self.name,
+            )
         )
+        return stopped
 
     def standAgain(self) -> None:
         """
@@ -1126,6 +1163,9 @@ class ChannelPort:
         if self._rebind is not None and self._rebind.active():
             self._rebind.cancel()
         self._rebind = None
+        trigger, self._shutdownTrigger = self._shutdownTrigger, None
+        if trigger is not None:
+            self.reactor.removeSystemEventTrigger(trigger)
         wasHosting = self.role == HOST
         self.role = STOPPED
         if not wasHosting:
