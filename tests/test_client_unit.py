@@ -455,6 +455,31 @@ def test_replyInDataReceivedLeavesWithTheRead() -> None:
     link, transport = connected(client)
     link.dataReceived(_wire.encodeFrame(_wire.DATA, b"ping"))
     assert sentData(transport) == [b"re:ping"]
+    # Nothing was scheduled for it: the stall check is the only timer.
+    assert reactor.getDelayedCalls() == [client._stallCheck]
+
+
+def test_replyBeforeABrokenFrameLeavesAtTheEndOfTheTurn() -> None:
+    """
+    A read that ends early (a frame the client cannot take) does not strand
+    what the application wrote while handling it: that is flushed at the
+    end of the turn, as any write is, and stays pending for the next link.
+    """
+
+    class Replier(Recorder):
+        def dataReceived(self, data: bytes) -> None:
+            super().dataReceived(data)
+            self.transport.write(b"re:" + data)  # type: ignore[union-attr]
+
+    client, protocol, reactor = makeClient(protocol=Replier())
+    link, transport = connected(client)
+    link.dataReceived(
+        _wire.encodeFrame(_wire.DATA, b"ping") + _wire.encodeFrame(_wire.HELLO, b"")
+    )
+    assert transport.disconnecting
+    reactor.advance(0)
+    assert sentData(transport) == [b"re:ping"]
+    assert list(client.pending.messages) == [b"re:ping"]
 
 
 def test_largeWriteIsNotCopied() -> None:

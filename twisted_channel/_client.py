@@ -336,6 +336,18 @@ class _ClientLink(Protocol):
             return
         # Whatever the host sends shows that it is not frozen.
         connection.heardFromHost()
+        # What the application writes meanwhile is flushed at the end of the
+        # read, so its writes need not schedule a flush of their own.
+        connection.inRead = True
+        try:
+            self._handleFrames(connection, frames)
+        finally:
+            connection.readHandled()
+
+    def _handleFrames(
+        self, connection: ChannelClientTransport, frames: list[tuple[int, bytes]]
+    ) -> None:
+        assert self.transport is not None
         for kind, body in frames:
             if not self._authenticated:
                 if not self._authenticate(kind, body):
@@ -521,6 +533,8 @@ class ChannelClientTransport:
         self.candidate = candidate
         self.transportKind = transport
         self._lockPath = lockPath
+        #: Whether a link's read is being handled now (it flushes at its end).
+        self.inRead = False
         # The largest message the last host took (before any welcome, a size
         # every host is assumed to take), for eager hellos.
         self._hostMaxMessageSize = EAGER_ASSUMED_LIMIT
@@ -613,8 +627,10 @@ class ChannelClientTransport:
         if outgoing is not None:
             if not outgoing:
                 # The first message of a batch: the batch goes to the
-                # transport in one call, at the end of this reactor turn.
-                self._flushCall = self._callLater(0, self.flush)
+                # transport in one call, at the end of this reactor turn (or
+                # of the read being handled).
+                if not self.inRead:
+                    self._flushCall = self._callLater(0, self.flush)
                 if self._stallCheck is None:
                     self._armStallCheck()
             if size < _CONCATENATE_BELOW:
@@ -625,6 +641,16 @@ class ChannelClientTransport:
                 self._outgoingLarge = True
         if self._producer is not None and pending.footprint >= self.highWater:
             self._pauseProducer()
+
+    def readHandled(self) -> None:
+        """
+        Called by a link once it has handled a read.  It flushed what the
+        application wrote meanwhile, unless it stopped early: then that
+        leaves at the end of this reactor turn, as any write does.
+        """
+        self.inRead = False
+        if self._outgoing and self._flushCall is None:
+            self._flushCall = self._callLater(0, self.flush)
 
     def flush(self) -> None:
         """
