@@ -55,7 +55,7 @@ from ._interfaces import (
     IChannelLinkObserver,
 )
 from ._pending import PendingWrites
-from ._sockets import pushToKernel
+from ._sockets import pushToKernel, sendNow
 from ._watch import stopWatching, watchFor
 
 if TYPE_CHECKING:
@@ -674,7 +674,7 @@ class ChannelClientTransport:
             self._outgoingLarge = False
             link.transport.writeSequence(outgoing)
         else:
-            link.transport.write(b"".join(outgoing))
+            sendNow(link.transport, b"".join(outgoing))
 
     def _dropOutgoing(self) -> None:
         """

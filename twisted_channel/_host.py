@@ -63,7 +63,7 @@ from ._directory import (
 )
 from ._election import HostElection
 from ._interfaces import ChannelBufferFullError
-from ._sockets import bufferedBytes, pushToKernel
+from ._sockets import bufferedBytes, pushToKernel, sendNow
 
 _log = Logger()
 
@@ -349,6 +349,10 @@ class _HostLink(Protocol):
         self._closedWaiters: list[Deferred[None]] = []
         self._lost = False
         self._inBatch = False
+        # Small messages the application writes while a batch of frames is
+        # handled: they leave with the batch's acknowledgement, in one send.
+        self._batchOut: list[bytes] = []
+        self._batchOutBytes = 0
         self._closeAfterBatch: bool | None = None
         self._refusalAfterBatch: str | None = None
         self._keepAlive: LoopingCall | None = None
@@ -517,17 +521,23 @@ class _HostLink(Protocol):
             )
             self._closing = True
             self._closeAfterBatch = None
+            self._batchOut = []
             self.transport.abortConnection()  # type: ignore[union-attr]
         finally:
             self._inBatch = False
+        out = self._batchOut
         if delivered:
             self._sequence += delivered
             term = self.term
             term.messages += delivered
             term.bytes += payloadBytes
             term.remember(self.clientId, self._sequence)  # type: ignore[arg-type]
+            out.append(_wire.encodeAck(self._sequence))
+        if out:
+            self._batchOut = []
+            self._batchOutBytes = 0
             if self.transport is not None:
-                self.transport.write(_wire.encodeAck(self._sequence))
+                sendNow(self.transport, b"".join(out))
         refusal, self._refusalAfterBatch = self._refusalAfterBatch, None
         abort, self._closeAfterBatch = self._closeAfterBatch, None
         if refusal is not None:
@@ -632,7 +642,10 @@ class _HostLink(Protocol):
             )
         if self._closing or self.transport is None:
             return
-        if bufferedBytes(self.transport) + size > self.port.maxBufferSize:
+        if (
+            bufferedBytes(self.transport) + self._batchOutBytes + size
+            > self.port.maxBufferSize
+        ):
             raise ChannelBufferFullError(
                 f"channel {self.port.name!r}: the link to pid "
                 f"{self.peerAddress.pid} already holds "
@@ -643,8 +656,18 @@ class _HostLink(Protocol):
         self.term.bytes += size
         if size < 4096:
             # One small copy is cheaper than handing the transport two pieces.
-            self.transport.write(_wire.HEADER.pack(size + 1, _wire.DATA) + data)
+            frame = _wire.HEADER.pack(size + 1, _wire.DATA) + data
+            if self._inBatch:
+                self._batchOut.append(frame)
+                self._batchOutBytes += len(frame)
+            else:
+                self.transport.write(frame)
         else:
+            if self._batchOut:
+                # What was written before it goes first.
+                self.transport.write(b"".join(self._batchOut))
+                self._batchOut = []
+                self._batchOutBytes = 0
             self.transport.writeSequence([_wire.frameHeader(_wire.DATA, size), data])
 
     def pauseReading(self) -> None:

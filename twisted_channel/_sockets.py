@@ -1,6 +1,7 @@
 """
 What the channel asks of Twisted's socket transports beyond their public
-interfaces: how much they hold, and sending it now.
+interfaces: how much they hold, sending it now, and sending without them
+when they hold nothing.
 
 Both rely on L{twisted.internet.abstract.FileDescriptor}'s buffering (used
 by the TCP and Unix transports of every POSIX reactor, asyncio's included);
@@ -41,3 +42,34 @@ def pushToKernel(transport: object) -> None:
     doWrite = getattr(transport, "doWrite", None)
     if doWrite is not None:
         doWrite()
+
+
+def sendNow(transport: object, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}, handing it straight to the kernel when
+    the transport holds nothing: a write through Twisted would ask the
+    reactor to watch for writability, send on its next iteration and stop
+    watching (two C{epoll_ctl} calls and an iteration).  What the kernel
+    does not take, or any error, is left to the transport as usual.
+    """
+    from twisted.internet.tcp import Connection
+
+    if (
+        not isinstance(transport, Connection)
+        or not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnected
+        or bufferedBytes(transport)
+    ):
+        transport.write(data)  # type: ignore[attr-defined]
+        return
+    try:
+        sent = transport.socket.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        # The transport finds the error itself when it tries.
+        transport.write(data)
+        return
+    if sent < len(data):
+        transport.write(data[sent:])
