@@ -40,6 +40,21 @@ def robust(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
+class CallingReactor:
+    """
+    Runs what a thread hands to the reactor at once, on that thread; sets
+    C{done}, if given, afterwards.
+    """
+
+    def __init__(self, done: threading.Event | None = None) -> None:
+        self.done = done
+
+    def callFromThread(self, f: object, *args: object) -> None:
+        f(*args)  # type: ignore[operator]
+        if self.done is not None:
+            self.done.set()
+
+
 def lockPath(directory: str) -> str:
     return os.path.join(directory, "jobs.lock")
 
@@ -120,17 +135,13 @@ def test_prepareErrorIsHandedOver(channelDirectory: str, robust: bool) -> None:
     """
     received: list[object] = []
 
-    class Reactor:
-        def callFromThread(self, f: object, *args: object) -> None:
-            f(*args)  # type: ignore[operator]
-
     def failing() -> object:
         raise OSError("no room")
 
     path = lockPath(channelDirectory)
-    holder = HostElection(Reactor(), path, lambda p: None, robust=robust)
+    holder = HostElection(CallingReactor(), path, lambda p: None, robust=robust)
     standby = HostElection(
-        Reactor(), path, received.append, prepare=failing, robust=robust
+        CallingReactor(), path, received.append, prepare=failing, robust=robust
     )
     assert holder.tryNow()
     standby.waitInBackground()
@@ -196,12 +207,7 @@ def test_standbyWinsWhenHolderProcessEnds(
         assert record is not None and record.hostPid == holder.pid
         won = threading.Event()
 
-        class Reactor:
-            def callFromThread(self, f: object, *args: object) -> None:
-                f(*args)  # type: ignore[operator]
-                won.set()
-
-        standby = HostElection(Reactor(), path, lambda p: None, robust=robust)
+        standby = HostElection(CallingReactor(won), path, lambda p: None, robust=robust)
         assert not standby.tryNow()
         standby.waitInBackground()
         if end == "SIGKILL":

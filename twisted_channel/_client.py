@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error
@@ -303,14 +304,7 @@ class _ClientLink(Protocol):
         if not self.eager or not pending:
             self.transport.write(hello)
             return
-        chunks = [hello]
-        append = chunks.append
-        header = _wire.frameHeader
-        data = _wire.DATA
-        for payload in pending.messages:
-            append(header(data, len(payload)))
-            append(payload)
-        self.transport.writeSequence(chunks)
+        self.sendMessages(pending.messages, leading=hello)
 
     def _handshakeExpired(self) -> None:
         self._deadline = None
@@ -460,15 +454,16 @@ class _ClientLink(Protocol):
         )
         self.abort()
 
-    def sendMessages(self, payloads: list[bytes]) -> None:
+    def sendMessages(self, payloads: Collection[bytes], leading: bytes = b"") -> None:
         """
-        Frame and send C{payloads} in one write.
+        Frame and send C{payloads}, after C{leading} (an encoded frame, if
+        any), in one write.
         """
         if not payloads or self.transport is None:
             return
         header = _wire.frameHeader
         data = _wire.DATA
-        chunks: list[bytes] = []
+        chunks: list[bytes] = [leading] if leading else []
         append = chunks.append
         for payload in payloads:
             append(header(data, len(payload)))
