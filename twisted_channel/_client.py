@@ -56,7 +56,7 @@ from ._interfaces import (
     IChannelLinkObserver,
 )
 from ._pending import PendingWrites
-from ._sockets import pushToKernel, sendNow
+from ._sockets import pushToKernel, readDirectly, sendNow
 from ._watch import stopWatching, watchFor
 
 if TYPE_CHECKING:
@@ -248,6 +248,7 @@ class _ClientLink(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        readDirectly(self.transport, self.dataReceived)
         connection = self._connection
         if connection.transportKind == "tcp":
             # The host speaks first, with its challenge.

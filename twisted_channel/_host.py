@@ -63,7 +63,7 @@ from ._directory import (
 )
 from ._election import HostElection
 from ._interfaces import ChannelBufferFullError
-from ._sockets import bufferedBytes, pushToKernel, sendNow
+from ._sockets import bufferedBytes, pushToKernel, readDirectly, sendNow
 
 _log = Logger()
 
@@ -371,6 +371,7 @@ class _HostLink(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        readDirectly(self.transport, self.dataReceived)
         self.term.allLinks.add(self)
         port = self.port
         if port.secret is not None:

@@ -1,14 +1,27 @@
 """
 What the channel asks of Twisted's socket transports beyond their public
-interfaces: how much they hold, sending it now, and sending without them
-when they hold nothing.
+interfaces: how much they hold, sending it now, sending without them when
+they hold nothing, and reading without their layers.
 
-Both rely on L{twisted.internet.abstract.FileDescriptor}'s buffering (used
-by the TCP and Unix transports of every POSIX reactor, asyncio's included);
-on any other transport they do nothing.
+They rely on L{twisted.internet.abstract.FileDescriptor}'s buffering and on
+L{twisted.internet.tcp.Connection}'s socket (the TCP and Unix transports of
+every POSIX reactor, asyncio's included); any other transport is used
+through its public interface only.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet import main, tcp, unix
+from twisted.internet.error import ConnectionDone, ConnectionLost
+
+# The read methods readDirectly knows it may stand in for: the Unix one
+# reads ancillary data for descriptor passing, which links never use.
+_PLAIN_READS = (
+    tcp.Connection.doRead,
+    getattr(unix._SendmsgMixin, "doRead", tcp.Connection.doRead),
+)
 
 
 def bufferedBytes(transport: object) -> int:
@@ -52,10 +65,8 @@ def sendNow(transport: object, data: bytes) -> None:
     watching (two C{epoll_ctl} calls and an iteration).  What the kernel
     does not take, or any error, is left to the transport as usual.
     """
-    from twisted.internet.tcp import Connection
-
     if (
-        not isinstance(transport, Connection)
+        not isinstance(transport, tcp.Connection)
         or not transport.connected
         or transport.disconnecting
         or transport._writeDisconnected
@@ -73,3 +84,40 @@ def sendNow(transport: object, data: bytes) -> None:
         return
     if sent < len(data):
         transport.write(data[sent:])
+
+
+def readDirectly(transport: object, dataReceived: Callable[[bytes], None]) -> bool:
+    """
+    Have the reactor hand what C{transport} reads straight to
+    C{dataReceived}, with one C{recv}, instead of through the transport's
+    general read (for Unix sockets a C{recvmsg} that looks for passed
+    descriptors) and the endpoint's wrapping protocol: fewer calls on every
+    hop of a round trip.  The transport ends the connection as it would
+    have, on end of file or an error.
+
+    @return: whether it could; a transport it does not know is left as it
+        is.
+    """
+    if not isinstance(transport, tcp.Connection) or (
+        type(transport).doRead not in _PLAIN_READS
+    ):
+        return False
+    receive = transport.socket.recv
+    size = transport.bufferSize
+
+    def doRead() -> ConnectionDone | ConnectionLost | None:
+        try:
+            data = receive(size)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        dataReceived(data)
+        return None
+
+    # An attribute of the instance, found before the class's method by the
+    # reactor's lookup of doRead.
+    transport.doRead = doRead  # type: ignore[method-assign]
+    return True
