@@ -1044,6 +1044,91 @@ def test_handshakeTimeout() -> None:
     assert client.state == CONNECTING
 
 
+class WaitingRead:
+    """
+    Stands in for L{_sockets.unreadBytes}: C{count} bytes wait unread, and
+    the reactor reads them (calls C{read}) on its next pass, before a call
+    scheduled now.
+    """
+
+    def __init__(
+        self, reactor: MemoryReactorClock, count: int, read: Any = None
+    ) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.read = read
+
+    def __call__(self, transport: object) -> int:
+        count = self.count
+        if self.read is not None:
+            read, self.read = self.read, None
+
+            def readNow() -> None:
+                self.count = 0
+                read()
+
+            self.reactor.callLater(0, readNow)
+        return count
+
+
+def test_handshakeTimeoutReadsAWaitingAnswerFirst(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    A handshake deadline that passes while the host's answer waits unread
+    (this process was suspended or starved, and the reactor runs its timed
+    calls before it reads) is judged again once the reactor has read: the
+    welcome read then keeps the link.
+    """
+    client, _, reactor = makeClient(timeout=0)
+    link, transport = openLink(client)
+    monkeypatch.setattr(
+        _client, "unreadBytes", WaitingRead(reactor, 100, lambda: welcome(link))
+    )
+    reactor.advance(LINK_HANDSHAKE_TIMEOUT + 5)
+    assert not transport.disconnecting
+    assert client.state == CONNECTED
+    assert reactor.getDelayedCalls() == []
+
+
+def test_handshakeTimeoutReadsOnlyOnce(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    If what was read is still no welcome, the link is dropped at once,
+    whatever else waits.
+    """
+    client, _, reactor = makeClient(timeout=0)
+    link, transport = openLink(client)
+    monkeypatch.setattr(
+        _client,
+        "unreadBytes",
+        WaitingRead(reactor, 100, lambda: link.dataReceived(b"\0\0")),
+    )
+    reactor.advance(LINK_HANDSHAKE_TIMEOUT + 5)
+    assert transport.disconnecting
+    assert client.state == CONNECTING
+
+
+def test_stallCheckReadsAWaitingAnswerFirst(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A stall check that falls due while the host's acknowledgement waits
+    unread reads it before judging the host; an acknowledgement still
+    missing after that drops the link.
+    """
+    client, _, reactor = makeClient(timeout=2)
+    link, transport = connected(client)
+    monkeypatch.setattr(
+        _client, "unreadBytes", WaitingRead(reactor, 9, lambda: ack(link, 1))
+    )
+    client.write(b"waiting")
+    reactor.advance(client.stallTimeout + 5)
+    assert not transport.disconnecting
+    assert len(client.pending) == 0
+    monkeypatch.setattr(_client, "unreadBytes", WaitingRead(reactor, 9))
+    client.write(b"never acknowledged")
+    reactor.advance(client.stallTimeout + 5)
+    assert transport.disconnecting
+
+
 def test_welcomeCancelsHandshakeTimeout() -> None:
     client, _, reactor = makeClient(timeout=0)
     link, transport = connected(client)

@@ -25,6 +25,8 @@ from twisted_channel._directory import channelPaths
 from twisted_channel._election import HostElection
 from twisted_channel._host import ChannelPort, _HostingTerm, _HostLink
 
+from .test_client_unit import WaitingRead
+
 CLIENT_PID = 1234
 LIMIT = 1000
 
@@ -470,6 +472,36 @@ def test_handshakeDeadline(host: Host) -> None:
     assert transport.disconnecting
     link.connectionLost(Failure(error.ConnectionDone()))
     assert link not in host.term.allLinks
+
+
+def test_handshakeDeadlineReadsAWaitingHelloFirst(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A deadline that passes while the client's hello waits unread (this
+    process was suspended or starved, and the reactor runs its timed calls
+    before it reads) is judged again once the reactor has read: the hello
+    then beats it.  A peer whose read is still no hello is refused then.
+    """
+    link, transport = host.link()
+    monkeypatch.setattr(
+        _host,
+        "unreadBytes",
+        WaitingRead(host.reactor, len(hello()), lambda: link.dataReceived(hello())),
+    )
+    host.reactor.advance(15)
+    assert not transport.disconnecting
+    assert welcomed(transport).resumeAfter == 0
+
+    slow, slowTransport = host.link()
+    monkeypatch.setattr(
+        _host,
+        "unreadBytes",
+        WaitingRead(host.reactor, 100, lambda: slow.dataReceived(hello()[:10])),
+    )
+    host.reactor.advance(15)
+    assert "no hello within 10 seconds" in errorOf(slowTransport)
+    assert slowTransport.disconnecting
 
 
 def test_helloBeatsDeadline(host: Host) -> None:

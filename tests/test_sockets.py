@@ -28,7 +28,13 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from twisted_channel._sockets import bufferedBytes, readDirectly, sendNow
+from twisted_channel import ChannelEndpoint
+from twisted_channel._sockets import (
+    bufferedBytes,
+    readDirectly,
+    sendNow,
+    unreadBytes,
+)
 
 
 class Collector(Protocol):
@@ -143,6 +149,38 @@ async def test_readDirectlyEndsTheConnectionOnAnError(channelDirectory: str) -> 
         await port.stopListening()
 
 
+class SocketHolder:
+    """
+    Just enough of a transport for L{unreadBytes}: a handle.
+    """
+
+    def __init__(self, handle: socket.socket) -> None:
+        self.handle = handle
+
+    def getHandle(self) -> socket.socket:
+        return self.handle
+
+
+def test_unreadBytesCountsWhatTheKernelHolds() -> None:
+    """
+    The bytes a socket received and nobody read yet; 0 for a transport
+    without a socket, or whose socket is closed.
+    """
+    one, other = socket.socketpair()
+    try:
+        holder = SocketHolder(other)
+        assert unreadBytes(holder) == 0
+        one.sendall(b"x" * 1000)
+        assert unreadBytes(holder) == 1000
+        other.recv(300)
+        assert unreadBytes(holder) == 700
+    finally:
+        one.close()
+        other.close()
+    assert unreadBytes(holder) == 0
+    assert unreadBytes(StringTransport()) == 0
+
+
 def test_readDirectlyLeavesOtherTransportsAlone() -> None:
     """
     A transport that is not one of Twisted's socket connections keeps its
@@ -180,3 +218,48 @@ def _reactor() -> IReactorTime:
     from twisted.internet import reactor
 
     return reactor  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest_twisted.ensureDeferred
+async def test_channelLinksReadDirectly(transport: str, channelDirectory: str) -> None:
+    """
+    Both ends of a channel's link read directly, and messages still arrive
+    whole, in order, both ways.
+    """
+    from twisted.internet import reactor
+
+    hostReceived: list[bytes] = []
+    clientReceived: list[bytes] = []
+
+    class Echo(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            hostReceived.append(data)
+            assert self.transport is not None
+            self.transport.write(data.upper())
+
+    class Client(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            clientReceived.append(data)
+
+    endpoint = ChannelEndpoint(
+        reactor, "direct", directory=channelDirectory, transport=transport
+    )
+    port = await endpoint.listen(Factory.forProtocol(Echo))
+    try:
+        await port.whenHosting()  # type: ignore[attr-defined]
+        client = await endpoint.connect(Factory.forProtocol(Client))
+        assert client.transport is not None
+        messages = [b"m%d" % i * (1 + i % 700) for i in range(200)]
+        for message in messages:
+            client.transport.write(message)
+        await _until(lambda: len(clientReceived) == len(messages))
+        assert hostReceived == messages
+        assert clientReceived == [m.upper() for m in messages]
+        link = client.transport.link  # type: ignore[attr-defined]
+        assert "doRead" in vars(link.transport)
+        [hostLink] = port._term.allLinks  # type: ignore[attr-defined]
+        assert "doRead" in vars(hostLink.transport)
+        client.transport.loseConnection()
+    finally:
+        await port.stopListening()

@@ -56,7 +56,7 @@ from ._interfaces import (
     IChannelLinkObserver,
 )
 from ._pending import PendingWrites
-from ._sockets import pushToKernel, readDirectly, sendNow
+from ._sockets import pushToKernel, readDirectly, sendNow, unreadBytes
 from ._watch import stopWatching, watchFor
 
 if TYPE_CHECKING:
@@ -237,6 +237,7 @@ class _ClientLink(Protocol):
         self.eager = False
         self.eagerThrough = 0
         self._deadline: IDelayedCall | None = None
+        self._deadlineRechecked = False
         # Unix sockets need no authentication: the directory is private.
         self._authenticated = True
         self._secret: bytes | None = None
@@ -309,6 +310,15 @@ class _ClientLink(Protocol):
 
     def _handshakeExpired(self) -> None:
         self._deadline = None
+        if not self._deadlineRechecked and unreadBytes(self.transport):
+            # The host did answer: this process was late, not the host (it
+            # was suspended, or short of CPU), and the reactor runs its timed
+            # calls before it reads.  Judge once that is read.
+            self._deadlineRechecked = True
+            self._deadline = self._connection.reactor.callLater(
+                0, self._handshakeExpired
+            )
+            return
         _log.warn(
             "channel {channel}: host pid {hostPid} did not answer within "
             "{timeout} s; trying again",
@@ -545,6 +555,7 @@ class ChannelClientTransport:
         self._connector = _LinkConnector(self)
         self._giveUp: IDelayedCall | None = None
         self._stallCheck: IDelayedCall | None = None
+        self._stallRechecked = False
         self._lastProgress = 0.0
         self._connectedWaiters: list[Deferred[ChannelAddress]] = []
         self._hostAddress = ChannelAddress(address.name, address.path, HOST)
@@ -886,6 +897,7 @@ class ChannelClientTransport:
 
     def _armStallCheck(self, delay: float | None = None) -> None:
         self._lastProgress = self.reactor.seconds()
+        self._stallRechecked = False
         self._stallCheck = self.reactor.callLater(
             self.stallTimeout if delay is None else delay, self._checkStall
         )
@@ -911,6 +923,13 @@ class ChannelClientTransport:
             lastProgress = self._lastProgress
             self._armStallCheck(self.stallTimeout - idle)
             self._lastProgress = lastProgress
+            return
+        if not self._stallRechecked and unreadBytes(link.transport):
+            # The host did send: this process was late, not the host (it was
+            # suspended, or short of CPU), and the reactor runs its timed
+            # calls before it reads.  Judge once that is read.
+            self._stallRechecked = True
+            self._stallCheck = self.reactor.callLater(0, self._checkStall)
             return
         _log.warn(
             "channel {channel}: host pid {hostPid} acknowledged nothing for "

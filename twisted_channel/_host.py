@@ -63,7 +63,13 @@ from ._directory import (
 )
 from ._election import HostElection
 from ._interfaces import ChannelBufferFullError
-from ._sockets import bufferedBytes, pushToKernel, readDirectly, sendNow
+from ._sockets import (
+    bufferedBytes,
+    pushToKernel,
+    readDirectly,
+    sendNow,
+    unreadBytes,
+)
 
 _log = Logger()
 
@@ -344,6 +350,7 @@ class _HostLink(Protocol):
         self._skip = 0
         self._closing = False
         self._deadline: IDelayedCall | None = None
+        self._deadlineRechecked = False
         self._peerMaxMessageSize = port.maxMessageSize
         self.peerAddress = ChannelAddress(port.name, port.paths.socket, None)
         self._closedWaiters: list[Deferred[None]] = []
@@ -437,6 +444,14 @@ class _HostLink(Protocol):
 
     def _handshakeExpired(self) -> None:
         self._deadline = None
+        if not self._deadlineRechecked and unreadBytes(self.transport):
+            # What the client sent waits unread: this process was late (it
+            # was suspended, or short of CPU), and the reactor runs its timed
+            # calls before it reads.  Judge once that is read; a peer that
+            # sends too slowly still gets no more than that one read.
+            self._deadlineRechecked = True
+            self._deadline = self.port.clock.callLater(0, self._handshakeExpired)
+            return
         self.refuse(
             f"no hello within {self.port.handshakeTimeout:g} seconds of connecting"
         )

@@ -11,6 +11,9 @@ through its public interface only.
 
 from __future__ import annotations
 
+import fcntl
+import struct
+import termios
 from collections.abc import Callable
 
 from twisted.internet import main, tcp, unix
@@ -84,6 +87,20 @@ def sendNow(transport: object, data: bytes) -> None:
         return
     if sent < len(data):
         transport.write(data[sent:])
+
+
+def unreadBytes(transport: object) -> int:
+    """
+    How many bytes the kernel holds for C{transport} that it has not read
+    yet; 0 if it cannot tell (a transport with no socket).
+    """
+    try:
+        fileno = transport.getHandle().fileno()  # type: ignore[attr-defined]
+        answer = fcntl.ioctl(fileno, termios.FIONREAD, b"\0\0\0\0")
+    except Exception:
+        return 0
+    count: int = struct.unpack("i", answer)[0]
+    return count
 
 
 def readDirectly(transport: object, dataReceived: Callable[[bytes], None]) -> bool:
