@@ -1,7 +1,8 @@
 """
 What the channel asks of Twisted's socket transports beyond their public
 interfaces: how much they hold, sending it now, sending without them when
-they hold nothing, and reading without their layers.
+they hold nothing, reading without their layers, and how much waits
+unread in the kernel.
 
 They rely on L{twisted.internet.abstract.FileDescriptor}'s buffering and on
 L{twisted.internet.tcp.Connection}'s socket (the TCP and Unix transports of
