@@ -64,6 +64,16 @@ class Recorder(Protocol):
         self.lost.append(reason)
 
 
+class Replier(Recorder):
+    """
+    A client application that answers each message from the host.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.transport.write(b"re:" + data)  # type: ignore[union-attr]
+
+
 @implementer(IChannelLinkObserver)
 class Observer(Recorder):
     """
@@ -445,12 +455,6 @@ def test_replyInDataReceivedLeavesWithTheRead() -> None:
     handed over at the end of that read, without waiting for the turn to
     end.
     """
-
-    class Replier(Recorder):
-        def dataReceived(self, data: bytes) -> None:
-            super().dataReceived(data)
-            self.transport.write(b"re:" + data)  # type: ignore[union-attr]
-
     client, protocol, reactor = makeClient(protocol=Replier())
     link, transport = connected(client)
     link.dataReceived(_wire.encodeFrame(_wire.DATA, b"ping"))
@@ -465,12 +469,6 @@ def test_replyBeforeABrokenFrameLeavesAtTheEndOfTheTurn() -> None:
     what the application wrote while handling it: that is flushed at the
     end of the turn, as any write is, and stays pending for the next link.
     """
-
-    class Replier(Recorder):
-        def dataReceived(self, data: bytes) -> None:
-            super().dataReceived(data)
-            self.transport.write(b"re:" + data)  # type: ignore[union-attr]
-
     client, protocol, reactor = makeClient(protocol=Replier())
     link, transport = connected(client)
     link.dataReceived(
