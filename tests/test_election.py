@@ -19,7 +19,12 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from twisted_channel._directory import UnsafeDirectoryError
-from twisted_channel._election import ROBUST_MUTEX, HostElection, readLockRecord
+from twisted_channel._election import (
+    ROBUST_MUTEX,
+    HostElection,
+    _takeTerm,
+    readLockRecord,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -298,3 +303,39 @@ def test_unreadableRecordIsNone(channelDirectory: str) -> None:
     assert readLockRecord(path) is None
     os.symlink("/etc/passwd", path)
     assert readLockRecord(path) is None
+
+
+class FailingRecordLock:
+    """
+    A lock whose record cannot be written: it records what is done to it.
+    """
+
+    def __init__(self, free: bool) -> None:
+        self.free = free
+        self.calls: list[str] = []
+
+    def acquire(self, blocking: bool) -> bool:
+        self.calls.append(f"acquire blocking={blocking}")
+        return self.free or blocking
+
+    def release(self) -> None:
+        self.calls.append("release")
+
+    def beginTerm(self) -> int:
+        self.calls.append("beginTerm")
+        raise OSError(28, "No space left on device")
+
+
+def test_termThatCannotBeginGivesTheLockBack() -> None:
+    """
+    A lock taken whose record cannot be written is released before the
+    error is raised, waiting or not; a lock not free is not touched.
+    """
+    for blocking in (True, False):
+        lock = FailingRecordLock(free=True)
+        with pytest.raises(OSError, match="No space"):
+            _takeTerm(lock, blocking)
+        assert lock.calls == [f"acquire blocking={blocking}", "beginTerm", "release"]
+    busy = FailingRecordLock(free=False)
+    assert _takeTerm(busy, blocking=False) is None
+    assert busy.calls == ["acquire blocking=False"]

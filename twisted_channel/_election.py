@@ -352,6 +352,21 @@ def readLockRecord(path: str) -> LockRecord | None:
     return _decodeRecord(header)
 
 
+def _takeTerm(lock: _LockFile, blocking: bool) -> int | None:
+    """
+    Take C{lock} and begin a hosting term in its record; return the term,
+    or None if the lock was not free (without C{blocking}).  If the term
+    cannot begin, the lock is released before the error is raised.
+    """
+    if not lock.acquire(blocking):
+        return None
+    try:
+        return lock.beginTerm()
+    except BaseException:
+        lock.release()
+        raise
+
+
 class _Attempt:
     """
     A wait for the lock, made and (once won) held by a thread of its own,
@@ -376,13 +391,9 @@ class _Attempt:
         lock = self._lock
         try:
             try:
-                self.won = lock.acquire(blocking=True)
-                try:
-                    self.term = lock.beginTerm()
-                except BaseException:
-                    lock.release()
-                    self.won = False
-                    raise
+                term = _takeTerm(lock, blocking=True)
+                self.won = term is not None
+                self.term = term or 0
             except BaseException as e:
                 self.error = e
             onDecided(self)
@@ -528,18 +539,14 @@ class HostElection:
         if self._held is not None:
             return True
         lock = openLock(self.lockPath, self._robust)
-        won = False
         try:
-            won = lock.acquire(blocking=False)
-            if not won:
-                lock.close()
-                return False
-            term = lock.beginTerm()
+            term = _takeTerm(lock, blocking=False)
         except BaseException:
-            if won:
-                lock.release()
             lock.close()
             raise
+        if term is None:
+            lock.close()
+            return False
         self._held = _Holding(lock, term)
         # A background wait still blocked in the kernel gives the lock back
         # when it wins it, now that it is not needed.
