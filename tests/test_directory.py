@@ -352,29 +352,3 @@ def test_channelPathsRefuseBadDirectories() -> None:
         channelPaths("jobs", "")
     with pytest.raises(ValueError, match="too long"):
         channelPaths("jobs", "/" + "d" * 200)
-
-
-def test_leftoverTemporarySocketsAreRemovedByTheNextHost(tmp_path: Path) -> None:
-    """
-    A host killed between binding its temporary socket and renaming it
-    leaves a file; the next lock holder removes it (its own channel's only)
-    when it publishes.
-    """
-    from twisted_channel._host import _listeningUnixSocket, _temporaryPrefix
-
-    directory = str(tmp_path)
-    path = os.path.join(directory, "jobs.sock")
-    leftover = socket.socket(socket.AF_UNIX)
-    leftover.bind(_temporaryPrefix(path) + "123-dead")
-    leftover.close()
-    other = socket.socket(socket.AF_UNIX)
-    otherPath = os.path.join(directory, ".other.sock~123-dead")
-    other.bind(otherPath)
-    other.close()
-    published = _listeningUnixSocket(path)
-    try:
-        assert sorted(os.listdir(directory)) == sorted(
-            ["jobs.sock", os.path.basename(otherPath)]
-        )
-    finally:
-        published.listening.close()

@@ -8,12 +8,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 from typing import Any
 
 import pytest
 from twisted.internet import error
 from twisted.internet.interfaces import IAddress, ITransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
@@ -25,30 +26,16 @@ from twisted_channel._directory import channelPaths
 from twisted_channel._election import HostElection
 from twisted_channel._host import ChannelPort, _HostingTerm, _HostLink
 
-from .test_client_unit import WaitingRead
+from .test_client_unit import Recorder, WaitingRead
 
 CLIENT_PID = 1234
 LIMIT = 1000
 
 
-class App(Protocol):
+class App(Recorder):
     """
     A host application protocol that records what happens to it.
     """
-
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self.lost: list[Failure] = []
-        self.made = 0
-
-    def connectionMade(self) -> None:
-        self.made += 1
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received.append(data)
-
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
-        self.lost.append(reason)
 
 
 class Exploding(App):
@@ -834,6 +821,37 @@ def test_failedBindIsRetriedSoonThenLessOften(
     assert stopped.called
     assert not os.path.exists(port.paths.socket)
     assert not port._election.holding
+
+
+def test_leftoverTemporarySocketsAreRemovedAfterTakingOver(
+    channelDirectory: str,
+) -> None:
+    """
+    A host killed between binding its temporary socket and renaming it
+    leaves a file; the next host removes it (its own channel's only), not
+    while it takes over but at its first check of its published socket.
+    """
+    paths = channelPaths("jobs", channelDirectory)
+    leftover = _host._temporaryPrefix(paths.socket) + "123-dead"
+    other = _host._temporaryPrefix(os.path.join(channelDirectory, "o.sock")) + "1-x"
+    for path in (leftover, other):
+        bound = socket.socket(socket.AF_UNIX)
+        bound.bind(path)
+        bound.close()
+    reactor = MemoryReactorClock()
+    port = ChannelPort(reactor, "jobs", paths, App, 10)
+    port.role = _host.STANDBY
+    assert port._election.tryNow()
+    port._elected()
+    assert port.role == HOST
+    assert os.path.exists(leftover)
+    reactor.advance(_host.PUBLISH_CHECK_INTERVAL)
+    assert not os.path.exists(leftover)
+    assert os.path.exists(other)
+    assert os.path.exists(paths.socket)
+    stopped = port.stopListening()
+    reactor.advance(0)
+    assert stopped.called
 
 
 # The reactor's shutdown

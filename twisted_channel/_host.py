@@ -116,10 +116,19 @@ class _HostSocketPort(unix.Port):
 
     _identity: tuple[int, int] | None = None
 
+    def adopt(self, published: _PublishedSocket) -> None:
+        """
+        Listen on C{published}, already bound and published, rather than
+        on a socket of its own.
+        """
+        self._preexistingSocket = published.listening
+        self._identity = published.identity
+
     def startListening(self) -> None:
         super().startListening()  # type: ignore[no-untyped-call]
-        info = os.lstat(self._bindPath)
-        self._identity = (info.st_dev, info.st_ino)
+        if self._identity is None:
+            info = os.lstat(self._bindPath)
+            self._identity = (info.st_dev, info.st_ino)
 
     def connectionLost(self, reason: Failure) -> None:
         if self._identity is not None:
@@ -166,7 +175,8 @@ def _removeLeftovers(path: str) -> None:
     """
     Remove temporary sockets that hosts of this channel killed between bind
     and rename left behind.  Called by the lock holder only, so none of
-    them is in use.
+    them is in use; not while it takes over, when every moment counts, but
+    at its first check of its published socket.
     """
     directory, _ = os.path.split(path)
     prefix = os.path.basename(_temporaryPrefix(path))
@@ -223,8 +233,6 @@ def _listeningUnixSocket(path: str) -> _PublishedSocket:
             except OSError:
                 pass
         raise
-    # After publishing, so that clients are not kept waiting for it.
-    _removeLeftovers(path)
     return _PublishedSocket(listening, (info.st_dev, info.st_ino))
 
 
@@ -253,6 +261,7 @@ class _HostingTerm:
         self.allLinks: set[_HostLink] = set()
         self.messages = 0
         self.bytes = 0
+        self.leftoversRemoved = False
 
     def remember(self, clientId: bytes, sequence: int) -> None:
         delivered = self.delivered
@@ -1046,7 +1055,7 @@ class ChannelPort:
                 )
                 if not isinstance(prepared, _PublishedSocket):
                     prepared = _listeningUnixSocket(self.paths.socket)
-                unixPort._preexistingSocket = prepared.listening
+                unixPort.adopt(prepared)
                 unixPort.startListening()
                 socketPort = unixPort
         except BaseException:
@@ -1081,6 +1090,10 @@ class ChannelPort:
                 self._checkPortFile()
             else:
                 self._checkSocketFile()
+                term = self._term
+                if term is not None and not term.leftoversRemoved:
+                    term.leftoversRemoved = True
+                    _removeLeftovers(self.paths.socket)
         except Exception:
             _log.failure(
                 "channel {channel}: could not publish the host again; "
@@ -1112,7 +1125,7 @@ class ChannelPort:
             mode=0o600,
             reactor=self.reactor,
         )
-        newPort._preexistingSocket = published.listening
+        newPort.adopt(published)
         newPort.startListening()
         self._socketPort = newPort
         # The old port no longer owns the file, so closing it removes nothing.
