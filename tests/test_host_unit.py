@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import socket
+import stat
 from typing import Any
 
 import pytest
@@ -794,7 +795,8 @@ def test_failedBindIsRetriedSoonThenLessOften(
     failures = []
     real = _host._listeningUnixSocket
 
-    def full(path: str) -> Any:
+    def full(path: str, ready: Any = None) -> Any:
+        assert ready is None
         if len(failures) < 4:
             failures.append(path)
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -827,14 +829,18 @@ def test_leftoverTemporarySocketsAreRemovedAfterTakingOver(
     channelDirectory: str,
 ) -> None:
     """
-    A host killed between binding its temporary socket and renaming it
-    leaves a file; the next host removes it (its own channel's only), not
+    A host killed between binding its temporary socket and renaming it (or
+    a standby killed with its ready socket) leaves a file; the next host
+    removes it (its own channel's only, and not a live standby's), not
     while it takes over but at its first check of its published socket.
     """
     paths = channelPaths("jobs", channelDirectory)
-    leftover = _host._temporaryPrefix(paths.socket) + "123-dead"
+    prefix = _host._temporaryPrefix(paths.socket)
+    # Above any pid_max, so no such process.
+    leftover = prefix + "99999999-dead"
+    live = prefix + f"{os.getpid()}-live"
     other = _host._temporaryPrefix(os.path.join(channelDirectory, "o.sock")) + "1-x"
-    for path in (leftover, other):
+    for path in (leftover, live, other):
         bound = socket.socket(socket.AF_UNIX)
         bound.bind(path)
         bound.close()
@@ -847,11 +853,84 @@ def test_leftoverTemporarySocketsAreRemovedAfterTakingOver(
     assert os.path.exists(leftover)
     reactor.advance(_host.PUBLISH_CHECK_INTERVAL)
     assert not os.path.exists(leftover)
+    assert os.path.exists(live)
     assert os.path.exists(other)
     assert os.path.exists(paths.socket)
     stopped = port.stopListening()
     reactor.advance(0)
     assert stopped.called
+
+
+def test_standbyHoldsASocketReadyToPublish(channelDirectory: str) -> None:
+    """
+    A standby binds and listens, under a temporary name and mode 0600, the
+    socket it will publish if it wins; winning renames that very socket
+    into place.
+    """
+    reactor = MemoryReactorClock()
+    paths = channelPaths("jobs", channelDirectory)
+    holder = HostElection(reactor, paths.lock, lambda prepared: None)
+    assert holder.tryNow()
+    port = ChannelPort(reactor, "jobs", paths, AppFactory(), 10)
+    port.startListening()
+    assert port.role == _host.STANDBY
+    ready = port._ready
+    assert ready is not None
+    assert os.path.basename(ready.temporary).startswith(
+        os.path.basename(_host._temporaryPrefix(paths.socket)) + f"{os.getpid()}-"
+    )
+    info = os.lstat(ready.temporary)
+    assert stat.S_ISSOCK(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o600
+    probe = socket.socket(socket.AF_UNIX)
+    probe.connect(ready.temporary)
+    probe.close()
+    published = port._bindEarly()
+    assert published.listening is ready.listening
+    info = os.lstat(paths.socket)
+    assert (info.st_dev, info.st_ino) == ready.identity == published.identity
+    assert not os.path.exists(ready.temporary)
+    assert port._ready is None
+    port._unbindEarly(published)
+    port.stopListening()
+    holder.release()
+
+
+def test_standbyStoppingRemovesItsReadySocket(channelDirectory: str) -> None:
+    reactor = MemoryReactorClock()
+    paths = channelPaths("jobs", channelDirectory)
+    holder = HostElection(reactor, paths.lock, lambda prepared: None)
+    assert holder.tryNow()
+    port = ChannelPort(reactor, "jobs", paths, AppFactory(), 10)
+    port.startListening()
+    ready = port._ready
+    assert ready is not None and os.path.exists(ready.temporary)
+    port.stopListening()
+    assert not os.path.exists(ready.temporary)
+    assert ready.listening.fileno() == -1
+    assert port._ready is None
+    holder.release()
+
+
+def test_readySocketGoneIsBoundAfresh(channelDirectory: str) -> None:
+    """
+    If the ready socket's file was removed (or replaced) under the standby,
+    the winner binds a new socket, as it would have without one.
+    """
+    path = channelPaths("jobs", channelDirectory).socket
+    ready = _host._readySocket(path)
+    assert ready is not None
+    os.unlink(ready.temporary)
+    published = _host._listeningUnixSocket(path, ready)
+    assert ready.listening.fileno() == -1
+    assert published.listening is not ready.listening
+    info = os.lstat(path)
+    assert (info.st_dev, info.st_ino) == published.identity
+    probe = socket.socket(socket.AF_UNIX)
+    probe.connect(path)
+    probe.close()
+    _host._withdrawUnixSocket(published, path)
+    assert os.listdir(channelDirectory) == []
 
 
 # The reactor's shutdown

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import socket
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -162,6 +163,18 @@ class _PublishedSocket:
     identity: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class _ReadySocket:
+    """
+    A listening Unix socket that a standby bound under a temporary name, to
+    publish by a mere rename the moment it wins the lock.
+    """
+
+    listening: socket.socket
+    temporary: str
+    identity: tuple[int, int]
+
+
 def _temporaryPrefix(path: str) -> str:
     """
     The prefix of the temporary names a host of the socket at C{path} binds
@@ -171,12 +184,40 @@ def _temporaryPrefix(path: str) -> str:
     return os.path.join(directory, f".{name}~")
 
 
+def _temporaryName(path: str) -> str:
+    """
+    A temporary name for a socket to be published at C{path}: its prefix,
+    this process's pid (which tells whether its maker is alive) and a
+    random part.
+    """
+    return f"{_temporaryPrefix(path)}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _makerAlive(name: str, prefix: str) -> bool:
+    """
+    Whether the process that bound the temporary socket C{name} still runs,
+    by the pid in the name.
+    """
+    pid = name[len(prefix) :].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def _removeLeftovers(path: str) -> None:
     """
-    Remove temporary sockets that hosts of this channel killed between bind
-    and rename left behind.  Called by the lock holder only, so none of
-    them is in use; not while it takes over, when every moment counts, but
-    at its first check of its published socket.
+    Remove temporary sockets that processes of this channel left behind
+    when they died: hosts killed between bind and rename, standbys killed
+    with their L{_ReadySocket}.  Those of live standbys stay.  Called by
+    the lock holder only, so no host is publishing meanwhile; not while it
+    takes over, when every moment counts, but at its first check of its
+    published socket.
     """
     directory, _ = os.path.split(path)
     prefix = os.path.basename(_temporaryPrefix(path))
@@ -185,27 +226,88 @@ def _removeLeftovers(path: str) -> None:
     except OSError:
         return
     for name in names:
-        if name.startswith(prefix):
+        if name.startswith(prefix) and not _makerAlive(name, prefix):
             try:
                 removeStaleSocket(os.path.join(directory, name))
             except (OSError, ValueError):
                 pass
 
 
-def _listeningUnixSocket(path: str) -> _PublishedSocket:
+def _readySocket(path: str) -> _ReadySocket | None:
+    """
+    Bind and listen, under a temporary name, the socket a standby will
+    publish at C{path} if it wins; None if that cannot be done now (the
+    standby then binds when it wins, as it would have anyway).
+    """
+    temporary = _temporaryName(path)
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listening.bind(temporary)
+        os.chmod(temporary, 0o600)
+        listening.listen(128)
+        listening.setblocking(False)
+        info = os.lstat(temporary)
+    except OSError:
+        _discardReadySocket(_ReadySocket(listening, temporary, (-1, -1)))
+        return None
+    return _ReadySocket(listening, temporary, (info.st_dev, info.st_ino))
+
+
+def _discardReadySocket(ready: _ReadySocket) -> None:
+    """
+    Close a L{_ReadySocket} that will not be published, and remove its
+    file.
+    """
+    ready.listening.close()
+    try:
+        os.unlink(ready.temporary)
+    except OSError:
+        pass
+
+
+def _publishReadySocket(ready: _ReadySocket, path: str) -> _PublishedSocket | None:
+    """
+    Rename C{ready} into place at C{path}, if its file is still the one it
+    bound; otherwise discard it and return None.  Called holding the lock.
+    """
+    try:
+        info = os.lstat(ready.temporary)
+        if (info.st_dev, info.st_ino) != ready.identity:
+            raise FileNotFoundError(ready.temporary)
+        os.rename(ready.temporary, path)
+    except OSError:
+        _discardReadySocket(ready)
+        return None
+    return _PublishedSocket(ready.listening, ready.identity)
+
+
+def _listeningUnixSocket(
+    path: str, ready: _ReadySocket | None = None
+) -> _PublishedSocket:
     """
     A Unix socket listening at C{path}, published there only once it
     listens: it is bound under a temporary name and renamed into place, so
     a client never finds a socket that refuses it, and the rename tells
     watching clients that a host is ready.  The rename also replaces a
-    stale socket a dead host left.
+    stale socket a dead host left.  With C{ready}, a standby's socket bound
+    beforehand, only the rename is left to do (if that fails, a new socket
+    is bound as without it).
 
     Where that cannot be done (no inode left for the temporary name, or a
     name too long for a socket address), the dead host's socket is removed
     and the new one bound in its place directly.
     """
-    checkReplaceableSocket(path)
-    temporary = f"{_temporaryPrefix(path)}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        checkReplaceableSocket(path)
+    except BaseException:
+        if ready is not None:
+            _discardReadySocket(ready)
+        raise
+    if ready is not None:
+        published = _publishReadySocket(ready, path)
+        if published is not None:
+            return published
+    temporary = _temporaryName(path)
     listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
@@ -848,6 +950,10 @@ class ChannelPort:
         self._rebindDelay = _REBIND_FIRST_DELAY
         self._shutdownTrigger: object | None = None
         self._guard: LoopingCall | None = None
+        # The socket this standby will publish if it wins: taken by
+        # whichever thread wins the lock, discarded by the reactor thread.
+        self._ready: _ReadySocket | None = None
+        self._readyLock = threading.Lock()
         self._factoryStarted = False
 
     def __repr__(self) -> str:
@@ -906,9 +1012,10 @@ class ChannelPort:
             if self._election.tryNow():
                 self._becomeHost()
             else:
-                self._election.waitInBackground()
+                self._standBy()
         except BaseException:
             self._election.release()
+            self._discardReady()
             self.role = STOPPED
             raise
         self._handOverAtShutdown()
@@ -962,13 +1069,39 @@ class ChannelPort:
             except Exception:
                 _log.failure("channel {channel}: election failed", channel=self.name)
 
+    def _standBy(self) -> None:
+        """
+        Wait for the lock in the background, with a socket ready to publish
+        if it is won: the moment of the win is the one when the dead host's
+        exit and its clients compete for the CPU, and a rename is all that
+        is then left to do.
+        """
+        if self.transport == "unix":
+            with self._readyLock:
+                if self._ready is None:
+                    self._ready = _readySocket(self.paths.socket)
+        self._election.waitInBackground()
+
+    def _takeReady(self) -> _ReadySocket | None:
+        """
+        The ready socket, for the thread that won the lock to publish.
+        """
+        with self._readyLock:
+            ready, self._ready = self._ready, None
+        return ready
+
+    def _discardReady(self) -> None:
+        ready = self._takeReady()
+        if ready is not None:
+            _discardReadySocket(ready)
+
     def _bindEarly(self) -> _PublishedSocket:
         """
         On the election thread, the moment the lock is won: publish a
         listening socket, so that clients connect (and queue in the kernel)
         before the reactor thread even wakes.
         """
-        return _listeningUnixSocket(self.paths.socket)
+        return _listeningUnixSocket(self.paths.socket, self._takeReady())
 
     def _unbindEarly(self, prepared: object) -> None:
         """
@@ -1009,7 +1142,7 @@ class ChannelPort:
             if self._election.tryNow():
                 self._elected()
             else:
-                self._election.waitInBackground()
+                self._standBy()
         except Exception:
             _log.failure("channel {channel}: election failed", channel=self.name)
             self._retryLater()
@@ -1054,7 +1187,9 @@ class ChannelPort:
                     reactor=self.reactor,
                 )
                 if not isinstance(prepared, _PublishedSocket):
-                    prepared = _listeningUnixSocket(self.paths.socket)
+                    prepared = _listeningUnixSocket(
+                        self.paths.socket, self._takeReady()
+                    )
                 unixPort.adopt(prepared)
                 unixPort.startListening()
                 socketPort = unixPort
@@ -1222,6 +1357,7 @@ class ChannelPort:
         self.role = STOPPED
         if not wasHosting:
             self._election.release()
+            self._discardReady()
             self._stopFactory()
             return succeed(None)
         guard, self._guard = self._guard, None

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.processes import Child, Children
+from twisted_channel._directory import channelPaths
+from twisted_channel._host import _temporaryPrefix
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
 
@@ -523,15 +525,26 @@ class Cluster:
 
     def strayFiles(self) -> list[str]:
         """
-        What the runtime directory holds besides the channel's own files
-        and the record: what a dead process left behind.
+        What the runtime directory holds besides the channel's own files,
+        the record and the sockets live standbys hold ready (named after
+        their pid): what a dead process left behind.
         """
-        own = {f"{self.name}.sock", f"{self.name}.lock", f"{self.name}.port"}
-        own.add(os.path.basename(self.record))
+        paths = channelPaths(self.name, self.directory)
+        own = {
+            os.path.basename(path)
+            for path in (paths.socket, paths.lock, paths.port, self.record)
+        }
+        prefix = os.path.basename(_temporaryPrefix(paths.socket))
+        ready = tuple(
+            f"{prefix}{child.pid}-" for child in self.candidates if self.alive(child)
+        )
         try:
-            return sorted(set(os.listdir(self.directory)) - own)
+            names = os.listdir(self.directory)
         except OSError:
             return []
+        return sorted(
+            name for name in names if name not in own and not name.startswith(ready)
+        )
 
     def recordCount(self) -> int:
         """
