@@ -49,6 +49,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 
 from ._directory import UnsafeDirectoryError, openLockFile
+from ._scheduling import askForShortSlice
 
 _log = Logger()
 
@@ -389,6 +390,8 @@ class _Attempt:
         is won or the wait failed.
         """
         lock = self._lock
+        # Once woken by a dead host's exit, run before it frees its memory.
+        askForShortSlice()
         try:
             try:
                 term = _takeTerm(lock, blocking=True)
