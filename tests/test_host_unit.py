@@ -830,17 +830,19 @@ def test_leftoverTemporarySocketsAreRemovedAfterTakingOver(
 ) -> None:
     """
     A host killed between binding its temporary socket and renaming it (or
-    a standby killed with its ready socket) leaves a file; the next host
-    removes it (its own channel's only, and not a live standby's), not
-    while it takes over but at its first check of its published socket.
+    a standby killed with its ready socket) leaves a file; the host removes
+    it (its own channel's only, and not a live standby's), not while it
+    takes over but when it checks its published socket, every second.
     """
     paths = channelPaths("jobs", channelDirectory)
     prefix = _host._temporaryPrefix(paths.socket)
     # Above any pid_max, so no such process.
     leftover = prefix + "99999999-dead"
+    # Names no process of the channel makes.
+    odd = [prefix + "0-x", prefix + "9" * 30 + "-x", prefix + "x"]
     live = prefix + f"{os.getpid()}-live"
     other = _host._temporaryPrefix(os.path.join(channelDirectory, "o.sock")) + "1-x"
-    for path in (leftover, live, other):
+    for path in (leftover, *odd, live, other):
         bound = socket.socket(socket.AF_UNIX)
         bound.bind(path)
         bound.close()
@@ -853,9 +855,17 @@ def test_leftoverTemporarySocketsAreRemovedAfterTakingOver(
     assert os.path.exists(leftover)
     reactor.advance(_host.PUBLISH_CHECK_INTERVAL)
     assert not os.path.exists(leftover)
+    assert not any(os.path.exists(path) for path in odd)
     assert os.path.exists(live)
     assert os.path.exists(other)
     assert os.path.exists(paths.socket)
+    # A standby killed later leaves its socket too; the host goes on looking.
+    later = prefix + "99999998-dead"
+    bound = socket.socket(socket.AF_UNIX)
+    bound.bind(later)
+    bound.close()
+    reactor.advance(_host.PUBLISH_CHECK_INTERVAL)
+    assert not os.path.exists(later)
     stopped = port.stopListening()
     reactor.advance(0)
     assert stopped.called

@@ -108,3 +108,16 @@ def test_nothingIsAskedElsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sliceOf() is None
     monkeypatch.setattr(_scheduling.sys, "platform", "darwin")
     assert not askForShortSlice()
+
+
+def test_askingNeverRaises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The thread that asks is the one that waits for the lock: whatever goes
+    wrong in asking, it goes on to wait.
+    """
+
+    def broken() -> None:
+        raise RuntimeError("no C library")
+
+    monkeypatch.setattr(_scheduling, "_syscalls", broken)
+    assert not askForShortSlice()

@@ -199,11 +199,11 @@ def _makerAlive(name: str, prefix: str) -> bool:
     by the pid in the name.
     """
     pid = name[len(prefix) :].split("-", 1)[0]
-    if not pid.isdigit():
+    if not pid.isdigit() or int(pid) <= 0:
         return False
     try:
         os.kill(int(pid), 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except OSError:
         return True
@@ -216,7 +216,7 @@ def _removeLeftovers(path: str) -> None:
     when they died: hosts killed between bind and rename, standbys killed
     with their L{_ReadySocket}.  Those of live standbys stay.  Called by
     the lock holder only, so no host is publishing meanwhile; not while it
-    takes over, when every moment counts, but at its first check of its
+    takes over, when every moment counts, but at each check of its
     published socket.
     """
     directory, _ = os.path.split(path)
@@ -363,7 +363,6 @@ class _HostingTerm:
         self.allLinks: set[_HostLink] = set()
         self.messages = 0
         self.bytes = 0
-        self.leftoversRemoved = False
 
     def remember(self, clientId: bytes, sequence: int) -> None:
         delivered = self.delivered
@@ -1216,7 +1215,8 @@ class ChannelPort:
         """
         Make sure clients can still find this host: if its socket file (or
         TCP port file) was deleted or replaced under it, publish it again.
-        Links already up never depended on the file.
+        Links already up never depended on the file.  Also remove the
+        temporary sockets that dead processes left.
         """
         if self.role != HOST or self._socketPort is None:
             return
@@ -1225,10 +1225,7 @@ class ChannelPort:
                 self._checkPortFile()
             else:
                 self._checkSocketFile()
-                term = self._term
-                if term is not None and not term.leftoversRemoved:
-                    term.leftoversRemoved = True
-                    _removeLeftovers(self.paths.socket)
+                _removeLeftovers(self.paths.socket)
         except Exception:
             _log.failure(
                 "channel {channel}: could not publish the host again; "

@@ -86,8 +86,16 @@ def askForShortSlice(nanoseconds: int = SHORT_SLICE) -> bool:
     application gave another policy is left as it is.
 
     @return: whether the kernel took the request (one that ignores it
-        takes it too).
+        takes it too).  It never raises: the thread that asks is the one
+        that waits for the lock, and nothing may keep it from waiting.
     """
+    try:
+        return _askForShortSlice(nanoseconds)
+    except Exception:
+        return False
+
+
+def _askForShortSlice(nanoseconds: int) -> bool:
     calls = _syscalls()
     if calls is None:
         return False
