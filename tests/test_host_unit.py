@@ -871,19 +871,28 @@ def test_leftoverTemporarySocketsAreRemovedAfterTakingOver(
     assert stopped.called
 
 
+def standingBy(directory: str) -> tuple[ChannelPort, HostElection]:
+    """
+    A port standing by, and the election that holds the lock meanwhile.
+    """
+    reactor = MemoryReactorClock()
+    paths = channelPaths("jobs", directory)
+    holder = HostElection(reactor, paths.lock, lambda prepared: None)
+    assert holder.tryNow()
+    port = ChannelPort(reactor, "jobs", paths, AppFactory(), 10)
+    port.startListening()
+    assert port.role == _host.STANDBY
+    return port, holder
+
+
 def test_standbyHoldsASocketReadyToPublish(channelDirectory: str) -> None:
     """
     A standby binds and listens, under a temporary name and mode 0600, the
     socket it will publish if it wins; winning renames that very socket
     into place.
     """
-    reactor = MemoryReactorClock()
-    paths = channelPaths("jobs", channelDirectory)
-    holder = HostElection(reactor, paths.lock, lambda prepared: None)
-    assert holder.tryNow()
-    port = ChannelPort(reactor, "jobs", paths, AppFactory(), 10)
-    port.startListening()
-    assert port.role == _host.STANDBY
+    port, holder = standingBy(channelDirectory)
+    paths = port.paths
     ready = port._ready
     assert ready is not None
     assert os.path.basename(ready.temporary).startswith(
@@ -907,12 +916,7 @@ def test_standbyHoldsASocketReadyToPublish(channelDirectory: str) -> None:
 
 
 def test_standbyStoppingRemovesItsReadySocket(channelDirectory: str) -> None:
-    reactor = MemoryReactorClock()
-    paths = channelPaths("jobs", channelDirectory)
-    holder = HostElection(reactor, paths.lock, lambda prepared: None)
-    assert holder.tryNow()
-    port = ChannelPort(reactor, "jobs", paths, AppFactory(), 10)
-    port.startListening()
+    port, holder = standingBy(channelDirectory)
     ready = port._ready
     assert ready is not None and os.path.exists(ready.temporary)
     port.stopListening()
@@ -992,14 +996,8 @@ def test_hostHandsOverWhenTheReactorStops(channelDirectory: str) -> None:
 
 
 def test_standbyStopsWaitingWhenTheReactorStops(channelDirectory: str) -> None:
-    reactor = MemoryReactorClock()
-    paths = channelPaths("jobs", channelDirectory)
-    holder = HostElection(reactor, paths.lock, lambda prepared: None)
-    assert holder.tryNow()
-    port = ChannelPort(reactor, "jobs", paths, AppFactory(), 10)
-    port.startListening()
-    assert port.role == _host.STANDBY
-    [trigger] = shutdownTriggers(reactor)
+    port, holder = standingBy(channelDirectory)
+    [trigger] = shutdownTriggers(port.reactor)
     assert trigger() is not None
     assert port.role == _host.STOPPED
     assert not port._election.waiting

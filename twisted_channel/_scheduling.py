@@ -56,11 +56,10 @@ def _syscalls() -> tuple[ctypes.CDLL, int, int] | None:
     return library, numbers[0], numbers[1]
 
 
-def sliceOf(threadId: int = 0) -> int | None:
+def _attributes(threadId: int) -> tuple[int, ...] | None:
     """
-    The C{sched_runtime} of a thread, by its native id (0: the calling
-    thread): its slice under C{SCHED_OTHER} on Linux 6.12 and later; None
-    where it cannot be read.
+    C{sched_getattr} of a thread, by its native id (0: the calling thread),
+    as the fields of L{_SCHED_ATTR}; None where it cannot be read.
     """
     calls = _syscalls()
     if calls is None:
@@ -75,8 +74,17 @@ def sliceOf(threadId: int = 0) -> int | None:
         ctypes.c_uint(0),
     ):
         return None
-    runtime: int = _SCHED_ATTR.unpack(attributes.raw)[5]
-    return runtime
+    return _SCHED_ATTR.unpack(attributes.raw)
+
+
+def sliceOf(threadId: int = 0) -> int | None:
+    """
+    The C{sched_runtime} of a thread, by its native id (0: the calling
+    thread): its slice under C{SCHED_OTHER} on Linux 6.12 and later; None
+    where it cannot be read.
+    """
+    attributes = _attributes(threadId)
+    return None if attributes is None else attributes[5]
 
 
 def askForShortSlice(nanoseconds: int = SHORT_SLICE) -> bool:
@@ -97,19 +105,11 @@ def askForShortSlice(nanoseconds: int = SHORT_SLICE) -> bool:
 
 def _askForShortSlice(nanoseconds: int) -> bool:
     calls = _syscalls()
-    if calls is None:
+    attributes = _attributes(0)
+    if calls is None or attributes is None:
         return False
-    library, setNumber, getNumber = calls
-    attributes = ctypes.create_string_buffer(_SCHED_ATTR.size)
-    if library.syscall(
-        ctypes.c_long(getNumber),
-        ctypes.c_int(0),
-        attributes,
-        ctypes.c_uint(_SCHED_ATTR.size),
-        ctypes.c_uint(0),
-    ):
-        return False
-    _, policy, _, nice, priority, _, _, _ = _SCHED_ATTR.unpack(attributes.raw)
+    library, setNumber, _ = calls
+    _, policy, _, nice, priority, _, _, _ = attributes
     if policy != _SCHED_OTHER:
         return False
     request = ctypes.create_string_buffer(
