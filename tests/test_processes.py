@@ -325,6 +325,55 @@ def test_sigtermedHostHandsOver(children: Children, channelDirectory: str) -> No
     assertDeliveredInOrder(readRecords(record), {"t": 2000})
 
 
+def test_standbysHoldTheirSocketsReady(
+    children: Children, channelDirectory: str
+) -> None:
+    """
+    Each standby holds its socket ready under a temporary name that names
+    its pid; one killed leaves it, and the host removes it within about a
+    second; the winner of a failover publishes its own; processes that stop
+    gracefully leave nothing but the lock file.
+    """
+    if children.transport == "tcp":
+        pytest.skip("a TCP host's port is bound when it wins; only sockets wait ready")
+
+    def readyOf() -> set[str]:
+        prefix = "." + os.path.basename(children.channelFile("ready")) + "~"
+        return {
+            name.split("~", 1)[1].split("-", 1)[0]
+            for name in os.listdir(channelDirectory)
+            if name.startswith(prefix)
+        }
+
+    record = os.path.join(channelDirectory, "record")
+    host = children.candidate("ready", record)
+    host.waitFor(lambda line: line == "ROLE host")
+    standbys = [children.candidate("ready", record) for _ in range(3)]
+    for standby in standbys:
+        standby.waitFor(lambda line: line == "ROLE standby")
+    assert readyOf() == {str(standby.pid) for standby in standbys}
+    doomed = standbys.pop()
+    doomed.kill()
+    doomed.wait()
+    waitUntil(lambda: str(doomed.pid) not in readyOf(), 5, "the host to clean up")
+    host.kill()
+    host.wait()
+    waitUntil(
+        lambda: any(standby.role() == "host" for standby in standbys),
+        10,
+        "a standby to take over",
+    )
+    [winner] = [standby for standby in standbys if standby.role() == "host"]
+    assert readyOf() == {str(standby.pid) for standby in standbys} - {str(winner.pid)}
+    client = children.client("ready", "r", 20)
+    client.waitFor(lambda line: line.startswith("CLOSED"), 20)
+    assert client.collect()[-1] == "CLOSED ConnectionDone 0"
+    for standby in standbys:
+        standby.kill(signal.SIGTERM)
+        assert standby.wait() == 0
+    assert sorted(os.listdir(channelDirectory)) == ["ready.lock", "record"]
+
+
 def test_frozenHostIsGivenUpOnWithCount(
     children: Children, channelDirectory: str
 ) -> None:

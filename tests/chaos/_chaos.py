@@ -195,7 +195,7 @@ def runChaos(
         if cluster.assertOneHost() != finalHost:
             raise HarnessError("the host changed after the last kill")
         delivery = account(cluster.records(), ends)
-        stray = cluster.strayFiles()
+        stray = cluster.strayFilesAfterCleanUp()
         return ChaosReport(settings, seconds, delivery, failovers, finalHost, stray)
     finally:
         cluster.close()

@@ -546,6 +546,18 @@ class Cluster:
             name for name in names if name not in own and not name.startswith(ready)
         )
 
+    def strayFilesAfterCleanUp(self, timeout: float = 3.0) -> list[str]:
+        """
+        L{strayFiles}, once the host has had the time to remove what dead
+        processes left: it does at each check of its socket, every second.
+        """
+        deadline = time.monotonic() + timeout
+        stray = self.strayFiles()
+        while stray and time.monotonic() < deadline:
+            time.sleep(0.05)
+            stray = self.strayFiles()
+        return stray
+
     def recordCount(self) -> int:
         """
         How many lines the record holds now (cheaply, without parsing).

@@ -426,7 +426,7 @@ def standbyKilledWinning(reactor: str = "default", rounds: int = 3) -> ScenarioR
         )
         result.figures.update(
             {
-                "files_left_behind": len(cluster.strayFiles()),
+                "files_left_behind": len(cluster.strayFilesAfterCleanUp()),
                 "double_kills": 2 * rounds,
                 "kill_to_next_host_first_message_max_ms": round(max(takeovers), 1),
             }

@@ -334,7 +334,11 @@ def markdown(report: SoakReport, command: str) -> str:
         "delivered but not yet acknowledged (at least once across a host's "
         "death); no host ever delivered a message twice, and every sender's "
         "messages reached each host in order.  *Sent* counts, for a sender "
-        "that died with its host, the messages up to its last delivered one.",
+        "that died with its host, the messages up to its last delivered one.  "
+        "*Files left behind* are what dead processes left in the runtime "
+        "directory that the host had not removed 3 s after the run (it "
+        "removes them at each check of its socket, every second); the "
+        "sockets live standbys hold ready are not counted.",
         "",
         "## Fault scenarios",
         "",
