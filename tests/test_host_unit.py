@@ -10,6 +10,8 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -883,6 +885,24 @@ def standingBy(directory: str) -> tuple[ChannelPort, HostElection]:
     port.startListening()
     assert port.role == _host.STANDBY
     return port, holder
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/self/stat"), reason="no /proc to tell zombies by"
+)
+def test_aZombieMakerIsDead() -> None:
+    """
+    A standby killed but not yet reaped by its parent is dead: its ready
+    socket may go.
+    """
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        # Wait for it to end, but leave it unreaped.
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        assert not _host._makerAlive(f".s~{child.pid}-x", ".s~")
+    finally:
+        child.wait(10)
+    assert _host._makerAlive(f".s~{os.getpid()}-x", ".s~")
 
 
 def test_standbyHoldsASocketReadyToPublish(channelDirectory: str) -> None:

@@ -196,7 +196,8 @@ def _temporaryName(path: str) -> str:
 def _makerAlive(name: str, prefix: str) -> bool:
     """
     Whether the process that bound the temporary socket C{name} still runs,
-    by the pid in the name.
+    by the pid in the name.  A zombie (dead, not yet reaped by its parent)
+    does not.
     """
     pid = name[len(prefix) :].split("-", 1)[0]
     if not pid.isdigit() or int(pid) <= 0:
@@ -207,7 +208,14 @@ def _makerAlive(name: str, prefix: str) -> bool:
         return False
     except OSError:
         return True
-    return True
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as stat:
+            # The state follows the command name, which is in parentheses
+            # and may hold anything, a parenthesis included.
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
 
 
 def _removeLeftovers(path: str) -> None:
