@@ -203,6 +203,10 @@ def readRecords(path: str) -> list[tuple[int, str, int]]:
         return records
     with open(path, "rb") as f:
         for line in f:
+            if not line.endswith(b"\n"):
+                # Being written: a line that crosses a page boundary shows
+                # its first part before its end.
+                break
             pid, message = line.decode().split()
             tag, number = message.rsplit(":", 1)
             records.append((int(pid), tag, int(number)))

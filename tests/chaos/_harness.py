@@ -165,7 +165,9 @@ def readRecords(path: str) -> list[Record]:
             data = f.read()
     except FileNotFoundError:
         return records
-    for line in data.splitlines():
+    # A last line without its end is being written: a line that crosses a
+    # page boundary shows its first part before its end.
+    for line in data[: data.rfind(b"\n") + 1].splitlines():
         fields = line.split()
         if len(fields) != 4:
             raise HarnessError(f"malformed record line {line[:100]!r}")
