@@ -967,6 +967,41 @@ def test_readySocketGoneIsBoundAfresh(channelDirectory: str) -> None:
     assert os.listdir(channelDirectory) == []
 
 
+def test_noRoomForATemporaryNameBindsInPlace(
+    channelDirectory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Where no temporary socket can be made for want of an inode, the holder
+    removes the dead host's socket and binds in its place, mode 0600; any
+    other error is raised.
+    """
+    path = channelPaths("jobs", channelDirectory).socket
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()
+
+    def full(path: str) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_host, "_readySocket", full)
+    published = _host._listeningUnixSocket(path)
+    info = os.lstat(path)
+    assert (info.st_dev, info.st_ino) == published.identity
+    assert stat.S_IMODE(info.st_mode) == 0o600
+    probe = socket.socket(socket.AF_UNIX)
+    probe.connect(path)
+    probe.close()
+    _host._withdrawUnixSocket(published, path)
+    assert os.listdir(channelDirectory) == []
+
+    def refused(path: str) -> Any:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(_host, "_readySocket", refused)
+    with pytest.raises(PermissionError):
+        _host._listeningUnixSocket(path)
+
+
 # The reactor's shutdown
 
 

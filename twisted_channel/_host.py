@@ -125,12 +125,6 @@ class _HostSocketPort(unix.Port):
         self._preexistingSocket = published.listening
         self._identity = published.identity
 
-    def startListening(self) -> None:
-        super().startListening()  # type: ignore[no-untyped-call]
-        if self._identity is None:
-            info = os.lstat(self._bindPath)
-            self._identity = (info.st_dev, info.st_ino)
-
     def connectionLost(self, reason: Failure) -> None:
         if self._identity is not None:
             _unlinkIfSame(self._bindPath, self._identity)
@@ -241,23 +235,33 @@ def _removeLeftovers(path: str) -> None:
                 pass
 
 
-def _readySocket(path: str) -> _ReadySocket | None:
+def _listenPrivately(listening: socket.socket, name: str) -> None:
     """
-    Bind and listen, under a temporary name, the socket a standby will
-    publish at C{path} if it wins; None if that cannot be done now (the
-    standby then binds when it wins, as it would have anyway).
+    Make C{listening}, bound at C{name}, listen: mode 0600, not blocking.
+    """
+    os.chmod(name, 0o600)
+    listening.listen(128)
+    listening.setblocking(False)
+
+
+def _readySocket(path: str) -> _ReadySocket:
+    """
+    Bind and listen, under a temporary name, a socket to publish at C{path}
+    by renaming it: what a standby holds ready, and how a host publishes.
     """
     temporary = _temporaryName(path)
     listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listening.bind(temporary)
-        os.chmod(temporary, 0o600)
-        listening.listen(128)
-        listening.setblocking(False)
+        _listenPrivately(listening, temporary)
         info = os.lstat(temporary)
-    except OSError:
-        _discardReadySocket(_ReadySocket(listening, temporary, (-1, -1)))
-        return None
+    except BaseException:
+        listening.close()
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
     return _ReadySocket(listening, temporary, (info.st_dev, info.st_ino))
 
 
@@ -315,33 +319,35 @@ def _listeningUnixSocket(
         published = _publishReadySocket(ready, path)
         if published is not None:
             return published
-    temporary = _temporaryName(path)
+    try:
+        ready = _readySocket(path)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG) and (
+            len(os.fsencode(_temporaryName(path))) <= _MAX_SOCKET_PATH
+        ):
+            raise
+        return _listeningInPlace(path)
+    try:
+        os.rename(ready.temporary, path)
+    except BaseException:
+        _discardReadySocket(ready)
+        raise
+    return _PublishedSocket(ready.listening, ready.identity)
+
+
+def _listeningInPlace(path: str) -> _PublishedSocket:
+    """
+    Free the dead host's inode (or its name) and bind at C{path} directly:
+    where no temporary name can be had.  Called holding the lock.
+    """
+    removeStaleSocket(path)
     listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        try:
-            listening.bind(temporary)
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG) and (
-                len(os.fsencode(temporary)) <= _MAX_SOCKET_PATH
-            ):
-                raise
-            # Free the dead host's inode (or its name) and bind there.
-            removeStaleSocket(path)
-            listening.bind(path)
-            temporary = path
-        os.chmod(temporary, 0o600)
-        listening.listen(128)
-        listening.setblocking(False)
-        if temporary != path:
-            os.rename(temporary, path)
+        listening.bind(path)
+        _listenPrivately(listening, path)
         info = os.lstat(path)
     except BaseException:
         listening.close()
-        if temporary != path:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
         raise
     return _PublishedSocket(listening, (info.st_dev, info.st_ino))
 
@@ -1086,7 +1092,11 @@ class ChannelPort:
         if self.transport == "unix":
             with self._readyLock:
                 if self._ready is None:
-                    self._ready = _readySocket(self.paths.socket)
+                    try:
+                        self._ready = _readySocket(self.paths.socket)
+                    except OSError:
+                        # It binds when it wins, as it would have anyway.
+                        pass
         self._election.waitInBackground()
 
     def _takeReady(self) -> _ReadySocket | None:
@@ -1198,7 +1208,7 @@ class ChannelPort:
                         self.paths.socket, self._takeReady()
                     )
                 unixPort.adopt(prepared)
-                unixPort.startListening()
+                unixPort.startListening()  # type: ignore[no-untyped-call]
                 socketPort = unixPort
         except BaseException:
             self._election.release()
