@@ -235,13 +235,22 @@ def _removeLeftovers(path: str) -> None:
                 pass
 
 
-def _listenPrivately(listening: socket.socket, name: str) -> None:
+def _listeningAt(name: str) -> tuple[socket.socket, tuple[int, int]]:
     """
-    Make C{listening}, bound at C{name}, listen: mode 0600, not blocking.
+    A Unix socket bound at C{name} and listening, mode 0600, not blocking;
+    and the device and inode of its file.
     """
-    os.chmod(name, 0o600)
-    listening.listen(128)
-    listening.setblocking(False)
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listening.bind(name)
+        os.chmod(name, 0o600)
+        listening.listen(128)
+        listening.setblocking(False)
+        info = os.lstat(name)
+    except BaseException:
+        listening.close()
+        raise
+    return listening, (info.st_dev, info.st_ino)
 
 
 def _readySocket(path: str) -> _ReadySocket:
@@ -250,19 +259,15 @@ def _readySocket(path: str) -> _ReadySocket:
     by renaming it: what a standby holds ready, and how a host publishes.
     """
     temporary = _temporaryName(path)
-    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        listening.bind(temporary)
-        _listenPrivately(listening, temporary)
-        info = os.lstat(temporary)
+        listening, identity = _listeningAt(temporary)
     except BaseException:
-        listening.close()
         try:
             os.unlink(temporary)
         except OSError:
             pass
         raise
-    return _ReadySocket(listening, temporary, (info.st_dev, info.st_ino))
+    return _ReadySocket(listening, temporary, identity)
 
 
 def _discardReadySocket(ready: _ReadySocket) -> None:
@@ -341,15 +346,7 @@ def _listeningInPlace(path: str) -> _PublishedSocket:
     where no temporary name can be had.  Called holding the lock.
     """
     removeStaleSocket(path)
-    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        listening.bind(path)
-        _listenPrivately(listening, path)
-        info = os.lstat(path)
-    except BaseException:
-        listening.close()
-        raise
-    return _PublishedSocket(listening, (info.st_dev, info.st_ino))
+    return _PublishedSocket(*_listeningAt(path))
 
 
 def _withdrawUnixSocket(published: _PublishedSocket, path: str) -> None:
