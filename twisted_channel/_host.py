@@ -65,6 +65,7 @@ from ._directory import (
 from ._election import HostElection
 from ._interfaces import ChannelBufferFullError
 from ._sockets import (
+    adoptListeningSocket,
     bufferedBytes,
     pushToKernel,
     readDirectly,
@@ -113,21 +114,46 @@ class _HostSocketPort(unix.Port):
     A Unix listening port that, when it closes, removes its socket file only
     if the file there is still the one it bound: a host never removes a
     socket it did not make, and does not fail if its own was deleted.
+
+    @ivar socketPath: where its socket is published, kept here rather than
+        read back from Twisted's port, whose name for it differs between
+        versions.
     """
 
     _identity: tuple[int, int] | None = None
 
+    def __init__(
+        self,
+        socketPath: bytes,
+        factory: IProtocolFactory,
+        backlog: int,
+        mode: int,
+        reactor: object,
+    ) -> None:
+        super().__init__(socketPath, factory, backlog, mode, reactor)
+        self.socketPath = socketPath
+
     def adopt(self, published: _PublishedSocket) -> None:
         """
         Listen on C{published}, already bound and published, rather than
-        on a socket of its own.
+        on a socket of its own; where the Twisted in use cannot (the probe
+        said so, once), withdraw it and bind in its place on starting.
         """
-        self._preexistingSocket = published.listening
-        self._identity = published.identity
+        if adoptListeningSocket(self, published.listening):
+            self._identity = published.identity
+        else:
+            _withdrawUnixSocket(published, os.fsdecode(self.socketPath))
+
+    def startListening(self) -> None:
+        super().startListening()  # type: ignore[no-untyped-call]
+        if self._identity is None:
+            info = os.lstat(self.socketPath)
+            self._identity = (info.st_dev, info.st_ino)
 
     def connectionLost(self, reason: Failure) -> None:
         if self._identity is not None:
-            _unlinkIfSame(self._bindPath, self._identity)
+            _unlinkIfSame(self.socketPath, self._identity)
+        # Not unix.Port's, which removes whatever file is at the path.
         tcp.Port.connectionLost(self, reason)
 
 
@@ -1205,7 +1231,7 @@ class ChannelPort:
                         self.paths.socket, self._takeReady()
                     )
                 unixPort.adopt(prepared)
-                unixPort.startListening()  # type: ignore[no-untyped-call]
+                unixPort.startListening()
                 socketPort = unixPort
         except BaseException:
             self._election.release()
