@@ -40,18 +40,14 @@ from . import _wire
 from ._address import HOST, STANDBY, ChannelAddress
 from ._auth import (
     LOOPBACK,
-    NONCE_SIZE,
-    PROOF_SIZE,
     PortFile,
-    clientProof,
-    hostProof,
-    newNonce,
     newSecret,
     proofMatches,
     readPortFile,
     removePortFile,
     writePortFile,
 )
+from ._authexchange import AuthenticationFailedError, HostAuthExchange
 from ._credentials import peerCredentials
 from ._directory import (
     MAX_SOCKET_PATH as _MAX_SOCKET_PATH,
@@ -510,7 +506,7 @@ class _HostLink(Protocol):
         self._closeAfterBatch: bool | None = None
         self._refusalAfterBatch: str | None = None
         self._keepAlive: LoopingCall | None = None
-        self._hostNonce: bytes | None = None
+        self._auth: HostAuthExchange | None = None
 
     def whenClosed(self) -> Deferred[None]:
         """
@@ -536,8 +532,8 @@ class _HostLink(Protocol):
                 self._closing = True
                 self.transport.abortConnection()  # type: ignore[attr-defined]
                 return
-            self._hostNonce = newNonce()
-            self.transport.write(_wire.encodeFrame(_wire.CHALLENGE, self._hostNonce))
+            self._auth = HostAuthExchange(port.secret)
+            self.transport.write(self._auth.challenge)
             self._startDeadline()
             return
         credentials = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
@@ -565,28 +561,15 @@ class _HostLink(Protocol):
         """
         Check the client's proof, and prove ourselves in return.
         """
-        self._hostNonce, hostNonce = None, self._hostNonce
-        assert hostNonce is not None and self.transport is not None
-        secret = self.port.secret
-        if kind != _wire.AUTH:
+        exchange, self._auth = self._auth, None
+        assert exchange is not None and self.transport is not None
+        try:
+            reply = exchange.receive(kind, body)
+        except AuthenticationFailedError as e:
             self.port.authenticationFailed()
-            self.refuse(f"first frame is of kind {kind}, not an authentication")
+            self.refuse(str(e))
             return False
-        if len(body) != NONCE_SIZE + PROOF_SIZE or secret is None:
-            self.port.authenticationFailed()
-            self.refuse(
-                f"authentication is {len(body)} bytes long; it must be "
-                f"{NONCE_SIZE + PROOF_SIZE}"
-            )
-            return False
-        clientNonce, proof = body[:NONCE_SIZE], body[NONCE_SIZE:]
-        if not proofMatches(clientProof(secret, hostNonce, clientNonce), proof):
-            self.port.authenticationFailed()
-            self.refuse("authentication failed: the peer does not know the secret")
-            return False
-        self.transport.write(
-            _wire.encodeFrame(_wire.AUTH_OK, hostProof(secret, clientNonce, hostNonce))
-        )
+        self.transport.write(reply)
         return True
 
     def _handshakeExpired(self) -> None:
@@ -644,7 +627,7 @@ class _HostLink(Protocol):
                     if not frames:
                         return
                     kind, body = frames[0]
-                    if self._hostNonce is not None:
+                    if self._auth is not None:
                         if not self._authenticate(kind, body):
                             return
                     elif not self._handshake(kind, body):
