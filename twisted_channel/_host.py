@@ -927,6 +927,7 @@ class ChannelPort:
     @ivar factory: the factory that builds a protocol for each link.
     @ivar role: C{"host"}, C{"standby"} or, after L{stopListening},
         C{"stopped"}.
+    @ivar transportKind: C{"unix"} or C{"tcp"}: what it listens on.
     """
 
     def __init__(
@@ -948,7 +949,7 @@ class ChannelPort:
         self.maxMessageSize = maxMessageSize
         self.maxBufferSize = maxBufferSize
         self.handshakeTimeout = handshakeTimeout
-        self.transport = transport
+        self.transportKind = transport
         self.secret: bytes | None = None
         self._authFailures: deque[float] = deque()
         self._floodLogged = 0.0
@@ -989,7 +990,7 @@ class ChannelPort:
         """
         This candidate's address; its C{role} says whether it hosts.
         """
-        if self.transport == "tcp":
+        if self.transportKind == "tcp":
             tcpPort = None
             if self._socketPort is not None:
                 tcpPort = self._socketPort.getHost().port  # type: ignore[attr-defined]
@@ -1095,7 +1096,7 @@ class ChannelPort:
         exit and its clients compete for the CPU, and a rename is all that
         is then left to do.
         """
-        if self.transport == "unix":
+        if self.transportKind == "unix":
             with self._readyLock:
                 if self._ready is None:
                     try:
@@ -1187,7 +1188,7 @@ class ChannelPort:
         term = _HostingTerm(time.time())
         socketPort: IListeningPort
         try:
-            if self.transport == "tcp":
+            if self.transportKind == "tcp":
                 socketPort = self.reactor.listenTCP(
                     0, _HostLinkFactory(self, term), backlog=128, interface=LOOPBACK
                 )
@@ -1245,7 +1246,7 @@ class ChannelPort:
         if self.role != HOST or self._socketPort is None:
             return
         try:
-            if self.transport == "tcp":
+            if self.transportKind == "tcp":
                 self._checkPortFile()
             else:
                 self._checkSocketFile()
@@ -1463,7 +1464,7 @@ class ChannelPort:
             "pid": os.getpid(),
             "since": term.started if term else None,
             "path": self.getHost().path,
-            "transport": self.transport,
+            "transport": self.transportKind,
             "links": len(term.links) if term else 0,
             "messages": term.messages if term else 0,
             "bytes": term.bytes if term else 0,
