@@ -40,18 +40,14 @@ from . import _wire
 from ._address import HOST, STANDBY, ChannelAddress
 from ._auth import (
     LOOPBACK,
-    NONCE_SIZE,
-    PROOF_SIZE,
     PortFile,
-    clientProof,
-    hostProof,
-    newNonce,
     newSecret,
     proofMatches,
     readPortFile,
     removePortFile,
     writePortFile,
 )
+from ._authexchange import AuthenticationFailedError, HostAuthExchange
 from ._credentials import peerCredentials
 from ._directory import (
     MAX_SOCKET_PATH as _MAX_SOCKET_PATH,
@@ -65,6 +61,7 @@ from ._directory import (
 from ._election import HostElection
 from ._interfaces import ChannelBufferFullError
 from ._sockets import (
+    adoptListeningSocket,
     bufferedBytes,
     pushToKernel,
     readDirectly,
@@ -113,21 +110,46 @@ class _HostSocketPort(unix.Port):
     A Unix listening port that, when it closes, removes its socket file only
     if the file there is still the one it bound: a host never removes a
     socket it did not make, and does not fail if its own was deleted.
+
+    @ivar socketPath: where its socket is published, kept here rather than
+        read back from Twisted's port, whose name for it differs between
+        versions.
     """
 
     _identity: tuple[int, int] | None = None
 
+    def __init__(
+        self,
+        socketPath: bytes,
+        factory: IProtocolFactory,
+        backlog: int,
+        mode: int,
+        reactor: object,
+    ) -> None:
+        super().__init__(socketPath, factory, backlog, mode, reactor)
+        self.socketPath = socketPath
+
     def adopt(self, published: _PublishedSocket) -> None:
         """
         Listen on C{published}, already bound and published, rather than
-        on a socket of its own.
+        on a socket of its own; where the Twisted in use cannot (the probe
+        said so, once), withdraw it and bind in its place on starting.
         """
-        self._preexistingSocket = published.listening
-        self._identity = published.identity
+        if adoptListeningSocket(self, published.listening):
+            self._identity = published.identity
+        else:
+            _withdrawUnixSocket(published, os.fsdecode(self.socketPath))
+
+    def startListening(self) -> None:
+        super().startListening()  # type: ignore[no-untyped-call]
+        if self._identity is None:
+            info = os.lstat(self.socketPath)
+            self._identity = (info.st_dev, info.st_ino)
 
     def connectionLost(self, reason: Failure) -> None:
         if self._identity is not None:
-            _unlinkIfSame(self._bindPath, self._identity)
+            _unlinkIfSame(self.socketPath, self._identity)
+        # Not unix.Port's, which removes whatever file is at the path.
         tcp.Port.connectionLost(self, reason)
 
 
@@ -484,7 +506,7 @@ class _HostLink(Protocol):
         self._closeAfterBatch: bool | None = None
         self._refusalAfterBatch: str | None = None
         self._keepAlive: LoopingCall | None = None
-        self._hostNonce: bytes | None = None
+        self._auth: HostAuthExchange | None = None
 
     def whenClosed(self) -> Deferred[None]:
         """
@@ -510,8 +532,8 @@ class _HostLink(Protocol):
                 self._closing = True
                 self.transport.abortConnection()  # type: ignore[attr-defined]
                 return
-            self._hostNonce = newNonce()
-            self.transport.write(_wire.encodeFrame(_wire.CHALLENGE, self._hostNonce))
+            self._auth = HostAuthExchange(port.secret)
+            self.transport.write(self._auth.challenge)
             self._startDeadline()
             return
         credentials = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
@@ -539,28 +561,15 @@ class _HostLink(Protocol):
         """
         Check the client's proof, and prove ourselves in return.
         """
-        self._hostNonce, hostNonce = None, self._hostNonce
-        assert hostNonce is not None and self.transport is not None
-        secret = self.port.secret
-        if kind != _wire.AUTH:
+        exchange, self._auth = self._auth, None
+        assert exchange is not None and self.transport is not None
+        try:
+            reply = exchange.receive(kind, body)
+        except AuthenticationFailedError as e:
             self.port.authenticationFailed()
-            self.refuse(f"first frame is of kind {kind}, not an authentication")
+            self.refuse(str(e))
             return False
-        if len(body) != NONCE_SIZE + PROOF_SIZE or secret is None:
-            self.port.authenticationFailed()
-            self.refuse(
-                f"authentication is {len(body)} bytes long; it must be "
-                f"{NONCE_SIZE + PROOF_SIZE}"
-            )
-            return False
-        clientNonce, proof = body[:NONCE_SIZE], body[NONCE_SIZE:]
-        if not proofMatches(clientProof(secret, hostNonce, clientNonce), proof):
-            self.port.authenticationFailed()
-            self.refuse("authentication failed: the peer does not know the secret")
-            return False
-        self.transport.write(
-            _wire.encodeFrame(_wire.AUTH_OK, hostProof(secret, clientNonce, hostNonce))
-        )
+        self.transport.write(reply)
         return True
 
     def _handshakeExpired(self) -> None:
@@ -618,7 +627,7 @@ class _HostLink(Protocol):
                     if not frames:
                         return
                     kind, body = frames[0]
-                    if self._hostNonce is not None:
+                    if self._auth is not None:
                         if not self._authenticate(kind, body):
                             return
                     elif not self._handshake(kind, body):
@@ -1205,7 +1214,7 @@ class ChannelPort:
                         self.paths.socket, self._takeReady()
                     )
                 unixPort.adopt(prepared)
-                unixPort.startListening()  # type: ignore[no-untyped-call]
+                unixPort.startListening()
                 socketPort = unixPort
         except BaseException:
             self._election.release()
