@@ -104,6 +104,9 @@ class ChannelReconnectingFactory(ReconnectingClientFactory):
     def __init__(self, connection: ChannelClientTransport) -> None:
         self.connection = connection
         self.clock = connection.reactor
+        # The next attempt, held here rather than in the base class's
+        # private _callID, which this class's retry() never sets.
+        self.nextAttempt: IDelayedCall | None = None
 
     def buildProtocol(self, addr: IAddress | None) -> _ClientLink:
         return _ClientLink(self.connection)
@@ -130,11 +133,26 @@ class ChannelReconnectingFactory(ReconnectingClientFactory):
         target = connector
 
         def reconnect() -> None:
-            self._callID = None
+            self.nextAttempt = None
             target.connect()
 
-        self._callID = self.clock.callLater(wait, reconnect)  # type: ignore[union-attr]
+        self.nextAttempt = self.clock.callLater(wait, reconnect)  # type: ignore[union-attr]
         self.delay = min(self.delay * self.factor, self.maxDelay)
+
+    def cancelRetry(self) -> None:
+        """
+        Forget the attempt L{retry} scheduled, if it is still to come.
+        """
+        nextAttempt, self.nextAttempt = self.nextAttempt, None
+        if nextAttempt is not None and nextAttempt.active():
+            nextAttempt.cancel()
+
+    def stopTrying(self) -> None:
+        """
+        Stop reconnecting: cancel the next attempt and any under way.
+        """
+        self.cancelRetry()
+        super().stopTrying()  # type: ignore[no-untyped-call]
 
 
 @implementer(IConnector)
@@ -1081,11 +1099,7 @@ class ChannelClientTransport:
             # if it fails, try again at once.
             self._hostAppearedDuringAttempt = True
             return
-        strategy = self.strategy
-        retry = strategy._callID
-        if retry is not None and retry.active():
-            retry.cancel()
-            strategy._callID = None
+        self.strategy.cancelRetry()
         self._connector.connect()
 
     def _leaveIfSucceeded(self) -> None:
@@ -1230,7 +1244,7 @@ class ChannelClientTransport:
         self._stopGiveUpTimer()
         self._stopStallCheck()
         self._stopWatchingForHost()
-        self.strategy.stopTrying()  # type: ignore[no-untyped-call]
+        self.strategy.stopTrying()
         self._dropOutgoing()
         link, self.link = self.link, None
         if link is not None and link.transport is not None:

@@ -69,6 +69,7 @@ from ._hostsession import (
 )
 from ._interfaces import ChannelBufferFullError
 from ._sockets import (
+    adoptListeningSocket,
     bufferedBytes,
     pushToKernel,
     readDirectly,
@@ -116,21 +117,46 @@ class _HostSocketPort(unix.Port):
     A Unix listening port that, when it closes, removes its socket file only
     if the file there is still the one it bound: a host never removes a
     socket it did not make, and does not fail if its own was deleted.
+
+    @ivar socketPath: where its socket is published, kept here rather than
+        read back from Twisted's port, whose name for it differs between
+        versions.
     """
 
     _identity: tuple[int, int] | None = None
 
+    def __init__(
+        self,
+        socketPath: bytes,
+        factory: IProtocolFactory,
+        backlog: int,
+        mode: int,
+        reactor: object,
+    ) -> None:
+        super().__init__(socketPath, factory, backlog, mode, reactor)
+        self.socketPath = socketPath
+
     def adopt(self, published: _PublishedSocket) -> None:
         """
         Listen on C{published}, already bound and published, rather than
-        on a socket of its own.
+        on a socket of its own; where the Twisted in use cannot (the probe
+        said so, once), withdraw it and bind in its place on starting.
         """
-        self._preexistingSocket = published.listening
-        self._identity = published.identity
+        if adoptListeningSocket(self, published.listening):
+            self._identity = published.identity
+        else:
+            _withdrawUnixSocket(published, os.fsdecode(self.socketPath))
+
+    def startListening(self) -> None:
+        super().startListening()  # type: ignore[no-untyped-call]
+        if self._identity is None:
+            info = os.lstat(self.socketPath)
+            self._identity = (info.st_dev, info.st_ino)
 
     def connectionLost(self, reason: Failure) -> None:
         if self._identity is not None:
-            _unlinkIfSame(self._bindPath, self._identity)
+            _unlinkIfSame(self.socketPath, self._identity)
+        # Not unix.Port's, which removes whatever file is at the path.
         tcp.Port.connectionLost(self, reason)
 
 
@@ -846,6 +872,7 @@ class ChannelPort:
     @ivar factory: the factory that builds a protocol for each link.
     @ivar role: C{"host"}, C{"standby"} or, after L{stopListening},
         C{"stopped"}.
+    @ivar transportKind: C{"unix"} or C{"tcp"}: what it listens on.
     """
 
     def __init__(
@@ -867,7 +894,7 @@ class ChannelPort:
         self.maxMessageSize = maxMessageSize
         self.maxBufferSize = maxBufferSize
         self.handshakeTimeout = handshakeTimeout
-        self.transport = transport
+        self.transportKind = transport
         self.secret: bytes | None = None
         self._authFailures: deque[float] = deque()
         self._floodLogged = 0.0
@@ -908,7 +935,7 @@ class ChannelPort:
         """
         This candidate's address; its C{role} says whether it hosts.
         """
-        if self.transport == "tcp":
+        if self.transportKind == "tcp":
             tcpPort = None
             if self._socketPort is not None:
                 tcpPort = self._socketPort.getHost().port  # type: ignore[attr-defined]
@@ -1014,7 +1041,7 @@ class ChannelPort:
         exit and its clients compete for the CPU, and a rename is all that
         is then left to do.
         """
-        if self.transport == "unix":
+        if self.transportKind == "unix":
             with self._readyLock:
                 if self._ready is None:
                     try:
@@ -1106,7 +1133,7 @@ class ChannelPort:
         term = _HostingTerm(time.time())
         socketPort: IListeningPort
         try:
-            if self.transport == "tcp":
+            if self.transportKind == "tcp":
                 socketPort = self.reactor.listenTCP(
                     0, _HostLinkFactory(self, term), backlog=128, interface=LOOPBACK
                 )
@@ -1133,7 +1160,7 @@ class ChannelPort:
                         self.paths.socket, self._takeReady()
                     )
                 unixPort.adopt(prepared)
-                unixPort.startListening()  # type: ignore[no-untyped-call]
+                unixPort.startListening()
                 socketPort = unixPort
         except BaseException:
             self._election.release()
@@ -1164,7 +1191,7 @@ class ChannelPort:
         if self.role != HOST or self._socketPort is None:
             return
         try:
-            if self.transport == "tcp":
+            if self.transportKind == "tcp":
                 self._checkPortFile()
             else:
                 self._checkSocketFile()
@@ -1382,7 +1409,7 @@ class ChannelPort:
             "pid": os.getpid(),
             "since": term.started if term else None,
             "path": self.getHost().path,
-            "transport": self.transport,
+            "transport": self.transportKind,
             "links": len(term.links) if term else 0,
             "messages": term.messages if term else 0,
             "bytes": term.bytes if term else 0,
