@@ -53,6 +53,8 @@ def test_threeMembersSurviveOne(etcdTrio: EtcdCluster) -> None:
     _put(first.clientURL, b"/harness/three", b"before")
     first.kill()
     assert first.process is not None and first.process.returncode is not None
+    # If it led the cluster, the others elect a new leader first (< 1 s).
+    etcdTrio.waitHealthy()
     answer = _put(second.clientURL, b"/harness/three", b"after")
     assert "header" in answer
     assert third.healthy()
