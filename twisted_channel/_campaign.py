@@ -189,6 +189,8 @@ class Campaign:
         C{campaigning}, C{following}, C{leading}, C{stopped}.
     @ivar term: while leading, the fencing term; else C{None}.
     @ivar lease: the lease this campaign holds, or C{None}.
+    @ivar renewedAt: when the last renewal etcd confirmed was sent: etcd
+        keeps the lease at least the TTL after it.
     """
 
     def __init__(self, ttl: int = DEFAULT_LEASE_TTL, retryDelay: float = 0.0) -> None:
@@ -201,7 +203,7 @@ class Campaign:
         self.state = IDLE
         self.term: int | None = None
         self.lease: int | None = None
-        self._validUntil = 0.0
+        self.renewedAt: float | None = None
         self._stepDownAt: float | None = None
         self._nextRenewal: float | None = None
         self._retryAt: float | None = None
@@ -237,7 +239,7 @@ class Campaign:
         return [GrantLease(self.ttl)]
 
     def _renewed(self, sentAt: float, ttl: int) -> None:
-        self._validUntil = max(self._validUntil, sentAt + ttl)
+        self.renewedAt = sentAt
         self._nextRenewal = sentAt + self.ttl / RENEWALS_PER_TTL
         self._stepDownAt = sentAt + min(ttl, self.ttl) * RENEW_DEADLINE
 
