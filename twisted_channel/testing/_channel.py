@@ -76,7 +76,7 @@ class ChannelProcesses:
     @ivar reactorName: C{"default"} or C{"asyncio"}: the reactor the
         recorders run.
     @ivar transport: C{"unix"} or C{"tcp"}: the transport the recorders'
-        channels use.
+        channels use; L{None}: the endpoint's default.
     @ivar children: every child started, in order.
     """
 
@@ -84,7 +84,7 @@ class ChannelProcesses:
         self,
         directory: str,
         reactorName: str = "default",
-        transport: str = "unix",
+        transport: str | None = "unix",
         lifetime: float | None = 600.0,
     ) -> None:
         """
@@ -141,10 +141,10 @@ class ChannelProcesses:
         @param extra: more command-line arguments (a later option replaces
             an earlier one).
         """
+        transport = [] if self.transport is None else ["--transport", self.transport]
         return self.start(
             [sys.executable, "-m", RECORDER, mode, "--dir", self.directory]
-            + ["--name", name, "--reactor", self.reactorName]
-            + ["--transport", self.transport, *extra],
+            + ["--name", name, "--reactor", self.reactorName, *transport, *extra],
             label=f"{mode} {name}",
         )
 
