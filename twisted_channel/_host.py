@@ -11,7 +11,7 @@ import secrets
 import socket
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +47,6 @@ from ._auth import (
     removePortFile,
     writePortFile,
 )
-from ._authexchange import AuthenticationFailedError, HostAuthExchange
 from ._credentials import peerCredentials
 from ._directory import (
     MAX_SOCKET_PATH as _MAX_SOCKET_PATH,
@@ -59,6 +58,15 @@ from ._directory import (
     removeStaleSocket,
 )
 from ._election import HostElection
+from ._hostsession import (
+    END_GOODBYE_ABORT,
+    NO_END,
+    Authenticated,
+    DeliveryRecords,
+    HostSession,
+    Refused,
+    StatusQueried,
+)
 from ._interfaces import ChannelBufferFullError
 from ._sockets import (
     adoptListeningSocket,
@@ -71,13 +79,12 @@ from ._sockets import (
 
 _log = Logger()
 
+_HEADER = _wire.HEADER
+_DATA = _wire.DATA
+
 #: Seconds a new link may take to send its hello before it is dropped, so
 #: that a peer that connects and says nothing cannot hold a slot for ever.
 HANDSHAKE_TIMEOUT = 10.0
-
-#: How many clients a host remembers the delivery progress of, for
-#: recognising resends; the least recently seen disconnected ones go first.
-REMEMBERED_CLIENTS = 65536
 
 #: Failed TCP authentications within AUTH_FAILURE_WINDOW seconds after which
 #: new links are refused until the window has passed.
@@ -380,31 +387,20 @@ def _withdrawUnixSocket(published: _PublishedSocket, path: str) -> None:
     published.listening.close()
 
 
-class _HostingTerm:
+class _HostingTerm(DeliveryRecords):
     """
-    What a host knows during one uninterrupted period of hosting.
+    What a host knows during one uninterrupted period of hosting: its
+    delivery records (L{DeliveryRecords}), and its links.
 
-    @ivar delivered: for each client id, how many of its messages this
-        host's application has received, for recognising resends.
     @ivar links: the links whose handshake is complete, by client id.
+    @ivar allLinks: every link open now, handshake done or not.
     """
 
     def __init__(self, started: float) -> None:
         self.started = started
-        self.delivered: OrderedDict[bytes, int] = OrderedDict()
         self.links: dict[bytes, _HostLink] = {}
         self.allLinks: set[_HostLink] = set()
-        self.messages = 0
-        self.bytes = 0
-
-    def remember(self, clientId: bytes, sequence: int) -> None:
-        delivered = self.delivered
-        delivered[clientId] = sequence
-        delivered.move_to_end(clientId)
-        if len(delivered) > REMEMBERED_CLIENTS:
-            for oldId in list(delivered)[: len(delivered) - REMEMBERED_CLIENTS]:
-                if oldId not in self.links:
-                    del delivered[oldId]
+        super().__init__(self.links)
 
 
 @implementer(ITransport, IConsumer, IPushProducer)
@@ -474,39 +470,36 @@ class _LinkTransport:
 
 class _HostLink(Protocol):
     """
-    The host's end of one link: checks the peer, runs the handshake, turns
-    frames into calls on the application's protocol and acknowledges them.
+    The host's end of one link, as a Twisted protocol: it checks the peer's
+    credentials, reads, hands the bytes to its L{HostSession} (the
+    handshake, resends, acknowledgements, the order of the last frames),
+    calls the application with the messages the session returns, and
+    writes what the session says to send.  It owns what needs the reactor:
+    the handshake deadline, the keepalive pings while the application does
+    not read, and the per-link cap on unsent bytes.
+
+    @ivar session: the link's protocol state.
     """
 
     application: IProtocol | None = None
-    clientId: bytes | None = None
 
     def __init__(self, port: ChannelPort, term: _HostingTerm) -> None:
         self.port = port
         self.term = term
-        # Until the peer has said hello, nothing larger than a control frame
-        # is buffered for it.
-        self._decoder = _wire.FrameDecoder(_wire.MAX_CONTROL_BODY)
-        self._sequence = 0
-        # Messages at the start of an eager hello's data that this host
-        # already delivered, still to be skipped.
-        self._skip = 0
-        self._closing = False
+        self.session = HostSession(term, port.maxMessageSize, port.secret)
         self._deadline: IDelayedCall | None = None
         self._deadlineRechecked = False
-        self._peerMaxMessageSize = port.maxMessageSize
         self.peerAddress = ChannelAddress(port.name, port.paths.socket, None)
         self._closedWaiters: list[Deferred[None]] = []
         self._lost = False
-        self._inBatch = False
-        # Small messages the application writes while a batch of frames is
-        # handled: they leave with the batch's acknowledgement, in one send.
-        self._batchOut: list[bytes] = []
-        self._batchOutBytes = 0
-        self._closeAfterBatch: bool | None = None
-        self._refusalAfterBatch: str | None = None
         self._keepAlive: LoopingCall | None = None
-        self._auth: HostAuthExchange | None = None
+
+    @property
+    def clientId(self) -> bytes | None:
+        """
+        The client's id, once it said hello.
+        """
+        return self.session.clientId
 
     def whenClosed(self) -> Deferred[None]:
         """
@@ -529,11 +522,10 @@ class _HostLink(Protocol):
             # prove it knows the secret.
             self.peerAddress = ChannelAddress(port.name, port.paths.port, None)
             if not port.acceptingLinks():
-                self._closing = True
+                self.session.closeQuietly()
                 self.transport.abortConnection()  # type: ignore[attr-defined]
                 return
-            self._auth = HostAuthExchange(port.secret)
-            self.transport.write(self._auth.challenge)
+            self.transport.write(self.session.greeting())
             self._startDeadline()
             return
         credentials = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
@@ -557,20 +549,10 @@ class _HostLink(Protocol):
             self.port.handshakeTimeout, self._handshakeExpired
         )
 
-    def _authenticate(self, kind: int, body: bytes) -> bool:
-        """
-        Check the client's proof, and prove ourselves in return.
-        """
-        exchange, self._auth = self._auth, None
-        assert exchange is not None and self.transport is not None
-        try:
-            reply = exchange.receive(kind, body)
-        except AuthenticationFailedError as e:
-            self.port.authenticationFailed()
-            self.refuse(str(e))
-            return False
-        self.transport.write(reply)
-        return True
+    def _stopDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
 
     def _handshakeExpired(self) -> None:
         self._deadline = None
@@ -586,13 +568,7 @@ class _HostLink(Protocol):
             f"no hello within {self.port.handshakeTimeout:g} seconds of connecting"
         )
 
-    def refuse(self, reason: str) -> None:
-        """
-        Close this link because the peer broke the rules, and log why.
-        """
-        if self._closing:
-            return
-        self._closing = True
+    def _logRefusal(self, reason: str) -> None:
         _log.warn(
             "channel {channel}: closing link from pid {peerPid} uid {peerUid}: "
             "{reason}",
@@ -601,63 +577,53 @@ class _HostLink(Protocol):
             peerUid=self.peerAddress.uid,
             reason=reason,
         )
-        if self._inBatch:
-            # After the acknowledgement of what was delivered before the
-            # fault: the ERROR is the last frame the client reads.
-            self._refusalAfterBatch = reason
-            return
-        self._sendRefusal(reason)
 
-    def _sendRefusal(self, reason: str) -> None:
-        assert self.transport is not None
-        self.transport.write(_wire.encodeError(reason))
-        self.transport.loseConnection()
+    def refuse(self, reason: str) -> None:
+        """
+        Close this link because the peer broke the rules, and log why.  In
+        the middle of a batch, the C{ERROR} frame goes after the
+        acknowledgement of what was delivered before the fault.
+        """
+        if self.session.closing:
+            return
+        self._logRefusal(reason)
+        frame = self.session.refuse(reason)
+        if frame is not None:
+            assert self.transport is not None
+            self.transport.write(frame)
+            self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        session = self.session
+        if session.closing:
             return
         application = self.application
-        decoder = self._decoder
-        try:
+        if application is None:
+            application = self._handshake(data)
             if application is None:
-                # One frame at a time until the handshake is done: what
-                # follows the hello is judged by the limit the hello sets.
-                frames = decoder.feed(data, 1)
-                while application is None:
-                    if not frames:
-                        return
-                    kind, body = frames[0]
-                    if self._auth is not None:
-                        if not self._authenticate(kind, body):
-                            return
-                    elif not self._handshake(kind, body):
-                        return
-                    application = self.application
-                    frames = decoder.feed(b"", 1 if application is None else None)
-            else:
-                frames = decoder.feed(data)
+                return
+            data = b""
+        try:
+            frames = session.receive(data)
         except _wire.ProtocolError as e:
             self.refuse(str(e))
             return
-        if self._skip:
-            frames = self._skipResent(frames)
         delivered = 0
         payloadBytes = 0
-        self._inBatch = True
         try:
             for kind, body in frames:
-                if self._closing:
+                if session.closing:
                     # The application closed the connection: what follows
                     # is not delivered, nor acknowledged.
                     break
-                if kind == _wire.DATA:
+                if kind == _DATA:
                     delivered += 1
                     payloadBytes += len(body)
                     application.dataReceived(body)
-                elif kind == _wire.PING:
-                    self.transport.write(_wire.encodeFrame(_wire.PONG, body))  # type: ignore[union-attr]
                 else:
-                    self.refuse(f"unexpected frame of kind {kind} after the handshake")
+                    refusal = session.control(kind, body)
+                    if refusal is not None:
+                        self.refuse(refusal)
         except Exception:
             _log.failure(
                 "channel {channel}: the application's dataReceived raised; "
@@ -665,112 +631,94 @@ class _HostLink(Protocol):
                 channel=self.port.name,
                 peerPid=self.peerAddress.pid,
             )
-            self._closing = True
-            self._closeAfterBatch = None
-            self._batchOut = []
+            session.abandon()
             self.transport.abortConnection()  # type: ignore[union-attr]
-        finally:
-            self._inBatch = False
-        out = self._batchOut
-        if delivered:
-            self._sequence += delivered
-            term = self.term
-            term.messages += delivered
-            term.bytes += payloadBytes
-            term.remember(self.clientId, self._sequence)  # type: ignore[arg-type]
-            out.append(_wire.encodeAck(self._sequence))
+        out, ending = session.endBatch(delivered, payloadBytes)
+        transport = self.transport
+        if transport is None:
+            return
         if out:
-            self._batchOut = []
-            self._batchOutBytes = 0
-            if self.transport is not None:
-                sendNow(self.transport, b"".join(out))
-        refusal, self._refusalAfterBatch = self._refusalAfterBatch, None
-        abort, self._closeAfterBatch = self._closeAfterBatch, None
-        if refusal is not None:
-            self._sendRefusal(refusal)
-        elif abort is not None:
-            # After the acknowledgement, so that the client knows what was
-            # delivered before the goodbye.
-            self._sayGoodbye(abort)
-        else:
+            sendNow(transport, out)
+        if ending == NO_END:
             # The acknowledgement and any replies leave now.
-            pushToKernel(self.transport)
+            pushToKernel(transport)
+        elif ending == END_GOODBYE_ABORT:
+            transport.abortConnection()  # type: ignore[attr-defined]
+        else:
+            transport.loseConnection()
 
-    def _skipResent(self, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    def _handshake(self, data: bytes) -> IProtocol | None:
         """
-        Drop the leading messages of an eager client that this host already
-        delivered.
-        """
-        kept = []
-        for frame in frames:
-            if self._skip and frame[0] == _wire.DATA:
-                self._skip -= 1
-            else:
-                kept.append(frame)
-        return kept
+        Run the handshake as far as C{data} takes it.
 
-    def _handshake(self, kind: int, body: bytes) -> bool:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-        if kind != _wire.HELLO:
-            self.refuse(f"first frame is of kind {kind}, not a hello")
-            return False
-        try:
-            hello = _wire.decodeHello(body)
-        except _wire.ProtocolError as e:
-            self.refuse(str(e))
-            return False
-        assert self.transport is not None
-        if hello.flags & _wire.FLAG_STATUS_QUERY:
-            self._closing = True
-            self.transport.write(
-                _wire.encodeFrame(
-                    _wire.STATUS, json.dumps(self.port.status()).encode("utf-8")
+        @return: the application's protocol once the link is open.
+        """
+        session = self.session
+        transport = self.transport
+        assert transport is not None
+        while True:
+            try:
+                event = session.nextHandshakeEvent(data)
+            except _wire.ProtocolError as e:
+                self.refuse(str(e))
+                return None
+            data = b""
+            if event is None:
+                return None
+            if isinstance(event, Authenticated):
+                transport.write(event.reply)
+                continue
+            self._stopDeadline()
+            if isinstance(event, Refused):
+                if event.authentication:
+                    self.port.authenticationFailed()
+                self._logRefusal(event.reason)
+                transport.write(event.frame)
+                transport.loseConnection()
+                return None
+            if isinstance(event, StatusQueried):
+                transport.write(
+                    _wire.encodeFrame(
+                        _wire.STATUS, json.dumps(self.port.status()).encode("utf-8")
+                    )
                 )
-            )
-            self.transport.loseConnection()
-            return False
+                transport.loseConnection()
+                return None
+            return self._open(event.hello)
+
+    def _open(self, hello: _wire.Hello) -> IProtocol | None:
+        """
+        Take a client that said hello: build its application protocol,
+        welcome it, and connect the two.
+        """
+        assert self.transport is not None
         if self.peerAddress.pid is None:
             self.peerAddress = ChannelAddress(
                 self.port.name, self.peerAddress.path, None, hello.pid, None
             )
-        term = self.term
-        clientId = hello.clientId
-        known = term.delivered.get(clientId, 0)
-        resumeAfter = max(known, hello.firstSequence - 1)
         application = self.port.factory.buildProtocol(self.peerAddress)
         if application is None:
             self.refuse("the host's factory refused the connection")
-            return False
+            return None
+        term = self.term
+        clientId = hello.clientId
         previous = term.links.get(clientId)
         if previous is not None:
             # The client gave up on its old link (it would not say hello
             # again otherwise); one logical connection has one live link.
             previous.closeQuietly()
-        self.clientId = clientId
-        self._sequence = resumeAfter
-        if hello.flags & _wire.FLAG_EAGER:
-            self._skip = resumeAfter - (hello.firstSequence - 1)
-        self._peerMaxMessageSize = hello.maxMessageSize
-        self._decoder.maxMessageSize = self.port.maxMessageSize
         term.links[clientId] = self
-        term.remember(clientId, resumeAfter)
-        self.transport.write(
-            _wire.encodeWelcome(
-                _wire.Welcome(resumeAfter, os.getpid(), self.port.maxMessageSize)
-            )
-        )
+        self.transport.write(self.session.welcome(os.getpid()))
         self.application = application
         _log.debug(
             "channel {channel}: link up from pid {peerPid}, resuming after "
             "message {resumeAfter}",
             channel=self.port.name,
             peerPid=self.peerAddress.pid,
-            resumeAfter=resumeAfter,
+            resumeAfter=self.session.sequence,
         )
         application.makeConnection(_LinkTransport(self))
-        return True
+        return application
 
     def sendMessage(self, data: bytes) -> None:
         """
@@ -781,15 +729,16 @@ class _HostLink(Protocol):
         if not isinstance(data, bytes):
             raise TypeError(f"data must be bytes, not {type(data).__name__}")
         size = len(data)
-        if size > self.port.maxMessageSize or size > self._peerMaxMessageSize:
+        session = self.session
+        if size > self.port.maxMessageSize or size > session.peerMaxMessageSize:
             raise ValueError(
                 f"message of {size} bytes is over the limit of "
-                f"{min(self.port.maxMessageSize, self._peerMaxMessageSize)} bytes"
+                f"{min(self.port.maxMessageSize, session.peerMaxMessageSize)} bytes"
             )
-        if self._closing or self.transport is None:
+        if session.closing or self.transport is None:
             return
         if (
-            bufferedBytes(self.transport) + self._batchOutBytes + size
+            bufferedBytes(self.transport) + session.outboxBytes + size
             > self.port.maxBufferSize
         ):
             raise ChannelBufferFullError(
@@ -802,19 +751,20 @@ class _HostLink(Protocol):
         self.term.bytes += size
         if size < 4096:
             # One small copy is cheaper than handing the transport two pieces.
-            frame = _wire.HEADER.pack(size + 1, _wire.DATA) + data
-            if self._inBatch:
-                self._batchOut.append(frame)
-                self._batchOutBytes += len(frame)
+            frame = _HEADER.pack(size + 1, _DATA) + data
+            outbox = session.outbox
+            if outbox is not None:
+                # During a batch: it leaves with the acknowledgement.
+                outbox.append(frame)
+                session.outboxBytes += len(frame)
             else:
                 self.transport.write(frame)
         else:
-            if self._batchOut:
-                # What was written before it goes first.
-                self.transport.write(b"".join(self._batchOut))
-                self._batchOut = []
-                self._batchOutBytes = 0
-            self.transport.writeSequence([_wire.frameHeader(_wire.DATA, size), data])
+            # What was written before it goes first.
+            before = session.takeOutbox()
+            if before:
+                self.transport.write(before)
+            self.transport.writeSequence([_wire.frameHeader(_DATA, size), data])
 
     def pauseReading(self) -> None:
         """
@@ -841,25 +791,21 @@ class _HostLink(Protocol):
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def _ping(self) -> None:
-        if self.transport is not None and not self._closing:
+        if self.transport is not None and not self.session.closing:
             self.transport.write(_wire.encodeFrame(_wire.PING))
 
     def closeByApplication(self, abort: bool) -> None:
         """
         The host's application ends this client's connection: tell the
-        client not to come back, then close.
+        client not to come back, then close (after the batch under way, if
+        any, and its acknowledgement).
         """
-        if self._closing or self.transport is None:
+        if self.transport is None:
             return
-        self._closing = True
-        if self._inBatch:
-            self._closeAfterBatch = abort
+        goodbye = self.session.close(abort)
+        if goodbye is None:
             return
-        self._sayGoodbye(abort)
-
-    def _sayGoodbye(self, abort: bool) -> None:
-        assert self.transport is not None
-        self.transport.write(_wire.encodeFrame(_wire.GOODBYE))
+        self.transport.write(goodbye)
         if abort:
             self.transport.abortConnection()  # type: ignore[attr-defined]
         else:
@@ -871,7 +817,7 @@ class _HostLink(Protocol):
         reconnect and resend what was not acknowledged.
         """
         if self.transport is not None:
-            self._closing = True
+            self.session.closeQuietly()
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
@@ -879,13 +825,12 @@ class _HostLink(Protocol):
         keepAlive, self._keepAlive = self._keepAlive, None
         if keepAlive is not None:
             keepAlive.stop()
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
+        self._stopDeadline()
         term = self.term
         term.allLinks.discard(self)
-        if self.clientId is not None and term.links.get(self.clientId) is self:
-            del term.links[self.clientId]
+        clientId = self.session.clientId
+        if clientId is not None and term.links.get(clientId) is self:
+            del term.links[clientId]
         application, self.application = self.application, None
         waiters, self._closedWaiters = self._closedWaiters, []
         for waiter in waiters:
