@@ -75,8 +75,9 @@ class ChannelProcesses:
     @ivar directory: the channel's runtime directory (C{dir=}).
     @ivar reactorName: C{"default"} or C{"asyncio"}: the reactor the
         recorders run.
-    @ivar transport: C{"unix"} or C{"tcp"}: the transport the recorders'
-        channels use; L{None}: the endpoint's default.
+    @ivar transportKind: C{"unix"} or C{"tcp"}: the transport the
+        recorders' channels use (given as C{transport}); L{None}: the
+        endpoint's default.
     @ivar children: every child started, in order.
     """
 
@@ -93,7 +94,7 @@ class ChannelProcesses:
         """
         self.directory = directory
         self.reactorName = reactorName
-        self.transport = transport
+        self.transportKind = transport
         self.lifetime = lifetime
         self.children: list[ChildProcess] = []
 
@@ -141,7 +142,8 @@ class ChannelProcesses:
         @param extra: more command-line arguments (a later option replaces
             an earlier one).
         """
-        transport = [] if self.transport is None else ["--transport", self.transport]
+        kind = self.transportKind
+        transport = [] if kind is None else ["--transport", kind]
         return self.start(
             [sys.executable, "-m", RECORDER, mode, "--dir", self.directory]
             + ["--name", name, "--reactor", self.reactorName, *transport, *extra],
@@ -173,7 +175,7 @@ class ChannelProcesses:
         The file a host of channel C{name} publishes: its socket, or its
         TCP port file.
         """
-        suffix = ".port" if self.transport == "tcp" else ".sock"
+        suffix = ".port" if self.transportKind == "tcp" else ".sock"
         return os.path.join(self.directory, name + suffix)
 
     def path(self, name: str) -> str:
