@@ -41,6 +41,9 @@ from collections.abc import Callable
 from time import monotonic_ns
 from typing import Any
 
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
 from bench._common import (
     BASELINE,
     CHANNEL,
@@ -269,54 +272,18 @@ def runRecv(reactor: Any, options: argparse.Namespace) -> None:
 
 def runSend(reactor: Any, options: argparse.Namespace) -> None:
     """
-    Write C{--count} messages, C{--slice} per reactor turn.  The channel's
-    sender also respects the client's buffer cap: when one more write would
-    take C{transport.pending.footprint} past C{transport.maxBufferSize}, it
-    waits for acknowledgements, looking again every millisecond.
+    Write C{--count} messages, at most C{--slice} per reactor turn, with the
+    discipline a Twisted application uses for bulk data, the same for both
+    implementations: the sender is registered on its transport as a
+    streaming producer, and stops writing while the transport has it paused
+    (plain Twisted pauses it when its write buffer passes C{bufferSize}, the
+    channel when its unacknowledged messages pass half of
+    C{maxBufferSize}).  C{DONE} reports the messages written and how often
+    the sender was paused.
     """
     from twisted.internet.protocol import Factory, Protocol
 
     payload = b"x" * options.size
-    size = len(payload)
-    total = options.count
-    step = options.slice
-    state = {"sent": 0, "waits": 0}
-
-    def pumpChannel(transport: Any) -> None:
-        pending = transport.pending
-        cap = transport.maxBufferSize
-        write = transport.write
-        sent = state["sent"]
-        stop = min(sent + step, total)
-        while sent < stop:
-            if pending.footprint + size + pending.MESSAGE_OVERHEAD > cap:
-                state["sent"] = sent
-                state["waits"] += 1
-                reactor.callLater(0.001, pumpChannel, transport)
-                return
-            write(payload)
-            sent += 1
-        state["sent"] = sent
-        if sent < total:
-            reactor.callLater(0, pumpChannel, transport)
-        else:
-            transport.loseConnection()
-
-    def pumpBaseline(protocol: Any) -> None:
-        send = protocol.sendString
-        sent = state["sent"]
-        n = min(step, total - sent)
-        for _ in range(n):
-            send(payload)
-        state["sent"] = sent = sent + n
-        if sent < total:
-            reactor.callLater(0, pumpBaseline, protocol)
-        else:
-            protocol.transport.loseConnection()
-
-    def finished() -> None:
-        say("DONE", state["sent"], state["waits"])
-        _stopSoon(reactor)
 
     if options.impl == CHANNEL:
 
@@ -324,8 +291,9 @@ def runSend(reactor: Any, options: argparse.Namespace) -> None:
             def connectionLost(self, reason: Any = None) -> None:
                 finished()
 
-        def start(protocol: Any) -> None:
-            pumpChannel(protocol.transport)
+        def writer(protocol: Any) -> Callable[[bytes], None]:
+            write: Callable[[bytes], None] = protocol.transport.write
+            return write
 
     else:
 
@@ -333,8 +301,24 @@ def runSend(reactor: Any, options: argparse.Namespace) -> None:
             def connectionLost(self, reason: Any = None) -> None:
                 finished()
 
-        def start(protocol: Any) -> None:
-            pumpBaseline(protocol)
+        def writer(protocol: Any) -> Callable[[bytes], None]:
+            send: Callable[[bytes], None] = protocol.sendString
+            return send
+
+    pumps: list[_SendingProducer] = []
+
+    def finished() -> None:
+        sent = pumps[0].sent if pumps else 0
+        pauses = pumps[0].pauses if pumps else 0
+        say("DONE", sent, pauses)
+        _stopSoon(reactor)
+
+    def start(protocol: Any) -> None:
+        pump = _SendingProducer(
+            reactor, protocol.transport, writer(protocol), payload, options
+        )
+        pumps.append(pump)
+        pump.start()
 
     def connected(protocol: Any) -> None:
         if options.go:
@@ -347,6 +331,73 @@ def runSend(reactor: Any, options: argparse.Namespace) -> None:
     _connect(reactor, options, Factory.forProtocol(Sender)).addCallbacks(
         connected, _fail(reactor)
     )
+
+
+@implementer(IPushProducer)
+class _SendingProducer:
+    """
+    The throughput sender: a streaming producer that writes C{--count}
+    copies of C{payload}, at most C{--slice} per reactor turn and none
+    while paused, then unregisters and closes the connection.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        transport: Any,
+        write: Callable[[bytes], None],
+        payload: bytes,
+        options: argparse.Namespace,
+    ) -> None:
+        self.reactor = reactor
+        self.transport = transport
+        self.write = write
+        self.payload = payload
+        self.total = options.count
+        self.step = options.slice
+        self.sent = 0
+        self.pauses = 0
+        self.paused = False
+        self.stopped = False
+        self.scheduled: Any = None
+
+    def start(self) -> None:
+        self.transport.registerProducer(self, True)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self.scheduled is None and not self.paused and not self.stopped:
+            self.scheduled = self.reactor.callLater(0, self._turn)
+
+    def _turn(self) -> None:
+        self.scheduled = None
+        write = self.write
+        payload = self.payload
+        sent = self.sent
+        stop = min(sent + self.step, self.total)
+        # A pause arrives from inside write(): look after each one.
+        while sent < stop and not self.paused and not self.stopped:
+            write(payload)
+            sent += 1
+        self.sent = sent
+        if sent >= self.total:
+            self.stopped = True
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+            return
+        self._schedule()
+
+    def pauseProducing(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._schedule()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
 
 
 def runFanIn(options: argparse.Namespace) -> None:

@@ -160,7 +160,7 @@ def throughput(impl: str, size: int, count: int, settings: Settings) -> dict[str
         "msgs_per_s": rate,
         "mb_per_s": rate * size / 1e6,
         "seconds": result["seconds"],
-        "backpressure_waits": int(done[1]),
+        "backpressure_waits": int(done[1]),  # times the sender was paused
     }
 
 

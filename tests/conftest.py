@@ -43,3 +43,25 @@ def _privateRuntimeDirectory(
     runtime = tmp_path_factory.mktemp("xdg")
     os.chmod(runtime, 0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+
+
+@pytest.fixture(scope="module")
+def etcdServer() -> Iterator[object]:
+    """
+    A real single-member etcd on loopback, shared by a module's tests (each
+    uses keys of its own), stopped and reaped afterwards.
+    """
+    from .etcd import runningCluster
+
+    yield from runningCluster(1)
+
+
+@pytest.fixture
+def etcdTrio() -> Iterator[object]:
+    """
+    A real three-member etcd on loopback for one test, which may kill
+    members; stopped and reaped afterwards.
+    """
+    from .etcd import runningCluster
+
+    yield from runningCluster(3)

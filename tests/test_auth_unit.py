@@ -248,10 +248,10 @@ def test_transportOption(channelDirectory: str) -> None:
         clientFromString(reactor, description),
     ):
         assert isinstance(endpoint, ChannelEndpoint)
-        assert endpoint.transport == "tcp"
+        assert endpoint.transportKind == "tcp"
         assert endpoint.address == os.path.join(channelDirectory, "jobs.port")
     default = clientFromString(reactor, f"channel:jobs:dir={channelDirectory}")
-    assert default.transport == "unix"
+    assert default.transportKind == "unix"
 
 
 @pytest.mark.parametrize("value", ["udp", "", "UNIX", "pipe"])
@@ -273,7 +273,7 @@ def test_tcpIsTheDefaultWithoutUnixSockets() -> None:
     class NoUnix:
         pass
 
-    assert ChannelEndpoint(NoUnix(), "jobs").transport == "tcp"
+    assert ChannelEndpoint(NoUnix(), "jobs").transportKind == "tcp"
 
 
 def test_handshakeTimeoutOption(channelDirectory: str) -> None:

@@ -142,11 +142,16 @@ def test_stopProducingClosesLikeATransport() -> None:
     assert client.state == "closed"
 
 
-def test_applicationAbortCutsOffAClientNotReading(host: Host) -> None:
+def test_applicationAbortCutsOffAClientNotReading(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """
     An abort on a link whose client is not reading (the socket still holds
     data) drops the link at once, without waiting for the client.
     """
+    monkeypatch.setattr(
+        _host, "bufferedBytes", lambda transport: len(transport.value())
+    )
 
     class Aborting(BufferingTransport):
         aborted = False

@@ -1010,6 +1010,25 @@ def test_strategyStopped() -> None:
         client.strategy.retry()
 
 
+def test_stopTryingCancelsTheScheduledRetry() -> None:
+    """
+    The strategy keeps the retry it scheduled in an attribute of its own
+    (not L{ReconnectingClientFactory}'s private one), and L{stopTrying}
+    and L{cancelRetry} still cancel it.
+    """
+    client, _, reactor = makeClient()
+    strategy = client.strategy
+    connector = FakeConnector()
+    for stop in (strategy.cancelRetry, strategy.stopTrying):
+        strategy.retry(connector)  # type: ignore[arg-type]
+        scheduled = strategy.nextAttempt
+        assert scheduled is not None and scheduled.active()
+        stop()
+        assert not scheduled.active() and strategy.nextAttempt is None
+    reactor.advance(10)
+    assert connector.connects == 0
+
+
 def test_unwelcomedLinkLostRetries() -> None:
     """
     A link that never got its welcome counts as a failed attempt: another

@@ -434,7 +434,7 @@ def test_hostileLinkNeverHurtsTheHost(directory: str, data: st.DataObject) -> No
         good.send()
         if not transport.disconnecting:
             # At most one incomplete frame is held.
-            assert link._decoder.buffered < 5 + LIMIT
+            assert link.session.buffered < 5 + LIMIT
     apps = [a for a in host.apps if a is not good.app]
     received = apps[0].received if apps else []
     if _judgedByThePreHelloLimit(stream, chunks) and transport.disconnecting:

@@ -23,7 +23,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from twisted_channel import ChannelAddress, ChannelClientTransport, _host, _wire
+from twisted_channel import (
+    ChannelAddress,
+    ChannelClientTransport,
+    _host,
+    _hostsession,
+    _wire,
+)
 from twisted_channel._address import HOST
 from twisted_channel._credentials import PeerCredentials
 from twisted_channel._directory import channelPaths
@@ -760,7 +766,7 @@ def test_rememberedClientsBounded(monkeypatch: pytest.MonkeyPatch) -> None:
     The host forgets the least recently seen disconnected clients first,
     never one with a live link.
     """
-    monkeypatch.setattr(_host, "REMEMBERED_CLIENTS", 2)
+    monkeypatch.setattr(_hostsession, "REMEMBERED_CLIENTS", 2)
     term = _HostingTerm(0.0)
     term.links[b"live"] = object()  # type: ignore[assignment]
     term.remember(b"live", 1)

@@ -9,9 +9,11 @@ import os
 import socket
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import abstract, tcp, unix
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
@@ -26,13 +28,17 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from twisted_channel import ChannelEndpoint
+from twisted_channel import ChannelEndpoint, _sockets
 from twisted_channel._sockets import (
+    TwistedEdge,
     bufferedBytes,
+    probeTwisted,
     readDirectly,
     sendNow,
+    twistedEdge,
     unreadBytes,
 )
 
@@ -263,3 +269,204 @@ async def test_channelLinksReadDirectly(transport: str, channelDirectory: str) -
         client.transport.loseConnection()
     finally:
         await port.stopListening()
+
+
+# The probe of what the Twisted in use offers
+
+
+def test_probeFindsEverythingOnThisTwisted() -> None:
+    """
+    Every Twisted CI runs on offers all the channel asks beyond Twisted's
+    public interfaces: when a release renames or changes any of it, this
+    fails, instead of the channel quietly going without.
+    """
+    found = probeTwisted()
+    assert found.missing == ()
+    assert found.bufferAccounting and found.sendImmediately
+    assert found.adoptListeningSocket
+    assert set(found.plainReads) == {tcp.Server.doRead, unix.Server.doRead}
+    assert twistedEdge() == found
+
+
+def _withoutInstanceAttribute(
+    monkeypatch: pytest.MonkeyPatch, cls: type, name: str
+) -> None:
+    """
+    Make C{cls}'s instances lack C{name}, as if a Twisted release had
+    renamed it.
+    """
+    original = cls.__init__  # type: ignore[misc]
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.__dict__.pop(name, None)
+
+    monkeypatch.setattr(cls, "__init__", init)
+
+
+@pytest.mark.parametrize(
+    "lacking",
+    [
+        (abstract.FileDescriptor, "_tempDataLen", "FileDescriptor._tempDataLen"),
+        (abstract.FileDescriptor, "offset", "FileDescriptor.offset"),
+        (unix.Port, "_preexistingSocket", "unix.Port._preexistingSocket"),
+    ],
+)
+def test_probeNamesAMissingAttribute(
+    lacking: tuple[type, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A private attribute that the Twisted in use lacks is named, and what
+    depends on it is off.
+    """
+    cls, name, shown = lacking
+    _withoutInstanceAttribute(monkeypatch, cls, name)
+    if cls is abstract.FileDescriptor:
+        # Nor a default on the class.
+        monkeypatch.delattr(abstract.FileDescriptor, name, raising=False)
+    found = probeTwisted()
+    assert shown in found.missing
+    if cls is unix.Port:
+        assert not found.adoptListeningSocket and found.bufferAccounting
+    else:
+        assert not found.bufferAccounting and not found.sendImmediately
+        assert found.adoptListeningSocket
+
+
+def test_probeNamesAReadItDoesNotKnow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A transport whose read is not the plain one L{readDirectly} stands in
+    for (here, Unix sockets') turns reading directly off.
+    """
+
+    def doRead(self: Any) -> None:
+        pass
+
+    monkeypatch.setattr(unix.Server, "doRead", doRead)
+    found = probeTwisted()
+    assert found.plainReads == ()
+    assert "twisted.internet.unix.Server.doRead" in found.missing
+
+
+def test_probeNamesBufferCountsThatDoNotAddUp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    Attributes with the expected names but another meaning (here, writes
+    that are not counted where the probe looks) are found out too.
+    """
+    write = abstract.FileDescriptor.write
+
+    def uncounted(self: Any, data: bytes) -> None:
+        write(self, data)
+        self._tempDataLen = 0
+
+    monkeypatch.setattr(abstract.FileDescriptor, "write", uncounted)
+    found = probeTwisted()
+    assert not found.bufferAccounting
+    assert "FileDescriptor.dataBuffer/offset/_tempDataLen counts" in found.missing
+
+
+def _lacking(monkeypatch: pytest.MonkeyPatch) -> TwistedEdge:
+    """
+    Have the channel find, at its next probe, a Twisted without anything
+    it asks beyond the public interfaces.
+    """
+    lacking = TwistedEdge(
+        bufferAccounting=False,
+        sendImmediately=False,
+        plainReads=(),
+        adoptListeningSocket=False,
+        missing=("FileDescriptor._tempDataLen", "unix.Port._preexistingSocket"),
+    )
+    monkeypatch.setattr(_sockets, "_found", None)
+    monkeypatch.setattr(_sockets, "probeTwisted", lambda: lacking)
+    return lacking
+
+
+def test_oneWarningNamesWhatIsMissing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    What the Twisted in use lacks is named in one warning, however often
+    the channel asks.
+    """
+    _lacking(monkeypatch)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for _ in range(3):
+            assert twistedEdge().missing
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [warning] = [e for e in events if e["log_namespace"] == _sockets.__name__]
+    assert warning["log_level"] is LogLevel.warn
+    text = formatEvent(warning)
+    assert "FileDescriptor._tempDataLen" in text
+    assert "unix.Port._preexistingSocket" in text
+
+
+def test_withoutTheProbedMeansTransportsAreUsedPublicly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    On a Twisted that lacks what the probe looks for, a socket transport
+    is written to, and reads, through its public interface only.
+    """
+    _lacking(monkeypatch)
+    written: list[bytes] = []
+    with _sockets._probeConnection() as (connection, _):
+        connection.write = written.append  # type: ignore[method-assign]
+        sendNow(connection, b"hello")
+        assert written == [b"hello"]
+        assert bufferedBytes(connection) == 0
+        assert not readDirectly(connection, lambda data: None)
+        assert "doRead" not in vars(connection)
+
+
+@pytest.mark.parametrize("probed", ["lacking", "renamed"])
+@pytest_twisted.ensureDeferred
+async def test_hostWithoutAdoptingBindsInPlaceAndCleansUp(
+    probed: str, channelDirectory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Where a Unix listening port cannot adopt a socket bound beforehand
+    (the probe said so, or really found it so), the host binds its socket
+    in place: clients reach it, and stopping removes the file and closes
+    the socket, over real sockets.
+    """
+    from twisted.internet import reactor
+
+    if probed == "lacking":
+        _lacking(monkeypatch)
+    else:
+        monkeypatch.setattr(_sockets, "_found", None)
+        _withoutInstanceAttribute(monkeypatch, unix.Port, "_preexistingSocket")
+    received: list[bytes] = []
+
+    class Upper(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            assert self.transport is not None
+            self.transport.write(data.upper())
+
+    class Client(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            received.append(data)
+
+    endpoint = ChannelEndpoint(reactor, "edge", directory=channelDirectory)
+    port = await endpoint.listen(Factory.forProtocol(Upper))
+    try:
+        await port.whenHosting()  # type: ignore[attr-defined]
+        assert not twistedEdge().adoptListeningSocket
+        hostPort = port._socketPort  # type: ignore[attr-defined]
+        listening = hostPort.socket
+        info = os.lstat(port.getHost().path)
+        assert hostPort._identity == (info.st_dev, info.st_ino)
+        client = await endpoint.connect(Factory.forProtocol(Client))
+        assert client.transport is not None
+        client.transport.write(b"hello")
+        await _until(lambda: received == [b"HELLO"])
+        client.transport.loseConnection()
+    finally:
+        await port.stopListening()
+    assert listening.fileno() == -1
+    assert not os.path.exists(port.getHost().path)
+    assert sorted(os.listdir(channelDirectory)) == ["edge.lock"]

@@ -38,14 +38,11 @@ from zope.interface import implementer
 
 from . import _wire
 from ._address import CLIENT, HOST, ChannelAddress
-from ._auth import (
-    LOOPBACK,
-    NONCE_SIZE,
-    clientProof,
-    hostProof,
-    newNonce,
-    proofMatches,
-    readPortFile,
+from ._auth import LOOPBACK, readPortFile
+from ._authexchange import (
+    AuthenticationFailedError,
+    AuthenticationRefusedError,
+    ClientAuthExchange,
 )
 from ._credentials import peerCredentials
 from ._election import readLockRecord
@@ -108,6 +105,9 @@ class ChannelReconnectingFactory(ReconnectingClientFactory):
     def __init__(self, connection: ChannelClientTransport) -> None:
         self.connection = connection
         self.clock = connection.reactor
+        # The next attempt, held here rather than in the base class's
+        # private _callID, which this class's retry() never sets.
+        self.nextAttempt: IDelayedCall | None = None
 
     def buildProtocol(self, addr: IAddress | None) -> _ClientLink:
         return _ClientLink(self.connection)
@@ -134,11 +134,26 @@ class ChannelReconnectingFactory(ReconnectingClientFactory):
         target = connector
 
         def reconnect() -> None:
-            self._callID = None
+            self.nextAttempt = None
             target.connect()
 
-        self._callID = self.clock.callLater(wait, reconnect)  # type: ignore[union-attr]
+        self.nextAttempt = self.clock.callLater(wait, reconnect)  # type: ignore[union-attr]
         self.delay = min(self.delay * self.factor, self.maxDelay)
+
+    def cancelRetry(self) -> None:
+        """
+        Forget the attempt L{retry} scheduled, if it is still to come.
+        """
+        nextAttempt, self.nextAttempt = self.nextAttempt, None
+        if nextAttempt is not None and nextAttempt.active():
+            nextAttempt.cancel()
+
+    def stopTrying(self) -> None:
+        """
+        Stop reconnecting: cancel the next attempt and any under way.
+        """
+        self.cancelRetry()
+        super().stopTrying()  # type: ignore[no-untyped-call]
 
 
 @implementer(IConnector)
@@ -240,10 +255,7 @@ class _ClientLink(Protocol):
         self._deadline: IDelayedCall | None = None
         self._deadlineRechecked = False
         # Unix sockets need no authentication: the directory is private.
-        self._authenticated = True
-        self._secret: bytes | None = None
-        self._hostNonce: bytes | None = None
-        self._clientNonce: bytes | None = None
+        self._auth: ClientAuthExchange | None = None
         self.hostAddress = ChannelAddress(
             connection.address.name, connection.address.path, HOST
         )
@@ -254,8 +266,8 @@ class _ClientLink(Protocol):
         connection = self._connection
         if connection.transportKind == "tcp":
             # The host speaks first, with its challenge.
-            self._secret = connection.linkSecret
-            self._authenticated = False
+            assert connection.linkSecret is not None
+            self._auth = ClientAuthExchange(connection.linkSecret)
             self._startDeadline()
             return
         credentials = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
@@ -355,8 +367,8 @@ class _ClientLink(Protocol):
     ) -> None:
         assert self.transport is not None
         for kind, body in frames:
-            if not self._authenticated:
-                if not self._authenticate(kind, body):
+            if self._auth is not None:
+                if not self._authenticate(self._auth, kind, body):
                     return
                 continue
             if kind == _wire.DATA and self._welcomed:
@@ -417,44 +429,33 @@ class _ClientLink(Protocol):
             connection.flush()
         pushToKernel(self.transport)
 
-    def _authenticate(self, kind: int, body: bytes) -> bool:
+    def _authenticate(
+        self, exchange: ClientAuthExchange, kind: int, body: bytes
+    ) -> bool:
         """
-        Answer the host's challenge, then check the host's own proof.
+        Answer the host's challenge, then check the host's own proof; say
+        hello once it has given it.
         """
-        assert self.transport is not None and self._secret is not None
-        if kind == _wire.CHALLENGE and self._clientNonce is None:
-            if len(body) != NONCE_SIZE:
-                self._brokenHost(f"challenge is {len(body)} bytes long")
-                return False
-            self._hostNonce = body
-            self._clientNonce = newNonce()
-            self.transport.write(
-                _wire.encodeFrame(
-                    _wire.AUTH,
-                    self._clientNonce
-                    + clientProof(self._secret, body, self._clientNonce),
-                )
-            )
-            return True
-        if kind == _wire.AUTH_OK and self._clientNonce is not None:
-            assert self._hostNonce is not None
-            expected = hostProof(self._secret, self._clientNonce, self._hostNonce)
-            if not proofMatches(expected, body):
-                self._brokenHost("the host could not prove it knows the secret")
-                return False
-            self._authenticated = True
-            self._sayHello()
-            return True
-        if kind == _wire.ERROR:
+        assert self.transport is not None
+        try:
+            answer = exchange.receive(kind, body)
+        except AuthenticationRefusedError as e:
             _log.warn(
                 "channel {channel}: the host refused us: {reason}",
                 channel=self._connection.address.name,
-                reason=body.decode("utf-8", "replace"),
+                reason=str(e),
             )
             self.abort()
             return False
-        self._brokenHost(f"unexpected frame of kind {kind} during authentication")
-        return False
+        except AuthenticationFailedError as e:
+            self._brokenHost(str(e))
+            return False
+        if answer:
+            self.transport.write(answer)
+        if exchange.done:
+            self._auth = None
+            self._sayHello()
+        return True
 
     def _brokenHost(self, reason: str) -> None:
         _log.error(
@@ -1156,11 +1157,7 @@ class ChannelClientTransport(SocketOptions):
             # if it fails, try again at once.
             self._hostAppearedDuringAttempt = True
             return
-        strategy = self.strategy
-        retry = strategy._callID
-        if retry is not None and retry.active():
-            retry.cancel()
-            strategy._callID = None
+        self.strategy.cancelRetry()
         self._connector.connect()
 
     def _leaveIfSucceeded(self) -> None:
@@ -1305,7 +1302,7 @@ class ChannelClientTransport(SocketOptions):
         self._stopGiveUpTimer()
         self._stopStallCheck()
         self._stopWatchingForHost()
-        self.strategy.stopTrying()  # type: ignore[no-untyped-call]
+        self.strategy.stopTrying()
         self._dropOutgoing()
         link, self.link = self.link, None
         if link is not None and link.transport is not None:

@@ -118,6 +118,10 @@ class ChannelEndpoint:
         C{"unix"} where Unix sockets exist.
     @param handshakeTimeout: seconds a host gives a new link to prove itself
         and say hello before dropping it.
+
+    @ivar transportKind: C{"unix"} or C{"tcp"}: which of the two the channel
+        runs over (the C{transport} given, or its default).  Not a
+        transport: the protocols' transports are those.
     """
 
     def __init__(
@@ -144,7 +148,7 @@ class ChannelEndpoint:
                 f"not {handshakeTimeout!r}"
             )
         self.handshakeTimeout = float(handshakeTimeout)
-        self.transport = (
+        self.transportKind = (
             defaultTransport(reactor)
             if transport is None
             else checkTransport(transport)
@@ -164,7 +168,7 @@ class ChannelEndpoint:
     def __repr__(self) -> str:
         return (
             f"<ChannelEndpoint {self.name!r} in {self.paths.directory!r} "
-            f"over {self.transport}>"
+            f"over {self.transportKind}>"
         )
 
     @property
@@ -172,7 +176,7 @@ class ChannelEndpoint:
         """
         The file clients look at: the socket, or the TCP port file.
         """
-        return self.paths.socket if self.transport == UNIX else self.paths.port
+        return self.paths.socket if self.transportKind == UNIX else self.paths.port
 
     def _port(self, factory: IProtocolFactory) -> ChannelPort:
         return ChannelPort(
@@ -182,7 +186,7 @@ class ChannelEndpoint:
             factory,
             self.maxMessageSize,
             maxBufferSize=self.maxBufferSize,
-            transport=self.transport,
+            transport=self.transportKind,
             handshakeTimeout=self.handshakeTimeout,
         )
 
@@ -192,7 +196,9 @@ class ChannelEndpoint:
 
         @return: a Deferred that fires with a L{ChannelPort} once this
             process hosts or stands by, or fails if the runtime directory is
-            not safe or the socket cannot be bound.
+            not safe, the lock file is of another format or locking
+            mechanism (L{ChannelLockMismatchError}), or the socket cannot be
+            bound.
         """
         port = self._port(protocolFactory)
         try:
@@ -234,7 +240,7 @@ class ChannelEndpoint:
             self.maxMessageSize,
             self.maxBufferSize,
             candidate,
-            transport=self.transport,
+            transport=self.transportKind,
             lockPath=self.paths.lock,
         )
         protocol.makeConnection(transport)

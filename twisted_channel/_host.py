@@ -11,7 +11,7 @@ import secrets
 import socket
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,12 +40,7 @@ from . import _wire
 from ._address import HOST, STANDBY, ChannelAddress
 from ._auth import (
     LOOPBACK,
-    NONCE_SIZE,
-    PROOF_SIZE,
     PortFile,
-    clientProof,
-    hostProof,
-    newNonce,
     newSecret,
     proofMatches,
     readPortFile,
@@ -63,8 +58,18 @@ from ._directory import (
     removeStaleSocket,
 )
 from ._election import HostElection
+from ._hostsession import (
+    END_GOODBYE_ABORT,
+    NO_END,
+    Authenticated,
+    DeliveryRecords,
+    HostSession,
+    Refused,
+    StatusQueried,
+)
 from ._interfaces import ChannelBufferFullError
 from ._sockets import (
+    adoptListeningSocket,
     bufferedBytes,
     pushToKernel,
     readDirectly,
@@ -75,13 +80,12 @@ from ._surface import SocketOptions, streamAddress
 
 _log = Logger()
 
+_HEADER = _wire.HEADER
+_DATA = _wire.DATA
+
 #: Seconds a new link may take to send its hello before it is dropped, so
 #: that a peer that connects and says nothing cannot hold a slot for ever.
 HANDSHAKE_TIMEOUT = 10.0
-
-#: How many clients a host remembers the delivery progress of, for
-#: recognising resends; the least recently seen disconnected ones go first.
-REMEMBERED_CLIENTS = 65536
 
 #: Failed TCP authentications within AUTH_FAILURE_WINDOW seconds after which
 #: new links are refused until the window has passed.
@@ -114,21 +118,46 @@ class _HostSocketPort(unix.Port):
     A Unix listening port that, when it closes, removes its socket file only
     if the file there is still the one it bound: a host never removes a
     socket it did not make, and does not fail if its own was deleted.
+
+    @ivar socketPath: where its socket is published, kept here rather than
+        read back from Twisted's port, whose name for it differs between
+        versions.
     """
 
     _identity: tuple[int, int] | None = None
 
+    def __init__(
+        self,
+        socketPath: bytes,
+        factory: IProtocolFactory,
+        backlog: int,
+        mode: int,
+        reactor: object,
+    ) -> None:
+        super().__init__(socketPath, factory, backlog, mode, reactor)
+        self.socketPath = socketPath
+
     def adopt(self, published: _PublishedSocket) -> None:
         """
         Listen on C{published}, already bound and published, rather than
-        on a socket of its own.
+        on a socket of its own; where the Twisted in use cannot (the probe
+        said so, once), withdraw it and bind in its place on starting.
         """
-        self._preexistingSocket = published.listening
-        self._identity = published.identity
+        if adoptListeningSocket(self, published.listening):
+            self._identity = published.identity
+        else:
+            _withdrawUnixSocket(published, os.fsdecode(self.socketPath))
+
+    def startListening(self) -> None:
+        super().startListening()  # type: ignore[no-untyped-call]
+        if self._identity is None:
+            info = os.lstat(self.socketPath)
+            self._identity = (info.st_dev, info.st_ino)
 
     def connectionLost(self, reason: Failure) -> None:
         if self._identity is not None:
-            _unlinkIfSame(self._bindPath, self._identity)
+            _unlinkIfSame(self.socketPath, self._identity)
+        # Not unix.Port's, which removes whatever file is at the path.
         tcp.Port.connectionLost(self, reason)
 
 
@@ -359,31 +388,20 @@ def _withdrawUnixSocket(published: _PublishedSocket, path: str) -> None:
     published.listening.close()
 
 
-class _HostingTerm:
+class _HostingTerm(DeliveryRecords):
     """
-    What a host knows during one uninterrupted period of hosting.
+    What a host knows during one uninterrupted period of hosting: its
+    delivery records (L{DeliveryRecords}), and its links.
 
-    @ivar delivered: for each client id, how many of its messages this
-        host's application has received, for recognising resends.
     @ivar links: the links whose handshake is complete, by client id.
+    @ivar allLinks: every link open now, handshake done or not.
     """
 
     def __init__(self, started: float) -> None:
         self.started = started
-        self.delivered: OrderedDict[bytes, int] = OrderedDict()
         self.links: dict[bytes, _HostLink] = {}
         self.allLinks: set[_HostLink] = set()
-        self.messages = 0
-        self.bytes = 0
-
-    def remember(self, clientId: bytes, sequence: int) -> None:
-        delivered = self.delivered
-        delivered[clientId] = sequence
-        delivered.move_to_end(clientId)
-        if len(delivered) > REMEMBERED_CLIENTS:
-            for oldId in list(delivered)[: len(delivered) - REMEMBERED_CLIENTS]:
-                if oldId not in self.links:
-                    del delivered[oldId]
+        super().__init__(self.links)
 
 
 @implementer(ITransport, IConsumer, IPushProducer)
@@ -409,7 +427,7 @@ class _LinkTransport(SocketOptions):
         the host closed it, or the link is gone.
         """
         link = self._link
-        return link._closing or link._lost
+        return link.session.closing or link._lost
 
     @property
     def connected(self) -> bool:
@@ -495,41 +513,38 @@ class _LinkTransport(SocketOptions):
 
 class _HostLink(Protocol):
     """
-    The host's end of one link: checks the peer, runs the handshake, turns
-    frames into calls on the application's protocol and acknowledges them.
+    The host's end of one link, as a Twisted protocol: it checks the peer's
+    credentials, reads, hands the bytes to its L{HostSession} (the
+    handshake, resends, acknowledgements, the order of the last frames),
+    calls the application with the messages the session returns, and
+    writes what the session says to send.  It owns what needs the reactor:
+    the handshake deadline, the keepalive pings while the application does
+    not read, and the per-link cap on unsent bytes.
+
+    @ivar session: the link's protocol state.
     """
 
     application: IProtocol | None = None
-    clientId: bytes | None = None
 
     def __init__(self, port: ChannelPort, term: _HostingTerm) -> None:
         self.port = port
         self.term = term
-        # Until the peer has said hello, nothing larger than a control frame
-        # is buffered for it.
-        self._decoder = _wire.FrameDecoder(_wire.MAX_CONTROL_BODY)
-        self._sequence = 0
-        # Messages at the start of an eager hello's data that this host
-        # already delivered, still to be skipped.
-        self._skip = 0
-        self._closing = False
+        self.session = HostSession(term, port.maxMessageSize, port.secret)
         #: Whether the application aborted the connection.
         self._aborted = False
         self._deadline: IDelayedCall | None = None
         self._deadlineRechecked = False
-        self._peerMaxMessageSize = port.maxMessageSize
         self.peerAddress = ChannelAddress(port.name, port.paths.socket, None)
         self._closedWaiters: list[Deferred[None]] = []
         self._lost = False
-        self._inBatch = False
-        # Small messages the application writes while a batch of frames is
-        # handled: they leave with the batch's acknowledgement, in one send.
-        self._batchOut: list[bytes] = []
-        self._batchOutBytes = 0
-        self._closeAfterBatch: bool | None = None
-        self._refusalAfterBatch: str | None = None
         self._keepAlive: LoopingCall | None = None
-        self._hostNonce: bytes | None = None
+
+    @property
+    def clientId(self) -> bytes | None:
+        """
+        The client's id, once it said hello.
+        """
+        return self.session.clientId
 
     def whenClosed(self) -> Deferred[None]:
         """
@@ -552,11 +567,10 @@ class _HostLink(Protocol):
             # prove it knows the secret.
             self.peerAddress = ChannelAddress(port.name, port.paths.port, None)
             if not port.acceptingLinks():
-                self._closing = True
+                self.session.closeQuietly()
                 self.transport.abortConnection()  # type: ignore[attr-defined]
                 return
-            self._hostNonce = newNonce()
-            self.transport.write(_wire.encodeFrame(_wire.CHALLENGE, self._hostNonce))
+            self.transport.write(self.session.greeting())
             self._startDeadline()
             return
         credentials = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
@@ -580,33 +594,10 @@ class _HostLink(Protocol):
             self.port.handshakeTimeout, self._handshakeExpired
         )
 
-    def _authenticate(self, kind: int, body: bytes) -> bool:
-        """
-        Check the client's proof, and prove ourselves in return.
-        """
-        self._hostNonce, hostNonce = None, self._hostNonce
-        assert hostNonce is not None and self.transport is not None
-        secret = self.port.secret
-        if kind != _wire.AUTH:
-            self.port.authenticationFailed()
-            self.refuse(f"first frame is of kind {kind}, not an authentication")
-            return False
-        if len(body) != NONCE_SIZE + PROOF_SIZE or secret is None:
-            self.port.authenticationFailed()
-            self.refuse(
-                f"authentication is {len(body)} bytes long; it must be "
-                f"{NONCE_SIZE + PROOF_SIZE}"
-            )
-            return False
-        clientNonce, proof = body[:NONCE_SIZE], body[NONCE_SIZE:]
-        if not proofMatches(clientProof(secret, hostNonce, clientNonce), proof):
-            self.port.authenticationFailed()
-            self.refuse("authentication failed: the peer does not know the secret")
-            return False
-        self.transport.write(
-            _wire.encodeFrame(_wire.AUTH_OK, hostProof(secret, clientNonce, hostNonce))
-        )
-        return True
+    def _stopDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
 
     def _handshakeExpired(self) -> None:
         self._deadline = None
@@ -622,13 +613,7 @@ class _HostLink(Protocol):
             f"no hello within {self.port.handshakeTimeout:g} seconds of connecting"
         )
 
-    def refuse(self, reason: str) -> None:
-        """
-        Close this link because the peer broke the rules, and log why.
-        """
-        if self._closing:
-            return
-        self._closing = True
+    def _logRefusal(self, reason: str) -> None:
         _log.warn(
             "channel {channel}: closing link from pid {peerPid} uid {peerUid}: "
             "{reason}",
@@ -637,63 +622,53 @@ class _HostLink(Protocol):
             peerUid=self.peerAddress.uid,
             reason=reason,
         )
-        if self._inBatch:
-            # After the acknowledgement of what was delivered before the
-            # fault: the ERROR is the last frame the client reads.
-            self._refusalAfterBatch = reason
-            return
-        self._sendRefusal(reason)
 
-    def _sendRefusal(self, reason: str) -> None:
-        assert self.transport is not None
-        self.transport.write(_wire.encodeError(reason))
-        self.transport.loseConnection()
+    def refuse(self, reason: str) -> None:
+        """
+        Close this link because the peer broke the rules, and log why.  In
+        the middle of a batch, the C{ERROR} frame goes after the
+        acknowledgement of what was delivered before the fault.
+        """
+        if self.session.closing:
+            return
+        self._logRefusal(reason)
+        frame = self.session.refuse(reason)
+        if frame is not None:
+            assert self.transport is not None
+            self.transport.write(frame)
+            self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        session = self.session
+        if session.closing:
             return
         application = self.application
-        decoder = self._decoder
-        try:
+        if application is None:
+            application = self._handshake(data)
             if application is None:
-                # One frame at a time until the handshake is done: what
-                # follows the hello is judged by the limit the hello sets.
-                frames = decoder.feed(data, 1)
-                while application is None:
-                    if not frames:
-                        return
-                    kind, body = frames[0]
-                    if self._hostNonce is not None:
-                        if not self._authenticate(kind, body):
-                            return
-                    elif not self._handshake(kind, body):
-                        return
-                    application = self.application
-                    frames = decoder.feed(b"", 1 if application is None else None)
-            else:
-                frames = decoder.feed(data)
+                return
+            data = b""
+        try:
+            frames = session.receive(data)
         except _wire.ProtocolError as e:
             self.refuse(str(e))
             return
-        if self._skip:
-            frames = self._skipResent(frames)
         delivered = 0
         payloadBytes = 0
-        self._inBatch = True
         try:
             for kind, body in frames:
-                if self._closing:
+                if session.closing:
                     # The application closed the connection: what follows
                     # is not delivered, nor acknowledged.
                     break
-                if kind == _wire.DATA:
+                if kind == _DATA:
                     delivered += 1
                     payloadBytes += len(body)
                     application.dataReceived(body)
-                elif kind == _wire.PING:
-                    self.transport.write(_wire.encodeFrame(_wire.PONG, body))  # type: ignore[union-attr]
                 else:
-                    self.refuse(f"unexpected frame of kind {kind} after the handshake")
+                    refusal = session.control(kind, body)
+                    if refusal is not None:
+                        self.refuse(refusal)
         except Exception:
             _log.failure(
                 "channel {channel}: the application's dataReceived raised; "
@@ -701,112 +676,94 @@ class _HostLink(Protocol):
                 channel=self.port.name,
                 peerPid=self.peerAddress.pid,
             )
-            self._closing = True
-            self._closeAfterBatch = None
-            self._batchOut = []
+            session.abandon()
             self.transport.abortConnection()  # type: ignore[union-attr]
-        finally:
-            self._inBatch = False
-        out = self._batchOut
-        if delivered:
-            self._sequence += delivered
-            term = self.term
-            term.messages += delivered
-            term.bytes += payloadBytes
-            term.remember(self.clientId, self._sequence)  # type: ignore[arg-type]
-            out.append(_wire.encodeAck(self._sequence))
+        out, ending = session.endBatch(delivered, payloadBytes)
+        transport = self.transport
+        if transport is None:
+            return
         if out:
-            self._batchOut = []
-            self._batchOutBytes = 0
-            if self.transport is not None:
-                sendNow(self.transport, b"".join(out))
-        refusal, self._refusalAfterBatch = self._refusalAfterBatch, None
-        abort, self._closeAfterBatch = self._closeAfterBatch, None
-        if refusal is not None:
-            self._sendRefusal(refusal)
-        elif abort is not None:
-            # After the acknowledgement, so that the client knows what was
-            # delivered before the goodbye.
-            self._sayGoodbye(abort)
-        else:
+            sendNow(transport, out)
+        if ending == NO_END:
             # The acknowledgement and any replies leave now.
-            pushToKernel(self.transport)
+            pushToKernel(transport)
+        elif ending == END_GOODBYE_ABORT:
+            self._endAfterGoodbye(abort=True)
+        else:
+            transport.loseConnection()
 
-    def _skipResent(self, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    def _handshake(self, data: bytes) -> IProtocol | None:
         """
-        Drop the leading messages of an eager client that this host already
-        delivered.
-        """
-        kept = []
-        for frame in frames:
-            if self._skip and frame[0] == _wire.DATA:
-                self._skip -= 1
-            else:
-                kept.append(frame)
-        return kept
+        Run the handshake as far as C{data} takes it.
 
-    def _handshake(self, kind: int, body: bytes) -> bool:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-        if kind != _wire.HELLO:
-            self.refuse(f"first frame is of kind {kind}, not a hello")
-            return False
-        try:
-            hello = _wire.decodeHello(body)
-        except _wire.ProtocolError as e:
-            self.refuse(str(e))
-            return False
-        assert self.transport is not None
-        if hello.flags & _wire.FLAG_STATUS_QUERY:
-            self._closing = True
-            self.transport.write(
-                _wire.encodeFrame(
-                    _wire.STATUS, json.dumps(self.port.status()).encode("utf-8")
+        @return: the application's protocol once the link is open.
+        """
+        session = self.session
+        transport = self.transport
+        assert transport is not None
+        while True:
+            try:
+                event = session.nextHandshakeEvent(data)
+            except _wire.ProtocolError as e:
+                self.refuse(str(e))
+                return None
+            data = b""
+            if event is None:
+                return None
+            if isinstance(event, Authenticated):
+                transport.write(event.reply)
+                continue
+            self._stopDeadline()
+            if isinstance(event, Refused):
+                if event.authentication:
+                    self.port.authenticationFailed()
+                self._logRefusal(event.reason)
+                transport.write(event.frame)
+                transport.loseConnection()
+                return None
+            if isinstance(event, StatusQueried):
+                transport.write(
+                    _wire.encodeFrame(
+                        _wire.STATUS, json.dumps(self.port.status()).encode("utf-8")
+                    )
                 )
-            )
-            self.transport.loseConnection()
-            return False
+                transport.loseConnection()
+                return None
+            return self._open(event.hello)
+
+    def _open(self, hello: _wire.Hello) -> IProtocol | None:
+        """
+        Take a client that said hello: build its application protocol,
+        welcome it, and connect the two.
+        """
+        assert self.transport is not None
         if self.peerAddress.pid is None:
             self.peerAddress = ChannelAddress(
                 self.port.name, self.peerAddress.path, None, hello.pid, None
             )
-        term = self.term
-        clientId = hello.clientId
-        known = term.delivered.get(clientId, 0)
-        resumeAfter = max(known, hello.firstSequence - 1)
         application = self.port.factory.buildProtocol(self.peerAddress)
         if application is None:
             self.refuse("the host's factory refused the connection")
-            return False
+            return None
+        term = self.term
+        clientId = hello.clientId
         previous = term.links.get(clientId)
         if previous is not None:
             # The client gave up on its old link (it would not say hello
             # again otherwise); one logical connection has one live link.
             previous.closeQuietly()
-        self.clientId = clientId
-        self._sequence = resumeAfter
-        if hello.flags & _wire.FLAG_EAGER:
-            self._skip = resumeAfter - (hello.firstSequence - 1)
-        self._peerMaxMessageSize = hello.maxMessageSize
-        self._decoder.maxMessageSize = self.port.maxMessageSize
         term.links[clientId] = self
-        term.remember(clientId, resumeAfter)
-        self.transport.write(
-            _wire.encodeWelcome(
-                _wire.Welcome(resumeAfter, os.getpid(), self.port.maxMessageSize)
-            )
-        )
+        self.transport.write(self.session.welcome(os.getpid()))
         self.application = application
         _log.debug(
             "channel {channel}: link up from pid {peerPid}, resuming after "
             "message {resumeAfter}",
             channel=self.port.name,
             peerPid=self.peerAddress.pid,
-            resumeAfter=resumeAfter,
+            resumeAfter=self.session.sequence,
         )
         application.makeConnection(_LinkTransport(self))
-        return True
+        return application
 
     def sendMessage(self, data: bytes) -> None:
         """
@@ -817,15 +774,16 @@ class _HostLink(Protocol):
         if not isinstance(data, bytes):
             raise TypeError(f"data must be bytes, not {type(data).__name__}")
         size = len(data)
-        if size > self.port.maxMessageSize or size > self._peerMaxMessageSize:
+        session = self.session
+        if size > self.port.maxMessageSize or size > session.peerMaxMessageSize:
             raise ValueError(
                 f"message of {size} bytes is over the limit of "
-                f"{min(self.port.maxMessageSize, self._peerMaxMessageSize)} bytes"
+                f"{min(self.port.maxMessageSize, session.peerMaxMessageSize)} bytes"
             )
-        if self._closing or self.transport is None:
+        if session.closing or self.transport is None:
             return
         if (
-            bufferedBytes(self.transport) + self._batchOutBytes + size
+            bufferedBytes(self.transport) + session.outboxBytes + size
             > self.port.maxBufferSize
         ):
             raise ChannelBufferFullError(
@@ -838,19 +796,20 @@ class _HostLink(Protocol):
         self.term.bytes += size
         if size < 4096:
             # One small copy is cheaper than handing the transport two pieces.
-            frame = _wire.HEADER.pack(size + 1, _wire.DATA) + data
-            if self._inBatch:
-                self._batchOut.append(frame)
-                self._batchOutBytes += len(frame)
+            frame = _HEADER.pack(size + 1, _DATA) + data
+            outbox = session.outbox
+            if outbox is not None:
+                # During a batch: it leaves with the acknowledgement.
+                outbox.append(frame)
+                session.outboxBytes += len(frame)
             else:
                 self.transport.write(frame)
         else:
-            if self._batchOut:
-                # What was written before it goes first.
-                self.transport.write(b"".join(self._batchOut))
-                self._batchOut = []
-                self._batchOutBytes = 0
-            self.transport.writeSequence([_wire.frameHeader(_wire.DATA, size), data])
+            # What was written before it goes first.
+            before = session.takeOutbox()
+            if before:
+                self.transport.write(before)
+            self.transport.writeSequence([_wire.frameHeader(_DATA, size), data])
 
     def pauseReading(self) -> None:
         """
@@ -877,40 +836,45 @@ class _HostLink(Protocol):
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def _ping(self) -> None:
-        if self.transport is not None and not self._closing:
+        if self.transport is not None and not self.session.closing:
             self.transport.write(_wire.encodeFrame(_wire.PING))
 
     def closeByApplication(self, abort: bool) -> None:
         """
         The host's application ends this client's connection: tell the
-        client not to come back, then close.
+        client not to come back, then close (after the batch under way, if
+        any, and its acknowledgement).
         """
-        if self._closing or self.transport is None:
+        if self.transport is None:
             return
-        self._closing = True
-        if self._inBatch:
-            self._closeAfterBatch = abort
+        goodbye = self.session.close(abort)
+        if goodbye is None:
             return
-        self._sayGoodbye(abort)
+        self.transport.write(goodbye)
+        self._endAfterGoodbye(abort)
 
-    def _sayGoodbye(self, abort: bool) -> None:
-        assert self.transport is not None
-        self.transport.write(_wire.encodeFrame(_wire.GOODBYE))
-        if abort:
-            self._aborted = True
-            # The client must read the goodbye, or it would take the end for
-            # a lost link and come back; an abort drops what the socket
-            # holds, and over TCP it resets the connection, which drops what
-            # the client has not read yet.  So once the kernel has taken
-            # everything, the close is a graceful one; only a client that
-            # is not reading is cut off.
-            pushToKernel(self.transport)
-            if bufferedBytes(self.transport):
-                self.transport.abortConnection()  # type: ignore[attr-defined]
-            else:
-                self.transport.loseConnection()
+    def _endAfterGoodbye(self, abort: bool) -> None:
+        """
+        Close the link once its goodbye is written; an abort is told to the
+        application as one.
+        """
+        transport = self.transport
+        assert transport is not None
+        if not abort:
+            transport.loseConnection()
+            return
+        self._aborted = True
+        # The client must read the goodbye, or it would take the end for a
+        # lost link and come back; an abort drops what the socket holds,
+        # and over TCP it resets the connection, which drops what the client
+        # has not read yet.  So once the kernel has taken everything, the
+        # close is a graceful one; only a client that is not reading is cut
+        # off.
+        pushToKernel(transport)
+        if bufferedBytes(transport):
+            transport.abortConnection()  # type: ignore[attr-defined]
         else:
-            self.transport.loseConnection()
+            transport.loseConnection()
 
     def closeQuietly(self) -> None:
         """
@@ -918,7 +882,7 @@ class _HostLink(Protocol):
         reconnect and resend what was not acknowledged.
         """
         if self.transport is not None:
-            self._closing = True
+            self.session.closeQuietly()
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
@@ -926,13 +890,12 @@ class _HostLink(Protocol):
         keepAlive, self._keepAlive = self._keepAlive, None
         if keepAlive is not None:
             keepAlive.stop()
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
+        self._stopDeadline()
         term = self.term
         term.allLinks.discard(self)
-        if self.clientId is not None and term.links.get(self.clientId) is self:
-            del term.links[self.clientId]
+        clientId = self.session.clientId
+        if clientId is not None and term.links.get(clientId) is self:
+            del term.links[clientId]
         application, self.application = self.application, None
         if self._aborted and not reason.check(error.ConnectionAborted):
             reason = Failure(error.ConnectionAborted())
@@ -976,6 +939,7 @@ class ChannelPort:
     @ivar factory: the factory that builds a protocol for each link.
     @ivar role: C{"host"}, C{"standby"} or, after L{stopListening},
         C{"stopped"}.
+    @ivar transportKind: C{"unix"} or C{"tcp"}: what it listens on.
     """
 
     def __init__(
@@ -997,7 +961,7 @@ class ChannelPort:
         self.maxMessageSize = maxMessageSize
         self.maxBufferSize = maxBufferSize
         self.handshakeTimeout = handshakeTimeout
-        self.transport = transport
+        self.transportKind = transport
         self.secret: bytes | None = None
         self._authFailures: deque[float] = deque()
         self._floodLogged = 0.0
@@ -1038,7 +1002,7 @@ class ChannelPort:
         """
         This candidate's address; its C{role} says whether it hosts.
         """
-        if self.transport == "tcp":
+        if self.transportKind == "tcp":
             tcpPort = None
             if self._socketPort is not None:
                 tcpPort = self._socketPort.getHost().port  # type: ignore[attr-defined]
@@ -1065,6 +1029,8 @@ class ChannelPort:
 
         @raise UnsafeDirectoryError: if the runtime directory or the files
             in it are not safe to use.
+        @raise ChannelLockMismatchError: if the lock file is of another
+            format or locking mechanism than this process's.
         @raise OSError: if they cannot be created.
         @raise error.CannotListenError: if this process won the election but
             could not bind the socket.
@@ -1144,7 +1110,7 @@ class ChannelPort:
         exit and its clients compete for the CPU, and a rename is all that
         is then left to do.
         """
-        if self.transport == "unix":
+        if self.transportKind == "unix":
             with self._readyLock:
                 if self._ready is None:
                     try:
@@ -1236,7 +1202,7 @@ class ChannelPort:
         term = _HostingTerm(time.time())
         socketPort: IListeningPort
         try:
-            if self.transport == "tcp":
+            if self.transportKind == "tcp":
                 socketPort = self.reactor.listenTCP(
                     0, _HostLinkFactory(self, term), backlog=128, interface=LOOPBACK
                 )
@@ -1263,7 +1229,7 @@ class ChannelPort:
                         self.paths.socket, self._takeReady()
                     )
                 unixPort.adopt(prepared)
-                unixPort.startListening()  # type: ignore[no-untyped-call]
+                unixPort.startListening()
                 socketPort = unixPort
         except BaseException:
             self._election.release()
@@ -1294,7 +1260,7 @@ class ChannelPort:
         if self.role != HOST or self._socketPort is None:
             return
         try:
-            if self.transport == "tcp":
+            if self.transportKind == "tcp":
                 self._checkPortFile()
             else:
                 self._checkSocketFile()
@@ -1512,7 +1478,7 @@ class ChannelPort:
             "pid": os.getpid(),
             "since": term.started if term else None,
             "path": self.getHost().path,
-            "transport": self.transport,
+            "transport": self.transportKind,
             "links": len(term.links) if term else 0,
             "messages": term.messages if term else 0,
             "bytes": term.bytes if term else 0,

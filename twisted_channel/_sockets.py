@@ -1,43 +1,259 @@
 """
-What the channel asks of Twisted's socket transports beyond their public
-interfaces: how much they hold, sending it now, sending without them when
-they hold nothing, reading without their layers, and how much waits
-unread in the kernel.
+What the channel asks of Twisted beyond its public interfaces, and the one
+probe that finds out whether the Twisted in use offers it: how much a
+socket transport holds, sending it now, sending without it when it holds
+nothing, reading without its layers, how much waits unread in the kernel,
+and a Unix listening port that adopts a socket bound beforehand.
 
-They rely on L{twisted.internet.abstract.FileDescriptor}'s buffering and on
+They rely on L{twisted.internet.abstract.FileDescriptor}'s buffering, on
 L{twisted.internet.tcp.Connection}'s socket (the TCP and Unix transports of
-every POSIX reactor, asyncio's included); any other transport is used
-through its public interface only.
+every POSIX reactor, asyncio's included) and on
+L{twisted.internet.unix.Port}.  L{twistedEdge} probes each, once, against
+real instances of those classes over a socket pair; what the Twisted in use
+lacks is named in one warning, and the channel goes without it, through
+Twisted's public interface.  Nothing else in the package touches Twisted's
+private attributes.
 """
 
 from __future__ import annotations
 
 import fcntl
+import socket
 import struct
 import termios
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
-from twisted.internet import main, tcp, unix
+from twisted.internet import abstract, main, tcp, unix
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor, IWriteDescriptor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
 
-# The read methods readDirectly knows it may stand in for: the Unix one
-# reads ancillary data for descriptor passing, which links never use.
-_PLAIN_READS = (
-    tcp.Connection.doRead,
-    getattr(unix._SendmsgMixin, "doRead", tcp.Connection.doRead),
-)
+_log = Logger()
+
+
+@dataclass(frozen=True)
+class TwistedEdge:
+    """
+    What L{probeTwisted} found in the Twisted in use.
+
+    @ivar bufferAccounting: a socket transport's unsent bytes can be
+        counted (C{FileDescriptor.dataBuffer}, C{offset} and
+        C{_tempDataLen}): the host's per-link cap, L{pushToKernel}.
+    @ivar sendImmediately: a socket transport says whether its writing side
+        was shut (C{FileDescriptor._writeDisconnected}): L{sendNow}.
+    @ivar plainReads: the read methods L{readDirectly} knows it may stand
+        in for (C{tcp.Connection.doRead}; C{unix._SendmsgMixin.doRead}, which
+        also reads ancillary data for descriptor passing, which links never
+        use), found to be the TCP and Unix transports' reads; empty when
+        they read otherwise, or have no C{socket} and C{bufferSize}.
+    @ivar adoptListeningSocket: a Unix listening port can be given a socket
+        bound beforehand (C{unix.Port._preexistingSocket}):
+        L{adoptListeningSocket}.
+    @ivar missing: the names of what was not found, for the warning.
+    """
+
+    bufferAccounting: bool
+    sendImmediately: bool
+    plainReads: tuple[object, ...]
+    adoptListeningSocket: bool
+    missing: tuple[str, ...]
+
+
+@implementer(IReactorFDSet)
+class _ProbeReactor:
+    """
+    Enough of a reactor for a transport the probe makes and never runs:
+    it watches nothing.
+    """
+
+    def addReader(self, reader: IReadDescriptor) -> None:
+        pass
+
+    def addWriter(self, writer: IWriteDescriptor) -> None:
+        pass
+
+    def removeReader(self, reader: IReadDescriptor) -> None:
+        pass
+
+    def removeWriter(self, writer: IWriteDescriptor) -> None:
+        pass
+
+    def removeAll(self) -> list[IReadDescriptor | IWriteDescriptor]:
+        return []
+
+    def getReaders(self) -> list[IReadDescriptor]:
+        return []
+
+    def getWriters(self) -> list[IWriteDescriptor]:
+        return []
+
+
+@contextmanager
+def _probeConnection() -> Iterator[tuple[tcp.Connection, socket.socket]]:
+    """
+    A real L{tcp.Connection} over one end of a Unix socket pair, marked
+    connected, and the other end.
+    """
+    one, other = socket.socketpair()
+    try:
+        connection = tcp.Connection(one, Protocol(), _ProbeReactor())
+        connection.connected = True
+        yield connection, other
+    finally:
+        one.close()
+        other.close()
+
+
+def _probeBufferAccounting(missing: list[str]) -> bool:
+    """
+    Whether L{bufferedBytes} counts what a transport holds: write more
+    than the kernel takes, flush what it takes, and compare the count with
+    what reached the other end.
+    """
+    with _probeConnection() as (connection, other):
+        names = ("dataBuffer", "offset", "_tempDataLen")
+        lacking = [n for n in names if not hasattr(connection, n)]
+        if lacking:
+            missing.extend(f"FileDescriptor.{name}" for name in lacking)
+            return False
+        connection.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        total = 256 * 1024
+        connection.write(b"x" * (total // 2))
+        connection.write(b"y" * (total // 2))
+        before = _countBuffered(connection)
+        connection.doWrite()
+        after = _countBuffered(connection)
+        taken = _unread(other.fileno())
+        if before != total or after != total - taken or not 0 < taken < total:
+            missing.append("FileDescriptor.dataBuffer/offset/_tempDataLen counts")
+            return False
+    return True
+
+
+def _probeSendImmediately(missing: list[str]) -> bool:
+    """
+    Whether a transport says, as L{sendNow} asks, that its writing side is
+    shut.
+    """
+    with _probeConnection() as (connection, other):
+        if getattr(connection, "_writeDisconnected", None) is not False:
+            missing.append("FileDescriptor._writeDisconnected")
+            return False
+    return True
+
+
+def _probeReadDirectly(missing: list[str]) -> tuple[object, ...]:
+    """
+    The read methods of the TCP and Unix transports, if they are those that
+    L{readDirectly} knows it may stand in for; otherwise none.
+    """
+    found = True
+    sendmsgRead = getattr(getattr(unix, "_SendmsgMixin", None), "doRead", None)
+    if sendmsgRead is None:
+        missing.append("unix._SendmsgMixin.doRead")
+        found = False
+    for reads, plain in (
+        (tcp.Server, tcp.Connection.doRead),
+        (unix.Server, sendmsgRead),
+    ):
+        if plain is not None and reads.doRead is not plain:
+            missing.append(f"{reads.__module__}.{reads.__qualname__}.doRead")
+            found = False
+    with _probeConnection() as (connection, other):
+        if connection.getHandle() is not connection.socket or not isinstance(
+            getattr(connection, "bufferSize", None), int
+        ):
+            missing.append("tcp.Connection.socket/bufferSize")
+            found = False
+    return (tcp.Connection.doRead, sendmsgRead) if found else ()
+
+
+def _probeAdoptListeningSocket(missing: list[str]) -> bool:
+    """
+    Whether a Unix listening port has the slot for a socket bound before
+    it starts listening, as L{unix.Port} made by
+    C{adoptStreamPort} does.
+    """
+    port = unix.Port(b"\0probe", Factory(), reactor=_ProbeReactor())
+    if "_preexistingSocket" not in vars(port) or port._preexistingSocket is not None:
+        missing.append("unix.Port._preexistingSocket")
+        return False
+    return True
+
+
+def probeTwisted() -> TwistedEdge:
+    """
+    Find out what the Twisted in use offers of what the channel asks beyond
+    its public interfaces, with real instances of its classes.
+
+    @return: what was found; L{TwistedEdge.missing} is empty when all was.
+    """
+    missing: list[str] = []
+    bufferAccounting = _probeBufferAccounting(missing)
+    return TwistedEdge(
+        bufferAccounting=bufferAccounting,
+        sendImmediately=bufferAccounting and _probeSendImmediately(missing),
+        plainReads=_probeReadDirectly(missing),
+        adoptListeningSocket=_probeAdoptListeningSocket(missing),
+        missing=tuple(missing),
+    )
+
+
+_found: TwistedEdge | None = None
+
+
+def twistedEdge() -> TwistedEdge:
+    """
+    What the Twisted in use offers, probed on the first call; when it lacks
+    anything, one warning names it.
+    """
+    global _found
+    found = _found
+    if found is None:
+        found = _found = probeTwisted()
+        if found.missing:
+            from twisted import __version__
+
+            _log.warn(
+                "twisted-channel: Twisted {twistedVersion} lacks {missing}; "
+                "going without (over Twisted's public interface: no per-link "
+                "buffer cap, no immediate sends or direct reads, a host "
+                "binds its socket in place instead of by rename)",
+                twistedVersion=__version__,
+                missing=", ".join(found.missing),
+            )
+    return found
+
+
+def _countBuffered(transport: abstract.FileDescriptor) -> int:
+    # FileDescriptor keeps a buffer flushed in part and a list of writes not
+    # yet joined to it; it has no public accessor for their size.
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def _unread(fileno: int) -> int:
+    answer = fcntl.ioctl(fileno, termios.FIONREAD, b"\0\0\0\0")
+    count: int = struct.unpack("i", answer)[0]
+    return count
 
 
 def bufferedBytes(transport: object) -> int:
     """
-    How many bytes C{transport} holds that the kernel has not taken yet.
+    How many bytes C{transport} holds that the kernel has not taken yet; 0
+    for a transport that is not one of Twisted's, or when the Twisted in
+    use cannot tell.
     """
-    # FileDescriptor keeps a buffer flushed in part and a list of writes not
-    # yet joined to it; it has no public accessor for their size.
-    dataBuffer = getattr(transport, "dataBuffer", b"")
-    offset: int = getattr(transport, "offset", 0)
-    pending: int = getattr(transport, "_tempDataLen", 0)
-    return len(dataBuffer) - offset + pending
+    if not isinstance(transport, abstract.FileDescriptor):
+        return 0
+    edge = _found or twistedEdge()
+    if not edge.bufferAccounting:
+        return 0
+    return _countBuffered(transport)
 
 
 def pushToKernel(transport: object) -> None:
@@ -50,15 +266,14 @@ def pushToKernel(transport: object) -> None:
     off every hop of a round trip.  Any error is left for the reactor to
     find, as it would have on its own.
     """
-    if not getattr(transport, "connected", False) or getattr(
-        transport, "disconnecting", True
+    if (
+        not isinstance(transport, abstract.FileDescriptor)
+        or not transport.connected
+        or transport.disconnecting
+        or not bufferedBytes(transport)
     ):
         return
-    if not bufferedBytes(transport):
-        return
-    doWrite = getattr(transport, "doWrite", None)
-    if doWrite is not None:
-        doWrite()
+    transport.doWrite()
 
 
 def sendNow(transport: object, data: bytes) -> None:
@@ -71,10 +286,11 @@ def sendNow(transport: object, data: bytes) -> None:
     """
     if (
         not isinstance(transport, tcp.Connection)
+        or not (_found or twistedEdge()).sendImmediately
         or not transport.connected
         or transport.disconnecting
         or transport._writeDisconnected
-        or bufferedBytes(transport)
+        or _countBuffered(transport)
     ):
         transport.write(data)  # type: ignore[attr-defined]
         return
@@ -96,12 +312,9 @@ def unreadBytes(transport: object) -> int:
     yet; 0 if it cannot tell (a transport with no socket).
     """
     try:
-        fileno = transport.getHandle().fileno()  # type: ignore[attr-defined]
-        answer = fcntl.ioctl(fileno, termios.FIONREAD, b"\0\0\0\0")
+        return _unread(transport.getHandle().fileno())  # type: ignore[attr-defined]
     except Exception:
         return 0
-    count: int = struct.unpack("i", answer)[0]
-    return count
 
 
 def readDirectly(transport: object, dataReceived: Callable[[bytes], None]) -> bool:
@@ -113,11 +326,13 @@ def readDirectly(transport: object, dataReceived: Callable[[bytes], None]) -> bo
     hop of a round trip.  The transport ends the connection as it would
     have, on end of file or an error.
 
-    @return: whether it could; a transport it does not know is left as it
-        is.
+    @return: whether it could; a transport it does not know, or any
+        transport when the Twisted in use reads otherwise than the probe
+        expects, is left as it is.
     """
-    if not isinstance(transport, tcp.Connection) or (
-        type(transport).doRead not in _PLAIN_READS
+    if (
+        not isinstance(transport, tcp.Connection)
+        or type(transport).doRead not in (_found or twistedEdge()).plainReads
     ):
         return False
     receive = transport.socket.recv
@@ -138,4 +353,19 @@ def readDirectly(transport: object, dataReceived: Callable[[bytes], None]) -> bo
     # An attribute of the instance, found before the class's method by the
     # reactor's lookup of doRead.
     transport.doRead = doRead  # type: ignore[method-assign]
+    return True
+
+
+def adoptListeningSocket(port: unix.Port, listening: socket.socket) -> bool:
+    """
+    Have C{port}, not listening yet, listen on C{listening} (bound and
+    listening already) when it starts, instead of binding a socket of its
+    own.
+
+    @return: whether it could; when the Twisted in use lacks the means,
+        the port binds its own socket and C{listening} is left alone.
+    """
+    if not (_found or twistedEdge()).adoptListeningSocket:
+        return False
+    port._preexistingSocket = listening
     return True

@@ -21,14 +21,11 @@ import socket
 from typing import Any
 
 from . import _wire
-from ._auth import (
-    LOOPBACK,
-    NONCE_SIZE,
-    clientProof,
-    hostProof,
-    newNonce,
-    proofMatches,
-    readPortFile,
+from ._auth import LOOPBACK, readPortFile
+from ._authexchange import (
+    AuthenticationFailedError,
+    AuthenticationRefusedError,
+    ClientAuthExchange,
 )
 from ._credentials import peerCredentials
 from ._directory import (
@@ -179,24 +176,22 @@ def _queryTCP(paths: ChannelPaths, timeout: float) -> dict[str, Any] | None:
                 portFile.pid,
             ) from None
         frames = _Frames(sock, portFile.pid, timeout)
-        kind, hostNonce = frames.next()
-        if kind != _wire.CHALLENGE or len(hostNonce) != NONCE_SIZE:
-            frames.unexpected(kind, hostNonce)
-        clientNonce = newNonce()
-        frames.send(
-            _wire.encodeFrame(
-                _wire.AUTH,
-                clientNonce + clientProof(portFile.secret, hostNonce, clientNonce),
-            )
-        )
-        kind, proof = frames.next()
-        if kind != _wire.AUTH_OK:
-            frames.unexpected(kind, proof)
-        if not proofMatches(hostProof(portFile.secret, clientNonce, hostNonce), proof):
-            raise StatusError(
-                f"the process on port {portFile.port} could not prove it is the "
-                "host (the port file may be stale)"
-            )
+        exchange = ClientAuthExchange(portFile.secret)
+        while not exchange.done:
+            kind, body = frames.next()
+            if kind == _wire.AUTH_OK:
+                try:
+                    exchange.receive(kind, body)
+                except AuthenticationFailedError:
+                    raise StatusError(
+                        f"the process on port {portFile.port} could not prove it "
+                        "is the host (the port file may be stale)"
+                    ) from None
+                continue
+            try:
+                frames.send(exchange.receive(kind, body))
+            except (AuthenticationFailedError, AuthenticationRefusedError):
+                frames.unexpected(kind, body)
         return frames.ask()
     finally:
         sock.close()
