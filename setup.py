@@ -23,7 +23,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["twisted_channel", "twisted.plugins"],
+    packages=["twisted_channel", "twisted_channel.testing", "twisted.plugins"],
     package_data={"twisted_channel": ["py.typed"]},
     install_requires=["twisted>=22.10", "zope.interface>=5", "rich>=12"],
     entry_points={

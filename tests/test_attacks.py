@@ -31,7 +31,6 @@ from collections.abc import Iterator
 import pytest
 
 from tests.chaos._harness import (
-    WORKER,
     Cluster,
     HarnessError,
     account,
@@ -42,6 +41,7 @@ from tests.chaos._harness import (
     waitUntil,
 )
 from twisted_channel import _wire
+from twisted_channel.testing import RECORDER
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -450,7 +450,7 @@ def test_nameThatTriesToEscape(cluster: Cluster, name: str) -> None:
     existed = {path: os.path.lexists(path) for path in escaped}
     passwd = _snapshot("/etc/passwd")
     child = cluster.children.start(
-        [sys.executable, WORKER, "candidate", "--dir", cluster.directory]
+        [sys.executable, "-m", RECORDER, "candidate", "--dir", cluster.directory]
         + [f"--name={name}", "--record", os.devnull]
     )
     line = child.waitFor(lambda line: line.startswith("ERROR"), 20)

@@ -19,6 +19,7 @@ from zope.interface import implementedBy
 
 import twisted_channel
 import twisted_channel.bus
+import twisted_channel.testing
 from twisted_channel._cli import buildParser
 from twisted_channel._parser import OPTIONS
 
@@ -31,6 +32,7 @@ PAGES = [
     "bus",
     "cli",
     "twistd",
+    "testing",
     "troubleshooting",
     "design",
     "comparison",
@@ -72,6 +74,9 @@ def test_sphinxBuildsWithoutWarnings() -> None:
         api = Path(output, "api.html").read_text()
         for name in [*twisted_channel.__all__, *twisted_channel.bus.__all__]:
             assert name in api, f"{name} is not in the API reference"
+        testing = Path(output, "testing.html").read_text()
+        for name in twisted_channel.testing.__all__:
+            assert name in testing, f"{name} is not in docs/testing.md"
         # The epytext of the docstrings was turned into markup.
         assert "@param" not in api and "C{" not in api and "L{" not in api
 
@@ -110,7 +115,9 @@ def _documented(cls: type, attribute: str) -> bool:
     return False
 
 
-@pytest.mark.parametrize("module", [twisted_channel, twisted_channel.bus])
+@pytest.mark.parametrize(
+    "module", [twisted_channel, twisted_channel.bus, twisted_channel.testing]
+)
 def test_everyPublicNameHasADocstring(module: object) -> None:
     assert inspect.getdoc(module)
     undocumented = []
@@ -121,7 +128,7 @@ def test_everyPublicNameHasADocstring(module: object) -> None:
         if not inspect.getdoc(value):
             undocumented.append(name)
         if inspect.isclass(value) and value.__module__.startswith(
-            "twisted_channel.bus"
+            ("twisted_channel.bus", "twisted_channel.testing")
         ):
             for attribute, member in vars(value).items():
                 if attribute.startswith("_"):

@@ -499,3 +499,42 @@ def test_hostPublishesAgainWhenItsFileIsDeleted(
     assert not any(line.startswith("UNLINK ") for line in streaming.collect())
     assertDeliveredInOrder(readRecords(record), {"s": 1500, "n": 20})
     assert {pid for pid, _, _ in readRecords(record)} == {host.pid}
+
+
+@pytest.mark.skipif(not ROBUST_MUTEX, reason="only flock here: nothing to meet")
+@pytest.mark.parametrize("first", ["mutex", "flock"])
+def test_candidateOfAnotherLockMechanismRefusesToTakePart(
+    children: Children, first: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A candidate process that elects with the other mechanism than the
+    host's (forced with the test-only variable _TWISTED_CHANNEL_LOCK) fails
+    to listen, with an error naming the lock file, what it found and what
+    it expected, and never hosts; the host goes on serving.
+    """
+    names = {"mutex": "a robust mutex", "flock": "flock"}
+    second = "flock" if first == "mutex" else "mutex"
+
+    def electWith(kind: str) -> None:
+        if kind == "flock":
+            monkeypatch.setenv("_TWISTED_CHANNEL_LOCK", "flock")
+        else:
+            monkeypatch.delenv("_TWISTED_CHANNEL_LOCK", raising=False)
+
+    record = os.path.join(children.directory, "record")
+    electWith(first)
+    host = children.candidate("mech", record)
+    host.waitFor(lambda line: line == "ROLE host")
+    electWith(second)
+    refused = children.candidate("mech", os.devnull)
+    line = refused.waitFor(lambda line: line.startswith("ERROR "))
+    assert os.path.join(children.directory, "mech.lock") in line
+    assert (
+        f"found format 2 with {names[first]}, expected format 2 with {names[second]}"
+    ) in line
+    client = children.client("mech", "c", 20)
+    client.waitFor(lambda line: line.startswith("CLOSED"))
+    assert "CLOSED ConnectionDone 0" in client.lines
+    assert [n for _, _, n in readRecords(record)] == list(range(1, 21))
+    assert not any(line.startswith("ROLE") for line in refused.collect())
+    assert host.role() == "host"

@@ -30,7 +30,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectError, ConnectionClosed
+from twisted.internet.error import (
+    ConnectError,
+    ConnectingCancelledError,
+    ConnectionClosed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -60,6 +64,13 @@ DEFAULT_REQUEST_TIMEOUT = 2.0
 #: gRPC status codes (carried in the gateway's C{code}) that say "ask
 #: another member": UNAVAILABLE (no leader, stopping) and DEADLINE_EXCEEDED.
 _RETRY_ELSEWHERE = {4, 14}
+#: How a request fails when the network or the peer lets it down.
+_NETWORK_ERRORS = (
+    ConnectError,
+    ConnectingCancelledError,
+    ConnectionClosed,
+    ResponseFailed,
+)
 _JSON_HEADERS = Headers({b"Content-Type": [b"application/json"]})
 #: gRPC NOT_FOUND: a lease that is already gone.
 _NOT_FOUND = 5
@@ -549,7 +560,7 @@ class EtcdClient:
         timer = self._clock.callLater(budget, tooLate)
         try:
             status = await attempt
-        except (CancelledError, ConnectError, ConnectionClosed, ResponseFailed) as e:
+        except (CancelledError, *_NETWORK_ERRORS) as e:
             # A request cancelled at its deadline fails in whatever way the
             # HTTP client was at (connecting, waiting, reading).
             if late:
@@ -860,7 +871,7 @@ class EtcdClient:
             if watch._cancelled or streaming:
                 raise
             raise _TryElsewhereError(f"no answer within {self.timeout} s") from None
-        except (ConnectError, ConnectionClosed, ResponseFailed) as e:
+        except _NETWORK_ERRORS as e:
             if watch._cancelled or streaming:
                 # Events may have come: going on elsewhere from the start
                 # revision would repeat them.  The watcher starts again from

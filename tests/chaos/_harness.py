@@ -23,11 +23,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.processes import Child, Children
 from twisted_channel._directory import channelPaths
 from twisted_channel._host import _temporaryPrefix
-
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
+from twisted_channel.testing import ChannelProcesses
+from twisted_channel.testing import ChildProcess as Child
 
 #: The channel every chaos cluster uses.
 NAME = "chaos"
@@ -368,7 +367,7 @@ class Cluster:
         self.name = name
         self.reactorName = reactorName
         self.transport = transport
-        self.children = Children(directory, reactorName)
+        self.children = ChannelProcesses(directory, reactorName, transport)
         self.record = os.path.join(recordDirectory or directory, "record")
         self.socketPath = channelPaths(name, directory).socket
         self.candidates: list[Child] = []
@@ -384,14 +383,9 @@ class Cluster:
 
     def worker(self, mode: str, *extra: str) -> Child:
         """
-        Start one worker process.
+        Start one recorder process (see L{twisted_channel.testing.recorder}).
         """
-        return self.children.start(
-            [sys.executable, WORKER, mode, "--dir", self.directory]
-            + ["--name", self.name, "--reactor", self.reactorName]
-            + ["--transport", self.transport]
-            + list(extra)
-        )
+        return self.children.recorder(mode, self.name, *extra)
 
     def newTag(self, prefix: str) -> str:
         self._tags += 1
@@ -588,7 +582,7 @@ class Cluster:
         """
         Kill and reap every process this cluster started.
         """
-        for child in self.children.all:
+        for child in self.children.children:
             try:
                 if not child.exited():
                     os.kill(child.pid, signal.SIGCONT)

@@ -222,7 +222,7 @@ def frozenHost(reactor: str = "default") -> ScenarioResult:
             lateEnd = cluster.ended("late", FREEZE + 10)
             quickEnd = cluster.ended("quick", FREEZE + 10)
             gaveUpAfter = time.monotonic() - frozenAt
-            quick.waitFor(lambda line: line == "UNLINK", 1)
+            quick.waitFor(lambda line: line.startswith("UNLINK "), 1)
             time.sleep(max(0.0, FREEZE - (time.monotonic() - frozenAt)))
             if standby.role() != "standby" or host.role() != "host":
                 raise HarnessError("a standby took over from a frozen host")

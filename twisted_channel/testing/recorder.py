@@ -1,54 +1,63 @@
 """
-A child process for the chaos harness and the attack tests.
-
-Run as ``python _worker.py MODE --dir D --name N ...``; it reports on stdout,
-one line per event, flushed at once:
-
-- ``ROLE host`` / ``ROLE standby`` / ``ROLE stopped`` as a candidate's role
-  changes, ``ELECTED <monotonic ns>`` (just before ``ROLE host``) each time
-  it becomes host, and ``FIRST <monotonic ns>`` when its protocol receives
-  the first message of that hosting term;
-- ``ERROR <class>: <message>`` if listening or connecting failed, or a
-  name or option was refused (the process then exits);
-- ``LINK <host pid>`` / ``UNLINK`` as a client's links come and go;
-- ``SENT <n>`` once a client stopped writing, ``n`` being its last number;
-- ``FULL <written> <buffered bytes>`` when a write raised
-  C{ChannelBufferFullError} (the client then stops writing);
-- ``PAUSED <n>`` / ``RESUMED <n>`` when its producer is paused or resumed
-  (the first few times, then every 100th);
-- ``RECEIVED <messages> <bytes>`` once a client got C{--expect} messages
-  (and every C{--report-every} messages);
-- ``HOSTFULL <written>`` when a host's write to a client raised
-  C{ChannelBufferFullError} (its flood then stops);
-- ``WROTE <n>`` then ``CLOSED <reason class> <undelivered>`` when a
-  client's connection ends;
-- ``STOPPED`` after ``stop`` on stdin made a candidate stop listening.
+The recording candidate and the streaming client: one child process that
+tests, the chaos soak, the benchmark's failover run and the demo start on a
+channel, C{python -m twisted_channel.testing.recorder MODE --dir D --name N
+...}.
 
 Modes:
 
-- ``candidate``: stand as a candidate host.  Its protocol records each
-  message it receives as a line ``<host pid> <head> <monotonic ns>
-  <length>`` in C{--record} (the head is the message up to its first space),
-  written with one C{write(2)} before C{dataReceived} returns, so that
-  nothing it acknowledged is missing from the record even if it is killed a
-  moment later.  With C{--stream TAG} it also runs a streaming client, as
-  processes that are both candidates and clients do.  A message
-  ``flood <count> <size> <producer>`` makes it write C{count} messages of
-  C{size} bytes back to that client, as a push producer or not.
-- ``client``: stream messages ``TAG:1``, ``TAG:2``... (padded with a space
-  and ``x`` to C{--size} bytes) at C{--rate} per second, or as fast as a
-  registered push producer is allowed to (C{--producer}).  With C{--count 0}
-  it writes until ``finish`` is read on stdin; then it closes gracefully.
+ - C{candidate}: stand as a candidate host.  Its protocol records each
+   message it receives as a line C{<host pid> <head> <monotonic ns>
+   <length>} in C{--record} (the head is the message up to its first
+   space), written with one C{write(2)} before C{dataReceived} returns, so
+   that nothing it acknowledged is missing from the record even if it is
+   killed a moment later (read it with L{twisted_channel.testing.readRecords}).
+   With C{--stream TAG} it also runs a streaming client, as processes that
+   are both candidates and clients do.  A message C{flood <count> <size>
+   <producer>} makes it write C{count} messages of C{size} bytes back to
+   that client, as a push producer or not.
+ - C{client}: write C{TAG:1}, C{TAG:2}... (padded with a space and C{x} to
+   C{--size} bytes): C{--slice} every C{--interval} seconds, or at
+   C{--rate} per second, or as fast as a registered push producer is let
+   (C{--producer}); after C{--count} messages (with 0, when told to
+   C{finish}) it closes gracefully, unless C{--stay}.
 
-Stdin commands: ``stop`` (a candidate stops listening), ``finish`` (the
-stream stops and closes gracefully).  End of stdin ends the process: a
-worker never outlives the harness.
+It reports on standard output, one line per event, flushed at once:
+
+ - C{ELECTED <ns>} then C{ROLE host} each time a candidate becomes host;
+   C{ROLE standby}, C{ROLE stopped} as its role changes otherwise; C{FIRST
+   <ns>} when its protocol receives the first message of a hosting term;
+   C{STOPPED} once C{stop} made it stop listening;
+ - C{ERROR <class>: <message>} if listening or connecting failed, or a
+   name or option was refused (the process then exits);
+ - C{READY} once a client's connection is made (its writes may still wait
+   for a host); C{LINK <host pid>} and C{UNLINK <reason class>} as its links
+   come and go; C{PROGRESS <written> <acknowledged>} every C{--progress}
+   seconds;
+ - C{SENT <n>} once a client stopped writing, C{n} being its last number;
+   C{FULL <written> <buffered bytes>} when a write raised
+   C{ChannelBufferFullError} (it then stops writing); C{PAUSED <n>} /
+   C{RESUMED <n>} when its producer is paused or resumed (the first three
+   times, then every 100th); C{HELD <n>} / C{RELEASED <ns>} after C{hold} /
+   C{release};
+ - C{RECEIVED <messages> <bytes>} once a client got C{--expect} messages
+   (and every C{--report-every} messages); C{HOSTFULL <written>} when a
+   host's write to a client raised C{ChannelBufferFullError};
+ - C{WROTE <n>} then C{CLOSED <reason class> <undelivered>} when a client's
+   connection ends.
+
+Commands on standard input, one a line: C{stop} (a candidate stops
+listening), C{finish} (the streams stop writing and close gracefully),
+C{hold} and C{release} (the streams stop writing for a while, and start
+again).  The end of standard input ends the process, so that it never
+outlives its parent; C{--limit} bounds its life in any case.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -56,7 +65,7 @@ from typing import Any
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer
 
 
 def say(line: str) -> None:
@@ -106,11 +115,13 @@ class _FloodProducer:
 
 class RecordingServer(Protocol):
     """
-    The candidates' protocol: records each message it receives.
+    The candidate's protocol: records each message it receives.
+
+    @cvar recordDescriptor: the record file, open for appending.
+    @cvar firstPending: whether no message arrived yet in this hosting term.
     """
 
     recordDescriptor = -1
-    #: Whether no message arrived yet in this hosting term.
     firstPending = True
 
     def dataReceived(self, data: bytes) -> None:
@@ -164,8 +175,11 @@ class RecordingServer(Protocol):
 @implementer(IPushProducer)
 class StreamingClient(Protocol):
     """
-    Writes ``TAG:1``, ``TAG:2``... at a rate, or as a push producer as fast
-    as the transport lets it, then closes gracefully.
+    Writes C{TAG:1}, C{TAG:2}... in slices, at a rate, or as a push producer
+    as fast as the transport lets it, then closes gracefully.
+
+    @cvar stopReactorOnClose: whether the end of the connection ends the
+        process (not for a candidate that also streams).
     """
 
     stopReactorOnClose = True
@@ -175,6 +189,7 @@ class StreamingClient(Protocol):
         self.tag = tag.encode()
         self.next = 1
         self.finished = False
+        self.held = False
         self.paused = False
         self.pauses = 0
         self.resumes = 0
@@ -182,29 +197,48 @@ class StreamingClient(Protocol):
         self.receivedBytes = 0
         self.started = 0.0
         self.loop: Any = None
+        self.progress: Any = None
         self.pending: Any = None
 
     def message(self, number: int) -> bytes:
+        """
+        Message C{number}, padded to C{--size} bytes.
+        """
         head = b"%s:%d" % (self.tag, number)
-        size = self.options.size
+        size: int = self.options.size
         if size > len(head) + 1:
             return head + b" " + b"x" * (size - len(head) - 1)
         return head
 
     def connectionMade(self) -> None:
+        from twisted.internet.task import LoopingCall
+
         self.reactor = _reactor()
         self.started = self.reactor.seconds()
         if self.options.request:
             self.transport.write(self.options.request.encode())  # type: ignore[union-attr]
+        if self.options.progress > 0:
+            self.progress = LoopingCall(self.reportProgress)
+            self.progress.clock = self.reactor
+            self.progress.start(self.options.progress)
         if self.options.producer:
             self.transport.registerProducer(self, True)  # type: ignore[union-attr]
             self.pending = self.reactor.callLater(0, self.produce)
         elif self.options.count != 0 or self.options.rate > 0:
-            from twisted.internet.task import LoopingCall
-
             self.loop = LoopingCall(self.writeSome)
             self.loop.clock = self.reactor
-            self.loop.start(self.options.tick, now=True)
+            self.loop.start(self.options.interval, now=True)
+
+    def written(self) -> int:
+        """
+        The last number written.
+        """
+        return self.next - 1
+
+    def reportProgress(self) -> None:
+        transport: Any = self.transport
+        acknowledged = self.written() - len(transport.pending)
+        say(f"PROGRESS {self.written()} {acknowledged}")
 
     def _write(self) -> bool:
         """
@@ -216,7 +250,7 @@ class StreamingClient(Protocol):
             self.transport.write(self.message(self.next))  # type: ignore[union-attr]
         except ChannelBufferFullError:
             buffered = self.transport.pending.byteCount  # type: ignore[union-attr]
-            say(f"FULL {self.next - 1} {buffered}")
+            say(f"FULL {self.written()} {buffered}")
             self.finish()
             return False
         self.next += 1
@@ -226,13 +260,13 @@ class StreamingClient(Protocol):
         return True
 
     def writeSome(self) -> None:
-        if self.finished:
+        if self.finished or self.held:
             return
         if self.options.rate > 0:
             elapsed = self.reactor.seconds() - self.started
             target = int(elapsed * self.options.rate) + 1
         else:
-            target = self.next + self.options.slice
+            target = self.next + self.options.slice - 1
         while self.next <= target and not self.finished:
             if not self._write():
                 return
@@ -268,6 +302,26 @@ class StreamingClient(Protocol):
     def stopProducing(self) -> None:
         self.finished = True
 
+    # Commands
+
+    def hold(self) -> None:
+        """
+        Stop writing until L{release}.
+        """
+        self.held = True
+        say(f"HELD {self.written()}")
+
+    def release(self) -> None:
+        """
+        Start writing again after L{hold}; the time is taken before the
+        first write.
+        """
+        if not self.held or self.finished:
+            return
+        self.held = False
+        say(f"RELEASED {time.monotonic_ns()}")
+        self.writeSome()
+
     def finish(self) -> None:
         """
         Stop writing and close gracefully (unless C{--stay}).
@@ -280,7 +334,7 @@ class StreamingClient(Protocol):
         if self.pending is not None and self.pending.active():
             self.pending.cancel()
         self.pending = None
-        say(f"SENT {self.next - 1}")
+        say(f"SENT {self.written()}")
         transport: Any = self.transport
         if self.options.producer:
             transport.unregisterProducer()
@@ -296,35 +350,65 @@ class StreamingClient(Protocol):
         ):
             say(f"RECEIVED {self.received} {self.receivedBytes}")
 
+    # IChannelLinkObserver
+
     def linkEstablished(self, host: Any) -> None:
         say(f"LINK {host.pid}")
 
     def linkLost(self, reason: Failure) -> None:
-        say("UNLINK")
+        say(f"UNLINK {type(reason.value).__name__}")
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.finished = True
-        if self.loop is not None and self.loop.running:
-            self.loop.stop()
-        undelivered = getattr(reason.value, "undelivered", 0)
-        say(f"WROTE {self.next - 1}")
+        for loop in (self.loop, self.progress):
+            if loop is not None and loop.running:
+                loop.stop()
+        if self.progress is not None:
+            self.reportProgress()
+        undelivered = getattr(reason.value, "undelivered", None)
+        if undelivered is None:
+            undelivered = len(self.transport.pending)  # type: ignore[union-attr]
+        say(f"WROTE {self.written()}")
         say(f"CLOSED {type(reason.value).__name__} {undelivered}")
         if self.stopReactorOnClose:
             self.reactor.callLater(0, self.reactor.stop)
 
 
-def _connectStream(options: argparse.Namespace, tag: str) -> list[StreamingClient]:
-    from zope.interface import directlyProvides
+def _endpoint(options: argparse.Namespace) -> Any:
+    """
+    The channel endpoint the command line describes.
+    """
+    from twisted_channel import ChannelEndpoint
 
-    from twisted_channel import ChannelEndpoint, IChannelLinkObserver
-
-    endpoint = ChannelEndpoint(
+    settings: dict[str, Any] = {"maxBufferSize": options.max_buffer}
+    if options.max_message is not None:
+        settings["maxMessageSize"] = options.max_message
+    if options.transport is not None:
+        settings["transport"] = options.transport
+    if options.handshake_timeout is not None:
+        settings["handshakeTimeout"] = options.handshake_timeout
+    return ChannelEndpoint(
         _reactor(),
         options.name,
         directory=options.dir,
         timeout=options.timeout,
-        **_sizes(options),
+        **settings,
     )
+
+
+def _failed(reason: Failure) -> None:
+    say(f"ERROR {type(reason.value).__name__}: {reason.getErrorMessage()}")
+    _reactor().callWhenRunning(_reactor().stop)
+
+
+def connectStream(options: argparse.Namespace, tag: str) -> list[StreamingClient]:
+    """
+    Connect a L{StreamingClient} writing messages tagged C{tag}.
+
+    @return: a list that will hold it once it is built.
+    """
+    from twisted_channel import IChannelLinkObserver
+
     built: list[StreamingClient] = []
 
     def build() -> StreamingClient:
@@ -334,68 +418,51 @@ def _connectStream(options: argparse.Namespace, tag: str) -> list[StreamingClien
         built.append(protocol)
         return protocol
 
-    def failed(reason: Failure) -> None:
-        say(f"ERROR {type(reason.value).__name__}: {reason.getErrorMessage()}")
-        _reactor().callWhenRunning(_reactor().stop)
+    def connected(protocol: object) -> None:
+        say("READY")
 
-    endpoint.connect(Factory.forProtocol(build)).addErrback(failed)  # type: ignore[arg-type]
+    factory = Factory.forProtocol(build)
+    _endpoint(options).connect(factory).addCallbacks(connected, _failed)
     return built
 
 
 class _Commands(Protocol):
     """
-    Reads commands from stdin; its end ends the process.
+    Reads commands from standard input; its end ends the process.
     """
 
     def __init__(self, state: dict[str, Any]) -> None:
         self.state = state
 
     def dataReceived(self, data: bytes) -> None:
+        streams: list[StreamingClient] = self.state.get("streams", [])
         for command in data.decode().split():
             if command == "stop" and "port" in self.state:
                 self.state["port"].stopListening().addCallback(lambda _: say("STOPPED"))
             elif command == "finish":
-                for stream in self.state.get("streams", []):
+                for stream in streams:
                     stream.finish()
+            elif command == "hold":
+                for stream in streams:
+                    stream.hold()
+            elif command == "release":
+                for stream in streams:
+                    stream.release()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        # The parent went away: do not outlive it.
         reactor = _reactor()
         if reactor.running:
             reactor.stop()
 
 
-def _sizes(options: argparse.Namespace) -> dict[str, Any]:
-    """
-    The endpoint's size and transport options the command line gave.
-    """
-    sizes: dict[str, Any] = {"maxBufferSize": options.max_buffer}
-    if options.max_message is not None:
-        sizes["maxMessageSize"] = options.max_message
-    if options.transport is not None:
-        sizes["transport"] = options.transport
-    return sizes
-
-
 def runCandidate(options: argparse.Namespace, state: dict[str, Any]) -> None:
-    from twisted_channel import ChannelEndpoint
-
-    reactor = _reactor()
+    """
+    Stand as a recording candidate host (and stream, with C{--stream}).
+    """
     RecordingServer.recordDescriptor = os.open(
         options.record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
     )
-    endpoint = ChannelEndpoint(
-        reactor, options.name, directory=options.dir, **_sizes(options)
-    )
-    if options.handshake_timeout is not None:
-        # The endpoint has no option for it (yet); the port has.
-        makePort = endpoint._port
-
-        def port(factory: Any) -> Any:
-            made = makePort(factory)
-            made.handshakeTimeout = options.handshake_timeout
-            return made
-
-        endpoint._port = port  # type: ignore[method-assign]
 
     def observe(role: str) -> None:
         if role == "host":
@@ -410,58 +477,80 @@ def runCandidate(options: argparse.Namespace, state: dict[str, Any]) -> None:
             say(f"ELECTED {time.monotonic_ns()}")
         say(f"ROLE {port.role}")
         if options.stream:
-            state["streams"] = _connectStream(options, options.stream)
+            state["streams"] = connectStream(options, options.stream)
 
-    def failed(reason: Failure) -> None:
-        say(f"ERROR {type(reason.value).__name__}: {reason.getErrorMessage()}")
-        reactor.callWhenRunning(reactor.stop)
-
-    endpoint.listen(Factory.forProtocol(RecordingServer)).addCallbacks(listened, failed)
+    factory = Factory.forProtocol(RecordingServer)
+    _endpoint(options).listen(factory).addCallbacks(listened, _failed)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def parser() -> argparse.ArgumentParser:
+    """
+    The command line's parser.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m twisted_channel.testing.recorder",
+        description="A recording candidate host, or a streaming client, of a "
+        "channel, for tests.",
+    )
     parser.add_argument("mode", choices=["candidate", "client"])
-    parser.add_argument("--dir", required=True)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--record", default=os.devnull)
-    parser.add_argument("--stream", default="", help="candidate: also stream")
+    parser.add_argument("--dir", required=True, help="the channel's directory")
+    parser.add_argument("--name", required=True, help="the channel's name")
+    parser.add_argument("--record", default=os.devnull, help="candidate: record")
+    parser.add_argument("--stream", default="", help="candidate: also stream TAG")
+    parser.add_argument("--ballast", type=int, default=0, help="MiB to hold")
     parser.add_argument("--tag", default="c")
     parser.add_argument("--count", type=int, default=0, help="0: until told")
     parser.add_argument("--rate", type=float, default=0.0, help="messages/s")
-    parser.add_argument("--slice", type=int, default=10)
-    parser.add_argument("--tick", type=float, default=0.005)
+    parser.add_argument("--slice", type=int, default=10, help="messages a tick")
+    parser.add_argument("--interval", type=float, default=0.005, help="a tick (s)")
     parser.add_argument("--size", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--max-buffer", type=int, default=64 * 1024 * 1024)
     parser.add_argument("--max-message", type=int, default=None)
     parser.add_argument("--transport", choices=["unix", "tcp"], default=None)
+    parser.add_argument("--handshake-timeout", type=float, default=None)
     parser.add_argument("--producer", action="store_true")
-    parser.add_argument("--stay", action="store_true")
-    parser.add_argument("--request", default="")
+    parser.add_argument("--stay", action="store_true", help="do not close")
+    parser.add_argument("--request", default="", help="written first")
     parser.add_argument("--expect", type=int, default=0)
     parser.add_argument("--report-every", type=int, default=0)
-    parser.add_argument("--handshake-timeout", type=float, default=None)
+    parser.add_argument("--progress", type=float, default=0.0, help="seconds")
+    parser.add_argument("--limit", type=int, default=0, help="seconds to live")
     parser.add_argument("--reactor", choices=["default", "asyncio"], default="default")
-    options = parser.parse_args()
+    return parser
+
+
+def main(arguments: list[str] | None = None) -> None:
+    """
+    Run the recorder with C{arguments} (default: the command line's).
+    """
+    options = parser().parse_args(arguments)
+    if options.limit > 0:
+        # Bounded in time whatever happens: SIGALRM's default action ends it.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(options.limit)
     if options.reactor == "asyncio":
         from twisted.internet import asyncioreactor
 
         asyncioreactor.install()
     from twisted.internet import stdio
 
+    # Memory the kernel must free when this process dies, before it closes
+    # its sockets.
+    ballast = bytearray(options.ballast * 1024 * 1024)
     state: dict[str, Any] = {}
     try:
         if options.mode == "candidate":
             runCandidate(options, state)
         else:
-            state["streams"] = _connectStream(options, options.tag)
+            state["streams"] = connectStream(options, options.tag)
     except ValueError as e:
         # A bad name or option: refused before anything was touched.
         say(f"ERROR {type(e).__name__}: {e}")
         sys.exit(2)
     stdio.StandardIO(_Commands(state))
     _reactor().run()
+    del ballast
 
 
 if __name__ == "__main__":
