@@ -50,7 +50,7 @@ def rawConnection(children: Children, name: str) -> socket.socket:
     """
     A plain socket connected to the host of channel C{name}.
     """
-    if children.transport == "tcp":
+    if children.transportKind == "tcp":
         with open(children.channelFile(name)) as f:
             port = json.load(f)["port"]
         raw = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -215,7 +215,9 @@ def test_staleSocketOfKilledHostDoesNotBlock(
     host.kill()
     host.wait()
     left = os.lstat(children.channelFile("stale")).st_mode
-    assert stat.S_ISSOCK(left) if children.transport == "unix" else stat.S_ISREG(left)
+    assert (
+        stat.S_ISSOCK(left) if children.transportKind == "unix" else stat.S_ISREG(left)
+    )
     start = time.monotonic()
     successor = children.candidate("stale", record)
     successor.waitFor(lambda line: line == "ROLE host", 10)
@@ -284,7 +286,7 @@ def test_garbageFromRawClientDoesNotHurtOthers(
             pass
         raw.close()
         kinds = [kind for kind, _ in FrameDecoder(1 << 20).feed(reply)]
-        expected = [ERROR] if children.transport == "unix" else [CHALLENGE, ERROR]
+        expected = [ERROR] if children.transportKind == "unix" else [CHALLENGE, ERROR]
         assert kinds == expected, f"expected an ERROR frame, got {reply!r}"
     client.waitFor(lambda line: line.startswith("CLOSED"), 60)
     assert client.collect()[-1] == "CLOSED ConnectionDone 0"
@@ -334,7 +336,7 @@ def test_standbysHoldTheirSocketsReady(
     second; the winner of a failover publishes its own; processes that stop
     gracefully leave nothing but the lock file.
     """
-    if children.transport == "tcp":
+    if children.transportKind == "tcp":
         pytest.skip("a TCP host's port is bound when it wins; only sockets wait ready")
 
     def readyOf() -> set[str]:
@@ -443,7 +445,7 @@ def test_peerOfAnotherUserIsRefused(children: Children, channelDirectory: str) -
     directory and socket modes for it) is refused by SO_PEERCRED before
     its hello is read; the host goes on serving its own user's clients.
     """
-    if children.transport == "tcp":
+    if children.transportKind == "tcp":
         pytest.skip("SO_PEERCRED is for Unix sockets; TCP peers prove a secret")
     record = os.path.join(channelDirectory, "record")
     host = children.candidate("peers", record)
