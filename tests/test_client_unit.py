@@ -33,10 +33,10 @@ from twisted_channel._client import (
     CLOSED,
     CONNECTED,
     CONNECTING,
-    EAGER_ASSUMED_LIMIT,
     LINK_HANDSHAKE_TIMEOUT,
     _ClientLink,
 )
+from twisted_channel._clientsession import EAGER_ASSUMED_LIMIT
 from twisted_channel._credentials import PeerCredentials
 from twisted_channel._pending import PendingWrites
 
@@ -401,7 +401,7 @@ def test_welcomeResumeAfterDropsDelivered() -> None:
     for i in range(1, 6):
         client.write(b"m%d" % i)
     # Waiting for the welcome (a host refused an eager hello before).
-    client.eagerRefused()
+    client.session.eagerRefused()
     link, transport = openLink(client)
     transport.clear()
     welcome(link, resumeAfter=2)

@@ -8,20 +8,32 @@ platform has one) and with flock.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
+from twisted_channel import ChannelLockMismatchError, _election
 from twisted_channel._directory import UnsafeDirectoryError
 from twisted_channel._election import (
+    _FILE_SIZE,
+    _IDENTITY,
+    _MAGIC,
+    _MAGIC_1,
+    FLOCK,
+    LOCK_FORMAT_VERSION,
+    MUTEX,
     ROBUST_MUTEX,
     HostElection,
+    _header,
     _takeTerm,
     readLockRecord,
 )
@@ -62,6 +74,10 @@ class CallingReactor:
 
 def lockPath(directory: str) -> str:
     return os.path.join(directory, "jobs.lock")
+
+
+def mechanism(robust: bool) -> int:
+    return MUTEX if robust else FLOCK
 
 
 @pytest_twisted.ensureDeferred
@@ -255,29 +271,41 @@ def test_twoHoldersInOneProcessExclude(channelDirectory: str, robust: bool) -> N
     second.release()
 
 
-@pytest.mark.skipif(not ROBUST_MUTEX, reason="no robust process-shared mutexes here")
 @pytest.mark.parametrize(
-    "content, what",
+    "content, error, what",
     [
-        (b"#!/bin/sh\nrm -rf /\n", "not a twisted-channel lock file"),
-        (b"twchlck1" + b"\0" * 100, "truncated to 108 bytes"),
+        (
+            b"#!/bin/sh\nrm -rf /\n",
+            ChannelLockMismatchError,
+            "not a twisted-channel lock file",
+        ),
+        (
+            _header(MUTEX) + b"\0" * 100,
+            UnsafeDirectoryError,
+            "truncated to 140 bytes",
+        ),
     ],
 )
 def test_foreignLockFileIsRefused(
-    channelDirectory: str, content: bytes, what: str
+    channelDirectory: str,
+    robust: bool,
+    content: bytes,
+    error: type[Exception],
+    what: str,
 ) -> None:
     """
     A lock file that is not one of ours, or was cut short, is refused with
     an error naming it, and left as it is.
     """
     path = lockPath(channelDirectory)
+    content = content.replace(_header(MUTEX), _header(mechanism(robust)))
     with open(path, "wb") as f:
         f.write(content)
-    election = HostElection(object(), path, lambda p: None)  # type: ignore[arg-type]
-    with pytest.raises(UnsafeDirectoryError, match=what) as caught:
+    election = HostElection(object(), path, lambda p: None, robust=robust)  # type: ignore[arg-type]
+    with pytest.raises(error, match=what) as caught:
         election.tryNow()
     assert path in str(caught.value)
-    with pytest.raises(UnsafeDirectoryError, match=what):
+    with pytest.raises(error, match=what):
         election.waitInBackground()
     assert not election.waiting
     with open(path, "rb") as f:
@@ -339,3 +367,272 @@ def test_termThatCannotBeginGivesTheLockBack() -> None:
     busy = FailingRecordLock(free=False)
     assert _takeTerm(busy, blocking=False) is None
     assert busy.calls == ["acquire blocking=False"]
+
+
+# The lock file's header: format and mechanism
+
+
+#: What each mechanism is called in errors.
+NAMES = {MUTEX: "a robust mutex", FLOCK: "flock"}
+
+needsBoth = pytest.mark.skipif(
+    not ROBUST_MUTEX, reason="only flock here: no other mechanism to meet"
+)
+
+
+def test_headerSaysFormatAndMechanism(channelDirectory: str, robust: bool) -> None:
+    """
+    A new lock file's header names this package's lock format and the
+    mechanism its processes elect with, before the record.
+    """
+    path = lockPath(channelDirectory)
+    election = HostElection(object(), path, lambda p: None, robust=robust)  # type: ignore[arg-type]
+    assert election.tryNow()
+    with open(path, "rb") as f:
+        content = f.read()
+    assert len(content) == _FILE_SIZE
+    assert _IDENTITY.unpack_from(content) == (
+        _MAGIC,
+        LOCK_FORMAT_VERSION,
+        mechanism(robust),
+    )
+    assert readLockRecord(path) == (1, os.getpid(), 0)
+    election.release()
+
+
+@needsBoth
+@pytest.mark.parametrize("held", [True, False], ids=["held", "free"])
+def test_anotherMechanismIsRefused(
+    channelDirectory: str, robust: bool, held: bool
+) -> None:
+    """
+    A lock file whose processes elect with the other mechanism is refused,
+    whether one of them holds it now or not, with an error naming the file,
+    what it found and what it expected; the lock stays with its holder and
+    the file as it was.
+    """
+    path = lockPath(channelDirectory)
+    other = HostElection(object(), path, lambda p: None, robust=not robust)  # type: ignore[arg-type]
+    assert other.tryNow()
+    if not held:
+        other.release()
+    with open(path, "rb") as f:
+        before = f.read(64)
+    ours = HostElection(object(), path, lambda p: None, robust=robust)  # type: ignore[arg-type]
+    with pytest.raises(ChannelLockMismatchError) as caught:
+        ours.tryNow()
+    refused = caught.value
+    assert refused.path == path
+    assert refused.found == f"format 2 with {NAMES[mechanism(not robust)]}"
+    assert refused.expected == f"format 2 with {NAMES[mechanism(robust)]}"
+    assert all(part in str(refused) for part in (path, refused.found, "expected"))
+    with pytest.raises(ChannelLockMismatchError):
+        ours.waitInBackground()
+    assert not ours.holding and not ours.waiting
+    assert other.holding == held
+    with open(path, "rb") as f:
+        assert f.read(64) == before
+    other.release()
+
+
+@pytest.mark.parametrize(
+    "version, mechanismFound, found",
+    [
+        (3, None, "format 3 (a newer version of twisted-channel)"),
+        (2, 7, "format 2 with an unknown mechanism (7)"),
+    ],
+)
+def test_aHeaderNotUnderstoodIsRefused(
+    channelDirectory: str,
+    robust: bool,
+    version: int,
+    mechanismFound: int | None,
+    found: str,
+) -> None:
+    """
+    A header of another version of the format (a future one, say), or with
+    a mechanism this version does not know, is refused and left alone.
+    """
+    path = lockPath(channelDirectory)
+    content = _IDENTITY.pack(_MAGIC, version, mechanismFound or mechanism(robust))
+    content += b"\1" * (_FILE_SIZE - len(content))
+    with open(path, "wb") as f:
+        f.write(content)
+    election = HostElection(object(), path, lambda p: None, robust=robust)  # type: ignore[arg-type]
+    with pytest.raises(ChannelLockMismatchError) as caught:
+        election.tryNow()
+    assert caught.value.found == found
+    # A client reads the record of its own format only.
+    assert (readLockRecord(path) is None) == (version != LOCK_FORMAT_VERSION)
+    with open(path, "rb") as f:
+        assert f.read() == content
+
+
+def _earlierFormatFile(path: str) -> None:
+    """
+    Make C{path} a lock file of format 1, as the version before this one
+    made it on Linux: its magic and a record, and a robust mutex at the
+    same place, free.
+    """
+    election = HostElection(object(), path, lambda p: None, robust=ROBUST_MUTEX)  # type: ignore[arg-type]
+    assert election.tryNow()
+    election.release()
+    with open(path, "r+b") as f:
+        f.write(_MAGIC_1 + struct.pack("=QQQ", 7, 12345, 0) + b"\0" * 8)
+
+
+def test_unusedEarlierFormatIsMadeThisOne(channelDirectory: str, robust: bool) -> None:
+    """
+    A lock file of the format before versions, which nobody holds (left
+    by an earlier version of the package), does not block anyone: it is
+    made a lock file of this format, with this process's mechanism.
+    """
+    path = lockPath(channelDirectory)
+    if robust:
+        _earlierFormatFile(path)
+    else:
+        # Where the earlier version elected with flock: a record only.
+        with open(path, "wb") as f:
+            f.write(_MAGIC_1 + struct.pack("=QQQ", 7, 12345, 0))
+    election = HostElection(object(), path, lambda p: None, robust=robust)  # type: ignore[arg-type]
+    assert election.tryNow()
+    assert readLockRecord(path) == (1, os.getpid(), 0)
+    with open(path, "rb") as f:
+        assert _IDENTITY.unpack_from(f.read()) == (_MAGIC, 2, mechanism(robust))
+    election.release()
+
+
+#: A process of the earlier format, hosting: it holds the robust mutex of a
+#: format-1 lock file (with the same C library calls as that version), says
+#: so and waits to be killed.
+EARLIER_HOST = """
+import ctypes, mmap, os, sys
+from twisted_channel._election import _pthreads, _FILE_SIZE, _MUTEX_OFFSET
+descriptor = os.open(sys.argv[1], os.O_RDWR)
+base = _pthreads.mmap(None, _FILE_SIZE, mmap.PROT_READ | mmap.PROT_WRITE,
+                      mmap.MAP_SHARED, descriptor, 0)
+assert _pthreads.pthread_mutex_lock(base + _MUTEX_OFFSET) == 0
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+@needsBoth
+def test_earlierFormatInUseIsRefusedThenTakenOver(
+    channelDirectory: str, robust: bool
+) -> None:
+    """
+    While a real process of the earlier format holds its lock file's mutex,
+    the file is refused and left alone (never a second host); once that
+    process is killed, the file is made one of this format and the lock
+    taken.
+    """
+    path = lockPath(channelDirectory)
+    _earlierFormatFile(path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", EARLIER_HOST, path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with open(path, "rb") as f:
+            before = f.read()
+        election = HostElection(object(), path, lambda p: None, robust=robust)  # type: ignore[arg-type]
+        with pytest.raises(ChannelLockMismatchError) as caught:
+            election.tryNow()
+        assert caught.value.found == (
+            "format 1 (an earlier version of twisted-channel), held by a "
+            "running process"
+        )
+        with open(path, "rb") as f:
+            assert f.read() == before
+        holder.kill()
+        holder.wait(10)
+        assert election.tryNow()
+        assert readLockRecord(path) == (1, os.getpid(), 0)
+        election.release()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait(10)
+        for stream in (holder.stdin, holder.stdout):
+            if stream is not None:
+                stream.close()
+
+
+#: A process of the earlier format electing with flock, hosting: it holds
+#: the flock of a format-1 lock file for as long as it runs.
+EARLIER_FLOCK_HOST = """
+import fcntl, os, sys
+descriptor = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(descriptor, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_earlierFormatHeldWithFlockIsRefused(
+    channelDirectory: str, robust: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A lock file of the earlier format whose flock a real process holds for
+    longer than making a lock file takes is refused, not waited for.
+    """
+    monkeypatch.setattr(_election, "_MAKING_PATIENCE", 0.2)
+    path = lockPath(channelDirectory)
+    with open(path, "wb") as f:
+        f.write(_MAGIC_1 + struct.pack("=QQQ", 7, 12345, 0))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", EARLIER_FLOCK_HOST, path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        election = HostElection(object(), path, lambda p: None, robust=robust)  # type: ignore[arg-type]
+        with pytest.raises(ChannelLockMismatchError, match="held with flock"):
+            election.tryNow()
+        assert not election.holding
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait(10)
+        for stream in (holder.stdin, holder.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def test_aFileBeingMadeIsWaitedFor(channelDirectory: str, robust: bool) -> None:
+    """
+    An opener that finds another making the file (its brief flock held,
+    no header yet) waits for the header, then checks it: here, one made
+    for the other mechanism.
+    """
+    path = lockPath(channelDirectory)
+    maker = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(maker, fcntl.LOCK_EX)
+        os.ftruncate(maker, _FILE_SIZE)
+
+        def finish() -> None:
+            os.pwrite(maker, _header(mechanism(not robust)), 0)
+            fcntl.flock(maker, fcntl.LOCK_UN)
+
+        timer = threading.Timer(0.2, finish)
+        started = time.monotonic()
+        timer.start()
+        election = HostElection(object(), path, lambda p: None, robust=robust)  # type: ignore[arg-type]
+        try:
+            with pytest.raises(ChannelLockMismatchError) as caught:
+                election.tryNow()
+        finally:
+            timer.join()
+        assert time.monotonic() - started >= 0.2
+        assert caught.value.found == f"format 2 with {NAMES[mechanism(not robust)]}"
+    finally:
+        os.close(maker)

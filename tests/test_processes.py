@@ -50,7 +50,7 @@ def rawConnection(children: Children, name: str) -> socket.socket:
     """
     A plain socket connected to the host of channel C{name}.
     """
-    if children.transport == "tcp":
+    if children.transportKind == "tcp":
         with open(children.channelFile(name)) as f:
             port = json.load(f)["port"]
         raw = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -215,7 +215,9 @@ def test_staleSocketOfKilledHostDoesNotBlock(
     host.kill()
     host.wait()
     left = os.lstat(children.channelFile("stale")).st_mode
-    assert stat.S_ISSOCK(left) if children.transport == "unix" else stat.S_ISREG(left)
+    assert (
+        stat.S_ISSOCK(left) if children.transportKind == "unix" else stat.S_ISREG(left)
+    )
     start = time.monotonic()
     successor = children.candidate("stale", record)
     successor.waitFor(lambda line: line == "ROLE host", 10)
@@ -284,7 +286,7 @@ def test_garbageFromRawClientDoesNotHurtOthers(
             pass
         raw.close()
         kinds = [kind for kind, _ in FrameDecoder(1 << 20).feed(reply)]
-        expected = [ERROR] if children.transport == "unix" else [CHALLENGE, ERROR]
+        expected = [ERROR] if children.transportKind == "unix" else [CHALLENGE, ERROR]
         assert kinds == expected, f"expected an ERROR frame, got {reply!r}"
     client.waitFor(lambda line: line.startswith("CLOSED"), 60)
     assert client.collect()[-1] == "CLOSED ConnectionDone 0"
@@ -334,7 +336,7 @@ def test_standbysHoldTheirSocketsReady(
     second; the winner of a failover publishes its own; processes that stop
     gracefully leave nothing but the lock file.
     """
-    if children.transport == "tcp":
+    if children.transportKind == "tcp":
         pytest.skip("a TCP host's port is bound when it wins; only sockets wait ready")
 
     def readyOf() -> set[str]:
@@ -443,7 +445,7 @@ def test_peerOfAnotherUserIsRefused(children: Children, channelDirectory: str) -
     directory and socket modes for it) is refused by SO_PEERCRED before
     its hello is read; the host goes on serving its own user's clients.
     """
-    if children.transport == "tcp":
+    if children.transportKind == "tcp":
         pytest.skip("SO_PEERCRED is for Unix sockets; TCP peers prove a secret")
     record = os.path.join(channelDirectory, "record")
     host = children.candidate("peers", record)
@@ -499,3 +501,42 @@ def test_hostPublishesAgainWhenItsFileIsDeleted(
     assert not any(line.startswith("UNLINK ") for line in streaming.collect())
     assertDeliveredInOrder(readRecords(record), {"s": 1500, "n": 20})
     assert {pid for pid, _, _ in readRecords(record)} == {host.pid}
+
+
+@pytest.mark.skipif(not ROBUST_MUTEX, reason="only flock here: nothing to meet")
+@pytest.mark.parametrize("first", ["mutex", "flock"])
+def test_candidateOfAnotherLockMechanismRefusesToTakePart(
+    children: Children, first: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A candidate process that elects with the other mechanism than the
+    host's (forced with the test-only variable _TWISTED_CHANNEL_LOCK) fails
+    to listen, with an error naming the lock file, what it found and what
+    it expected, and never hosts; the host goes on serving.
+    """
+    names = {"mutex": "a robust mutex", "flock": "flock"}
+    second = "flock" if first == "mutex" else "mutex"
+
+    def electWith(kind: str) -> None:
+        if kind == "flock":
+            monkeypatch.setenv("_TWISTED_CHANNEL_LOCK", "flock")
+        else:
+            monkeypatch.delenv("_TWISTED_CHANNEL_LOCK", raising=False)
+
+    record = os.path.join(children.directory, "record")
+    electWith(first)
+    host = children.candidate("mech", record)
+    host.waitFor(lambda line: line == "ROLE host")
+    electWith(second)
+    refused = children.candidate("mech", os.devnull)
+    line = refused.waitFor(lambda line: line.startswith("ERROR "))
+    assert os.path.join(children.directory, "mech.lock") in line
+    assert (
+        f"found format 2 with {names[first]}, expected format 2 with {names[second]}"
+    ) in line
+    client = children.client("mech", "c", 20)
+    client.waitFor(lambda line: line.startswith("CLOSED"))
+    assert "CLOSED ConnectionDone 0" in client.lines
+    assert [n for _, _, n in readRecords(record)] == list(range(1, 21))
+    assert not any(line.startswith("ROLE") for line in refused.collect())
+    assert host.role() == "host"

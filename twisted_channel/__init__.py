@@ -16,6 +16,7 @@ The public names are those in C{__all__}; every other module is private.
 from ._address import ChannelAddress
 from ._client import ChannelClientTransport, ChannelReconnectingFactory
 from ._directory import UnsafeDirectoryError
+from ._election import ChannelLockMismatchError
 from ._endpoint import (
     DEFAULT_MAX_BUFFER_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -39,6 +40,7 @@ __all__ = [
     "ChannelClientTransport",
     "ChannelClosedError",
     "ChannelEndpoint",
+    "ChannelLockMismatchError",
     "ChannelPort",
     "ChannelReconnectingFactory",
     "ChannelUnreachableError",

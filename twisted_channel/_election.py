@@ -22,7 +22,16 @@ it when that thread ends.  A lock taken without waiting
 as the process hosts; a lock won by waiting is taken and held by a thread
 dedicated to it (L{_Attempt}), which lives until the lock is given back.
 
-The lock file also holds a record of the current host (L{LockRecord}): a
+The lock file begins with a header that says what it is: a magic string,
+the format's version and the mechanism (robust mutex or C{flock}) that its
+processes elect with.  A process that finds another format or another
+mechanism refuses to take part (L{ChannelLockMismatchError}) rather than
+lock in a way the others do not see, which would elect a second host.  A
+lock file of the format before versions had a header (C{twchlck1}, which
+did not say its mechanism) is made one of this format when no process
+holds it, and refused while one does (L{_openChecked}).
+
+The header is followed by a record of the current host (L{LockRecord}): a
 number each new host increments, its pid, and the pid of its predecessor if
 that one died hosting.  A client reads it (L{readLockRecord}) when a socket
 appears while it is still linked to a host, to know whether that host is
@@ -42,6 +51,7 @@ import os
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
@@ -53,16 +63,35 @@ from ._scheduling import askForShortSlice
 
 _log = Logger()
 
-#: The lock file's header: a magic string, the current term, the pid of
-#: the process that began it, and the pid of its predecessor if that one
-#: died holding the lock (else 0).
-_HEADER = struct.Struct("=8sQQQ")
-_MAGIC = b"twchlck1"
+#: The lock file's header: a magic string, the format's version and the
+#: mechanism; then the record: the current term, the pid of the process that
+#: began it, and the pid of its predecessor if that one died holding the
+#: lock (else 0).
+_IDENTITY = struct.Struct("=8sII")
+_RECORD = struct.Struct("=QQQ")
+_HEADER_SIZE = _IDENTITY.size + _RECORD.size
+_MAGIC = b"twchlock"
+#: The version of the lock file's format that this package reads and writes.
+LOCK_FORMAT_VERSION = 2
+#: The magic of the format before versions (1): a record after it, no word
+#: of the mechanism.
+_MAGIC_1 = b"twchlck1"
+
+#: The mechanisms, as the header records them.
+MUTEX = 1
+FLOCK = 2
+_MECHANISMS = {MUTEX: "a robust mutex", FLOCK: "flock"}
+
 #: Where the mutex lives in the file, and the room it has: more than any
 #: C library's C{pthread_mutex_t} needs (40 bytes on x86-64 glibc).
 _MUTEX_OFFSET = 64
 _MUTEX_ROOM = 192
 _FILE_SIZE = 4096
+
+#: Seconds an opener waits for a lock file that another process is making
+#: (an instant's work) before it takes the file as held by a process of
+#: the format before versions, with C{flock}, for as long as it hosts.
+_MAKING_PATIENCE = 2.0
 
 _PTHREAD_PROCESS_SHARED = 1
 _PTHREAD_MUTEX_ROBUST = 1
@@ -115,7 +144,36 @@ def _loadPthreads() -> ctypes.CDLL | None:
 _pthreads = _loadPthreads()
 
 #: Whether this platform elects with a robust mutex (else with C{flock}).
-ROBUST_MUTEX = _pthreads is not None
+#: Tests force C{flock} on Linux, to run one process per mechanism, with the
+#: environment variable C{_TWISTED_CHANNEL_LOCK=flock}; it is not a setting
+#: for applications: every process of a channel must elect the same way.
+ROBUST_MUTEX = (
+    _pthreads is not None and os.environ.get("_TWISTED_CHANNEL_LOCK") != "flock"
+)
+
+
+class ChannelLockMismatchError(UnsafeDirectoryError):
+    """
+    The channel's lock file was made by, or is in use by, processes that
+    elect the host otherwise than this one: another version of the lock
+    file's format, or another locking mechanism (a robust mutex or
+    C{flock}).  This process refuses to take part, since a lock the others
+    do not see would make it a second host.
+
+    @ivar path: the lock file.
+    @ivar found: what the file says, or what holds it.
+    @ivar expected: what this process would have needed.
+    """
+
+    def __init__(self, path: str, found: str, expected: str) -> None:
+        self.path = path
+        self.found = found
+        self.expected = expected
+        super().__init__(
+            f"lock file {path!r}: found {found}, expected {expected}; every "
+            "process of a channel must run a version of twisted-channel with "
+            "the same lock format and elect with the same mechanism"
+        )
 
 
 class LockRecord(NamedTuple):
@@ -134,17 +192,220 @@ class LockRecord(NamedTuple):
     diedPid: int
 
 
-def _decodeRecord(header: bytes) -> LockRecord | None:
-    if len(header) < _HEADER.size or header[:8] != _MAGIC:
+def _describe(mechanism: int) -> str:
+    return f"format {LOCK_FORMAT_VERSION} with {_MECHANISMS[mechanism]}"
+
+
+def _identify(header: bytes) -> tuple[int, int] | None:
+    """
+    The format version and mechanism a header of this format's magic
+    records; None for any other header (empty, another magic, cut short).
+    """
+    if len(header) < _IDENTITY.size or header[:8] != _MAGIC:
         return None
-    _, term, hostPid, diedPid = _HEADER.unpack_from(header)
-    return LockRecord(term, hostPid, diedPid)
+    _, version, mechanism = _IDENTITY.unpack_from(header)
+    return version, mechanism
+
+
+def _checkIdentity(path: str, header: bytes, mechanism: int) -> None:
+    """
+    Make sure the header of the lock file C{path} is one of this format
+    with C{mechanism}.
+
+    @raise ChannelLockMismatchError: if it is anything else.
+    """
+    expected = _describe(mechanism)
+    identity = _identify(header)
+    if identity is None:
+        if header[:8] == _MAGIC_1:
+            found = "format 1 (an earlier version of twisted-channel)"
+        else:
+            found = (
+                f"an unknown header {header[:8]!r} (not a twisted-channel lock file)"
+            )
+        raise ChannelLockMismatchError(path, found, expected)
+    version, theirs = identity
+    if version != LOCK_FORMAT_VERSION:
+        newer = "newer" if version > LOCK_FORMAT_VERSION else "earlier"
+        raise ChannelLockMismatchError(
+            path, f"format {version} (a {newer} version of twisted-channel)", expected
+        )
+    if theirs != mechanism:
+        found = (
+            _describe(theirs)
+            if theirs in _MECHANISMS
+            else f"format {version} with an unknown mechanism ({theirs})"
+        )
+        raise ChannelLockMismatchError(path, found, expected)
+
+
+def _header(mechanism: int) -> bytes:
+    """
+    The header of a new lock file, before any term.
+    """
+    return _IDENTITY.pack(_MAGIC, LOCK_FORMAT_VERSION, mechanism) + _RECORD.pack(
+        0, 0, 0
+    )
+
+
+def _decodeRecord(header: bytes) -> LockRecord | None:
+    identity = _identify(header)
+    if identity is None or identity[0] != LOCK_FORMAT_VERSION:
+        return None
+    if len(header) < _HEADER_SIZE:
+        return None
+    return LockRecord(*_RECORD.unpack_from(header, _IDENTITY.size))
 
 
 def _nextRecord(previous: LockRecord | None, predecessorDied: bool) -> bytes:
+    """
+    The record of a new term, after C{previous}: to be written at offset
+    C{_IDENTITY.size}.
+    """
     term = previous.term if previous is not None else 0
     diedPid = previous.hostPid if previous is not None and predecessorDied else 0
-    return _HEADER.pack(_MAGIC, term + 1, os.getpid(), diedPid)
+    return _RECORD.pack(term + 1, os.getpid(), diedPid)
+
+
+def _earlierFormatHeld(descriptor: int, path: str) -> bool:
+    """
+    Whether a process holds a lock file of format 1 (C{twchlck1}) through
+    its robust mutex.  Called holding the file's C{flock}, which a host of
+    format 1 that elects with C{flock} holds for as long as it hosts.
+
+    A standby of format 1 waits only while a host holds the lock (it takes
+    a free one at once), so a free lock means that no process of format 1
+    takes part.
+    """
+    size = os.fstat(descriptor).st_size
+    if size < _FILE_SIZE:
+        # Only a record: written with flock, which we hold.
+        return False
+    if _pthreads is None:
+        # Its mutex cannot be looked at here: assume the worst.
+        return True
+    address = _pthreads.mmap(
+        None,
+        _FILE_SIZE,
+        mmap.PROT_READ | mmap.PROT_WRITE,
+        mmap.MAP_SHARED,
+        descriptor,
+        0,
+    )
+    if address is None or address == ctypes.c_void_p(-1).value:
+        error = ctypes.get_errno()
+        raise OSError(error, f"cannot map lock file {path!r}")
+    try:
+        mutex = address + _MUTEX_OFFSET
+        result = _pthreads.pthread_mutex_trylock(mutex)
+        if result == errno.EBUSY:
+            return True
+        if result == errno.EOWNERDEAD:
+            _pthreads.pthread_mutex_consistent(mutex)
+            result = 0
+        if result == 0:
+            _pthreads.pthread_mutex_unlock(mutex)
+        # Anything else (never initialised, not recoverable): nobody can
+        # hold it.
+        return False
+    finally:
+        _pthreads.munmap(address, _FILE_SIZE)
+
+
+def _openChecked(
+    path: str, mechanism: int, make: Callable[[int], None] | None = None
+) -> int:
+    """
+    Open the lock file C{path} for electing with C{mechanism}: make it a lock
+    file of this format if it is not one yet (empty, or of format 1 and
+    held by nobody), else check that it is one, with the same mechanism.
+
+    A brief C{flock} makes one opener at a time make or check the file.  It
+    is busy for long only where a host elects with C{flock} itself; the
+    header is then complete, and read without it.
+
+    @param make: writes what the mechanism keeps in a new file (the mutex),
+        given the descriptor, before the header is written.
+    @return: the open descriptor.
+    @raise ChannelLockMismatchError: if the file is of another format or
+        mechanism, or of format 1 and in use.
+    @raise UnsafeDirectoryError: if it is not a regular file, or was cut
+        short.
+    """
+    descriptor = openLockFile(path)
+    try:
+        deadline = time.monotonic() + _MAKING_PATIENCE
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                header = os.pread(descriptor, _HEADER_SIZE, 0)
+                if header.strip(b"\0") and header[:8] != _MAGIC_1:
+                    _checkIdentity(path, header, mechanism)
+                    break
+                # Being made by another opener, or held by a host of format
+                # 1 that elects with flock.
+                if time.monotonic() > deadline:
+                    raise ChannelLockMismatchError(
+                        path,
+                        "format 1 (an earlier version of twisted-channel), held "
+                        "with flock by a running process",
+                        _describe(mechanism),
+                    ) from None
+                time.sleep(0.002)
+                continue
+            try:
+                _makeOrCheck(descriptor, path, mechanism, make)
+            finally:
+                # Explicitly: a mapping of the file keeps it open, so closing
+                # the descriptor would not release the flock.
+                fcntl.flock(descriptor, fcntl.LOCK_UN)
+            break
+        if os.fstat(descriptor).st_size < _FILE_SIZE:
+            raise UnsafeDirectoryError(
+                f"lock file {path!r} was truncated to "
+                f"{os.fstat(descriptor).st_size} bytes; remove it if no process "
+                "uses the channel"
+            )
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def _makeOrCheck(
+    descriptor: int, path: str, mechanism: int, make: Callable[[int], None] | None
+) -> None:
+    """
+    Holding the lock file's C{flock}: make it a lock file of this format,
+    if it is empty or of format 1 and unused, else check its header.
+    """
+    header = os.pread(descriptor, _HEADER_SIZE, 0)
+    if header[:8] == _MAGIC_1:
+        if _earlierFormatHeld(descriptor, path):
+            raise ChannelLockMismatchError(
+                path,
+                "format 1 (an earlier version of twisted-channel), held by a "
+                "running process",
+                _describe(mechanism),
+            )
+        _log.info(
+            "lock file {lockPath} of format 1, which nobody holds, is made one "
+            "of format {version}",
+            lockPath=path,
+            version=LOCK_FORMAT_VERSION,
+        )
+        os.pwrite(descriptor, b"\0" * _HEADER_SIZE, 0)
+        header = b""
+    if header.strip(b"\0"):
+        _checkIdentity(path, header, mechanism)
+        return
+    # Not cut to nothing first: a process of format 1 may have it mapped.
+    os.ftruncate(descriptor, _FILE_SIZE)
+    if make is not None:
+        make(descriptor)
+    # The header goes last: until it is there, openers make the file.
+    os.pwrite(descriptor, _header(mechanism), 0)
 
 
 class _LockFile(Protocol):
@@ -172,54 +433,43 @@ class _MutexLockFile:
         assert _pthreads is not None
         self._path = path
         self._predecessorDied = False
-        descriptor = openLockFile(path)
+        self._base = 0
         try:
-            # A brief flock makes the first opener initialise the file once;
-            # nobody holds flock for longer on this platform.
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-            size = os.fstat(descriptor).st_size
-            header = os.pread(descriptor, _HEADER.size, 0)
-            fresh = header[:8] != _MAGIC
-            if fresh:
-                if size != 0 and header.strip(b"\0"):
-                    raise UnsafeDirectoryError(
-                        f"lock file {path!r} is not a twisted-channel lock file "
-                        "(unknown header); remove it if no process uses the "
-                        "channel"
-                    )
-                os.ftruncate(descriptor, _FILE_SIZE)
-            elif size < _FILE_SIZE:
-                raise UnsafeDirectoryError(
-                    f"lock file {path!r} was truncated to {size} bytes; "
-                    "remove it if no process uses the channel"
-                )
-            # Mapped with the C library, not Python's mmap, which unmaps when
-            # collected (at interpreter exit, say): the kernel can free a
-            # dead holder's mutex only while it is still mapped.
-            address = _pthreads.mmap(
-                None,
-                _FILE_SIZE,
-                mmap.PROT_READ | mmap.PROT_WRITE,
-                mmap.MAP_SHARED,
-                descriptor,
-                0,
-            )
-            if address is None or address == ctypes.c_void_p(-1).value:
-                error = ctypes.get_errno()
-                raise OSError(error, f"cannot map lock file {path!r}")
-            self._base: int = address
-            self._header = (ctypes.c_char * _HEADER.size).from_address(address)
-            self._address = address + _MUTEX_OFFSET
-            if fresh:
-                self._initialise()
-        finally:
-            # Explicitly: the mapping keeps the open file alive, so closing
-            # the descriptor would not release the flock.
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
-            os.close(descriptor)
+            descriptor = _openChecked(path, MUTEX, self._initialise)
+            try:
+                if not self._base:
+                    self._map(descriptor)
+            finally:
+                os.close(descriptor)
+        except BaseException:
+            self.close()
+            raise
 
-    def _initialise(self) -> None:
+    def _map(self, descriptor: int) -> None:
         assert _pthreads is not None
+        # Mapped with the C library, not Python's mmap, which unmaps when
+        # collected (at interpreter exit, say): the kernel can free a dead
+        # holder's mutex only while it is still mapped.
+        address = _pthreads.mmap(
+            None,
+            _FILE_SIZE,
+            mmap.PROT_READ | mmap.PROT_WRITE,
+            mmap.MAP_SHARED,
+            descriptor,
+            0,
+        )
+        if address is None or address == ctypes.c_void_p(-1).value:
+            error = ctypes.get_errno()
+            raise OSError(error, f"cannot map lock file {self._path!r}")
+        self._base = address
+        self._address = address + _MUTEX_OFFSET
+
+    def _initialise(self, descriptor: int) -> None:
+        """
+        Make the mutex in a new lock file, which C{descriptor} holds.
+        """
+        assert _pthreads is not None
+        self._map(descriptor)
         attributes = ctypes.create_string_buffer(64)
         _pthreads.pthread_mutexattr_init(attributes)
         try:
@@ -238,8 +488,6 @@ class _MutexLockFile:
             _check(_pthreads.pthread_mutex_init(self._address, attributes), self._path)
         finally:
             _pthreads.pthread_mutexattr_destroy(attributes)
-        # The magic goes last: until it is there, openers initialise.
-        self._header.raw = _HEADER.pack(_MAGIC, 0, 0, 0)
 
     def acquire(self, blocking: bool) -> bool:
         assert _pthreads is not None
@@ -263,9 +511,10 @@ class _MutexLockFile:
         _check(_pthreads.pthread_mutex_unlock(self._address), self._path)
 
     def beginTerm(self) -> int:
-        record = _nextRecord(_decodeRecord(self._header.raw), self._predecessorDied)
-        self._header.raw = record
-        return int(_HEADER.unpack(record)[1])
+        header = ctypes.string_at(self._base, _HEADER_SIZE)
+        record = _nextRecord(_decodeRecord(header), self._predecessorDied)
+        ctypes.memmove(self._base + _IDENTITY.size, record, len(record))
+        return int(_RECORD.unpack(record)[0])
 
     def close(self) -> None:
         """
@@ -284,7 +533,7 @@ class _FlockLockFile:
     """
 
     def __init__(self, path: str) -> None:
-        self._descriptor = openLockFile(path)
+        self._descriptor = _openChecked(path, FLOCK)
 
     def acquire(self, blocking: bool) -> bool:
         flags = fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB
@@ -299,11 +548,10 @@ class _FlockLockFile:
 
     def beginTerm(self) -> int:
         # flock tells no death from a release; it comes too late to matter.
-        record = _nextRecord(
-            _decodeRecord(os.pread(self._descriptor, _HEADER.size, 0)), False
-        )
-        os.pwrite(self._descriptor, record, 0)
-        return int(_HEADER.unpack(record)[1])
+        header = os.pread(self._descriptor, _HEADER_SIZE, 0)
+        record = _nextRecord(_decodeRecord(header), False)
+        os.pwrite(self._descriptor, record, _IDENTITY.size)
+        return int(_RECORD.unpack(record)[0])
 
     def close(self) -> None:
         os.close(self._descriptor)
@@ -325,8 +573,9 @@ def openLock(path: str, robust: bool = ROBUST_MUTEX) -> _LockFile:
     """
     A new handle on the lock in the lock file C{path}.
 
-    @raise UnsafeDirectoryError: if the file is not safe to use or not a
-        lock file.
+    @raise ChannelLockMismatchError: if the file is of another format or
+        mechanism (see L{_openChecked}).
+    @raise UnsafeDirectoryError: if the file is not safe to use.
     @raise OSError: if it cannot be opened or mapped.
     """
     if robust:
@@ -345,7 +594,7 @@ def readLockRecord(path: str) -> LockRecord | None:
     except OSError:
         return None
     try:
-        header = os.pread(descriptor, _HEADER.size, 0)
+        header = os.pread(descriptor, _HEADER_SIZE, 0)
     except OSError:
         return None
     finally:

@@ -196,7 +196,9 @@ class ChannelEndpoint:
 
         @return: a Deferred that fires with a L{ChannelPort} once this
             process hosts or stands by, or fails if the runtime directory is
-            not safe or the socket cannot be bound.
+            not safe, the lock file is of another format or locking
+            mechanism (L{ChannelLockMismatchError}), or the socket cannot be
+            bound.
         """
         port = self._port(protocolFactory)
         try:

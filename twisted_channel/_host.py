@@ -962,6 +962,8 @@ class ChannelPort:
 
         @raise UnsafeDirectoryError: if the runtime directory or the files
             in it are not safe to use.
+        @raise ChannelLockMismatchError: if the lock file is of another
+            format or locking mechanism than this process's.
         @raise OSError: if they cannot be created.
         @raise error.CannotListenError: if this process won the election but
             could not bind the socket.

@@ -366,7 +366,7 @@ class Cluster:
         self.directory = directory
         self.name = name
         self.reactorName = reactorName
-        self.transport = transport
+        self.transportKind = transport
         self.children = ChannelProcesses(directory, reactorName, transport)
         self.record = os.path.join(recordDirectory or directory, "record")
         self.socketPath = channelPaths(name, directory).socket
@@ -467,7 +467,7 @@ class Cluster:
         one answering at the socket; return its pid.
         """
         host = self.waitForHost(timeout)
-        if self.transport != "unix":
+        if self.transportKind != "unix":
             return host.pid
         status = hostStatus(self.socketPath)
         if status is None or status.get("pid") != host.pid or not status["hosted"]:

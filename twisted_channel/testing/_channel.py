@@ -75,8 +75,8 @@ class ChannelProcesses:
     @ivar directory: the channel's runtime directory (C{dir=}).
     @ivar reactorName: C{"default"} or C{"asyncio"}: the reactor the
         recorders run.
-    @ivar transport: C{"unix"} or C{"tcp"}: the transport the recorders'
-        channels use.
+    @ivar transportKind: C{"unix"} or C{"tcp"}: the transport the
+        recorders' channels use (given as C{transport}).
     @ivar children: every child started, in order.
     """
 
@@ -93,7 +93,7 @@ class ChannelProcesses:
         """
         self.directory = directory
         self.reactorName = reactorName
-        self.transport = transport
+        self.transportKind = transport
         self.lifetime = lifetime
         self.children: list[ChildProcess] = []
 
@@ -144,7 +144,7 @@ class ChannelProcesses:
         return self.start(
             [sys.executable, "-m", RECORDER, mode, "--dir", self.directory]
             + ["--name", name, "--reactor", self.reactorName]
-            + ["--transport", self.transport, *extra],
+            + ["--transport", self.transportKind, *extra],
             label=f"{mode} {name}",
         )
 
@@ -173,7 +173,7 @@ class ChannelProcesses:
         The file a host of channel C{name} publishes: its socket, or its
         TCP port file.
         """
-        suffix = ".port" if self.transport == "tcp" else ".sock"
+        suffix = ".port" if self.transportKind == "tcp" else ".sock"
         return os.path.join(self.directory, name + suffix)
 
     def path(self, name: str) -> str:
