@@ -61,6 +61,7 @@ from ._interfaces import (
 )
 from ._pending import PendingWrites
 from ._sockets import pushToKernel, readDirectly, sendNow, unreadBytes
+from ._surface import SocketOptions, streamAddress
 from ._watch import stopWatching, watchFor
 
 if TYPE_CHECKING:
@@ -399,7 +400,7 @@ class _ClientLink(Protocol):
 
 
 @implementer(ITransport, IConsumer, IPushProducer)
-class ChannelClientTransport:
+class ChannelClientTransport(SocketOptions):
     """
     The transport of a client protocol connected through a channel.
 
@@ -410,8 +411,16 @@ class ChannelClientTransport:
 
     @ivar state: C{"connecting"} (no link to a host now; writes are
         buffered), C{"connected"} or C{"closed"}.
-    @ivar disconnecting: whether L{loseConnection} was called.
+    @ivar disconnecting: whether L{loseConnection} (or L{abortConnection})
+        was called, or the connection ended.
     @ivar pending: the messages no host has acknowledged yet.
+
+    Like Twisted's own stream transports it also has C{connected} and
+    C{disconnected} (of the logical connection, not of the link beneath),
+    C{getHandle()} (the current link's socket), L{IPushProducer} (the
+    messages from the host) and L{IConsumer} (streaming and pull
+    producers), and takes C{setTcpNoDelay} and C{setTcpKeepAlive} as
+    harmless calls.
     """
 
     disconnecting = False
@@ -490,6 +499,34 @@ class ChannelClientTransport:
         Whether the logical connection has ended.
         """
         return self.state == CLOSED
+
+    @property
+    def connected(self) -> bool:
+        """
+        Whether the logical connection is open, as a TCP transport's
+        C{connected} is until C{connectionLost}: true also while no host is
+        reachable (writes are buffered then); L{state} tells links apart.
+        """
+        return self.state != CLOSED
+
+    @property
+    def disconnected(self) -> bool:
+        """
+        Whether the logical connection has ended (C{connectionLost} was
+        called or is being called).
+        """
+        return self.state == CLOSED
+
+    def getHandle(self) -> object:
+        """
+        The socket of the link to the current host, or C{None} while there
+        is none.  It changes at each failover, and writing to it directly
+        would break the channel's framing: use it to read socket options.
+        """
+        link = self.link
+        if link is None or link.transport is None:
+            return None
+        return link.transport.getHandle()  # type: ignore[attr-defined]
 
     def startConnecting(self) -> None:
         """
@@ -747,20 +784,41 @@ class ChannelClientTransport:
 
     def getHost(self) -> ChannelAddress:
         """
-        This client's end.
+        This client's end.  Its C{host} and C{port} are C{"localhost"} and
+        C{0} (or, over TCP, the loopback address), for protocols that
+        format them.
         """
-        return ChannelAddress(
-            self.address.name, self.address.path, CLIENT, os.getpid(), os.getuid()
+        return streamAddress(
+            ChannelAddress(
+                self.address.name,
+                self.address.path,
+                CLIENT,
+                os.getpid(),
+                os.getuid(),
+                LOOPBACK if self.transportKind == "tcp" else None,
+            )
         )
 
     # IConsumer
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """
+        Register a producer of messages: a streaming one
+        (L{IPushProducer}) is paused while the unacknowledged messages take
+        more than half of C{maxBufferSize} and resumed under a quarter; a
+        pull one is asked for more at once and at each acknowledgement.  On
+        a closed connection it is stopped at once, as by a TCP transport.
+
+        @raise RuntimeError: if a producer is registered already.
+        """
         if self._producer is not None:
             raise RuntimeError(
                 f"cannot register producer {producer!r}: {self._producer!r} "
                 "is already registered"
             )
+        if self.state == CLOSED:
+            producer.stopProducing()
+            return
         self._producer = producer
         self._streamingProducer = streaming
         self._producerPaused = False
