@@ -198,14 +198,13 @@ def makeTcpClient() -> ChannelClientTransport:
         4000,
         transport="tcp",
     )
-    client.linkSecret = SECRET
     return client
 
 
 def test_clientAnswersChallengeAndChecksHost() -> None:
     client = makeTcpClient()
     client.write(b"queued")
-    link = _ClientLink(client)
+    link = _ClientLink(client, SECRET)
     transport = StringTransport()
     link.makeConnection(transport)
     assert transport.value() == b""
@@ -227,7 +226,7 @@ def test_clientAnswersChallengeAndChecksHost() -> None:
 
 def test_clientRefusesHostWithoutSecret() -> None:
     client = makeTcpClient()
-    link = _ClientLink(client)
+    link = _ClientLink(client, SECRET)
     transport = StringTransport()
     link.makeConnection(transport)
     link.dataReceived(_wire.encodeFrame(_wire.CHALLENGE, b"h" * NONCE_SIZE))

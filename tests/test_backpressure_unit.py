@@ -140,3 +140,32 @@ def test_stopProducingClosesLikeATransport() -> None:
     connected(client)
     client.stopProducing()
     assert client.state == "closed"
+
+
+def test_applicationAbortCutsOffAClientNotReading(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    An abort on a link whose client is not reading (the socket still holds
+    data) drops the link at once, without waiting for the client.
+    """
+    monkeypatch.setattr(
+        _host, "bufferedBytes", lambda transport: len(transport.value())
+    )
+
+    class Aborting(BufferingTransport):
+        aborted = False
+
+        def abortConnection(self) -> None:
+            self.aborted = True
+            super().abortConnection()
+
+    link = host.link()[0]
+    transport = Aborting()
+    link.makeConnection(transport)
+    link.dataReceived(hello())
+    application = host.factory.built[-1]
+    application.transport.write(b"x" * 100)
+    application.transport.abortConnection()
+    assert transport.aborted
+    assert sent(transport)[-1] == (_wire.GOODBYE, b"")

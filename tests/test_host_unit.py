@@ -5,6 +5,7 @@ memory reactor and string transports.  No sockets, no sleeps, no election.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -187,7 +188,10 @@ def test_helloGetsWelcomeAndApplication(host: Host) -> None:
     peer = ChannelAddress("jobs", host.port.paths.socket, None, CLIENT_PID, None)
     assert app.transport.getPeer() == peer  # type: ignore[union-attr]
     assert host.factory.addresses == [peer]
-    assert app.transport.getHost() == host.port.getHost()  # type: ignore[union-attr]
+    # Over a Unix socket, with the host and port twisted.web formats.
+    assert app.transport.getHost() == dataclasses.replace(  # type: ignore[union-attr]
+        host.port.getHost(), host="localhost", port=0
+    )
     assert host.term.links == {b"c" * 16: link}
     assert link in host.term.allLinks
     assert host.reactor.getDelayedCalls() == []
@@ -622,9 +626,15 @@ def test_applicationAbortSaysGoodbye(host: Host) -> None:
     link, transport = host.link()
     link.dataReceived(hello())
     transport.clear()
-    host.factory.built[0].transport.abortConnection()  # type: ignore[union-attr]
+    application = host.factory.built[0]
+    application.transport.abortConnection()  # type: ignore[union-attr]
     assert sent(transport) == [(_wire.GOODBYE, b"")]
-    assert transport.disconnected
+    # The kernel took everything: the close is a graceful one, so that the
+    # client reads the goodbye (an abort resets a TCP connection, which
+    # drops what the peer has not read).
+    assert transport.disconnecting
+    link.connectionLost(Failure(error.ConnectionDone()))
+    assert application.lost[0].check(error.ConnectionAborted)
 
 
 def test_applicationCloseInDataReceivedStopsDelivery(channelDirectory: str) -> None:

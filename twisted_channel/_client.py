@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error
@@ -31,7 +30,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     ITransport,
 )
-from twisted.internet.protocol import Protocol, ReconnectingClientFactory
+from twisted.internet.protocol import Factory, Protocol, ReconnectingClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -39,21 +38,31 @@ from zope.interface import implementer
 from . import _wire
 from ._address import CLIENT, HOST, ChannelAddress
 from ._auth import LOOPBACK, readPortFile
-from ._authexchange import (
-    AuthenticationFailedError,
-    AuthenticationRefusedError,
-    ClientAuthExchange,
+from ._clientsession import (
+    ACKNOWLEDGED,
+    AUTHENTICATING,
+    GOODBYE,
+    ClientSession,
+    HostBrokeProtocolError,
+    HostRefused,
+    LinkSession,
+    MessagesTooLargeError,
+    Send,
+    Welcomed,
 )
+from ._clientsession import OPEN as _OPEN
 from ._credentials import peerCredentials
 from ._election import readLockRecord
 from ._interfaces import (
     ChannelBufferFullError,
     ChannelClosedError,
+    ChannelHostLostError,
     ChannelUnreachableError,
     IChannelLinkObserver,
 )
 from ._pending import PendingWrites
 from ._sockets import pushToKernel, readDirectly, sendNow, unreadBytes
+from ._surface import SocketOptions, streamAddress
 from ._watch import stopWatching, watchFor
 
 if TYPE_CHECKING:
@@ -66,6 +75,12 @@ _DATA = _wire.DATA
 _OVERHEAD = PendingWrites.MESSAGE_OVERHEAD
 #: Payloads smaller than this are joined to their header in one write.
 _CONCATENATE_BELOW = 4096
+
+#: What a client does when its host is lost: go on with the next host,
+#: resending what was not acknowledged, or end the connection.
+RESEND = "resend"
+CLOSE = "close"
+FAILOVER_MODES = (RESEND, CLOSE)
 
 CONNECTING = "connecting"
 CONNECTED = "connected"
@@ -107,9 +122,6 @@ class ChannelReconnectingFactory(ReconnectingClientFactory):
         # The next attempt, held here rather than in the base class's
         # private _callID, which this class's retry() never sets.
         self.nextAttempt: IDelayedCall | None = None
-
-    def buildProtocol(self, addr: IAddress | None) -> _ClientLink:
-        return _ClientLink(self.connection)
 
     def retry(self, connector: IConnector | None = None) -> None:
         """
@@ -188,15 +200,16 @@ class _LinkConnector:
                     )
                 connection.strategy.clientConnectionFailed(self, Failure(e))  # type: ignore[no-untyped-call]
                 return
-            connection.linkSecret = portFile.secret
+            secret: bytes | None = portFile.secret
             endpoint = TCP4ClientEndpoint(
                 connection.reactor, LOOPBACK, portFile.port, timeout=5
             )
         else:
+            secret = None
             endpoint = UNIXClientEndpoint(
                 connection.reactor, connection.address.path, timeout=5
             )
-        attempt = endpoint.connect(connection.strategy)
+        attempt = endpoint.connect(_LinkFactory(connection, secret))
         self._attempt = attempt
 
         def connected(link: _ClientLink) -> None:
@@ -236,25 +249,49 @@ class _LinkConnector:
         return self._connection.getPeer()
 
 
+class _LinkFactory(Factory):
+    """
+    Builds the link of one connection attempt, with the secret read for it
+    from the port file (over loopback TCP).
+    """
+
+    noisy = False
+
+    def __init__(
+        self, connection: ChannelClientTransport, secret: bytes | None
+    ) -> None:
+        self._connection = connection
+        self._secret = secret
+
+    def buildProtocol(self, addr: IAddress | None) -> _ClientLink:
+        return _ClientLink(self._connection, self._secret)
+
+
 class _ClientLink(Protocol):
     """
-    The client's end of one link to a host.
+    The client's end of one link to a host, as a Twisted protocol: it checks
+    the host's credentials, arms the handshake deadline, and hands what it
+    reads to its connection, which interprets it with the link's
+    L{LinkSession}.
+
+    @ivar session: the link's protocol state.
+    @ivar hostAddress: the host's address, with its pid once known.
     """
 
     connector: _LinkConnector | None = None
 
-    def __init__(self, connection: ChannelClientTransport) -> None:
+    def __init__(
+        self, connection: ChannelClientTransport, secret: bytes | None = None
+    ) -> None:
+        """
+        @param secret: over loopback TCP, the secret from the port file
+            read for this link; None over Unix sockets, whose directory is
+            private.
+        """
         self._connection = connection
-        self._decoder = _wire.FrameDecoder(connection.maxMessageSize)
-        self._welcomed = False
-        #: Whether this link's hello was eager (L{_wire.FLAG_EAGER}), and
-        #: the newest message it sent at once.
-        self.eager = False
-        self.eagerThrough = 0
+        self.session = connection.session.newLink(secret)
         self._deadline: IDelayedCall | None = None
         self._deadlineRechecked = False
-        # Unix sockets need no authentication: the directory is private.
-        self._auth: ClientAuthExchange | None = None
         self.hostAddress = ChannelAddress(
             connection.address.name, connection.address.path, HOST
         )
@@ -263,10 +300,8 @@ class _ClientLink(Protocol):
         assert self.transport is not None
         readDirectly(self.transport, self.dataReceived)
         connection = self._connection
-        if connection.transportKind == "tcp":
+        if self.session.state == AUTHENTICATING:
             # The host speaks first, with its challenge.
-            assert connection.linkSecret is not None
-            self._auth = ClientAuthExchange(connection.linkSecret)
             self._startDeadline()
             return
         credentials = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
@@ -288,37 +323,24 @@ class _ClientLink(Protocol):
             credentials.uid,
         )
         self._startDeadline()
-        self._sayHello()
+        self.send(self.session.start())
 
     def _startDeadline(self) -> None:
         self._deadline = self._connection.reactor.callLater(
             LINK_HANDSHAKE_TIMEOUT, self._handshakeExpired
         )
 
-    def _sayHello(self) -> None:
+    def send(self, chunks: list[bytes]) -> None:
         """
-        Say hello and, if every message held may be sent before the host
-        answers, send them all with it: the host delivers them in the same
-        read, instead of one round trip later.
+        Write C{chunks}, in one call.
         """
-        assert self.transport is not None
-        connection = self._connection
-        pending = connection.pending
-        self.eager = connection.mayBeEager()
-        hello = _wire.encodeHello(
-            _wire.Hello(
-                connection.clientId,
-                os.getpid(),
-                connection.maxMessageSize,
-                pending.firstSequence,
-                _wire.FLAG_EAGER if self.eager else 0,
-            )
-        )
-        self.eagerThrough = pending.nextSequence - 1
-        if not self.eager or not pending:
-            self.transport.write(hello)
+        transport = self.transport
+        if not chunks or transport is None:
             return
-        self.sendMessages(pending.messages, leading=hello)
+        if len(chunks) == 1:
+            transport.write(chunks[0])
+        else:
+            transport.writeSequence(chunks)
 
     def _handshakeExpired(self) -> None:
         self._deadline = None
@@ -340,123 +362,36 @@ class _ClientLink(Protocol):
         )
         self.abort()
 
+    def _stopDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
-        connection = self._connection
-        try:
-            frames = self._decoder.feed(data)
-        except _wire.ProtocolError as e:
-            self._brokenHost(str(e))
-            return
-        # Whatever the host sends shows that it is not frozen.
-        connection.heardFromHost()
-        # What the application writes meanwhile is flushed at the end of the
-        # read, so its writes need not schedule a flush of their own.
-        connection.inRead = True
-        try:
-            self._handleFrames(connection, frames)
-        finally:
-            connection.readHandled()
+        self._connection.linkDataReceived(self, data)
 
-    def _handleFrames(
-        self, connection: ChannelClientTransport, frames: list[tuple[int, bytes]]
-    ) -> None:
-        assert self.transport is not None
-        for kind, body in frames:
-            if self._auth is not None:
-                if not self._authenticate(self._auth, kind, body):
-                    return
-                continue
-            if kind == _wire.DATA and self._welcomed:
-                connection.messageReceived(body)
-            elif kind == _wire.ACK and self._welcomed:
-                try:
-                    connection.acknowledged(_wire.decodeAck(body))
-                except (ValueError, _wire.ProtocolError) as e:
-                    self._brokenHost(str(e))
-                    return
-            elif kind == _wire.WELCOME and not self._welcomed:
-                if self._deadline is not None and self._deadline.active():
-                    self._deadline.cancel()
-                self._deadline = None
-                try:
-                    welcome = _wire.decodeWelcome(body)
-                except _wire.ProtocolError as e:
-                    self._brokenHost(str(e))
-                    return
-                if self.hostAddress.pid is None:
-                    self.hostAddress = ChannelAddress(
-                        self.hostAddress.name,
-                        self.hostAddress.path,
-                        HOST,
-                        welcome.pid,
-                        None,
-                    )
-                self._welcomed = True
-                if not connection.linkUp(self, welcome):
-                    return
-            elif kind == _wire.ERROR:
-                _log.warn(
-                    "channel {channel}: host pid {hostPid} closed the link: {reason}",
-                    channel=connection.address.name,
-                    hostPid=self.hostAddress.pid,
-                    reason=body.decode("utf-8", "replace"),
-                )
-                if self.eager:
-                    # Perhaps a message it was sent before its welcome is
-                    # over its limit: the next link waits for the welcome,
-                    # which says so.
-                    connection.eagerRefused()
-                self.abort()
-                return
-            elif kind == _wire.GOODBYE and self._welcomed:
-                connection.closedByHost()
-                return
-            elif kind == _wire.PONG or kind == _wire.PING:
-                # A host that stopped reading us pings to show it is alive.
-                pass
-            else:
-                self._brokenHost(f"unexpected frame of kind {kind}")
-                return
-            if connection.closed:
-                return
-        # What the application wrote in answer leaves now.
-        if connection.link is self:
-            connection.flush()
-        pushToKernel(self.transport)
-
-    def _authenticate(
-        self, exchange: ClientAuthExchange, kind: int, body: bytes
-    ) -> bool:
+    def welcomed(self, welcome: _wire.Welcome) -> None:
         """
-        Answer the host's challenge, then check the host's own proof; say
-        hello once it has given it.
+        The host answered: no deadline now, and its pid is known.
         """
-        assert self.transport is not None
-        try:
-            answer = exchange.receive(kind, body)
-        except AuthenticationRefusedError as e:
-            _log.warn(
-                "channel {channel}: the host refused us: {reason}",
-                channel=self._connection.address.name,
-                reason=str(e),
+        self._stopDeadline()
+        if self.hostAddress.pid is None:
+            self.hostAddress = ChannelAddress(
+                self.hostAddress.name,
+                self.hostAddress.path,
+                HOST,
+                welcome.pid,
+                None,
             )
-            self.abort()
-            return False
-        except AuthenticationFailedError as e:
-            self._brokenHost(str(e))
-            return False
-        if answer:
-            self.transport.write(answer)
-        if exchange.done:
-            self._auth = None
-            self._sayHello()
-        return True
 
-    def _brokenHost(self, reason: str) -> None:
+    def dropBroken(self, reason: str) -> None:
+        """
+        The host broke the protocol: log why, and drop the link.
+        """
         _log.error(
             "channel {channel}: host pid {hostPid} broke the protocol ({reason}); "
             "dropping the link",
@@ -466,36 +401,13 @@ class _ClientLink(Protocol):
         )
         self.abort()
 
-    def sendMessages(self, payloads: Collection[bytes], leading: bytes = b"") -> None:
-        """
-        Frame and send C{payloads}, after C{leading} (an encoded frame, if
-        any), in one write.
-        """
-        if not payloads or self.transport is None:
-            return
-        header = _wire.frameHeader
-        data = _wire.DATA
-        chunks: list[bytes] = [leading] if leading else []
-        append = chunks.append
-        for payload in payloads:
-            append(header(data, len(payload)))
-            append(payload)
-        self.transport.writeSequence(chunks)
-
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
+        self._stopDeadline()
         self._connection.linkLost(self, reason)
 
 
-#: Before any host has said how large a message it takes, messages up to
-#: this size go with an eager hello.
-EAGER_ASSUMED_LIMIT = 64 * 1024
-
-
 @implementer(ITransport, IConsumer, IPushProducer)
-class ChannelClientTransport:
+class ChannelClientTransport(SocketOptions):
     """
     The transport of a client protocol connected through a channel.
 
@@ -506,8 +418,16 @@ class ChannelClientTransport:
 
     @ivar state: C{"connecting"} (no link to a host now; writes are
         buffered), C{"connected"} or C{"closed"}.
-    @ivar disconnecting: whether L{loseConnection} was called.
+    @ivar disconnecting: whether L{loseConnection} (or L{abortConnection})
+        was called, or the connection ended.
     @ivar pending: the messages no host has acknowledged yet.
+
+    Like Twisted's own stream transports it also has C{connected} and
+    C{disconnected} (of the logical connection, not of the link beneath),
+    C{getHandle()} (the current link's socket), L{IPushProducer} (the
+    messages from the host) and L{IConsumer} (streaming and pull
+    producers), and takes C{setTcpNoDelay} and C{setTcpKeepAlive} as
+    harmless calls.
     """
 
     disconnecting = False
@@ -524,8 +444,12 @@ class ChannelClientTransport:
         candidate: ChannelPort | None = None,
         transport: str = "unix",
         lockPath: str | None = None,
+        failover: str = RESEND,
     ) -> None:
         """
+        @param failover: C{"resend"} (a host's loss moves the connection to
+            the next host) or C{"close"} (it ends the connection with
+            L{ChannelHostLostError}).
         @param lockPath: the channel's lock file, whose record tells a
             linked client that its host died before the kernel closes the
             link (see L{_hostAppeared}); without it, the close is awaited.
@@ -539,17 +463,13 @@ class ChannelClientTransport:
         self.maxBufferSize = maxBufferSize
         self.candidate = candidate
         self.transportKind = transport
+        self.failover = failover
         self._lockPath = lockPath
-        #: Whether a link's read is being handled now (it flushes at its end).
-        self.inRead = False
-        # The largest message the last host took (before any welcome, a size
-        # every host is assumed to take), for eager hellos.
-        self._hostMaxMessageSize = EAGER_ASSUMED_LIMIT
-        self._eagerRefused = False
-        #: The secret from the port file read for the current attempt.
-        self.linkSecret: bytes | None = None
-        self.clientId = os.urandom(16)
-        self.pending = PendingWrites()
+        # Whether a link's read is being handled now (it flushes at its end).
+        self._inRead = False
+        self.session = ClientSession(os.urandom(16), os.getpid(), maxMessageSize)
+        self.clientId = self.session.clientId
+        self.pending = self.session.pending
         self.state = CONNECTING
         self.link: _ClientLink | None = None
         self.strategy = ChannelReconnectingFactory(self)
@@ -591,6 +511,34 @@ class ChannelClientTransport:
         Whether the logical connection has ended.
         """
         return self.state == CLOSED
+
+    @property
+    def connected(self) -> bool:
+        """
+        Whether the logical connection is open, as a TCP transport's
+        C{connected} is until C{connectionLost}: true also while no host is
+        reachable (writes are buffered then); L{state} tells links apart.
+        """
+        return self.state != CLOSED
+
+    @property
+    def disconnected(self) -> bool:
+        """
+        Whether the logical connection has ended (C{connectionLost} was
+        called or is being called).
+        """
+        return self.state == CLOSED
+
+    def getHandle(self) -> object:
+        """
+        The socket of the link to the current host, or C{None} while there
+        is none.  It changes at each failover, and writing to it directly
+        would break the channel's framing: use it to read socket options.
+        """
+        link = self.link
+        if link is None or link.transport is None:
+            return None
+        return link.transport.getHandle()  # type: ignore[attr-defined]
 
     def startConnecting(self) -> None:
         """
@@ -637,7 +585,7 @@ class ChannelClientTransport:
                 # The first message of a batch: the batch goes to the
                 # transport in one call, at the end of this reactor turn (or
                 # of the read being handled).
-                if not self.inRead:
+                if not self._inRead:
                     self._flushCall = self._callLater(0, self.flush)
                 if self._stallCheck is None:
                     self._armStallCheck()
@@ -650,15 +598,94 @@ class ChannelClientTransport:
         if self._producer is not None and pending.footprint >= self.highWater:
             self._pauseProducer()
 
-    def readHandled(self) -> None:
+    def linkDataReceived(self, link: _ClientLink, data: bytes) -> None:
         """
-        Called by a link once it has handled a read.  It flushed what the
-        application wrote meanwhile, unless it stopped early: then that
-        leaves at the end of this reactor turn, as any write does.
+        Called by a link with the bytes it read: deliver the host's
+        messages, and act on its other frames as the link's session
+        interprets them.
         """
-        self.inRead = False
-        if self._outgoing and self._flushCall is None:
-            self._flushCall = self._callLater(0, self.flush)
+        session = link.session
+        try:
+            frames = session.receive(data)
+        except _wire.ProtocolError as e:
+            link.dropBroken(str(e))
+            return
+        # Whatever the host sends shows that it is not frozen.
+        self._lastProgress = self.reactor.seconds()
+        # What the application writes meanwhile is flushed at the end of the
+        # read, so its writes need not schedule a flush of their own.
+        self._inRead = True
+        try:
+            self._handleFrames(link, session, frames)
+        finally:
+            self._inRead = False
+            # Unless it stopped early, the read flushed what the
+            # application wrote; else that leaves at the end of this
+            # reactor turn, as any write does.
+            if self._outgoing and self._flushCall is None:
+                self._flushCall = self._callLater(0, self.flush)
+
+    def _handleFrames(
+        self,
+        link: _ClientLink,
+        session: LinkSession,
+        frames: list[tuple[int, bytes]],
+    ) -> None:
+        protocol = self.protocol
+        for kind, body in frames:
+            if kind == _DATA and session.state == _OPEN:
+                try:
+                    protocol.dataReceived(body)
+                except Exception:
+                    failure = Failure()
+                    _log.failure(
+                        "channel {channel}: the application's dataReceived "
+                        "raised; closing the connection",
+                        failure,
+                        channel=self.address.name,
+                    )
+                    self._finish(failure)
+                    return
+                if self.state == CLOSED:
+                    return
+                continue
+            try:
+                event = session.control(kind, body)
+            except _wire.ProtocolError as e:
+                link.dropBroken(str(e))
+                return
+            if event is ACKNOWLEDGED:
+                self._ackedOnLink = True
+                self._producerMayGoOn()
+                if self.disconnecting and not self.pending:
+                    self._finish(Failure(error.ConnectionDone()))
+            elif event is None:
+                pass
+            elif isinstance(event, Send):
+                link.send(event.chunks)
+            elif isinstance(event, Welcomed):
+                link.welcomed(event.welcome)
+                if not self.linkUp(link, event.welcome):
+                    return
+            elif isinstance(event, HostRefused):
+                _log.warn(
+                    "channel {channel}: host pid {hostPid} closed the link: {reason}",
+                    channel=self.address.name,
+                    hostPid=link.hostAddress.pid,
+                    reason=event.reason,
+                )
+                link.abort()
+                return
+            else:
+                assert event is GOODBYE
+                self.closedByHost()
+                return
+            if self.state == CLOSED:
+                return
+        # What the application wrote in answer leaves now.
+        if self.link is link:
+            self.flush()
+        pushToKernel(link.transport)
 
     def flush(self) -> None:
         """
@@ -769,20 +796,41 @@ class ChannelClientTransport:
 
     def getHost(self) -> ChannelAddress:
         """
-        This client's end.
+        This client's end.  Its C{host} and C{port} are C{"localhost"} and
+        C{0} (or, over TCP, the loopback address), for protocols that
+        format them.
         """
-        return ChannelAddress(
-            self.address.name, self.address.path, CLIENT, os.getpid(), os.getuid()
+        return streamAddress(
+            ChannelAddress(
+                self.address.name,
+                self.address.path,
+                CLIENT,
+                os.getpid(),
+                os.getuid(),
+                LOOPBACK if self.transportKind == "tcp" else None,
+            )
         )
 
     # IConsumer
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """
+        Register a producer of messages: a streaming one
+        (L{IPushProducer}) is paused while the unacknowledged messages take
+        more than half of C{maxBufferSize} and resumed under a quarter; a
+        pull one is asked for more at once and at each acknowledgement.  On
+        a closed connection it is stopped at once, as by a TCP transport.
+
+        @raise RuntimeError: if a producer is registered already.
+        """
         if self._producer is not None:
             raise RuntimeError(
                 f"cannot register producer {producer!r}: {self._producer!r} "
                 "is already registered"
             )
+        if self.state == CLOSED:
+            producer.stopProducing()
+            return
         self._producer = producer
         self._streamingProducer = streaming
         self._producerPaused = False
@@ -971,30 +1019,15 @@ class ChannelClientTransport:
         if self.state == CLOSED:
             link.abort()
             return False
-        if link.eager and welcome.resumeAfter > link.eagerThrough:
-            link._brokenHost(
-                f"welcome resumes after message {welcome.resumeAfter}, but this "
-                f"link's newest is {link.eagerThrough}"
-            )
-            return False
         try:
-            resend = self.pending.resumeAfter(welcome.resumeAfter)
-        except ValueError as e:
-            link._brokenHost(str(e))
+            resend = self.session.resume(link.session, welcome)
+        except HostBrokeProtocolError as e:
+            link.dropBroken(str(e))
             return False
-        self._hostMaxMessageSize = welcome.maxMessageSize
-        self._eagerRefused = False
-        tooLarge = [len(p) for p in resend if len(p) > welcome.maxMessageSize]
-        if tooLarge:
+        except MessagesTooLargeError as e:
             link.abort()
             self._finish(
-                Failure(
-                    ValueError(
-                        f"the host of channel {self.address.name!r} accepts "
-                        f"messages of at most {welcome.maxMessageSize} bytes; "
-                        f"{len(tooLarge)} buffered message(s) are larger"
-                    )
-                )
+                Failure(ValueError(f"the host of channel {self.address.name!r} {e}"))
             )
             return False
         self._stopGiveUpTimer()
@@ -1010,10 +1043,7 @@ class ChannelClientTransport:
         self._outgoing = []
         if self._readingPaused and link.transport is not None:
             link.transport.pauseProducing()  # type: ignore[attr-defined]
-        if link.eager:
-            # Those up to eagerThrough went with the hello.
-            del resend[: link.eagerThrough - self.pending.firstSequence + 1]
-        link.sendMessages(resend)
+        link.send(resend)
         if self.pending:
             self._stopStallCheck()
             self._armStallCheck()
@@ -1025,7 +1055,7 @@ class ChannelClientTransport:
             "message(s)",
             channel=self.address.name,
             hostPid=link.hostAddress.pid,
-            resent=len(resend),
+            resent=link.session.resent,
             role=CLIENT,
         )
         waiters, self._connectedWaiters = self._connectedWaiters, []
@@ -1035,22 +1065,6 @@ class ChannelClientTransport:
         if self.disconnecting and not self.pending:
             self._finish(Failure(error.ConnectionDone()))
         return self.state != CLOSED
-
-    def messageReceived(self, body: bytes) -> None:
-        """
-        Called by the link: hand a message from the host to the protocol.
-        """
-        try:
-            self.protocol.dataReceived(body)
-        except Exception:
-            failure = Failure()
-            _log.failure(
-                "channel {channel}: the application's dataReceived raised; "
-                "closing the connection",
-                failure,
-                channel=self.address.name,
-            )
-            self._finish(failure)
 
     def _tellObserver(self, method: str, argument: object) -> None:
         """
@@ -1128,27 +1142,6 @@ class ChannelClientTransport:
         )
         link.abort()
 
-    def mayBeEager(self) -> bool:
-        """
-        Whether a new link may send every message held with its hello: no
-        host refused an eager link since the last welcome, and none of them
-        is over the largest message the host is known (or, before any
-        welcome, assumed) to take.
-        """
-        if self._eagerRefused:
-            return False
-        limit = min(self.maxMessageSize, self._hostMaxMessageSize)
-        pending = self.pending
-        if pending.byteCount <= limit:
-            return True
-        return max(map(len, pending.messages)) <= limit
-
-    def eagerRefused(self) -> None:
-        """
-        A host refused an eager link: wait for the welcome on the next one.
-        """
-        self._eagerRefused = True
-
     def hostAppearedMeanwhile(self) -> bool:
         """
         Whether a host appeared while the failed attempt was under way.
@@ -1158,24 +1151,6 @@ class ChannelClientTransport:
             False,
         )
         return appeared
-
-    def heardFromHost(self) -> None:
-        """
-        Called by the link on every read: the host is not frozen.
-        """
-        self._lastProgress = self.reactor.seconds()
-
-    def acknowledged(self, sequence: int) -> None:
-        """
-        Called by the link: the host acknowledged every message up to
-        C{sequence}.
-        """
-        pending = self.pending
-        pending.acknowledge(sequence)
-        self._ackedOnLink = True
-        self._producerMayGoOn()
-        if self.disconnecting and not pending:
-            self._finish(Failure(error.ConnectionDone()))
 
     def closedByHost(self) -> None:
         """
@@ -1202,6 +1177,16 @@ class ChannelClientTransport:
             self.strategy.clientConnectionFailed(self._connector, reason)  # type: ignore[no-untyped-call]
             return
         self.link = None
+        if self.failover == CLOSE:
+            # The conversation cannot move to another host half-way.
+            self._finish(
+                Failure(
+                    ChannelHostLostError(
+                        self.address.name, link.hostAddress.pid, len(self.pending)
+                    )
+                )
+            )
+            return
         self.state = CONNECTING
         self._watchForHost()
         self._dropOutgoing()

@@ -76,6 +76,7 @@ from ._sockets import (
     sendNow,
     unreadBytes,
 )
+from ._surface import SocketOptions, streamAddress
 
 _log = Logger()
 
@@ -404,14 +405,51 @@ class _HostingTerm(DeliveryRecords):
 
 
 @implementer(ITransport, IConsumer, IPushProducer)
-class _LinkTransport:
+class _LinkTransport(SocketOptions):
     """
     The transport a host's application protocol writes to: one client's
     link, one frame per write.
+
+    Like Twisted's own stream transports it has C{disconnecting},
+    C{connected}, C{disconnected}, C{getHandle()} (the link's socket),
+    L{IPushProducer} (the client's messages) and L{IConsumer} (streaming and
+    pull producers, driven by the link's socket), and takes
+    C{setTcpNoDelay} and C{setTcpKeepAlive} as harmless calls.
     """
 
     def __init__(self, link: _HostLink) -> None:
         self._link = link
+
+    @property
+    def disconnecting(self) -> bool:
+        """
+        Whether this connection is closing or closed: the application or
+        the host closed it, or the link is gone.
+        """
+        link = self._link
+        return link.session.closing or link._lost
+
+    @property
+    def connected(self) -> bool:
+        """
+        Whether the link is up (until C{connectionLost}).
+        """
+        return not self._link._lost
+
+    @property
+    def disconnected(self) -> bool:
+        """
+        Whether the link is gone (C{connectionLost} was or is being called).
+        """
+        return self._link._lost
+
+    def getHandle(self) -> object:
+        """
+        The link's socket.  Writing to it directly would break the
+        channel's framing: use it to read socket options.
+        """
+        transport = self._link.transport
+        return None if transport is None else transport.getHandle()  # type: ignore[attr-defined]
 
     def write(self, data: bytes) -> None:
         self._link.sendMessage(data)
@@ -429,7 +467,12 @@ class _LinkTransport:
         return self._link.peerAddress
 
     def getHost(self) -> IAddress:
-        return self._link.port.getHost()
+        """
+        The host's address; over a Unix socket its C{host} and C{port} are
+        C{"localhost"} and C{0}, for protocols that format them (twisted.web
+        does, for a request without a C{Host} header).
+        """
+        return streamAddress(self._link.port.getHost())
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         """
@@ -487,6 +530,8 @@ class _HostLink(Protocol):
         self.port = port
         self.term = term
         self.session = HostSession(term, port.maxMessageSize, port.secret)
+        #: Whether the application aborted the connection.
+        self._aborted = False
         self._deadline: IDelayedCall | None = None
         self._deadlineRechecked = False
         self.peerAddress = ChannelAddress(port.name, port.paths.socket, None)
@@ -643,7 +688,7 @@ class _HostLink(Protocol):
             # The acknowledgement and any replies leave now.
             pushToKernel(transport)
         elif ending == END_GOODBYE_ABORT:
-            transport.abortConnection()  # type: ignore[attr-defined]
+            self._endAfterGoodbye(abort=True)
         else:
             transport.loseConnection()
 
@@ -806,10 +851,30 @@ class _HostLink(Protocol):
         if goodbye is None:
             return
         self.transport.write(goodbye)
-        if abort:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+        self._endAfterGoodbye(abort)
+
+    def _endAfterGoodbye(self, abort: bool) -> None:
+        """
+        Close the link once its goodbye is written; an abort is told to the
+        application as one.
+        """
+        transport = self.transport
+        assert transport is not None
+        if not abort:
+            transport.loseConnection()
+            return
+        self._aborted = True
+        # The client must read the goodbye, or it would take the end for a
+        # lost link and come back; an abort drops what the socket holds,
+        # and over TCP it resets the connection, which drops what the client
+        # has not read yet.  So once the kernel has taken everything, the
+        # close is a graceful one; only a client that is not reading is cut
+        # off.
+        pushToKernel(transport)
+        if bufferedBytes(transport):
+            transport.abortConnection()  # type: ignore[attr-defined]
         else:
-            self.transport.loseConnection()
+            transport.loseConnection()
 
     def closeQuietly(self) -> None:
         """
@@ -832,6 +897,8 @@ class _HostLink(Protocol):
         if clientId is not None and term.links.get(clientId) is self:
             del term.links[clientId]
         application, self.application = self.application, None
+        if self._aborted and not reason.check(error.ConnectionAborted):
+            reason = Failure(error.ConnectionAborted())
         waiters, self._closedWaiters = self._closedWaiters, []
         for waiter in waiters:
             waiter.callback(None)

@@ -1,0 +1,353 @@
+"""
+The client's end of a channel, without any I/O: the messages no host has
+acknowledged, the client's id, whether a new link may send them with its
+hello, and, for each link, its handshake (authentication, hello, the
+welcome and the resume point it names) and what each frame from the host
+means.
+
+L{ClientSession} is the logical connection, which outlives its links;
+L{LinkSession} is one link's protocol state, made by
+L{ClientSession.newLink}.  Neither imports a reactor, a transport or a
+socket: C{_client.ChannelClientTransport} and C{_client._ClientLink} read
+and write, call the application, and arm the timers.
+
+A link goes through these states::
+
+    AUTHENTICATING ──AUTH_OK──▶ AWAITING_WELCOME ──WELCOME──▶ OPEN
+    (TCP only; over Unix sockets a link starts awaiting its welcome,
+     its hello sent by start())
+
+Frames are returned to the Twisted side, which hands each C{DATA} body of
+an open link straight to the application (the hottest path there is) and
+every other frame to L{LinkSession.control}.  What the bytes out are is a
+list of chunks (a header, a payload, a header...), so that payloads are
+never copied here.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Final
+
+from . import _wire
+from ._authexchange import (
+    AuthenticationFailedError,
+    AuthenticationRefusedError,
+    ClientAuthExchange,
+)
+from ._pending import PendingWrites
+
+AUTHENTICATING: Final = "authenticating"
+AWAITING_WELCOME: Final = "awaiting welcome"
+OPEN: Final = "open"
+
+#: Before any host has said how large a message it takes, messages up to
+#: this size go with an eager hello.
+EAGER_ASSUMED_LIMIT = 64 * 1024
+
+_ACK = struct.Struct(">Q")
+
+
+class HostBrokeProtocolError(_wire.ProtocolError):
+    """
+    The host sent something a host never sends: a frame out of place, a
+    welcome that resumes past what the link sent, an acknowledgement of a
+    message never written.  The link is dropped and another tried.
+    """
+
+
+class MessagesTooLargeError(ValueError):
+    """
+    The host that welcomed the link takes smaller messages than some the
+    client holds: the connection cannot go on.
+    """
+
+
+@dataclass(frozen=True)
+class Send:
+    """
+    Send C{chunks} on the link (the handshake's next step).
+    """
+
+    chunks: list[bytes]
+
+
+@dataclass(frozen=True)
+class Welcomed:
+    """
+    The host welcomed the link; the Twisted side decides whether to keep
+    it, and if so calls L{ClientSession.resume}.
+    """
+
+    welcome: _wire.Welcome
+
+
+@dataclass(frozen=True)
+class HostRefused:
+    """
+    The host closed the link with an C{ERROR} frame, for C{reason}.
+    """
+
+    reason: str
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: The host acknowledged messages (L{ClientSession.pending} already forgot
+#: them): a paused producer may go on, a closing connection may end.
+ACKNOWLEDGED: Final = _Marker("ACKNOWLEDGED")
+#: The host's application ended the connection: do not reconnect.
+GOODBYE: Final = _Marker("GOODBYE")
+
+ControlEvent = Send | Welcomed | HostRefused | _Marker | None
+
+
+class ClientSession:
+    """
+    One logical connection's protocol state on the client.
+
+    @ivar pending: the messages no host has acknowledged, oldest first.
+        The client transport's C{write} appends to it directly: that is
+        the hottest path there is.
+    @ivar clientId: the 16 bytes that name this connection to every host.
+    @ivar maxMessageSize: the largest message this client takes and writes.
+    @ivar hostMaxMessageSize: the largest message the last host took
+        (before any welcome, L{EAGER_ASSUMED_LIMIT}, a size every host is
+        assumed to take), for eager hellos.
+    """
+
+    def __init__(self, clientId: bytes, pid: int, maxMessageSize: int) -> None:
+        """
+        @param clientId: 16 random bytes.
+        @param pid: this process's id, as the hello says it.
+        """
+        self.clientId = clientId
+        self.pid = pid
+        self.maxMessageSize = maxMessageSize
+        self.pending = PendingWrites()
+        self.hostMaxMessageSize = EAGER_ASSUMED_LIMIT
+        self._eagerRefused = False
+
+    def newLink(self, secret: bytes | None = None) -> LinkSession:
+        """
+        A new link's protocol state.
+
+        @param secret: over loopback TCP, the secret from the port file
+            read for this link, which it proves it knows before its hello.
+        """
+        return LinkSession(self, secret)
+
+    def mayBeEager(self) -> bool:
+        """
+        Whether a new link may send every message held with its hello: no
+        host refused an eager link since the last welcome, and none of them
+        is over the largest message the host is known (or, before any
+        welcome, assumed) to take.
+        """
+        if self._eagerRefused:
+            return False
+        limit = min(self.maxMessageSize, self.hostMaxMessageSize)
+        pending = self.pending
+        if pending.byteCount <= limit:
+            return True
+        return max(map(len, pending.messages)) <= limit
+
+    def eagerRefused(self) -> None:
+        """
+        A host refused an eager link: wait for the welcome on the next one.
+        """
+        self._eagerRefused = True
+
+    def resume(self, link: LinkSession, welcome: _wire.Welcome) -> list[bytes]:
+        """
+        The host welcomed C{link}, and the link is kept: forget what the
+        host already has, open the link, and return the chunks to send on
+        it (every message held that the link has not sent yet).
+
+        @raise HostBrokeProtocolError: if the welcome resumes past what
+            the link could have sent (the link is dropped).
+        @raise MessagesTooLargeError: if the host takes smaller messages
+            than some held (the connection ends).
+        """
+        resumeAfter = welcome.resumeAfter
+        if link.eager and resumeAfter > link.eagerThrough:
+            raise HostBrokeProtocolError(
+                f"welcome resumes after message {resumeAfter}, but this "
+                f"link's newest is {link.eagerThrough}"
+            )
+        pending = self.pending
+        try:
+            resend = pending.resumeAfter(resumeAfter)
+        except ValueError as e:
+            raise HostBrokeProtocolError(str(e)) from None
+        self.hostMaxMessageSize = welcome.maxMessageSize
+        self._eagerRefused = False
+        tooLarge = [len(p) for p in resend if len(p) > welcome.maxMessageSize]
+        if tooLarge:
+            raise MessagesTooLargeError(
+                f"accepts messages of at most {welcome.maxMessageSize} bytes; "
+                f"{len(tooLarge)} buffered message(s) are larger"
+            )
+        if link.eager:
+            # Those up to eagerThrough went with the hello.
+            del resend[: link.eagerThrough - pending.firstSequence + 1]
+        link.state = OPEN
+        link.resent = len(resend)
+        return framed(resend)
+
+
+def framed(payloads: Collection[bytes], leading: bytes = b"") -> list[bytes]:
+    """
+    The chunks that send C{payloads} as C{DATA} frames, after C{leading}
+    (an encoded frame, if any): a header, then the payload itself, for
+    each.
+    """
+    header = _wire.frameHeader
+    data = _wire.DATA
+    chunks: list[bytes] = [leading] if leading else []
+    append = chunks.append
+    for payload in payloads:
+        append(header(data, len(payload)))
+        append(payload)
+    return chunks
+
+
+class LinkSession:
+    """
+    One link's protocol state on the client.
+
+    @ivar state: L{AUTHENTICATING}, L{AWAITING_WELCOME} or L{OPEN}.
+    @ivar open: whether the host welcomed the link and it was kept.
+    @ivar eager: whether the link's hello was eager (L{_wire.FLAG_EAGER}).
+    @ivar eagerThrough: the newest message sent with the hello.
+    @ivar resent: how many messages were sent on the welcome.
+    """
+
+    def __init__(self, session: ClientSession, secret: bytes | None) -> None:
+        self._session = session
+        self._decoder = _wire.FrameDecoder(session.maxMessageSize)
+        self._auth: ClientAuthExchange | None = None
+        if secret is not None:
+            self._auth = ClientAuthExchange(secret)
+            self.state: str = AUTHENTICATING
+        else:
+            self.state = AWAITING_WELCOME
+        self.eager = False
+        self.eagerThrough = 0
+        self.resent = 0
+
+    @property
+    def open(self) -> bool:
+        """
+        Whether the host welcomed the link and it was kept.
+        """
+        return self.state == OPEN
+
+    def start(self) -> list[bytes]:
+        """
+        What to send as soon as the link is connected: over Unix sockets
+        the hello (with every message held, if it may be eager); over TCP
+        nothing, as the host speaks first.
+        """
+        if self.state == AUTHENTICATING:
+            return []
+        return self._hello()
+
+    def _hello(self) -> list[bytes]:
+        """
+        Say hello and, if every message held may be sent before the host
+        answers, send them all with it: the host delivers them in the same
+        read, instead of one round trip later.
+        """
+        session = self._session
+        pending = session.pending
+        self.eager = session.mayBeEager()
+        hello = _wire.encodeHello(
+            _wire.Hello(
+                session.clientId,
+                session.pid,
+                session.maxMessageSize,
+                pending.firstSequence,
+                _wire.FLAG_EAGER if self.eager else 0,
+            )
+        )
+        self.eagerThrough = pending.nextSequence - 1
+        if not self.eager or not pending:
+            return [hello]
+        return framed(pending.messages, leading=hello)
+
+    def receive(self, data: bytes) -> list[tuple[int, bytes]]:
+        """
+        The frames that C{data}, read from the link, completes.  While
+        L{open}, hand each C{DATA} body to the application; give every
+        other frame to L{control}.
+
+        @raise _wire.ProtocolError: if the bytes break the wire format.
+        """
+        return self._decoder.feed(data)
+
+    def control(self, kind: int, body: bytes) -> ControlEvent:
+        """
+        Take a frame from the host other than the C{DATA} of an open link.
+
+        @return: what it means: L{ACKNOWLEDGED}, L{GOODBYE}, a L{Send} of
+            the handshake's next step, L{Welcomed}, L{HostRefused}, or
+            None (a ping or a pong, which only show the host is alive).
+        @raise HostBrokeProtocolError: if a host would not send it.
+        """
+        state = self.state
+        if state == OPEN:
+            if kind == _wire.ACK:
+                if len(body) != 8:
+                    raise HostBrokeProtocolError(
+                        f"ack is {len(body)} bytes long; it must be 8"
+                    )
+                try:
+                    self._session.pending.acknowledge(_ACK.unpack(body)[0])
+                except ValueError as e:
+                    raise HostBrokeProtocolError(str(e)) from None
+                return ACKNOWLEDGED
+            if kind == _wire.GOODBYE:
+                return GOODBYE
+        elif state == AUTHENTICATING:
+            return self._authenticate(kind, body)
+        elif kind == _wire.WELCOME:
+            return Welcomed(_wire.decodeWelcome(body))
+        if kind == _wire.ERROR:
+            if self.eager:
+                # Perhaps a message it was sent before its welcome is over
+                # its limit: the next link waits for the welcome, which
+                # says so.
+                self._session.eagerRefused()
+            return HostRefused(body.decode("utf-8", "replace"))
+        if kind == _wire.PONG or kind == _wire.PING:
+            # A host that stopped reading us pings to show it is alive.
+            return None
+        raise HostBrokeProtocolError(f"unexpected frame of kind {kind}")
+
+    def _authenticate(self, kind: int, body: bytes) -> ControlEvent:
+        """
+        Answer the host's challenge, then check the host's own proof and
+        say hello.
+        """
+        exchange = self._auth
+        assert exchange is not None
+        try:
+            answer = exchange.receive(kind, body)
+        except AuthenticationRefusedError as e:
+            return HostRefused(str(e))
+        except AuthenticationFailedError as e:
+            raise HostBrokeProtocolError(str(e)) from None
+        if not exchange.done:
+            return Send([answer])
+        self._auth = None
+        self.state = AWAITING_WELCOME
+        return Send(self._hello())
