@@ -56,6 +56,7 @@ from ._election import readLockRecord
 from ._interfaces import (
     ChannelBufferFullError,
     ChannelClosedError,
+    ChannelHostLostError,
     ChannelUnreachableError,
     IChannelLinkObserver,
 )
@@ -74,6 +75,12 @@ _DATA = _wire.DATA
 _OVERHEAD = PendingWrites.MESSAGE_OVERHEAD
 #: Payloads smaller than this are joined to their header in one write.
 _CONCATENATE_BELOW = 4096
+
+#: What a client does when its host is lost: go on with the next host,
+#: resending what was not acknowledged, or end the connection.
+RESEND = "resend"
+CLOSE = "close"
+FAILOVER_MODES = (RESEND, CLOSE)
 
 CONNECTING = "connecting"
 CONNECTED = "connected"
@@ -437,8 +444,12 @@ class ChannelClientTransport(SocketOptions):
         candidate: ChannelPort | None = None,
         transport: str = "unix",
         lockPath: str | None = None,
+        failover: str = RESEND,
     ) -> None:
         """
+        @param failover: C{"resend"} (a host's loss moves the connection to
+            the next host) or C{"close"} (it ends the connection with
+            L{ChannelHostLostError}).
         @param lockPath: the channel's lock file, whose record tells a
             linked client that its host died before the kernel closes the
             link (see L{_hostAppeared}); without it, the close is awaited.
@@ -452,6 +463,7 @@ class ChannelClientTransport(SocketOptions):
         self.maxBufferSize = maxBufferSize
         self.candidate = candidate
         self.transportKind = transport
+        self.failover = failover
         self._lockPath = lockPath
         # Whether a link's read is being handled now (it flushes at its end).
         self._inRead = False
@@ -1165,6 +1177,16 @@ class ChannelClientTransport(SocketOptions):
             self.strategy.clientConnectionFailed(self._connector, reason)  # type: ignore[no-untyped-call]
             return
         self.link = None
+        if self.failover == CLOSE:
+            # The conversation cannot move to another host half-way.
+            self._finish(
+                Failure(
+                    ChannelHostLostError(
+                        self.address.name, link.hostAddress.pid, len(self.pending)
+                    )
+                )
+            )
+            return
         self.state = CONNECTING
         self._watchForHost()
         self._dropOutgoing()
