@@ -61,6 +61,15 @@ from ._interfaces import (
 )
 from ._pending import PendingWrites
 from ._sockets import pushToKernel, readDirectly, sendNow, unreadBytes
+from ._states import (
+    CLOSED,
+    CONNECTED,
+    CONNECTING,
+    CONNECTION,
+    FINISHED,
+    LINK_LOST,
+    WELCOMED,
+)
 from ._surface import SocketOptions, streamAddress
 from ._watch import stopWatching, watchFor
 
@@ -75,9 +84,6 @@ _OVERHEAD = PendingWrites.MESSAGE_OVERHEAD
 #: Payloads smaller than this are joined to their header in one write.
 _CONCATENATE_BELOW = 4096
 
-CONNECTING = "connecting"
-CONNECTED = "connected"
-CLOSED = "closed"
 
 #: Seconds a link must have been up (or it must have carried an
 #: acknowledgement) for its loss to be taken as a host's end, reconnecting at
@@ -1004,7 +1010,10 @@ class ChannelClientTransport(SocketOptions):
 
         @return: whether the link was kept.
         """
-        if self.state == CLOSED:
+        if self.state != CONNECTING:
+            # Closed, or another link was welcomed first (a host appeared
+            # while this one's handshake was under way): one logical
+            # connection has one link.
             link.abort()
             return False
         try:
@@ -1020,7 +1029,7 @@ class ChannelClientTransport(SocketOptions):
             return False
         self._stopGiveUpTimer()
         self.link = link
-        self.state = CONNECTED
+        self.state = CONNECTION[self.state, WELCOMED]
         self._hostAddress = link.hostAddress
         self._hostsSeen += 1
         if self._lockPath is None:
@@ -1165,7 +1174,7 @@ class ChannelClientTransport(SocketOptions):
             self.strategy.clientConnectionFailed(self._connector, reason)  # type: ignore[no-untyped-call]
             return
         self.link = None
-        self.state = CONNECTING
+        self.state = CONNECTION[self.state, LINK_LOST]
         self._watchForHost()
         self._dropOutgoing()
         self._writeLimit = self.maxMessageSize
@@ -1202,7 +1211,7 @@ class ChannelClientTransport(SocketOptions):
     def _finish(self, reason: Failure) -> None:
         if self.state == CLOSED:
             return
-        self.state = CLOSED
+        self.state = CONNECTION[self.state, FINISHED]
         self.disconnecting = True
         self._stopGiveUpTimer()
         self._stopStallCheck()

@@ -76,6 +76,7 @@ from ._sockets import (
     sendNow,
     unreadBytes,
 )
+from ._states import ELECTED, PORT, START_FAILED, STARTED, STOPPED, WITHDRAWN
 from ._surface import SocketOptions, streamAddress
 
 _log = Logger()
@@ -109,8 +110,6 @@ _REBIND_DELAY = 1.0
 #: Seconds the reactor's shutdown waits for a host to hand over (its links
 #: to close with their last acknowledgements).
 SHUTDOWN_HANDOVER_TIMEOUT = 1.0
-
-STOPPED = "stopped"
 
 
 class _HostingTerm(DeliveryRecords):
@@ -766,7 +765,7 @@ class ChannelPort:
         if not self._factoryStarted:
             self.factory.doStart()
             self._factoryStarted = True
-        self.role = STANDBY
+        self.role = PORT[self.role, STARTED]
         try:
             if self._election.tryNow():
                 self._becomeHost()
@@ -775,7 +774,7 @@ class ChannelPort:
         except BaseException:
             self._election.release()
             self._discardReady()
-            self.role = STOPPED
+            self.role = PORT[self.role, START_FAILED]
             raise
         self._handOverAtShutdown()
         if self.role == STANDBY:
@@ -959,7 +958,7 @@ class ChannelPort:
             raise
         self._socketPort = socketPort
         self._term = term
-        self.role = HOST
+        self.role = PORT[self.role, ELECTED]
         self._rebindDelay = _REBIND_FIRST_DELAY
         self._guard = LoopingCall(self._checkPublished)
         self._guard.clock = self.clock
@@ -1113,7 +1112,7 @@ class ChannelPort:
         if trigger is not None:
             self.reactor.removeSystemEventTrigger(trigger)
         wasHosting = self.role == HOST
-        self.role = STOPPED
+        self.role = PORT[self.role, WITHDRAWN]
         if not wasHosting:
             self._election.release()
             self._discardReady()
