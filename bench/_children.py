@@ -17,16 +17,14 @@ baseline} plain Twisted C{unix:} endpoints with C{Int32StringReceiver}):
 - C{startup}: listen-to-hosting and connect-to-first-message, in-process;
 - C{memhost} / C{idle}: a host's memory with many idle links, and the
   process holding those links;
-- C{cand} / C{stream}: a failover candidate that records every message and
-  reports when it starts hosting and receives its first message, and a
-  client streaming numbered messages (channel only);
 - C{fanin}: forks C{--conns} C{send} clients at once (no reactor of its
   own), for the fan-in test;
 - C{bufclient}: a client of a channel nobody hosts, writing past its
   C{maxBufferSize}, reporting its memory (channel only).
 
 The peers' children (pyzmq, C{multiprocessing.connection}) are in
-L{bench._peers}, open-channel's scripts in C{bench/js/}.
+L{bench._peers}, open-channel's scripts in C{bench/js/}; the failover
+test's candidates and clients are L{twisted_channel.testing.recorder}'s.
 """
 
 from __future__ import annotations
@@ -884,114 +882,6 @@ def runIdle(reactor: Any, options: argparse.Namespace) -> None:
         openOne()
 
 
-# Failover
-
-
-def runCandidate(reactor: Any, options: argparse.Namespace) -> None:
-    """
-    Stand as a candidate host; record every message received, as a line in
-    C{--record}, before C{dataReceived} returns (so before it is
-    acknowledged).  Report C{ROLE <role> <ns>} on each change and C{FIRST
-    <ns>} at the first message of each hosting term.
-    """
-    from twisted.internet.protocol import Factory, Protocol
-
-    record = os.open(options.record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    state = {"awaitingFirst": True}
-
-    class Recorder(Protocol):
-        def dataReceived(self, data: bytes) -> None:
-            if state["awaitingFirst"]:
-                t = monotonic_ns()
-                state["awaitingFirst"] = False
-                say("FIRST", t)
-            os.write(record, data + b"\n")
-
-    def roleChanged(role: str) -> None:
-        t = monotonic_ns()
-        if role == "host":
-            state["awaitingFirst"] = True
-        say("ROLE", role, t)
-
-    def listening(port: Any) -> None:
-        port.addRoleObserver(roleChanged)
-        say("ROLE", port.role, monotonic_ns())
-
-    options.impl = CHANNEL
-    _channel(reactor, options).listen(Factory.forProtocol(Recorder)).addCallbacks(
-        listening, _fail(reactor)
-    )
-
-
-def runStream(reactor: Any, options: argparse.Namespace) -> None:
-    """
-    Write C{TAG:1}, C{TAG:2}... C{--slice} every C{--interval} seconds
-    until told to C{stop}; then close gracefully (which waits until a host
-    acknowledged everything) and report C{SENT n} and C{CLOSED <reason>
-    <undelivered>}.  C{pause} stops writing (C{PAUSED n}), C{resume} starts
-    again (C{RESUMED <ns>}, stamped before the first write).
-    """
-    from twisted.internet.protocol import Factory, Protocol
-
-    tag = options.tag.encode("ascii")
-    state = {"next": 1, "stopped": False, "call": None}
-
-    class Streamer(Protocol):
-        def connectionLost(self, reason: Any = None) -> None:
-            undelivered = getattr(reason.value, "undelivered", 0)
-            say("CLOSED", type(reason.value).__name__, undelivered)
-            _stopSoon(reactor)
-
-    def writeSome(transport: Any) -> None:
-        state["call"] = None
-        pending = transport.pending
-        cap = transport.maxBufferSize
-        number = state["next"]
-        for _ in range(options.slice):
-            message = b"%s:%d" % (tag, number)
-            if pending.footprint + len(message) + pending.MESSAGE_OVERHEAD > cap:
-                break
-            transport.write(message)
-            number += 1
-        state["next"] = number
-        state["call"] = reactor.callLater(options.interval, writeSome, transport)
-
-    def start(protocol: Any) -> None:
-        transport = protocol.transport
-
-        def stop() -> None:
-            if state["stopped"]:
-                return
-            state["stopped"] = True
-            call = state["call"]
-            if call is not None and call.active():
-                call.cancel()
-            say("SENT", state["next"] - 1)
-            transport.loseConnection()
-
-        def pause() -> None:
-            call = state["call"]
-            if call is not None and call.active():
-                call.cancel()
-            state["call"] = None
-            say("PAUSED", state["next"] - 1)
-
-        def resume() -> None:
-            if state["call"] is None and not state["stopped"]:
-                say("RESUMED", monotonic_ns())
-                writeSome(transport)
-
-        commands["stop"] = stop
-        commands["pause"] = pause
-        commands["resume"] = resume
-        say("READY")
-        writeSome(transport)
-
-    options.impl = CHANNEL
-    endpoint = _channel(reactor, options)
-    endpoint.connect(Factory.forProtocol(Streamer)).addCallbacks(start, _fail(reactor))
-
-
 KINDS: dict[str, Callable[[Any, argparse.Namespace], None]] = {
     "recv": runRecv,
     "send": runSend,
@@ -1000,8 +890,6 @@ KINDS: dict[str, Callable[[Any, argparse.Namespace], None]] = {
     "startup": runStartup,
     "memhost": runMemHost,
     "idle": runIdle,
-    "cand": runCandidate,
-    "stream": runStream,
     "bufclient": runBufClient,
 }
 
@@ -1036,9 +924,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=0)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--links", type=int, default=0)
-    parser.add_argument("--record", default="")
-    parser.add_argument("--tag", default="c")
-    parser.add_argument("--interval", type=float, default=0.002)
     parser.add_argument("--cap", type=int, default=32 << 20)
     parser.add_argument("--total", type=int, default=100_000_000)
     options = parser.parse_args(argv)

@@ -23,6 +23,7 @@ from twisted_channel import (
     ChannelBufferFullError,
     ChannelClientTransport,
     ChannelClosedError,
+    ChannelHostLostError,
     ChannelUnreachableError,
     IChannelLinkObserver,
     _client,
@@ -155,6 +156,7 @@ def makeClient(
     timeout: float = 5.0,
     maxMessageSize: int = 1000,
     maxBufferSize: int = 4000,
+    failover: str = "resend",
 ) -> tuple[ChannelClientTransport, Any, MemoryReactorClock]:
     reactor = MemoryReactorClock()
     if protocol is None:
@@ -168,6 +170,7 @@ def makeClient(
         timeout,
         maxMessageSize,
         maxBufferSize,
+        failover=failover,
     )
     protocol.makeConnection(transport)
     return transport, protocol, reactor
@@ -1437,3 +1440,55 @@ def test_producerStoppedWhenConnectionEnds() -> None:
     reactor.advance(2)
     assert client.state == CLOSED
     assert "stop" in producer.events
+
+
+# failover=close
+
+
+def test_failoverCloseEndsTheConnectionWhenTheHostIsLost() -> None:
+    """
+    With C{failover=close}, losing the host's link ends the connection with
+    L{ChannelHostLostError}, counting what no host acknowledged, and no
+    other link is tried.
+    """
+    client, protocol, reactor = makeClient(failover="close")
+    link, transport = connected(client)
+    client.write(b"one")
+    client.write(b"two")
+    client.flush()
+    ack(link, 1)
+    loseLink(link)
+    assert client.state == CLOSED
+    [reason] = protocol.lost
+    assert reason.check(ChannelHostLostError, error.ConnectionLost)
+    assert reason.value.undelivered == 1
+    assert reason.value.hostPid == HOST_PID
+    assert "1 written message(s) were not acknowledged" in str(reason.value)
+    assert reactor.tcpClients == reactor.unixClients == []
+    with pytest.raises(ChannelClosedError):
+        client.write(b"three")
+
+
+def test_failoverCloseWaitsForTheFirstHost() -> None:
+    """
+    Before any host welcomed it, a C{failover=close} client waits and
+    buffers as any client does: a failed attempt is not a host lost.
+    """
+    client, protocol, reactor = makeClient(failover="close")
+    client.write(b"early")
+    link, transport = openLink(client)
+    link.connectionLost(Failure(error.ConnectionRefusedError()))
+    assert client.state == CONNECTING
+    second, secondTransport = openLink(client)
+    welcome(second)
+    assert client.state == CONNECTED
+    assert protocol.lost == []
+
+
+def test_failoverResendIsTheDefault() -> None:
+    client, protocol, reactor = makeClient()
+    assert client.failover == "resend"
+    link, transport = connected(client)
+    loseLink(link)
+    assert client.state == CONNECTING
+    assert protocol.lost == []

@@ -159,6 +159,21 @@ def test_maxBufferSize(parse: Parse, reactor: MemoryReactorClock) -> None:
 
 
 @PARSERS
+def test_failover(parse: Parse, reactor: MemoryReactorClock) -> None:
+    """
+    C{failover=} is C{resend} by default, or C{close}.
+    """
+    assert parse(reactor, "channel:jobs").failover == "resend"
+    assert parse(reactor, "channel:jobs:failover=resend").failover == "resend"
+    assert parse(reactor, "channel:jobs:failover=close").failover == "close"
+
+
+def test_failoverChecked(reactor: MemoryReactorClock) -> None:
+    with pytest.raises(ValueError, match="failover must be 'resend' or 'close'"):
+        ChannelEndpoint(reactor, "jobs", failover="sometimes")
+
+
+@PARSERS
 def test_bytesDescription(parse: Parse, reactor: MemoryReactorClock) -> None:
     """
     A description given as UTF-8 bytes is parsed like the text.
@@ -235,6 +250,9 @@ BAD = [
     ("channel:jobs:", "one name then key=value options; unexpected ''"),
     ("channel:jobs:other", "unexpected 'other'"),
     ("channel:jobs:dir=", "dir= is empty"),
+    ("channel:jobs:failover=never", "failover='never': use failover=resend"),
+    ("channel:jobs:failover=", "failover='': use failover=resend"),
+    ("channel:jobs:failover=Close", "failover='Close'"),
     ("channel:jobs:dir=/tmp/a\x00b", "NUL"),
     (b"channel:j\xffobs", "name is not valid UTF-8"),
     (b"channel:jobs:dir=/tmp/\xff", "option dir is not valid UTF-8"),

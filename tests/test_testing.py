@@ -271,3 +271,19 @@ def test_documentedFailoverExample() -> None:
     test = namespace["test_nothingIsLostWhenTheHostIsKilled"]
     assert callable(test)
     test()
+
+
+def test_failoverDemoExample() -> None:
+    """
+    C{examples/failover_demo.py}, built on the harness, kills its host and
+    reports nothing lost.
+    """
+    example = DOCS.parent / "examples" / "failover_demo.py"
+    child = ChildProcess([PYTHON, str(example), "--messages", "2000"], lifetime=50)
+    try:
+        assert child.wait(45) == 0, child.collect()
+        lines = child.collect()
+        assert any(line.startswith("killed the host ") for line in lines), lines
+        assert lines[-1] == "hosts seen: 2; messages lost by surviving workers: 0"
+    finally:
+        child.reap()

@@ -27,6 +27,7 @@ from ._host import ChannelPort
 from ._interfaces import (
     ChannelBufferFullError,
     ChannelClosedError,
+    ChannelHostLostError,
     ChannelUnreachableError,
     IChannelLinkObserver,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "ChannelClientTransport",
     "ChannelClosedError",
     "ChannelEndpoint",
+    "ChannelHostLostError",
     "ChannelLockMismatchError",
     "ChannelPort",
     "ChannelReconnectingFactory",

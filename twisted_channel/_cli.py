@@ -266,6 +266,28 @@ def buildParser() -> argparse.ArgumentParser:
         help="seconds to wait for a host before giving up (default 5)",
     )
     send.set_defaults(run=commandSend)
+
+    from ._certs import commandCerts
+
+    certs = commands.add_parser(
+        "certs",
+        help="make a private CA and a certificate per machine",
+        description=(
+            "Make, in DIR, a private certificate authority (ca.pem, ca.key) "
+            "and for each host HOST.pem and HOST.key, for trying the "
+            "multi-machine channel's mutual TLS (caCerts=, certKey=, "
+            "privateKey=). Keys are written with mode 0600; nothing is "
+            "overwritten."
+        ),
+    )
+    certs.add_argument("directory", metavar="DIR")
+    certs.add_argument(
+        "--hosts",
+        required=True,
+        metavar="A,B,C",
+        help="the machines' names or IP addresses, separated by commas",
+    )
+    certs.set_defaults(run=commandCerts)
     return parser
 
 

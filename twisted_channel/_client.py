@@ -56,6 +56,7 @@ from ._election import readLockRecord
 from ._interfaces import (
     ChannelBufferFullError,
     ChannelClosedError,
+    ChannelHostLostError,
     ChannelUnreachableError,
     IChannelLinkObserver,
 )
@@ -84,6 +85,11 @@ _OVERHEAD = PendingWrites.MESSAGE_OVERHEAD
 #: Payloads smaller than this are joined to their header in one write.
 _CONCATENATE_BELOW = 4096
 
+#: What a client does when its host is lost: go on with the next host,
+#: resending what was not acknowledged, or end the connection.
+RESEND = "resend"
+CLOSE = "close"
+FAILOVER_MODES = (RESEND, CLOSE)
 
 #: Seconds a link must have been up (or it must have carried an
 #: acknowledgement) for its loss to be taken as a host's end, reconnecting at
@@ -443,8 +449,12 @@ class ChannelClientTransport(SocketOptions):
         candidate: ChannelPort | None = None,
         transport: str = "unix",
         lockPath: str | None = None,
+        failover: str = RESEND,
     ) -> None:
         """
+        @param failover: C{"resend"} (a host's loss moves the connection to
+            the next host) or C{"close"} (it ends the connection with
+            L{ChannelHostLostError}).
         @param lockPath: the channel's lock file, whose record tells a
             linked client that its host died before the kernel closes the
             link (see L{_hostAppeared}); without it, the close is awaited.
@@ -458,6 +468,7 @@ class ChannelClientTransport(SocketOptions):
         self.maxBufferSize = maxBufferSize
         self.candidate = candidate
         self.transportKind = transport
+        self.failover = failover
         self._lockPath = lockPath
         # Whether a link's read is being handled now (it flushes at its end).
         self._inRead = False
@@ -1174,6 +1185,16 @@ class ChannelClientTransport(SocketOptions):
             self.strategy.clientConnectionFailed(self._connector, reason)  # type: ignore[no-untyped-call]
             return
         self.link = None
+        if self.failover == CLOSE:
+            # The conversation cannot move to another host half-way.
+            self._finish(
+                Failure(
+                    ChannelHostLostError(
+                        self.address.name, link.hostAddress.pid, len(self.pending)
+                    )
+                )
+            )
+            return
         self.state = CONNECTION[self.state, LINK_LOST]
         self._watchForHost()
         self._dropOutgoing()

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import (
 from zope.interface import implementer
 
 from ._address import HOST, ChannelAddress
-from ._client import ChannelClientTransport
+from ._client import FAILOVER_MODES, RESEND, ChannelClientTransport
 from ._directory import channelPaths, checkName, prepareDirectory
 from ._host import HANDSHAKE_TIMEOUT, ChannelPort
 from ._wire import MAX_FRAME_BODY
@@ -119,6 +119,11 @@ class ChannelEndpoint:
     @param handshakeTimeout: seconds a host gives a new link to prove itself
         and say hello before dropping it.
 
+    @param failover: what a client does when its host is lost:
+        C{"resend"} (the default) goes on with the next host, sending again
+        what was not acknowledged; C{"close"} ends the connection with
+        L{ChannelHostLostError}, for protocols whose conversation cannot
+        move to another host half-way (HTTP).
     @ivar transportKind: C{"unix"} or C{"tcp"}: which of the two the channel
         runs over (the C{transport} given, or its default).  Not a
         transport: the protocols' transports are those.
@@ -135,6 +140,7 @@ class ChannelEndpoint:
         maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE,
         maxBufferSize: int = DEFAULT_MAX_BUFFER_SIZE,
         transport: str | None = None,
+        failover: str = RESEND,
         handshakeTimeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self._reactor = reactor
@@ -148,6 +154,9 @@ class ChannelEndpoint:
                 f"not {handshakeTimeout!r}"
             )
         self.handshakeTimeout = float(handshakeTimeout)
+        if failover not in FAILOVER_MODES:
+            raise ValueError(f"failover must be 'resend' or 'close', not {failover!r}")
+        self.failover = failover
         self.transportKind = (
             defaultTransport(reactor)
             if transport is None
@@ -242,6 +251,7 @@ class ChannelEndpoint:
             candidate,
             transport=self.transportKind,
             lockPath=self.paths.lock,
+            failover=self.failover,
         )
         protocol.makeConnection(transport)
         transport.startConnecting()

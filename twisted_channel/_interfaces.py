@@ -56,6 +56,32 @@ class ChannelUnreachableError(ConnectionLost):
         return str(self.args[0])
 
 
+class ChannelHostLostError(ConnectionLost):
+    """
+    With C{failover=close}, the host of a client's connection was lost (it
+    died, froze, or handed over gracefully after its last
+    acknowledgements), so the connection ended instead of moving to the
+    next host.
+
+    @ivar hostPid: the lost host's pid, where known.
+    @ivar undelivered: how many written messages no host acknowledged;
+        the lost host may have received some of them.
+    """
+
+    def __init__(self, name: str, hostPid: int | None, undelivered: int) -> None:
+        self.name = name
+        self.hostPid = hostPid
+        self.undelivered = undelivered
+        who = "the host" if hostPid is None else f"the host (pid {hostPid})"
+        super().__init__(
+            f"{who} of channel {name!r} was lost and failover=close; "
+            f"{undelivered} written message(s) were not acknowledged"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class ChannelClosedError(Exception):
     """
     A write was made on a channel connection that is closing or closed.

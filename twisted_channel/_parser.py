@@ -26,6 +26,7 @@ OPTIONS = {
     "maxBufferSize": "maxBufferSize",
     "transport": "transport",
     "handshakeTimeout": "handshakeTimeout",
+    "failover": "failover",
 }
 
 _SIZE = re.compile(r"([0-9]+)([KMG]i?B?)?", re.IGNORECASE)
@@ -111,6 +112,13 @@ def endpointArguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str
                     f"transport={value!r}: use transport=unix or transport=tcp"
                 )
             result["transport"] = value
+        elif key == "failover":
+            if value not in ("resend", "close"):
+                raise ValueError(
+                    f"failover={value!r}: use failover=resend (go on with the "
+                    "next host) or failover=close (end the connection)"
+                )
+            result["failover"] = value
         else:
             result[OPTIONS[key]] = parseSize(key, value)
     return result

@@ -121,7 +121,7 @@ class ChildProcess:
         self._stderr: deque[bytes] = deque()
         self._stderrSize = 0
         self._lock = threading.Lock()
-        self._reaped = False
+        self._outputEnded = False
         self._killedAtDeadline = False
         threading.Thread(target=self._readOutput, daemon=True).start()
         threading.Thread(target=self._readErrors, daemon=True).start()
@@ -176,9 +176,18 @@ class ChildProcess:
             return False
         if line is None:
             self._queue.put(None)
+            self._outputEnded = True
             return False
         self.lines.append(line)
         return True
+
+    def outputEnded(self) -> bool:
+        """
+        Whether the child's standard output has ended (it exited, or closed
+        it) and every line of it is in L{lines}.
+        """
+        self.collect()
+        return self._outputEnded
 
     def collect(self) -> list[str]:
         """
@@ -409,5 +418,4 @@ class ChildProcess:
                     stream.close()
                 except OSError:
                     pass
-        self._reaped = True
         return status

@@ -1,0 +1,316 @@
+"""
+Mutual TLS between the machines of a channel.
+
+This module owns the TLS side of links between machines: loading the
+C{certKey=}, C{privateKey=} and C{caCerts=} PEM files (L{loadCredentials},
+whose errors name the file), the server's and client's TLS options (TLS 1.2
+or later, each side's certificate verified against C{caCerts}, the host's
+also against the identity the client expects), the identity a peer's
+certificate names, and L{VerifiedTLSFactory}, which builds the application's
+protocol only once the handshake has verified the peer: a peer whose
+certificate is not signed by C{caCerts} is refused and logged and never
+gets a byte of the application, nor makes it see a connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import (
+    IAddress,
+    IHandshakeListener,
+    IProtocolFactory,
+)
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides, implementer, providedBy
+
+_log = Logger()
+
+#: Seconds a peer has to complete the TLS handshake.
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class TLSCredentials:
+    """
+    A machine's certificate with its key, and the authorities whose
+    certificates it accepts from peers.
+
+    @ivar certificate: a C{twisted.internet.ssl.PrivateCertificate}.
+    @ivar authorities: C{twisted.internet.ssl.Certificate}s (C{caCerts}).
+    @ivar identity: the identity this machine's certificate names.
+    """
+
+    def __init__(self, certificate: Any, authorities: list[Any]) -> None:
+        self.certificate = certificate
+        self.authorities = authorities
+        self.identity = certificateIdentity(certificate.original)
+
+    def serverOptions(self) -> Any:
+        """
+        TLS options for a host: present our certificate, require the
+        client's, and verify it against the authorities.
+        """
+        from twisted.internet.ssl import CertificateOptions, TLSVersion
+
+        return CertificateOptions(
+            privateKey=self.certificate.privateKey.original,
+            certificate=self.certificate.original,
+            verify=True,
+            caCerts=[authority.original for authority in self.authorities],
+            requireCertificate=True,
+            raiseMinimumTo=TLSVersion.TLSv1_2,
+        )
+
+    def clientOptions(self, identity: str) -> Any:
+        """
+        TLS options for a client of the host whose certificate must name
+        C{identity} and be signed by the authorities; we present ours.
+        """
+        from twisted.internet.ssl import (
+            TLSVersion,
+            optionsForClientTLS,
+            trustRootFromCertificates,
+        )
+
+        return optionsForClientTLS(
+            identity,
+            trustRoot=trustRootFromCertificates(self.authorities),
+            clientCertificate=self.certificate,
+            extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
+        )
+
+
+def _read(option: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"{option}={path!r} cannot be read: {e.strerror}") from None
+
+
+def loadCredentials(
+    certKey: str, privateKey: str | None, caCerts: str
+) -> TLSCredentials:
+    """
+    Load a machine's TLS credentials from PEM files, as Twisted's C{ssl:}
+    endpoints take them: C{certKey} holds the certificate (and the key, if
+    C{privateKey} is C{None}); C{caCerts} holds one or more authorities'
+    certificates.
+
+    @raise ValueError: naming the file and what is wrong with it.
+    """
+    from OpenSSL.crypto import FILETYPE_PEM
+    from OpenSSL.crypto import Error as OpenSSLError
+    from twisted.internet.error import VerifyError
+    from twisted.internet.ssl import Certificate, KeyPair, PrivateCertificate
+
+    certificateData = _read("certKey", certKey)
+    keyData = certificateData if privateKey is None else _read("privateKey", privateKey)
+    keyOption = "certKey" if privateKey is None else "privateKey"
+    try:
+        certificate = Certificate.loadPEM(certificateData)
+    except (OpenSSLError, ValueError):
+        raise ValueError(f"certKey={certKey!r} holds no PEM certificate") from None
+    try:
+        key = KeyPair.load(keyData, format=FILETYPE_PEM)
+    except (OpenSSLError, ValueError):
+        raise ValueError(
+            f"{keyOption}={privateKey or certKey!r} holds no PEM private key "
+            "(or it is encrypted)"
+        ) from None
+    try:
+        private = PrivateCertificate.fromCertificateAndKeyPair(certificate, key)
+    except (OpenSSLError, ValueError, VerifyError):
+        raise ValueError(
+            f"the private key in {privateKey or certKey!r} does not match "
+            f"the certificate in {certKey!r}"
+        ) from None
+    authorities = _loadAuthorities(caCerts)
+    if certificateIdentity(private.original) is None:
+        raise ValueError(f"certKey={certKey!r}: the certificate names no identity")
+    return TLSCredentials(private, authorities)
+
+
+def _loadAuthorities(caCerts: str) -> list[Any]:
+    from cryptography import x509
+    from twisted.internet.ssl import Certificate
+
+    data = _read("caCerts", caCerts)
+    try:
+        loaded = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"caCerts={caCerts!r} holds no PEM certificate") from None
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return [Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in loaded]
+
+
+def certificateIdentity(x509: Any) -> str | None:
+    """
+    The identity a certificate (a pyOpenSSL C{X509}) names: its first DNS
+    or IP subject alternative name, else its subject's common name.
+    """
+    from cryptography import x509 as cx509
+
+    certificate = x509.to_cryptography()
+    try:
+        names = certificate.extensions.get_extension_for_class(
+            cx509.SubjectAlternativeName
+        ).value
+    except cx509.ExtensionNotFound:
+        pass
+    else:
+        for name in names:
+            if isinstance(name, (cx509.DNSName, cx509.IPAddress)):
+                return str(name.value)
+    common = certificate.subject.get_attributes_for_oid(cx509.oid.NameOID.COMMON_NAME)
+    if common:
+        value = common[0].value
+        return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return None
+
+
+@implementer(IAddress)
+class VerifiedPeer:
+    """
+    The address of a peer whose certificate was verified.
+
+    @ivar host: its IP address.
+    @ivar port: its port.
+    @ivar identity: what its certificate names (see L{certificateIdentity}).
+    """
+
+    def __init__(self, host: str, port: int, identity: str) -> None:
+        self.host = host
+        self.port = port
+        self.identity = identity
+
+    def __repr__(self) -> str:
+        return f"VerifiedPeer({self.host!r}, {self.port}, {self.identity!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, VerifiedPeer):
+            return NotImplemented
+        return (self.host, self.port, self.identity) == (
+            other.host,
+            other.port,
+            other.identity,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.host, self.port, self.identity))
+
+
+@implementer(IHandshakeListener)
+class _VerifiedProtocol(ProtocolWrapper):
+    """
+    Stands between the TLS layer and the application: the application's
+    protocol is connected only when the handshake has verified the peer,
+    and its transport's C{getPeer()} is the L{VerifiedPeer}.
+    """
+
+    factory: VerifiedTLSFactory
+    peer: VerifiedPeer | None = None
+    _timer: Any = None
+
+    @property
+    def _tls(self) -> Any:
+        # The TLS layer's transport: it has getPeerCertificate and
+        # abortConnection, which ITransport does not promise.
+        return self.transport
+
+    def makeConnection(self, transport: Any) -> None:
+        directlyProvides(self, providedBy(transport))
+        self.connected = 1
+        self.transport = transport
+        self.factory.registerProtocol(self)  # type: ignore[no-untyped-call]
+        self._timer = self.factory.reactor.callLater(
+            self.factory.handshakeTimeout, self._tooSlow
+        )
+
+    def _tooSlow(self) -> None:
+        self._timer = None
+        _log.warn(
+            "refused a TLS peer {peer}: no handshake within {timeout} s",
+            peer=self._tls.getPeer(),
+            timeout=self.factory.handshakeTimeout,
+        )
+        self._tls.abortConnection()
+
+    def handshakeCompleted(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        address = self._tls.getPeer()
+        certificate = self._tls.getPeerCertificate()
+        identity = None if certificate is None else certificateIdentity(certificate)
+        if identity is None:
+            _log.warn("refused a TLS peer {peer}: no identity", peer=address)
+            self._tls.abortConnection()
+            return
+        self.peer = VerifiedPeer(
+            getattr(address, "host", "?"), getattr(address, "port", 0), identity
+        )
+        protocol = self.factory.wrappedFactory.buildProtocol(self.peer)
+        if protocol is None:
+            self._tls.loseConnection()
+            return
+        self.wrappedProtocol = protocol
+        protocol.makeConnection(self)
+
+    def getPeer(self) -> Any:
+        return self.peer if self.peer is not None else self._tls.getPeer()
+
+    def logPrefix(self) -> str:
+        return "VerifiedTLS"
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.wrappedProtocol is not None:
+            self.wrappedProtocol.dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.factory.unregisterProtocol(self)  # type: ignore[no-untyped-call]
+        if self.wrappedProtocol is None:
+            _log.warn(
+                "refused a TLS peer {peer}: {reason}",
+                peer=self._tls.getPeer(),
+                reason=reason.getErrorMessage(),
+            )
+            self.factory.refused += 1
+            return
+        self.wrappedProtocol.connectionLost(reason)
+
+
+class VerifiedTLSFactory(WrappingFactory):
+    """
+    Wraps an application's factory for use under TLS (a C{ssl:} server
+    endpoint, or C{wrapClientTLS}): the application's protocol is connected
+    only once the handshake verified the peer's certificate.
+
+    @ivar refused: how many peers were refused (for tests and status).
+    """
+
+    protocol = _VerifiedProtocol
+
+    def __init__(
+        self,
+        reactor: Any,
+        wrappedFactory: IProtocolFactory,
+        handshakeTimeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        super().__init__(wrappedFactory)  # type: ignore[no-untyped-call]
+        self.reactor = reactor
+        self.handshakeTimeout = handshakeTimeout
+        self.refused = 0
+
+    def buildProtocol(self, addr: IAddress | None) -> ProtocolWrapper:
+        """
+        A protocol that will build the application's, with the peer's
+        L{VerifiedPeer} address, once the handshake verified it.
+        """
+        return self.protocol(self, None)  # type: ignore[arg-type]
