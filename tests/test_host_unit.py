@@ -28,6 +28,7 @@ from twisted_channel import (
     ChannelClientTransport,
     _host,
     _hostsession,
+    _publishing,
     _wire,
 )
 from twisted_channel._address import HOST
@@ -811,7 +812,7 @@ def test_failedBindIsRetriedSoonThenLessOften(
     failure starts from 10 ms again.
     """
     failures = []
-    real = _host._listeningUnixSocket
+    real = _publishing.listeningUnixSocket
 
     def full(path: str, ready: Any = None) -> Any:
         assert ready is None
@@ -820,7 +821,7 @@ def test_failedBindIsRetriedSoonThenLessOften(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path)
 
-    monkeypatch.setattr(_host, "_listeningUnixSocket", full)
+    monkeypatch.setattr(_host, "listeningUnixSocket", full)
     reactor = MemoryReactorClock()
     port = ChannelPort(reactor, "jobs", channelPaths("jobs", channelDirectory), App, 10)
     port.role = _host.STANDBY
@@ -853,13 +854,15 @@ def test_leftoverTemporarySocketsAreRemovedAfterTakingOver(
     takes over but when it checks its published socket, every second.
     """
     paths = channelPaths("jobs", channelDirectory)
-    prefix = _host._temporaryPrefix(paths.socket)
+    prefix = _publishing.temporaryPrefix(paths.socket)
     # Above any pid_max, so no such process.
     leftover = prefix + "99999999-dead"
     # Names no process of the channel makes.
     odd = [prefix + "0-x", prefix + "9" * 30 + "-x", prefix + "x"]
     live = prefix + f"{os.getpid()}-live"
-    other = _host._temporaryPrefix(os.path.join(channelDirectory, "o.sock")) + "1-x"
+    other = (
+        _publishing.temporaryPrefix(os.path.join(channelDirectory, "o.sock")) + "1-x"
+    )
     for path in (leftover, *odd, live, other):
         bound = socket.socket(socket.AF_UNIX)
         bound.bind(path)
@@ -915,10 +918,10 @@ def test_aZombieMakerIsDead() -> None:
     try:
         # Wait for it to end, but leave it unreaped.
         os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
-        assert not _host._makerAlive(f".s~{child.pid}-x", ".s~")
+        assert not _publishing.makerAlive(f".s~{child.pid}-x", ".s~")
     finally:
         child.wait(10)
-    assert _host._makerAlive(f".s~{os.getpid()}-x", ".s~")
+    assert _publishing.makerAlive(f".s~{os.getpid()}-x", ".s~")
 
 
 def test_standbyHoldsASocketReadyToPublish(channelDirectory: str) -> None:
@@ -932,7 +935,7 @@ def test_standbyHoldsASocketReadyToPublish(channelDirectory: str) -> None:
     ready = port._ready
     assert ready is not None
     assert os.path.basename(ready.temporary).startswith(
-        os.path.basename(_host._temporaryPrefix(paths.socket)) + f"{os.getpid()}-"
+        os.path.basename(_publishing.temporaryPrefix(paths.socket)) + f"{os.getpid()}-"
     )
     info = os.lstat(ready.temporary)
     assert stat.S_ISSOCK(info.st_mode)
@@ -968,10 +971,10 @@ def test_readySocketGoneIsBoundAfresh(channelDirectory: str) -> None:
     the winner binds a new socket, as it would have without one.
     """
     path = channelPaths("jobs", channelDirectory).socket
-    ready = _host._readySocket(path)
+    ready = _publishing.readySocket(path)
     assert ready is not None
     os.unlink(ready.temporary)
-    published = _host._listeningUnixSocket(path, ready)
+    published = _publishing.listeningUnixSocket(path, ready)
     assert ready.listening.fileno() == -1
     assert published.listening is not ready.listening
     info = os.lstat(path)
@@ -979,7 +982,7 @@ def test_readySocketGoneIsBoundAfresh(channelDirectory: str) -> None:
     probe = socket.socket(socket.AF_UNIX)
     probe.connect(path)
     probe.close()
-    _host._withdrawUnixSocket(published, path)
+    _publishing.withdrawUnixSocket(published, path)
     assert os.listdir(channelDirectory) == []
 
 
@@ -999,23 +1002,23 @@ def test_noRoomForATemporaryNameBindsInPlace(
     def full(path: str) -> Any:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(_host, "_readySocket", full)
-    published = _host._listeningUnixSocket(path)
+    monkeypatch.setattr(_publishing, "readySocket", full)
+    published = _publishing.listeningUnixSocket(path)
     info = os.lstat(path)
     assert (info.st_dev, info.st_ino) == published.identity
     assert stat.S_IMODE(info.st_mode) == 0o600
     probe = socket.socket(socket.AF_UNIX)
     probe.connect(path)
     probe.close()
-    _host._withdrawUnixSocket(published, path)
+    _publishing.withdrawUnixSocket(published, path)
     assert os.listdir(channelDirectory) == []
 
     def refused(path: str) -> Any:
         raise OSError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(_host, "_readySocket", refused)
+    monkeypatch.setattr(_publishing, "readySocket", refused)
     with pytest.raises(PermissionError):
-        _host._listeningUnixSocket(path)
+        _publishing.listeningUnixSocket(path)
 
 
 # The reactor's shutdown

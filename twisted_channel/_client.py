@@ -62,6 +62,15 @@ from ._interfaces import (
 )
 from ._pending import PendingWrites
 from ._sockets import pushToKernel, readDirectly, sendNow, unreadBytes
+from ._states import (
+    CLOSED,
+    CONNECTED,
+    CONNECTING,
+    CONNECTION,
+    FINISHED,
+    LINK_LOST,
+    WELCOMED,
+)
 from ._surface import SocketOptions, streamAddress
 from ._watch import stopWatching, watchFor
 
@@ -81,10 +90,6 @@ _CONCATENATE_BELOW = 4096
 RESEND = "resend"
 CLOSE = "close"
 FAILOVER_MODES = (RESEND, CLOSE)
-
-CONNECTING = "connecting"
-CONNECTED = "connected"
-CLOSED = "closed"
 
 #: Seconds a link must have been up (or it must have carried an
 #: acknowledgement) for its loss to be taken as a host's end, reconnecting at
@@ -1016,7 +1021,10 @@ class ChannelClientTransport(SocketOptions):
 
         @return: whether the link was kept.
         """
-        if self.state == CLOSED:
+        if self.state != CONNECTING:
+            # Closed, or another link was welcomed first (a host appeared
+            # while this one's handshake was under way): one logical
+            # connection has one link.
             link.abort()
             return False
         try:
@@ -1032,7 +1040,7 @@ class ChannelClientTransport(SocketOptions):
             return False
         self._stopGiveUpTimer()
         self.link = link
-        self.state = CONNECTED
+        self.state = CONNECTION[self.state, WELCOMED]
         self._hostAddress = link.hostAddress
         self._hostsSeen += 1
         if self._lockPath is None:
@@ -1187,7 +1195,7 @@ class ChannelClientTransport(SocketOptions):
                 )
             )
             return
-        self.state = CONNECTING
+        self.state = CONNECTION[self.state, LINK_LOST]
         self._watchForHost()
         self._dropOutgoing()
         self._writeLimit = self.maxMessageSize
@@ -1224,7 +1232,7 @@ class ChannelClientTransport(SocketOptions):
     def _finish(self, reason: Failure) -> None:
         if self.state == CLOSED:
             return
-        self.state = CLOSED
+        self.state = CONNECTION[self.state, FINISHED]
         self.disconnecting = True
         self._stopGiveUpTimer()
         self._stopStallCheck()

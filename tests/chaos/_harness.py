@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted_channel._directory import channelPaths
-from twisted_channel._host import _temporaryPrefix
+from twisted_channel._publishing import temporaryPrefix as _temporaryPrefix
 from twisted_channel.testing import ChannelProcesses
 from twisted_channel.testing import ChildProcess as Child
 
