@@ -433,6 +433,21 @@ class ChannelClientTransport(SocketOptions):
     messages from the host) and L{IConsumer} (streaming and pull
     producers), and takes C{setTcpNoDelay} and C{setTcpKeepAlive} as
     harmless calls.
+
+    What the protocol says is in L{session} (a L{ClientSession}: the
+    pending messages, the eager-hello policy, the resume arithmetic) and in
+    each link's L{LinkSession}; L{state} changes only as the table
+    L{twisted_channel._states.CONNECTION} allows.  Beside them this class
+    keeps more than a handful of private attributes, in groups that do not
+    interact: the batch being written (C{_outgoing}, C{_outgoingLarge},
+    C{_flushCall}, C{_inRead}), kept here because C{write} is the hottest
+    path there is and must not call into another object; the two timers
+    (C{_giveUp}; C{_stallCheck} with C{_lastProgress} and
+    C{_stallRechecked}); the health of the last link, which chooses between
+    reconnecting at once and backing off (C{_linkUpAt}, C{_ackedOnLink},
+    C{_hostsSeen}); the producers either way (C{_producer},
+    C{_streamingProducer}, C{_producerPaused}, C{_readingPaused}); and
+    looking for a new host (C{_watching}, C{_hostAppearedDuringAttempt}).
     """
 
     disconnecting = False

@@ -8,7 +8,6 @@ import json
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +42,7 @@ from ._auth import (
     removePortFile,
     writePortFile,
 )
+from ._authexchange import FailureLimit
 from ._credentials import peerCredentials
 from ._directory import (
     ChannelPaths,
@@ -69,6 +69,7 @@ from ._publishing import (
     removeLeftovers,
     withdrawUnixSocket,
 )
+from ._roles import RoleWaiters
 from ._sockets import (
     bufferedBytes,
     pushToKernel,
@@ -664,6 +665,17 @@ class ChannelPort:
     @ivar role: C{"host"}, C{"standby"} or, after L{stopListening},
         C{"stopped"}.
     @ivar transportKind: C{"unix"} or C{"tcp"}: what it listens on.
+
+    It coordinates: the election is a L{HostElection}, publishing the
+    socket is L{twisted_channel._publishing}, each link is a L{_HostLink}
+    driving a L{HostSession}, the waiters and observers of the role are a
+    L{RoleWaiters}, failed authentications a L{FailureLimit}.  L{role}
+    changes only as the table L{twisted_channel._states.PORT} allows.  What
+    it keeps itself is what ties those together for one term: the
+    listening port, the term, the retry timer after a failed bind, the
+    shutdown trigger, the timer that checks the published socket, and the
+    socket a standby holds ready, which the election thread may take (hence
+    its lock).
     """
 
     def __init__(
@@ -687,8 +699,7 @@ class ChannelPort:
         self.handshakeTimeout = handshakeTimeout
         self.transportKind = transport
         self.secret: bytes | None = None
-        self._authFailures: deque[float] = deque()
-        self._floodLogged = 0.0
+        self._authFailures = FailureLimit(AUTH_FAILURE_LIMIT, AUTH_FAILURE_WINDOW)
         self.role = STOPPED
         self._election = HostElection(
             reactor,
@@ -699,9 +710,7 @@ class ChannelPort:
         )
         self._socketPort: IListeningPort | None = None
         self._term: _HostingTerm | None = None
-        self._hostingWaiters: list[Deferred[ChannelAddress]] = []
-        self._notHostingWaiters: list[Deferred[ChannelAddress]] = []
-        self._roleObservers: list[Callable[[str], None]] = []
+        self._roleWaiters = RoleWaiters(name)
         self._rebind: IDelayedCall | None = None
         self._rebindDelay = _REBIND_FIRST_DELAY
         self._shutdownTrigger: object | None = None
@@ -970,7 +979,7 @@ class ChannelPort:
             path=self.getHost().path,
             role=HOST,
         )
-        self._announce(self._hostingWaiters)
+        self._roleWaiters.announce(self.role, self.getHost())
 
     def _checkPublished(self) -> None:
         """
@@ -1042,22 +1051,6 @@ class ChannelPort:
         port = self._socketPort.getHost().port  # type: ignore[attr-defined]
         writePortFile(self.paths.port, PortFile(port, secret, os.getpid()))
 
-    def _announce(self, waiters: list[Deferred[ChannelAddress]]) -> None:
-        address = self.getHost()
-        pending = waiters[:]
-        del waiters[:]
-        for waiter in pending:
-            waiter.callback(address)
-        for observer in self._roleObservers[:]:
-            try:
-                observer(self.role)
-            except Exception:
-                _log.failure(
-                    "channel {channel}: role observer {observer} raised",
-                    channel=self.name,
-                    observer=observer,
-                )
-
     def whenHosting(self) -> Deferred[ChannelAddress]:
         """
         A Deferred that fires with this port's address when this process
@@ -1066,9 +1059,7 @@ class ChannelPort:
         """
         if self.role == HOST:
             return succeed(self.getHost())
-        waiter: Deferred[ChannelAddress] = Deferred()
-        self._hostingWaiters.append(waiter)
-        return waiter
+        return self._roleWaiters.whenHosting()
 
     def whenNotHosting(self) -> Deferred[ChannelAddress]:
         """
@@ -1077,22 +1068,20 @@ class ChannelPort:
         """
         if self.role != HOST:
             return succeed(self.getHost())
-        waiter: Deferred[ChannelAddress] = Deferred()
-        self._notHostingWaiters.append(waiter)
-        return waiter
+        return self._roleWaiters.whenNotHosting()
 
     def addRoleObserver(self, observer: Callable[[str], None]) -> None:
         """
         Call C{observer} with the new role (C{"host"}, C{"standby"} or
         C{"stopped"}) each time this process starts or stops hosting.
         """
-        self._roleObservers.append(observer)
+        self._roleWaiters.addObserver(observer)
 
     def removeRoleObserver(self, observer: Callable[[str], None]) -> None:
         """
         Stop calling an observer added with L{addRoleObserver}.
         """
-        self._roleObservers.remove(observer)
+        self._roleWaiters.removeObserver(observer)
 
     def stopListening(self) -> Deferred[Any]:
         """
@@ -1143,7 +1132,7 @@ class ChannelPort:
             for link in list(term.allLinks):
                 closing.append(link.whenClosed())
                 link.closeQuietly()
-            self._announce(self._notHostingWaiters)
+            self._roleWaiters.announce(self.role, self.getHost())
             return DeferredList(closing)
 
         def factoryStopped(result: object) -> None:
@@ -1158,7 +1147,7 @@ class ChannelPort:
         """
         Count a failed authentication, for L{acceptingLinks}.
         """
-        self._authFailures.append(self.clock.seconds())
+        self._authFailures.failed(self.clock.seconds())
 
     def acceptingLinks(self) -> bool:
         """
@@ -1168,19 +1157,16 @@ class ChannelPort:
         the window has passed, so guessing costs an attacker time.
         """
         now = self.clock.seconds()
-        failures = self._authFailures
-        while failures and failures[0] < now - AUTH_FAILURE_WINDOW:
-            failures.popleft()
-        if len(failures) < AUTH_FAILURE_LIMIT:
+        limit = self._authFailures
+        if limit.accepting(now):
             return True
-        if now - self._floodLogged > AUTH_FAILURE_WINDOW:
-            self._floodLogged = now
+        if limit.warningDue(now):
             _log.warn(
                 "channel {channel}: {count} failed authentications in "
                 "{window} s; refusing new links for a while",
                 channel=self.name,
-                count=len(failures),
-                window=AUTH_FAILURE_WINDOW,
+                count=limit.recent(now),
+                window=limit.window,
             )
         return False
 
