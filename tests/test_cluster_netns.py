@@ -18,10 +18,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from twisted_channel.testing import ChildProcess
+
+from ._support.machines import MACHINE, TTL
 from .etcd import EtcdCluster, etcdBinary
 from .netns import Machine, Network, unavailable
-from .processes import Child
-from .test_cluster_processes import MACHINE, TTL
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -37,7 +38,7 @@ class Rig:
     def __init__(self) -> None:
         self.network = Network()
         self.etcd: EtcdCluster | None = None
-        self.children: list[Child] = []
+        self.children: list[ChildProcess] = []
         self.directories: list[str] = []
 
     def startEtcd(self, binary: str) -> str:
@@ -46,11 +47,11 @@ class Rig:
         self.etcd.start()
         return self.etcd.coordinator
 
-    def candidate(self, machine: Machine, coordinator: str) -> Child:
+    def candidate(self, machine: Machine, coordinator: str) -> ChildProcess:
         directory = tempfile.mkdtemp(prefix="tc-n-", dir="/tmp")
         os.chmod(directory, 0o700)
         self.directories.append(directory)
-        child = Child(
+        child = ChildProcess(
             machine.command(
                 [
                     sys.executable,
@@ -96,7 +97,7 @@ def rig() -> Iterator[Rig]:
     assert made.network.leftovers() == []
 
 
-def _events(child: Child, kind: str) -> list[tuple[int, float]]:
+def _events(child: ChildProcess, kind: str) -> list[tuple[int, float]]:
     found = []
     for line in child.collect():
         if line.startswith(kind + " "):
@@ -106,7 +107,7 @@ def _events(child: Child, kind: str) -> list[tuple[int, float]]:
 
 
 def _waitFor(
-    child: Child, kind: str, count: int, timeout: float = 15.0
+    child: ChildProcess, kind: str, count: int, timeout: float = 15.0
 ) -> tuple[int, float]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

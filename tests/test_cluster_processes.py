@@ -22,14 +22,12 @@ from collections.abc import Iterator
 import pytest
 
 from twisted_channel._campaign import DEFAULT_LEASE_TTL
+from twisted_channel.testing import ChildProcess
 
+from ._support.machines import MACHINE, TTL
 from .etcd import EtcdCluster, EtcdMember
-from .processes import Child
 
 pytestmark = pytest.mark.timeout(120)
-
-MACHINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_machine.py")
-TTL = 2
 
 
 class Machines:
@@ -42,15 +40,15 @@ class Machines:
         self.coordinator = coordinator
         self.name = name
         self.directories: dict[str, str] = {}
-        self.children: list[Child] = []
+        self.children: list[ChildProcess] = []
         self.machineOf: dict[int, str] = {}
 
-    def start(self, machine: str, ttl: int = TTL) -> Child:
+    def start(self, machine: str, ttl: int = TTL) -> ChildProcess:
         if machine not in self.directories:
             directory = tempfile.mkdtemp(prefix="tc-m-", dir="/tmp")
             os.chmod(directory, 0o700)
             self.directories[machine] = directory
-        child = Child(
+        child = ChildProcess(
             [
                 sys.executable,
                 MACHINE,
@@ -102,7 +100,7 @@ def machinesOnTrio(
     yield from _group(etcdTrio.coordinator, request)
 
 
-def hosting(child: Child, timeout: float = 10.0) -> tuple[int, float]:
+def hosting(child: ChildProcess, timeout: float = 10.0) -> tuple[int, float]:
     """
     The term and time of the child's (latest so far, or next) HOSTING line.
     """
@@ -111,7 +109,7 @@ def hosting(child: Child, timeout: float = 10.0) -> tuple[int, float]:
     return int(term), float(at)
 
 
-def host(children: list[Child]) -> Child:
+def host(children: list[ChildProcess]) -> ChildProcess:
     hosts = [
         c
         for c in children

@@ -360,14 +360,21 @@ class Cluster:
         reactorName: str = "default",
         name: str = NAME,
         transport: str = "unix",
+        lifetime: float = 600.0,
     ) -> None:
+        """
+        @param lifetime: seconds after which any process of the cluster
+            still running is killed (see L{ChildProcess}).
+        """
         from twisted_channel._directory import channelPaths
 
         self.directory = directory
         self.name = name
         self.reactorName = reactorName
         self.transportKind = transport
-        self.children = ChannelProcesses(directory, reactorName, transport)
+        self.children = ChannelProcesses(
+            directory, reactorName, transport, lifetime=lifetime
+        )
         self.record = os.path.join(recordDirectory or directory, "record")
         self.socketPath = channelPaths(name, directory).socket
         self.candidates: list[Child] = []
