@@ -12,8 +12,15 @@ from twisted_channel import ChannelBufferFullError, _client, _host, _wire
 from twisted_channel._credentials import PeerCredentials
 from twisted_channel._host import KEEPALIVE_INTERVAL
 
-from .test_client_unit import ack, connected, loseLink, makeClient, openLink, welcome
-from .test_host_unit import AppFactory, Host, LinkTransport, data, hello, sent
+from ._support.clientlinks import (
+    ack,
+    connected,
+    loseLink,
+    makeClient,
+    openLink,
+    welcome,
+)
+from ._support.hostlinks import AppFactory, Host, LinkTransport, data, hello, sent
 
 
 @pytest.fixture

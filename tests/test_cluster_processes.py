@@ -10,22 +10,24 @@ increase; no two hosts at once.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
-from .etcd import EtcdCluster
-from .processes import Child
+from twisted_channel._campaign import DEFAULT_LEASE_TTL
+from twisted_channel.testing import ChildProcess
+
+from ._support.machines import MACHINE, TTL
+from .etcd import EtcdCluster, EtcdMember
 
 pytestmark = pytest.mark.timeout(120)
-
-MACHINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_machine.py")
-TTL = 2
 
 
 class Machines:
@@ -38,15 +40,15 @@ class Machines:
         self.coordinator = coordinator
         self.name = name
         self.directories: dict[str, str] = {}
-        self.children: list[Child] = []
+        self.children: list[ChildProcess] = []
         self.machineOf: dict[int, str] = {}
 
-    def start(self, machine: str) -> Child:
+    def start(self, machine: str, ttl: int = TTL) -> ChildProcess:
         if machine not in self.directories:
             directory = tempfile.mkdtemp(prefix="tc-m-", dir="/tmp")
             os.chmod(directory, 0o700)
             self.directories[machine] = directory
-        child = Child(
+        child = ChildProcess(
             [
                 sys.executable,
                 MACHINE,
@@ -59,7 +61,7 @@ class Machines:
                 "--identity",
                 machine,
                 "--ttl",
-                str(TTL),
+                str(ttl),
             ]
         )
         self.children.append(child)
@@ -76,18 +78,29 @@ class Machines:
             os.rmdir(directory)
 
 
-@pytest.fixture
-def machines(
-    etcdServer: EtcdCluster, request: pytest.FixtureRequest
-) -> Iterator[Machines]:
-    group = Machines(etcdServer.coordinator, request.node.name.replace("_", "-")[:60])
+def _group(coordinator: str, request: pytest.FixtureRequest) -> Iterator[Machines]:
+    group = Machines(coordinator, request.node.name.replace("_", "-")[:60])
     try:
         yield group
     finally:
         group.reapAll()
 
 
-def hosting(child: Child, timeout: float = 10.0) -> tuple[int, float]:
+@pytest.fixture
+def machines(
+    etcdServer: EtcdCluster, request: pytest.FixtureRequest
+) -> Iterator[Machines]:
+    yield from _group(etcdServer.coordinator, request)
+
+
+@pytest.fixture
+def machinesOnTrio(
+    etcdTrio: EtcdCluster, request: pytest.FixtureRequest
+) -> Iterator[Machines]:
+    yield from _group(etcdTrio.coordinator, request)
+
+
+def hosting(child: ChildProcess, timeout: float = 10.0) -> tuple[int, float]:
     """
     The term and time of the child's (latest so far, or next) HOSTING line.
     """
@@ -96,7 +109,7 @@ def hosting(child: Child, timeout: float = 10.0) -> tuple[int, float]:
     return int(term), float(at)
 
 
-def host(children: list[Child]) -> Child:
+def host(children: list[ChildProcess]) -> ChildProcess:
     hosts = [
         c
         for c in children
@@ -172,3 +185,37 @@ def test_gracefulHandoverAcrossMachines(machines: Machines) -> None:
     assert steppedDown <= at
     assert at - stopping < 1.0
     assert a1.wait(10) == 0
+
+
+def _etcdLeader(cluster: EtcdCluster) -> EtcdMember:
+    """
+    The member that leads the etcd cluster now.
+    """
+    for member in cluster.members:
+        request = urllib.request.Request(
+            member.clientURL + "/v3/maintenance/status", data=b"{}", method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            status = json.loads(response.read())
+        if status["leader"] == status["header"]["member_id"]:
+            return member
+    raise AssertionError("no etcd leader")
+
+
+def test_etcdLeaderKilled(machinesOnTrio: Machines, etcdTrio: EtcdCluster) -> None:
+    """
+    With the default lease TTL (5 s), killing the etcd member that leads the
+    cluster (one of three) changes nothing: the host stays the host, the
+    standby machine stays a standby.
+    """
+    a1 = machinesOnTrio.start("a", ttl=DEFAULT_LEASE_TTL)
+    term, _ = hosting(a1)
+    b1 = machinesOnTrio.start("b", ttl=DEFAULT_LEASE_TTL)
+    time.sleep(0.5)
+    _etcdLeader(etcdTrio).kill()
+    etcdTrio.waitHealthy()
+    # Past the renew deadline a failed renewal would have brought.
+    time.sleep(DEFAULT_LEASE_TTL * 2 / 3 + 0.5)
+    assert not any(line.startswith("NOT-HOSTING") for line in a1.collect())
+    assert not any(line.startswith("HOSTING") for line in b1.collect())
+    assert hosting(a1) == (term, hosting(a1)[1])

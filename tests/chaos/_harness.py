@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted_channel._directory import channelPaths
-from twisted_channel._host import _temporaryPrefix
+from twisted_channel._publishing import temporaryPrefix as _temporaryPrefix
 from twisted_channel.testing import ChannelProcesses
 from twisted_channel.testing import ChildProcess as Child
 
@@ -360,14 +360,21 @@ class Cluster:
         reactorName: str = "default",
         name: str = NAME,
         transport: str = "unix",
+        lifetime: float = 600.0,
     ) -> None:
+        """
+        @param lifetime: seconds after which any process of the cluster
+            still running is killed (see L{ChildProcess}).
+        """
         from twisted_channel._directory import channelPaths
 
         self.directory = directory
         self.name = name
         self.reactorName = reactorName
         self.transportKind = transport
-        self.children = ChannelProcesses(directory, reactorName, transport)
+        self.children = ChannelProcesses(
+            directory, reactorName, transport, lifetime=lifetime
+        )
         self.record = os.path.join(recordDirectory or directory, "record")
         self.socketPath = channelPaths(name, directory).socket
         self.candidates: list[Child] = []
