@@ -539,9 +539,12 @@ def test_candidateOfAnotherLockMechanismRefusesToTakePart(
     assert host.role() == "host"
 
 
-def test_handoverLeavesNothingBehind(children: Children, channelDirectory: str) -> None:
+def test_handoverLeavesNothingBehind(
+    children: ChannelProcesses, channelDirectory: str
+) -> None:
     """
-    The run CI makes on every Python and Twisted it supports (.ci/compat):
+    The real-process test CI runs on every Python and Twisted it supports
+    (.ci/run):
     a host stopped by SIGTERM hands over to its standby while a client
     streams, nothing is lost, and once the last candidate stops listening
     nothing of the channel is left but its lock file: every port removed
