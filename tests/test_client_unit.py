@@ -305,7 +305,7 @@ def test_replyInDataReceivedLeavesWithTheRead() -> None:
     link.dataReceived(_wire.encodeFrame(_wire.DATA, b"ping"))
     assert sentData(transport) == [b"re:ping"]
     # Nothing was scheduled for it: the stall check is the only timer.
-    assert reactor.getDelayedCalls() == [client._stallCheck]
+    assert reactor.getDelayedCalls() == [client._deadlineCall]
 
 
 def test_replyBeforeABrokenFrameLeavesAtTheEndOfTheTurn() -> None:
