@@ -56,7 +56,7 @@ def etcdBinary() -> str | None:
     return path
 
 
-def _freePorts(count: int) -> list[int]:
+def freePorts(count: int) -> list[int]:
     """
     Ports the kernel just handed out and nobody holds now.  Another process
     could take one before etcd binds it; L{EtcdCluster.start} retries then.
@@ -285,8 +285,11 @@ class EtcdCluster:
         host: str = "127.0.0.1",
         wrap: Callable[[list[str]], list[str]] | None = None,
         tls: EtcdTLS | None = None,
+        ports: list[int] | None = None,
     ) -> None:
         """
+        @param ports: the client and peer port of each member, in turn
+            (default: ephemeral ports on loopback, 2379 and up elsewhere).
         @param tls: serve the client port over TLS, requiring client
             certificates.
         @param host: the address the members listen on; other than
@@ -300,6 +303,7 @@ class EtcdCluster:
         self.host = host
         self.wrap = wrap
         self.tls = tls
+        self.ports = ports
         self.directory = tempfile.mkdtemp(prefix="tc-etcd-")
         self.members: list[EtcdMember] = []
 
@@ -325,8 +329,10 @@ class EtcdCluster:
         """
         deadline = time.monotonic() + timeout
         for attempt in range(2):
-            if self.host == "127.0.0.1":
-                ports = _freePorts(2 * self.size)
+            if self.ports is not None:
+                ports = self.ports
+            elif self.host == "127.0.0.1":
+                ports = freePorts(2 * self.size)
             else:
                 ports = list(range(2379, 2379 + 2 * self.size))
             names = [f"m{i}" for i in range(self.size)]
