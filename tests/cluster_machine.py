@@ -31,11 +31,30 @@ def main() -> None:
     options = parser.parse_args()
 
     from twisted.internet import reactor, stdio
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
     from twisted.protocols.basic import LineReceiver
 
     from twisted_channel._campaign import HostRecord
     from twisted_channel._cluster import MachineElection, electionKey
     from twisted_channel._etcd import EtcdClient
+
+    # The channel's log lines (info and up) on standard error, for the
+    # tests that check what a candidate says.
+    globalLogBeginner.beginLoggingTo(
+        [
+            FilteringLogObserver(
+                textFileLogObserver(sys.stderr),
+                [LogLevelFilterPredicate(LogLevel.info)],
+            )
+        ],
+        redirectStandardIO=False,
+    )
 
     def say(line: str) -> None:
         sys.stdout.write(line + "\n")

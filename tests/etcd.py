@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def etcdBinary() -> str | None:
     return path
 
 
-def _freePorts(count: int) -> list[int]:
+def freePorts(count: int) -> list[int]:
     """
     Ports the kernel just handed out and nobody holds now.  Another process
     could take one before etcd binds it; L{EtcdCluster.start} retries then.
@@ -79,6 +80,41 @@ with urllib.request.urlopen(sys.argv[1] + "/health", timeout=1) as r:
 """
 
 
+class EtcdTLS:
+    """
+    etcd's client port over TLS: its certificate and key, and the
+    authority whose certificates it requires of its clients.
+    """
+
+    def __init__(
+        self,
+        certFile: str,
+        keyFile: str,
+        caFile: str,
+        clientCertificate: tuple[str, str],
+    ) -> None:
+        self.certFile = certFile
+        self.keyFile = keyFile
+        self.caFile = caFile
+        self.clientCertificate = clientCertificate
+
+    def flags(self) -> list[str]:
+        return [
+            "--cert-file",
+            self.certFile,
+            "--key-file",
+            self.keyFile,
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            self.caFile,
+        ]
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.caFile)
+        context.load_cert_chain(*self.clientCertificate)
+        return context
+
+
 class EtcdMember:
     """
     One etcd member: its name, ports, data directory and process.
@@ -92,8 +128,10 @@ class EtcdMember:
         directory: str,
         host: str = "127.0.0.1",
         wrap: Callable[[list[str]], list[str]] | None = None,
+        tls: EtcdTLS | None = None,
     ) -> None:
         self.name = name
+        self.tls = tls
         self.clientPort = clientPort
         self.peerPort = peerPort
         self.directory = directory
@@ -105,7 +143,8 @@ class EtcdMember:
 
     @property
     def clientURL(self) -> str:
-        return f"http://{self.host}:{self.clientPort}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{self.host}:{self.clientPort}"
 
     @property
     def peerURL(self) -> str:
@@ -153,6 +192,7 @@ class EtcdMember:
                         "--log-level",
                         "warn",
                     ]
+                    + ([] if self.tls is None else self.tls.flags())
                 ),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -180,8 +220,11 @@ class EtcdMember:
             except subprocess.TimeoutExpired:
                 return False
             return answer.returncode == 0
+        context = None if self.tls is None else self.tls.context()
         try:
-            with urllib.request.urlopen(self.clientURL + "/health", timeout=1) as r:
+            with urllib.request.urlopen(
+                self.clientURL + "/health", timeout=1, context=context
+            ) as r:
                 return bool(json.loads(r.read()).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -241,8 +284,14 @@ class EtcdCluster:
         size: int = 1,
         host: str = "127.0.0.1",
         wrap: Callable[[list[str]], list[str]] | None = None,
+        tls: EtcdTLS | None = None,
+        ports: list[int] | None = None,
     ) -> None:
         """
+        @param ports: the client and peer port of each member, in turn
+            (default: ephemeral ports on loopback, 2379 and up elsewhere).
+        @param tls: serve the client port over TLS, requiring client
+            certificates.
         @param host: the address the members listen on; other than
             loopback, the ports are fixed (2379 and up), as on a machine of
             their own.
@@ -253,6 +302,8 @@ class EtcdCluster:
         self.size = size
         self.host = host
         self.wrap = wrap
+        self.tls = tls
+        self.ports = ports
         self.directory = tempfile.mkdtemp(prefix="tc-etcd-")
         self.members: list[EtcdMember] = []
 
@@ -261,7 +312,8 @@ class EtcdCluster:
         """
         The C{coordinator=} value naming every member.
         """
-        return "etcd://" + ",".join(m.address for m in self.members)
+        scheme = "etcd" if self.tls is None else "etcds"
+        return f"{scheme}://" + ",".join(m.address for m in self.members)
 
     @property
     def urls(self) -> list[str]:
@@ -277,8 +329,10 @@ class EtcdCluster:
         """
         deadline = time.monotonic() + timeout
         for attempt in range(2):
-            if self.host == "127.0.0.1":
-                ports = _freePorts(2 * self.size)
+            if self.ports is not None:
+                ports = self.ports
+            elif self.host == "127.0.0.1":
+                ports = freePorts(2 * self.size)
             else:
                 ports = list(range(2379, 2379 + 2 * self.size))
             names = [f"m{i}" for i in range(self.size)]
@@ -290,6 +344,7 @@ class EtcdCluster:
                     self.directory,
                     self.host,
                     self.wrap,
+                    self.tls,
                 )
                 for i, name in enumerate(names)
             ]

@@ -305,7 +305,7 @@ def test_replyInDataReceivedLeavesWithTheRead() -> None:
     link.dataReceived(_wire.encodeFrame(_wire.DATA, b"ping"))
     assert sentData(transport) == [b"re:ping"]
     # Nothing was scheduled for it: the stall check is the only timer.
-    assert reactor.getDelayedCalls() == [client._stallCheck]
+    assert reactor.getDelayedCalls() == [client._deadlineCall]
 
 
 def test_replyBeforeABrokenFrameLeavesAtTheEndOfTheTurn() -> None:
@@ -1306,4 +1306,27 @@ def test_failoverResendIsTheDefault() -> None:
     link, transport = connected(client)
     loseLink(link)
     assert client.state == CONNECTING
+    assert protocol.lost == []
+
+
+def test_secondWelcomedLinkIsRefused() -> None:
+    """
+    Two links in their handshake at once (a host appeared while the first
+    one waited for its welcome): the first welcomed is kept, and a welcome
+    on the other closes it, so that one logical connection has one link.
+    """
+    client, protocol, _ = makeClient()
+    client.write(b"m1")
+    first, firstTransport = openLink(client)
+    second, secondTransport = openLink(client)
+    welcome(first)
+    assert client.link is first
+    welcome(second)
+    assert secondTransport.disconnecting
+    assert not firstTransport.disconnecting
+    assert client.link is first
+    assert client.state == CONNECTED
+    loseLink(second)
+    assert client.link is first
+    assert client.state == CONNECTED
     assert protocol.lost == []

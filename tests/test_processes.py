@@ -537,3 +537,32 @@ def test_candidateOfAnotherLockMechanismRefusesToTakePart(
     assert [r.number for r in readRecords(record)] == list(range(1, 21))
     assert not any(line.startswith("ROLE") for line in refused.collect())
     assert host.role() == "host"
+
+
+def test_handoverLeavesNothingBehind(
+    children: ChannelProcesses, channelDirectory: str
+) -> None:
+    """
+    The real-process test CI runs on every Python and Twisted it supports
+    (.ci/run):
+    a host stopped by SIGTERM hands over to its standby while a client
+    streams, nothing is lost, and once the last candidate stops listening
+    nothing of the channel is left but its lock file: every port removed
+    its socket (or port) file and closed its socket, on the Twisted in use.
+    """
+    record = os.path.join(channelDirectory, "record")
+    first = children.candidate("edge", record)
+    first.waitFor(lambda line: line == "ROLE host")
+    second = children.candidate("edge", record)
+    second.waitFor(lambda line: line == "ROLE standby")
+    client = children.client("edge", "e", 1000, "--slice", "20", "--interval", "0.002")
+    waitUntil(lambda: len(readRecords(record)) > 100, 30, "100 messages")
+    first.kill(signal.SIGTERM)
+    assert first.wait() == 0
+    second.waitFor(lambda line: line == "ROLE host", 5)
+    client.waitFor(lambda line: line.startswith("CLOSED"), 60)
+    assert client.collect()[-1] == "CLOSED ConnectionDone 0"
+    assertDeliveredInOrder(readRecords(record), {"e": 1000})
+    second.send("stop")
+    second.waitFor(lambda line: line == "STOPPED")
+    assert sorted(os.listdir(channelDirectory)) == ["edge.lock", "record"]

@@ -41,7 +41,10 @@ from ._auth import LOOPBACK, readPortFile
 from ._clientsession import (
     ACKNOWLEDGED,
     AUTHENTICATING,
+    GIVE_UP,
     GOODBYE,
+    STALLED,
+    ClientDeadlines,
     ClientSession,
     HostBrokeProtocolError,
     HostRefused,
@@ -441,9 +444,9 @@ class ChannelClientTransport(SocketOptions):
     keeps more than a handful of private attributes, in groups that do not
     interact: the batch being written (C{_outgoing}, C{_outgoingLarge},
     C{_flushCall}, C{_inRead}), kept here because C{write} is the hottest
-    path there is and must not call into another object; the two timers
-    (C{_giveUp}; C{_stallCheck} with C{_lastProgress} and
-    C{_stallRechecked}); the health of the last link, which chooses between
+    path there is and must not call into another object; the one timer
+    armed for the next of its L{ClientDeadlines} (C{_deadlineCall}, due at
+    C{_deadlineAt}); the health of the last link, which chooses between
     reconnecting at once and backing off (C{_linkUpAt}, C{_ackedOnLink},
     C{_hostsSeen}); the producers either way (C{_producer},
     C{_streamingProducer}, C{_producerPaused}, C{_readingPaused}); and
@@ -494,10 +497,13 @@ class ChannelClientTransport(SocketOptions):
         self.link: _ClientLink | None = None
         self.strategy = ChannelReconnectingFactory(self)
         self._connector = _LinkConnector(self)
-        self._giveUp: IDelayedCall | None = None
-        self._stallCheck: IDelayedCall | None = None
-        self._stallRechecked = False
-        self._lastProgress = 0.0
+        self._deadlines = ClientDeadlines(
+            timeout,
+            max(timeout, LINK_HANDSHAKE_TIMEOUT) if timeout > 0 else 10.0,
+        )
+        # The one timer armed for the next deadline, and its time.
+        self._deadlineCall: IDelayedCall | None = None
+        self._deadlineAt: float | None = None
         self._connectedWaiters: list[Deferred[ChannelAddress]] = []
         self._hostAddress = ChannelAddress(address.name, address.path, HOST)
         self._hostsSeen = 0
@@ -564,7 +570,8 @@ class ChannelClientTransport(SocketOptions):
         """
         Start looking for the host.  Called once, by the endpoint.
         """
-        self._startGiveUpTimer()
+        self._deadlines.lookForHost(self.reactor.seconds())
+        self._armDeadline()
         self._watchForHost()
         # So that stopTrying() also cancels an attempt under way.
         self.strategy.connector = self._connector
@@ -607,8 +614,8 @@ class ChannelClientTransport(SocketOptions):
                 # of the read being handled).
                 if not self._inRead:
                     self._flushCall = self._callLater(0, self.flush)
-                if self._stallCheck is None:
-                    self._armStallCheck()
+                if not self._deadlines.watching:
+                    self._watchStall()
             if size < _CONCATENATE_BELOW:
                 outgoing.append(_HEADER.pack(size + 1, _DATA) + data)
             else:
@@ -631,7 +638,7 @@ class ChannelClientTransport(SocketOptions):
             link.dropBroken(str(e))
             return
         # Whatever the host sends shows that it is not frozen.
-        self._lastProgress = self.reactor.seconds()
+        self._deadlines.lastProgress = self.reactor.seconds()
         # What the application writes meanwhile is flushed at the end of the
         # read, so its writes need not schedule a flush of their own.
         self._inRead = True
@@ -923,7 +930,7 @@ class ChannelClientTransport(SocketOptions):
         Read from the host again.
         """
         self._readingPaused = False
-        self._lastProgress = self.reactor.seconds()
+        self._deadlines.lastProgress = self.reactor.seconds()
         link = self.link
         if link is not None and link.transport is not None:
             link.transport.resumeProducing()  # type: ignore[attr-defined]
@@ -949,10 +956,6 @@ class ChannelClientTransport(SocketOptions):
         self._connectedWaiters.append(waiter)
         return waiter
 
-    def _startGiveUpTimer(self) -> None:
-        if self.timeout > 0 and self._giveUp is None:
-            self._giveUp = self.reactor.callLater(self.timeout, self._gaveUp)
-
     @property
     def stallTimeout(self) -> float:
         """
@@ -960,63 +963,65 @@ class ChannelClientTransport(SocketOptions):
         link to it is dropped and another tried: a host frozen with SIGSTOP
         keeps its link open but never answers.
         """
-        if self.timeout > 0:
-            return max(self.timeout, LINK_HANDSHAKE_TIMEOUT)
-        return 10.0
+        return self._deadlines.stallTimeout
 
-    def _armStallCheck(self, delay: float | None = None) -> None:
-        self._lastProgress = self.reactor.seconds()
-        self._stallRechecked = False
-        self._stallCheck = self.reactor.callLater(
-            self.stallTimeout if delay is None else delay, self._checkStall
-        )
+    def _armDeadline(self) -> None:
+        """
+        Arm the one timer for the deadlines' next, if it moved.
+        """
+        at = self._deadlines.next()
+        if at == self._deadlineAt:
+            return
+        call, self._deadlineCall = self._deadlineCall, None
+        if call is not None and call.active():
+            call.cancel()
+        self._deadlineAt = at
+        if at is not None:
+            self._deadlineCall = self.reactor.callLater(
+                max(0.0, at - self.reactor.seconds()), self._deadlineDue
+            )
 
-    def _stopStallCheck(self) -> None:
-        if self._stallCheck is not None and self._stallCheck.active():
-            self._stallCheck.cancel()
-        self._stallCheck = None
+    def _watchStall(self) -> None:
+        """
+        Messages now wait for the linked host: judge it if it stays silent.
+        """
+        self._deadlines.watch(self.reactor.seconds())
+        self._armDeadline()
 
-    def _checkStall(self) -> None:
-        self._stallCheck = None
+    def _deadlineDue(self) -> None:
+        self._deadlineCall = None
+        self._deadlineAt = None
+        deadlines = self._deadlines
+        now = self.reactor.seconds()
         link = self.link
-        if link is None or not self.pending:
-            return
-        if self._readingPaused:
-            # Acknowledgements are not read now: judge the host later.
-            self._armStallCheck()
-            return
-        idle = self.reactor.seconds() - self._lastProgress
-        if idle < self.stallTimeout:
-            # The host was heard from meanwhile: look again when that news
-            # would be too old.
-            lastProgress = self._lastProgress
-            self._armStallCheck(self.stallTimeout - idle)
-            self._lastProgress = lastProgress
-            return
-        if not self._stallRechecked and unreadBytes(link.transport):
-            # The host did send: this process was late, not the host (it was
-            # suspended, or short of CPU), and the reactor runs its timed
-            # calls before it reads.  Judge once that is read.
-            self._stallRechecked = True
-            self._stallCheck = self.reactor.callLater(0, self._checkStall)
-            return
-        _log.warn(
-            "channel {channel}: host pid {hostPid} acknowledged nothing for "
-            "{idle:.1f} s with {pending} message(s) waiting; dropping the link",
-            channel=self.address.name,
-            hostPid=link.hostAddress.pid,
-            idle=idle,
-            pending=len(self.pending),
+        verdict = deadlines.due(
+            now, link is not None and bool(self.pending), self._readingPaused
         )
-        link.abort()
-
-    def _stopGiveUpTimer(self) -> None:
-        if self._giveUp is not None and self._giveUp.active():
-            self._giveUp.cancel()
-        self._giveUp = None
+        if verdict is GIVE_UP:
+            self._gaveUp()
+            return
+        if verdict is STALLED:
+            assert link is not None
+            if deadlines.mayRecheck and unreadBytes(link.transport):
+                # The host did send: this process was late, not the host (it
+                # was suspended, or short of CPU), and the reactor runs its
+                # timed calls before it reads.  Judge once that is read.
+                deadlines.recheck(now)
+            else:
+                _log.warn(
+                    "channel {channel}: host pid {hostPid} acknowledged nothing "
+                    "for {idle:.1f} s with {pending} message(s) waiting; dropping "
+                    "the link",
+                    channel=self.address.name,
+                    hostPid=link.hostAddress.pid,
+                    idle=now - deadlines.lastProgress,
+                    pending=len(self.pending),
+                )
+                deadlines.stalled()
+                link.abort()
+        self._armDeadline()
 
     def _gaveUp(self) -> None:
-        self._giveUp = None
         reason = ChannelUnreachableError(
             self.address.name, self.timeout, len(self.pending)
         )
@@ -1053,7 +1058,7 @@ class ChannelClientTransport(SocketOptions):
                 Failure(ValueError(f"the host of channel {self.address.name!r} {e}"))
             )
             return False
-        self._stopGiveUpTimer()
+        self._deadlines.linked()
         self.link = link
         self.state = CONNECTION[self.state, WELCOMED]
         self._hostAddress = link.hostAddress
@@ -1068,8 +1073,8 @@ class ChannelClientTransport(SocketOptions):
             link.transport.pauseProducing()  # type: ignore[attr-defined]
         link.send(resend)
         if self.pending:
-            self._stopStallCheck()
-            self._armStallCheck()
+            self._deadlines.watch(self.reactor.seconds())
+        self._armDeadline()
         # The host may already have had much of what was buffered.
         self._producerMayGoOn()
         log = _log.info if self._hostsSeen > 1 else _log.debug
@@ -1214,9 +1219,9 @@ class ChannelClientTransport(SocketOptions):
         self._watchForHost()
         self._dropOutgoing()
         self._writeLimit = self.maxMessageSize
-        self._stopStallCheck()
         self._hostAddress = ChannelAddress(self.address.name, self.address.path, HOST)
-        self._startGiveUpTimer()
+        self._deadlines.lookForHost(self.reactor.seconds())
+        self._armDeadline()
         _log.info(
             "channel {channel}: link to host pid {hostPid} lost ({reason}); "
             "{pending} message(s) await a host",
@@ -1249,8 +1254,8 @@ class ChannelClientTransport(SocketOptions):
             return
         self.state = CONNECTION[self.state, FINISHED]
         self.disconnecting = True
-        self._stopGiveUpTimer()
-        self._stopStallCheck()
+        self._deadlines.stop()
+        self._armDeadline()
         self._stopWatchingForHost()
         self.strategy.stopTrying()
         self._dropOutgoing()
