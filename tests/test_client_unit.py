@@ -1307,3 +1307,26 @@ def test_failoverResendIsTheDefault() -> None:
     loseLink(link)
     assert client.state == CONNECTING
     assert protocol.lost == []
+
+
+def test_secondWelcomedLinkIsRefused() -> None:
+    """
+    Two links in their handshake at once (a host appeared while the first
+    one waited for its welcome): the first welcomed is kept, and a welcome
+    on the other closes it, so that one logical connection has one link.
+    """
+    client, protocol, _ = makeClient()
+    client.write(b"m1")
+    first, firstTransport = openLink(client)
+    second, secondTransport = openLink(client)
+    welcome(first)
+    assert client.link is first
+    welcome(second)
+    assert secondTransport.disconnecting
+    assert not firstTransport.disconnecting
+    assert client.link is first
+    assert client.state == CONNECTED
+    loseLink(second)
+    assert client.link is first
+    assert client.state == CONNECTED
+    assert protocol.lost == []
