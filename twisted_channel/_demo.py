@@ -146,7 +146,10 @@ class Demo:
             self.name = f"demo-{os.getpid()}-{os.urandom(3).hex()}"
         self.record = Record(os.path.join(self.private, "record"))
         self.processes: list[Process] = []
-        self.children = ChannelProcesses(self.directory, transport=None)
+        # No lifetime: a demo may run as long as its user asks; each child
+        # leaves when its standard input closes, that is when the demo ends,
+        # however it ends.
+        self.children = ChannelProcesses(self.directory, transport=None, lifetime=None)
         self.failovers: list[Failover] = []
         self.started = time.monotonic()
 
