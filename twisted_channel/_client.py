@@ -414,6 +414,42 @@ class _ClientLink(Protocol):
         self._connection.linkLost(self, reason)
 
 
+class _RegisteredProducer:
+    """
+    The producer of a client's messages registered on its transport, and
+    whether the transport paused it: a streaming one is paused when the
+    unacknowledged messages take the high-water mark and resumed under the
+    low one; a pull one is asked for more at each acknowledgement.
+    """
+
+    def __init__(self, producer: IProducer, streaming: bool) -> None:
+        self.producer = producer
+        self.streaming = streaming
+        self.paused = False
+
+    def pause(self) -> None:
+        """
+        The messages held reached the high-water mark.
+        """
+        if self.paused:
+            return
+        self.paused = True
+        if self.streaming:
+            IPushProducer(self.producer).pauseProducing()
+
+    def mayGoOn(self, footprint: int, lowWater: int) -> None:
+        """
+        Acknowledged messages were forgotten; C{footprint} is what the rest
+        take.
+        """
+        if self.paused:
+            if footprint <= lowWater:
+                self.paused = False
+                self.producer.resumeProducing()  # type: ignore[attr-defined]
+        elif not self.streaming:
+            self.producer.resumeProducing()  # type: ignore[attr-defined]
+
+
 @implementer(ITransport, IConsumer, IPushProducer)
 class ChannelClientTransport(SocketOptions):
     """
@@ -448,8 +484,8 @@ class ChannelClientTransport(SocketOptions):
     armed for the next of its L{ClientDeadlines} (C{_deadlineCall}, due at
     C{_deadlineAt}); the health of the last link, which chooses between
     reconnecting at once and backing off (C{_linkUpAt}, C{_ackedOnLink},
-    C{_hostsSeen}); the producers either way (C{_producer},
-    C{_streamingProducer}, C{_producerPaused}, C{_readingPaused}); and
+    C{_hostsSeen}); the producers either way (C{_producer}, a
+    L{_RegisteredProducer}, and C{_readingPaused}); and
     looking for a new host (C{_watching}, C{_hostAppearedDuringAttempt}).
     """
 
@@ -521,9 +557,7 @@ class ChannelClientTransport(SocketOptions):
         self._readingPaused = False
         self._watching = False
         self._hostAppearedDuringAttempt = False
-        self._producer: IProducer | None = None
-        self._streamingProducer = True
-        self._producerPaused = False
+        self._producer: _RegisteredProducer | None = None
 
     def __repr__(self) -> str:
         return (
@@ -622,8 +656,9 @@ class ChannelClientTransport(SocketOptions):
                 outgoing.append(_HEADER.pack(size + 1, _DATA))
                 outgoing.append(data)
                 self._outgoingLarge = True
-        if self._producer is not None and pending.footprint >= self.highWater:
-            self._pauseProducer()
+        producer = self._producer
+        if producer is not None and pending.footprint >= self.highWater:
+            producer.pause()
 
     def linkDataReceived(self, link: _ClientLink, data: bytes) -> None:
         """
@@ -852,17 +887,15 @@ class ChannelClientTransport(SocketOptions):
         """
         if self._producer is not None:
             raise RuntimeError(
-                f"cannot register producer {producer!r}: {self._producer!r} "
-                "is already registered"
+                f"cannot register producer {producer!r}: "
+                f"{self._producer.producer!r} is already registered"
             )
         if self.state == CLOSED:
             producer.stopProducing()
             return
-        self._producer = producer
-        self._streamingProducer = streaming
-        self._producerPaused = False
+        registered = self._producer = _RegisteredProducer(producer, streaming)
         if self.pending.footprint >= self.highWater:
-            self._pauseProducer()
+            registered.pause()
         elif not streaming:
             producer.resumeProducing()  # type: ignore[attr-defined]
 
@@ -889,28 +922,8 @@ class ChannelClientTransport(SocketOptions):
         the low-water mark, and ask a pull producer for more.
         """
         producer = self._producer
-        if producer is None:
-            return
-        if self._producerPaused:
-            if self.pending.footprint <= self.lowWater:
-                self._resumeProducer()
-        elif not self._streamingProducer:
-            producer.resumeProducing()  # type: ignore[attr-defined]
-
-    def _pauseProducer(self) -> None:
-        producer = self._producer
-        if producer is None or self._producerPaused:
-            return
-        self._producerPaused = True
-        if self._streamingProducer:
-            IPushProducer(producer).pauseProducing()
-
-    def _resumeProducer(self) -> None:
-        producer = self._producer
-        if producer is None or not self._producerPaused:
-            return
-        self._producerPaused = False
-        producer.resumeProducing()  # type: ignore[attr-defined]
+        if producer is not None:
+            producer.mayGoOn(self.pending.footprint, self.lowWater)
 
     # IPushProducer: the messages from the host, for an application that
     # wants to stop reading for a while.
@@ -1269,9 +1282,9 @@ class ChannelClientTransport(SocketOptions):
                     f"channel {self.address.name!r} closed: {reason.getErrorMessage()}"
                 )
             )
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            producer.stopProducing()
+        registered, self._producer = self._producer, None
+        if registered is not None:
+            registered.producer.stopProducing()
         candidate, self.candidate = self.candidate, None
         if candidate is not None:
             candidate.stopListening()
