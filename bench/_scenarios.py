@@ -5,7 +5,6 @@ a fresh workspace, collect what they report, and return plain numbers.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any
 
 from bench._common import MPCONN, ZMQ, percentile
 from bench._procs import Child, ChildFailedError, Workspace, workspace
+from twisted_channel.testing import readRecords
 
 
 def _module(impl: str) -> str:
@@ -360,7 +360,7 @@ def _failover(space: Workspace, settings: Settings) -> dict[str, Any]:
     def candidate() -> _Candidate:
         record = space.path(f"rec{len(records)}")
         records.append(record)
-        child = space.start("cand", "--name", "f", "--record", record)
+        child = space.recorder("candidate", "f", "--record", record)
         fields = child.expect("ROLE", settings.wait)
         return _Candidate(child, fields[0])
 
@@ -372,10 +372,10 @@ def _failover(space: Workspace, settings: Settings) -> dict[str, Any]:
         )
     host = hosts[0]
     streams = [
-        space.start(
-            "stream",
-            "--name",
+        space.recorder(
+            "client",
             "f",
+            "--endless",
             "--tag",
             f"c{i}",
             "--slice",
@@ -402,9 +402,9 @@ def _failover(space: Workspace, settings: Settings) -> dict[str, Any]:
         time.sleep(0.15 + random.uniform(0.0, 0.05))
         if idle:
             for stream in streams:
-                stream.send("pause")
+                stream.send("hold")
             for stream in streams:
-                stream.expect("PAUSED", settings.wait)
+                stream.expect("HELD", settings.wait)
             time.sleep(IDLE_BEFORE)
         tKill = host.child.kill()
         others = [c for c in candidates if c is not host]
@@ -413,8 +413,8 @@ def _failover(space: Workspace, settings: Settings) -> dict[str, Any]:
         if idle:
             time.sleep(max(0.0, IDLE_AFTER - (time.monotonic_ns() - tKill) / 1e9))
             for stream in streams:
-                stream.send("resume")
-            tResume = min(int(s.expect("RESUMED", settings.wait)[0]) for s in streams)
+                stream.send("release")
+            tResume = min(int(s.expect("RELEASED", settings.wait)[0]) for s in streams)
         tFirst = int(newHost.child.expect("FIRST", settings.wait)[0])
         host.child.reap()
         candidates.remove(host)
@@ -434,7 +434,7 @@ def _failover(space: Workspace, settings: Settings) -> dict[str, Any]:
         candidates.append(replacement)
 
     for stream in streams:
-        stream.send("stop")
+        stream.send("finish")
     sent: dict[str, int] = {}
     closes: dict[str, list[str]] = {}
     for i, stream in enumerate(streams):
@@ -446,12 +446,8 @@ def _failover(space: Workspace, settings: Settings) -> dict[str, Any]:
 
     received: dict[str, list[int]] = {tag: [] for tag in sent}
     for record in records:
-        if not os.path.exists(record):
-            continue
-        with open(record, "rb") as f:
-            for line in f:
-                tag, number = line.decode("ascii").strip().rsplit(":", 1)
-                received.setdefault(tag, []).append(int(number))
+        for message in readRecords(record):
+            received.setdefault(message.tag, []).append(message.number)
     lost = 0
     duplicates = 0
     outOfRange = 0
@@ -486,14 +482,21 @@ def _awaitHost(candidates: list[_Candidate], timeout: float) -> tuple[_Candidate
     The candidate that reports it became host, and when (monotonic ns).
     """
     deadline = time.monotonic() + timeout
+    elected: dict[int, int] = {}
     while time.monotonic() < deadline:
         for c in candidates:
-            line = c.child.take(lambda line: line.startswith("ROLE "))
-            if line is not None:
-                _, role, stamp = line.split()
-                c.role = role
-                if role == "host":
-                    return c, int(stamp)
+            while True:
+                line = c.child.take(lambda line: line.startswith(("ELECTED ", "ROLE ")))
+                if line is None:
+                    break
+                word, value = line.split()
+                if word == "ELECTED":
+                    # Stamped by the candidate just before its ROLE host.
+                    elected[c.child.pid] = int(value)
+                    continue
+                c.role = value
+                if value == "host":
+                    return c, elected[c.child.pid]
         # The times come from the children's stamps, so looking lazily
         # costs no accuracy and leaves the CPUs to the children.
         time.sleep(0.005)

@@ -1,147 +1,82 @@
 """
 See a channel fail over: run ``python examples/failover_demo.py``.
 
-It starts three worker processes on a fresh channel in a temporary
-directory.  Each worker stands as a candidate host (``listen``) and also
+It starts three processes on a fresh channel in a private directory, with
+the harness of ``twisted_channel.testing``.  Each stands as a candidate
+host (``listen``) that records every message it receives, and also
 connects as a client (``connect``) that streams numbered messages.  One of
 them is elected host; the demo SIGKILLs it while the others stream, a
 standby takes over, and the surviving clients resend what the dead host had
 not acknowledged.  At the end it prints what was sent and delivered, and
-exits 0 only if no surviving worker lost a message.
+exits 0 only if no surviving process lost a message.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-from collections import defaultdict
 
-
-def worker(directory: str, record: str, tag: str, count: int) -> None:
-    from twisted.internet import reactor
-    from twisted.internet.endpoints import clientFromString, serverFromString
-    from twisted.internet.protocol import Factory, Protocol
-
-    recordFile = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-
-    class Recorder(Protocol):
-        def dataReceived(self, data: bytes) -> None:
-            # Written before dataReceived returns, so before the
-            # acknowledgement: the record never misses a delivered message.
-            os.write(recordFile, b"%d %s\n" % (os.getpid(), data))
-
-    class Streamer(Protocol):
-        sent = 0
-
-        def connectionMade(self) -> None:
-            self.writeSome()
-
-        def writeSome(self) -> None:
-            for _ in range(20):
-                if self.sent == count:
-                    print(f"{tag} wrote {count}", flush=True)
-                    self.transport.loseConnection()
-                    return
-                self.sent += 1
-                self.transport.write(b"%s:%d" % (tag.encode(), self.sent))
-            reactor.callLater(0.005, self.writeSome)
-
-        def connectionLost(self, reason: object) -> None:
-            print(f"{tag} closed: {reason.getErrorMessage()}", flush=True)
-            reactor.stop()
-
-    description = f"channel:demo:dir={directory}"
-
-    def listening(port: object) -> None:
-        port.addRoleObserver(lambda role: print(f"{tag} is {role}", flush=True))
-        print(f"{tag} is {port.role}", flush=True)
-        clientFromString(reactor, description).connect(Factory.forProtocol(Streamer))
-
-    serverFromString(reactor, description).listen(
-        Factory.forProtocol(Recorder)
-    ).addCallback(listening)
-    reactor.run()
+from twisted_channel.testing import (
+    ChannelProcesses,
+    ChildFailedError,
+    privateDirectory,
+    readRecords,
+    waitUntil,
+)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--messages", type=int, default=5000)
-    parser.add_argument("--worker", nargs=3, metavar=("DIR", "RECORD", "TAG"))
     options = parser.parse_args()
-    if options.worker:
-        worker(*options.worker, count=options.messages)
-        return 0
 
-    directory = tempfile.mkdtemp(prefix="channel-demo-")
-    record = os.path.join(directory, "record")
-    workers = {}
-    for index in range(options.workers):
-        tag = f"w{index}"
-        workers[tag] = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--messages",
-                str(options.messages),
-                "--worker",
-                directory,
+    with privateDirectory() as directory, ChannelProcesses(directory) as group:
+        record = group.path("record")
+        workers = {
+            f"w{index}": group.candidate(
+                "demo",
                 record,
-                tag,
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-    try:
-        # Each worker's first line is its role after the first election.
-        host = None
-        for tag, process in workers.items():
-            line = process.stdout.readline().strip()
-            print("  " + line)
-            if line == f"{tag} is host":
-                host = tag
-        if host is None:
-            print("no host was elected")
+                "--stream",
+                f"w{index}",
+                "--count",
+                str(options.messages),
+            )
+            for index in range(options.workers)
+        }
+        try:
+            for tag, worker in workers.items():
+                worker.waitFor(lambda line: line.startswith("ROLE "))
+                print(f"  {tag} is {worker.role()}")
+            (host,) = [t for t, w in workers.items() if w.role() == "host"]
+            waitUntil(lambda: len(readRecords(record)) > 1000, 30, "1,000 messages")
+            killedAt = time.monotonic()
+            workers[host].kill()
+            print(f"killed the host {host} (pid {workers[host].pid})")
+            survivors = {t: w for t, w in workers.items() if t != host}
+            for tag, worker in survivors.items():
+                closed = worker.waitFor(lambda line: line.startswith("CLOSED "), 120)
+                print(f"  {tag} is {worker.role()}; its stream: {closed}")
+        except ChildFailedError as e:
+            print(f"failed: {e}")
             return 1
-        time.sleep(0.3)
-        killedAt = time.monotonic()
-        os.kill(workers[host].pid, signal.SIGKILL)
-        print(f"killed the host {host} (pid {workers[host].pid})")
-        for process in workers.values():
-            output, _ = process.communicate(timeout=120)
-            for line in output.splitlines():
-                print("  " + line)
-        print(
-            f"all workers finished {time.monotonic() - killedAt:.2f} s after the kill"
-        )
-    finally:
-        for process in workers.values():
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+        print(f"all streams closed {time.monotonic() - killedAt:.2f} s after the kill")
+        records = readRecords(record)
 
-    delivered = defaultdict(set)
-    hosts = set()
-    with open(record) as f:
-        for line in f:
-            pid, message = line.split()
-            hosts.add(pid)
-            tag, number = message.split(":")
-            delivered[tag].add(int(number))
+    delivered: dict[str, set[int]] = {tag: set() for tag in workers}
+    for message in records:
+        delivered[message.tag].add(message.number)
     lost = 0
     print(f"\n{'worker':8} {'sent':>6} {'delivered':>10} {'lost':>5}")
     for tag in workers:
         if tag == host:
-            print(f"{tag:8} {'(killed: its own unsent writes died with it)':>30}")
+            print(f"{tag:8} (killed: its own unsent writes died with it)")
             continue
         missing = options.messages - len(delivered[tag])
         lost += missing
         print(f"{tag:8} {options.messages:6} {len(delivered[tag]):10} {missing:5}")
+    hosts = {message.pid for message in records}
     print(f"hosts seen: {len(hosts)}; messages lost by surviving workers: {lost}")
     return 0 if lost == 0 else 1
 

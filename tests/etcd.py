@@ -15,13 +15,15 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 #: Seconds a cluster has to become healthy before the test fails.
 START_TIMEOUT = 30.0
@@ -54,7 +56,7 @@ def etcdBinary() -> str | None:
     return path
 
 
-def _freePorts(count: int) -> list[int]:
+def freePorts(count: int) -> list[int]:
     """
     Ports the kernel just handed out and nobody holds now.  Another process
     could take one before etcd binds it; L{EtcdCluster.start} retries then.
@@ -71,69 +73,127 @@ def _freePorts(count: int) -> list[int]:
             s.close()
 
 
+_HEALTH = """
+import json, sys, urllib.request
+with urllib.request.urlopen(sys.argv[1] + "/health", timeout=1) as r:
+    sys.exit(0 if json.loads(r.read()).get("health") == "true" else 1)
+"""
+
+
+class EtcdTLS:
+    """
+    etcd's client port over TLS: its certificate and key, and the
+    authority whose certificates it requires of its clients.
+    """
+
+    def __init__(
+        self,
+        certFile: str,
+        keyFile: str,
+        caFile: str,
+        clientCertificate: tuple[str, str],
+    ) -> None:
+        self.certFile = certFile
+        self.keyFile = keyFile
+        self.caFile = caFile
+        self.clientCertificate = clientCertificate
+
+    def flags(self) -> list[str]:
+        return [
+            "--cert-file",
+            self.certFile,
+            "--key-file",
+            self.keyFile,
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            self.caFile,
+        ]
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.caFile)
+        context.load_cert_chain(*self.clientCertificate)
+        return context
+
+
 class EtcdMember:
     """
     One etcd member: its name, ports, data directory and process.
     """
 
     def __init__(
-        self, name: str, clientPort: int, peerPort: int, directory: str
+        self,
+        name: str,
+        clientPort: int,
+        peerPort: int,
+        directory: str,
+        host: str = "127.0.0.1",
+        wrap: Callable[[list[str]], list[str]] | None = None,
+        tls: EtcdTLS | None = None,
     ) -> None:
         self.name = name
+        self.tls = tls
         self.clientPort = clientPort
         self.peerPort = peerPort
         self.directory = directory
+        self.host = host
+        # How a command is run where the member lives (in a network
+        # namespace, for example); None: here.
+        self.wrap = wrap
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def clientURL(self) -> str:
-        return f"http://127.0.0.1:{self.clientPort}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{self.host}:{self.clientPort}"
 
     @property
     def peerURL(self) -> str:
-        return f"http://127.0.0.1:{self.peerPort}"
+        return f"http://{self.host}:{self.peerPort}"
 
     @property
     def address(self) -> str:
         """
         C{HOST:PORT}, as a C{coordinator=} option names a member.
         """
-        return f"127.0.0.1:{self.clientPort}"
+        return f"{self.host}:{self.clientPort}"
 
     def start(self, binary: str, initialCluster: str) -> None:
         log = open(os.path.join(self.directory, self.name + ".log"), "ab")
         try:
             self.process = subprocess.Popen(
-                [
-                    binary,
-                    "--name",
-                    self.name,
-                    "--data-dir",
-                    os.path.join(self.directory, self.name + ".data"),
-                    "--listen-client-urls",
-                    self.clientURL,
-                    "--advertise-client-urls",
-                    self.clientURL,
-                    "--listen-peer-urls",
-                    self.peerURL,
-                    "--initial-advertise-peer-urls",
-                    self.peerURL,
-                    "--initial-cluster",
-                    initialCluster,
-                    "--initial-cluster-state",
-                    "new",
-                    # Short raft timings: members on loopback answer in
-                    # microseconds, and a test waits for the elections.
-                    "--heartbeat-interval",
-                    "50",
-                    "--election-timeout",
-                    "500",
-                    # Tests need no durability, and fsync under the other
-                    # engineers' load makes etcd miss its heartbeats.
-                    "--unsafe-no-fsync",
-                    "--log-level",
-                    "warn",
-                ],
+                (self.wrap or list)(
+                    [
+                        binary,
+                        "--name",
+                        self.name,
+                        "--data-dir",
+                        os.path.join(self.directory, self.name + ".data"),
+                        "--listen-client-urls",
+                        self.clientURL,
+                        "--advertise-client-urls",
+                        self.clientURL,
+                        "--listen-peer-urls",
+                        self.peerURL,
+                        "--initial-advertise-peer-urls",
+                        self.peerURL,
+                        "--initial-cluster",
+                        initialCluster,
+                        "--initial-cluster-state",
+                        "new",
+                        # Short raft timings: members on loopback answer in
+                        # microseconds, and a test waits for the elections.
+                        "--heartbeat-interval",
+                        "50",
+                        "--election-timeout",
+                        "500",
+                        # Tests need no durability, and fsync under the other
+                        # engineers' load makes etcd miss its heartbeats.
+                        "--unsafe-no-fsync",
+                        "--log-level",
+                        "warn",
+                    ]
+                    + ([] if self.tls is None else self.tls.flags())
+                ),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -150,8 +210,21 @@ class EtcdMember:
         Whether the member answers C{/health} with C{true} (it is up and the
         cluster has a leader).
         """
+        if self.wrap is not None:
+            try:
+                answer = subprocess.run(
+                    self.wrap([sys.executable, "-c", _HEALTH, self.clientURL]),
+                    capture_output=True,
+                    timeout=5,
+                )
+            except subprocess.TimeoutExpired:
+                return False
+            return answer.returncode == 0
+        context = None if self.tls is None else self.tls.context()
         try:
-            with urllib.request.urlopen(self.clientURL + "/health", timeout=1) as r:
+            with urllib.request.urlopen(
+                self.clientURL + "/health", timeout=1, context=context
+            ) as r:
                 return bool(json.loads(r.read()).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -205,9 +278,32 @@ class EtcdCluster:
     @ivar members: the members, in order.
     """
 
-    def __init__(self, binary: str, size: int = 1) -> None:
+    def __init__(
+        self,
+        binary: str,
+        size: int = 1,
+        host: str = "127.0.0.1",
+        wrap: Callable[[list[str]], list[str]] | None = None,
+        tls: EtcdTLS | None = None,
+        ports: list[int] | None = None,
+    ) -> None:
+        """
+        @param ports: the client and peer port of each member, in turn
+            (default: ephemeral ports on loopback, 2379 and up elsewhere).
+        @param tls: serve the client port over TLS, requiring client
+            certificates.
+        @param host: the address the members listen on; other than
+            loopback, the ports are fixed (2379 and up), as on a machine of
+            their own.
+        @param wrap: how to run a command where the members live (see
+            L{EtcdMember.wrap}).
+        """
         self.binary = binary
         self.size = size
+        self.host = host
+        self.wrap = wrap
+        self.tls = tls
+        self.ports = ports
         self.directory = tempfile.mkdtemp(prefix="tc-etcd-")
         self.members: list[EtcdMember] = []
 
@@ -216,7 +312,8 @@ class EtcdCluster:
         """
         The C{coordinator=} value naming every member.
         """
-        return "etcd://" + ",".join(m.address for m in self.members)
+        scheme = "etcd" if self.tls is None else "etcds"
+        return f"{scheme}://" + ",".join(m.address for m in self.members)
 
     @property
     def urls(self) -> list[str]:
@@ -232,10 +329,23 @@ class EtcdCluster:
         """
         deadline = time.monotonic() + timeout
         for attempt in range(2):
-            ports = _freePorts(2 * self.size)
+            if self.ports is not None:
+                ports = self.ports
+            elif self.host == "127.0.0.1":
+                ports = freePorts(2 * self.size)
+            else:
+                ports = list(range(2379, 2379 + 2 * self.size))
             names = [f"m{i}" for i in range(self.size)]
             self.members = [
-                EtcdMember(name, ports[2 * i], ports[2 * i + 1], self.directory)
+                EtcdMember(
+                    name,
+                    ports[2 * i],
+                    ports[2 * i + 1],
+                    self.directory,
+                    self.host,
+                    self.wrap,
+                    self.tls,
+                )
                 for i, name in enumerate(names)
             ]
             initial = ",".join(f"{m.name}={m.peerURL}" for m in self.members)

@@ -34,7 +34,7 @@ from twisted_channel._host import (
     _HostLink,
 )
 
-from .test_host_unit import App, AppFactory, hello
+from ._support.hostlinks import App, AppFactory, hello
 
 SECRET = b"s" * 32
 

@@ -13,6 +13,7 @@ from twisted_channel._authexchange import (
     AuthenticationFailedError,
     AuthenticationRefusedError,
     ClientAuthExchange,
+    FailureLimit,
     HostAuthExchange,
 )
 
@@ -127,3 +128,25 @@ def test_clientReportsTheHostsRefusal() -> None:
     client = ClientAuthExchange(SECRET)
     with pytest.raises(AuthenticationRefusedError, match="too many failures"):
         client.receive(_wire.ERROR, b"too many failures")
+
+
+def test_failureLimit() -> None:
+    """
+    Past the limit of failures within the window, links are refused until
+    the oldest failure is a window old; the warning is due once a window.
+    """
+    limit = FailureLimit(3, 10.0)
+    for now in (0.0, 1.0, 2.0):
+        assert limit.accepting(now)
+        limit.failed(now)
+    assert not limit.accepting(2.0)
+    assert limit.recent(2.0) == 3
+    assert limit.warningDue(2.0)
+    assert not limit.warningDue(5.0)
+    assert not limit.accepting(9.9)
+    assert limit.accepting(10.5)
+    assert limit.recent(10.5) == 2
+    for now in (11.0, 11.5):
+        limit.failed(now)
+    assert not limit.accepting(11.5)
+    assert limit.warningDue(12.1)

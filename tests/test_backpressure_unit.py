@@ -12,8 +12,15 @@ from twisted_channel import ChannelBufferFullError, _client, _host, _wire
 from twisted_channel._credentials import PeerCredentials
 from twisted_channel._host import KEEPALIVE_INTERVAL
 
-from .test_client_unit import ack, connected, loseLink, makeClient, openLink, welcome
-from .test_host_unit import AppFactory, Host, LinkTransport, data, hello, sent
+from ._support.clientlinks import (
+    ack,
+    connected,
+    loseLink,
+    makeClient,
+    openLink,
+    welcome,
+)
+from ._support.hostlinks import AppFactory, Host, LinkTransport, data, hello, sent
 
 
 @pytest.fixture
@@ -32,26 +39,21 @@ def noPeerCredentials(monkeypatch: pytest.MonkeyPatch) -> None:
         )
 
 
-class BufferingTransport(LinkTransport):
-    """
-    A string transport that reports everything written as still buffered,
-    like a socket whose peer stopped reading.
-    """
-
-    @property
-    def _tempDataLen(self) -> int:
-        return len(self.value())
-
-
-def test_hostCapsWhatOneLinkHolds(host: Host) -> None:
+def test_hostCapsWhatOneLinkHolds(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
     """
     The host's application cannot make one link hold more than
     maxBufferSize unsent bytes: the write past it raises, and nothing of it
     is queued.
     """
+    # Everything written stays unsent, like a socket whose peer stopped
+    # reading (what a real socket transport holds is counted by
+    # _sockets.bufferedBytes, tested over real sockets in test_sockets).
+    monkeypatch.setattr(
+        _host, "bufferedBytes", lambda transport: len(transport.value())
+    )
     host.port.maxBufferSize = 1000
     link = host.link()[0]
-    transport = BufferingTransport()
+    transport = LinkTransport()
     link.makeConnection(transport)
     link.dataReceived(hello())
     transport.clear()
@@ -154,7 +156,7 @@ def test_applicationAbortCutsOffAClientNotReading(
         _host, "bufferedBytes", lambda transport: len(transport.value())
     )
 
-    class Aborting(BufferingTransport):
+    class Aborting(LinkTransport):
         aborted = False
 
         def abortConnection(self) -> None:

@@ -28,8 +28,7 @@ from twisted_channel.bus import (
     BusRelay,
     BusServerFactory,
 )
-
-from .processes import Child, Children
+from twisted_channel.testing import ChannelProcesses, ChildProcess
 
 PARTICIPANT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "bus_participant.py"
@@ -326,9 +325,9 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture
 def children(
     channelDirectory: str, request: pytest.FixtureRequest
-) -> Iterator[Children]:
+) -> Iterator[ChannelProcesses]:
     reactorName = request.config.getoption("reactor", "default")
-    group = Children(
+    group = ChannelProcesses(
         channelDirectory, "asyncio" if reactorName == "asyncio" else "default"
     )
     try:
@@ -338,8 +337,12 @@ def children(
 
 
 def participant(
-    children: Children, tag: str, expect: int, *extra: str, candidate: bool = False
-) -> Child:
+    children: ChannelProcesses,
+    tag: str,
+    expect: int,
+    *extra: str,
+    candidate: bool = False,
+) -> ChildProcess:
     arguments = [
         sys.executable,
         PARTICIPANT,
@@ -361,7 +364,7 @@ def participant(
     return children.start(arguments)
 
 
-def relay(children: Children) -> Child:
+def relay(children: ChannelProcesses) -> ChildProcess:
     return children.start(
         [
             sys.executable,
@@ -377,7 +380,7 @@ def relay(children: Children) -> Child:
     )
 
 
-def finish(participants: list[Child], tags: list[str], count: int) -> None:
+def finish(participants: list[ChildProcess], tags: list[str], count: int) -> None:
     """
     Wait for every participant to receive all the others' messages, in
     order, then make each leave and check it does, promptly.
@@ -402,7 +405,9 @@ def finish(participants: list[Child], tags: list[str], count: int) -> None:
         assert not [line for line in lines if line.startswith(("DISORDER", "LOST"))]
 
 
-def test_fourParticipantsEachGetTheOthersThreeThousand(children: Children) -> None:
+def test_fourParticipantsEachGetTheOthersThreeThousand(
+    children: ChannelProcesses,
+) -> None:
     """
     Four processes, each a candidate host too, each publish 1,000 messages;
     each receives the 3,000 of the others, in order per sender.
@@ -416,7 +421,7 @@ def test_fourParticipantsEachGetTheOthersThreeThousand(children: Children) -> No
     finish(participants, tags, 1000)
 
 
-def test_hostsKilledMidStreamLoseNothing(children: Children) -> None:
+def test_hostsKilledMidStreamLoseNothing(children: ChannelProcesses) -> None:
     """
     The same with the relay in separate processes, whose host is killed
     with SIGKILL twice while the participants publish: nobody hangs, and

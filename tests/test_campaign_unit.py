@@ -244,3 +244,25 @@ def test_leaseFile(tmp_path: object) -> None:
     with open(path, "wb") as f:
         f.write(b"garbage")
     assert readLeaseFile(path) is None
+
+
+def test_etcdAwayLoggedOnce() -> None:
+    """
+    While etcd stays away, the first failed request is a warning that says
+    the candidate waits without hosting, the next ones are only debug; the
+    first answer after them is logged with their count.
+    """
+    from twisted.logger import LogLevel, capturedLogs
+
+    campaign = Campaign(6)
+    campaign.start(0.0)
+    with capturedLogs() as events:
+        for attempt in range(5):
+            campaign.requestFailed(GrantLease(6), float(attempt), "no member answered")
+        campaign.answered()
+        campaign.answered()
+    levels = [event["log_level"] for event in events]
+    assert levels == [LogLevel.warn] + [LogLevel.debug] * 4 + [LogLevel.info]
+    assert "waiting without hosting" in events[0]["log_format"].format(**events[0])
+    assert events[-1]["failures"] == 5
+    assert campaign.failures == 0

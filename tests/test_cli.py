@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .processes import Child, Children, _childEnvironment
+from twisted_channel.testing import ChannelProcesses, ChildProcess, childEnvironment
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,7 +31,7 @@ def run(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_childEnvironment(),
+        env=childEnvironment(),
         input=input.decode() if input is not None else None,
     )
 
@@ -46,8 +46,8 @@ def assertOneLineError(result: subprocess.CompletedProcess[str], status: int) ->
 
 
 @pytest.fixture
-def children(channelDirectory: str) -> Iterator[Children]:
-    group = Children(channelDirectory)
+def children(channelDirectory: str) -> Iterator[ChannelProcesses]:
+    group = ChannelProcesses(channelDirectory)
     try:
         yield group
     finally:
@@ -144,7 +144,9 @@ def test_statusOfAMissingDirectoryCreatesNothing(channelDirectory: str) -> None:
     assert not os.path.exists(missing)
 
 
-def test_statusOfAStaleSocket(children: Children, channelDirectory: str) -> None:
+def test_statusOfAStaleSocket(
+    children: ChannelProcesses, channelDirectory: str
+) -> None:
     """
     A socket left by a host killed with SIGKILL: nobody listens there, so
     the channel is not hosted.
@@ -159,7 +161,9 @@ def test_statusOfAStaleSocket(children: Children, channelDirectory: str) -> None
     assert json.loads(result.stdout)["hosted"] is False
 
 
-def test_statusOfAHostedChannel(children: Children, channelDirectory: str) -> None:
+def test_statusOfAHostedChannel(
+    children: ChannelProcesses, channelDirectory: str
+) -> None:
     """
     The host's pid, the links, what it received; asking does not disturb the
     application's links, which go on working.
@@ -204,7 +208,7 @@ def test_statusOverTCP(channelDirectory: str) -> None:
     Over the loopback TCP transport the query authenticates with the port
     file's secret, like any link; the transport is found from the files.
     """
-    group = Children(channelDirectory, transport="tcp")
+    group = ChannelProcesses(channelDirectory, transport="tcp")
     try:
         host = group.candidate("jobs", os.devnull)
         host.waitFor(lambda line: line == "ROLE host")
@@ -229,7 +233,7 @@ def test_statusOverTCP(channelDirectory: str) -> None:
         group.reapAll()
 
 
-def test_statusOfAFrozenHost(children: Children, channelDirectory: str) -> None:
+def test_statusOfAFrozenHost(children: ChannelProcesses, channelDirectory: str) -> None:
     host = children.candidate("jobs", os.devnull)
     host.waitFor(lambda line: line == "ROLE host")
     host.kill(signal.SIGSTOP)
@@ -254,7 +258,9 @@ def test_statusOfAFrozenHost(children: Children, channelDirectory: str) -> None:
 # listen and send
 
 
-def test_listenPrintsWhatIsSent(children: Children, channelDirectory: str) -> None:
+def test_listenPrintsWhatIsSent(
+    children: ChannelProcesses, channelDirectory: str
+) -> None:
     listener = children.start(
         [*COMMAND, "listen", "news", "--dir", channelDirectory, "--count", "4"]
     )
@@ -287,7 +293,9 @@ def test_sendWithNoHostGivesUp(channelDirectory: str) -> None:
     assert "could be reached" in line
 
 
-def test_listenStopsCleanlyOnSigterm(children: Children, channelDirectory: str) -> None:
+def test_listenStopsCleanlyOnSigterm(
+    children: ChannelProcesses, channelDirectory: str
+) -> None:
     listener = children.start([*COMMAND, "listen", "news", "--dir", channelDirectory])
     deadline = time.monotonic() + 20
     while "listening" not in listener.stderr:
@@ -352,7 +360,7 @@ def test_demoLosesNothing() -> None:
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find children")
 def test_demoInterruptedReapsEveryChild() -> None:
-    demo = Child(
+    demo = ChildProcess(
         [*COMMAND, "demo", "--workers", "2", "--messages", "100000", "--kills", "0"]
     )
     try:

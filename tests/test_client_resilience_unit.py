@@ -14,7 +14,7 @@ from twisted_channel import IChannelLinkObserver, _client, _wire
 from twisted_channel._client import HEALTHY_LINK
 from twisted_channel._credentials import PeerCredentials
 
-from .test_client_unit import (
+from ._support.clientlinks import (
     HOST_PID,
     LinkTransport,
     ack,

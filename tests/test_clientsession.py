@@ -14,8 +14,11 @@ from twisted_channel._clientsession import (
     AUTHENTICATING,
     AWAITING_WELCOME,
     EAGER_ASSUMED_LIMIT,
+    GIVE_UP,
     GOODBYE,
     OPEN,
+    STALLED,
+    ClientDeadlines,
     ClientSession,
     HostBrokeProtocolError,
     HostRefused,
@@ -203,3 +206,74 @@ def test_receiveSplitsFrames() -> None:
     raw = _wire.encodeFrame(_wire.PING) + _wire.encodeFrame(_wire.DATA, b"m")
     assert link.receive(raw[:3]) == []
     assert link.receive(raw[3:]) == [(_wire.PING, b""), (_wire.DATA, b"m")]
+
+
+def test_giveUpDeadline() -> None:
+    deadlines = ClientDeadlines(5.0, 10.0)
+    assert deadlines.next() is None
+    deadlines.lookForHost(100.0)
+    deadlines.lookForHost(101.0)
+    assert deadlines.next() == 105.0
+    assert deadlines.due(104.0, waiting=False, readingPaused=False) is None
+    assert deadlines.due(105.0, waiting=False, readingPaused=False) is GIVE_UP
+    assert deadlines.next() is None
+
+
+def test_noTimeoutNeverGivesUp() -> None:
+    deadlines = ClientDeadlines(0, 10.0)
+    deadlines.lookForHost(100.0)
+    assert deadlines.next() is None
+
+
+def test_linkedStopsGivingUp() -> None:
+    deadlines = ClientDeadlines(5.0, 10.0)
+    deadlines.lookForHost(100.0)
+    deadlines.linked()
+    assert deadlines.next() is None
+    deadlines.watch(102.0)
+    assert deadlines.next() == 112.0
+
+
+def test_stallDeadlineMovesWithNews() -> None:
+    """
+    News from the host puts the stall verdict off: the deadline that falls
+    finds nothing due, and the next is the stall timeout after the news.
+    """
+    deadlines = ClientDeadlines(5.0, 10.0)
+    deadlines.watch(100.0)
+    deadlines.lastProgress = 107.0
+    assert deadlines.due(110.0, waiting=True, readingPaused=False) is None
+    assert deadlines.next() == 117.0
+    assert deadlines.due(117.0, waiting=True, readingPaused=False) is STALLED
+
+
+def test_stallRecheckedOnce() -> None:
+    deadlines = ClientDeadlines(5.0, 10.0)
+    deadlines.watch(100.0)
+    assert deadlines.due(110.0, waiting=True, readingPaused=False) is STALLED
+    assert deadlines.mayRecheck
+    deadlines.recheck(110.0)
+    assert deadlines.next() == 110.0
+    assert deadlines.due(110.0, waiting=True, readingPaused=False) is STALLED
+    assert not deadlines.mayRecheck
+    deadlines.stalled()
+    assert deadlines.next() is None
+
+
+def test_stallNotJudgedWhilePausedOrIdle() -> None:
+    deadlines = ClientDeadlines(5.0, 10.0)
+    deadlines.watch(100.0)
+    assert deadlines.due(110.0, waiting=True, readingPaused=True) is None
+    assert deadlines.next() == 120.0
+    assert deadlines.due(120.0, waiting=False, readingPaused=False) is None
+    assert not deadlines.watching
+    assert deadlines.next() is None
+
+
+def test_lostHostStopsTheStallDeadline() -> None:
+    deadlines = ClientDeadlines(5.0, 10.0)
+    deadlines.watch(100.0)
+    deadlines.lookForHost(103.0)
+    assert deadlines.next() == 108.0
+    deadlines.stop()
+    assert deadlines.next() is None

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 from twisted.internet import error
-from twisted.internet.interfaces import IAddress, ITransport
+from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Factory
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
@@ -28,96 +28,32 @@ from twisted_channel import (
     ChannelClientTransport,
     _host,
     _hostsession,
+    _publishing,
     _wire,
 )
 from twisted_channel._address import HOST
 from twisted_channel._credentials import PeerCredentials
 from twisted_channel._directory import channelPaths
 from twisted_channel._election import HostElection
-from twisted_channel._host import ChannelPort, _HostingTerm, _HostLink
+from twisted_channel._host import ChannelPort, _HostingTerm
 
-from .test_client_unit import Recorder, WaitingRead
-
-CLIENT_PID = 1234
-LIMIT = 1000
-
-
-class App(Recorder):
-    """
-    A host application protocol that records what happens to it.
-    """
-
-
-class Exploding(App):
-    """
-    An application with a bug: it raises on C{b"boom"}.
-    """
-
-    def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
-        if data == b"boom":
-            raise RuntimeError("application bug")
-
-
-class Closing(App):
-    """
-    An application that ends the client's connection after one message.
-    """
-
-    def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
-        self.transport.write(b"bye: " + data)  # type: ignore[union-attr]
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-
-class AppFactory(Factory):
-    def __init__(self, protocolClass: type[App] = App) -> None:
-        self.protocolClass = protocolClass
-        self.built: list[App] = []
-        self.addresses: list[IAddress] = []
-
-    def buildProtocol(self, addr: IAddress) -> App:
-        protocol = self.protocolClass()
-        protocol.factory = self
-        self.built.append(protocol)
-        self.addresses.append(addr)
-        return protocol
-
-
-class LinkTransport(StringTransport):
-    """
-    A string transport with a socket handle that cannot name its peer.
-    """
-
-    def getHandle(self) -> Any:
-        return None
-
-
-class Host:
-    """
-    A port and a hosting term, as if this process had won the election.
-    """
-
-    def __init__(self, directory: str, factory: AppFactory) -> None:
-        self.reactor = MemoryReactorClock()
-        self.factory = factory
-        self.port = ChannelPort(
-            self.reactor,
-            "jobs",
-            channelPaths("jobs", directory),
-            factory,
-            LIMIT,
-            handshakeTimeout=10.0,
-        )
-        self.term = _HostingTerm(self.reactor.seconds())
-        self.port._term = self.term
-        self.port.role = HOST
-
-    def link(self) -> tuple[_HostLink, StringTransport]:
-        link = _HostLink(self.port, self.term)
-        transport = LinkTransport()
-        link.makeConnection(transport)
-        return link, transport
+from ._support.clientlinks import WaitingRead
+from ._support.hostlinks import (
+    CLIENT_PID,
+    LIMIT,
+    App,
+    AppFactory,
+    Closing,
+    Exploding,
+    Host,
+    LinkTransport,
+    acks,
+    data,
+    errorOf,
+    hello,
+    sent,
+    welcomed,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -130,44 +66,6 @@ def noPeerCredentials(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def host(channelDirectory: str) -> Host:
     return Host(channelDirectory, AppFactory())
-
-
-def hello(
-    clientId: bytes = b"c" * 16,
-    firstSequence: int = 1,
-    maxMessageSize: int = LIMIT,
-    flags: int = 0,
-) -> bytes:
-    return _wire.encodeHello(
-        _wire.Hello(clientId, CLIENT_PID, maxMessageSize, firstSequence, flags)
-    )
-
-
-def data(*payloads: bytes) -> bytes:
-    return b"".join(_wire.encodeFrame(_wire.DATA, p) for p in payloads)
-
-
-def sent(transport: StringTransport) -> list[tuple[int, bytes]]:
-    frames = _wire.FrameDecoder(0xFFFFFFFE).feed(transport.value())
-    transport.clear()
-    return frames
-
-
-def acks(frames: list[tuple[int, bytes]]) -> list[int]:
-    assert all(kind == _wire.ACK for kind, _ in frames), frames
-    return [_wire.decodeAck(body) for _, body in frames]
-
-
-def welcomed(transport: StringTransport) -> _wire.Welcome:
-    [(kind, body)] = sent(transport)
-    assert kind == _wire.WELCOME
-    return _wire.decodeWelcome(body)
-
-
-def errorOf(transport: StringTransport) -> str:
-    frames = sent(transport)
-    assert [kind for kind, _ in frames] == [_wire.ERROR], frames
-    return frames[0][1].decode("utf-8")
 
 
 # Handshake
@@ -811,7 +709,7 @@ def test_failedBindIsRetriedSoonThenLessOften(
     failure starts from 10 ms again.
     """
     failures = []
-    real = _host._listeningUnixSocket
+    real = _publishing.listeningUnixSocket
 
     def full(path: str, ready: Any = None) -> Any:
         assert ready is None
@@ -820,7 +718,7 @@ def test_failedBindIsRetriedSoonThenLessOften(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path)
 
-    monkeypatch.setattr(_host, "_listeningUnixSocket", full)
+    monkeypatch.setattr(_host, "listeningUnixSocket", full)
     reactor = MemoryReactorClock()
     port = ChannelPort(reactor, "jobs", channelPaths("jobs", channelDirectory), App, 10)
     port.role = _host.STANDBY
@@ -853,13 +751,15 @@ def test_leftoverTemporarySocketsAreRemovedAfterTakingOver(
     takes over but when it checks its published socket, every second.
     """
     paths = channelPaths("jobs", channelDirectory)
-    prefix = _host._temporaryPrefix(paths.socket)
+    prefix = _publishing.temporaryPrefix(paths.socket)
     # Above any pid_max, so no such process.
     leftover = prefix + "99999999-dead"
     # Names no process of the channel makes.
     odd = [prefix + "0-x", prefix + "9" * 30 + "-x", prefix + "x"]
     live = prefix + f"{os.getpid()}-live"
-    other = _host._temporaryPrefix(os.path.join(channelDirectory, "o.sock")) + "1-x"
+    other = (
+        _publishing.temporaryPrefix(os.path.join(channelDirectory, "o.sock")) + "1-x"
+    )
     for path in (leftover, *odd, live, other):
         bound = socket.socket(socket.AF_UNIX)
         bound.bind(path)
@@ -915,10 +815,10 @@ def test_aZombieMakerIsDead() -> None:
     try:
         # Wait for it to end, but leave it unreaped.
         os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
-        assert not _host._makerAlive(f".s~{child.pid}-x", ".s~")
+        assert not _publishing.makerAlive(f".s~{child.pid}-x", ".s~")
     finally:
         child.wait(10)
-    assert _host._makerAlive(f".s~{os.getpid()}-x", ".s~")
+    assert _publishing.makerAlive(f".s~{os.getpid()}-x", ".s~")
 
 
 def test_standbyHoldsASocketReadyToPublish(channelDirectory: str) -> None:
@@ -932,7 +832,7 @@ def test_standbyHoldsASocketReadyToPublish(channelDirectory: str) -> None:
     ready = port._ready
     assert ready is not None
     assert os.path.basename(ready.temporary).startswith(
-        os.path.basename(_host._temporaryPrefix(paths.socket)) + f"{os.getpid()}-"
+        os.path.basename(_publishing.temporaryPrefix(paths.socket)) + f"{os.getpid()}-"
     )
     info = os.lstat(ready.temporary)
     assert stat.S_ISSOCK(info.st_mode)
@@ -968,10 +868,10 @@ def test_readySocketGoneIsBoundAfresh(channelDirectory: str) -> None:
     the winner binds a new socket, as it would have without one.
     """
     path = channelPaths("jobs", channelDirectory).socket
-    ready = _host._readySocket(path)
+    ready = _publishing.readySocket(path)
     assert ready is not None
     os.unlink(ready.temporary)
-    published = _host._listeningUnixSocket(path, ready)
+    published = _publishing.listeningUnixSocket(path, ready)
     assert ready.listening.fileno() == -1
     assert published.listening is not ready.listening
     info = os.lstat(path)
@@ -979,7 +879,7 @@ def test_readySocketGoneIsBoundAfresh(channelDirectory: str) -> None:
     probe = socket.socket(socket.AF_UNIX)
     probe.connect(path)
     probe.close()
-    _host._withdrawUnixSocket(published, path)
+    _publishing.withdrawUnixSocket(published, path)
     assert os.listdir(channelDirectory) == []
 
 
@@ -999,23 +899,23 @@ def test_noRoomForATemporaryNameBindsInPlace(
     def full(path: str) -> Any:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(_host, "_readySocket", full)
-    published = _host._listeningUnixSocket(path)
+    monkeypatch.setattr(_publishing, "readySocket", full)
+    published = _publishing.listeningUnixSocket(path)
     info = os.lstat(path)
     assert (info.st_dev, info.st_ino) == published.identity
     assert stat.S_IMODE(info.st_mode) == 0o600
     probe = socket.socket(socket.AF_UNIX)
     probe.connect(path)
     probe.close()
-    _host._withdrawUnixSocket(published, path)
+    _publishing.withdrawUnixSocket(published, path)
     assert os.listdir(channelDirectory) == []
 
     def refused(path: str) -> Any:
         raise OSError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(_host, "_readySocket", refused)
+    monkeypatch.setattr(_publishing, "readySocket", refused)
     with pytest.raises(PermissionError):
-        _host._listeningUnixSocket(path)
+        _publishing.listeningUnixSocket(path)
 
 
 # The reactor's shutdown

@@ -20,8 +20,13 @@ import pytest
 
 from twisted_channel._election import ROBUST_MUTEX
 from twisted_channel._wire import CHALLENGE, ERROR, FrameDecoder
-
-from .processes import Child, Children, readRecords
+from twisted_channel.testing import (
+    ChannelProcesses,
+    ChildProcess,
+    Record,
+    readRecords,
+    waitUntil,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,13 +34,13 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture(params=["unix", "tcp"])
 def children(
     channelDirectory: str, request: pytest.FixtureRequest
-) -> Iterator[Children]:
+) -> Iterator[ChannelProcesses]:
     """
     The children of one test, over each transport in turn, running the
     reactor the suite runs under (pytest --reactor=...).
     """
     reactorName = request.config.getoption("reactor", "default")
-    group = Children(
+    group = ChannelProcesses(
         channelDirectory,
         "asyncio" if reactorName == "asyncio" else "default",
         request.param,
@@ -46,7 +51,7 @@ def children(
         group.reapAll()
 
 
-def rawConnection(children: Children, name: str) -> socket.socket:
+def rawConnection(children: ChannelProcesses, name: str) -> socket.socket:
     """
     A plain socket connected to the host of channel C{name}.
     """
@@ -61,32 +66,18 @@ def rawConnection(children: Children, name: str) -> socket.socket:
     return raw
 
 
-def waitUntil(condition: object, timeout: float, what: str) -> float:
-    """
-    Poll C{condition} until true; return the seconds it took.
-    """
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if condition():  # type: ignore[operator]
-            return time.monotonic() - start
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def hostOf(candidates: list[Child]) -> list[Child]:
+def hostOf(candidates: list[ChildProcess]) -> list[ChildProcess]:
     return [c for c in candidates if c.role() == "host"]
 
 
-def assertDeliveredInOrder(
-    records: list[tuple[int, str, int]], senders: dict[str, int]
-) -> None:
+def assertDeliveredInOrder(records: list[Record], senders: dict[str, int]) -> None:
     """
     Every sender's messages 1..count arrived at some host; within each
     host's life, each sender's messages are in order and none twice.
     """
     seen: dict[str, set[int]] = defaultdict(set)
     perHost: dict[tuple[int, str], list[int]] = defaultdict(list)
-    for pid, tag, number in records:
+    for pid, tag, number, _, _ in records:
         seen[tag].add(number)
         perHost[(pid, tag)].append(number)
     for tag, count in senders.items():
@@ -98,7 +89,7 @@ def assertDeliveredInOrder(
 
 
 def test_twentyRacingCandidatesElectOneHost(
-    children: Children, channelDirectory: str
+    children: ChannelProcesses, channelDirectory: str
 ) -> None:
     """
     Twenty processes that listen on one name at once: exactly one hosts, and
@@ -115,7 +106,7 @@ def test_twentyRacingCandidatesElectOneHost(
 
 
 def test_writesBeforeAnyHostArriveInOrder(
-    children: Children, channelDirectory: str
+    children: ChannelProcesses, channelDirectory: str
 ) -> None:
     """
     A client writes 100 messages before any host exists; once one starts,
@@ -131,12 +122,12 @@ def test_writesBeforeAnyHostArriveInOrder(
     client.waitFor(lambda line: line.startswith("CLOSED"))
     assert client.collect()[-1] == "CLOSED ConnectionDone 0"
     records = readRecords(record)
-    assert [(pid, tag) for pid, tag, _ in records] == [(host.pid, "early")] * 100
-    assert [number for _, _, number in records] == list(range(1, 101))
+    assert [(r.pid, r.tag) for r in records] == [(host.pid, "early")] * 100
+    assert [r.number for r in records] == list(range(1, 101))
 
 
 def test_hostKilledWhileTwoClientsStream(
-    children: Children, channelDirectory: str
+    children: ChannelProcesses, channelDirectory: str
 ) -> None:
     """
     The host is SIGKILLed while two clients stream 10,000 numbered messages
@@ -164,7 +155,7 @@ def test_hostKilledWhileTwoClientsStream(
         assert any(line.startswith("UNLINK ") for line in client.collect())
     records = readRecords(record)
     assertDeliveredInOrder(records, {"a": 10000, "b": 10000})
-    assert {pid for pid, _, _ in records} == {first[0].pid, hostOf(survivors)[0].pid}
+    assert {r.pid for r in records} == {first[0].pid, hostOf(survivors)[0].pid}
 
 
 @pytest.mark.skipif(
@@ -172,7 +163,7 @@ def test_hostKilledWhileTwoClientsStream(
     reason="with flock a standby wins only once the dead host's memory is freed",
 )
 def test_clientLeavesDeadHostBeforeTheKernelClosesItsLink(
-    children: Children, channelDirectory: str
+    children: ChannelProcesses, channelDirectory: str
 ) -> None:
     """
     A host holding 600 MiB is SIGKILLed.  The kernel frees that memory
@@ -182,7 +173,7 @@ def test_clientLeavesDeadHostBeforeTheKernelClosesItsLink(
     not with the kernel's close).  Nothing is lost.
     """
     record = os.path.join(channelDirectory, "record")
-    heavy = children.worker(
+    heavy = children.recorder(
         "candidate", "heavy", "--record", record, "--ballast", "600"
     )
     heavy.waitFor(lambda line: line == "ROLE host", 60)
@@ -203,7 +194,7 @@ def test_clientLeavesDeadHostBeforeTheKernelClosesItsLink(
 
 
 def test_staleSocketOfKilledHostDoesNotBlock(
-    children: Children, channelDirectory: str
+    children: ChannelProcesses, channelDirectory: str
 ) -> None:
     """
     A killed host leaves its socket file behind; the next candidate hosts
@@ -225,10 +216,12 @@ def test_staleSocketOfKilledHostDoesNotBlock(
     client = children.client("stale", "s", 10)
     client.waitFor(lambda line: line.startswith("CLOSED"))
     assert client.collect()[-1] == "CLOSED ConnectionDone 0"
-    assert [n for _, _, n in readRecords(record)] == list(range(1, 11))
+    assert [r.number for r in readRecords(record)] == list(range(1, 11))
 
 
-def test_stopListeningHandsOver(children: Children, channelDirectory: str) -> None:
+def test_stopListeningHandsOver(
+    children: ChannelProcesses, channelDirectory: str
+) -> None:
     """
     A host that stops listening hands the channel to a standby; its clients
     fail over and lose nothing.
@@ -250,11 +243,11 @@ def test_stopListeningHandsOver(children: Children, channelDirectory: str) -> No
     assert client.collect()[-1] == "CLOSED ConnectionDone 0"
     records = readRecords(record)
     assertDeliveredInOrder(records, {"h": 4000})
-    assert {pid for pid, _, _ in records} == {first.pid, second.pid}
+    assert {r.pid for r in records} == {first.pid, second.pid}
 
 
 def test_garbageFromRawClientDoesNotHurtOthers(
-    children: Children, channelDirectory: str
+    children: ChannelProcesses, channelDirectory: str
 ) -> None:
     """
     A raw client that sends garbage is disconnected; the host survives and
@@ -296,7 +289,7 @@ def test_garbageFromRawClientDoesNotHurtOthers(
 
 
 def test_clientGivesUpAfterTimeoutWithCount(
-    children: Children, channelDirectory: str
+    children: ChannelProcesses, channelDirectory: str
 ) -> None:
     """
     With no host for C{timeout} seconds, the client's connection ends and
@@ -307,7 +300,9 @@ def test_clientGivesUpAfterTimeoutWithCount(
     assert client.collect()[-1] == "CLOSED ChannelUnreachableError 7"
 
 
-def test_sigtermedHostHandsOver(children: Children, channelDirectory: str) -> None:
+def test_sigtermedHostHandsOver(
+    children: ChannelProcesses, channelDirectory: str
+) -> None:
     """
     SIGTERM stops the host's reactor; the standby takes over and the
     client goes on.
@@ -328,7 +323,7 @@ def test_sigtermedHostHandsOver(children: Children, channelDirectory: str) -> No
 
 
 def test_standbysHoldTheirSocketsReady(
-    children: Children, channelDirectory: str
+    children: ChannelProcesses, channelDirectory: str
 ) -> None:
     """
     Each standby holds its socket ready under a temporary name that names
@@ -377,7 +372,7 @@ def test_standbysHoldTheirSocketsReady(
 
 
 def test_frozenHostIsGivenUpOnWithCount(
-    children: Children, channelDirectory: str
+    children: ChannelProcesses, channelDirectory: str
 ) -> None:
     """
     A host frozen with SIGSTOP keeps the lock, so nobody can take over; a
@@ -439,7 +434,9 @@ def _canRunAsNobody() -> bool:
     reason="needs root, setpriv and an interpreter uid 65534 can run, to run "
     "a client as another user",
 )
-def test_peerOfAnotherUserIsRefused(children: Children, channelDirectory: str) -> None:
+def test_peerOfAnotherUserIsRefused(
+    children: ChannelProcesses, channelDirectory: str
+) -> None:
     """
     A process of another uid that reaches the socket (the test opens the
     directory and socket modes for it) is refused by SO_PEERCRED before
@@ -476,7 +473,7 @@ def test_peerOfAnotherUserIsRefused(children: Children, channelDirectory: str) -
 
 
 def test_hostPublishesAgainWhenItsFileIsDeleted(
-    children: Children, channelDirectory: str
+    children: ChannelProcesses, channelDirectory: str
 ) -> None:
     """
     The socket (or port) file deleted under a live host: links already up go
@@ -500,13 +497,13 @@ def test_hostPublishesAgainWhenItsFileIsDeleted(
     assert streaming.collect()[-1] == "CLOSED ConnectionDone 0"
     assert not any(line.startswith("UNLINK ") for line in streaming.collect())
     assertDeliveredInOrder(readRecords(record), {"s": 1500, "n": 20})
-    assert {pid for pid, _, _ in readRecords(record)} == {host.pid}
+    assert {r.pid for r in readRecords(record)} == {host.pid}
 
 
 @pytest.mark.skipif(not ROBUST_MUTEX, reason="only flock here: nothing to meet")
 @pytest.mark.parametrize("first", ["mutex", "flock"])
 def test_candidateOfAnotherLockMechanismRefusesToTakePart(
-    children: Children, first: str, monkeypatch: pytest.MonkeyPatch
+    children: ChannelProcesses, first: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """
     A candidate process that elects with the other mechanism than the
@@ -537,6 +534,35 @@ def test_candidateOfAnotherLockMechanismRefusesToTakePart(
     client = children.client("mech", "c", 20)
     client.waitFor(lambda line: line.startswith("CLOSED"))
     assert "CLOSED ConnectionDone 0" in client.lines
-    assert [n for _, _, n in readRecords(record)] == list(range(1, 21))
+    assert [r.number for r in readRecords(record)] == list(range(1, 21))
     assert not any(line.startswith("ROLE") for line in refused.collect())
     assert host.role() == "host"
+
+
+def test_handoverLeavesNothingBehind(
+    children: ChannelProcesses, channelDirectory: str
+) -> None:
+    """
+    The real-process test CI runs on every Python and Twisted it supports
+    (.ci/run):
+    a host stopped by SIGTERM hands over to its standby while a client
+    streams, nothing is lost, and once the last candidate stops listening
+    nothing of the channel is left but its lock file: every port removed
+    its socket (or port) file and closed its socket, on the Twisted in use.
+    """
+    record = os.path.join(channelDirectory, "record")
+    first = children.candidate("edge", record)
+    first.waitFor(lambda line: line == "ROLE host")
+    second = children.candidate("edge", record)
+    second.waitFor(lambda line: line == "ROLE standby")
+    client = children.client("edge", "e", 1000, "--slice", "20", "--interval", "0.002")
+    waitUntil(lambda: len(readRecords(record)) > 100, 30, "100 messages")
+    first.kill(signal.SIGTERM)
+    assert first.wait() == 0
+    second.waitFor(lambda line: line == "ROLE host", 5)
+    client.waitFor(lambda line: line.startswith("CLOSED"), 60)
+    assert client.collect()[-1] == "CLOSED ConnectionDone 0"
+    assertDeliveredInOrder(readRecords(record), {"e": 1000})
+    second.send("stop")
+    second.waitFor(lambda line: line == "STOPPED")
+    assert sorted(os.listdir(channelDirectory)) == ["edge.lock", "record"]

@@ -28,35 +28,34 @@ from twisted_channel._auth import (
     hostProof,
     writePortFile,
 )
-
-from .processes import Child, Children, readRecords
+from twisted_channel.testing import ChannelProcesses, ChildProcess, readRecords
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def children(channelDirectory: str) -> Iterator[Children]:
-    group = Children(channelDirectory, transport="tcp")
+def children(channelDirectory: str) -> Iterator[ChannelProcesses]:
+    group = ChannelProcesses(channelDirectory, transport="tcp")
     try:
         yield group
     finally:
         group.reapAll()
 
 
-def startHost(children: Children, name: str) -> tuple[Child, str]:
+def startHost(children: ChannelProcesses, name: str) -> tuple[ChildProcess, str]:
     record = os.path.join(children.directory, "record")
     host = children.candidate(name, record)
     host.waitFor(lambda line: line == "ROLE host")
     return host, record
 
 
-def portFileOf(children: Children, name: str) -> dict[str, object]:
+def portFileOf(children: ChannelProcesses, name: str) -> dict[str, object]:
     with open(children.channelFile(name)) as f:
         content: dict[str, object] = json.load(f)
     return content
 
 
-def connectRaw(children: Children, name: str) -> socket.socket:
+def connectRaw(children: ChannelProcesses, name: str) -> socket.socket:
     port = portFileOf(children, name)["port"]
     assert isinstance(port, int)
     return socket.create_connection(("127.0.0.1", port), timeout=15)
@@ -95,15 +94,17 @@ def errorReason(frames: list[tuple[int, bytes]]) -> str:
     return frames[-1][1].decode()
 
 
-def goodClientDelivers(children: Children, name: str, tag: str, record: str) -> None:
+def goodClientDelivers(
+    children: ChannelProcesses, name: str, tag: str, record: str
+) -> None:
     client = children.client(name, tag, 50)
     client.waitFor(lambda line: line.startswith("CLOSED"), 30)
     assert client.collect()[-1] == "CLOSED ConnectionDone 0"
-    numbers = [n for _, t, n in readRecords(record) if t == tag]
+    numbers = [r.number for r in readRecords(record) if r.tag == tag]
     assert numbers == list(range(1, 51))
 
 
-def test_portFileIsPrivate(children: Children) -> None:
+def test_portFileIsPrivate(children: ChannelProcesses) -> None:
     """
     The port file is this user's, mode 0600, and names the port the host
     listens on; the listening port's address says the same.
@@ -120,7 +121,7 @@ def test_portFileIsPrivate(children: Children) -> None:
         pass
 
 
-def test_otherUserCannotReadPortFile(children: Children) -> None:
+def test_otherUserCannotReadPortFile(children: ChannelProcesses) -> None:
     """
     Another user cannot read the secret: not through the directory (0700),
     and not through the file itself (0600) even with the directory opened.
@@ -149,7 +150,7 @@ def test_otherUserCannotReadPortFile(children: Children) -> None:
     assert b"PermissionError" in probe.stderr
 
 
-def test_wrongSecretIsRefused(children: Children) -> None:
+def test_wrongSecretIsRefused(children: ChannelProcesses) -> None:
     """
     A peer that does not know the secret gets an ERROR, never reaches the
     application, and good clients go on.
@@ -169,10 +170,10 @@ def test_wrongSecretIsRefused(children: Children) -> None:
     assert "authentication failed" in errorReason(readUntilClosed(raw))
     raw.close()
     goodClientDelivers(children, "wrong", "good", record)
-    assert all(tag != "intruder" for _, tag, _ in readRecords(record))
+    assert all(r.tag != "intruder" for r in readRecords(record))
 
 
-def test_replayedHandshakeIsRefused(children: Children) -> None:
+def test_replayedHandshakeIsRefused(children: ChannelProcesses) -> None:
     """
     A handshake recorded from a genuine client is useless later: the host's
     nonce is new each time.
@@ -198,7 +199,7 @@ def test_replayedHandshakeIsRefused(children: Children) -> None:
     goodClientDelivers(children, "replay", "good", record)
 
 
-def test_hugeHandshakeIsRefused(children: Children) -> None:
+def test_hugeHandshakeIsRefused(children: ChannelProcesses) -> None:
     """
     A peer that announces a huge authentication frame is refused at once,
     before the host buffers it.
@@ -212,7 +213,7 @@ def test_hugeHandshakeIsRefused(children: Children) -> None:
     goodClientDelivers(children, "huge", "good", record)
 
 
-def test_silentPeerIsDroppedAfterDeadline(children: Children) -> None:
+def test_silentPeerIsDroppedAfterDeadline(children: ChannelProcesses) -> None:
     """
     A peer that connects and says nothing is served nothing and dropped
     after the handshake deadline (10 s); others are served meanwhile.
@@ -229,7 +230,7 @@ def test_silentPeerIsDroppedAfterDeadline(children: Children) -> None:
     raw.close()
 
 
-def test_floodOfFailuresIsRateLimited(children: Children) -> None:
+def test_floodOfFailuresIsRateLimited(children: ChannelProcesses) -> None:
     """
     After 20 failed authentications in 10 s, new links are closed without a
     challenge for a while; links already up go on.
@@ -271,7 +272,7 @@ def test_floodOfFailuresIsRateLimited(children: Children) -> None:
         refused.close()
     streaming.waitFor(lambda line: line.startswith("CLOSED"), 60)
     assert streaming.collect()[-1] == "CLOSED ConnectionDone 0"
-    numbers = [n for _, t, n in readRecords(record) if t == "s"]
+    numbers = [r.number for r in readRecords(record) if r.tag == "s"]
     assert numbers == list(range(1, 3001))
 
 
@@ -320,7 +321,7 @@ class Impostor:
         self.listener.close()
 
 
-def test_impostorOnStalePortIsNotTrusted(children: Children) -> None:
+def test_impostorOnStalePortIsNotTrusted(children: ChannelProcesses) -> None:
     """
     A port file that points at a process which does not know the secret (a
     stale port someone else took) gets no hello and no message; once a real
@@ -341,7 +342,7 @@ def test_impostorOnStalePortIsNotTrusted(children: Children) -> None:
         host, record = startHost(children, "stale")
         client.waitFor(lambda line: line.startswith("CLOSED"), 30)
         assert client.collect()[-1] == "CLOSED ConnectionDone 0"
-        assert [n for _, _, n in readRecords(record)] == list(range(1, 21))
+        assert [r.number for r in readRecords(record)] == list(range(1, 21))
         assert not impostor.dataSeen
     finally:
         impostor.stop()

@@ -271,3 +271,44 @@ def test_documentedFailoverExample() -> None:
     test = namespace["test_nothingIsLostWhenTheHostIsKilled"]
     assert callable(test)
     test()
+
+
+def test_failoverDemoExample() -> None:
+    """
+    C{examples/failover_demo.py}, built on the harness, kills its host and
+    reports nothing lost.
+    """
+    example = DOCS.parent / "examples" / "failover_demo.py"
+    child = ChildProcess([PYTHON, str(example), "--messages", "2000"], lifetime=50)
+    try:
+        assert child.wait(45) == 0, child.collect()
+        lines = child.collect()
+        assert any(line.startswith("killed the host ") for line in lines), lines
+        assert lines[-1] == "hosts seen: 2; messages lost by surviving workers: 0"
+    finally:
+        child.reap()
+
+
+def test_childIsAContextManager() -> None:
+    """
+    A child used as a context manager is reaped when its block ends, also
+    when the block raises.
+    """
+    with pytest.raises(RuntimeError, match="inside"):
+        with ChildProcess(python("import time; time.sleep(60)")) as child:
+            assert not child.exited()
+            raise RuntimeError("inside")
+    assert child.process.returncode == -signal.SIGKILL
+
+
+def test_waitForRole() -> None:
+    """
+    L{ChildProcess.waitForRole} finds a C{ROLE} line, or fails at its
+    deadline.
+    """
+    code = "print('ROLE standby'); print('ROLE host'); input()"
+    with ChildProcess(python(code)) as child:
+        child.waitForRole("host")
+        assert child.role() == "host"
+        with pytest.raises(ChildFailedError, match="within 0.2 s"):
+            child.waitForRole("stopped", 0.2)

@@ -16,7 +16,7 @@ from twisted_channel import _client
 from twisted_channel._credentials import PeerCredentials
 from twisted_channel._watch import stopWatching, watchFor
 
-from .test_client_unit import makeClient
+from ._support.clientlinks import makeClient
 
 
 @pytest.fixture(autouse=True)

@@ -16,6 +16,8 @@ these two classes; none of them checks a nonce or a proof itself.
 
 from __future__ import annotations
 
+from collections import deque
+
 from . import _wire
 from ._auth import (
     NONCE_SIZE,
@@ -138,3 +140,49 @@ class ClientAuthExchange:
         raise AuthenticationFailedError(
             f"unexpected frame of kind {kind} during authentication"
         )
+
+
+class FailureLimit:
+    """
+    How many authentications failed lately, so that a host can refuse new
+    links for a while when guessing is under way: after C{limit} failures
+    within C{window} seconds, L{accepting} is false until the oldest of
+    them is C{window} seconds old.  Times are given, not read: this class
+    has no clock.
+    """
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: deque[float] = deque()
+        self._warned = float("-inf")
+
+    def failed(self, now: float) -> None:
+        """
+        Count a failed authentication at C{now}.
+        """
+        self._failures.append(now)
+
+    def recent(self, now: float) -> int:
+        """
+        How many authentications failed within the window before C{now}.
+        """
+        failures = self._failures
+        while failures and failures[0] < now - self.window:
+            failures.popleft()
+        return len(failures)
+
+    def accepting(self, now: float) -> bool:
+        """
+        Whether new links are served at C{now}.
+        """
+        return self.recent(now) < self.limit
+
+    def warningDue(self, now: float) -> bool:
+        """
+        Whether to log, at C{now}, that links are refused: once a window.
+        """
+        if now - self._warned > self.window:
+            self._warned = now
+            return True
+        return False

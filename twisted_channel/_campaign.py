@@ -204,6 +204,8 @@ class Campaign:
         self.term: int | None = None
         self.lease: int | None = None
         self.renewedAt: float | None = None
+        #: Requests failed in a row since etcd last answered.
+        self.failures = 0
         self._stepDownAt: float | None = None
         self._nextRenewal: float | None = None
         self._retryAt: float | None = None
@@ -318,18 +320,49 @@ class Campaign:
         A request failed (etcd unavailable, garbage, refused): ask again
         after L{retryDelay}.  A leader's renewals are retried by L{tick}, and
         its deadline stands.
+
+        The first failure after an answer is logged as a warning, the
+        following ones (as many as etcd stays away) only at debug level.
         """
-        if self.state in (IDLE, STOPPED) or self.state == LEADING:
+        if self.state in (IDLE, STOPPED):
             return []
-        _log.warn(
-            "etcd could not take {action}: {reason}; asking again in {delay:.2f} s",
-            action=type(action).__name__,
-            reason=reason,
-            delay=self.retryDelay,
-        )
+        self.failures += 1
+        if self.failures == 1:
+            _log.warn(
+                "etcd could not take {action}: {reason}; "
+                "{what} while it stays away, asking every {delay:.2f} s",
+                action=type(action).__name__,
+                reason=reason,
+                what=(
+                    "the host steps down at its renew deadline"
+                    if self.state == LEADING
+                    else "waiting without hosting"
+                ),
+                delay=self.retryDelay,
+            )
+        else:
+            _log.debug(
+                "etcd could not take {action} ({failures} failures in a row): {reason}",
+                action=type(action).__name__,
+                failures=self.failures,
+                reason=reason,
+            )
+        if self.state == LEADING:
+            return []
         self._retry = [action]
         self._retryAt = now + self.retryDelay
         return []
+
+    def answered(self) -> None:
+        """
+        etcd answered a request: a streak of failures, if any, is over.
+        """
+        if self.failures:
+            _log.info(
+                "etcd answers again, after {failures} failed requests",
+                failures=self.failures,
+            )
+            self.failures = 0
 
     def tick(self, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -484,6 +517,7 @@ class CampaignDriver:
 
     def _answer(self, action: Action, feed: Callable[[Any], list[Action]]) -> Any:
         def ok(result: Any) -> None:
+            self.campaign.answered()
             self._run(feed(result))
 
         def failed(failure: Any) -> None:

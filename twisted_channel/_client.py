@@ -41,7 +41,10 @@ from ._auth import LOOPBACK, readPortFile
 from ._clientsession import (
     ACKNOWLEDGED,
     AUTHENTICATING,
+    GIVE_UP,
     GOODBYE,
+    STALLED,
+    ClientDeadlines,
     ClientSession,
     HostBrokeProtocolError,
     HostRefused,
@@ -62,6 +65,15 @@ from ._interfaces import (
 )
 from ._pending import PendingWrites
 from ._sockets import pushToKernel, readDirectly, sendNow, unreadBytes
+from ._states import (
+    CLOSED,
+    CONNECTED,
+    CONNECTING,
+    CONNECTION,
+    FINISHED,
+    LINK_LOST,
+    WELCOMED,
+)
 from ._surface import SocketOptions, streamAddress
 from ._watch import stopWatching, watchFor
 
@@ -81,10 +93,6 @@ _CONCATENATE_BELOW = 4096
 RESEND = "resend"
 CLOSE = "close"
 FAILOVER_MODES = (RESEND, CLOSE)
-
-CONNECTING = "connecting"
-CONNECTED = "connected"
-CLOSED = "closed"
 
 #: Seconds a link must have been up (or it must have carried an
 #: acknowledgement) for its loss to be taken as a host's end, reconnecting at
@@ -418,6 +426,42 @@ class _ClientLink(Protocol):
         self._connection.linkLost(self, reason)
 
 
+class _RegisteredProducer:
+    """
+    The producer of a client's messages registered on its transport, and
+    whether the transport paused it: a streaming one is paused when the
+    unacknowledged messages take the high-water mark and resumed under the
+    low one; a pull one is asked for more at each acknowledgement.
+    """
+
+    def __init__(self, producer: IProducer, streaming: bool) -> None:
+        self.producer = producer
+        self.streaming = streaming
+        self.paused = False
+
+    def pause(self) -> None:
+        """
+        The messages held reached the high-water mark.
+        """
+        if self.paused:
+            return
+        self.paused = True
+        if self.streaming:
+            IPushProducer(self.producer).pauseProducing()
+
+    def mayGoOn(self, footprint: int, lowWater: int) -> None:
+        """
+        Acknowledged messages were forgotten; C{footprint} is what the rest
+        take.
+        """
+        if self.paused:
+            if footprint <= lowWater:
+                self.paused = False
+                self.producer.resumeProducing()  # type: ignore[attr-defined]
+        elif not self.streaming:
+            self.producer.resumeProducing()  # type: ignore[attr-defined]
+
+
 @implementer(ITransport, IConsumer, IPushProducer)
 class ChannelClientTransport(SocketOptions):
     """
@@ -440,6 +484,21 @@ class ChannelClientTransport(SocketOptions):
     messages from the host) and L{IConsumer} (streaming and pull
     producers), and takes C{setTcpNoDelay} and C{setTcpKeepAlive} as
     harmless calls.
+
+    What the protocol says is in L{session} (a L{ClientSession}: the
+    pending messages, the eager-hello policy, the resume arithmetic) and in
+    each link's L{LinkSession}; L{state} changes only as the table
+    L{twisted_channel._states.CONNECTION} allows.  Beside them this class
+    keeps more than a handful of private attributes, in groups that do not
+    interact: the batch being written (C{_outgoing}, C{_outgoingLarge},
+    C{_flushCall}, C{_inRead}), kept here because C{write} is the hottest
+    path there is and must not call into another object; the one timer
+    armed for the next of its L{ClientDeadlines} (C{_deadlineCall}, due at
+    C{_deadlineAt}); the health of the last link, which chooses between
+    reconnecting at once and backing off (C{_linkUpAt}, C{_ackedOnLink},
+    C{_hostsSeen}); the producers either way (C{_producer}, a
+    L{_RegisteredProducer}, and C{_readingPaused}); and
+    looking for a new host (C{_watching}, C{_hostAppearedDuringAttempt}).
     """
 
     disconnecting = False
@@ -486,10 +545,13 @@ class ChannelClientTransport(SocketOptions):
         self.link: _ClientLink | None = None
         self.strategy = ChannelReconnectingFactory(self)
         self._connector = _LinkConnector(self)
-        self._giveUp: IDelayedCall | None = None
-        self._stallCheck: IDelayedCall | None = None
-        self._stallRechecked = False
-        self._lastProgress = 0.0
+        self._deadlines = ClientDeadlines(
+            timeout,
+            max(timeout, LINK_HANDSHAKE_TIMEOUT) if timeout > 0 else 10.0,
+        )
+        # The one timer armed for the next deadline, and its time.
+        self._deadlineCall: IDelayedCall | None = None
+        self._deadlineAt: float | None = None
         self._connectedWaiters: list[Deferred[ChannelAddress]] = []
         self._hostAddress = ChannelAddress(address.name, address.path, HOST)
         self._hostsSeen = 0
@@ -512,9 +574,7 @@ class ChannelClientTransport(SocketOptions):
         self._finishing: IDelayedCall | None = None
         self._watching = False
         self._hostAppearedDuringAttempt = False
-        self._producer: IProducer | None = None
-        self._streamingProducer = True
-        self._producerPaused = False
+        self._producer: _RegisteredProducer | None = None
 
     def __repr__(self) -> str:
         return (
@@ -561,7 +621,8 @@ class ChannelClientTransport(SocketOptions):
         """
         Start looking for the host.  Called once, by the endpoint.
         """
-        self._startGiveUpTimer()
+        self._deadlines.lookForHost(self.reactor.seconds())
+        self._armDeadline()
         self._watchForHost()
         # So that stopTrying() also cancels an attempt under way.
         self.strategy.connector = self._connector
@@ -604,16 +665,17 @@ class ChannelClientTransport(SocketOptions):
                 # of the read being handled).
                 if not self._inRead:
                     self._flushCall = self._callLater(0, self.flush)
-                if self._stallCheck is None:
-                    self._armStallCheck()
+                if not self._deadlines.watching:
+                    self._watchStall()
             if size < _CONCATENATE_BELOW:
                 outgoing.append(_HEADER.pack(size + 1, _DATA) + data)
             else:
                 outgoing.append(_HEADER.pack(size + 1, _DATA))
                 outgoing.append(data)
                 self._outgoingLarge = True
-        if self._producer is not None and pending.footprint >= self.highWater:
-            self._pauseProducer()
+        producer = self._producer
+        if producer is not None and pending.footprint >= self.highWater:
+            producer.pause()
 
     def linkDataReceived(self, link: _ClientLink, data: bytes) -> None:
         """
@@ -628,7 +690,7 @@ class ChannelClientTransport(SocketOptions):
             link.dropBroken(str(e))
             return
         # Whatever the host sends shows that it is not frozen.
-        self._lastProgress = self.reactor.seconds()
+        self._deadlines.lastProgress = self.reactor.seconds()
         # What the application writes meanwhile is flushed at the end of the
         # read, so its writes need not schedule a flush of their own.
         self._inRead = True
@@ -861,17 +923,15 @@ class ChannelClientTransport(SocketOptions):
         """
         if self._producer is not None:
             raise RuntimeError(
-                f"cannot register producer {producer!r}: {self._producer!r} "
-                "is already registered"
+                f"cannot register producer {producer!r}: "
+                f"{self._producer.producer!r} is already registered"
             )
         if self.state == CLOSED:
             producer.stopProducing()
             return
-        self._producer = producer
-        self._streamingProducer = streaming
-        self._producerPaused = False
+        registered = self._producer = _RegisteredProducer(producer, streaming)
         if self.pending.footprint >= self.highWater:
-            self._pauseProducer()
+            registered.pause()
         elif not streaming:
             producer.resumeProducing()  # type: ignore[attr-defined]
 
@@ -898,28 +958,8 @@ class ChannelClientTransport(SocketOptions):
         the low-water mark, and ask a pull producer for more.
         """
         producer = self._producer
-        if producer is None:
-            return
-        if self._producerPaused:
-            if self.pending.footprint <= self.lowWater:
-                self._resumeProducer()
-        elif not self._streamingProducer:
-            producer.resumeProducing()  # type: ignore[attr-defined]
-
-    def _pauseProducer(self) -> None:
-        producer = self._producer
-        if producer is None or self._producerPaused:
-            return
-        self._producerPaused = True
-        if self._streamingProducer:
-            IPushProducer(producer).pauseProducing()
-
-    def _resumeProducer(self) -> None:
-        producer = self._producer
-        if producer is None or not self._producerPaused:
-            return
-        self._producerPaused = False
-        producer.resumeProducing()  # type: ignore[attr-defined]
+        if producer is not None:
+            producer.mayGoOn(self.pending.footprint, self.lowWater)
 
     # IPushProducer: the messages from the host, for an application that
     # wants to stop reading for a while.
@@ -942,7 +982,7 @@ class ChannelClientTransport(SocketOptions):
         Read from the host again.
         """
         self._readingPaused = False
-        self._lastProgress = self.reactor.seconds()
+        self._deadlines.lastProgress = self.reactor.seconds()
         link = self.link
         if link is not None and link.transport is not None:
             link.transport.resumeProducing()  # type: ignore[attr-defined]
@@ -968,10 +1008,6 @@ class ChannelClientTransport(SocketOptions):
         self._connectedWaiters.append(waiter)
         return waiter
 
-    def _startGiveUpTimer(self) -> None:
-        if self.timeout > 0 and self._giveUp is None:
-            self._giveUp = self.reactor.callLater(self.timeout, self._gaveUp)
-
     @property
     def stallTimeout(self) -> float:
         """
@@ -979,63 +1015,65 @@ class ChannelClientTransport(SocketOptions):
         link to it is dropped and another tried: a host frozen with SIGSTOP
         keeps its link open but never answers.
         """
-        if self.timeout > 0:
-            return max(self.timeout, LINK_HANDSHAKE_TIMEOUT)
-        return 10.0
+        return self._deadlines.stallTimeout
 
-    def _armStallCheck(self, delay: float | None = None) -> None:
-        self._lastProgress = self.reactor.seconds()
-        self._stallRechecked = False
-        self._stallCheck = self.reactor.callLater(
-            self.stallTimeout if delay is None else delay, self._checkStall
-        )
+    def _armDeadline(self) -> None:
+        """
+        Arm the one timer for the deadlines' next, if it moved.
+        """
+        at = self._deadlines.next()
+        if at == self._deadlineAt:
+            return
+        call, self._deadlineCall = self._deadlineCall, None
+        if call is not None and call.active():
+            call.cancel()
+        self._deadlineAt = at
+        if at is not None:
+            self._deadlineCall = self.reactor.callLater(
+                max(0.0, at - self.reactor.seconds()), self._deadlineDue
+            )
 
-    def _stopStallCheck(self) -> None:
-        if self._stallCheck is not None and self._stallCheck.active():
-            self._stallCheck.cancel()
-        self._stallCheck = None
+    def _watchStall(self) -> None:
+        """
+        Messages now wait for the linked host: judge it if it stays silent.
+        """
+        self._deadlines.watch(self.reactor.seconds())
+        self._armDeadline()
 
-    def _checkStall(self) -> None:
-        self._stallCheck = None
+    def _deadlineDue(self) -> None:
+        self._deadlineCall = None
+        self._deadlineAt = None
+        deadlines = self._deadlines
+        now = self.reactor.seconds()
         link = self.link
-        if link is None or not self.pending:
-            return
-        if self._readingPaused:
-            # Acknowledgements are not read now: judge the host later.
-            self._armStallCheck()
-            return
-        idle = self.reactor.seconds() - self._lastProgress
-        if idle < self.stallTimeout:
-            # The host was heard from meanwhile: look again when that news
-            # would be too old.
-            lastProgress = self._lastProgress
-            self._armStallCheck(self.stallTimeout - idle)
-            self._lastProgress = lastProgress
-            return
-        if not self._stallRechecked and unreadBytes(link.transport):
-            # The host did send: this process was late, not the host (it was
-            # suspended, or short of CPU), and the reactor runs its timed
-            # calls before it reads.  Judge once that is read.
-            self._stallRechecked = True
-            self._stallCheck = self.reactor.callLater(0, self._checkStall)
-            return
-        _log.warn(
-            "channel {channel}: host pid {hostPid} acknowledged nothing for "
-            "{idle:.1f} s with {pending} message(s) waiting; dropping the link",
-            channel=self.address.name,
-            hostPid=link.hostAddress.pid,
-            idle=idle,
-            pending=len(self.pending),
+        verdict = deadlines.due(
+            now, link is not None and bool(self.pending), self._readingPaused
         )
-        link.abort()
-
-    def _stopGiveUpTimer(self) -> None:
-        if self._giveUp is not None and self._giveUp.active():
-            self._giveUp.cancel()
-        self._giveUp = None
+        if verdict is GIVE_UP:
+            self._gaveUp()
+            return
+        if verdict is STALLED:
+            assert link is not None
+            if deadlines.mayRecheck and unreadBytes(link.transport):
+                # The host did send: this process was late, not the host (it
+                # was suspended, or short of CPU), and the reactor runs its
+                # timed calls before it reads.  Judge once that is read.
+                deadlines.recheck(now)
+            else:
+                _log.warn(
+                    "channel {channel}: host pid {hostPid} acknowledged nothing "
+                    "for {idle:.1f} s with {pending} message(s) waiting; dropping "
+                    "the link",
+                    channel=self.address.name,
+                    hostPid=link.hostAddress.pid,
+                    idle=now - deadlines.lastProgress,
+                    pending=len(self.pending),
+                )
+                deadlines.stalled()
+                link.abort()
+        self._armDeadline()
 
     def _gaveUp(self) -> None:
-        self._giveUp = None
         reason = ChannelUnreachableError(
             self.address.name, self.timeout, len(self.pending)
         )
@@ -1055,7 +1093,10 @@ class ChannelClientTransport(SocketOptions):
 
         @return: whether the link was kept.
         """
-        if self.state == CLOSED:
+        if self.state != CONNECTING:
+            # Closed, or another link was welcomed first (a host appeared
+            # while this one's handshake was under way): one logical
+            # connection has one link.
             link.abort()
             return False
         try:
@@ -1069,9 +1110,9 @@ class ChannelClientTransport(SocketOptions):
                 Failure(ValueError(f"the host of channel {self.address.name!r} {e}"))
             )
             return False
-        self._stopGiveUpTimer()
+        self._deadlines.linked()
         self.link = link
-        self.state = CONNECTED
+        self.state = CONNECTION[self.state, WELCOMED]
         self._hostAddress = link.hostAddress
         self._hostsSeen += 1
         if self._lockPath is None:
@@ -1084,8 +1125,8 @@ class ChannelClientTransport(SocketOptions):
             link.transport.pauseProducing()  # type: ignore[attr-defined]
         link.send(resend)
         if self.pending:
-            self._stopStallCheck()
-            self._armStallCheck()
+            self._deadlines.watch(self.reactor.seconds())
+        self._armDeadline()
         # The host may already have had much of what was buffered.
         self._producerMayGoOn()
         log = _log.info if self._hostsSeen > 1 else _log.debug
@@ -1226,13 +1267,13 @@ class ChannelClientTransport(SocketOptions):
                 )
             )
             return
-        self.state = CONNECTING
+        self.state = CONNECTION[self.state, LINK_LOST]
         self._watchForHost()
         self._dropOutgoing()
         self._writeLimit = self.maxMessageSize
-        self._stopStallCheck()
         self._hostAddress = ChannelAddress(self.address.name, self.address.path, HOST)
-        self._startGiveUpTimer()
+        self._deadlines.lookForHost(self.reactor.seconds())
+        self._armDeadline()
         _log.info(
             "channel {channel}: link to host pid {hostPid} lost ({reason}); "
             "{pending} message(s) await a host",
@@ -1266,10 +1307,10 @@ class ChannelClientTransport(SocketOptions):
             finishing.cancel()
         if self.state == CLOSED:
             return
-        self.state = CLOSED
+        self.state = CONNECTION[self.state, FINISHED]
         self.disconnecting = True
-        self._stopGiveUpTimer()
-        self._stopStallCheck()
+        self._deadlines.stop()
+        self._armDeadline()
         self._stopWatchingForHost()
         self.strategy.stopTrying()
         self._dropOutgoing()
@@ -1283,9 +1324,9 @@ class ChannelClientTransport(SocketOptions):
                     f"channel {self.address.name!r} closed: {reason.getErrorMessage()}"
                 )
             )
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            producer.stopProducing()
+        registered, self._producer = self._producer, None
+        if registered is not None:
+            registered.producer.stopProducing()
         candidate, self.candidate = self.candidate, None
         if candidate is not None:
             candidate.stopListening()

@@ -351,3 +351,140 @@ class LinkSession:
         self._auth = None
         self.state = AWAITING_WELCOME
         return Send(self._hello())
+
+
+#: What L{ClientDeadlines.due} found: no host within the timeout.
+GIVE_UP: Final = _Marker("GIVE_UP")
+#: What L{ClientDeadlines.due} found: the linked host acknowledged nothing
+#: for the stall timeout while messages waited.
+STALLED: Final = _Marker("STALLED")
+
+
+class ClientDeadlines:
+    """
+    When a client judges its situation, as data.  While no host is linked:
+    when it gives up (C{timeout} after it began looking, or lost its host).
+    While one is and messages wait for its acknowledgement: when it takes
+    the host for frozen (C{stallTimeout} after the last news from it).  At
+    most one of the two runs at a time.  The client transport arms one
+    timer for L{next} and calls L{due} when it fires.
+
+    @ivar lastProgress: when the host was last heard from.  The transport
+        sets it on every read, directly: a read is a hot path, and a later
+        deadline needs no new timer (the one armed finds, when it fires,
+        that the host was heard from meanwhile, and L{next} is later).
+    @ivar watching: whether the stall deadline runs.
+    @ivar giveUpAt: when the client gives up, if it is looking for a host
+        and has a timeout.
+    """
+
+    def __init__(self, timeout: float, stallTimeout: float) -> None:
+        """
+        @param timeout: seconds without a host before giving up; 0 never.
+        @param stallTimeout: seconds a linked host may leave messages
+            unacknowledged.
+        """
+        self.timeout = timeout
+        self.stallTimeout = stallTimeout
+        self.giveUpAt: float | None = None
+        self.watching = False
+        self.lastProgress = 0.0
+        self._recheckAt: float | None = None
+        self._rechecked = False
+
+    def lookForHost(self, now: float) -> None:
+        """
+        No host is linked from C{now}: the give-up deadline runs (unless it
+        already does), the stall deadline does not.
+        """
+        self.watching = False
+        self._recheckAt = None
+        if self.timeout > 0 and self.giveUpAt is None:
+            self.giveUpAt = now + self.timeout
+
+    def linked(self) -> None:
+        """
+        A host welcomed a link: the give-up deadline stops.
+        """
+        self.giveUpAt = None
+
+    def watch(self, now: float) -> None:
+        """
+        Messages wait for the linked host's acknowledgement from C{now}.
+        """
+        self.watching = True
+        self.lastProgress = now
+        self._recheckAt = None
+        self._rechecked = False
+
+    def stop(self) -> None:
+        """
+        The connection ended: no deadline runs.
+        """
+        self.giveUpAt = None
+        self.watching = False
+        self._recheckAt = None
+
+    def next(self) -> float | None:
+        """
+        When the next deadline falls, or None if none runs.
+        """
+        if self._recheckAt is not None:
+            return self._recheckAt
+        at = self.giveUpAt
+        if self.watching:
+            stall = self.lastProgress + self.stallTimeout
+            if at is None or stall < at:
+                at = stall
+        return at
+
+    def due(self, now: float, waiting: bool, readingPaused: bool) -> _Marker | None:
+        """
+        The timer armed for L{next} fired at C{now}: judge.
+
+        @param waiting: whether a link is up with messages unacknowledged.
+        @param readingPaused: whether the application stopped reading the
+            host (its acknowledgements wait unread, so it is judged later).
+        @return: L{GIVE_UP}, L{STALLED} or None (nothing is due; arm the
+            timer for L{next} again).  After L{STALLED}, the transport may
+            call L{recheck} once, if the host's answer waits unread.
+        """
+        self._recheckAt = None
+        if self.giveUpAt is not None and now >= self.giveUpAt:
+            self.giveUpAt = None
+            return GIVE_UP
+        if not self.watching:
+            return None
+        if not waiting:
+            self.watching = False
+            return None
+        if readingPaused:
+            self.watch(now)
+            return None
+        if now - self.lastProgress < self.stallTimeout:
+            # The host was heard from meanwhile.
+            self._rechecked = False
+            return None
+        return STALLED
+
+    @property
+    def mayRecheck(self) -> bool:
+        """
+        Whether a L{STALLED} verdict may be put off once, to read first.
+        """
+        return not self._rechecked
+
+    def recheck(self, now: float) -> None:
+        """
+        The host's answer waits unread: this process was late, not the
+        host.  Judge again at C{now}, once the reactor has read it.
+        """
+        self._rechecked = True
+        self._recheckAt = now
+
+    def stalled(self) -> None:
+        """
+        The link to a stalled host is dropped: no stall deadline runs until
+        messages wait on a link again.
+        """
+        self.watching = False

@@ -16,31 +16,30 @@ promises that nothing a worker wrote is lost: the demo checks it against
 the record, and counts duplicates (messages the dead host had delivered but
 not yet acknowledged, delivered again by the next).
 
-The children report on their standard output, one line per event, and
-leave as soon as their standard input closes, so none outlives the demo,
-even if the demo itself is killed.
+The children are L{twisted_channel.testing.recorder}'s recording
+candidates and streaming clients, started and reaped with
+L{twisted_channel.testing}'s harness: they report on their standard output,
+one line per event, and leave as soon as their standard input closes, so
+none outlives the demo, even if the demo itself is killed.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import queue
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 from ._directory import checkName, prepareDirectory
+from .testing import ChannelProcesses, ChildProcess, RecordReader
 
 #: Seconds to wait for the first host, and for a worker to finish after the
 #: last message it was due to send.
@@ -54,153 +53,6 @@ class Interrupted(Exception):  # noqa: N818 - a signal, not an error
     """
 
 
-# The children
-
-
-def _say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def _stopWhenInputCloses(reactor: Any) -> None:
-    from twisted.internet import stdio
-    from twisted.internet.protocol import Protocol
-
-    class Parent(Protocol):
-        def connectionLost(self, reason: object = None) -> None:
-            if reactor.running:
-                reactor.stop()
-
-    stdio.StandardIO(Parent())
-
-
-def runCandidate(options: argparse.Namespace) -> None:
-    """
-    A candidate host that records every message it receives.
-    """
-    from twisted.internet import reactor
-    from twisted.internet.protocol import Factory, Protocol
-
-    from ._endpoint import ChannelEndpoint
-
-    record = os.open(options.record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    state = {"first": False}
-
-    class Recorder(Protocol):
-        def dataReceived(self, data: bytes) -> None:
-            # Written before dataReceived returns, so before the message is
-            # acknowledged: the record misses nothing that was.
-            os.write(record, data + b"\n")
-            if not state["first"]:
-                state["first"] = True
-                _say(f"FIRST {time.monotonic_ns()}")
-
-    def roleChanged(role: str) -> None:
-        _say(f"ROLE {role} {time.monotonic_ns()}")
-
-    def listening(port: Any) -> None:
-        port.addRoleObserver(roleChanged)
-        roleChanged(port.role)
-
-    def failed(reason: Any) -> None:
-        _say(f"ERROR {reason.getErrorMessage()}")
-        reactor.stop()
-
-    endpoint = ChannelEndpoint(reactor, options.name, directory=options.dir)
-    endpoint.listen(Factory.forProtocol(Recorder)).addCallbacks(listening, failed)
-    _stopWhenInputCloses(reactor)
-    reactor.run()
-
-
-def runWorker(options: argparse.Namespace) -> None:
-    """
-    A pure client that streams C{tag number} messages at a steady rate.
-    """
-    from twisted.internet import reactor
-    from twisted.internet.protocol import Factory, Protocol
-    from twisted.internet.task import LoopingCall
-    from zope.interface import implementer
-
-    from ._endpoint import ChannelEndpoint
-    from ._interfaces import IChannelLinkObserver
-
-    tick = 0.01
-    perTick = max(1, round(options.rate * tick))
-
-    @implementer(IChannelLinkObserver)
-    class Streamer(Protocol):
-        sent = 0
-
-        def connectionMade(self) -> None:
-            self.writer = LoopingCall(self.writeSome)
-            self.writer.clock = reactor
-            self.writer.start(tick)
-            self.reporter = LoopingCall(self.report)
-            self.reporter.clock = reactor
-            self.reporter.start(0.1)
-
-        def acked(self) -> int:
-            return self.sent - len(self.transport.pending)  # type: ignore[union-attr]
-
-        def report(self) -> None:
-            _say(f"PROGRESS {self.sent} {self.acked()}")
-
-        def writeSome(self) -> None:
-            tag = options.tag.encode()
-            for _ in range(perTick):
-                if self.sent == options.count:
-                    self.writer.stop()
-                    self.transport.loseConnection()  # type: ignore[union-attr]
-                    return
-                self.sent += 1
-                self.transport.write(b"%s %d" % (tag, self.sent))  # type: ignore[union-attr]
-
-        def linkEstablished(self, host: Any) -> None:
-            _say(f"LINK {host.pid}")
-
-        def linkLost(self, reason: Any) -> None:
-            _say("UNLINK")
-
-        def connectionLost(self, reason: Any = None) -> None:
-            for loop in (self.writer, self.reporter):
-                if loop.running:
-                    loop.stop()
-            self.report()
-            undelivered = getattr(reason.value, "undelivered", None)
-            if undelivered is None:
-                undelivered = len(self.transport.pending)  # type: ignore[union-attr]
-            if self.sent == options.count and undelivered == 0:
-                _say(f"DONE {self.sent}")
-            else:
-                _say(f"FAILED {undelivered} {reason.getErrorMessage()}")
-            reactor.callLater(0, reactor.stop)
-
-    endpoint = ChannelEndpoint(reactor, options.name, directory=options.dir, timeout=30)
-    endpoint.connect(Factory.forProtocol(Streamer))
-    _stopWhenInputCloses(reactor)
-    reactor.run()
-
-
-def childMain(arguments: list[str] | None = None) -> None:
-    """
-    The entry point of the demo's children: C{python -m
-    twisted_channel._demo candidate|worker ...}.
-    """
-    parser = argparse.ArgumentParser(prog="twisted_channel._demo")
-    parser.add_argument("mode", choices=["candidate", "worker"])
-    parser.add_argument("--dir", required=True)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--record", default=os.devnull)
-    parser.add_argument("--tag", default="w")
-    parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--rate", type=float, default=1000.0)
-    options = parser.parse_args(arguments)
-    if options.mode == "candidate":
-        runCandidate(options)
-    else:
-        runWorker(options)
-
-
 # The demo itself
 
 
@@ -212,7 +64,7 @@ class Process:
 
     kind: str
     label: str
-    popen: subprocess.Popen[bytes]
+    child: ChildProcess
     role: str = "starting"
     sent: int = 0
     acked: int = 0
@@ -222,9 +74,13 @@ class Process:
     firstAt: int | None = None
     killed: bool = False
 
+    #: How many of the child's lines the demo has taken in.
+    seen: int = 0
+    ended: bool = False
+
     @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.child.pid
 
 
 @dataclass
@@ -247,25 +103,16 @@ class Record:
     """
 
     path: str
-    offset: int = 0
-    partial: bytes = b""
     lines: int = 0
     seen: dict[str, set[int]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.reader = RecordReader(self.path)
+
     def update(self) -> None:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return
-        self.offset += len(data)
-        data = self.partial + data
-        *complete, self.partial = data.split(b"\n")
-        for line in complete:
-            tag, _, number = line.decode("ascii", "replace").partition(" ")
+        for record in self.reader.read():
             self.lines += 1
-            self.seen.setdefault(tag, set()).add(int(number))
+            self.seen.setdefault(record.tag, set()).add(record.number)
 
     @property
     def unique(self) -> int:
@@ -299,87 +146,45 @@ class Demo:
             self.name = f"demo-{os.getpid()}-{os.urandom(3).hex()}"
         self.record = Record(os.path.join(self.private, "record"))
         self.processes: list[Process] = []
+        # No lifetime: a demo may run as long as its user asks; each child
+        # leaves when its standard input closes, that is when the demo ends,
+        # however it ends.
+        self.children = ChannelProcesses(self.directory, transport=None, lifetime=None)
         self.failovers: list[Failover] = []
-        self.events: queue.Queue[tuple[Process, str | None]] = queue.Queue()
         self.started = time.monotonic()
 
     # Children
 
-    def _spawn(self, kind: str, label: str, *arguments: str) -> Process:
-        popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "twisted_channel._demo",
-                kind,
-                "--dir",
-                self.directory,
-                "--name",
-                self.name,
-                *arguments,
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        process = Process(kind, label, popen)
+    def _spawn(self, kind: str, label: str, mode: str, *arguments: str) -> Process:
+        child = self.children.recorder(mode, self.name, *arguments)
+        process = Process(kind, label, child)
         self.processes.append(process)
-        assert popen.stdout is not None
-        threading.Thread(
-            target=self._read, args=(process, popen.stdout), daemon=True
-        ).start()
         return process
-
-    def _read(self, process: Process, stream: IO[bytes]) -> None:
-        for raw in stream:
-            self.events.put((process, raw.decode("utf-8", "replace").strip()))
-        self.events.put((process, None))
 
     def candidate(self) -> Process:
         count = sum(1 for p in self.processes if p.kind == "candidate")
         return self._spawn(
-            "candidate", f"candidate {count + 1}", "--record", self.record.path
+            "candidate",
+            f"candidate {count + 1}",
+            "candidate",
+            *("--record", self.record.path),
         )
 
     def worker(self, index: int) -> Process:
         return self._spawn(
             "worker",
             f"worker {index + 1}",
-            "--tag",
-            f"w{index + 1}",
-            "--count",
-            str(self.messages),
-            "--rate",
-            str(self.rate),
+            "client",
+            *("--tag", f"w{index + 1}", "--count", str(self.messages)),
+            *("--rate", str(self.rate), "--interval", "0.01", "--progress", "0.1"),
         )
 
     def reapAll(self) -> None:
         """
-        End every child that still runs, and wait for each.
+        End every child that still runs (each is given 2 s to leave once
+        its standard input is closed), and wait for each.
         """
-        for process in self.processes:
-            stdin = process.popen.stdin
-            if stdin is not None:
-                try:
-                    stdin.close()
-                except OSError:
-                    pass
-        deadline = time.monotonic() + 2.0
-        for process in self.processes:
-            try:
-                process.popen.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for process in self.processes:
-            if process.popen.poll() is None:
-                try:
-                    process.popen.kill()
-                except ProcessLookupError:
-                    pass
-            process.popen.wait()
-            if process.popen.stdout is not None:
-                process.popen.stdout.close()
+        self.children.reapAll(grace=2.0)
 
     def cleanUp(self) -> None:
         shutil.rmtree(self.private, ignore_errors=True)
@@ -388,18 +193,28 @@ class Demo:
 
     def pump(self, timeout: float) -> None:
         """
-        Take in what the children said within C{timeout} seconds.
+        Take in what the children said, waiting up to C{timeout} seconds
+        for something to be said.
         """
         deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            try:
-                process, line = self.events.get(timeout=max(0.0, remaining))
-            except queue.Empty:
+            heard = False
+            for process in self.processes:
+                if process.ended:
+                    continue
+                ended = process.child.outputEnded()
+                lines = process.child.lines
+                while process.seen < len(lines):
+                    self._event(process, lines[process.seen])
+                    process.seen += 1
+                    heard = True
+                if ended:
+                    process.ended = True
+                    self._event(process, None)
+                    heard = True
+            if heard or time.monotonic() >= deadline:
                 break
-            self._event(process, line)
-            if remaining <= 0:
-                break
+            time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
         self.record.update()
 
     def _event(self, process: Process, line: str | None) -> None:
@@ -411,10 +226,11 @@ class Demo:
             return
         word, _, rest = line.partition(" ")
         values = rest.split()
-        if word == "ROLE" and not process.killed:
+        if word == "ELECTED":
+            process.hostedAt = int(values[0])
+        elif word == "ROLE" and not process.killed:
             process.role = values[0]
-            if values[0] == "host":
-                process.hostedAt = int(values[1])
+            if values[0] == "host" and process.hostedAt is not None:
                 for failover in self.failovers:
                     if failover.newHostPid is None:
                         failover.newHostPid = process.pid
@@ -438,10 +254,17 @@ class Demo:
             process.role = "connected"
         elif word == "UNLINK":
             process.role = "reconnecting"
-        elif word == "DONE":
-            process.outcome = "done"
-            process.role = "done"
-        elif word in ("FAILED", "ERROR"):
+        elif word == "WROTE":
+            process.sent = int(values[0])
+        elif word == "CLOSED":
+            reason, undelivered = values[0], int(values[1])
+            if process.sent == self.messages and undelivered == 0:
+                process.outcome = "done"
+                process.role = "done"
+            else:
+                process.outcome = f"failed: {reason}, {undelivered} undelivered"
+                process.role = "failed"
+        elif word == "ERROR":
             process.outcome = f"failed: {rest}"
             process.role = "failed"
 
@@ -501,8 +324,7 @@ class Demo:
             # The fresh candidate is still starting: killing now would time
             # Python's start-up, not the failover.
             return
-        killedAt = time.monotonic_ns()
-        os.kill(host.pid, signal.SIGKILL)
+        killedAt = host.child.kill()
         host.killed = True
         host.role = "killed"
         self.failovers.append(Failover(host.pid, killedAt))
@@ -741,7 +563,3 @@ def runDemo(
     console.print(summary(demo, result))
     demo.cleanUp()
     return 0 if result.ok else 1
-
-
-if __name__ == "__main__":
-    childMain()

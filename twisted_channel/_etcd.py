@@ -42,11 +42,13 @@ from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
+    RequestTransmissionFailed,
     ResponseDone,
     ResponseFailed,
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
 
 _log = Logger()
 
@@ -69,6 +71,8 @@ _NETWORK_ERRORS = (
     ConnectError,
     ConnectingCancelledError,
     ConnectionClosed,
+    # The TLS handshake failed while the request was being sent.
+    RequestTransmissionFailed,
     ResponseFailed,
 )
 _JSON_HEADERS = Headers({b"Content-Type": [b"application/json"]})
@@ -454,8 +458,9 @@ class EtcdClient:
     @param coordinator: a L{Coordinator} or a C{coordinator=} value.
     @param timeout: seconds each request may take, over all members tried.
     @param maxLineLength: the longest line accepted from etcd, in bytes.
-    @param contextFactory: the TLS policy for C{etcds://} members (default:
-        Twisted's, verifying against the system's trust roots).
+    @param contextFactory: the TLS policy for C{etcds://} members, such as
+        an L{EtcdTLSPolicy} (default: Twisted's, verifying against the
+        system's trust roots).
     """
 
     def __init__(
@@ -892,6 +897,52 @@ class EtcdClient:
         return self._pool.closeCachedConnections()  # type: ignore[no-any-return]
 
 
+@implementer(IPolicyForHTTPS)
+class EtcdTLSPolicy:
+    """
+    How an L{EtcdClient} speaks TLS to C{etcds://} members: their
+    certificates verified against C{authorities} (and the member's address
+    or name), and, if given, a client certificate for etcd's
+    C{--client-cert-auth}.
+
+    @param authorities: C{twisted.internet.ssl.Certificate}s.
+    @param clientCertificate: a C{twisted.internet.ssl.PrivateCertificate}
+        or C{None}.
+    """
+
+    def __init__(self, authorities: list[Any], clientCertificate: Any = None) -> None:
+        self.authorities = authorities
+        self.clientCertificate = clientCertificate
+
+    @classmethod
+    def fromFiles(
+        cls,
+        caCerts: str,
+        certKey: str | None = None,
+        privateKey: str | None = None,
+    ) -> EtcdTLSPolicy:
+        """
+        Load the authorities (and a client certificate) from PEM files.
+
+        @raise ValueError: naming a file that is wrong.
+        """
+        from ._tls import loadAuthorities, loadCredentials
+
+        if certKey is None:
+            return cls(loadAuthorities(caCerts, "etcdCACerts"))
+        credentials = loadCredentials(certKey, privateKey, caCerts)
+        return cls(credentials.authorities, credentials.certificate)
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        from twisted.internet.ssl import optionsForClientTLS, trustRootFromCertificates
+
+        return optionsForClientTLS(
+            hostname.decode("ascii"),
+            trustRoot=trustRootFromCertificates(self.authorities),
+            clientCertificate=self.clientCertificate,
+        )
+
+
 class _WatchCancelledError(Exception):
     """
     etcd cancelled a watch.
@@ -903,6 +954,7 @@ __all__: Sequence[str] = [
     "EtcdClient",
     "EtcdError",
     "EtcdProtocolError",
+    "EtcdTLSPolicy",
     "EtcdUnavailableError",
     "EtcdWatch",
     "JSONLines",

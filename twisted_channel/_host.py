@@ -4,19 +4,14 @@ The listening side of a channel: a candidate that hosts or stands by.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import secrets
-import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import error, tcp, unix
+from twisted.internet import error
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import (
     IAddress,
@@ -47,15 +42,11 @@ from ._auth import (
     removePortFile,
     writePortFile,
 )
+from ._authexchange import FailureLimit
 from ._credentials import peerCredentials
 from ._directory import (
-    MAX_SOCKET_PATH as _MAX_SOCKET_PATH,
-)
-from ._directory import (
     ChannelPaths,
-    checkReplaceableSocket,
     prepareDirectory,
-    removeStaleSocket,
 )
 from ._election import HostElection
 from ._hostsession import (
@@ -68,14 +59,25 @@ from ._hostsession import (
     StatusQueried,
 )
 from ._interfaces import ChannelBufferFullError
+from ._publishing import (
+    HostSocketPort,
+    PublishedSocket,
+    ReadySocket,
+    discardReadySocket,
+    listeningUnixSocket,
+    readySocket,
+    removeLeftovers,
+    withdrawUnixSocket,
+)
+from ._roles import RoleWaiters
 from ._sockets import (
-    adoptListeningSocket,
     bufferedBytes,
     pushToKernel,
     readDirectly,
     sendNow,
     unreadBytes,
 )
+from ._states import ELECTED, PORT, START_FAILED, STARTED, STOPPED, WITHDRAWN
 from ._surface import SocketOptions, streamAddress
 
 _log = Logger()
@@ -109,283 +111,6 @@ _REBIND_DELAY = 1.0
 #: Seconds the reactor's shutdown waits for a host to hand over (its links
 #: to close with their last acknowledgements).
 SHUTDOWN_HANDOVER_TIMEOUT = 1.0
-
-STOPPED = "stopped"
-
-
-class _HostSocketPort(unix.Port):
-    """
-    A Unix listening port that, when it closes, removes its socket file only
-    if the file there is still the one it bound: a host never removes a
-    socket it did not make, and does not fail if its own was deleted.
-
-    @ivar socketPath: where its socket is published, kept here rather than
-        read back from Twisted's port, whose name for it differs between
-        versions.
-    """
-
-    _identity: tuple[int, int] | None = None
-
-    def __init__(
-        self,
-        socketPath: bytes,
-        factory: IProtocolFactory,
-        backlog: int,
-        mode: int,
-        reactor: object,
-    ) -> None:
-        super().__init__(socketPath, factory, backlog, mode, reactor)
-        self.socketPath = socketPath
-
-    def adopt(self, published: _PublishedSocket) -> None:
-        """
-        Listen on C{published}, already bound and published, rather than
-        on a socket of its own; where the Twisted in use cannot (the probe
-        said so, once), withdraw it and bind in its place on starting.
-        """
-        if adoptListeningSocket(self, published.listening):
-            self._identity = published.identity
-        else:
-            _withdrawUnixSocket(published, os.fsdecode(self.socketPath))
-
-    def startListening(self) -> None:
-        super().startListening()  # type: ignore[no-untyped-call]
-        if self._identity is None:
-            info = os.lstat(self.socketPath)
-            self._identity = (info.st_dev, info.st_ino)
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self._identity is not None:
-            _unlinkIfSame(self.socketPath, self._identity)
-        # Not unix.Port's, which removes whatever file is at the path.
-        tcp.Port.connectionLost(self, reason)
-
-
-def _unlinkIfSame(path: str | bytes, identity: tuple[int, int]) -> None:
-    """
-    Remove the file at C{path} if it is still the one with C{identity}
-    (device, inode): a host never removes a socket it did not make.
-    """
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return
-    if (info.st_dev, info.st_ino) == identity:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-@dataclass(frozen=True)
-class _PublishedSocket:
-    """
-    A listening Unix socket, and the device and inode of its file.
-    """
-
-    listening: socket.socket
-    identity: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class _ReadySocket:
-    """
-    A listening Unix socket that a standby bound under a temporary name, to
-    publish by a mere rename the moment it wins the lock.
-    """
-
-    listening: socket.socket
-    temporary: str
-    identity: tuple[int, int]
-
-
-def _temporaryPrefix(path: str) -> str:
-    """
-    The prefix of the temporary names a host of the socket at C{path} binds
-    under: a dot, the socket's file name, a tilde.
-    """
-    directory, name = os.path.split(path)
-    return os.path.join(directory, f".{name}~")
-
-
-def _temporaryName(path: str) -> str:
-    """
-    A temporary name for a socket to be published at C{path}: its prefix,
-    this process's pid (which tells whether its maker is alive) and a
-    random part.
-    """
-    return f"{_temporaryPrefix(path)}{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def _makerAlive(name: str, prefix: str) -> bool:
-    """
-    Whether the process that bound the temporary socket C{name} still runs,
-    by the pid in the name.  A zombie (dead, not yet reaped by its parent)
-    does not.
-    """
-    pid = name[len(prefix) :].split("-", 1)[0]
-    if not pid.isdigit() or int(pid) <= 0:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except OSError:
-        return True
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as stat:
-            # The state follows the command name, which is in parentheses
-            # and may hold anything, a parenthesis included.
-            state = stat.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in (b"Z", b"X")
-
-
-def _removeLeftovers(path: str) -> None:
-    """
-    Remove temporary sockets that processes of this channel left behind
-    when they died: hosts killed between bind and rename, standbys killed
-    with their L{_ReadySocket}.  Those of live standbys stay.  Called by
-    the lock holder only, so no host is publishing meanwhile; not while it
-    takes over, when every moment counts, but at each check of its
-    published socket.
-    """
-    directory, _ = os.path.split(path)
-    prefix = os.path.basename(_temporaryPrefix(path))
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(prefix) and not _makerAlive(name, prefix):
-            try:
-                removeStaleSocket(os.path.join(directory, name))
-            except (OSError, ValueError):
-                pass
-
-
-def _listeningAt(name: str) -> tuple[socket.socket, tuple[int, int]]:
-    """
-    A Unix socket bound at C{name} and listening, mode 0600, not blocking;
-    and the device and inode of its file.
-    """
-    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        listening.bind(name)
-        os.chmod(name, 0o600)
-        listening.listen(128)
-        listening.setblocking(False)
-        info = os.lstat(name)
-    except BaseException:
-        listening.close()
-        raise
-    return listening, (info.st_dev, info.st_ino)
-
-
-def _readySocket(path: str) -> _ReadySocket:
-    """
-    Bind and listen, under a temporary name, a socket to publish at C{path}
-    by renaming it: what a standby holds ready, and how a host publishes.
-    """
-    temporary = _temporaryName(path)
-    try:
-        listening, identity = _listeningAt(temporary)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-    return _ReadySocket(listening, temporary, identity)
-
-
-def _discardReadySocket(ready: _ReadySocket) -> None:
-    """
-    Close a L{_ReadySocket} that will not be published, and remove its
-    file.
-    """
-    ready.listening.close()
-    try:
-        os.unlink(ready.temporary)
-    except OSError:
-        pass
-
-
-def _publishReadySocket(ready: _ReadySocket, path: str) -> _PublishedSocket | None:
-    """
-    Rename C{ready} into place at C{path}, if its file is still the one it
-    bound; otherwise discard it and return None.  Called holding the lock.
-    """
-    try:
-        info = os.lstat(ready.temporary)
-        if (info.st_dev, info.st_ino) != ready.identity:
-            raise FileNotFoundError(ready.temporary)
-        os.rename(ready.temporary, path)
-    except OSError:
-        _discardReadySocket(ready)
-        return None
-    return _PublishedSocket(ready.listening, ready.identity)
-
-
-def _listeningUnixSocket(
-    path: str, ready: _ReadySocket | None = None
-) -> _PublishedSocket:
-    """
-    A Unix socket listening at C{path}, published there only once it
-    listens: it is bound under a temporary name and renamed into place, so
-    a client never finds a socket that refuses it, and the rename tells
-    watching clients that a host is ready.  The rename also replaces a
-    stale socket a dead host left.  With C{ready}, a standby's socket bound
-    beforehand, only the rename is left to do (if that fails, a new socket
-    is bound as without it).
-
-    Where that cannot be done (no inode left for the temporary name, or a
-    name too long for a socket address), the dead host's socket is removed
-    and the new one bound in its place directly.
-    """
-    try:
-        checkReplaceableSocket(path)
-    except BaseException:
-        if ready is not None:
-            _discardReadySocket(ready)
-        raise
-    if ready is not None:
-        published = _publishReadySocket(ready, path)
-        if published is not None:
-            return published
-    try:
-        ready = _readySocket(path)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG) and (
-            len(os.fsencode(_temporaryName(path))) <= _MAX_SOCKET_PATH
-        ):
-            raise
-        return _listeningInPlace(path)
-    try:
-        os.rename(ready.temporary, path)
-    except BaseException:
-        _discardReadySocket(ready)
-        raise
-    return _PublishedSocket(ready.listening, ready.identity)
-
-
-def _listeningInPlace(path: str) -> _PublishedSocket:
-    """
-    Free the dead host's inode (or its name) and bind at C{path} directly:
-    where no temporary name can be had.  Called holding the lock.
-    """
-    removeStaleSocket(path)
-    return _PublishedSocket(*_listeningAt(path))
-
-
-def _withdrawUnixSocket(published: _PublishedSocket, path: str) -> None:
-    """
-    Close a socket made by L{_listeningUnixSocket} and remove its file, if
-    the file at C{path} is still that socket.
-    """
-    _unlinkIfSame(path, published.identity)
-    published.listening.close()
 
 
 class _HostingTerm(DeliveryRecords):
@@ -940,6 +665,17 @@ class ChannelPort:
     @ivar role: C{"host"}, C{"standby"} or, after L{stopListening},
         C{"stopped"}.
     @ivar transportKind: C{"unix"} or C{"tcp"}: what it listens on.
+
+    It coordinates: the election is a L{HostElection}, publishing the
+    socket is L{twisted_channel._publishing}, each link is a L{_HostLink}
+    driving a L{HostSession}, the waiters and observers of the role are a
+    L{RoleWaiters}, failed authentications a L{FailureLimit}.  L{role}
+    changes only as the table L{twisted_channel._states.PORT} allows.  What
+    it keeps itself is what ties those together for one term: the
+    listening port, the term, the retry timer after a failed bind, the
+    shutdown trigger, the timer that checks the published socket, and the
+    socket a standby holds ready, which the election thread may take (hence
+    its lock).
     """
 
     def __init__(
@@ -963,8 +699,7 @@ class ChannelPort:
         self.handshakeTimeout = handshakeTimeout
         self.transportKind = transport
         self.secret: bytes | None = None
-        self._authFailures: deque[float] = deque()
-        self._floodLogged = 0.0
+        self._authFailures = FailureLimit(AUTH_FAILURE_LIMIT, AUTH_FAILURE_WINDOW)
         self.role = STOPPED
         self._election = HostElection(
             reactor,
@@ -975,16 +710,14 @@ class ChannelPort:
         )
         self._socketPort: IListeningPort | None = None
         self._term: _HostingTerm | None = None
-        self._hostingWaiters: list[Deferred[ChannelAddress]] = []
-        self._notHostingWaiters: list[Deferred[ChannelAddress]] = []
-        self._roleObservers: list[Callable[[str], None]] = []
+        self._roleWaiters = RoleWaiters(name)
         self._rebind: IDelayedCall | None = None
         self._rebindDelay = _REBIND_FIRST_DELAY
         self._shutdownTrigger: object | None = None
         self._guard: LoopingCall | None = None
         # The socket this standby will publish if it wins: taken by
         # whichever thread wins the lock, discarded by the reactor thread.
-        self._ready: _ReadySocket | None = None
+        self._ready: ReadySocket | None = None
         self._readyLock = threading.Lock()
         self._factoryStarted = False
 
@@ -1041,7 +774,7 @@ class ChannelPort:
         if not self._factoryStarted:
             self.factory.doStart()
             self._factoryStarted = True
-        self.role = STANDBY
+        self.role = PORT[self.role, STARTED]
         try:
             if self._election.tryNow():
                 self._becomeHost()
@@ -1050,7 +783,7 @@ class ChannelPort:
         except BaseException:
             self._election.release()
             self._discardReady()
-            self.role = STOPPED
+            self.role = PORT[self.role, START_FAILED]
             raise
         self._handOverAtShutdown()
         if self.role == STANDBY:
@@ -1114,13 +847,13 @@ class ChannelPort:
             with self._readyLock:
                 if self._ready is None:
                     try:
-                        self._ready = _readySocket(self.paths.socket)
+                        self._ready = readySocket(self.paths.socket)
                     except OSError:
                         # It binds when it wins, as it would have anyway.
                         pass
         self._election.waitInBackground()
 
-    def _takeReady(self) -> _ReadySocket | None:
+    def _takeReady(self) -> ReadySocket | None:
         """
         The ready socket, for the thread that won the lock to publish.
         """
@@ -1131,26 +864,26 @@ class ChannelPort:
     def _discardReady(self) -> None:
         ready = self._takeReady()
         if ready is not None:
-            _discardReadySocket(ready)
+            discardReadySocket(ready)
 
-    def _bindEarly(self) -> _PublishedSocket:
+    def _bindEarly(self) -> PublishedSocket:
         """
         On the election thread, the moment the lock is won: publish a
         listening socket, so that clients connect (and queue in the kernel)
         before the reactor thread even wakes.
         """
-        return _listeningUnixSocket(self.paths.socket, self._takeReady())
+        return listeningUnixSocket(self.paths.socket, self._takeReady())
 
     def _unbindEarly(self, prepared: object) -> None:
         """
         The wait was cancelled after L{_bindEarly}: withdraw its socket.
         """
-        assert isinstance(prepared, _PublishedSocket)
-        _withdrawUnixSocket(prepared, self.paths.socket)
+        assert isinstance(prepared, PublishedSocket)
+        withdrawUnixSocket(prepared, self.paths.socket)
 
     def _elected(self, prepared: object = None) -> None:
         if self.role != STANDBY:
-            if isinstance(prepared, _PublishedSocket):
+            if isinstance(prepared, PublishedSocket):
                 self._unbindEarly(prepared)
             self._election.release()
             return
@@ -1217,17 +950,15 @@ class ChannelPort:
                     raise
                 self.secret = secret
             else:
-                unixPort = _HostSocketPort(
+                unixPort = HostSocketPort(
                     os.fsencode(self.paths.socket),
                     _HostLinkFactory(self, term),
                     backlog=128,
                     mode=0o600,
                     reactor=self.reactor,
                 )
-                if not isinstance(prepared, _PublishedSocket):
-                    prepared = _listeningUnixSocket(
-                        self.paths.socket, self._takeReady()
-                    )
+                if not isinstance(prepared, PublishedSocket):
+                    prepared = listeningUnixSocket(self.paths.socket, self._takeReady())
                 unixPort.adopt(prepared)
                 unixPort.startListening()
                 socketPort = unixPort
@@ -1236,7 +967,7 @@ class ChannelPort:
             raise
         self._socketPort = socketPort
         self._term = term
-        self.role = HOST
+        self.role = PORT[self.role, ELECTED]
         self._rebindDelay = _REBIND_FIRST_DELAY
         self._guard = LoopingCall(self._checkPublished)
         self._guard.clock = self.clock
@@ -1248,7 +979,7 @@ class ChannelPort:
             path=self.getHost().path,
             role=HOST,
         )
-        self._announce(self._hostingWaiters)
+        self._roleWaiters.announce(self.role, self.getHost())
 
     def _checkPublished(self) -> None:
         """
@@ -1264,7 +995,7 @@ class ChannelPort:
                 self._checkPortFile()
             else:
                 self._checkSocketFile()
-                _removeLeftovers(self.paths.socket)
+                removeLeftovers(self.paths.socket)
         except Exception:
             _log.failure(
                 "channel {channel}: could not publish the host again; "
@@ -1275,7 +1006,7 @@ class ChannelPort:
 
     def _checkSocketFile(self) -> None:
         oldPort = self._socketPort
-        assert isinstance(oldPort, _HostSocketPort)
+        assert isinstance(oldPort, HostSocketPort)
         try:
             info = os.lstat(self.paths.socket)
         except FileNotFoundError:
@@ -1288,8 +1019,8 @@ class ChannelPort:
             channel=self.name,
             path=self.paths.socket,
         )
-        published = _listeningUnixSocket(self.paths.socket)
-        newPort = _HostSocketPort(
+        published = listeningUnixSocket(self.paths.socket)
+        newPort = HostSocketPort(
             os.fsencode(self.paths.socket),
             oldPort.factory,
             backlog=128,
@@ -1320,22 +1051,6 @@ class ChannelPort:
         port = self._socketPort.getHost().port  # type: ignore[attr-defined]
         writePortFile(self.paths.port, PortFile(port, secret, os.getpid()))
 
-    def _announce(self, waiters: list[Deferred[ChannelAddress]]) -> None:
-        address = self.getHost()
-        pending = waiters[:]
-        del waiters[:]
-        for waiter in pending:
-            waiter.callback(address)
-        for observer in self._roleObservers[:]:
-            try:
-                observer(self.role)
-            except Exception:
-                _log.failure(
-                    "channel {channel}: role observer {observer} raised",
-                    channel=self.name,
-                    observer=observer,
-                )
-
     def whenHosting(self) -> Deferred[ChannelAddress]:
         """
         A Deferred that fires with this port's address when this process
@@ -1344,9 +1059,7 @@ class ChannelPort:
         """
         if self.role == HOST:
             return succeed(self.getHost())
-        waiter: Deferred[ChannelAddress] = Deferred()
-        self._hostingWaiters.append(waiter)
-        return waiter
+        return self._roleWaiters.whenHosting()
 
     def whenNotHosting(self) -> Deferred[ChannelAddress]:
         """
@@ -1355,22 +1068,20 @@ class ChannelPort:
         """
         if self.role != HOST:
             return succeed(self.getHost())
-        waiter: Deferred[ChannelAddress] = Deferred()
-        self._notHostingWaiters.append(waiter)
-        return waiter
+        return self._roleWaiters.whenNotHosting()
 
     def addRoleObserver(self, observer: Callable[[str], None]) -> None:
         """
         Call C{observer} with the new role (C{"host"}, C{"standby"} or
         C{"stopped"}) each time this process starts or stops hosting.
         """
-        self._roleObservers.append(observer)
+        self._roleWaiters.addObserver(observer)
 
     def removeRoleObserver(self, observer: Callable[[str], None]) -> None:
         """
         Stop calling an observer added with L{addRoleObserver}.
         """
-        self._roleObservers.remove(observer)
+        self._roleWaiters.removeObserver(observer)
 
     def stopListening(self) -> Deferred[Any]:
         """
@@ -1390,7 +1101,7 @@ class ChannelPort:
         if trigger is not None:
             self.reactor.removeSystemEventTrigger(trigger)
         wasHosting = self.role == HOST
-        self.role = STOPPED
+        self.role = PORT[self.role, WITHDRAWN]
         if not wasHosting:
             self._election.release()
             self._discardReady()
@@ -1421,7 +1132,7 @@ class ChannelPort:
             for link in list(term.allLinks):
                 closing.append(link.whenClosed())
                 link.closeQuietly()
-            self._announce(self._notHostingWaiters)
+            self._roleWaiters.announce(self.role, self.getHost())
             return DeferredList(closing)
 
         def factoryStopped(result: object) -> None:
@@ -1436,7 +1147,7 @@ class ChannelPort:
         """
         Count a failed authentication, for L{acceptingLinks}.
         """
-        self._authFailures.append(self.clock.seconds())
+        self._authFailures.failed(self.clock.seconds())
 
     def acceptingLinks(self) -> bool:
         """
@@ -1446,19 +1157,16 @@ class ChannelPort:
         the window has passed, so guessing costs an attacker time.
         """
         now = self.clock.seconds()
-        failures = self._authFailures
-        while failures and failures[0] < now - AUTH_FAILURE_WINDOW:
-            failures.popleft()
-        if len(failures) < AUTH_FAILURE_LIMIT:
+        limit = self._authFailures
+        if limit.accepting(now):
             return True
-        if now - self._floodLogged > AUTH_FAILURE_WINDOW:
-            self._floodLogged = now
+        if limit.warningDue(now):
             _log.warn(
                 "channel {channel}: {count} failed authentications in "
                 "{window} s; refusing new links for a while",
                 channel=self.name,
-                count=len(failures),
-                window=AUTH_FAILURE_WINDOW,
+                count=limit.recent(now),
+                window=limit.window,
             )
         return False
 

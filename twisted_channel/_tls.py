@@ -127,21 +127,26 @@ def loadCredentials(
             f"the private key in {privateKey or certKey!r} does not match "
             f"the certificate in {certKey!r}"
         ) from None
-    authorities = _loadAuthorities(caCerts)
+    authorities = loadAuthorities(caCerts)
     if certificateIdentity(private.original) is None:
         raise ValueError(f"certKey={certKey!r}: the certificate names no identity")
     return TLSCredentials(private, authorities)
 
 
-def _loadAuthorities(caCerts: str) -> list[Any]:
+def loadAuthorities(caCerts: str, option: str = "caCerts") -> list[Any]:
+    """
+    The certificates of the authorities in the PEM file C{caCerts}.
+
+    @raise ValueError: naming the file (as C{option}) if it holds none.
+    """
     from cryptography import x509
     from twisted.internet.ssl import Certificate
 
-    data = _read("caCerts", caCerts)
+    data = _read(option, caCerts)
     try:
         loaded = x509.load_pem_x509_certificates(data)
     except ValueError:
-        raise ValueError(f"caCerts={caCerts!r} holds no PEM certificate") from None
+        raise ValueError(f"{option}={caCerts!r} holds no PEM certificate") from None
     from cryptography.hazmat.primitives.serialization import Encoding
 
     return [Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in loaded]

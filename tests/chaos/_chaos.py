@@ -149,8 +149,14 @@ def runChaos(
     """
     rng = random.Random(settings.seed)
     directory = shortDirectory()
+    # Each kill waits about one interval, then for the next host; the
+    # processes live for the whole loop, with room to spare.
+    lifetime = 600 + 3 * settings.kills * settings.interval / 1000
     cluster = Cluster(
-        directory, reactorName=settings.reactor, transport=settings.transport
+        directory,
+        reactorName=settings.reactor,
+        transport=settings.transport,
+        lifetime=lifetime,
     )
     streaming = [
         "--rate",

@@ -1,7 +1,8 @@
 """
-The chaos harness's machinery: a cluster of worker processes on one
-channel, the record the hosts keep of what they received, and the
-accounting that turns it into figures.
+The chaos harness's machinery: a cluster of recorder processes on one
+channel (started with L{twisted_channel.testing}, whose record of what the
+hosts received it reads), and the accounting that turns that record into
+figures.
 
 Every wait here is bounded, every child is reaped by pid (never by name),
 and every directory is a short one under ``/tmp`` with mode 0700.
@@ -24,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted_channel._directory import channelPaths
-from twisted_channel._host import _temporaryPrefix
-from twisted_channel.testing import ChannelProcesses
+from twisted_channel._publishing import temporaryPrefix as _temporaryPrefix
+from twisted_channel.testing import ChannelProcesses, Record, readRecords
 from twisted_channel.testing import ChildProcess as Child
 
 #: The channel every chaos cluster uses.
@@ -135,54 +136,6 @@ def hostStatus(socketPath: str, timeout: float = 5.0) -> dict[str, Any] | None:
             status: dict[str, Any] = json.loads(body)
             return status
     return None
-
-
-# The record
-
-
-@dataclass(frozen=True)
-class Record:
-    """
-    One message as a host received it.
-    """
-
-    pid: int
-    tag: str
-    number: int
-    stamp: int
-    length: int
-
-
-def readRecords(path: str) -> list[Record]:
-    """
-    The messages the hosts recorded in C{path}, in the order they wrote
-    them; lines whose head is not C{TAG:NUMBER} (requests) are left out.
-    """
-    records: list[Record] = []
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return records
-    # A last line without its end is being written: a line that crosses a
-    # page boundary shows its first part before its end.
-    for line in data[: data.rfind(b"\n") + 1].splitlines():
-        fields = line.split()
-        if len(fields) != 4:
-            raise HarnessError(f"malformed record line {line[:100]!r}")
-        tag, colon, number = fields[1].rpartition(b":")
-        if not colon or not number.isdigit():
-            continue
-        records.append(
-            Record(
-                int(fields[0]),
-                tag.decode(),
-                int(number),
-                int(fields[2]),
-                int(fields[3]),
-            )
-        )
-    return records
 
 
 # Accounting
@@ -360,14 +313,21 @@ class Cluster:
         reactorName: str = "default",
         name: str = NAME,
         transport: str = "unix",
+        lifetime: float = 600.0,
     ) -> None:
+        """
+        @param lifetime: seconds after which any process of the cluster
+            still running is killed (see L{ChildProcess}).
+        """
         from twisted_channel._directory import channelPaths
 
         self.directory = directory
         self.name = name
         self.reactorName = reactorName
         self.transportKind = transport
-        self.children = ChannelProcesses(directory, reactorName, transport)
+        self.children = ChannelProcesses(
+            directory, reactorName, transport, lifetime=lifetime
+        )
         self.record = os.path.join(recordDirectory or directory, "record")
         self.socketPath = channelPaths(name, directory).socket
         self.candidates: list[Child] = []

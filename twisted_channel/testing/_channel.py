@@ -76,7 +76,8 @@ class ChannelProcesses:
     @ivar reactorName: C{"default"} or C{"asyncio"}: the reactor the
         recorders run.
     @ivar transportKind: C{"unix"} or C{"tcp"}: the transport the
-        recorders' channels use (given as C{transport}).
+        recorders' channels use (given as C{transport}); L{None}: the
+        endpoint's default.
     @ivar children: every child started, in order.
     """
 
@@ -84,7 +85,7 @@ class ChannelProcesses:
         self,
         directory: str,
         reactorName: str = "default",
-        transport: str = "unix",
+        transport: str | None = "unix",
         lifetime: float | None = 600.0,
     ) -> None:
         """
@@ -141,10 +142,11 @@ class ChannelProcesses:
         @param extra: more command-line arguments (a later option replaces
             an earlier one).
         """
+        kind = self.transportKind
+        transport = [] if kind is None else ["--transport", kind]
         return self.start(
             [sys.executable, "-m", RECORDER, mode, "--dir", self.directory]
-            + ["--name", name, "--reactor", self.reactorName]
-            + ["--transport", self.transportKind, *extra],
+            + ["--name", name, "--reactor", self.reactorName, *transport, *extra],
             label=f"{mode} {name}",
         )
 

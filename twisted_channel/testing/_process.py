@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
 from typing import Any
 
 #: How much of a child's standard error is kept, and shown when it fails.
@@ -68,8 +69,9 @@ class ChildProcess:
     The child is bounded in time: unless C{lifetime} is L{None}, a timer
     kills it (C{SIGKILL}, by its pid) if it still runs C{lifetime} seconds
     after it started.  L{reap} ends it and waits for it; use it in a
-    C{finally} block, or start children in a L{ChannelProcesses}, which
-    reaps them all when its block ends.
+    C{finally} block, use the child as a context manager (its block's end
+    reaps it), or start children in a L{ChannelProcesses}, which reaps them
+    all when its block ends.
 
     @ivar arguments: the command line.
     @ivar label: a short name for messages.
@@ -121,7 +123,7 @@ class ChildProcess:
         self._stderr: deque[bytes] = deque()
         self._stderrSize = 0
         self._lock = threading.Lock()
-        self._reaped = False
+        self._outputEnded = False
         self._killedAtDeadline = False
         threading.Thread(target=self._readOutput, daemon=True).start()
         threading.Thread(target=self._readErrors, daemon=True).start()
@@ -133,6 +135,17 @@ class ChildProcess:
 
     def __repr__(self) -> str:
         return f"<ChildProcess {self.label} pid {self.pid}>"
+
+    def __enter__(self) -> ChildProcess:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.reap()
 
     # Reading
 
@@ -176,9 +189,18 @@ class ChildProcess:
             return False
         if line is None:
             self._queue.put(None)
+            self._outputEnded = True
             return False
         self.lines.append(line)
         return True
+
+    def outputEnded(self) -> bool:
+        """
+        Whether the child's standard output has ended (it exited, or closed
+        it) and every line of it is in L{lines}.
+        """
+        self.collect()
+        return self._outputEnded
 
     def collect(self) -> list[str]:
         """
@@ -303,6 +325,16 @@ class ChildProcess:
         roles = [line.split()[1] for line in self.collect() if line.startswith("ROLE ")]
         return roles[-1] if roles else None
 
+    def waitForRole(self, role: str, timeout: float = 20.0) -> None:
+        """
+        Wait until a channel candidate says it has C{role} (a line C{ROLE
+        <role>}, printed before or to come; see L{waitFor}).
+
+        @param role: C{"host"}, C{"standby"} or C{"stopped"}.
+        @raise ChildFailedError: if it does not within C{timeout} seconds.
+        """
+        self.waitFor(lambda line: line == f"ROLE {role}", timeout)
+
     # Talking and ending
 
     def send(self, command: str) -> None:
@@ -409,5 +441,4 @@ class ChildProcess:
                     stream.close()
                 except OSError:
                     pass
-        self._reaped = True
         return status

@@ -19,8 +19,10 @@ Modes:
  - C{client}: write C{TAG:1}, C{TAG:2}... (padded with a space and C{x} to
    C{--size} bytes): C{--slice} every C{--interval} seconds, or at
    C{--rate} per second, or as fast as a registered push producer is let
-   (C{--producer}); after C{--count} messages (with 0, when told to
-   C{finish}) it closes gracefully, unless C{--stay}.
+   (C{--producer}); after C{--count} messages, or when told to C{finish}
+   (C{--count 0}: no limit), it closes gracefully, unless C{--stay}.  With
+   C{--count 0}, no C{--rate} and no C{--endless} it writes nothing but
+   C{--request}.
 
 It reports on standard output, one line per event, flushed at once:
 
@@ -224,7 +226,7 @@ class StreamingClient(Protocol):
         if self.options.producer:
             self.transport.registerProducer(self, True)  # type: ignore[union-attr]
             self.pending = self.reactor.callLater(0, self.produce)
-        elif self.options.count != 0 or self.options.rate > 0:
+        elif self.options.count or self.options.rate > 0 or self.options.endless:
             self.loop = LoopingCall(self.writeSome)
             self.loop.clock = self.reactor
             self.loop.start(self.options.interval, now=True)
@@ -499,7 +501,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--stream", default="", help="candidate: also stream TAG")
     parser.add_argument("--ballast", type=int, default=0, help="MiB to hold")
     parser.add_argument("--tag", default="c")
-    parser.add_argument("--count", type=int, default=0, help="0: until told")
+    parser.add_argument("--count", type=int, default=0, help="0: no limit")
+    parser.add_argument("--endless", action="store_true", help="write until told")
     parser.add_argument("--rate", type=float, default=0.0, help="messages/s")
     parser.add_argument("--slice", type=int, default=10, help="messages a tick")
     parser.add_argument("--interval", type=float, default=0.005, help="a tick (s)")

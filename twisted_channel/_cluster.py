@@ -1,0 +1,178 @@
+"""
+The two-level election of a channel's host across machines: on each
+machine the candidates elect a local leader with the lock file (in
+milliseconds, as a one-machine channel does); only the local leader
+campaigns in etcd (L{CampaignDriver}); when it dies, the local standby that
+wins the lock inherits its lease from the lease file beside the lock and
+takes the election key over at once, without waiting for the lease to
+expire.
+
+This module owns that composition and the lease file's place, not the
+channel's sockets: L{MachineElection} says when this process hosts (with
+its fencing term) and when it must stop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from ._campaign import (
+    DEFAULT_LEASE_TTL,
+    Campaign,
+    CampaignDriver,
+    HostRecord,
+    readLeaseFile,
+    writeLeaseFile,
+)
+from ._election import HostElection
+
+_log = Logger()
+
+#: Where the election keys live in etcd: C{<prefix>/<name>/host}.
+DEFAULT_KEY_PREFIX = "/twisted-channel"
+
+
+def electionKey(name: str, prefix: str = DEFAULT_KEY_PREFIX) -> bytes:
+    """
+    The etcd key of channel C{name}'s election.
+    """
+    return f"{prefix.rstrip('/')}/{name}/host".encode()
+
+
+def leasePath(lockPath: str) -> str:
+    """
+    The lease file beside a lock file: C{DIR/NAME.lease} for C{DIR/NAME.lock}.
+    """
+    base, _ = os.path.splitext(lockPath)
+    return base + ".lease"
+
+
+class MachineElection:
+    """
+    One process's candidacy for hosting a channel across machines.
+
+    @param reactor: provides C{IReactorTime}, C{IReactorTCP} and
+        C{IReactorFromThreads}.
+    @param client: the L{EtcdClient} to campaign through.
+    @param lockPath: the machine's local election lock.
+    @param key: the election key (L{electionKey}).
+    @param record: what the key says about this process when it hosts.
+    @param onHosting: called with the fencing term when this process
+        becomes the channel's host.
+    @param onNotHosting: called with the term and a reason when it stops
+        being the host; it must stop accepting at once.
+    @param leaseTTL: the lease's TTL in seconds.
+
+    @ivar role: C{"standby"} (waiting for the local lock), C{"local leader"}
+        (campaigning in etcd), C{"host"}, or C{"stopped"}.
+    @ivar term: while hosting, the fencing term; else C{None}.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        client: Any,
+        lockPath: str,
+        key: bytes,
+        record: HostRecord,
+        onHosting: Callable[[int], None],
+        onNotHosting: Callable[[int, str], None],
+        leaseTTL: int = DEFAULT_LEASE_TTL,
+    ) -> None:
+        self._reactor = reactor
+        self.client = client
+        self.lockPath = lockPath
+        self.leasePath = leasePath(lockPath)
+        self.key = key
+        self.record = record
+        self._onHosting = onHosting
+        self._onNotHosting = onNotHosting
+        self.leaseTTL = leaseTTL
+        Campaign(leaseTTL)  # checks the TTL now, not when elected
+        self.role = "stopped"
+        self.term: int | None = None
+        self._local = HostElection(reactor, lockPath, self._locallyElected)
+        self._driver: CampaignDriver | None = None
+
+    def start(self) -> None:
+        """
+        Stand as a candidate: campaign in etcd at once if the local lock is
+        free, else wait for it.
+        """
+        self.role = "standby"
+        if self._local.tryNow():
+            self._locallyElected(None)
+        else:
+            self._local.waitInBackground()
+
+    def _locallyElected(self, prepared: object) -> None:
+        if self.role != "standby":
+            self._local.release()
+            return
+        self.role = "local leader"
+        inherited = readLeaseFile(self.leasePath)
+        _log.info(
+            "local leader of {key}; campaigning in etcd{inheriting}",
+            key=self.key.decode(),
+            inheriting=f" with the inherited lease {inherited}" if inherited else "",
+        )
+        self._driver = CampaignDriver(
+            self._reactor,
+            self.client,
+            self.key,
+            self.record,
+            Campaign(self.leaseTTL),
+            self._elected,
+            self._steppedDown,
+        )
+        self._driver.start(inheritedLease=inherited)
+
+    def _elected(self, term: int, lease: int) -> None:
+        # Recorded before anything else, so that a local heir finds it if
+        # this process dies the next instant.
+        try:
+            writeLeaseFile(self.leasePath, lease)
+        except OSError as e:
+            _log.warn("could not record the lease for a local heir: {e}", e=e)
+        self.role = "host"
+        self.term = term
+        self._onHosting(term)
+
+    def _steppedDown(self, term: int, reason: str) -> None:
+        if self.role == "host":
+            self.role = "local leader"
+        self.term = None
+        self._onNotHosting(term, reason)
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop standing: a host steps down, deletes the key and revokes its
+        lease (so that another machine is elected at once); the local lock
+        is given back.
+
+        @return: a Deferred that fires when etcd has been told (or could
+            not be) and the lock is free.
+        """
+        driver, self._driver = self._driver, None
+        self.role = "stopped"
+        done: Deferred[None] = succeed(None) if driver is None else driver.stop()
+
+        def release(result: object) -> None:
+            if driver is None:
+                # A standby: the lease file is the local leader's.
+                self._local.release()
+                return
+            try:
+                os.unlink(self.leasePath)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                _log.warn("could not remove the lease file: {e}", e=e)
+            self._local.release()
+
+        return done.addBoth(release)

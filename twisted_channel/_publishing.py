@@ -1,0 +1,298 @@
+"""
+Publishing a host's Unix socket: binding it under a temporary name and
+renaming it into place, the socket a standby holds ready to publish the
+moment it wins, the clean-up of what dead processes left, and the port
+that removes its socket only if it is still the one it bound.
+
+Every function here is called holding the lock (or, for a standby's ready
+socket, under a name no one else uses): the file system is the only shared
+state, and a host never removes a file it did not make.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+
+from twisted.internet import tcp, unix
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.python.failure import Failure
+
+from ._directory import MAX_SOCKET_PATH, checkReplaceableSocket, removeStaleSocket
+from ._sockets import adoptListeningSocket
+
+
+class HostSocketPort(unix.Port):
+    """
+    A Unix listening port that, when it closes, removes its socket file only
+    if the file there is still the one it bound: a host never removes a
+    socket it did not make, and does not fail if its own was deleted.
+
+    @ivar socketPath: where its socket is published, kept here rather than
+        read back from Twisted's port, whose name for it differs between
+        versions.
+    """
+
+    _identity: tuple[int, int] | None = None
+
+    def __init__(
+        self,
+        socketPath: bytes,
+        factory: IProtocolFactory,
+        backlog: int,
+        mode: int,
+        reactor: object,
+    ) -> None:
+        super().__init__(socketPath, factory, backlog, mode, reactor)
+        self.socketPath = socketPath
+
+    def adopt(self, published: PublishedSocket) -> None:
+        """
+        Listen on C{published}, already bound and published, rather than
+        on a socket of its own; where the Twisted in use cannot (the probe
+        said so, once), withdraw it and bind in its place on starting.
+        """
+        if adoptListeningSocket(self, published.listening):
+            self._identity = published.identity
+        else:
+            withdrawUnixSocket(published, os.fsdecode(self.socketPath))
+
+    def startListening(self) -> None:
+        super().startListening()  # type: ignore[no-untyped-call]
+        if self._identity is None:
+            info = os.lstat(self.socketPath)
+            self._identity = (info.st_dev, info.st_ino)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._identity is not None:
+            unlinkIfSame(self.socketPath, self._identity)
+        # Not unix.Port's, which removes whatever file is at the path.
+        tcp.Port.connectionLost(self, reason)
+
+
+def unlinkIfSame(path: str | bytes, identity: tuple[int, int]) -> None:
+    """
+    Remove the file at C{path} if it is still the one with C{identity}
+    (device, inode): a host never removes a socket it did not make.
+    """
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return
+    if (info.st_dev, info.st_ino) == identity:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+@dataclass(frozen=True)
+class PublishedSocket:
+    """
+    A listening Unix socket, and the device and inode of its file.
+    """
+
+    listening: socket.socket
+    identity: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ReadySocket:
+    """
+    A listening Unix socket that a standby bound under a temporary name, to
+    publish by a mere rename the moment it wins the lock.
+    """
+
+    listening: socket.socket
+    temporary: str
+    identity: tuple[int, int]
+
+
+def temporaryPrefix(path: str) -> str:
+    """
+    The prefix of the temporary names a host of the socket at C{path} binds
+    under: a dot, the socket's file name, a tilde.
+    """
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}~")
+
+
+def temporaryName(path: str) -> str:
+    """
+    A temporary name for a socket to be published at C{path}: its prefix,
+    this process's pid (which tells whether its maker is alive) and a
+    random part.
+    """
+    return f"{temporaryPrefix(path)}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def makerAlive(name: str, prefix: str) -> bool:
+    """
+    Whether the process that bound the temporary socket C{name} still runs,
+    by the pid in the name.  A zombie (dead, not yet reaped by its parent)
+    does not.
+    """
+    pid = name[len(prefix) :].split("-", 1)[0]
+    if not pid.isdigit() or int(pid) <= 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:
+        return True
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as stat:
+            # The state follows the command name, which is in parentheses
+            # and may hold anything, a parenthesis included.
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
+
+
+def removeLeftovers(path: str) -> None:
+    """
+    Remove temporary sockets that processes of this channel left behind
+    when they died: hosts killed between bind and rename, standbys killed
+    with their L{ReadySocket}.  Those of live standbys stay.  Called by
+    the lock holder only, so no host is publishing meanwhile; not while it
+    takes over, when every moment counts, but at each check of its
+    published socket.
+    """
+    directory, _ = os.path.split(path)
+    prefix = os.path.basename(temporaryPrefix(path))
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and not makerAlive(name, prefix):
+            try:
+                removeStaleSocket(os.path.join(directory, name))
+            except (OSError, ValueError):
+                pass
+
+
+def listeningAt(name: str) -> tuple[socket.socket, tuple[int, int]]:
+    """
+    A Unix socket bound at C{name} and listening, mode 0600, not blocking;
+    and the device and inode of its file.
+    """
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listening.bind(name)
+        os.chmod(name, 0o600)
+        listening.listen(128)
+        listening.setblocking(False)
+        info = os.lstat(name)
+    except BaseException:
+        listening.close()
+        raise
+    return listening, (info.st_dev, info.st_ino)
+
+
+def readySocket(path: str) -> ReadySocket:
+    """
+    Bind and listen, under a temporary name, a socket to publish at C{path}
+    by renaming it: what a standby holds ready, and how a host publishes.
+    """
+    temporary = temporaryName(path)
+    try:
+        listening, identity = listeningAt(temporary)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    return ReadySocket(listening, temporary, identity)
+
+
+def discardReadySocket(ready: ReadySocket) -> None:
+    """
+    Close a L{ReadySocket} that will not be published, and remove its
+    file.
+    """
+    ready.listening.close()
+    try:
+        os.unlink(ready.temporary)
+    except OSError:
+        pass
+
+
+def publishReadySocket(ready: ReadySocket, path: str) -> PublishedSocket | None:
+    """
+    Rename C{ready} into place at C{path}, if its file is still the one it
+    bound; otherwise discard it and return None.  Called holding the lock.
+    """
+    try:
+        info = os.lstat(ready.temporary)
+        if (info.st_dev, info.st_ino) != ready.identity:
+            raise FileNotFoundError(ready.temporary)
+        os.rename(ready.temporary, path)
+    except OSError:
+        discardReadySocket(ready)
+        return None
+    return PublishedSocket(ready.listening, ready.identity)
+
+
+def listeningUnixSocket(path: str, ready: ReadySocket | None = None) -> PublishedSocket:
+    """
+    A Unix socket listening at C{path}, published there only once it
+    listens: it is bound under a temporary name and renamed into place, so
+    a client never finds a socket that refuses it, and the rename tells
+    watching clients that a host is ready.  The rename also replaces a
+    stale socket a dead host left.  With C{ready}, a standby's socket bound
+    beforehand, only the rename is left to do (if that fails, a new socket
+    is bound as without it).
+
+    Where that cannot be done (no inode left for the temporary name, or a
+    name too long for a socket address), the dead host's socket is removed
+    and the new one bound in its place directly.
+    """
+    try:
+        checkReplaceableSocket(path)
+    except BaseException:
+        if ready is not None:
+            discardReadySocket(ready)
+        raise
+    if ready is not None:
+        published = publishReadySocket(ready, path)
+        if published is not None:
+            return published
+    try:
+        ready = readySocket(path)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG) and (
+            len(os.fsencode(temporaryName(path))) <= MAX_SOCKET_PATH
+        ):
+            raise
+        return listeningInPlace(path)
+    try:
+        os.rename(ready.temporary, path)
+    except BaseException:
+        discardReadySocket(ready)
+        raise
+    return PublishedSocket(ready.listening, ready.identity)
+
+
+def listeningInPlace(path: str) -> PublishedSocket:
+    """
+    Free the dead host's inode (or its name) and bind at C{path} directly:
+    where no temporary name can be had.  Called holding the lock.
+    """
+    removeStaleSocket(path)
+    return PublishedSocket(*listeningAt(path))
+
+
+def withdrawUnixSocket(published: PublishedSocket, path: str) -> None:
+    """
+    Close a socket made by L{listeningUnixSocket} and remove its file, if
+    the file at C{path} is still that socket.
+    """
+    unlinkIfSame(path, published.identity)
+    published.listening.close()
