@@ -64,6 +64,9 @@ class HostRecord(NamedTuple):
     pid: int
 
     def encode(self) -> bytes:
+        """
+        The record as the election key's value: JSON.
+        """
         return json.dumps(
             {"address": self.address, "identity": self.identity, "pid": self.pid},
             sort_keys=True,
@@ -102,18 +105,32 @@ class HostRecord(NamedTuple):
 
 
 class GrantLease(NamedTuple):
+    """
+    Ask etcd for a lease of C{ttl} seconds.
+    """
+
     ttl: int
 
 
 class KeepAlive(NamedTuple):
+    """
+    Renew C{lease} once.
+    """
+
     lease: int
 
 
 class ReadKey(NamedTuple):
-    pass
+    """
+    Read the election key (a leader checks it is still the one it wrote).
+    """
 
 
 class Create(NamedTuple):
+    """
+    Create the election key under C{lease} if it does not exist.
+    """
+
     lease: int
 
 
@@ -126,14 +143,26 @@ class Replace(NamedTuple):
 
 
 class WatchKey(NamedTuple):
+    """
+    Watch the election key for changes from C{fromRevision} on.
+    """
+
     fromRevision: int
 
 
 class DeleteKey(NamedTuple):
+    """
+    Delete the election key if its latest change is still C{modRevision}.
+    """
+
     modRevision: int
 
 
 class RevokeLease(NamedTuple):
+    """
+    Revoke C{lease} (and with it any key attached to it).
+    """
+
     lease: int
 
 
@@ -246,6 +275,9 @@ class Campaign:
         self._stepDownAt = sentAt + min(ttl, self.ttl) * RENEW_DEADLINE
 
     def leaseGranted(self, lease: Lease, sentAt: float) -> list[Action]:
+        """
+        The answer to L{GrantLease}, asked at C{sentAt}.
+        """
         if self.state != GRANTING:
             return [RevokeLease(lease.id)]
         self.lease = lease.id
@@ -254,6 +286,10 @@ class Campaign:
         return [Create(lease.id)]
 
     def keepAliveAnswered(self, ttl: int, sentAt: float) -> list[Action]:
+        """
+        The answer to L{KeepAlive}, asked at C{sentAt}: the lease's time to
+        live, 0 if it is gone.
+        """
         if self.state in (IDLE, STOPPED):
             return []
         if ttl <= 0:
@@ -312,6 +348,9 @@ class Campaign:
         return []
 
     def watched(self, events: list[WatchEvent], revision: int) -> list[Action]:
+        """
+        Changes to the key seen by the watch; the last one counts.
+        """
         last = events[-1]
         return self.keyRead(None if last.kind == "DELETE" else last.kv, revision)
 
@@ -365,6 +404,10 @@ class Campaign:
             self.failures = 0
 
     def tick(self, now: float) -> list[Action]:
+        """
+        The time is C{now} (at or after L{wakeAt}): step down at the renew
+        deadline, renew when due, ask again what failed.
+        """
         actions: list[Action] = []
         if self.state == LEADING and self._stepDownAt is not None:
             if now >= self._stepDownAt:
@@ -464,6 +507,9 @@ class CampaignDriver:
         self._watch: Any = None
 
     def start(self, inheritedLease: int | None = None) -> None:
+        """
+        Start campaigning (see L{Campaign.start}).
+        """
         self._run(self.campaign.start(self._reactor.seconds(), inheritedLease))
 
     def stop(self) -> Any:

@@ -105,6 +105,18 @@ HEALTHY_LINK = 0.5
 LINK_HANDSHAKE_TIMEOUT = 2.0
 
 
+class _Discard:
+    """
+    Where the host's messages go once the application will not read them.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
+_DISCARD = _Discard()
+
+
 class ChannelReconnectingFactory(ReconnectingClientFactory):
     """
     The channel's reconnection strategy: a L{ReconnectingClientFactory} that
@@ -561,6 +573,11 @@ class ChannelClientTransport(SocketOptions):
         self._flushCall: IDelayedCall | None = None
         self._callLater = reactor.callLater
         self._readingPaused = False
+        # Whether the host's messages are dropped: reading was paused when
+        # loseConnection was called, or the connection was aborted.
+        self._readingAbandoned = False
+        # The call that ends the connection at the next reactor turn.
+        self._finishing: IDelayedCall | None = None
         self._watching = False
         self._hostAppearedDuringAttempt = False
         self._producer: _RegisteredProducer | None = None
@@ -699,7 +716,7 @@ class ChannelClientTransport(SocketOptions):
         session: LinkSession,
         frames: list[tuple[int, bytes]],
     ) -> None:
-        protocol = self.protocol
+        protocol = _DISCARD if self._readingAbandoned else self.protocol
         for kind, body in frames:
             if kind == _DATA and session.state == _OPEN:
                 try:
@@ -834,7 +851,14 @@ class ChannelClientTransport(SocketOptions):
             return
         self.disconnecting = True
         if not self.pending:
-            self._finish(Failure(error.ConnectionDone()))
+            self._finishSoon(Failure(error.ConnectionDone()))
+            return
+        if self._readingPaused:
+            # The acknowledgements must be read.  As a TCP transport stops
+            # reading at loseConnection, the host's messages are no longer
+            # delivered (an HTTP client pauses its transport, then closes).
+            self._readingAbandoned = True
+            self.resumeProducing()
         # Else the last acknowledgement finishes it.  A host that makes
         # progress, however slowly, is waited for; one that stops
         # acknowledging loses its link after stallTimeout, and then the
@@ -844,17 +868,29 @@ class ChannelClientTransport(SocketOptions):
         """
         Close the connection now, dropping unacknowledged messages.
         """
-        if self.state == CLOSED:
+        if self.state == CLOSED or self._finishing is not None:
             return
         self.disconnecting = True
+        self._readingAbandoned = True
         undelivered = len(self.pending)
-        self._finish(
+        self._finishSoon(
             Failure(
                 error.ConnectionAborted(
                     f"aborted with {undelivered} message(s) not acknowledged"
                 )
             )
         )
+
+    def _finishSoon(self, reason: Failure) -> None:
+        """
+        End the connection at the next reactor turn, not within the call
+        that asked for it: Twisted's transports never call C{connectionLost}
+        from inside C{loseConnection} or C{abortConnection}, and protocols
+        count on it (an HTTP client's pool changes its state after
+        C{loseConnection} returns, and would wait for ever).
+        """
+        if self._finishing is None:
+            self._finishing = self.reactor.callLater(0, self._finish, reason)
 
     def getPeer(self) -> ChannelAddress:
         """
@@ -937,8 +973,11 @@ class ChannelClientTransport(SocketOptions):
     def pauseProducing(self) -> None:
         """
         Stop reading from the host until L{resumeProducing}; this holds for
-        links made after a failover too.
+        links made after a failover too.  After L{loseConnection} it does
+        nothing: the acknowledgements that end the connection must be read.
         """
+        if self._readingAbandoned:
+            return
         self._readingPaused = True
         link = self.link
         if link is not None and link.transport is not None:
@@ -1251,7 +1290,7 @@ class ChannelClientTransport(SocketOptions):
             role=CLIENT,
         )
         self._tellObserver("linkLost", reason)
-        if self.state == CLOSED:
+        if self.state == CLOSED or self._finishing is not None:
             return
         self.strategy.connector = self._connector
         healthy = self._ackedOnLink or (
@@ -1269,6 +1308,9 @@ class ChannelClientTransport(SocketOptions):
             self.strategy.clientConnectionLost(self._connector, reason)  # type: ignore[no-untyped-call]
 
     def _finish(self, reason: Failure) -> None:
+        finishing, self._finishing = self._finishing, None
+        if finishing is not None and finishing.active():
+            finishing.cancel()
         if self.state == CLOSED:
             return
         self.state = CONNECTION[self.state, FINISHED]

@@ -240,6 +240,8 @@ class JSONLines:
 
 def _field(obj: dict[str, Any], name: str, kind: type, default: Any) -> Any:
     value = obj.get(name, default)
+    # bool is an int to isinstance: a flag must be a bool and nothing else
+    # may be one.
     if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
         raise EtcdProtocolError(
             f"etcd sent {name}={value!r}, not a {kind.__name__}: {str(obj)[:200]}"
@@ -934,6 +936,10 @@ class EtcdTLSPolicy:
         return cls(credentials.authorities, credentials.certificate)
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        """
+        TLS options for the member at C{hostname}: verified against the
+        authorities, presenting the client certificate if there is one.
+        """
         from twisted.internet.ssl import optionsForClientTLS, trustRootFromCertificates
 
         return optionsForClientTLS(
