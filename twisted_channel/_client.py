@@ -105,6 +105,18 @@ HEALTHY_LINK = 0.5
 LINK_HANDSHAKE_TIMEOUT = 2.0
 
 
+class _Discard:
+    """
+    Where the host's messages go once the application will not read them.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
+_DISCARD = _Discard()
+
+
 class ChannelReconnectingFactory(ReconnectingClientFactory):
     """
     The channel's reconnection strategy: a L{ReconnectingClientFactory} that
@@ -217,12 +229,11 @@ class _LinkConnector:
             endpoint = UNIXClientEndpoint(
                 connection.reactor, connection.address.path, timeout=5
             )
-        attempt = endpoint.connect(_LinkFactory(connection, secret))
+        attempt = endpoint.connect(_LinkFactory(connection, secret, self))
         self._attempt = attempt
 
         def connected(link: _ClientLink) -> None:
             self._attempt = None
-            link.connector = self
 
         def failed(reason: Failure) -> None:
             self._attempt = None
@@ -260,19 +271,23 @@ class _LinkConnector:
 class _LinkFactory(Factory):
     """
     Builds the link of one connection attempt, with the secret read for it
-    from the port file (over loopback TCP).
+    from the port file (over loopback TCP) and the connector that made it.
     """
 
     noisy = False
 
     def __init__(
-        self, connection: ChannelClientTransport, secret: bytes | None
+        self,
+        connection: ChannelClientTransport,
+        secret: bytes | None,
+        connector: _LinkConnector,
     ) -> None:
         self._connection = connection
         self._secret = secret
+        self._connector = connector
 
     def buildProtocol(self, addr: IAddress | None) -> _ClientLink:
-        return _ClientLink(self._connection, self._secret)
+        return _ClientLink(self._connection, self._secret, self._connector)
 
 
 class _ClientLink(Protocol):
@@ -284,12 +299,14 @@ class _ClientLink(Protocol):
 
     @ivar session: the link's protocol state.
     @ivar hostAddress: the host's address, with its pid once known.
+    @ivar connector: the connector whose attempt made the link.
     """
 
-    connector: _LinkConnector | None = None
-
     def __init__(
-        self, connection: ChannelClientTransport, secret: bytes | None = None
+        self,
+        connection: ChannelClientTransport,
+        secret: bytes | None = None,
+        connector: _LinkConnector | None = None,
     ) -> None:
         """
         @param secret: over loopback TCP, the secret from the port file
@@ -297,6 +314,7 @@ class _ClientLink(Protocol):
             private.
         """
         self._connection = connection
+        self.connector = connector
         self.session = connection.session.newLink(secret)
         self._deadline: IDelayedCall | None = None
         self._deadlineRechecked = False
@@ -555,6 +573,11 @@ class ChannelClientTransport(SocketOptions):
         self._flushCall: IDelayedCall | None = None
         self._callLater = reactor.callLater
         self._readingPaused = False
+        # Whether the host's messages are dropped: reading was paused when
+        # loseConnection was called, or the connection was aborted.
+        self._readingAbandoned = False
+        # The call that ends the connection at the next reactor turn.
+        self._finishing: IDelayedCall | None = None
         self._watching = False
         self._hostAppearedDuringAttempt = False
         self._producer: _RegisteredProducer | None = None
@@ -693,7 +716,7 @@ class ChannelClientTransport(SocketOptions):
         session: LinkSession,
         frames: list[tuple[int, bytes]],
     ) -> None:
-        protocol = self.protocol
+        protocol = _DISCARD if self._readingAbandoned else self.protocol
         for kind, body in frames:
             if kind == _DATA and session.state == _OPEN:
                 try:
@@ -828,7 +851,14 @@ class ChannelClientTransport(SocketOptions):
             return
         self.disconnecting = True
         if not self.pending:
-            self._finish(Failure(error.ConnectionDone()))
+            self._finishSoon(Failure(error.ConnectionDone()))
+            return
+        if self._readingPaused:
+            # The acknowledgements must be read.  As a TCP transport stops
+            # reading at loseConnection, the host's messages are no longer
+            # delivered (an HTTP client pauses its transport, then closes).
+            self._readingAbandoned = True
+            self.resumeProducing()
         # Else the last acknowledgement finishes it.  A host that makes
         # progress, however slowly, is waited for; one that stops
         # acknowledging loses its link after stallTimeout, and then the
@@ -838,17 +868,29 @@ class ChannelClientTransport(SocketOptions):
         """
         Close the connection now, dropping unacknowledged messages.
         """
-        if self.state == CLOSED:
+        if self.state == CLOSED or self._finishing is not None:
             return
         self.disconnecting = True
+        self._readingAbandoned = True
         undelivered = len(self.pending)
-        self._finish(
+        self._finishSoon(
             Failure(
                 error.ConnectionAborted(
                     f"aborted with {undelivered} message(s) not acknowledged"
                 )
             )
         )
+
+    def _finishSoon(self, reason: Failure) -> None:
+        """
+        End the connection at the next reactor turn, not within the call
+        that asked for it: Twisted's transports never call C{connectionLost}
+        from inside C{loseConnection} or C{abortConnection}, and protocols
+        count on it (an HTTP client's pool changes its state after
+        C{loseConnection} returns, and would wait for ever).
+        """
+        if self._finishing is None:
+            self._finishing = self.reactor.callLater(0, self._finish, reason)
 
     def getPeer(self) -> ChannelAddress:
         """
@@ -931,8 +973,11 @@ class ChannelClientTransport(SocketOptions):
     def pauseProducing(self) -> None:
         """
         Stop reading from the host until L{resumeProducing}; this holds for
-        links made after a failover too.
+        links made after a failover too.  After L{loseConnection} it does
+        nothing: the acknowledgements that end the connection must be read.
         """
+        if self._readingAbandoned:
+            return
         self._readingPaused = True
         link = self.link
         if link is not None and link.transport is not None:
@@ -1245,7 +1290,7 @@ class ChannelClientTransport(SocketOptions):
             role=CLIENT,
         )
         self._tellObserver("linkLost", reason)
-        if self.state == CLOSED:
+        if self.state == CLOSED or self._finishing is not None:
             return
         self.strategy.connector = self._connector
         healthy = self._ackedOnLink or (
@@ -1263,6 +1308,9 @@ class ChannelClientTransport(SocketOptions):
             self.strategy.clientConnectionLost(self._connector, reason)  # type: ignore[no-untyped-call]
 
     def _finish(self, reason: Failure) -> None:
+        finishing, self._finishing = self._finishing, None
+        if finishing is not None and finishing.active():
+            finishing.cancel()
         if self.state == CLOSED:
             return
         self.state = CONNECTION[self.state, FINISHED]
