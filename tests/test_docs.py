@@ -18,6 +18,7 @@ import pytest
 from zope.interface import implementedBy
 
 import twisted_channel
+import twisted_channel.amp
 import twisted_channel.bus
 import twisted_channel.testing
 from twisted_channel._cli import buildParser
@@ -116,7 +117,13 @@ def _documented(cls: type, attribute: str) -> bool:
 
 
 @pytest.mark.parametrize(
-    "module", [twisted_channel, twisted_channel.bus, twisted_channel.testing]
+    "module",
+    [
+        twisted_channel,
+        twisted_channel.amp,
+        twisted_channel.bus,
+        twisted_channel.testing,
+    ],
 )
 def test_everyPublicNameHasADocstring(module: object) -> None:
     assert inspect.getdoc(module)
@@ -128,7 +135,7 @@ def test_everyPublicNameHasADocstring(module: object) -> None:
         if not inspect.getdoc(value):
             undocumented.append(name)
         if inspect.isclass(value) and value.__module__.startswith(
-            ("twisted_channel.bus", "twisted_channel.testing")
+            ("twisted_channel.amp", "twisted_channel.bus", "twisted_channel.testing")
         ):
             for attribute, member in vars(value).items():
                 if attribute.startswith("_"):
