@@ -171,6 +171,7 @@ async def _link(
     server: TLSCredentials,
     clientOptions: Any,
     handshakeTimeout: float = 10.0,
+    expectedIdentity: str | None = None,
 ) -> tuple[Side, Side, VerifiedTLSFactory, VerifiedTLSFactory, Any]:
     from twisted.internet import reactor
     from twisted.internet.endpoints import (
@@ -184,7 +185,9 @@ async def _link(
     port = await SSL4ServerEndpoint(
         reactor, 0, server.serverOptions(), interface="127.0.0.1"
     ).listen(serverFactory)
-    clientFactory = VerifiedTLSFactory(reactor, client.factory)
+    clientFactory = VerifiedTLSFactory(
+        reactor, client.factory, expectedIdentity=expectedIdentity
+    )
     endpoint = wrapClientTLS(
         clientOptions, TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
     )
@@ -264,7 +267,9 @@ async def test_wrongMachineRefused(certificates: dict[str, str]) -> None:
     """
     ours = certificates["ours"]
     a, b = _credentials(ours, "a"), _credentials(ours, "b")
-    host, client, _, clientFactory, port = await _link(a, a.clientOptions("b"))
+    host, client, _, clientFactory, port = await _link(
+        a, a.clientOptions("b"), expectedIdentity="b"
+    )
     try:
         for _ in range(200):
             if clientFactory.refused:
@@ -308,3 +313,47 @@ async def test_silentPeerDropped(certificates: dict[str, str]) -> None:
         assert serverFactory.refused == 1 and host.events == []
     finally:
         await port.stopListening()
+
+
+def test_certificateNames(certificates: dict[str, str]) -> None:
+    """
+    The check a client makes after the handshake, whatever Twisted did: a
+    certificate names its own host (DNS name or IP address), not another.
+    """
+    from twisted_channel._tls import certificateNames
+
+    ours = certificates["ours"]
+    a = _credentials(ours, "a").certificate.original
+    local = _credentials(ours, "127.0.0.1").certificate.original
+    assert certificateNames(a, "a")
+    assert not certificateNames(a, "b")
+    assert not certificateNames(a, "127.0.0.1")
+    assert certificateNames(local, "127.0.0.1")
+    assert not certificateNames(local, "127.0.0.2")
+
+
+@pytest_twisted.ensureDeferred
+async def test_expectedIdentityCheckedAfterHandshake(
+    certificates: dict[str, str],
+) -> None:
+    """
+    A client factory that expects machine b refuses a host whose
+    certificate names a, even when the TLS options let the handshake
+    through (they were made for a): its application is never connected.
+    """
+    ours = certificates["ours"]
+    a, b = _credentials(ours, "a"), _credentials(ours, "b")
+    host, client, _, clientFactory, port = await _link(
+        a, b.clientOptions("a"), expectedIdentity="b"
+    )
+    try:
+        for _ in range(200):
+            if clientFactory.refused:
+                break
+            await _sleep(0.025)
+        assert clientFactory.refused == 1
+        assert client.events == []
+        assert [e for e in host.events if e[0] == "data"] == []
+    finally:
+        await port.stopListening()
+        await _sleep(0.05)

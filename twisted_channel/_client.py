@@ -229,12 +229,11 @@ class _LinkConnector:
             endpoint = UNIXClientEndpoint(
                 connection.reactor, connection.address.path, timeout=5
             )
-        attempt = endpoint.connect(_LinkFactory(connection, secret))
+        attempt = endpoint.connect(_LinkFactory(connection, secret, self))
         self._attempt = attempt
 
         def connected(link: _ClientLink) -> None:
             self._attempt = None
-            link.connector = self
 
         def failed(reason: Failure) -> None:
             self._attempt = None
@@ -272,19 +271,23 @@ class _LinkConnector:
 class _LinkFactory(Factory):
     """
     Builds the link of one connection attempt, with the secret read for it
-    from the port file (over loopback TCP).
+    from the port file (over loopback TCP) and the connector that made it.
     """
 
     noisy = False
 
     def __init__(
-        self, connection: ChannelClientTransport, secret: bytes | None
+        self,
+        connection: ChannelClientTransport,
+        secret: bytes | None,
+        connector: _LinkConnector,
     ) -> None:
         self._connection = connection
         self._secret = secret
+        self._connector = connector
 
     def buildProtocol(self, addr: IAddress | None) -> _ClientLink:
-        return _ClientLink(self._connection, self._secret)
+        return _ClientLink(self._connection, self._secret, self._connector)
 
 
 class _ClientLink(Protocol):
@@ -296,12 +299,14 @@ class _ClientLink(Protocol):
 
     @ivar session: the link's protocol state.
     @ivar hostAddress: the host's address, with its pid once known.
+    @ivar connector: the connector whose attempt made the link.
     """
 
-    connector: _LinkConnector | None = None
-
     def __init__(
-        self, connection: ChannelClientTransport, secret: bytes | None = None
+        self,
+        connection: ChannelClientTransport,
+        secret: bytes | None = None,
+        connector: _LinkConnector | None = None,
     ) -> None:
         """
         @param secret: over loopback TCP, the secret from the port file
@@ -309,6 +314,7 @@ class _ClientLink(Protocol):
             private.
         """
         self._connection = connection
+        self.connector = connector
         self.session = connection.session.newLink(secret)
         self._deadline: IDelayedCall | None = None
         self._deadlineRechecked = False

@@ -9,7 +9,8 @@ expire.
 
 This module owns that composition and the lease file's place, not the
 channel's sockets: L{MachineElection} says when this process hosts (with
-its fencing term) and when it must stop.
+its fencing term) and when it must stop; L{HostView} and L{HostFinder} say,
+for a client, which host to use and its term, from the election key.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ._campaign import (
     writeLeaseFile,
 )
 from ._election import HostElection
+from ._etcd import KeyValue, WatchEvent
 
 _log = Logger()
 
@@ -176,3 +178,138 @@ class MachineElection:
             self._local.release()
 
         return done.addBoth(release)
+
+
+class HostView:
+    """
+    What a client knows of a channel's host across machines, sans IO: fed
+    the election key as etcd shows it, it says which host to use and its
+    term, refusing a record it cannot read and never going back to a term
+    lower than one it has seen (an answer from a member that lags, or a
+    replay, cannot send a client back to a deposed host).
+
+    @ivar host: the host's record and term, or C{None} while there is no
+        usable one.
+    @ivar highestTerm: the highest term seen, 0 before any.
+    """
+
+    def __init__(self) -> None:
+        self.host: tuple[HostRecord, int] | None = None
+        self.highestTerm = 0
+
+    def consider(self, current: KeyValue | None) -> bool:
+        """
+        The election key is now C{current} (C{None}: deleted, no host).
+
+        @return: whether L{host} changed.
+        """
+        if current is None:
+            changed = self.host is not None
+            self.host = None
+            return changed
+        term = current.modRevision
+        if term < self.highestTerm or (
+            term == self.highestTerm and self.host is not None
+        ):
+            if term < self.highestTerm:
+                _log.info(
+                    "ignoring a host record of term {term}, lower than the "
+                    "term {highest} already seen",
+                    term=term,
+                    highest=self.highestTerm,
+                )
+            return False
+        self.highestTerm = term
+        try:
+            record = HostRecord.decode(current.value)
+        except ValueError as e:
+            _log.warn(
+                "refusing the election key's value at term {term}: {error}",
+                term=term,
+                error=str(e),
+            )
+            changed = self.host is not None
+            self.host = None
+            return changed
+        self.host = (record, term)
+        return True
+
+
+class HostFinder:
+    """
+    Follows the election key in etcd for a client: reads it, then watches
+    it, and calls C{onChange} with L{HostView.host} each time that changes.
+    A watch that ends is started again from a fresh read.
+
+    @ivar view: the L{HostView}.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        client: Any,
+        key: bytes,
+        onChange: Callable[[tuple[HostRecord, int] | None], None],
+        retryDelay: float = 0.25,
+    ) -> None:
+        self._reactor = reactor
+        self.client = client
+        self.key = key
+        self._onChange = onChange
+        self.retryDelay = retryDelay
+        self.view = HostView()
+        self._watch: Any = None
+        self._retry: Any = None
+        self._stopped = False
+
+    def start(self) -> None:
+        """
+        Read the key and watch it from there.
+        """
+        self._stopped = False
+        self.client.get(self.key).addCallbacks(self._read, self._failed)
+
+    def _consider(self, current: KeyValue | None) -> None:
+        if self.view.consider(current):
+            self._onChange(self.view.host)
+
+    def _read(self, answer: tuple[KeyValue | None, int]) -> None:
+        if self._stopped:
+            return
+        current, revision = answer
+        self._consider(current)
+
+        def onEvents(events: list[WatchEvent], revision: int) -> None:
+            last = events[-1]
+            self._consider(None if last.kind == "DELETE" else last.kv)
+
+        watch = self.client.watch(self.key, revision + 1, onEvents)
+        self._watch = watch
+        watch.done.addBoth(lambda _: self._watchEnded(watch))
+
+    def _watchEnded(self, watch: Any) -> None:
+        if self._watch is watch and not self._stopped:
+            self._watch = None
+            self._later()
+
+    def _failed(self, failure: Any) -> None:
+        if not self._stopped:
+            _log.warn(
+                "could not read the election key: {error}",
+                error=failure.getErrorMessage(),
+            )
+            self._later()
+
+    def _later(self) -> None:
+        self._retry = self._reactor.callLater(self.retryDelay, self.start)
+
+    def stop(self) -> None:
+        """
+        Stop following the key.
+        """
+        self._stopped = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None

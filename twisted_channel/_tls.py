@@ -177,6 +177,32 @@ def certificateIdentity(x509: Any) -> str | None:
     return None
 
 
+def certificateNames(x509: Any, identity: str) -> bool:
+    """
+    Whether a certificate (a pyOpenSSL C{X509}) names C{identity}, a host
+    name or an IP address, by its subject alternative names.
+    """
+    import ipaddress
+
+    from service_identity import VerificationError
+    from service_identity.cryptography import (
+        verify_certificate_hostname,
+        verify_certificate_ip_address,
+    )
+
+    certificate = x509.to_cryptography()
+    try:
+        try:
+            address = ipaddress.ip_address(identity)
+        except ValueError:
+            verify_certificate_hostname(certificate, identity)
+        else:
+            verify_certificate_ip_address(certificate, str(address))
+    except VerificationError:
+        return False
+    return True
+
+
 @implementer(IAddress)
 class VerifiedPeer:
     """
@@ -219,6 +245,7 @@ class _VerifiedProtocol(ProtocolWrapper):
     factory: VerifiedTLSFactory
     peer: VerifiedPeer | None = None
     _timer: Any = None
+    _refusal: str | None = None
 
     @property
     def _tls(self) -> Any:
@@ -252,7 +279,14 @@ class _VerifiedProtocol(ProtocolWrapper):
         certificate = self._tls.getPeerCertificate()
         identity = None if certificate is None else certificateIdentity(certificate)
         if identity is None:
-            _log.warn("refused a TLS peer {peer}: no identity", peer=address)
+            self._refusal = "its certificate names no identity"
+            self._tls.abortConnection()
+            return
+        expected = self.factory.expectedIdentity
+        if expected is not None and not certificateNames(certificate, expected):
+            # Checked here too, whatever the TLS options did: some Twisted
+            # releases finish the handshake before they check the name.
+            self._refusal = f"its certificate does not name {expected!r}"
             self._tls.abortConnection()
             return
         self.peer = VerifiedPeer(
@@ -284,7 +318,7 @@ class _VerifiedProtocol(ProtocolWrapper):
             _log.warn(
                 "refused a TLS peer {peer}: {reason}",
                 peer=self._tls.getPeer(),
-                reason=reason.getErrorMessage(),
+                reason=self._refusal or reason.getErrorMessage(),
             )
             self.factory.refused += 1
             return
@@ -298,6 +332,9 @@ class VerifiedTLSFactory(WrappingFactory):
     only once the handshake verified the peer's certificate.
 
     @ivar refused: how many peers were refused (for tests and status).
+    @ivar expectedIdentity: for a client, the identity the host's
+        certificate must name (checked again after the handshake), or
+        C{None}.
     """
 
     protocol = _VerifiedProtocol
@@ -307,9 +344,11 @@ class VerifiedTLSFactory(WrappingFactory):
         reactor: Any,
         wrappedFactory: IProtocolFactory,
         handshakeTimeout: float = HANDSHAKE_TIMEOUT,
+        expectedIdentity: str | None = None,
     ) -> None:
         super().__init__(wrappedFactory)  # type: ignore[no-untyped-call]
         self.reactor = reactor
+        self.expectedIdentity = expectedIdentity
         self.handshakeTimeout = handshakeTimeout
         self.refused = 0
 
