@@ -596,6 +596,25 @@ class ChannelClientTransport(SocketOptions):
         return self.state == CLOSED
 
     @property
+    def writtenThrough(self) -> int:
+        """
+        The sequence number of the last message written: messages are
+        numbered from 1, in the order of their C{write}, for the whole
+        logical connection.  With L{acknowledgedThrough}, it tells whether
+        a host took a given message (see L{twisted_channel.amp.ChannelAMP}).
+        """
+        return self.pending.nextSequence - 1
+
+    @property
+    def acknowledgedThrough(self) -> int:
+        """
+        The sequence number of the last message a host acknowledged (its
+        protocol's C{dataReceived} returned for it, and for every one
+        before it); 0 before any.
+        """
+        return self.pending.firstSequence - 1
+
+    @property
     def connected(self) -> bool:
         """
         Whether the logical connection is open, as a TCP transport's

@@ -1,0 +1,151 @@
+"""
+A candidate host serving one of Twisted's own protocols over a channel, for
+the real-process tests and the fault runs of C{tests.protocol_chaos}.
+
+Run as ``python protocol_peers.py MODE --dir D --name N [--transport T]
+[--reactor asyncio] ...``:
+
+- ``web --path P``: a twisted.web C{Site} serving the files of P, with
+  ``/later`` answering through a Deferred, and ``/big?size=N`` writing an N
+  byte body in one C{write()};
+- ``amp --record R``: AMP responders ``Double`` (answered at once) and
+  ``DoubleLater`` (through a Deferred, 5 ms later); each call run is
+  recorded as a line ``<pid> <n>`` in R, with one C{write(2)} before it
+  answers.
+
+Options: ``--maxHostBufferSize``, ``--maxBufferSize`` (endpoint options).
+It prints ``ROLE host`` / ``ROLE standby`` as its role changes, and ``RSS
+<kB>`` when it reads ``rss`` on standard input; the end of its standard
+input ends it, so that it never outlives the test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from typing import Any
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def residentKilobytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def webFactory(options: argparse.Namespace) -> Any:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+    from twisted.web import resource, server, static
+
+    class Later(resource.Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> Any:
+            def answer(_: object) -> None:
+                request.write(b"later: " + request.uri)
+                request.finish()
+
+            deferLater(reactor, 0.005, lambda: None).addCallback(answer)
+            return server.NOT_DONE_YET
+
+    class Big(resource.Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> bytes:
+            size = int(request.args[b"size"][0])
+            request.setHeader(b"content-type", b"application/octet-stream")
+            request.write(b"b" * size)
+            request.finish()
+            return server.NOT_DONE_YET  # type: ignore[no-any-return]
+
+    root = static.File(options.path)
+    root.putChild(b"later", Later())
+    root.putChild(b"big", Big())
+    return server.Site(root)
+
+
+def ampFactory(options: argparse.Namespace) -> Any:
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory
+    from twisted.internet.task import deferLater
+
+    from tests.protocol_commands import Double, DoubleLater
+
+    record = os.open(options.record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    pid = os.getpid()
+
+    from twisted.protocols import amp
+
+    class Doubler(amp.AMP):
+        @Double.responder
+        def double(self, n: int) -> dict[str, int]:
+            os.write(record, b"%d %d\n" % (pid, n))
+            return {"doubled": n * 2}
+
+        @DoubleLater.responder
+        def doubleLater(self, n: int) -> Any:
+            os.write(record, b"%d %d\n" % (pid, n))
+            return deferLater(reactor, 0.005, lambda: {"doubled": n * 2})
+
+    return Factory.forProtocol(Doubler)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["web", "amp"])
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--transport", default="unix")
+    parser.add_argument("--reactor", default="default")
+    parser.add_argument("--path")
+    parser.add_argument("--record")
+    parser.add_argument("--option", action="append", default=[])
+    options = parser.parse_args()
+    if options.reactor == "asyncio":
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install()
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    factory = webFactory(options) if options.mode == "web" else ampFactory(options)
+    extra = "".join(f":{option}" for option in options.option)
+    description = (
+        f"channel:{options.name}:dir={options.dir}:transport={options.transport}"
+        + extra
+    )
+
+    def listening(port: Any) -> None:
+        port.addRoleObserver(lambda role: say(f"ROLE {role}"))
+        say(f"ROLE {port.role}")
+
+    def failed(failure: Any) -> None:
+        say(f"ERROR {failure.getErrorMessage()}")
+        reactor.stop()
+
+    serverFromString(reactor, description).listen(factory).addCallbacks(
+        listening, failed
+    )
+
+    def readCommands() -> None:
+        for line in sys.stdin:
+            if line.strip() == "rss":
+                reactor.callFromThread(lambda: say(f"RSS {residentKilobytes()}"))
+        os._exit(0)
+
+    threading.Thread(target=readCommands, daemon=True).start()
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
