@@ -111,13 +111,16 @@ async def test_readDirectlyDeliversEveryByteInOrder(
 ) -> None:
     """
     Once a transport reads directly, everything its peer sends reaches the
-    function given, in order and not through the protocol; the peer's close
-    still ends the connection cleanly.
+    function given, in order and not through the protocol (as views of a
+    buffer the next read reuses: the function copies them); the peer's
+    close still ends the connection cleanly.
     """
     server, client, port = await _connectedPair(transport, channelDirectory)
     try:
         assert server.transport is not None
-        assert readDirectly(server.transport, server.direct.append)
+        assert readDirectly(
+            server.transport, lambda data: server.direct.append(bytes(data))
+        )
         payload = bytes(range(256)) * 4096
         assert client.transport is not None
         client.transport.write(payload)
@@ -127,6 +130,45 @@ async def test_readDirectlyDeliversEveryByteInOrder(
         client.transport.loseConnection()
         await server.lost.addTimeout(5, _reactor())
         assert server.reason is not None and server.reason.check(ConnectionDone)
+    finally:
+        await port.stopListening()
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest_twisted.ensureDeferred
+async def test_readDirectlyReadsALargeMessageIntoItsOwnBuffer(
+    transport: str, channelDirectory: str
+) -> None:
+    """
+    Given a frame decoder, a transport reading directly reads the rest of
+    a large message straight into the message's own buffer (the function is
+    then given C{b""}), and the decoder returns each message whole, in
+    order, with the small frames between them.
+    """
+    from twisted_channel import _wire
+
+    server, client, port = await _connectedPair(transport, channelDirectory)
+    decoder = _wire.FrameDecoder(1 << 24)
+    frames: list[tuple[int, bytes]] = []
+    empty: list[int] = []
+
+    def received(data: bytes | memoryview) -> None:
+        if not data:
+            empty.append(1)
+        frames.extend(decoder.feed(data))
+
+    large = [bytes([i]) * (3 << 20) for i in range(3)]
+    sent = [large[0], b"small", large[1], large[2], b"last"]
+    try:
+        assert server.transport is not None
+        assert readDirectly(server.transport, received, decoder)
+        assert client.transport is not None
+        for message in sent:
+            client.transport.write(_wire.encodeFrame(_wire.DATA, message))
+        await _until(lambda: len(frames) == len(sent))
+        assert frames == [(_wire.DATA, message) for message in sent]
+        assert empty, "no read went into a message's own buffer"
+        assert decoder.buffered == 0
     finally:
         await port.stopListening()
 

@@ -324,7 +324,7 @@ class _ClientLink(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        readDirectly(self.transport, self.dataReceived)
+        readDirectly(self.transport, self.dataReceived, self.session.decoder)
         connection = self._connection
         if self.session.state == AUTHENTICATING:
             # The host speaks first, with its challenge.
@@ -397,7 +397,7 @@ class _ClientLink(Protocol):
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def dataReceived(self, data: bytes) -> None:
+    def dataReceived(self, data: bytes | memoryview) -> None:
         self._connection.linkDataReceived(self, data)
 
     def welcomed(self, welcome: _wire.Welcome) -> None:
@@ -702,7 +702,7 @@ class ChannelClientTransport(SocketOptions):
         if producer is not None and pending.footprint >= self.highWater:
             producer.pause()
 
-    def linkDataReceived(self, link: _ClientLink, data: bytes) -> None:
+    def linkDataReceived(self, link: _ClientLink, data: bytes | memoryview) -> None:
         """
         Called by a link with the bytes it read: deliver the host's
         messages, and act on its other frames as the link's session

@@ -284,7 +284,7 @@ class _HostLink(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        readDirectly(self.transport, self.dataReceived)
+        readDirectly(self.transport, self.dataReceived, self.session.decoder)
         self.term.allLinks.add(self)
         port = self.port
         if port.secret is not None:
@@ -363,7 +363,7 @@ class _HostLink(Protocol):
             self.transport.write(frame)
             self.transport.loseConnection()
 
-    def dataReceived(self, data: bytes) -> None:
+    def dataReceived(self, data: bytes | memoryview) -> None:
         session = self.session
         if session.closing:
             return
@@ -417,7 +417,7 @@ class _HostLink(Protocol):
         else:
             transport.loseConnection()
 
-    def _handshake(self, data: bytes) -> IProtocol | None:
+    def _handshake(self, data: bytes | memoryview) -> IProtocol | None:
         """
         Run the handshake as far as C{data} takes it.
 

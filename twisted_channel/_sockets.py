@@ -21,6 +21,7 @@ import fcntl
 import socket
 import struct
 import termios
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -317,14 +318,59 @@ def unreadBytes(transport: object) -> int:
         return 0
 
 
-def readDirectly(transport: object, dataReceived: Callable[[bytes], None]) -> bool:
+class ReadTarget(typing.Protocol):
+    """
+    Where a link's reads may go instead of the shared read buffer: a
+    L{twisted_channel._wire.FrameDecoder}.
+    """
+
+    def readTarget(self) -> memoryview | None:
+        """
+        A view to read into directly, or None.
+        """
+
+    def received(self, count: int) -> None:
+        """
+        C{count} bytes were read into the view L{readTarget} gave.
+        """
+
+
+#: The size of the buffer every direct read goes into: larger than
+#: Twisted's 64 KiB reads, so that a read takes what a Unix socket's default
+#: buffer holds at once.
+READ_BUFFER_SIZE = 256 * 1024
+
+_readBuffer: memoryview | None = None
+
+
+def _sharedReadBuffer() -> memoryview:
+    # One buffer for every link of the process: each read's frames are
+    # copied out of it (and any incomplete frame kept aside) before the next
+    # read, all on the reactor's thread; a buffer per link would cost 256
+    # KiB per idle link.
+    global _readBuffer
+    if _readBuffer is None:
+        _readBuffer = memoryview(bytearray(READ_BUFFER_SIZE))
+    return _readBuffer
+
+
+def readDirectly(
+    transport: object,
+    dataReceived: Callable[[bytes | memoryview], None],
+    target: ReadTarget | None = None,
+) -> bool:
     """
     Have the reactor hand what C{transport} reads straight to
-    C{dataReceived}, with one C{recv}, instead of through the transport's
-    general read (for Unix sockets a C{recvmsg} that looks for passed
-    descriptors) and the endpoint's wrapping protocol: fewer calls on every
-    hop of a round trip.  The transport ends the connection as it would
-    have, on end of file or an error.
+    C{dataReceived}, with one C{recv_into}, instead of through the
+    transport's general read (for Unix sockets a C{recvmsg} that looks for
+    passed descriptors) and the endpoint's wrapping protocol: fewer calls
+    on every hop of a round trip.  The transport ends the connection as it
+    would have, on end of file or an error.
+
+    C{dataReceived} is given a view of a buffer that the next read reuses:
+    it must copy what it keeps before it returns.  When C{target} offers a
+    view of its own (the rest of a large message), the read goes straight
+    there, and C{dataReceived} is given C{b""}.
 
     @return: whether it could; a transport it does not know, or any
         transport when the Twisted in use reads otherwise than the probe
@@ -335,19 +381,25 @@ def readDirectly(transport: object, dataReceived: Callable[[bytes], None]) -> bo
         or type(transport).doRead not in (_found or twistedEdge()).plainReads
     ):
         return False
-    receive = transport.socket.recv
-    size = transport.bufferSize
+    receiveInto = transport.socket.recv_into
+    buffer = _sharedReadBuffer()
+    readTarget = target.readTarget if target is not None else None
 
     def doRead() -> ConnectionDone | ConnectionLost | None:
+        into = readTarget() if readTarget is not None else None
         try:
-            data = receive(size)
+            count = receiveInto(buffer if into is None else into)
         except BlockingIOError:
             return None
         except OSError:
             return main.CONNECTION_LOST
-        if not data:
+        if not count:
             return main.CONNECTION_DONE
-        dataReceived(data)
+        if into is None:
+            dataReceived(buffer[:count])
+        else:
+            target.received(count)  # type: ignore[union-attr]
+            dataReceived(b"")
         return None
 
     # An attribute of the instance, found before the class's method by the
