@@ -38,6 +38,7 @@ from twisted_channel._sockets import (
     probeTwisted,
     readDirectly,
     sendNow,
+    sendSequenceNow,
     twistedEdge,
     unreadBytes,
 )
@@ -258,6 +259,38 @@ async def test_sendNowKeepsOrderBehindBufferedData(channelDirectory: str) -> Non
         await _until(lambda: sum(map(len, server.received)) >= total, 20)
         received = b"".join(server.received)
         assert received == b"first" + big + b"last"
+    finally:
+        await port.stopListening()
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest_twisted.ensureDeferred
+async def test_sendSequenceNowKeepsOrder(transport: str, channelDirectory: str) -> None:
+    """
+    Pieces sent together on an empty transport leave at once, unjoined, as
+    far as the kernel takes them; the rest, cut anywhere in a piece, waits
+    in the transport; pieces sent while it holds data go behind; more
+    pieces than one C{sendmsg} is given go too.  Everything arrives once,
+    in order.
+    """
+    server, client, port = await _connectedPair(transport, channelDirectory)
+    try:
+        assert client.transport is not None
+        sendSequenceNow(client.transport, [b"a", b"bc"])
+        assert bufferedBytes(client.transport) == 0
+        big = [bytes([i]) * (3 << 20) + b"!" for i in range(3)]
+        sendSequenceNow(client.transport, big)
+        assert 0 < bufferedBytes(client.transport) < sum(map(len, big))
+        many = [b"%d," % i for i in range(2000)]
+        sendSequenceNow(client.transport, many)
+        expected = b"abc" + b"".join(big) + b"".join(many)
+        await _until(lambda: sum(map(len, server.received)) >= len(expected), 20)
+        assert b"".join(server.received) == expected
+        assert bufferedBytes(client.transport) == 0
+        sendSequenceNow(client.transport, many)
+        expected += b"".join(many)
+        await _until(lambda: sum(map(len, server.received)) >= len(expected), 20)
+        assert b"".join(server.received) == expected
     finally:
         await port.stopListening()
 

@@ -64,7 +64,13 @@ from ._interfaces import (
     IChannelLinkObserver,
 )
 from ._pending import PendingWrites
-from ._sockets import pushToKernel, readDirectly, sendNow, unreadBytes
+from ._sockets import (
+    pushToKernel,
+    readDirectly,
+    sendNow,
+    sendSequenceNow,
+    unreadBytes,
+)
 from ._states import (
     CLOSED,
     CONNECTED,
@@ -808,10 +814,10 @@ class ChannelClientTransport(SocketOptions):
         link = self.link
         assert link is not None and link.transport is not None
         if self._outgoingLarge:
-            # Twisted joins the pieces itself; joining them here too would
-            # copy large payloads twice.
+            # Large payloads go as they are, headers beside them, never
+            # joined into frames.
             self._outgoingLarge = False
-            link.transport.writeSequence(outgoing)
+            sendSequenceNow(link.transport, outgoing)
         else:
             sendNow(link.transport, b"".join(outgoing))
 

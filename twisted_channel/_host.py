@@ -75,6 +75,7 @@ from ._sockets import (
     pushToKernel,
     readDirectly,
     sendNow,
+    sendSequenceNow,
     unreadBytes,
 )
 from ._states import ELECTED, PORT, START_FAILED, STARTED, STOPPED, WITHDRAWN
@@ -532,9 +533,10 @@ class _HostLink(Protocol):
         else:
             # What was written before it goes first.
             before = session.takeOutbox()
-            if before:
-                self.transport.write(before)
-            self.transport.writeSequence([_wire.frameHeader(_DATA, size), data])
+            header = _wire.frameHeader(_DATA, size)
+            sendSequenceNow(
+                self.transport, [before, header, data] if before else [header, data]
+            )
 
     def pauseReading(self) -> None:
         """

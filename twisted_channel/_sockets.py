@@ -45,7 +45,8 @@ class TwistedEdge:
         counted (C{FileDescriptor.dataBuffer}, C{offset} and
         C{_tempDataLen}): the host's per-link cap, L{pushToKernel}.
     @ivar sendImmediately: a socket transport says whether its writing side
-        was shut (C{FileDescriptor._writeDisconnected}): L{sendNow}.
+        was shut (C{FileDescriptor._writeDisconnected}): L{sendNow},
+        L{sendSequenceNow}.
     @ivar plainReads: the read methods L{readDirectly} knows it may stand
         in for (C{tcp.Connection.doRead}; C{unix._SendmsgMixin.doRead}, which
         also reads ancillary data for descriptor passing, which links never
@@ -305,6 +306,48 @@ def sendNow(transport: object, data: bytes) -> None:
         return
     if sent < len(data):
         transport.write(data[sent:])
+
+
+#: The most buffers one C{sendmsg} is given (Linux's IOV_MAX is 1024).
+_MOST_BUFFERS = 512
+
+
+def sendSequenceNow(transport: object, chunks: list[bytes]) -> None:
+    """
+    Write C{chunks} to C{transport} as L{sendNow} writes one: when the
+    transport holds nothing, hand them to the kernel in one C{sendmsg},
+    without joining them (a large payload is not copied into a frame nor
+    into Twisted's buffer).  What the kernel does not take, or any error,
+    is left to the transport, which joins it as usual.
+    """
+    if (
+        not isinstance(transport, tcp.Connection)
+        or not (_found or twistedEdge()).sendImmediately
+        or not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnected
+        or _countBuffered(transport)
+    ):
+        transport.writeSequence(chunks)  # type: ignore[attr-defined]
+        return
+    offered = chunks[:_MOST_BUFFERS]
+    try:
+        sent = transport.socket.sendmsg(offered)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        # The transport finds the error itself when it tries.
+        transport.writeSequence(chunks)
+        return
+    for index, chunk in enumerate(offered):
+        if sent < len(chunk):
+            rest = [chunk[sent:]] if sent else [chunk]
+            rest.extend(chunks[index + 1 :])
+            transport.writeSequence(rest)
+            return
+        sent -= len(chunk)
+    if len(chunks) > len(offered):
+        transport.writeSequence(chunks[len(offered) :])
 
 
 def unreadBytes(transport: object) -> int:
