@@ -144,3 +144,32 @@ def test_everyPublicNameHasADocstring(module: object) -> None:
                     if not _documented(value, attribute):
                         undocumented.append(f"{name}.{attribute}")
     assert undocumented == []
+
+
+def test_supportedVersionsAreWhatCIRuns() -> None:
+    """
+    The Pythons and the oldest Twisted that the package and its docs claim
+    are those .ci/run runs: its oldest Twisted is read from setup.py, and
+    it makes a virtualenv of each claimed Python that the main run's
+    python3 does not cover.
+    """
+    root = DOCS.parent
+    setup = (root / "setup.py").read_text()
+    ci = (root / ".ci" / "run").read_text()
+    readme = " ".join((root / "README.md").read_text().split())
+    [oldest] = [
+        line.split(">=")[1].rstrip('"')
+        for line in setup.splitlines()
+        if line.startswith('TWISTED = "twisted>=')
+    ]
+    claimed = sorted(
+        line.split("::")[-1].strip().rstrip('",')
+        for line in setup.splitlines()
+        if "Programming Language :: Python :: 3." in line
+    )
+    assert claimed == ["3.10", "3.11", "3.12", "3.13"]
+    assert 'python_requires=">=3.10"' in setup
+    assert 'freshVenv "$(interpreter 3.10)" py310' in ci
+    assert "for version in 3.11 3.12 3.13; do" in ci
+    assert f"Twisted the package claims ({oldest})" in readme
+    assert f"Python 3.10 to 3.13 and Twisted {oldest} or later" in readme

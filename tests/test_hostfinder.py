@@ -87,11 +87,15 @@ async def test_finderFollowsTheKey(etcdServer: EtcdCluster) -> None:
         waiter, changed[0] = changed[0], Deferred()
         waiter.callback(None)
 
+    told = [0]
+
     async def nextChange() -> Any:
-        count = len(seen)
-        while len(seen) == count:
+        # The change may have been told before this is called: the watch's
+        # event and the write's answer race.
+        while len(seen) <= told[0]:
             await changed[0].addTimeout(10, reactor)
-        return seen[count]
+        told[0] += 1
+        return seen[told[0] - 1]
 
     finder = HostFinder(reactor, client, key, onChange)
     try:
