@@ -31,6 +31,8 @@ from ._wire import MAX_FRAME_BODY
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 #: The default cap on a client's unacknowledged bytes.
 DEFAULT_MAX_BUFFER_SIZE = 64 * 1024 * 1024
+#: The default cap on the unsent bytes of all a host's links together.
+DEFAULT_MAX_HOST_BUFFER_SIZE = 128 * 1024 * 1024
 #: The default seconds a client waits for a host before giving up.
 DEFAULT_TIMEOUT = 5.0
 
@@ -119,6 +121,11 @@ class ChannelEndpoint:
     @param handshakeTimeout: seconds a host gives a new link to prove itself
         and say hello before dropping it.
 
+    @param maxHostBufferSize: the most unsent bytes a host holds for all
+        its links together; a write past it raises
+        L{ChannelBufferFullError}, and producers registered on links that
+        hold unsent bytes are paused while the links hold more than half
+        of it.
     @param failover: what a client does when its host is lost:
         C{"resend"} (the default) goes on with the next host, sending again
         what was not acknowledged; C{"close"} ends the connection with
@@ -141,6 +148,7 @@ class ChannelEndpoint:
         maxBufferSize: int = DEFAULT_MAX_BUFFER_SIZE,
         transport: str | None = None,
         failover: str = RESEND,
+        maxHostBufferSize: int = DEFAULT_MAX_HOST_BUFFER_SIZE,
         handshakeTimeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self._reactor = reactor
@@ -168,6 +176,12 @@ class ChannelEndpoint:
         self.serverFactory = serverFactory
         self.maxMessageSize = checkSize("maxMessageSize", maxMessageSize)
         self.maxBufferSize = checkSize("maxBufferSize", maxBufferSize)
+        self.maxHostBufferSize = checkSize("maxHostBufferSize", maxHostBufferSize)
+        if self.maxHostBufferSize < self.maxMessageSize:
+            raise ValueError(
+                f"maxHostBufferSize ({self.maxHostBufferSize}) must be at least "
+                f"maxMessageSize ({self.maxMessageSize})"
+            )
         if self.maxBufferSize < self.maxMessageSize:
             raise ValueError(
                 f"maxBufferSize ({self.maxBufferSize}) must be at least "
@@ -195,6 +209,7 @@ class ChannelEndpoint:
             factory,
             self.maxMessageSize,
             maxBufferSize=self.maxBufferSize,
+            maxHostBufferSize=self.maxHostBufferSize,
             transport=self.transportKind,
             handshakeTimeout=self.handshakeTimeout,
         )

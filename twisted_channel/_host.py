@@ -41,6 +41,7 @@ from ._auth import (
     writePortFile,
 )
 from ._authexchange import FailureLimit
+from ._budget import BudgetedProducer, HostBudget
 from ._credentials import peerCredentials
 from ._directory import (
     ChannelPaths,
@@ -196,14 +197,27 @@ class _LinkTransport(SocketOptions):
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         """
         Register a producer of this link's outgoing messages: the link's
-        socket pauses it while its send buffer is full.
+        socket pauses a streaming one while its send buffer is full and
+        asks a pull one for more each time it drains, as Twisted's do; the
+        host's budget (C{maxHostBufferSize}) pauses it too while the host's
+        links hold more than half of it and this one holds unsent bytes.
+
+        @raise RuntimeError: if a producer is registered already.
         """
-        transport = self._link.transport
+        link = self._link
+        transport = link.transport
         assert transport is not None
-        IConsumer(transport).registerProducer(producer, streaming)
+        budgeted = BudgetedProducer(producer, streaming, transport, link.port.budget)
+        IConsumer(transport).registerProducer(budgeted, streaming)
+        if not link._lost:
+            link.producer = budgeted
 
     def unregisterProducer(self) -> None:
-        transport = self._link.transport
+        link = self._link
+        producer, link.producer = link.producer, None
+        if producer is not None:
+            link.port.budget.forget(producer)
+        transport = link.transport
         if transport is not None:
             IConsumer(transport).unregisterProducer()
 
@@ -244,6 +258,9 @@ class _HostLink(Protocol):
     """
 
     application: IProtocol | None = None
+    #: The application's producer registered on this link, as the link's
+    #: socket sees it.
+    producer: BudgetedProducer | None = None
 
     def __init__(self, port: ChannelPort, term: _HostingTerm) -> None:
         self.port = port
@@ -512,6 +529,8 @@ class _HostLink(Protocol):
                 f"would pass maxBufferSize={self.port.maxBufferSize} (the client "
                 "is not reading: register a producer to be paused first)"
             )
+        budget = self.port.budget
+        budget.admit(size)
         self.term.bytes += size
         if size < 4096:
             # One small copy is cheaper than handing the transport two pieces.
@@ -529,6 +548,7 @@ class _HostLink(Protocol):
             if before:
                 self.transport.write(before)
             self.transport.writeSequence([_wire.frameHeader(_DATA, size), data])
+        budget.wrote(self.transport, self.producer)
 
     def pauseReading(self) -> None:
         """
@@ -606,6 +626,9 @@ class _HostLink(Protocol):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._lost = True
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            self.port.budget.forget(producer)
         keepAlive, self._keepAlive = self._keepAlive, None
         if keepAlive is not None:
             keepAlive.stop()
@@ -682,6 +705,7 @@ class ChannelPort:
         maxMessageSize: int,
         handshakeTimeout: float = HANDSHAKE_TIMEOUT,
         maxBufferSize: int = 64 * 1024 * 1024,
+        maxHostBufferSize: int = 128 * 1024 * 1024,
         transport: str = "unix",
     ) -> None:
         self.reactor = reactor
@@ -691,6 +715,9 @@ class ChannelPort:
         self.factory = factory
         self.maxMessageSize = maxMessageSize
         self.maxBufferSize = maxBufferSize
+        #: The unsent bytes of all this host's links, against
+        #: C{maxHostBufferSize}.
+        self.budget = HostBudget(maxHostBufferSize, reactor, name)
         self.handshakeTimeout = handshakeTimeout
         self.transportKind = transport
         self.secret: bytes | None = None
