@@ -771,7 +771,7 @@ def test_leftoverTemporarySocketsAreRemovedAfterTakingOver(
     port._elected()
     assert port.role == HOST
     assert os.path.exists(leftover)
-    reactor.advance(_host.PUBLISH_CHECK_INTERVAL)
+    reactor.advance(_publishing.PUBLISH_CHECK_INTERVAL)
     assert not os.path.exists(leftover)
     assert not any(os.path.exists(path) for path in odd)
     assert os.path.exists(live)
@@ -782,7 +782,7 @@ def test_leftoverTemporarySocketsAreRemovedAfterTakingOver(
     bound = socket.socket(socket.AF_UNIX)
     bound.bind(later)
     bound.close()
-    reactor.advance(_host.PUBLISH_CHECK_INTERVAL)
+    reactor.advance(_publishing.PUBLISH_CHECK_INTERVAL)
     assert not os.path.exists(later)
     stopped = port.stopListening()
     reactor.advance(0)

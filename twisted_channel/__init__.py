@@ -19,6 +19,7 @@ from ._directory import UnsafeDirectoryError
 from ._election import ChannelLockMismatchError
 from ._endpoint import (
     DEFAULT_MAX_BUFFER_SIZE,
+    DEFAULT_MAX_HOST_BUFFER_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_TIMEOUT,
     ChannelEndpoint,
@@ -47,6 +48,7 @@ __all__ = [
     "ChannelReconnectingFactory",
     "ChannelUnreachableError",
     "DEFAULT_MAX_BUFFER_SIZE",
+    "DEFAULT_MAX_HOST_BUFFER_SIZE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_TIMEOUT",
     "IChannelLinkObserver",

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 #: The default cap on a client's unacknowledged bytes.
 DEFAULT_MAX_BUFFER_SIZE = 64 * 1024 * 1024
+#: The default cap on the unsent bytes of all a host's links together.
+DEFAULT_MAX_HOST_BUFFER_SIZE = 128 * 1024 * 1024
 #: The default seconds a client waits for a host before giving up.
 DEFAULT_TIMEOUT = 5.0
 
@@ -122,6 +124,11 @@ class ChannelEndpoint:
     @param handshakeTimeout: seconds a host gives a new link to prove itself
         and say hello before dropping it.
 
+    @param maxHostBufferSize: the most unsent bytes a host holds for all
+        its links together; a write past it raises
+        L{ChannelBufferFullError}, and producers registered on links that
+        hold unsent bytes are paused while the links hold more than half
+        of it.
     @param failover: what a client does when its host is lost:
         C{"resend"} (the default) goes on with the next host, sending again
         what was not acknowledged; C{"close"} ends the connection with
@@ -144,6 +151,7 @@ class ChannelEndpoint:
         maxBufferSize: int = DEFAULT_MAX_BUFFER_SIZE,
         transport: str | None = None,
         failover: str = RESEND,
+        maxHostBufferSize: int = DEFAULT_MAX_HOST_BUFFER_SIZE,
         handshakeTimeout: float = HANDSHAKE_TIMEOUT,
         coordinator: str | None = None,
         advertise: str | None = None,
@@ -206,6 +214,12 @@ class ChannelEndpoint:
         self.serverFactory = serverFactory
         self.maxMessageSize = checkSize("maxMessageSize", maxMessageSize)
         self.maxBufferSize = checkSize("maxBufferSize", maxBufferSize)
+        self.maxHostBufferSize = checkSize("maxHostBufferSize", maxHostBufferSize)
+        if self.maxHostBufferSize < self.maxMessageSize:
+            raise ValueError(
+                f"maxHostBufferSize ({self.maxHostBufferSize}) must be at least "
+                f"maxMessageSize ({self.maxMessageSize})"
+            )
         if self.maxBufferSize < self.maxMessageSize:
             raise ValueError(
                 f"maxBufferSize ({self.maxBufferSize}) must be at least "
@@ -233,6 +247,7 @@ class ChannelEndpoint:
             factory,
             self.maxMessageSize,
             maxBufferSize=self.maxBufferSize,
+            maxHostBufferSize=self.maxHostBufferSize,
             transport=self.transportKind,
             handshakeTimeout=self.handshakeTimeout,
         )

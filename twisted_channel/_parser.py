@@ -27,6 +27,7 @@ OPTIONS = {
     "transport": "transport",
     "handshakeTimeout": "handshakeTimeout",
     "failover": "failover",
+    "maxHostBufferSize": "maxHostBufferSize",
 }
 
 _SIZE = re.compile(r"([0-9]+)([KMG]i?B?)?", re.IGNORECASE)
