@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,11 +61,7 @@ from ._publishing import (
     HostSocketPort,
     Publication,
     PublishedSocket,
-    ReadySocket,
-    discardReadySocket,
-    listeningUnixSocket,
-    readySocket,
-    withdrawUnixSocket,
+    StandbySocket,
 )
 from ._roles import RoleWaiters
 from ._sockets import (
@@ -689,11 +684,11 @@ class ChannelPort:
     L{HostSession}, the waiters and observers of the role are a
     L{RoleWaiters}, failed authentications a L{FailureLimit}.  L{role}
     changes only as the table L{twisted_channel._states.PORT} allows.  What
-    it keeps itself is what ties those together for one term: the
-    term, the retry timer after a failed bind, the shutdown trigger, the
+    it keeps itself is what ties those together for one term: the term,
+    the retry timer after a failed bind, the shutdown trigger, the
     L{Publication} (the listening port and what checks that clients can
-    still find it), and the socket a standby holds ready, which the
-    election thread may take (hence its lock).
+    still find it), and the L{StandbySocket} a standby holds ready to
+    publish.
     """
 
     def __init__(
@@ -723,12 +718,14 @@ class ChannelPort:
         self.secret: bytes | None = None
         self._authFailures = FailureLimit(AUTH_FAILURE_LIMIT, AUTH_FAILURE_WINDOW)
         self.role = STOPPED
+        # The socket this standby will publish if it wins.
+        self._standbySocket = StandbySocket(paths.socket)
         self._election = HostElection(
             reactor,
             paths.lock,
             self._elected,
-            prepare=self._bindEarly if transport == "unix" else None,
-            discard=self._unbindEarly,
+            prepare=self._standbySocket.publish if transport == "unix" else None,
+            discard=self._standbySocket.withdraw,
         )
         # What this host published, while it hosts.
         self._publication: Publication | None = None
@@ -737,10 +734,6 @@ class ChannelPort:
         self._rebind: IDelayedCall | None = None
         self._rebindDelay = _REBIND_FIRST_DELAY
         self._shutdownTrigger: object | None = None
-        # The socket this standby will publish if it wins: taken by
-        # whichever thread wins the lock, discarded by the reactor thread.
-        self._ready: ReadySocket | None = None
-        self._readyLock = threading.Lock()
         self._factoryStarted = False
 
     def __repr__(self) -> str:
@@ -805,7 +798,7 @@ class ChannelPort:
                 self._standBy()
         except BaseException:
             self._election.release()
-            self._discardReady()
+            self._standbySocket.discard()
             self.role = PORT[self.role, START_FAILED]
             raise
         self._handOverAtShutdown()
@@ -867,47 +860,13 @@ class ChannelPort:
         is then left to do.
         """
         if self.transportKind == "unix":
-            with self._readyLock:
-                if self._ready is None:
-                    try:
-                        self._ready = readySocket(self.paths.socket)
-                    except OSError:
-                        # It binds when it wins, as it would have anyway.
-                        pass
+            self._standbySocket.prepare()
         self._election.waitInBackground()
-
-    def _takeReady(self) -> ReadySocket | None:
-        """
-        The ready socket, for the thread that won the lock to publish.
-        """
-        with self._readyLock:
-            ready, self._ready = self._ready, None
-        return ready
-
-    def _discardReady(self) -> None:
-        ready = self._takeReady()
-        if ready is not None:
-            discardReadySocket(ready)
-
-    def _bindEarly(self) -> PublishedSocket:
-        """
-        On the election thread, the moment the lock is won: publish a
-        listening socket, so that clients connect (and queue in the kernel)
-        before the reactor thread even wakes.
-        """
-        return listeningUnixSocket(self.paths.socket, self._takeReady())
-
-    def _unbindEarly(self, prepared: object) -> None:
-        """
-        The wait was cancelled after L{_bindEarly}: withdraw its socket.
-        """
-        assert isinstance(prepared, PublishedSocket)
-        withdrawUnixSocket(prepared, self.paths.socket)
 
     def _elected(self, prepared: object = None) -> None:
         if self.role != STANDBY:
             if isinstance(prepared, PublishedSocket):
-                self._unbindEarly(prepared)
+                self._standbySocket.withdraw(prepared)
             self._election.release()
             return
         if isinstance(prepared, Exception):
@@ -981,7 +940,7 @@ class ChannelPort:
                     reactor=self.reactor,
                 )
                 if not isinstance(prepared, PublishedSocket):
-                    prepared = listeningUnixSocket(self.paths.socket, self._takeReady())
+                    prepared = self._standbySocket.publish()
                 unixPort.adopt(prepared)
                 unixPort.startListening()
                 socketPort = unixPort
@@ -1057,7 +1016,7 @@ class ChannelPort:
         self.role = PORT[self.role, WITHDRAWN]
         if not wasHosting:
             self._election.release()
-            self._discardReady()
+            self._standbySocket.discard()
             self._stopFactory()
             return succeed(None)
         publication, self._publication = self._publication, None
