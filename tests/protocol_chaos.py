@@ -4,6 +4,7 @@ the figures of docs/protocols.md, and the fault tests of
 C{tests/test_protocols_processes.py} (the same runs, shorter).
 
     python -m tests.protocol_chaos [--kills 10] [--calls 2000] [--transport unix|tcp]
+        [--only faults|budget]
 
 Run from the repository's root.  Candidate hosts are child processes
 (C{tests/protocol_peers.py}); the client runs here:
@@ -19,6 +20,10 @@ Run from the repository's root.  Candidate hosts are child processes
    Deferred, while the host is killed; each call is answered (and checked:
    C{2n}), fails, or hangs (nothing within 60 s).  The hosts record every
    call they run: a call run twice is a duplicate.
+ - B{budget}: ten clients of a twisted.web host ask for a 15 MiB answer
+   written in one C{write()} and are SIGSTOPped; the host's RSS growth is
+   measured with C{maxHostBufferSize=32M} and with a budget too large to
+   matter (C{1G}), and a client that reads fetches a 1 MiB file meanwhile.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from twisted.web.client import (
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from twisted_channel._parser import parseSize
 from twisted_channel.amp import ChannelAMP
 from twisted_channel.testing import ChannelProcesses
 
@@ -309,6 +315,125 @@ async def ampRun(
     return figures
 
 
+@dataclass
+class BudgetFigures:
+    budget: int = 0
+    frozen: int = 0
+    bodySize: int = 0
+    growthKiB: int = 0
+    othersServed: int = 0
+    othersAsked: int = 0
+
+
+async def budgetRun(
+    directory: str,
+    transportKind: str,
+    reactorName: str = "default",
+    budget: str = "32M",
+    frozen: int = 10,
+    bodySize: int = 15 * 1024 * 1024,
+) -> BudgetFigures:
+    """
+    SIGSTOP C{frozen} clients of a twisted.web host, each of which asked for
+    a C{bodySize} answer written in one C{write()}; measure how much the
+    host grew, and whether a client that reads is served meanwhile.
+    """
+    from twisted.internet import reactor
+
+    served = os.path.join(directory, "served")
+    os.mkdir(served)
+    page = os.urandom(1024 * 1024)
+    with open(os.path.join(served, "page.bin"), "wb") as f:
+        f.write(page)
+    figures = BudgetFigures(frozen=frozen, bodySize=bodySize)
+    figures.budget = parseSize("maxHostBufferSize", budget)
+    with ChannelProcesses(directory, reactorName, transportKind) as processes:
+        hosts = Hosts(
+            processes,
+            "site",
+            "web",
+            ["--path", served, "--option", f"maxHostBufferSize={budget}"],
+        )
+        host = await hosts.host()
+        agent = Agent.usingEndpointFactory(
+            reactor,
+            ChannelEndpointFactory(
+                f"channel:site:dir={directory}:transport={transportKind}"
+            ),
+        )
+
+        async def fetchPage() -> bool:
+            response = await agent.request(b"GET", b"http://site/page.bin")
+            body = await readBody(response)
+            return bool(body == page)
+
+        # Warm up the host (imports, first buffers) before measuring.
+        await defer.ensureDeferred(fetchPage()).addTimeout(30, reactor)
+        before = await rss(host)
+        clients = []
+        for _ in range(frozen):
+            client = processes.start(
+                [
+                    sys.executable,
+                    PEERS,
+                    "fetch",
+                    "--dir",
+                    directory,
+                    "--name",
+                    "site",
+                    "--transport",
+                    transportKind,
+                    "--reactor",
+                    reactorName,
+                    "--path",
+                    f"/big?size={bodySize}",
+                ],
+                label="frozen client",
+            )
+            clients.append(client)
+        for client in clients:
+            await waitLine(client, "SENT")
+            client.kill(signal.SIGSTOP)
+        # Let the host answer them all.
+        await sleep(2.0)
+        for _ in range(3):
+            figures.othersAsked += 1
+            ok = await defer.ensureDeferred(fetchPage()).addTimeout(30, reactor)
+            figures.othersServed += ok
+        after = await rss(host)
+        figures.growthKiB = after - before
+        for client in clients:
+            client.kill(signal.SIGCONT)
+    return figures
+
+
+async def waitLine(child: Any, word: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in child.collect():
+            if line.split()[:1] == [word]:
+                return str(line)
+        if child.exited():
+            break
+        await sleep(0.01)
+    raise AssertionError(f"{child.label} printed no {word}: {child.stderr}")
+
+
+async def rss(child: Any) -> int:
+    """
+    The resident size of a candidate host, in KiB.
+    """
+    seen = len([line for line in child.collect() if line.startswith("RSS ")])
+    child.send("rss")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        lines = [line for line in child.collect() if line.startswith("RSS ")]
+        if len(lines) > seen:
+            return int(lines[-1].split()[1])
+        await sleep(0.01)
+    raise AssertionError("the host did not say its RSS")
+
+
 def table(agents: dict[str, AgentFigures], amps: dict[str, AmpFigures]) -> str:
     lines = [
         "| run | transport | host kills | requests or calls | full / answered "
@@ -330,12 +455,28 @@ def table(agents: dict[str, AgentFigures], amps: dict[str, AmpFigures]) -> str:
     return "\n".join(lines)
 
 
+def budgetTable(budgets: dict[tuple[str, str], BudgetFigures]) -> str:
+    lines = [
+        "| transport | `maxHostBufferSize=` | frozen clients x answer "
+        "| host RSS growth | a reading client served |",
+        "|---|---|---|---|---|",
+    ]
+    for (kind, budget), b in budgets.items():
+        lines.append(
+            f"| {kind} | `{budget}` | {b.frozen} x "
+            f"{b.bodySize // (1024 * 1024)} MiB | {b.growthKiB / 1024:.1f} MiB | "
+            f"{b.othersServed} of {b.othersAsked} |"
+        )
+    return "\n".join(lines)
+
+
 def main(arguments: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.protocol_chaos")
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--transport", choices=["unix", "tcp", "both"], default="both")
     parser.add_argument("--reactor", choices=["default", "asyncio"], default="default")
+    parser.add_argument("--only", choices=["faults", "budget"])
     options = parser.parse_args(arguments)
     if options.reactor == "asyncio":
         from twisted.internet import asyncioreactor
@@ -346,8 +487,22 @@ def main(arguments: list[str] | None = None) -> int:
     kinds = ["unix", "tcp"] if options.transport == "both" else [options.transport]
     agents: dict[str, AgentFigures] = {}
     amps: dict[str, AmpFigures] = {}
+    budgets: dict[tuple[str, str], BudgetFigures] = {}
 
     async def run(reactor: Any) -> None:
+        if options.only != "faults":
+            for kind in kinds:
+                for budget in ("32M", "1G"):
+                    with tempfile.TemporaryDirectory(
+                        prefix="tc-", dir="/tmp"
+                    ) as directory:
+                        os.chmod(directory, 0o700)
+                        budgets[kind, budget] = await budgetRun(
+                            directory, kind, options.reactor, budget=budget
+                        )
+            print(budgetTable(budgets))
+        if options.only == "budget":
+            return
         for kind in kinds:
             with tempfile.TemporaryDirectory(prefix="tc-", dir="/tmp") as directory:
                 os.chmod(directory, 0o700)

@@ -8,6 +8,10 @@ Run as ``python protocol_peers.py MODE --dir D --name N [--transport T]
 - ``web --path P``: a twisted.web C{Site} serving the files of P, with
   ``/later`` answering through a Deferred, and ``/big?size=N`` writing an N
   byte body in one C{write()};
+- ``fetch --path URL-PATH``: not a candidate but a client (with
+  C{failover=close}): it sends one HTTP/1.0 request without reading
+  anything until it has printed ``SENT``, then reads the answer and prints
+  ``GOT <status> <body bytes>`` when the connection ends;
 - ``amp --record R``: AMP responders ``Double`` (answered at once) and
   ``DoubleLater`` (through a Deferred, 5 ms later); each call run is
   recorded as a line ``<pid> <n>`` in R, with one C{write(2)} before it
@@ -99,9 +103,38 @@ def ampFactory(options: argparse.Namespace) -> Any:
     return Factory.forProtocol(Doubler)
 
 
+def fetch(reactor: Any, description: str, path: str) -> None:
+    from twisted.internet.endpoints import clientFromString
+    from twisted.internet.protocol import ClientFactory, Protocol
+
+    class Fetch(Protocol):
+        received = b""
+
+        def connectionMade(self) -> None:
+            # Read nothing until SIGSTOPped (then SIGCONTed): a frozen client.
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+            self.transport.write(b"GET %s HTTP/1.0\r\n\r\n" % path.encode())  # type: ignore[union-attr]
+            self.transport.whenConnected().addCallback(  # type: ignore[union-attr]
+                lambda _: say("SENT")
+            )
+
+        def dataReceived(self, data: bytes) -> None:
+            self.received += data
+
+        def connectionLost(self, reason: Any = None) -> None:
+            head, _, body = self.received.partition(b"\r\n\r\n")
+            status = head.split(b" ")[1].decode() if b" " in head else "none"
+            say(f"GOT {status} {len(body)}")
+            reactor.stop()
+
+    clientFromString(reactor, description + ":failover=close").connect(
+        ClientFactory.forProtocol(Fetch)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["web", "amp"])
+    parser.add_argument("mode", choices=["web", "amp", "fetch"])
     parser.add_argument("--dir", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--transport", default="unix")
@@ -117,13 +150,23 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from twisted.internet import reactor
     from twisted.internet.endpoints import serverFromString
+    from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    factory = webFactory(options) if options.mode == "web" else ampFactory(options)
+    # Not only for reading: until logging begins, every event (a failure
+    # with its traceback, and the large body in its frames) is kept.
+    globalLogBeginner.beginLoggingTo(
+        [textFileLogObserver(sys.stderr)], redirectStandardIO=False
+    )
     extra = "".join(f":{option}" for option in options.option)
     description = (
         f"channel:{options.name}:dir={options.dir}:transport={options.transport}"
         + extra
     )
+    if options.mode == "fetch":
+        fetch(reactor, description, options.path)
+        reactor.run()
+        return
+    factory = webFactory(options) if options.mode == "web" else ampFactory(options)
 
     def listening(port: Any) -> None:
         port.addRoleObserver(lambda role: say(f"ROLE {role}"))

@@ -28,6 +28,7 @@ from .protocol_chaos import (
     Hosts,
     agentRun,
     ampRun,
+    budgetRun,
     sleep,
 )
 from .protocol_commands import DoubleLater
@@ -169,3 +170,25 @@ async def test_twistdWebServesOverAChannel(
         )
         assert await readBody(response).addTimeout(30, reactor) == b"served by twistd\n"
         assert not second.exited()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostStaysWithinItsBudgetWithFrozenClients(
+    channelDirectory: str, transportKind: str, reactorName: str
+) -> None:
+    """
+    Frozen (SIGSTOPped) clients of a twisted.web host, each asking for a
+    body written in one C{write()}: the host grows by about its budget, not
+    by what they asked for, and a client that reads is served meanwhile.
+    """
+    figures = await budgetRun(
+        channelDirectory,
+        transportKind,
+        reactorName,
+        budget="16M",
+        frozen=6,
+        bodySize=8 * 1024 * 1024,
+    )
+    asked = figures.frozen * figures.bodySize // 1024
+    assert figures.growthKiB < figures.budget // 1024 + 12 * 1024, (figures, asked)
+    assert figures.othersServed == figures.othersAsked == 3

@@ -531,7 +531,7 @@ async def test_hostWithoutAdoptingBindsInPlaceAndCleansUp(
     try:
         await port.whenHosting()  # type: ignore[attr-defined]
         assert not twistedEdge().adoptListeningSocket
-        hostPort = port._socketPort  # type: ignore[attr-defined]
+        hostPort = port._publication.listeningPort  # type: ignore[attr-defined]
         listening = hostPort.socket
         info = os.lstat(port.getHost().path)
         assert hostPort._identity == (info.st_dev, info.st_ino)

@@ -14,11 +14,12 @@ The public names are those in C{__all__}; every other module is private.
 """
 
 from ._address import ChannelAddress
-from ._client import ChannelClientTransport, ChannelReconnectingFactory
+from ._client import ChannelClientTransport
 from ._directory import UnsafeDirectoryError
 from ._election import ChannelLockMismatchError
 from ._endpoint import (
     DEFAULT_MAX_BUFFER_SIZE,
+    DEFAULT_MAX_HOST_BUFFER_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_TIMEOUT,
     ChannelEndpoint,
@@ -32,6 +33,7 @@ from ._interfaces import (
     IChannelLinkObserver,
 )
 from ._pending import PendingWrites
+from ._reconnection import ChannelReconnectingFactory
 
 __version__ = "0.1.0"
 
@@ -47,6 +49,7 @@ __all__ = [
     "ChannelReconnectingFactory",
     "ChannelUnreachableError",
     "DEFAULT_MAX_BUFFER_SIZE",
+    "DEFAULT_MAX_HOST_BUFFER_SIZE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_TIMEOUT",
     "IChannelLinkObserver",

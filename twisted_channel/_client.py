@@ -3,23 +3,22 @@ The connecting side of a channel: one logical connection that outlives the
 links beneath it.
 
 The application's protocol is connected to a L{ChannelClientTransport} at
-once.  Beneath it, a L{ChannelReconnectingFactory} (a
-L{ReconnectingClientFactory}) drives a L{_LinkConnector} that opens links to
-whoever hosts the channel now; when a link is lost, it opens another, and
-the transport sends again every message the old host had not acknowledged.
+once: an L{ITransport} over the connection's L{ClientSession} (what the
+protocol says) and its L{Reconnection} (finding the host, and finding it
+again).  Each link is a L{_ClientLink}, the Twisted protocol that checks
+the host's credentials, times its handshake and hands what it reads to the
+transport; when a link is lost, the reconnection opens another, and the
+transport sends again every message the old host had not acknowledged.
 """
 
 from __future__ import annotations
 
 import os
-import random
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import (
-    IAddress,
     IConnector,
     IConsumer,
     IDelayedCall,
@@ -27,17 +26,16 @@ from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
     IPushProducer,
-    IStreamClientEndpoint,
     ITransport,
 )
-from twisted.internet.protocol import Factory, Protocol, ReconnectingClientFactory
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import _wire
 from ._address import CLIENT, HOST, ChannelAddress
-from ._auth import LOOPBACK, readPortFile
+from ._auth import LOOPBACK
 from ._clientsession import (
     ACKNOWLEDGED,
     AUTHENTICATING,
@@ -55,7 +53,6 @@ from ._clientsession import (
 )
 from ._clientsession import OPEN as _OPEN
 from ._credentials import peerCredentials
-from ._election import readLockRecord
 from ._interfaces import (
     ChannelBufferFullError,
     ChannelClosedError,
@@ -64,6 +61,7 @@ from ._interfaces import (
     IChannelLinkObserver,
 )
 from ._pending import PendingWrites
+from ._reconnection import Reconnection
 from ._sockets import (
     pushToKernel,
     readDirectly,
@@ -81,7 +79,6 @@ from ._states import (
     WELCOMED,
 )
 from ._surface import SocketOptions, streamAddress
-from ._watch import stopWatching, watchFor
 
 if TYPE_CHECKING:
     from ._host import ChannelPort
@@ -99,11 +96,6 @@ _CONCATENATE_BELOW = 4096
 RESEND = "resend"
 CLOSE = "close"
 FAILOVER_MODES = (RESEND, CLOSE)
-
-#: Seconds a link must have been up (or it must have carried an
-#: acknowledgement) for its loss to be taken as a host's end, reconnecting at
-#: once, rather than as a host that drops us, backing off.
-HEALTHY_LINK = 0.5
 
 #: Seconds a host may take to answer a hello before the link is dropped and
 #: another is tried.  A host frozen by SIGSTOP still accepts connections in
@@ -123,179 +115,6 @@ class _Discard:
 _DISCARD = _Discard()
 
 
-class ChannelReconnectingFactory(ReconnectingClientFactory):
-    """
-    The channel's reconnection strategy: a L{ReconnectingClientFactory} that
-    starts again after milliseconds, not a second, because a standby takes
-    over within a millisecond of the host's death.
-
-    Endpoints never tell a factory that a connection failed or was lost, so
-    the channel calls L{clientConnectionFailed} and L{clientConnectionLost}
-    itself, with a L{_LinkConnector} whose C{connect} looks for the current
-    host again.
-    """
-
-    initialDelay = 0.002
-    factor = 2.0
-    maxDelay = 0.25  # type: ignore[assignment]
-    jitter = 0.2
-    delay = initialDelay
-    noisy = False
-
-    def __init__(self, connection: ChannelClientTransport) -> None:
-        self.connection = connection
-        self.clock = connection.reactor
-        # The next attempt, held here rather than in the base class's
-        # private _callID, which this class's retry() never sets.
-        self.nextAttempt: IDelayedCall | None = None
-
-    def retry(self, connector: IConnector | None = None) -> None:
-        """
-        Connect again after the current delay, with jitter that stays
-        between zero and C{maxDelay} (L{ReconnectingClientFactory}'s own can
-        go negative or past it).
-        """
-        if not self.continueTrying:
-            return
-        if connector is None:
-            connector = self.connector
-        if connector is None:
-            raise ValueError("no connector to retry")
-        self.retries += 1
-        if self.maxRetries is not None and self.retries > self.maxRetries:
-            return
-        wait = self.delay
-        if self.jitter:
-            wait = random.uniform(wait * (1 - self.jitter), wait * (1 + self.jitter))
-        wait = min(max(wait, 0.0), self.maxDelay)
-        target = connector
-
-        def reconnect() -> None:
-            self.nextAttempt = None
-            target.connect()
-
-        self.nextAttempt = self.clock.callLater(wait, reconnect)  # type: ignore[union-attr]
-        self.delay = min(self.delay * self.factor, self.maxDelay)
-
-    def cancelRetry(self) -> None:
-        """
-        Forget the attempt L{retry} scheduled, if it is still to come.
-        """
-        nextAttempt, self.nextAttempt = self.nextAttempt, None
-        if nextAttempt is not None and nextAttempt.active():
-            nextAttempt.cancel()
-
-    def stopTrying(self) -> None:
-        """
-        Stop reconnecting: cancel the next attempt and any under way.
-        """
-        self.cancelRetry()
-        super().stopTrying()  # type: ignore[no-untyped-call]
-
-
-@implementer(IConnector)
-class _LinkConnector:
-    """
-    What the reconnection strategy drives: each C{connect} opens one link to
-    the channel's socket.
-    """
-
-    def __init__(self, connection: ChannelClientTransport) -> None:
-        self._connection = connection
-        self._attempt: Deferred[Any] | None = None
-
-    def connect(self) -> None:
-        connection = self._connection
-        if connection.closed or self._attempt is not None:
-            return
-        candidate = connection.candidate
-        if candidate is not None:
-            candidate.standAgain()
-        endpoint: IStreamClientEndpoint
-        if connection.transportKind == "tcp":
-            # Read afresh each time: a host that died left a stale file, and
-            # its successor writes a new port and secret.
-            try:
-                portFile = readPortFile(connection.address.path)
-            except (OSError, ValueError) as e:
-                if not isinstance(e, FileNotFoundError):
-                    _log.warn(
-                        "channel {channel}: cannot use the port file: {error}",
-                        channel=connection.address.name,
-                        error=e,
-                    )
-                connection.strategy.clientConnectionFailed(self, Failure(e))  # type: ignore[no-untyped-call]
-                return
-            secret: bytes | None = portFile.secret
-            endpoint = TCP4ClientEndpoint(
-                connection.reactor, LOOPBACK, portFile.port, timeout=5
-            )
-        else:
-            secret = None
-            endpoint = UNIXClientEndpoint(
-                connection.reactor, connection.address.path, timeout=5
-            )
-        attempt = endpoint.connect(_LinkFactory(connection, secret, self))
-        self._attempt = attempt
-
-        def connected(link: _ClientLink) -> None:
-            self._attempt = None
-
-        def failed(reason: Failure) -> None:
-            self._attempt = None
-            if reason.check(error.ConnectingCancelledError) or connection.closed:
-                return
-            if connection.hostAppearedMeanwhile():
-                self.connect()
-                return
-            connection.strategy.clientConnectionFailed(self, reason)  # type: ignore[no-untyped-call]
-
-        attempt.addCallbacks(connected, failed)
-
-    @property
-    def attempting(self) -> bool:
-        """
-        Whether a connection attempt is under way.
-        """
-        return self._attempt is not None
-
-    def stopConnecting(self) -> None:
-        attempt, self._attempt = self._attempt, None
-        if attempt is None:
-            raise error.NotConnectingError()
-        attempt.cancel()
-
-    def disconnect(self) -> None:
-        link = self._connection.link
-        if link is not None and link.transport is not None:
-            link.transport.loseConnection()
-
-    def getDestination(self) -> IAddress:
-        return self._connection.getPeer()
-
-
-class _LinkFactory(Factory):
-    """
-    Builds the link of one connection attempt, with the secret read for it
-    from the port file (over loopback TCP) and the connector that made it.
-    """
-
-    noisy = False
-
-    def __init__(
-        self,
-        connection: ChannelClientTransport,
-        secret: bytes | None,
-        connector: _LinkConnector,
-    ) -> None:
-        self._connection = connection
-        self._secret = secret
-        self._connector = connector
-
-    def buildProtocol(self, addr: IAddress | None) -> _ClientLink:
-        return _ClientLink(self._connection, self._secret, self._connector)
-
-
 class _ClientLink(Protocol):
     """
     The client's end of one link to a host, as a Twisted protocol: it checks
@@ -312,7 +131,7 @@ class _ClientLink(Protocol):
         self,
         connection: ChannelClientTransport,
         secret: bytes | None = None,
-        connector: _LinkConnector | None = None,
+        connector: IConnector | None = None,
     ) -> None:
         """
         @param secret: over loopback TCP, the secret from the port file
@@ -500,17 +319,20 @@ class ChannelClientTransport(SocketOptions):
     What the protocol says is in L{session} (a L{ClientSession}: the
     pending messages, the eager-hello policy, the resume arithmetic) and in
     each link's L{LinkSession}; L{state} changes only as the table
-    L{twisted_channel._states.CONNECTION} allows.  Beside them this class
-    keeps more than a handful of private attributes, in groups that do not
-    interact: the batch being written (C{_outgoing}, C{_outgoingLarge},
-    C{_flushCall}, C{_inRead}), kept here because C{write} is the hottest
-    path there is and must not call into another object; the one timer
+    L{twisted_channel._states.CONNECTION} allows.  Finding the host and
+    finding it again (the strategy, the connector, the watch, leaving a
+    dead host early) is its L{reconnection}, a L{Reconnection}, told when
+    a link comes up or is lost.  Beside them this class keeps more than a
+    handful of private attributes, in groups that do not interact: the
+    batch being written (C{_outgoing}, C{_outgoingLarge}, C{_flushCall},
+    C{_inRead}), kept here because C{write} is the hottest path there is
+    and must not call into another object; the one timer
     armed for the next of its L{ClientDeadlines} (C{_deadlineCall}, due at
-    C{_deadlineAt}); the health of the last link, which chooses between
-    reconnecting at once and backing off (C{_linkUpAt}, C{_ackedOnLink},
-    C{_hostsSeen}); the producers either way (C{_producer}, a
-    L{_RegisteredProducer}, and C{_readingPaused}); and
-    looking for a new host (C{_watching}, C{_hostAppearedDuringAttempt}).
+    C{_deadlineAt}); whether the host acknowledged anything on the
+    current link (C{_ackedOnLink}, set where acknowledgements are read and
+    handed to the reconnection when the link is lost); and the producers
+    either way (C{_producer}, a L{_RegisteredProducer}, and
+    C{_readingPaused}).
     """
 
     disconnecting = False
@@ -535,7 +357,8 @@ class ChannelClientTransport(SocketOptions):
             L{ChannelHostLostError}).
         @param lockPath: the channel's lock file, whose record tells a
             linked client that its host died before the kernel closes the
-            link (see L{_hostAppeared}); without it, the close is awaited.
+            link (see L{Reconnection.hostAppeared}); without it, the close
+            is awaited.
         """
         self.reactor = reactor
         self.address = address
@@ -547,7 +370,6 @@ class ChannelClientTransport(SocketOptions):
         self.candidate = candidate
         self.transportKind = transport
         self.failover = failover
-        self._lockPath = lockPath
         # Whether a link's read is being handled now (it flushes at its end).
         self._inRead = False
         self.session = ClientSession(os.urandom(16), os.getpid(), maxMessageSize)
@@ -555,8 +377,7 @@ class ChannelClientTransport(SocketOptions):
         self.pending = self.session.pending
         self.state = CONNECTING
         self.link: _ClientLink | None = None
-        self.strategy = ChannelReconnectingFactory(self)
-        self._connector = _LinkConnector(self)
+        self.reconnection = Reconnection(self, _ClientLink, lockPath)
         self._deadlines = ClientDeadlines(
             timeout,
             max(timeout, LINK_HANDSHAKE_TIMEOUT) if timeout > 0 else 10.0,
@@ -566,8 +387,8 @@ class ChannelClientTransport(SocketOptions):
         self._deadlineAt: float | None = None
         self._connectedWaiters: list[Deferred[ChannelAddress]] = []
         self._hostAddress = ChannelAddress(address.name, address.path, HOST)
-        self._hostsSeen = 0
-        self._linkUpAt = 0.0
+        # Whether the host acknowledged anything on the current link: the
+        # link was healthy (see Reconnection.linkLost).
         self._ackedOnLink = False
         # The largest message a write may take now: ours, or the host's if
         # smaller while a link is up.
@@ -584,8 +405,6 @@ class ChannelClientTransport(SocketOptions):
         self._readingAbandoned = False
         # The call that ends the connection at the next reactor turn.
         self._finishing: IDelayedCall | None = None
-        self._watching = False
-        self._hostAppearedDuringAttempt = False
         self._producer: _RegisteredProducer | None = None
 
     def __repr__(self) -> str:
@@ -654,10 +473,7 @@ class ChannelClientTransport(SocketOptions):
         """
         self._deadlines.lookForHost(self.reactor.seconds())
         self._armDeadline()
-        self._watchForHost()
-        # So that stopTrying() also cancels an attempt under way.
-        self.strategy.connector = self._connector
-        self._connector.connect()
+        self.reconnection.start()
 
     # ITransport
 
@@ -1141,14 +957,12 @@ class ChannelClientTransport(SocketOptions):
                 Failure(ValueError(f"the host of channel {self.address.name!r} {e}"))
             )
             return False
+        now = self.reactor.seconds()
         self._deadlines.linked()
         self.link = link
         self.state = CONNECTION[self.state, WELCOMED]
         self._hostAddress = link.hostAddress
-        self._hostsSeen += 1
-        if self._lockPath is None:
-            self._stopWatchingForHost()
-        self._linkUpAt = self.reactor.seconds()
+        hostsSeen = self.reconnection.linkUp(now)
         self._ackedOnLink = False
         self._writeLimit = min(self.maxMessageSize, welcome.maxMessageSize)
         self._outgoing = []
@@ -1156,11 +970,11 @@ class ChannelClientTransport(SocketOptions):
             link.transport.pauseProducing()  # type: ignore[attr-defined]
         link.send(resend)
         if self.pending:
-            self._deadlines.watch(self.reactor.seconds())
+            self._deadlines.watch(now)
         self._armDeadline()
         # The host may already have had much of what was buffered.
         self._producerMayGoOn()
-        log = _log.info if self._hostsSeen > 1 else _log.debug
+        log = _log.info if hostsSeen > 1 else _log.debug
         log(
             "channel {channel}: link up to host pid {hostPid}; resent {resent} "
             "message(s)",
@@ -1194,75 +1008,6 @@ class ChannelClientTransport(SocketOptions):
                 method=method,
             )
 
-    def _watchForHost(self) -> None:
-        if not self._watching:
-            self._watching = watchFor(
-                self.reactor, self.address.path, self._hostAppeared
-            )
-
-    def _stopWatchingForHost(self) -> None:
-        if self._watching:
-            self._watching = False
-            stopWatching(self.address.path, self._hostAppeared)
-
-    def _hostAppeared(self) -> None:
-        """
-        A host just published its socket or port file: connect now rather
-        than at the next retry.
-
-        Linked to a host that has just died, leave it now: the kernel
-        closes a dead process's sockets only after it has freed its memory,
-        milliseconds after a standby took over.
-        """
-        if self.state == CONNECTED:
-            self._leaveIfSucceeded()
-            return
-        if self.state != CONNECTING:
-            return
-        if self._connector.attempting:
-            # That attempt may have gone to the old host's stale socket;
-            # if it fails, try again at once.
-            self._hostAppearedDuringAttempt = True
-            return
-        self.strategy.cancelRetry()
-        self._connector.connect()
-
-    def _leaveIfSucceeded(self) -> None:
-        link = self.link
-        if link is None or self._lockPath is None:
-            return
-        record = readLockRecord(self._lockPath)
-        hostPid = link.hostAddress.pid
-        # Only a host that died: one that handed over gracefully still sends
-        # its last acknowledgements, and leaving early would resend those
-        # messages.
-        if (
-            record is None
-            or hostPid is None
-            or record.diedPid != hostPid
-            or record.hostPid == hostPid
-        ):
-            return
-        _log.info(
-            "channel {channel}: host pid {hostPid} died and pid {newPid} took "
-            "over; moving there",
-            channel=self.address.name,
-            hostPid=hostPid,
-            newPid=record.hostPid,
-            role=CLIENT,
-        )
-        link.abort()
-
-    def hostAppearedMeanwhile(self) -> bool:
-        """
-        Whether a host appeared while the failed attempt was under way.
-        """
-        appeared, self._hostAppearedDuringAttempt = (
-            self._hostAppearedDuringAttempt,
-            False,
-        )
-        return appeared
-
     def closedByHost(self) -> None:
         """
         Called by the link: the host's application ended this connection.
@@ -1283,9 +1028,10 @@ class ChannelClientTransport(SocketOptions):
         """
         if self.state == CLOSED:
             return
+        reconnection = self.reconnection
         if link is not self.link:
             # A link that never got a welcome: the host died or refused.
-            self.strategy.clientConnectionFailed(self._connector, reason)  # type: ignore[no-untyped-call]
+            reconnection.strategy.clientConnectionFailed(reconnection.connector, reason)  # type: ignore[no-untyped-call]
             return
         self.link = None
         if self.failover == CLOSE:
@@ -1299,11 +1045,11 @@ class ChannelClientTransport(SocketOptions):
             )
             return
         self.state = CONNECTION[self.state, LINK_LOST]
-        self._watchForHost()
         self._dropOutgoing()
         self._writeLimit = self.maxMessageSize
         self._hostAddress = ChannelAddress(self.address.name, self.address.path, HOST)
-        self._deadlines.lookForHost(self.reactor.seconds())
+        now = self.reactor.seconds()
+        self._deadlines.lookForHost(now)
         self._armDeadline()
         _log.info(
             "channel {channel}: link to host pid {hostPid} lost ({reason}); "
@@ -1317,20 +1063,7 @@ class ChannelClientTransport(SocketOptions):
         self._tellObserver("linkLost", reason)
         if self.state == CLOSED or self._finishing is not None:
             return
-        self.strategy.connector = self._connector
-        healthy = self._ackedOnLink or (
-            self.reactor.seconds() - self._linkUpAt >= HEALTHY_LINK
-        )
-        if healthy:
-            # The first attempt goes at once: a standby has usually taken
-            # over by the time the kernel reports the old host's end.
-            self.strategy.resetDelay()  # type: ignore[no-untyped-call]
-            self._connector.connect()
-        else:
-            # A link that dies as soon as it is up (a host that refuses us
-            # after its welcome, say) must not become a busy loop: the
-            # backoff goes on growing.
-            self.strategy.clientConnectionLost(self._connector, reason)  # type: ignore[no-untyped-call]
+        reconnection.linkLost(reason, self._ackedOnLink, now)
 
     def _finish(self, reason: Failure) -> None:
         finishing, self._finishing = self._finishing, None
@@ -1342,8 +1075,7 @@ class ChannelClientTransport(SocketOptions):
         self.disconnecting = True
         self._deadlines.stop()
         self._armDeadline()
-        self._stopWatchingForHost()
-        self.strategy.stopTrying()
+        self.reconnection.stop()
         self._dropOutgoing()
         link, self.link = self.link, None
         if link is not None and link.transport is not None:

@@ -267,6 +267,32 @@ def _nextRecord(previous: LockRecord | None, predecessorDied: bool) -> bytes:
     return _RECORD.pack(term + 1, os.getpid(), diedPid)
 
 
+def _mapLockFile(descriptor: int, path: str) -> int:
+    """
+    Map the lock file open at C{descriptor}, shared, for its mutex.
+
+    Mapped with the C library, not Python's mmap, which unmaps when
+    collected (at interpreter exit, say): the kernel can free a dead
+    holder's mutex only while it is still mapped.
+
+    @return: the address of the mapping (C{_FILE_SIZE} bytes).
+    @raise OSError: if it cannot be mapped.
+    """
+    assert _pthreads is not None
+    address = _pthreads.mmap(
+        None,
+        _FILE_SIZE,
+        mmap.PROT_READ | mmap.PROT_WRITE,
+        mmap.MAP_SHARED,
+        descriptor,
+        0,
+    )
+    if address is None or address == ctypes.c_void_p(-1).value:
+        error = ctypes.get_errno()
+        raise OSError(error, f"cannot map lock file {path!r}")
+    return int(address)
+
+
 def _earlierFormatHeld(descriptor: int, path: str) -> bool:
     """
     Whether a process holds a lock file of format 1 (C{twchlck1}) through
@@ -284,17 +310,7 @@ def _earlierFormatHeld(descriptor: int, path: str) -> bool:
     if _pthreads is None:
         # Its mutex cannot be looked at here: assume the worst.
         return True
-    address = _pthreads.mmap(
-        None,
-        _FILE_SIZE,
-        mmap.PROT_READ | mmap.PROT_WRITE,
-        mmap.MAP_SHARED,
-        descriptor,
-        0,
-    )
-    if address is None or address == ctypes.c_void_p(-1).value:
-        error = ctypes.get_errno()
-        raise OSError(error, f"cannot map lock file {path!r}")
+    address = _mapLockFile(descriptor, path)
     try:
         mutex = address + _MUTEX_OFFSET
         result = _pthreads.pthread_mutex_trylock(mutex)
@@ -447,20 +463,7 @@ class _MutexLockFile:
 
     def _map(self, descriptor: int) -> None:
         assert _pthreads is not None
-        # Mapped with the C library, not Python's mmap, which unmaps when
-        # collected (at interpreter exit, say): the kernel can free a dead
-        # holder's mutex only while it is still mapped.
-        address = _pthreads.mmap(
-            None,
-            _FILE_SIZE,
-            mmap.PROT_READ | mmap.PROT_WRITE,
-            mmap.MAP_SHARED,
-            descriptor,
-            0,
-        )
-        if address is None or address == ctypes.c_void_p(-1).value:
-            error = ctypes.get_errno()
-            raise OSError(error, f"cannot map lock file {self._path!r}")
+        address = _mapLockFile(descriptor, self._path)
         self._base = address
         self._address = address + _MUTEX_OFFSET
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectError
@@ -27,10 +27,15 @@ from ._directory import channelPaths, checkName, prepareDirectory
 from ._host import HANDSHAKE_TIMEOUT, ChannelPort
 from ._wire import MAX_FRAME_BODY
 
+if TYPE_CHECKING:
+    from ._clusterchannel import ClusterSettings
+
 #: The default largest message, in bytes.
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 #: The default cap on a client's unacknowledged bytes.
 DEFAULT_MAX_BUFFER_SIZE = 64 * 1024 * 1024
+#: The default cap on the unsent bytes of all a host's links together.
+DEFAULT_MAX_HOST_BUFFER_SIZE = 128 * 1024 * 1024
 #: The default seconds a client waits for a host before giving up.
 DEFAULT_TIMEOUT = 5.0
 
@@ -119,6 +124,11 @@ class ChannelEndpoint:
     @param handshakeTimeout: seconds a host gives a new link to prove itself
         and say hello before dropping it.
 
+    @param maxHostBufferSize: the most unsent bytes a host holds for all
+        its links together; a write past it raises
+        L{ChannelBufferFullError}, and producers registered on links that
+        hold unsent bytes are paused while the links hold more than half
+        of it.
     @param failover: what a client does when its host is lost:
         C{"resend"} (the default) goes on with the next host, sending again
         what was not acknowledged; C{"close"} ends the connection with
@@ -141,9 +151,45 @@ class ChannelEndpoint:
         maxBufferSize: int = DEFAULT_MAX_BUFFER_SIZE,
         transport: str | None = None,
         failover: str = RESEND,
+        maxHostBufferSize: int = DEFAULT_MAX_HOST_BUFFER_SIZE,
         handshakeTimeout: float = HANDSHAKE_TIMEOUT,
+        coordinator: str | None = None,
+        advertise: str | None = None,
+        port: int | None = None,
+        interface: str | None = None,
+        leaseTTL: int | None = None,
+        certKey: str | None = None,
+        privateKey: str | None = None,
+        caCerts: str | None = None,
+        insecure: bool = False,
     ) -> None:
         self._reactor = reactor
+        # Across machines (docs/cluster.md); None for the one-machine channel.
+        self.cluster: ClusterSettings | None = None
+        if coordinator is not None or advertise or port or interface or leaseTTL:
+            from ._clusterchannel import ClusterSettings
+
+            self.cluster = ClusterSettings.check(
+                coordinator,
+                advertise,
+                port,
+                interface,
+                leaseTTL,
+                certKey,
+                privateKey,
+                caCerts,
+                insecure,
+            )
+        elif certKey or privateKey or caCerts or insecure:
+            raise ValueError(
+                "certKey=, privateKey=, caCerts= and insecure= only make sense "
+                "with coordinator=etcd://HOST:PORT"
+            )
+        if self.cluster is not None and serverFactory is not None:
+            raise ValueError(
+                "serverFactory is not supported yet with coordinator=: listen() "
+                "and connect() separately"
+            )
         if (
             isinstance(handshakeTimeout, bool)
             or not isinstance(handshakeTimeout, (int, float))
@@ -168,6 +214,12 @@ class ChannelEndpoint:
         self.serverFactory = serverFactory
         self.maxMessageSize = checkSize("maxMessageSize", maxMessageSize)
         self.maxBufferSize = checkSize("maxBufferSize", maxBufferSize)
+        self.maxHostBufferSize = checkSize("maxHostBufferSize", maxHostBufferSize)
+        if self.maxHostBufferSize < self.maxMessageSize:
+            raise ValueError(
+                f"maxHostBufferSize ({self.maxHostBufferSize}) must be at least "
+                f"maxMessageSize ({self.maxMessageSize})"
+            )
         if self.maxBufferSize < self.maxMessageSize:
             raise ValueError(
                 f"maxBufferSize ({self.maxBufferSize}) must be at least "
@@ -195,6 +247,7 @@ class ChannelEndpoint:
             factory,
             self.maxMessageSize,
             maxBufferSize=self.maxBufferSize,
+            maxHostBufferSize=self.maxHostBufferSize,
             transport=self.transportKind,
             handshakeTimeout=self.handshakeTimeout,
         )
@@ -209,6 +262,21 @@ class ChannelEndpoint:
             mechanism (L{ChannelLockMismatchError}), or the socket cannot be
             bound.
         """
+        if self.cluster is not None:
+            from ._clusterchannel import ClusterPort
+
+            try:
+                prepareDirectory(self.paths.directory)
+                cluster = ClusterPort(
+                    self._reactor,
+                    self._port(protocolFactory),
+                    self.cluster,
+                    self.name,
+                )
+                cluster.startListening()
+            except Exception as e:
+                return fail(e)
+            return succeed(cluster)
         port = self._port(protocolFactory)
         try:
             port.startListening()
@@ -224,6 +292,31 @@ class ChannelEndpoint:
             connected to a L{ChannelClientTransport}; writes are buffered
             until a host is reachable.
         """
+        if self.cluster is not None:
+            from ._clusterchannel import connectAcrossMachines
+
+            def connectLocal(directory: str, factory: IProtocolFactory) -> Any:
+                return ChannelEndpoint(
+                    self._reactor,
+                    self.name,
+                    directory=directory,
+                    timeout=self.timeout,
+                    maxMessageSize=self.maxMessageSize,
+                    maxBufferSize=self.maxBufferSize,
+                    transport=UNIX,
+                    failover=self.failover,
+                ).connect(factory)
+
+            try:
+                return connectAcrossMachines(
+                    self._reactor,
+                    self.name,
+                    self.cluster,
+                    connectLocal,
+                    protocolFactory,
+                )
+            except Exception as e:
+                return fail(e)
         try:
             prepareDirectory(self.paths.directory)
             candidate = None

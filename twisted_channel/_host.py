@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,12 +36,11 @@ from ._auth import (
     LOOPBACK,
     PortFile,
     newSecret,
-    proofMatches,
-    readPortFile,
     removePortFile,
     writePortFile,
 )
 from ._authexchange import FailureLimit
+from ._budget import BudgetedProducer, HostBudget
 from ._credentials import peerCredentials
 from ._directory import (
     ChannelPaths,
@@ -61,13 +59,9 @@ from ._hostsession import (
 from ._interfaces import ChannelBufferFullError
 from ._publishing import (
     HostSocketPort,
+    Publication,
     PublishedSocket,
-    ReadySocket,
-    discardReadySocket,
-    listeningUnixSocket,
-    readySocket,
-    removeLeftovers,
-    withdrawUnixSocket,
+    StandbySocket,
 )
 from ._roles import RoleWaiters
 from ._sockets import (
@@ -94,10 +88,6 @@ HANDSHAKE_TIMEOUT = 10.0
 #: new links are refused until the window has passed.
 AUTH_FAILURE_LIMIT = 20
 AUTH_FAILURE_WINDOW = 10.0
-
-#: Seconds between a host's checks that its socket or port file is still
-#: the one it published.
-PUBLISH_CHECK_INTERVAL = 1.0
 
 #: Seconds between the pings a host sends to a client it stopped reading.
 KEEPALIVE_INTERVAL = 1.0
@@ -203,14 +193,27 @@ class _LinkTransport(SocketOptions):
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         """
         Register a producer of this link's outgoing messages: the link's
-        socket pauses it while its send buffer is full.
+        socket pauses a streaming one while its send buffer is full and
+        asks a pull one for more each time it drains, as Twisted's do; the
+        host's budget (C{maxHostBufferSize}) pauses it too while the host's
+        links hold more than half of it and this one holds unsent bytes.
+
+        @raise RuntimeError: if a producer is registered already.
         """
-        transport = self._link.transport
+        link = self._link
+        transport = link.transport
         assert transport is not None
-        IConsumer(transport).registerProducer(producer, streaming)
+        budgeted = BudgetedProducer(producer, streaming, transport, link.port.budget)
+        IConsumer(transport).registerProducer(budgeted, streaming)
+        if not link._lost:
+            link.producer = budgeted
 
     def unregisterProducer(self) -> None:
-        transport = self._link.transport
+        link = self._link
+        producer, link.producer = link.producer, None
+        if producer is not None:
+            link.port.budget.forget(producer)
+        transport = link.transport
         if transport is not None:
             IConsumer(transport).unregisterProducer()
 
@@ -251,6 +254,9 @@ class _HostLink(Protocol):
     """
 
     application: IProtocol | None = None
+    #: The application's producer registered on this link, as the link's
+    #: socket sees it.
+    producer: BudgetedProducer | None = None
 
     def __init__(self, port: ChannelPort, term: _HostingTerm) -> None:
         self.port = port
@@ -519,6 +525,8 @@ class _HostLink(Protocol):
                 f"would pass maxBufferSize={self.port.maxBufferSize} (the client "
                 "is not reading: register a producer to be paused first)"
             )
+        budget = self.port.budget
+        budget.admit(size)
         self.term.bytes += size
         if size < 4096:
             # One small copy is cheaper than handing the transport two pieces.
@@ -537,6 +545,7 @@ class _HostLink(Protocol):
             sendSequenceNow(
                 self.transport, [before, header, data] if before else [header, data]
             )
+        budget.wrote(self.transport, self.producer)
 
     def pauseReading(self) -> None:
         """
@@ -614,6 +623,9 @@ class _HostLink(Protocol):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._lost = True
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            self.port.budget.forget(producer)
         keepAlive, self._keepAlive = self._keepAlive, None
         if keepAlive is not None:
             keepAlive.stop()
@@ -669,15 +681,16 @@ class ChannelPort:
     @ivar transportKind: C{"unix"} or C{"tcp"}: what it listens on.
 
     It coordinates: the election is a L{HostElection}, publishing the
-    socket is L{twisted_channel._publishing}, each link is a L{_HostLink}
-    driving a L{HostSession}, the waiters and observers of the role are a
+    socket and checking that it stays published is
+    L{twisted_channel._publishing}, each link is a L{_HostLink} driving a
+    L{HostSession}, the waiters and observers of the role are a
     L{RoleWaiters}, failed authentications a L{FailureLimit}.  L{role}
     changes only as the table L{twisted_channel._states.PORT} allows.  What
-    it keeps itself is what ties those together for one term: the
-    listening port, the term, the retry timer after a failed bind, the
-    shutdown trigger, the timer that checks the published socket, and the
-    socket a standby holds ready, which the election thread may take (hence
-    its lock).
+    it keeps itself is what ties those together for one term: the term,
+    the retry timer after a failed bind, the shutdown trigger, the
+    L{Publication} (the listening port and what checks that clients can
+    still find it), and the L{StandbySocket} a standby holds ready to
+    publish.
     """
 
     def __init__(
@@ -689,6 +702,7 @@ class ChannelPort:
         maxMessageSize: int,
         handshakeTimeout: float = HANDSHAKE_TIMEOUT,
         maxBufferSize: int = 64 * 1024 * 1024,
+        maxHostBufferSize: int = 128 * 1024 * 1024,
         transport: str = "unix",
     ) -> None:
         self.reactor = reactor
@@ -698,29 +712,30 @@ class ChannelPort:
         self.factory = factory
         self.maxMessageSize = maxMessageSize
         self.maxBufferSize = maxBufferSize
+        #: The unsent bytes of all this host's links, against
+        #: C{maxHostBufferSize}.
+        self.budget = HostBudget(maxHostBufferSize, reactor, name)
         self.handshakeTimeout = handshakeTimeout
         self.transportKind = transport
         self.secret: bytes | None = None
         self._authFailures = FailureLimit(AUTH_FAILURE_LIMIT, AUTH_FAILURE_WINDOW)
         self.role = STOPPED
+        # The socket this standby will publish if it wins.
+        self._standbySocket = StandbySocket(paths.socket)
         self._election = HostElection(
             reactor,
             paths.lock,
             self._elected,
-            prepare=self._bindEarly if transport == "unix" else None,
-            discard=self._unbindEarly,
+            prepare=self._standbySocket.publish if transport == "unix" else None,
+            discard=self._standbySocket.withdraw,
         )
-        self._socketPort: IListeningPort | None = None
+        # What this host published, while it hosts.
+        self._publication: Publication | None = None
         self._term: _HostingTerm | None = None
         self._roleWaiters = RoleWaiters(name)
         self._rebind: IDelayedCall | None = None
         self._rebindDelay = _REBIND_FIRST_DELAY
         self._shutdownTrigger: object | None = None
-        self._guard: LoopingCall | None = None
-        # The socket this standby will publish if it wins: taken by
-        # whichever thread wins the lock, discarded by the reactor thread.
-        self._ready: ReadySocket | None = None
-        self._readyLock = threading.Lock()
         self._factoryStarted = False
 
     def __repr__(self) -> str:
@@ -739,8 +754,9 @@ class ChannelPort:
         """
         if self.transportKind == "tcp":
             tcpPort = None
-            if self._socketPort is not None:
-                tcpPort = self._socketPort.getHost().port  # type: ignore[attr-defined]
+            if self._publication is not None:
+                listening = self._publication.listeningPort
+                tcpPort = listening.getHost().port  # type: ignore[attr-defined]
             return ChannelAddress(
                 self.name,
                 self.paths.port,
@@ -784,7 +800,7 @@ class ChannelPort:
                 self._standBy()
         except BaseException:
             self._election.release()
-            self._discardReady()
+            self._standbySocket.discard()
             self.role = PORT[self.role, START_FAILED]
             raise
         self._handOverAtShutdown()
@@ -846,47 +862,13 @@ class ChannelPort:
         is then left to do.
         """
         if self.transportKind == "unix":
-            with self._readyLock:
-                if self._ready is None:
-                    try:
-                        self._ready = readySocket(self.paths.socket)
-                    except OSError:
-                        # It binds when it wins, as it would have anyway.
-                        pass
+            self._standbySocket.prepare()
         self._election.waitInBackground()
-
-    def _takeReady(self) -> ReadySocket | None:
-        """
-        The ready socket, for the thread that won the lock to publish.
-        """
-        with self._readyLock:
-            ready, self._ready = self._ready, None
-        return ready
-
-    def _discardReady(self) -> None:
-        ready = self._takeReady()
-        if ready is not None:
-            discardReadySocket(ready)
-
-    def _bindEarly(self) -> PublishedSocket:
-        """
-        On the election thread, the moment the lock is won: publish a
-        listening socket, so that clients connect (and queue in the kernel)
-        before the reactor thread even wakes.
-        """
-        return listeningUnixSocket(self.paths.socket, self._takeReady())
-
-    def _unbindEarly(self, prepared: object) -> None:
-        """
-        The wait was cancelled after L{_bindEarly}: withdraw its socket.
-        """
-        assert isinstance(prepared, PublishedSocket)
-        withdrawUnixSocket(prepared, self.paths.socket)
 
     def _elected(self, prepared: object = None) -> None:
         if self.role != STANDBY:
             if isinstance(prepared, PublishedSocket):
-                self._unbindEarly(prepared)
+                self._standbySocket.withdraw(prepared)
             self._election.release()
             return
         if isinstance(prepared, Exception):
@@ -960,20 +942,20 @@ class ChannelPort:
                     reactor=self.reactor,
                 )
                 if not isinstance(prepared, PublishedSocket):
-                    prepared = listeningUnixSocket(self.paths.socket, self._takeReady())
+                    prepared = self._standbySocket.publish()
                 unixPort.adopt(prepared)
                 unixPort.startListening()
                 socketPort = unixPort
         except BaseException:
             self._election.release()
             raise
-        self._socketPort = socketPort
+        self._publication = Publication(
+            self.reactor, self.name, self.paths, socketPort, self.secret
+        )
         self._term = term
         self.role = PORT[self.role, ELECTED]
         self._rebindDelay = _REBIND_FIRST_DELAY
-        self._guard = LoopingCall(self._checkPublished)
-        self._guard.clock = self.clock
-        self._guard.start(PUBLISH_CHECK_INTERVAL, now=False)
+        self._publication.start()
         _log.info(
             "channel {channel}: pid {pid} hosts at {path}",
             channel=self.name,
@@ -982,76 +964,6 @@ class ChannelPort:
             role=HOST,
         )
         self._roleWaiters.announce(self.role, self.getHost())
-
-    def _checkPublished(self) -> None:
-        """
-        Make sure clients can still find this host: if its socket file (or
-        TCP port file) was deleted or replaced under it, publish it again.
-        Links already up never depended on the file.  Also remove the
-        temporary sockets that dead processes left.
-        """
-        if self.role != HOST or self._socketPort is None:
-            return
-        try:
-            if self.transportKind == "tcp":
-                self._checkPortFile()
-            else:
-                self._checkSocketFile()
-                removeLeftovers(self.paths.socket)
-        except Exception:
-            _log.failure(
-                "channel {channel}: could not publish the host again; "
-                "trying again in {interval} s",
-                channel=self.name,
-                interval=PUBLISH_CHECK_INTERVAL,
-            )
-
-    def _checkSocketFile(self) -> None:
-        oldPort = self._socketPort
-        assert isinstance(oldPort, HostSocketPort)
-        try:
-            info = os.lstat(self.paths.socket)
-        except FileNotFoundError:
-            info = None
-        if info is not None and (info.st_dev, info.st_ino) == oldPort._identity:
-            return
-        _log.warn(
-            "channel {channel}: the socket {path} was removed or replaced under "
-            "its host; publishing it again",
-            channel=self.name,
-            path=self.paths.socket,
-        )
-        published = listeningUnixSocket(self.paths.socket)
-        newPort = HostSocketPort(
-            os.fsencode(self.paths.socket),
-            oldPort.factory,
-            backlog=128,
-            mode=0o600,
-            reactor=self.reactor,
-        )
-        newPort.adopt(published)
-        newPort.startListening()
-        self._socketPort = newPort
-        # The old port no longer owns the file, so closing it removes nothing.
-        oldPort.stopListening()
-
-    def _checkPortFile(self) -> None:
-        secret = self.secret
-        assert secret is not None and self._socketPort is not None
-        try:
-            current = readPortFile(self.paths.port)
-        except (OSError, ValueError):
-            current = None
-        if current is not None and proofMatches(current.secret, secret):
-            return
-        _log.warn(
-            "channel {channel}: the port file {path} was removed or replaced "
-            "under its host; writing it again",
-            channel=self.name,
-            path=self.paths.port,
-        )
-        port = self._socketPort.getHost().port  # type: ignore[attr-defined]
-        writePortFile(self.paths.port, PortFile(port, secret, os.getpid()))
 
     def whenHosting(self) -> Deferred[ChannelAddress]:
         """
@@ -1106,15 +1018,13 @@ class ChannelPort:
         self.role = PORT[self.role, WITHDRAWN]
         if not wasHosting:
             self._election.release()
-            self._discardReady()
+            self._standbySocket.discard()
             self._stopFactory()
             return succeed(None)
-        guard, self._guard = self._guard, None
-        if guard is not None and guard.running:
-            guard.stop()
-        socketPort, self._socketPort = self._socketPort, None
+        publication, self._publication = self._publication, None
         term, self._term = self._term, None
-        assert socketPort is not None and term is not None
+        assert publication is not None and term is not None
+        publication.stop()
         secret, self.secret = self.secret, None
         if secret is not None:
             # Clients stop finding this host before it stops listening.
@@ -1140,7 +1050,9 @@ class ChannelPort:
         def factoryStopped(result: object) -> None:
             self._stopFactory()
 
-        closed: Deferred[Any] = socketPort.stopListening() or succeed(None)
+        closed: Deferred[Any] = publication.listeningPort.stopListening() or succeed(
+            None
+        )
         closed.addBoth(portClosed)
         closed.addBoth(factoryStopped)
         return closed

@@ -1,8 +1,12 @@
 """
-Publishing a host's Unix socket: binding it under a temporary name and
+Publishing a host: binding its Unix socket under a temporary name and
 renaming it into place, the socket a standby holds ready to publish the
-moment it wins, the clean-up of what dead processes left, and the port
-that removes its socket only if it is still the one it bound.
+moment it wins (L{StandbySocket}), the clean-up of what dead processes
+left, the port that removes its socket only if it is still the one it
+bound, and
+L{Publication}, which checks once a second while it hosts that clients
+can still find it (its socket file, or over loopback TCP its port file)
+and publishes it again if not.
 
 Every function here is called holding the lock (or, for a standby's ready
 socket, under a name no one else uses): the file system is the only shared
@@ -15,14 +19,30 @@ import errno
 import os
 import secrets
 import socket
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet import tcp, unix
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._directory import MAX_SOCKET_PATH, checkReplaceableSocket, removeStaleSocket
+from ._auth import PortFile, proofMatches, readPortFile, writePortFile
+from ._directory import (
+    MAX_SOCKET_PATH,
+    ChannelPaths,
+    checkReplaceableSocket,
+    removeStaleSocket,
+)
 from ._sockets import adoptListeningSocket
+
+_log = Logger()
+
+#: Seconds between a host's checks that its socket or port file is still
+#: the one it published.
+PUBLISH_CHECK_INTERVAL = 1.0
 
 
 class HostSocketPort(unix.Port):
@@ -296,3 +316,184 @@ def withdrawUnixSocket(published: PublishedSocket, path: str) -> None:
     """
     unlinkIfSame(path, published.identity)
     published.listening.close()
+
+
+class StandbySocket:
+    """
+    The socket a standby holds ready to publish at C{path} the moment it
+    wins the lock: the moment of the win is the one when the dead host's
+    exit and its clients compete for the CPU, and a rename is all that is
+    then left to do.  The reactor thread binds it and discards it; whichever
+    thread wins the lock publishes it (hence its lock).
+
+    @ivar ready: the socket held ready, if any.
+    """
+
+    def __init__(self, path: str) -> None:
+        """
+        @param path: where the socket is published.
+        """
+        self._path = path
+        self.ready: ReadySocket | None = None
+        self._lock = threading.Lock()
+
+    def prepare(self) -> None:
+        """
+        Bind and listen a socket under a temporary name, unless one is held
+        already; if that cannot be done, the winner binds when it wins, as
+        it would have anyway.
+        """
+        with self._lock:
+            if self.ready is None:
+                try:
+                    self.ready = readySocket(self._path)
+                except OSError:
+                    pass
+
+    def publish(self) -> PublishedSocket:
+        """
+        Publish a listening socket at the path: the one held ready if it can
+        be, else a new one (see L{listeningUnixSocket}).  Called holding the
+        lock; on the election thread the moment it is won, so that clients
+        connect (and queue in the kernel) before the reactor thread even
+        wakes.
+        """
+        with self._lock:
+            ready, self.ready = self.ready, None
+        return listeningUnixSocket(self._path, ready)
+
+    def withdraw(self, published: object) -> None:
+        """
+        Withdraw a socket L{publish} returned: the election's wait was
+        cancelled after it, or the port stopped meanwhile.
+        """
+        assert isinstance(published, PublishedSocket)
+        withdrawUnixSocket(published, self._path)
+
+    def discard(self) -> None:
+        """
+        Close the socket held ready, if any, and remove its file: the
+        standby stops.
+        """
+        with self._lock:
+            ready, self.ready = self.ready, None
+        if ready is not None:
+            discardReadySocket(ready)
+
+
+class Publication:
+    """
+    What one host published so that clients find it, for as long as it
+    hosts: its listening port and, over loopback TCP, the port file with
+    its secret.  Every L{PUBLISH_CHECK_INTERVAL} seconds it makes sure
+    they are still there: a socket file or port file deleted or replaced
+    under the host is published again (links already up never depended on
+    the file), and the temporary sockets dead processes left are removed.
+
+    @ivar listeningPort: the port the host accepts links on; a new one
+        once the socket file was published again.
+    @ivar secret: over loopback TCP, the secret in the port file; else
+        C{None}.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        name: str,
+        paths: ChannelPaths,
+        listeningPort: IListeningPort,
+        secret: bytes | None,
+    ) -> None:
+        """
+        @param reactor: the reactor the port listens with, whose clock
+            times the checks.
+        @param name: the channel's name, for the log.
+        @param paths: the channel's files.
+        """
+        self._reactor = reactor
+        self._name = name
+        self._paths = paths
+        self.listeningPort = listeningPort
+        self.secret = secret
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = reactor
+
+    def start(self) -> None:
+        """
+        Check every L{PUBLISH_CHECK_INTERVAL} seconds from now on.
+        """
+        self._loop.start(PUBLISH_CHECK_INTERVAL, now=False)
+
+    def stop(self) -> None:
+        """
+        Check no more: the host is withdrawing.
+        """
+        if self._loop.running:
+            self._loop.stop()
+
+    def check(self) -> None:
+        """
+        Publish again what was removed or replaced, and remove what dead
+        processes left; a failure is logged and tried again at the next
+        check.
+        """
+        try:
+            if self.secret is not None:
+                self._checkPortFile(self.secret)
+            else:
+                self._checkSocketFile()
+                removeLeftovers(self._paths.socket)
+        except Exception:
+            _log.failure(
+                "channel {channel}: could not publish the host again; "
+                "trying again in {interval} s",
+                channel=self._name,
+                interval=PUBLISH_CHECK_INTERVAL,
+            )
+
+    def _checkSocketFile(self) -> None:
+        oldPort = self.listeningPort
+        assert isinstance(oldPort, HostSocketPort)
+        path = self._paths.socket
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            info = None
+        if info is not None and (info.st_dev, info.st_ino) == oldPort._identity:
+            return
+        _log.warn(
+            "channel {channel}: the socket {path} was removed or replaced under "
+            "its host; publishing it again",
+            channel=self._name,
+            path=path,
+        )
+        published = listeningUnixSocket(path)
+        newPort = HostSocketPort(
+            os.fsencode(path),
+            oldPort.factory,  # type: ignore[arg-type]
+            backlog=128,
+            mode=0o600,
+            reactor=self._reactor,
+        )
+        newPort.adopt(published)
+        newPort.startListening()
+        self.listeningPort = newPort
+        # The old port no longer owns the file, so closing it removes nothing.
+        oldPort.stopListening()  # type: ignore[no-untyped-call]
+
+    def _checkPortFile(self, secret: bytes) -> None:
+        path = self._paths.port
+        try:
+            current = readPortFile(path)
+        except (OSError, ValueError):
+            current = None
+        if current is not None and proofMatches(current.secret, secret):
+            return
+        _log.warn(
+            "channel {channel}: the port file {path} was removed or replaced "
+            "under its host; writing it again",
+            channel=self._name,
+            path=path,
+        )
+        port = self.listeningPort.getHost().port  # type: ignore[attr-defined]
+        writePortFile(path, PortFile(port, secret, os.getpid()))
