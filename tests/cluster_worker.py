@@ -2,7 +2,7 @@
 A process of a channel across machines, for the multi-process tests:
 
     candidate: listens (a candidate host) and records every message it
-        receives as "pid message" lines in --record; prints
+        receives as "pid message time" lines in --record; prints
         "HOSTING term t" and "NOT-HOSTING t" (time.monotonic()).
     client: connects and sends --count messages "TAG:i", one every
         --interval seconds, then closes once all are acknowledged; prints
@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--certs", required=True)
     parser.add_argument("--identity", required=True)
     parser.add_argument("--ttl", type=int, default=2)
+    parser.add_argument("--advertise", default="127.0.0.1")
+    parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--record")
     parser.add_argument("--tag", default="c")
     parser.add_argument("--count", type=int, default=100)
@@ -70,11 +72,17 @@ def main() -> None:
         directory=options.dir,
         timeout=options.timeout,
         coordinator=options.coordinator,
-        advertise="127.0.0.1",
+        advertise=options.advertise,
         leaseTTL=options.ttl,
-        certKey=os.path.join(certs, options.identity + ".pem"),
-        privateKey=os.path.join(certs, options.identity + ".key"),
-        caCerts=os.path.join(certs, "ca.pem"),
+        **(
+            {"insecure": True}
+            if options.insecure
+            else {
+                "certKey": os.path.join(certs, options.identity + ".pem"),
+                "privateKey": os.path.join(certs, options.identity + ".key"),
+                "caCerts": os.path.join(certs, "ca.pem"),
+            }
+        ),
     )
     stopping: list[object] = []
 
@@ -83,7 +91,7 @@ def main() -> None:
 
         class Recorder(Protocol):
             def dataReceived(self, data: bytes) -> None:
-                record.write(b"%d %s\n" % (os.getpid(), data))
+                record.write(b"%d %s %.6f\n" % (os.getpid(), data, time.monotonic()))
 
         def listening(port: object) -> None:
             async def roles() -> None:

@@ -547,6 +547,17 @@ class _Relay:
 
     def _changed(self, host: tuple[HostRecord, int] | None) -> None:
         self.host = host
+        # Links to a host that is no longer the one etcd names end now: a
+        # host cut off from this client may have stepped down without its
+        # close reaching us, and staying would be going back to a lower
+        # term.  The channel's client connects again at once, to the new
+        # host, and resends what was not acknowledged.
+        if self.splices.live:
+            _log.info(
+                "the host across machines changed (now {host}); relinking",
+                host="none" if host is None else f"{host[0].address} term {host[1]}",
+            )
+            self.splices.cutAll()
 
     def _dialHost(self) -> Deferred[_Half]:
         from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
