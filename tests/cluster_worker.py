@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--identity", required=True)
     parser.add_argument("--ttl", type=int, default=2)
     parser.add_argument("--advertise", default="127.0.0.1")
+    parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--record")
     parser.add_argument("--tag", default="c")
     parser.add_argument("--count", type=int, default=100)
@@ -73,9 +74,15 @@ def main() -> None:
         coordinator=options.coordinator,
         advertise=options.advertise,
         leaseTTL=options.ttl,
-        certKey=os.path.join(certs, options.identity + ".pem"),
-        privateKey=os.path.join(certs, options.identity + ".key"),
-        caCerts=os.path.join(certs, "ca.pem"),
+        **(
+            {"insecure": True}
+            if options.insecure
+            else {
+                "certKey": os.path.join(certs, options.identity + ".pem"),
+                "privateKey": os.path.join(certs, options.identity + ".key"),
+                "caCerts": os.path.join(certs, "ca.pem"),
+            }
+        ),
     )
     stopping: list[object] = []
 

@@ -218,3 +218,24 @@ def test_portTerm(rig: Rig) -> None:
     assert not any(line.startswith("HOSTING") for line in b1.collect())
     a1.send("stop")
     assert _hosting(b1) > term
+
+
+def test_insecure(rig: Rig) -> None:
+    """
+    insecure=yes: plain TCP between machines, said loudly in the log; the
+    channel works the same (a host handover, nothing lost).
+    """
+    import time
+
+    a1 = rig.start("candidate", "a", "--insecure")
+    term = _hosting(a1)
+    b1 = rig.start("candidate", "b", "--insecure")
+    client = rig.start(
+        "client", "b", "--insecure", "--count", "200", "--interval", "0.005"
+    )
+    time.sleep(0.3)
+    a1.send("stop")
+    assert _hosting(b1) > term
+    client.waitFor(lambda line: line == "DONE", 60)
+    _check(rig, "c", 200)
+    assert "insecure=yes: links between machines are plain TCP" in a1.stderr
