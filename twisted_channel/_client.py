@@ -60,7 +60,13 @@ from ._interfaces import (
 )
 from ._pending import PendingWrites
 from ._reconnection import Reconnection
-from ._sockets import pushToKernel, readDirectly, sendNow, unreadBytes
+from ._sockets import (
+    pushToKernel,
+    readDirectly,
+    sendNow,
+    sendSequenceNow,
+    unreadBytes,
+)
 from ._states import (
     CLOSED,
     CONNECTED,
@@ -141,7 +147,7 @@ class _ClientLink(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        readDirectly(self.transport, self.dataReceived)
+        readDirectly(self.transport, self.dataReceived, self.session.decoder)
         connection = self._connection
         if self.session.state == AUTHENTICATING:
             # The host speaks first, with its challenge.
@@ -214,7 +220,7 @@ class _ClientLink(Protocol):
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def dataReceived(self, data: bytes) -> None:
+    def dataReceived(self, data: bytes | memoryview) -> None:
         self._connection.linkDataReceived(self, data)
 
     def welcomed(self, welcome: _wire.Welcome) -> None:
@@ -523,7 +529,7 @@ class ChannelClientTransport(SocketOptions):
         if producer is not None and pending.footprint >= self.highWater:
             producer.pause()
 
-    def linkDataReceived(self, link: _ClientLink, data: bytes) -> None:
+    def linkDataReceived(self, link: _ClientLink, data: bytes | memoryview) -> None:
         """
         Called by a link with the bytes it read: deliver the host's
         messages, and act on its other frames as the link's session
@@ -629,10 +635,10 @@ class ChannelClientTransport(SocketOptions):
         link = self.link
         assert link is not None and link.transport is not None
         if self._outgoingLarge:
-            # Twisted joins the pieces itself; joining them here too would
-            # copy large payloads twice.
+            # Large payloads go as they are, headers beside them, never
+            # joined into frames.
             self._outgoingLarge = False
-            link.transport.writeSequence(outgoing)
+            sendSequenceNow(link.transport, outgoing)
         else:
             sendNow(link.transport, b"".join(outgoing))
 

@@ -70,6 +70,7 @@ from ._sockets import (
     pushToKernel,
     readDirectly,
     sendNow,
+    sendSequenceNow,
     unreadBytes,
 )
 from ._states import ELECTED, PORT, START_FAILED, STARTED, STOPPED, WITHDRAWN
@@ -280,7 +281,7 @@ class _HostLink(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        readDirectly(self.transport, self.dataReceived)
+        readDirectly(self.transport, self.dataReceived, self.session.decoder)
         self.term.allLinks.add(self)
         port = self.port
         if port.secret is not None:
@@ -359,7 +360,7 @@ class _HostLink(Protocol):
             self.transport.write(frame)
             self.transport.loseConnection()
 
-    def dataReceived(self, data: bytes) -> None:
+    def dataReceived(self, data: bytes | memoryview) -> None:
         session = self.session
         if session.closing:
             return
@@ -413,7 +414,7 @@ class _HostLink(Protocol):
         else:
             transport.loseConnection()
 
-    def _handshake(self, data: bytes) -> IProtocol | None:
+    def _handshake(self, data: bytes | memoryview) -> IProtocol | None:
         """
         Run the handshake as far as C{data} takes it.
 
@@ -530,9 +531,10 @@ class _HostLink(Protocol):
         else:
             # What was written before it goes first.
             before = session.takeOutbox()
-            if before:
-                self.transport.write(before)
-            self.transport.writeSequence([_wire.frameHeader(_DATA, size), data])
+            header = _wire.frameHeader(_DATA, size)
+            sendSequenceNow(
+                self.transport, [before, header, data] if before else [header, data]
+            )
         budget.wrote(self.transport, self.producer)
 
     def pauseReading(self) -> None:
