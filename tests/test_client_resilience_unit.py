@@ -11,8 +11,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_channel import IChannelLinkObserver, _client, _wire
-from twisted_channel._client import HEALTHY_LINK
 from twisted_channel._credentials import PeerCredentials
+from twisted_channel._reconnection import HEALTHY_LINK
 
 from ._support.clientlinks import (
     HOST_PID,

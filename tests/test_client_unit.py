@@ -26,6 +26,7 @@ from twisted_channel import (
     ChannelUnreachableError,
     IChannelLinkObserver,
     _client,
+    _reconnection,
     _wire,
 )
 from twisted_channel._address import HOST
@@ -305,7 +306,7 @@ def test_replyInDataReceivedLeavesWithTheRead() -> None:
     link.dataReceived(_wire.encodeFrame(_wire.DATA, b"ping"))
     assert sentData(transport) == [b"re:ping"]
     # Nothing was scheduled for it: the stall check is the only timer.
-    assert reactor.getDelayedCalls() == [client._deadlineCall]
+    assert reactor.getDelayedCalls() == [client.reconnection._deadlineCall]
 
 
 def test_replyBeforeABrokenFrameLeavesAtTheEndOfTheTurn() -> None:
@@ -732,12 +733,12 @@ def test_failedAttemptsRetryQuicklyUntilTimeout() -> None:
     assert waits[1] == 2
     while protocol.lost == []:
         attempts = len(reactor.unixClients)
-        reactor.advance(client.strategy.maxDelay)
+        reactor.advance(client.reconnection.strategy.maxDelay)
         if protocol.lost:
             break
         assert len(reactor.unixClients) == attempts + 1
         failLatestAttempt(reactor)
-    assert 2 <= reactor.seconds() <= 2 + client.strategy.maxDelay
+    assert 2 <= reactor.seconds() <= 2 + client.reconnection.strategy.maxDelay
     assert protocol.lost[0].check(ChannelUnreachableError)
     assert protocol.lost[0].value.undelivered == 1
     assert reactor.getDelayedCalls() == []
@@ -753,7 +754,7 @@ def test_timeoutZeroNeverGivesUp() -> None:
     for _ in range(500):
         failLatestAttempt(reactor)
         assert len(reactor.getDelayedCalls()) == 1
-        reactor.advance(client.strategy.maxDelay)
+        reactor.advance(client.reconnection.strategy.maxDelay)
     reactor.advance(10**6)
     assert protocol.lost == []
     assert client.state == CONNECTING
@@ -767,7 +768,10 @@ def test_timeoutZeroNeverGivesUp() -> None:
     assert sent(transport)[1:] == [(_wire.DATA, b"a")]
     wrapper.dataReceived(_wire.encodeWelcome(_wire.Welcome(0, HOST_PID, 1000)))
     assert client.state == CONNECTED
-    assert client.link is not None and client.link.connector is client._connector
+    assert (
+        client.link is not None
+        and client.link.connector is client.reconnection.connector
+    )
 
 
 def test_connectedLinkCancelsGiveUp() -> None:
@@ -805,7 +809,7 @@ def scheduledWaits(
     waits = []
     for _ in range(count):
         before = set(reactor.getDelayedCalls())
-        client.strategy.retry(connector)  # type: ignore[arg-type]
+        client.reconnection.strategy.retry(connector)  # type: ignore[arg-type]
         [call] = set(reactor.getDelayedCalls()) - before
         waits.append(call.getTime() - reactor.seconds())
     reactor.advance(10)
@@ -819,7 +823,7 @@ def test_strategyDelays() -> None:
     never below zero nor above C{maxDelay}.
     """
     client, _, reactor = makeClient()
-    strategy = client.strategy
+    strategy = client.reconnection.strategy
     waits = scheduledWaits(client, reactor, 40)
     assert strategy.initialDelay * 0.8 <= waits[0] <= strategy.initialDelay * 1.2
     assert waits[0] < 0.01
@@ -839,12 +843,15 @@ def test_strategyJitterClamped(pick: Any, monkeypatch: pytest.MonkeyPatch) -> No
     """
     Even extreme jitter stays in [0, maxDelay].
     """
-    monkeypatch.setattr(_client.random, "uniform", lambda a, b: pick(a, b))
+    monkeypatch.setattr(_reconnection.random, "uniform", lambda a, b: pick(a, b))
     client, _, reactor = makeClient()
-    client.strategy.jitter = 1.5
+    client.reconnection.strategy.jitter = 1.5
     for wait in scheduledWaits(client, reactor, 20):
-        assert 0 <= wait <= client.strategy.maxDelay
-    assert max(scheduledWaits(client, reactor, 1)) in (0.0, client.strategy.maxDelay)
+        assert 0 <= wait <= client.reconnection.strategy.maxDelay
+    assert max(scheduledWaits(client, reactor, 1)) in (
+        0.0,
+        client.reconnection.strategy.maxDelay,
+    )
 
 
 def test_strategyStopped() -> None:
@@ -853,12 +860,12 @@ def test_strategyStopped() -> None:
     retry says so.
     """
     client, _, reactor = makeClient()
-    client.strategy.stopTrying()
-    client.strategy.retry(FakeConnector())  # type: ignore[arg-type]
+    client.reconnection.strategy.stopTrying()
+    client.reconnection.strategy.retry(FakeConnector())  # type: ignore[arg-type]
     assert reactor.getDelayedCalls() == []
-    client.strategy.continueTrying = True
+    client.reconnection.strategy.continueTrying = True
     with pytest.raises(ValueError, match="no connector"):
-        client.strategy.retry()
+        client.reconnection.strategy.retry()
 
 
 def test_stopTryingCancelsTheScheduledRetry() -> None:
@@ -868,7 +875,7 @@ def test_stopTryingCancelsTheScheduledRetry() -> None:
     and L{cancelRetry} still cancel it.
     """
     client, _, reactor = makeClient()
-    strategy = client.strategy
+    strategy = client.reconnection.strategy
     connector = FakeConnector()
     for stop in (strategy.cancelRetry, strategy.stopTrying):
         strategy.retry(connector)  # type: ignore[arg-type]
@@ -958,13 +965,13 @@ def test_stallCheckReadsAWaitingAnswerFirst(monkeypatch: pytest.MonkeyPatch) -> 
     client, _, reactor = makeClient(timeout=2)
     link, transport = connected(client)
     monkeypatch.setattr(
-        _client, "unreadBytes", WaitingRead(reactor, 9, lambda: ack(link, 1))
+        _reconnection, "unreadBytes", WaitingRead(reactor, 9, lambda: ack(link, 1))
     )
     client.write(b"waiting")
     reactor.advance(client.stallTimeout + 5)
     assert not transport.disconnecting
     assert len(client.pending) == 0
-    monkeypatch.setattr(_client, "unreadBytes", WaitingRead(reactor, 9))
+    monkeypatch.setattr(_reconnection, "unreadBytes", WaitingRead(reactor, 9))
     client.write(b"never acknowledged")
     reactor.advance(client.stallTimeout + 5)
     assert transport.disconnecting

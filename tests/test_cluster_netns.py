@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,8 @@ from twisted_channel.testing import ChildProcess
 from ._support.machines import MACHINE, TTL
 from .etcd import EtcdCluster, etcdBinary
 from .netns import Machine, Network, unavailable
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_worker.py")
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -182,3 +185,66 @@ def test_soakRuns(capsys: pytest.CaptureFixture[str]) -> None:
     assert "overlapping: 0" in report
     assert "terms strictly increasing: yes" in report
     assert "kill      next host after: 1:" in report
+
+
+def test_channelHostPartitioned(rig: Rig, tmp_path: Any) -> None:
+    """
+    A client on machine m2 streams to the host on machine m1, each in its
+    own network namespace, over mutual TLS; m1 is cut off.  m1 steps down,
+    m2 hosts, and every message arrives; the intervals in which each host
+    received messages do not overlap, and m1 received nothing after it
+    stepped down.
+    """
+    from twisted_channel._certs import makeCertificates
+
+    from .test_cluster_channel import readRecords
+
+    binary = etcdBinary()
+    assert binary is not None
+    coordinator = rig.startEtcd(binary)
+    one, two = rig.network.add("m1"), rig.network.add("m2")
+    certs = str(tmp_path / "certs")
+    makeCertificates(certs, [one.namespace, two.namespace])
+    record = str(tmp_path / "record")
+
+    def start(machine: Machine, mode: str, *extra: str) -> ChildProcess:
+        directory = tempfile.mkdtemp(prefix="tc-n-", dir="/tmp")
+        os.chmod(directory, 0o700)
+        rig.directories.append(directory)
+        child = ChildProcess(
+            machine.command(
+                [sys.executable, WORKER, mode, "--coordinator", coordinator]
+                + ["--dir", directory, "--name", "streamed", "--certs", certs]
+                + ["--identity", machine.namespace, "--advertise", machine.address]
+                + ["--record", record, "--ttl", str(TTL), *extra]
+            ),
+            label=f"{mode} on {machine.namespace}",
+            lifetime=120,
+        )
+        rig.children.append(child)
+        child.waitFor(lambda line: line.startswith("READY"), 30)
+        return child
+
+    first = start(one, "candidate")
+    first.waitFor(lambda line: line.startswith("HOSTING"), 30)
+    second = start(two, "candidate")
+    client = start(two, "client", "--count", "500", "--interval", "0.005")
+    time.sleep(0.6)
+    cut = time.monotonic()
+    rig.network.partition(one)
+    stepped = first.waitFor(lambda line: line.startswith("NOT-HOSTING"), 30)
+    second.waitFor(lambda line: line.startswith("HOSTING"), 30)
+    rig.network.heal(one)
+    client.waitFor(lambda line: line == "DONE", 90)
+    records = [r for r in readRecords(record) if r[1] == "c"]
+    assert {number for _, _, number, _ in records} == set(range(500))
+    intervals: dict[int, list[float]] = {}
+    for pid, _, _, at in records:
+        span = intervals.setdefault(pid, [at, at])
+        span[0], span[1] = min(span[0], at), max(span[1], at)
+    assert set(intervals) == {first.pid, second.pid}
+    assert intervals[first.pid][1] <= float(stepped.split()[1])
+    assert intervals[first.pid][1] < intervals[second.pid][0]
+    firstAtNewHost = intervals[second.pid][0] - cut
+    print(f"partitioned host: first message at the new host {firstAtNewHost:.3f} s")
+    assert firstAtNewHost <= TTL + 1.0

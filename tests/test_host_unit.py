@@ -718,7 +718,7 @@ def test_failedBindIsRetriedSoonThenLessOften(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path)
 
-    monkeypatch.setattr(_host, "listeningUnixSocket", full)
+    monkeypatch.setattr(_publishing, "listeningUnixSocket", full)
     reactor = MemoryReactorClock()
     port = ChannelPort(reactor, "jobs", channelPaths("jobs", channelDirectory), App, 10)
     port.role = _host.STANDBY
@@ -732,7 +732,7 @@ def test_failedBindIsRetriedSoonThenLessOften(
         assert not port._election.holding
         reactor.advance(delays[-1])
     assert delays == [0.01, 0.02, 0.04, 0.08]
-    assert port._rebindDelay == 0.01
+    assert port._electionRetry.delay == 0.01
     assert os.path.exists(port.paths.socket)
     stopped = port.stopListening()
     reactor.advance(0)
@@ -829,7 +829,7 @@ def test_standbyHoldsASocketReadyToPublish(channelDirectory: str) -> None:
     """
     port, holder = standingBy(channelDirectory)
     paths = port.paths
-    ready = port._ready
+    ready = port._standbySocket.ready
     assert ready is not None
     assert os.path.basename(ready.temporary).startswith(
         os.path.basename(_publishing.temporaryPrefix(paths.socket)) + f"{os.getpid()}-"
@@ -840,25 +840,25 @@ def test_standbyHoldsASocketReadyToPublish(channelDirectory: str) -> None:
     probe = socket.socket(socket.AF_UNIX)
     probe.connect(ready.temporary)
     probe.close()
-    published = port._bindEarly()
+    published = port._standbySocket.publish()
     assert published.listening is ready.listening
     info = os.lstat(paths.socket)
     assert (info.st_dev, info.st_ino) == ready.identity == published.identity
     assert not os.path.exists(ready.temporary)
-    assert port._ready is None
-    port._unbindEarly(published)
+    assert port._standbySocket.ready is None
+    port._standbySocket.withdraw(published)
     port.stopListening()
     holder.release()
 
 
 def test_standbyStoppingRemovesItsReadySocket(channelDirectory: str) -> None:
     port, holder = standingBy(channelDirectory)
-    ready = port._ready
+    ready = port._standbySocket.ready
     assert ready is not None and os.path.exists(ready.temporary)
     port.stopListening()
     assert not os.path.exists(ready.temporary)
     assert ready.listening.fileno() == -1
-    assert port._ready is None
+    assert port._standbySocket.ready is None
     holder.release()
 
 

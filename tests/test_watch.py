@@ -75,9 +75,9 @@ def test_hostAppearingCancelsTheBackoff() -> None:
     reactor.unixClients[-1][1].clientConnectionFailed(None, ConnectionRefusedError())
     [retry] = reactor.getDelayedCalls()
     attempts = len(reactor.unixClients)
-    client._hostAppeared()
+    client.reconnection.hostAppeared()
     assert not retry.active()
     assert len(reactor.unixClients) == attempts + 1
-    client._hostAppeared()
-    assert client.hostAppearedMeanwhile()
-    assert not client.hostAppearedMeanwhile()
+    client.reconnection.hostAppeared()
+    assert client.reconnection.hostAppearedMeanwhile()
+    assert not client.reconnection.hostAppearedMeanwhile()

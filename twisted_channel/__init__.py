@@ -14,7 +14,7 @@ The public names are those in C{__all__}; every other module is private.
 """
 
 from ._address import ChannelAddress
-from ._client import ChannelClientTransport, ChannelReconnectingFactory
+from ._client import ChannelClientTransport
 from ._directory import UnsafeDirectoryError
 from ._election import ChannelLockMismatchError
 from ._endpoint import (
@@ -33,6 +33,7 @@ from ._interfaces import (
     IChannelLinkObserver,
 )
 from ._pending import PendingWrites
+from ._reconnection import ChannelReconnectingFactory
 
 __version__ = "0.1.0"
 

@@ -34,6 +34,8 @@ class ChannelAddress:
     @ivar host: on the loopback TCP transport, the IP address the host
         listens on (then C{path} is the port file's path).
     @ivar port: on the loopback TCP transport, the host's TCP port.
+    @ivar term: across machines (C{coordinator=}), the host's fencing term
+        while it hosts; else C{None}.
     """
 
     name: str
@@ -43,3 +45,4 @@ class ChannelAddress:
     uid: int | None = None
     host: str | None = None
     port: int | None = None
+    term: int | None = None

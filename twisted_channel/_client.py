@@ -3,23 +3,22 @@ The connecting side of a channel: one logical connection that outlives the
 links beneath it.
 
 The application's protocol is connected to a L{ChannelClientTransport} at
-once.  Beneath it, a L{ChannelReconnectingFactory} (a
-L{ReconnectingClientFactory}) drives a L{_LinkConnector} that opens links to
-whoever hosts the channel now; when a link is lost, it opens another, and
-the transport sends again every message the old host had not acknowledged.
+once: an L{ITransport} over the connection's L{ClientSession} (what the
+protocol says) and its L{Reconnection} (finding the host, and finding it
+again).  Each link is a L{_ClientLink}, the Twisted protocol that checks
+the host's credentials, times its handshake and hands what it reads to the
+transport; when a link is lost, the reconnection opens another, and the
+transport sends again every message the old host had not acknowledged.
 """
 
 from __future__ import annotations
 
 import os
-import random
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import (
-    IAddress,
     IConnector,
     IConsumer,
     IDelayedCall,
@@ -27,23 +26,20 @@ from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
     IPushProducer,
-    IStreamClientEndpoint,
     ITransport,
 )
-from twisted.internet.protocol import Factory, Protocol, ReconnectingClientFactory
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import _wire
 from ._address import CLIENT, HOST, ChannelAddress
-from ._auth import LOOPBACK, readPortFile
+from ._auth import LOOPBACK
 from ._clientsession import (
     ACKNOWLEDGED,
     AUTHENTICATING,
-    GIVE_UP,
     GOODBYE,
-    STALLED,
     ClientDeadlines,
     ClientSession,
     HostBrokeProtocolError,
@@ -55,7 +51,6 @@ from ._clientsession import (
 )
 from ._clientsession import OPEN as _OPEN
 from ._credentials import peerCredentials
-from ._election import readLockRecord
 from ._interfaces import (
     ChannelBufferFullError,
     ChannelClosedError,
@@ -64,7 +59,14 @@ from ._interfaces import (
     IChannelLinkObserver,
 )
 from ._pending import PendingWrites
-from ._sockets import pushToKernel, readDirectly, sendNow, unreadBytes
+from ._reconnection import Reconnection
+from ._sockets import (
+    pushToKernel,
+    readDirectly,
+    sendNow,
+    sendSequenceNow,
+    unreadBytes,
+)
 from ._states import (
     CLOSED,
     CONNECTED,
@@ -75,7 +77,6 @@ from ._states import (
     WELCOMED,
 )
 from ._surface import SocketOptions, streamAddress
-from ._watch import stopWatching, watchFor
 
 if TYPE_CHECKING:
     from ._host import ChannelPort
@@ -93,11 +94,6 @@ _CONCATENATE_BELOW = 4096
 RESEND = "resend"
 CLOSE = "close"
 FAILOVER_MODES = (RESEND, CLOSE)
-
-#: Seconds a link must have been up (or it must have carried an
-#: acknowledgement) for its loss to be taken as a host's end, reconnecting at
-#: once, rather than as a host that drops us, backing off.
-HEALTHY_LINK = 0.5
 
 #: Seconds a host may take to answer a hello before the link is dropped and
 #: another is tried.  A host frozen by SIGSTOP still accepts connections in
@@ -117,179 +113,6 @@ class _Discard:
 _DISCARD = _Discard()
 
 
-class ChannelReconnectingFactory(ReconnectingClientFactory):
-    """
-    The channel's reconnection strategy: a L{ReconnectingClientFactory} that
-    starts again after milliseconds, not a second, because a standby takes
-    over within a millisecond of the host's death.
-
-    Endpoints never tell a factory that a connection failed or was lost, so
-    the channel calls L{clientConnectionFailed} and L{clientConnectionLost}
-    itself, with a L{_LinkConnector} whose C{connect} looks for the current
-    host again.
-    """
-
-    initialDelay = 0.002
-    factor = 2.0
-    maxDelay = 0.25  # type: ignore[assignment]
-    jitter = 0.2
-    delay = initialDelay
-    noisy = False
-
-    def __init__(self, connection: ChannelClientTransport) -> None:
-        self.connection = connection
-        self.clock = connection.reactor
-        # The next attempt, held here rather than in the base class's
-        # private _callID, which this class's retry() never sets.
-        self.nextAttempt: IDelayedCall | None = None
-
-    def retry(self, connector: IConnector | None = None) -> None:
-        """
-        Connect again after the current delay, with jitter that stays
-        between zero and C{maxDelay} (L{ReconnectingClientFactory}'s own can
-        go negative or past it).
-        """
-        if not self.continueTrying:
-            return
-        if connector is None:
-            connector = self.connector
-        if connector is None:
-            raise ValueError("no connector to retry")
-        self.retries += 1
-        if self.maxRetries is not None and self.retries > self.maxRetries:
-            return
-        wait = self.delay
-        if self.jitter:
-            wait = random.uniform(wait * (1 - self.jitter), wait * (1 + self.jitter))
-        wait = min(max(wait, 0.0), self.maxDelay)
-        target = connector
-
-        def reconnect() -> None:
-            self.nextAttempt = None
-            target.connect()
-
-        self.nextAttempt = self.clock.callLater(wait, reconnect)  # type: ignore[union-attr]
-        self.delay = min(self.delay * self.factor, self.maxDelay)
-
-    def cancelRetry(self) -> None:
-        """
-        Forget the attempt L{retry} scheduled, if it is still to come.
-        """
-        nextAttempt, self.nextAttempt = self.nextAttempt, None
-        if nextAttempt is not None and nextAttempt.active():
-            nextAttempt.cancel()
-
-    def stopTrying(self) -> None:
-        """
-        Stop reconnecting: cancel the next attempt and any under way.
-        """
-        self.cancelRetry()
-        super().stopTrying()  # type: ignore[no-untyped-call]
-
-
-@implementer(IConnector)
-class _LinkConnector:
-    """
-    What the reconnection strategy drives: each C{connect} opens one link to
-    the channel's socket.
-    """
-
-    def __init__(self, connection: ChannelClientTransport) -> None:
-        self._connection = connection
-        self._attempt: Deferred[Any] | None = None
-
-    def connect(self) -> None:
-        connection = self._connection
-        if connection.closed or self._attempt is not None:
-            return
-        candidate = connection.candidate
-        if candidate is not None:
-            candidate.standAgain()
-        endpoint: IStreamClientEndpoint
-        if connection.transportKind == "tcp":
-            # Read afresh each time: a host that died left a stale file, and
-            # its successor writes a new port and secret.
-            try:
-                portFile = readPortFile(connection.address.path)
-            except (OSError, ValueError) as e:
-                if not isinstance(e, FileNotFoundError):
-                    _log.warn(
-                        "channel {channel}: cannot use the port file: {error}",
-                        channel=connection.address.name,
-                        error=e,
-                    )
-                connection.strategy.clientConnectionFailed(self, Failure(e))  # type: ignore[no-untyped-call]
-                return
-            secret: bytes | None = portFile.secret
-            endpoint = TCP4ClientEndpoint(
-                connection.reactor, LOOPBACK, portFile.port, timeout=5
-            )
-        else:
-            secret = None
-            endpoint = UNIXClientEndpoint(
-                connection.reactor, connection.address.path, timeout=5
-            )
-        attempt = endpoint.connect(_LinkFactory(connection, secret, self))
-        self._attempt = attempt
-
-        def connected(link: _ClientLink) -> None:
-            self._attempt = None
-
-        def failed(reason: Failure) -> None:
-            self._attempt = None
-            if reason.check(error.ConnectingCancelledError) or connection.closed:
-                return
-            if connection.hostAppearedMeanwhile():
-                self.connect()
-                return
-            connection.strategy.clientConnectionFailed(self, reason)  # type: ignore[no-untyped-call]
-
-        attempt.addCallbacks(connected, failed)
-
-    @property
-    def attempting(self) -> bool:
-        """
-        Whether a connection attempt is under way.
-        """
-        return self._attempt is not None
-
-    def stopConnecting(self) -> None:
-        attempt, self._attempt = self._attempt, None
-        if attempt is None:
-            raise error.NotConnectingError()
-        attempt.cancel()
-
-    def disconnect(self) -> None:
-        link = self._connection.link
-        if link is not None and link.transport is not None:
-            link.transport.loseConnection()
-
-    def getDestination(self) -> IAddress:
-        return self._connection.getPeer()
-
-
-class _LinkFactory(Factory):
-    """
-    Builds the link of one connection attempt, with the secret read for it
-    from the port file (over loopback TCP) and the connector that made it.
-    """
-
-    noisy = False
-
-    def __init__(
-        self,
-        connection: ChannelClientTransport,
-        secret: bytes | None,
-        connector: _LinkConnector,
-    ) -> None:
-        self._connection = connection
-        self._secret = secret
-        self._connector = connector
-
-    def buildProtocol(self, addr: IAddress | None) -> _ClientLink:
-        return _ClientLink(self._connection, self._secret, self._connector)
-
-
 class _ClientLink(Protocol):
     """
     The client's end of one link to a host, as a Twisted protocol: it checks
@@ -306,7 +129,7 @@ class _ClientLink(Protocol):
         self,
         connection: ChannelClientTransport,
         secret: bytes | None = None,
-        connector: _LinkConnector | None = None,
+        connector: IConnector | None = None,
     ) -> None:
         """
         @param secret: over loopback TCP, the secret from the port file
@@ -324,7 +147,7 @@ class _ClientLink(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        readDirectly(self.transport, self.dataReceived)
+        readDirectly(self.transport, self.dataReceived, self.session.decoder)
         connection = self._connection
         if self.session.state == AUTHENTICATING:
             # The host speaks first, with its challenge.
@@ -397,7 +220,7 @@ class _ClientLink(Protocol):
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def dataReceived(self, data: bytes) -> None:
+    def dataReceived(self, data: bytes | memoryview) -> None:
         self._connection.linkDataReceived(self, data)
 
     def welcomed(self, welcome: _wire.Welcome) -> None:
@@ -494,17 +317,25 @@ class ChannelClientTransport(SocketOptions):
     What the protocol says is in L{session} (a L{ClientSession}: the
     pending messages, the eager-hello policy, the resume arithmetic) and in
     each link's L{LinkSession}; L{state} changes only as the table
-    L{twisted_channel._states.CONNECTION} allows.  Beside them this class
-    keeps more than a handful of private attributes, in groups that do not
-    interact: the batch being written (C{_outgoing}, C{_outgoingLarge},
-    C{_flushCall}, C{_inRead}), kept here because C{write} is the hottest
-    path there is and must not call into another object; the one timer
-    armed for the next of its L{ClientDeadlines} (C{_deadlineCall}, due at
-    C{_deadlineAt}); the health of the last link, which chooses between
-    reconnecting at once and backing off (C{_linkUpAt}, C{_ackedOnLink},
-    C{_hostsSeen}); the producers either way (C{_producer}, a
-    L{_RegisteredProducer}, and C{_readingPaused}); and
-    looking for a new host (C{_watching}, C{_hostAppearedDuringAttempt}).
+    L{twisted_channel._states.CONNECTION} allows.  Finding the host and
+    finding it again (the strategy, the connector, the watch, leaving a
+    dead host early, and the timer of the give-up and stall deadlines) is
+    its L{reconnection}, a L{Reconnection}, told when a link comes up or
+    is lost; reads and writes record the host's news and the messages
+    waiting for it in the reconnection's L{ClientDeadlines}
+    (C{_deadlines}).  Beside them this class keeps more than a handful of
+    private attributes, in groups that do not interact: the batch being
+    written (C{_outgoing}, C{_outgoingLarge}, C{_flushCall}, C{_inRead}),
+    kept here because C{write} is the hottest path there is and must not
+    call into another object; whether the host acknowledged anything on
+    the current link (C{_ackedOnLink}, set where acknowledgements are read
+    and handed to the reconnection when the link is lost); and the
+    producers either way (C{_producer}, a L{_RegisteredProducer}, and
+    L{readingPaused}).
+
+    @ivar readingPaused: whether the application paused reading the host's
+        messages (L{pauseProducing}); a silent host is not judged frozen
+        meanwhile.
     """
 
     disconnecting = False
@@ -529,7 +360,8 @@ class ChannelClientTransport(SocketOptions):
             L{ChannelHostLostError}).
         @param lockPath: the channel's lock file, whose record tells a
             linked client that its host died before the kernel closes the
-            link (see L{_hostAppeared}); without it, the close is awaited.
+            link (see L{Reconnection.hostAppeared}); without it, the close
+            is awaited.
         """
         self.reactor = reactor
         self.address = address
@@ -541,7 +373,6 @@ class ChannelClientTransport(SocketOptions):
         self.candidate = candidate
         self.transportKind = transport
         self.failover = failover
-        self._lockPath = lockPath
         # Whether a link's read is being handled now (it flushes at its end).
         self._inRead = False
         self.session = ClientSession(os.urandom(16), os.getpid(), maxMessageSize)
@@ -549,19 +380,22 @@ class ChannelClientTransport(SocketOptions):
         self.pending = self.session.pending
         self.state = CONNECTING
         self.link: _ClientLink | None = None
-        self.strategy = ChannelReconnectingFactory(self)
-        self._connector = _LinkConnector(self)
-        self._deadlines = ClientDeadlines(
-            timeout,
-            max(timeout, LINK_HANDSHAKE_TIMEOUT) if timeout > 0 else 10.0,
+        self.reconnection = Reconnection(
+            self,
+            _ClientLink,
+            lockPath,
+            ClientDeadlines(
+                timeout,
+                max(timeout, LINK_HANDSHAKE_TIMEOUT) if timeout > 0 else 10.0,
+            ),
         )
-        # The one timer armed for the next deadline, and its time.
-        self._deadlineCall: IDelayedCall | None = None
-        self._deadlineAt: float | None = None
+        # The reconnection's deadlines, which reads and writes tell of the
+        # host's news and of messages waiting for it.
+        self._deadlines = self.reconnection.deadlines
         self._connectedWaiters: list[Deferred[ChannelAddress]] = []
         self._hostAddress = ChannelAddress(address.name, address.path, HOST)
-        self._hostsSeen = 0
-        self._linkUpAt = 0.0
+        # Whether the host acknowledged anything on the current link: the
+        # link was healthy (see Reconnection.linkLost).
         self._ackedOnLink = False
         # The largest message a write may take now: ours, or the host's if
         # smaller while a link is up.
@@ -572,14 +406,12 @@ class ChannelClientTransport(SocketOptions):
         self._outgoingLarge = False
         self._flushCall: IDelayedCall | None = None
         self._callLater = reactor.callLater
-        self._readingPaused = False
+        self.readingPaused = False
         # Whether the host's messages are dropped: reading was paused when
         # loseConnection was called, or the connection was aborted.
         self._readingAbandoned = False
         # The call that ends the connection at the next reactor turn.
         self._finishing: IDelayedCall | None = None
-        self._watching = False
-        self._hostAppearedDuringAttempt = False
         self._producer: _RegisteredProducer | None = None
 
     def __repr__(self) -> str:
@@ -646,12 +478,7 @@ class ChannelClientTransport(SocketOptions):
         """
         Start looking for the host.  Called once, by the endpoint.
         """
-        self._deadlines.lookForHost(self.reactor.seconds())
-        self._armDeadline()
-        self._watchForHost()
-        # So that stopTrying() also cancels an attempt under way.
-        self.strategy.connector = self._connector
-        self._connector.connect()
+        self.reconnection.start(self.reactor.seconds())
 
     # ITransport
 
@@ -702,7 +529,7 @@ class ChannelClientTransport(SocketOptions):
         if producer is not None and pending.footprint >= self.highWater:
             producer.pause()
 
-    def linkDataReceived(self, link: _ClientLink, data: bytes) -> None:
+    def linkDataReceived(self, link: _ClientLink, data: bytes | memoryview) -> None:
         """
         Called by a link with the bytes it read: deliver the host's
         messages, and act on its other frames as the link's session
@@ -808,10 +635,10 @@ class ChannelClientTransport(SocketOptions):
         link = self.link
         assert link is not None and link.transport is not None
         if self._outgoingLarge:
-            # Twisted joins the pieces itself; joining them here too would
-            # copy large payloads twice.
+            # Large payloads go as they are, headers beside them, never
+            # joined into frames.
             self._outgoingLarge = False
-            link.transport.writeSequence(outgoing)
+            sendSequenceNow(link.transport, outgoing)
         else:
             sendNow(link.transport, b"".join(outgoing))
 
@@ -872,7 +699,7 @@ class ChannelClientTransport(SocketOptions):
         if not self.pending:
             self._finishSoon(Failure(error.ConnectionDone()))
             return
-        if self._readingPaused:
+        if self.readingPaused:
             # The acknowledgements must be read.  As a TCP transport stops
             # reading at loseConnection, the host's messages are no longer
             # delivered (an HTTP client pauses its transport, then closes).
@@ -997,7 +824,7 @@ class ChannelClientTransport(SocketOptions):
         """
         if self._readingAbandoned:
             return
-        self._readingPaused = True
+        self.readingPaused = True
         link = self.link
         if link is not None and link.transport is not None:
             link.transport.pauseProducing()  # type: ignore[attr-defined]
@@ -1006,7 +833,7 @@ class ChannelClientTransport(SocketOptions):
         """
         Read from the host again.
         """
-        self._readingPaused = False
+        self.readingPaused = False
         self._deadlines.lastProgress = self.reactor.seconds()
         link = self.link
         if link is not None and link.transport is not None:
@@ -1042,63 +869,20 @@ class ChannelClientTransport(SocketOptions):
         """
         return self._deadlines.stallTimeout
 
-    def _armDeadline(self) -> None:
-        """
-        Arm the one timer for the deadlines' next, if it moved.
-        """
-        at = self._deadlines.next()
-        if at == self._deadlineAt:
-            return
-        call, self._deadlineCall = self._deadlineCall, None
-        if call is not None and call.active():
-            call.cancel()
-        self._deadlineAt = at
-        if at is not None:
-            self._deadlineCall = self.reactor.callLater(
-                max(0.0, at - self.reactor.seconds()), self._deadlineDue
-            )
-
     def _watchStall(self) -> None:
         """
         Messages now wait for the linked host: judge it if it stays silent.
         """
         self._deadlines.watch(self.reactor.seconds())
-        self._armDeadline()
+        self.reconnection.armDeadline()
 
-    def _deadlineDue(self) -> None:
-        self._deadlineCall = None
-        self._deadlineAt = None
-        deadlines = self._deadlines
-        now = self.reactor.seconds()
-        link = self.link
-        verdict = deadlines.due(
-            now, link is not None and bool(self.pending), self._readingPaused
-        )
-        if verdict is GIVE_UP:
-            self._gaveUp()
-            return
-        if verdict is STALLED:
-            assert link is not None
-            if deadlines.mayRecheck and unreadBytes(link.transport):
-                # The host did send: this process was late, not the host (it
-                # was suspended, or short of CPU), and the reactor runs its
-                # timed calls before it reads.  Judge once that is read.
-                deadlines.recheck(now)
-            else:
-                _log.warn(
-                    "channel {channel}: host pid {hostPid} acknowledged nothing "
-                    "for {idle:.1f} s with {pending} message(s) waiting; dropping "
-                    "the link",
-                    channel=self.address.name,
-                    hostPid=link.hostAddress.pid,
-                    idle=now - deadlines.lastProgress,
-                    pending=len(self.pending),
-                )
-                deadlines.stalled()
-                link.abort()
-        self._armDeadline()
+    # Called by the reconnection
 
-    def _gaveUp(self) -> None:
+    def hostUnreachable(self) -> None:
+        """
+        No host was found within C{timeout} seconds: end the connection
+        with L{ChannelUnreachableError}.
+        """
         reason = ChannelUnreachableError(
             self.address.name, self.timeout, len(self.pending)
         )
@@ -1135,26 +919,24 @@ class ChannelClientTransport(SocketOptions):
                 Failure(ValueError(f"the host of channel {self.address.name!r} {e}"))
             )
             return False
-        self._deadlines.linked()
+        now = self.reactor.seconds()
+        reconnection = self.reconnection
         self.link = link
         self.state = CONNECTION[self.state, WELCOMED]
         self._hostAddress = link.hostAddress
-        self._hostsSeen += 1
-        if self._lockPath is None:
-            self._stopWatchingForHost()
-        self._linkUpAt = self.reactor.seconds()
+        hostsSeen = reconnection.linkUp(now)
         self._ackedOnLink = False
         self._writeLimit = min(self.maxMessageSize, welcome.maxMessageSize)
         self._outgoing = []
-        if self._readingPaused and link.transport is not None:
+        if self.readingPaused and link.transport is not None:
             link.transport.pauseProducing()  # type: ignore[attr-defined]
         link.send(resend)
         if self.pending:
-            self._deadlines.watch(self.reactor.seconds())
-        self._armDeadline()
+            self._deadlines.watch(now)
+        reconnection.armDeadline()
         # The host may already have had much of what was buffered.
         self._producerMayGoOn()
-        log = _log.info if self._hostsSeen > 1 else _log.debug
+        log = _log.info if hostsSeen > 1 else _log.debug
         log(
             "channel {channel}: link up to host pid {hostPid}; resent {resent} "
             "message(s)",
@@ -1188,75 +970,6 @@ class ChannelClientTransport(SocketOptions):
                 method=method,
             )
 
-    def _watchForHost(self) -> None:
-        if not self._watching:
-            self._watching = watchFor(
-                self.reactor, self.address.path, self._hostAppeared
-            )
-
-    def _stopWatchingForHost(self) -> None:
-        if self._watching:
-            self._watching = False
-            stopWatching(self.address.path, self._hostAppeared)
-
-    def _hostAppeared(self) -> None:
-        """
-        A host just published its socket or port file: connect now rather
-        than at the next retry.
-
-        Linked to a host that has just died, leave it now: the kernel
-        closes a dead process's sockets only after it has freed its memory,
-        milliseconds after a standby took over.
-        """
-        if self.state == CONNECTED:
-            self._leaveIfSucceeded()
-            return
-        if self.state != CONNECTING:
-            return
-        if self._connector.attempting:
-            # That attempt may have gone to the old host's stale socket;
-            # if it fails, try again at once.
-            self._hostAppearedDuringAttempt = True
-            return
-        self.strategy.cancelRetry()
-        self._connector.connect()
-
-    def _leaveIfSucceeded(self) -> None:
-        link = self.link
-        if link is None or self._lockPath is None:
-            return
-        record = readLockRecord(self._lockPath)
-        hostPid = link.hostAddress.pid
-        # Only a host that died: one that handed over gracefully still sends
-        # its last acknowledgements, and leaving early would resend those
-        # messages.
-        if (
-            record is None
-            or hostPid is None
-            or record.diedPid != hostPid
-            or record.hostPid == hostPid
-        ):
-            return
-        _log.info(
-            "channel {channel}: host pid {hostPid} died and pid {newPid} took "
-            "over; moving there",
-            channel=self.address.name,
-            hostPid=hostPid,
-            newPid=record.hostPid,
-            role=CLIENT,
-        )
-        link.abort()
-
-    def hostAppearedMeanwhile(self) -> bool:
-        """
-        Whether a host appeared while the failed attempt was under way.
-        """
-        appeared, self._hostAppearedDuringAttempt = (
-            self._hostAppearedDuringAttempt,
-            False,
-        )
-        return appeared
-
     def closedByHost(self) -> None:
         """
         Called by the link: the host's application ended this connection.
@@ -1277,9 +990,10 @@ class ChannelClientTransport(SocketOptions):
         """
         if self.state == CLOSED:
             return
+        reconnection = self.reconnection
         if link is not self.link:
             # A link that never got a welcome: the host died or refused.
-            self.strategy.clientConnectionFailed(self._connector, reason)  # type: ignore[no-untyped-call]
+            reconnection.strategy.clientConnectionFailed(reconnection.connector, reason)  # type: ignore[no-untyped-call]
             return
         self.link = None
         if self.failover == CLOSE:
@@ -1293,12 +1007,9 @@ class ChannelClientTransport(SocketOptions):
             )
             return
         self.state = CONNECTION[self.state, LINK_LOST]
-        self._watchForHost()
         self._dropOutgoing()
         self._writeLimit = self.maxMessageSize
         self._hostAddress = ChannelAddress(self.address.name, self.address.path, HOST)
-        self._deadlines.lookForHost(self.reactor.seconds())
-        self._armDeadline()
         _log.info(
             "channel {channel}: link to host pid {hostPid} lost ({reason}); "
             "{pending} message(s) await a host",
@@ -1311,20 +1022,7 @@ class ChannelClientTransport(SocketOptions):
         self._tellObserver("linkLost", reason)
         if self.state == CLOSED or self._finishing is not None:
             return
-        self.strategy.connector = self._connector
-        healthy = self._ackedOnLink or (
-            self.reactor.seconds() - self._linkUpAt >= HEALTHY_LINK
-        )
-        if healthy:
-            # The first attempt goes at once: a standby has usually taken
-            # over by the time the kernel reports the old host's end.
-            self.strategy.resetDelay()  # type: ignore[no-untyped-call]
-            self._connector.connect()
-        else:
-            # A link that dies as soon as it is up (a host that refuses us
-            # after its welcome, say) must not become a busy loop: the
-            # backoff goes on growing.
-            self.strategy.clientConnectionLost(self._connector, reason)  # type: ignore[no-untyped-call]
+        reconnection.linkLost(reason, self._ackedOnLink, self.reactor.seconds())
 
     def _finish(self, reason: Failure) -> None:
         finishing, self._finishing = self._finishing, None
@@ -1334,10 +1032,7 @@ class ChannelClientTransport(SocketOptions):
             return
         self.state = CONNECTION[self.state, FINISHED]
         self.disconnecting = True
-        self._deadlines.stop()
-        self._armDeadline()
-        self._stopWatchingForHost()
-        self.strategy.stopTrying()
+        self.reconnection.stop()
         self._dropOutgoing()
         link, self.link = self.link, None
         if link is not None and link.transport is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectError
@@ -26,6 +26,9 @@ from ._client import FAILOVER_MODES, RESEND, ChannelClientTransport
 from ._directory import channelPaths, checkName, prepareDirectory
 from ._host import HANDSHAKE_TIMEOUT, ChannelPort
 from ._wire import MAX_FRAME_BODY
+
+if TYPE_CHECKING:
+    from ._clusterchannel import ClusterSettings
 
 #: The default largest message, in bytes.
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
@@ -150,8 +153,43 @@ class ChannelEndpoint:
         failover: str = RESEND,
         maxHostBufferSize: int = DEFAULT_MAX_HOST_BUFFER_SIZE,
         handshakeTimeout: float = HANDSHAKE_TIMEOUT,
+        coordinator: str | None = None,
+        advertise: str | None = None,
+        port: int | None = None,
+        interface: str | None = None,
+        leaseTTL: int | None = None,
+        certKey: str | None = None,
+        privateKey: str | None = None,
+        caCerts: str | None = None,
+        insecure: bool = False,
     ) -> None:
         self._reactor = reactor
+        # Across machines (docs/cluster.md); None for the one-machine channel.
+        self.cluster: ClusterSettings | None = None
+        if coordinator is not None or advertise or port or interface or leaseTTL:
+            from ._clusterchannel import ClusterSettings
+
+            self.cluster = ClusterSettings.check(
+                coordinator,
+                advertise,
+                port,
+                interface,
+                leaseTTL,
+                certKey,
+                privateKey,
+                caCerts,
+                insecure,
+            )
+        elif certKey or privateKey or caCerts or insecure:
+            raise ValueError(
+                "certKey=, privateKey=, caCerts= and insecure= only make sense "
+                "with coordinator=etcd://HOST:PORT"
+            )
+        if self.cluster is not None and serverFactory is not None:
+            raise ValueError(
+                "serverFactory is not supported yet with coordinator=: listen() "
+                "and connect() separately"
+            )
         if (
             isinstance(handshakeTimeout, bool)
             or not isinstance(handshakeTimeout, (int, float))
@@ -224,6 +262,21 @@ class ChannelEndpoint:
             mechanism (L{ChannelLockMismatchError}), or the socket cannot be
             bound.
         """
+        if self.cluster is not None:
+            from ._clusterchannel import ClusterPort
+
+            try:
+                prepareDirectory(self.paths.directory)
+                cluster = ClusterPort(
+                    self._reactor,
+                    self._port(protocolFactory),
+                    self.cluster,
+                    self.name,
+                )
+                cluster.startListening()
+            except Exception as e:
+                return fail(e)
+            return succeed(cluster)
         port = self._port(protocolFactory)
         try:
             port.startListening()
@@ -239,6 +292,31 @@ class ChannelEndpoint:
             connected to a L{ChannelClientTransport}; writes are buffered
             until a host is reachable.
         """
+        if self.cluster is not None:
+            from ._clusterchannel import connectAcrossMachines
+
+            def connectLocal(directory: str, factory: IProtocolFactory) -> Any:
+                return ChannelEndpoint(
+                    self._reactor,
+                    self.name,
+                    directory=directory,
+                    timeout=self.timeout,
+                    maxMessageSize=self.maxMessageSize,
+                    maxBufferSize=self.maxBufferSize,
+                    transport=UNIX,
+                    failover=self.failover,
+                ).connect(factory)
+
+            try:
+                return connectAcrossMachines(
+                    self._reactor,
+                    self.name,
+                    self.cluster,
+                    connectLocal,
+                    protocolFactory,
+                )
+            except Exception as e:
+                return fail(e)
         try:
             prepareDirectory(self.paths.directory)
             candidate = None

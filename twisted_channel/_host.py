@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +41,7 @@ from ._auth import (
 )
 from ._authexchange import FailureLimit
 from ._budget import BudgetedProducer, HostBudget
+from ._candidacy import ElectionRetry, ShutdownHandover
 from ._credentials import peerCredentials
 from ._directory import (
     ChannelPaths,
@@ -62,11 +62,7 @@ from ._publishing import (
     HostSocketPort,
     Publication,
     PublishedSocket,
-    ReadySocket,
-    discardReadySocket,
-    listeningUnixSocket,
-    readySocket,
-    withdrawUnixSocket,
+    StandbySocket,
 )
 from ._roles import RoleWaiters
 from ._sockets import (
@@ -74,6 +70,7 @@ from ._sockets import (
     pushToKernel,
     readDirectly,
     sendNow,
+    sendSequenceNow,
     unreadBytes,
 )
 from ._states import ELECTED, PORT, START_FAILED, STARTED, STOPPED, WITHDRAWN
@@ -95,17 +92,6 @@ AUTH_FAILURE_WINDOW = 10.0
 
 #: Seconds between the pings a host sends to a client it stopped reading.
 KEEPALIVE_INTERVAL = 1.0
-
-#: Seconds a standby waits before trying again when it won the lock but
-#: could not bind the socket: at first briefly (on a full file system, the
-#: dead host's socket frees its inode only once the kernel has closed it,
-#: a few milliseconds after the lock was won), then up to a second.
-_REBIND_FIRST_DELAY = 0.01
-_REBIND_DELAY = 1.0
-
-#: Seconds the reactor's shutdown waits for a host to hand over (its links
-#: to close with their last acknowledgements).
-SHUTDOWN_HANDOVER_TIMEOUT = 1.0
 
 
 class _HostingTerm(DeliveryRecords):
@@ -295,7 +281,7 @@ class _HostLink(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        readDirectly(self.transport, self.dataReceived)
+        readDirectly(self.transport, self.dataReceived, self.session.decoder)
         self.term.allLinks.add(self)
         port = self.port
         if port.secret is not None:
@@ -374,7 +360,7 @@ class _HostLink(Protocol):
             self.transport.write(frame)
             self.transport.loseConnection()
 
-    def dataReceived(self, data: bytes) -> None:
+    def dataReceived(self, data: bytes | memoryview) -> None:
         session = self.session
         if session.closing:
             return
@@ -428,7 +414,7 @@ class _HostLink(Protocol):
         else:
             transport.loseConnection()
 
-    def _handshake(self, data: bytes) -> IProtocol | None:
+    def _handshake(self, data: bytes | memoryview) -> IProtocol | None:
         """
         Run the handshake as far as C{data} takes it.
 
@@ -547,9 +533,10 @@ class _HostLink(Protocol):
         else:
             # What was written before it goes first.
             before = session.takeOutbox()
-            if before:
-                self.transport.write(before)
-            self.transport.writeSequence([_wire.frameHeader(_DATA, size), data])
+            header = _wire.frameHeader(_DATA, size)
+            sendSequenceNow(
+                self.transport, [before, header, data] if before else [header, data]
+            )
         budget.wrote(self.transport, self.producer)
 
     def pauseReading(self) -> None:
@@ -689,13 +676,14 @@ class ChannelPort:
     socket and checking that it stays published is
     L{twisted_channel._publishing}, each link is a L{_HostLink} driving a
     L{HostSession}, the waiters and observers of the role are a
-    L{RoleWaiters}, failed authentications a L{FailureLimit}.  L{role}
-    changes only as the table L{twisted_channel._states.PORT} allows.  What
-    it keeps itself is what ties those together for one term: the
-    term, the retry timer after a failed bind, the shutdown trigger, the
+    L{RoleWaiters}, failed authentications a L{FailureLimit}, trying the
+    election again after a failed bind an L{ElectionRetry}, withdrawing
+    at the reactor's shutdown a L{ShutdownHandover}.  L{role} changes only
+    as the table L{twisted_channel._states.PORT} allows.  What it keeps
+    itself is what ties those together for one term: the term, the
     L{Publication} (the listening port and what checks that clients can
-    still find it), and the socket a standby holds ready, which the
-    election thread may take (hence its lock).
+    still find it), and the L{StandbySocket} a standby holds ready to
+    publish.
     """
 
     def __init__(
@@ -725,24 +713,21 @@ class ChannelPort:
         self.secret: bytes | None = None
         self._authFailures = FailureLimit(AUTH_FAILURE_LIMIT, AUTH_FAILURE_WINDOW)
         self.role = STOPPED
+        # The socket this standby will publish if it wins.
+        self._standbySocket = StandbySocket(paths.socket)
         self._election = HostElection(
             reactor,
             paths.lock,
             self._elected,
-            prepare=self._bindEarly if transport == "unix" else None,
-            discard=self._unbindEarly,
+            prepare=self._standbySocket.publish if transport == "unix" else None,
+            discard=self._standbySocket.withdraw,
         )
         # What this host published, while it hosts.
         self._publication: Publication | None = None
         self._term: _HostingTerm | None = None
         self._roleWaiters = RoleWaiters(name)
-        self._rebind: IDelayedCall | None = None
-        self._rebindDelay = _REBIND_FIRST_DELAY
-        self._shutdownTrigger: object | None = None
-        # The socket this standby will publish if it wins: taken by
-        # whichever thread wins the lock, discarded by the reactor thread.
-        self._ready: ReadySocket | None = None
-        self._readyLock = threading.Lock()
+        self._electionRetry = ElectionRetry(reactor, self._retryElection)
+        self._shutdownHandover = ShutdownHandover(reactor, name, self._handOver)
         self._factoryStarted = False
 
     def __repr__(self) -> str:
@@ -807,10 +792,10 @@ class ChannelPort:
                 self._standBy()
         except BaseException:
             self._election.release()
-            self._discardReady()
+            self._standbySocket.discard()
             self.role = PORT[self.role, START_FAILED]
             raise
-        self._handOverAtShutdown()
+        self._shutdownHandover.arm()
         if self.role == STANDBY:
             _log.debug(
                 "channel {channel}: pid {pid} stands by",
@@ -818,35 +803,13 @@ class ChannelPort:
                 pid=os.getpid(),
             )
 
-    def _handOverAtShutdown(self) -> None:
+    def _handOver(self) -> Deferred[Any] | None:
         """
-        Stop listening when the reactor stops, so that a standby takes over
-        at once and the links close with their last acknowledgements,
-        rather than when the process has finished exiting.
+        Withdraw at the reactor's shutdown, unless withdrawn already.
         """
-        if self._shutdownTrigger is None:
-            addTrigger = getattr(self.reactor, "addSystemEventTrigger", None)
-            if addTrigger is not None:
-                self._shutdownTrigger = addTrigger(
-                    "before", "shutdown", self._reactorStopping
-                )
-
-    def _reactorStopping(self) -> Deferred[Any] | None:
-        self._shutdownTrigger = None
         if self.role == STOPPED:
             return None
-        stopped = self.stopListening()
-        # The reactor waits for the handover, but not for ever: a client
-        # that stopped reading would hold a link open.
-        stopped.addTimeout(SHUTDOWN_HANDOVER_TIMEOUT, self.clock)
-        stopped.addErrback(
-            lambda failure: _log.failure(
-                "channel {channel}: handing over at shutdown",
-                failure,
-                channel=self.name,
-            )
-        )
-        return stopped
+        return self.stopListening()
 
     def standAgain(self) -> None:
         """
@@ -854,7 +817,7 @@ class ChannelPort:
         process lost its link, in case the lock is free and the background
         wait has not woken yet.
         """
-        if self.role == STANDBY and self._rebind is None:
+        if self.role == STANDBY and not self._electionRetry.pending:
             try:
                 if self._election.tryNow():
                     self._elected()
@@ -869,47 +832,13 @@ class ChannelPort:
         is then left to do.
         """
         if self.transportKind == "unix":
-            with self._readyLock:
-                if self._ready is None:
-                    try:
-                        self._ready = readySocket(self.paths.socket)
-                    except OSError:
-                        # It binds when it wins, as it would have anyway.
-                        pass
+            self._standbySocket.prepare()
         self._election.waitInBackground()
-
-    def _takeReady(self) -> ReadySocket | None:
-        """
-        The ready socket, for the thread that won the lock to publish.
-        """
-        with self._readyLock:
-            ready, self._ready = self._ready, None
-        return ready
-
-    def _discardReady(self) -> None:
-        ready = self._takeReady()
-        if ready is not None:
-            discardReadySocket(ready)
-
-    def _bindEarly(self) -> PublishedSocket:
-        """
-        On the election thread, the moment the lock is won: publish a
-        listening socket, so that clients connect (and queue in the kernel)
-        before the reactor thread even wakes.
-        """
-        return listeningUnixSocket(self.paths.socket, self._takeReady())
-
-    def _unbindEarly(self, prepared: object) -> None:
-        """
-        The wait was cancelled after L{_bindEarly}: withdraw its socket.
-        """
-        assert isinstance(prepared, PublishedSocket)
-        withdrawUnixSocket(prepared, self.paths.socket)
 
     def _elected(self, prepared: object = None) -> None:
         if self.role != STANDBY:
             if isinstance(prepared, PublishedSocket):
-                self._unbindEarly(prepared)
+                self._standbySocket.withdraw(prepared)
             self._election.release()
             return
         if isinstance(prepared, Exception):
@@ -927,11 +856,10 @@ class ChannelPort:
                 "channel {channel}: won the election but could not host; "
                 "trying again in {delay} s",
                 channel=self.name,
-                delay=self._retryLater(),
+                delay=self._electionRetry.later(),
             )
 
     def _retryElection(self) -> None:
-        self._rebind = None
         if self.role != STANDBY:
             return
         try:
@@ -941,17 +869,7 @@ class ChannelPort:
                 self._standBy()
         except Exception:
             _log.failure("channel {channel}: election failed", channel=self.name)
-            self._retryLater()
-
-    def _retryLater(self) -> float:
-        """
-        Try the election again after a delay that doubles with each failure;
-        return the delay.
-        """
-        delay = self._rebindDelay
-        self._rebindDelay = min(delay * 2, _REBIND_DELAY)
-        self._rebind = self.clock.callLater(delay, self._retryElection)
-        return delay
+            self._electionRetry.later()
 
     def _becomeHost(self, prepared: object = None) -> None:
         """
@@ -983,7 +901,7 @@ class ChannelPort:
                     reactor=self.reactor,
                 )
                 if not isinstance(prepared, PublishedSocket):
-                    prepared = listeningUnixSocket(self.paths.socket, self._takeReady())
+                    prepared = self._standbySocket.publish()
                 unixPort.adopt(prepared)
                 unixPort.startListening()
                 socketPort = unixPort
@@ -995,7 +913,7 @@ class ChannelPort:
         )
         self._term = term
         self.role = PORT[self.role, ELECTED]
-        self._rebindDelay = _REBIND_FIRST_DELAY
+        self._electionRetry.succeeded()
         self._publication.start()
         _log.info(
             "channel {channel}: pid {pid} hosts at {path}",
@@ -1049,17 +967,13 @@ class ChannelPort:
 
         @return: a Deferred that fires when all of that is done.
         """
-        if self._rebind is not None and self._rebind.active():
-            self._rebind.cancel()
-        self._rebind = None
-        trigger, self._shutdownTrigger = self._shutdownTrigger, None
-        if trigger is not None:
-            self.reactor.removeSystemEventTrigger(trigger)
+        self._electionRetry.cancel()
+        self._shutdownHandover.disarm()
         wasHosting = self.role == HOST
         self.role = PORT[self.role, WITHDRAWN]
         if not wasHosting:
             self._election.release()
-            self._discardReady()
+            self._standbySocket.discard()
             self._stopFactory()
             return succeed(None)
         publication, self._publication = self._publication, None

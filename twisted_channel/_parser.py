@@ -90,14 +90,19 @@ def endpointArguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str
             f"channel endpoint takes one name then key=value options; "
             f"unexpected {extra}"
         )
+    from ._clusterchannel import CLUSTER_OPTIONS, parseClusterOption
     from ._directory import checkName
 
     result: dict[str, Any] = {"name": checkName(_text(args[0], "name"))}
     for rawKey, rawValue in kwargs.items():
         key = _text(rawKey, "option")
         value = _text(rawValue, f"option {key}")
+        if key in CLUSTER_OPTIONS:
+            # Across machines: docs/cluster.md.
+            result[CLUSTER_OPTIONS[key]] = parseClusterOption(key, value)
+            continue
         if key not in OPTIONS:
-            known = ", ".join(f"{k}=" for k in OPTIONS)
+            known = ", ".join(f"{k}=" for k in [*OPTIONS, *CLUSTER_OPTIONS])
             raise ValueError(f"unknown channel endpoint option {key!r}; known: {known}")
         if key == "dir":
             if not value:

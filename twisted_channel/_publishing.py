@@ -1,8 +1,9 @@
 """
 Publishing a host: binding its Unix socket under a temporary name and
 renaming it into place, the socket a standby holds ready to publish the
-moment it wins, the clean-up of what dead processes left, the port that
-removes its socket only if it is still the one it bound, and
+moment it wins (L{StandbySocket}), the clean-up of what dead processes
+left, the port that removes its socket only if it is still the one it
+bound, and
 L{Publication}, which checks once a second while it hosts that clients
 can still find it (its socket file, or over loopback TCP its port file)
 and publishes it again if not.
@@ -18,6 +19,7 @@ import errno
 import os
 import secrets
 import socket
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -314,6 +316,69 @@ def withdrawUnixSocket(published: PublishedSocket, path: str) -> None:
     """
     unlinkIfSame(path, published.identity)
     published.listening.close()
+
+
+class StandbySocket:
+    """
+    The socket a standby holds ready to publish at C{path} the moment it
+    wins the lock: the moment of the win is the one when the dead host's
+    exit and its clients compete for the CPU, and a rename is all that is
+    then left to do.  The reactor thread binds it and discards it; whichever
+    thread wins the lock publishes it (hence its lock).
+
+    @ivar ready: the socket held ready, if any.
+    """
+
+    def __init__(self, path: str) -> None:
+        """
+        @param path: where the socket is published.
+        """
+        self._path = path
+        self.ready: ReadySocket | None = None
+        self._lock = threading.Lock()
+
+    def prepare(self) -> None:
+        """
+        Bind and listen a socket under a temporary name, unless one is held
+        already; if that cannot be done, the winner binds when it wins, as
+        it would have anyway.
+        """
+        with self._lock:
+            if self.ready is None:
+                try:
+                    self.ready = readySocket(self._path)
+                except OSError:
+                    pass
+
+    def publish(self) -> PublishedSocket:
+        """
+        Publish a listening socket at the path: the one held ready if it can
+        be, else a new one (see L{listeningUnixSocket}).  Called holding the
+        lock; on the election thread the moment it is won, so that clients
+        connect (and queue in the kernel) before the reactor thread even
+        wakes.
+        """
+        with self._lock:
+            ready, self.ready = self.ready, None
+        return listeningUnixSocket(self._path, ready)
+
+    def withdraw(self, published: object) -> None:
+        """
+        Withdraw a socket L{publish} returned: the election's wait was
+        cancelled after it, or the port stopped meanwhile.
+        """
+        assert isinstance(published, PublishedSocket)
+        withdrawUnixSocket(published, self._path)
+
+    def discard(self) -> None:
+        """
+        Close the socket held ready, if any, and remove its file: the
+        standby stops.
+        """
+        with self._lock:
+            ready, self.ready = self.ready, None
+        if ready is not None:
+            discardReadySocket(ready)
 
 
 class Publication:

@@ -338,6 +338,7 @@ class VerifiedTLSFactory(WrappingFactory):
     """
 
     protocol = _VerifiedProtocol
+    noisy = False
 
     def __init__(
         self,

@@ -1,0 +1,165 @@
+"""
+A process of a channel across machines, for the multi-process tests:
+
+    candidate: listens (a candidate host) and records every message it
+        receives as "pid message time" lines in --record; prints
+        "HOSTING term t" and "NOT-HOSTING t" (time.monotonic()).
+    client: connects and sends --count messages "TAG:i", one every
+        --interval seconds, then closes once all are acknowledged; prints
+        "DONE" (or "FAILED reason").
+
+Both stop on "stop" on standard input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["candidate", "client"])
+    parser.add_argument("--coordinator", required=True)
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--certs", required=True)
+    parser.add_argument("--identity", required=True)
+    parser.add_argument("--ttl", type=int, default=2)
+    parser.add_argument("--advertise", default="127.0.0.1")
+    parser.add_argument("--insecure", action="store_true")
+    parser.add_argument("--record")
+    parser.add_argument("--tag", default="c")
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--interval", type=float, default=0.01)
+    parser.add_argument("--timeout", type=float, default=20.0)
+    options = parser.parse_args()
+
+    from twisted.internet import reactor, stdio, task
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+    from twisted.protocols.basic import LineReceiver
+
+    from twisted_channel import ChannelEndpoint, ChannelUnreachableError
+
+    globalLogBeginner.beginLoggingTo(
+        [
+            FilteringLogObserver(
+                textFileLogObserver(sys.stderr),
+                [LogLevelFilterPredicate(LogLevel.info)],
+            )
+        ],
+        redirectStandardIO=False,
+    )
+
+    def say(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    certs = options.certs
+    endpoint = ChannelEndpoint(
+        reactor,
+        options.name,
+        directory=options.dir,
+        timeout=options.timeout,
+        coordinator=options.coordinator,
+        advertise=options.advertise,
+        leaseTTL=options.ttl,
+        **(
+            {"insecure": True}
+            if options.insecure
+            else {
+                "certKey": os.path.join(certs, options.identity + ".pem"),
+                "privateKey": os.path.join(certs, options.identity + ".key"),
+                "caCerts": os.path.join(certs, "ca.pem"),
+            }
+        ),
+    )
+    stopping: list[object] = []
+
+    if options.mode == "candidate":
+        record = open(options.record, "ab", buffering=0)
+
+        class Recorder(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                record.write(b"%d %s %.6f\n" % (os.getpid(), data, time.monotonic()))
+
+        def listening(port: object) -> None:
+            async def roles() -> None:
+                while True:
+                    await port.whenHosting()  # type: ignore[attr-defined]
+                    say(
+                        f"HOSTING {port.term} {time.monotonic():.6f} "  # type: ignore[attr-defined]
+                        f"{port.getHost().term}"  # type: ignore[attr-defined]
+                    )
+                    await port.whenNotHosting()  # type: ignore[attr-defined]
+                    say(f"NOT-HOSTING {time.monotonic():.6f}")
+
+            from twisted.internet.defer import Deferred
+
+            Deferred.fromCoroutine(roles())
+            say(f"READY {os.getpid()}")
+
+            def stop() -> None:
+                if stopping:
+                    return
+                stopping.append(True)
+                say(f"STOPPING {time.monotonic():.6f}")
+                port.stopListening().addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
+
+            commands.stop = stop  # type: ignore[assignment]
+
+        class Commands(LineReceiver):
+            delimiter = b"\n"
+            stop: object = None
+
+            def lineReceived(self, line: bytes) -> None:
+                if line.strip() == b"stop" and callable(self.stop):
+                    self.stop()
+
+        commands = Commands()
+        stdio.StandardIO(commands)
+        endpoint.listen(Factory.forProtocol(Recorder)).addCallback(listening)
+        reactor.run()  # type: ignore[attr-defined]
+        return
+
+    class Sender(Protocol):
+        def connectionMade(self) -> None:
+            self.sent = 0
+            self.loop = task.LoopingCall(self.next)
+            self.loop.start(options.interval)
+
+        def next(self) -> None:
+            if self.sent >= options.count:
+                self.loop.stop()
+                self.transport.loseConnection()  # type: ignore[union-attr]
+                return
+            self.transport.write(f"{options.tag}:{self.sent}".encode())  # type: ignore[union-attr]
+            self.sent += 1
+
+        def connectionLost(self, reason: Any = None) -> None:
+            if self.loop.running:
+                self.loop.stop()
+            if self.sent >= options.count and not reason.check(ChannelUnreachableError):
+                say("DONE")
+            else:
+                say(f"FAILED {reason}")
+            reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
+
+    endpoint.connect(Factory.forProtocol(Sender)).addCallback(
+        lambda protocol: say(f"READY {os.getpid()}")
+    )
+    reactor.run()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""
+The options of a channel across machines in the endpoint string and in
+ChannelEndpoint: checked at parse time, a clear ValueError for each mistake.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactorClock
+
+from twisted_channel import ChannelEndpoint
+from twisted_channel._certs import makeCertificates
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> str:
+    directory = str(tmp_path_factory.mktemp("certs"))
+    makeCertificates(directory, ["a"])
+    return directory
+
+
+def _string(certs: str, extra: str = "") -> str:
+    def escaped(path: str) -> str:
+        return path.replace(":", "\\:")
+
+    return (
+        "channel:jobs:coordinator=etcd\\://10.0.0.5\\:2379,10.0.0.6\\:2379"
+        f":advertise=10.0.0.8:leaseTTL=3:port=7000:interface=0.0.0.0"
+        f":certKey={escaped(os.path.join(certs, 'a.pem'))}"
+        f":privateKey={escaped(os.path.join(certs, 'a.key'))}"
+        f":caCerts={escaped(os.path.join(certs, 'ca.pem'))}" + extra
+    )
+
+
+def test_fullString(certs: str) -> None:
+    """
+    The string of the issue parses into settings: the members, the
+    advertised address, the port, the interface, the TTL, and credentials
+    naming the machine.
+    """
+    endpoint: Any = serverFromString(MemoryReactorClock(), _string(certs))
+    settings = endpoint.cluster
+    assert str(settings.coordinator) == "etcd://10.0.0.5:2379,10.0.0.6:2379"
+    assert settings.advertise == "10.0.0.8"
+    assert (settings.port, settings.interface, settings.leaseTTL) == (
+        7000,
+        "0.0.0.0",
+        3,
+    )
+    assert settings.identity == "a" and not settings.insecure
+
+
+def test_oneMachineUnchanged() -> None:
+    """
+    Without coordinator= there are no settings across machines.
+    """
+    assert ChannelEndpoint(MemoryReactorClock(), "jobs").cluster is None
+
+
+@pytest.mark.parametrize(
+    "extra, complaint",
+    [
+        (":leaseTTL=1", "leaseTTL"),
+        (":leaseTTL=soon", "leaseTTL='soon' is not a whole number"),
+        (":port=70000", "port='70000' is not a TCP port"),
+        (":insecure=maybe", "insecure='maybe'"),
+        (":insecure=yes", "insecure= is plain TCP"),
+        (":advertise=", "advertise= is empty"),
+    ],
+)
+def test_badValues(certs: str, extra: str, complaint: str) -> None:
+    """
+    A wrong value raises ValueError at parse time, naming the option.
+    """
+    with pytest.raises(ValueError, match=complaint):
+        serverFromString(MemoryReactorClock(), _string(certs, extra))
+
+
+def test_mistakes(certs: str, tmp_path: Any) -> None:
+    """
+    Certificates without a coordinator, a coordinator without certificates
+    (unless insecure=yes), a file that is missing: each is a ValueError.
+    """
+    reactor = MemoryReactorClock()
+    pem = os.path.join(certs, "a.pem")
+    with pytest.raises(ValueError, match="only make sense with coordinator"):
+        ChannelEndpoint(reactor, "jobs", certKey=pem)
+    with pytest.raises(ValueError, match="only make sense with coordinator"):
+        ChannelEndpoint(reactor, "jobs", advertise="10.0.0.8")
+    with pytest.raises(ValueError, match="needs certKey= and caCerts="):
+        ChannelEndpoint(reactor, "jobs", coordinator="etcd://a:1")
+    with pytest.raises(ValueError, match="use etcd://"):
+        ChannelEndpoint(reactor, "jobs", coordinator="http://a:1", insecure=True)
+    with pytest.raises(ValueError, match="caCerts=.*cannot be read"):
+        ChannelEndpoint(
+            reactor,
+            "jobs",
+            coordinator="etcd://a:1",
+            certKey=pem,
+            privateKey=os.path.join(certs, "a.key"),
+            caCerts=str(tmp_path / "missing.pem"),
+        )
+    insecure = ChannelEndpoint(reactor, "jobs", coordinator="etcd://a:1", insecure=True)
+    assert insecure.cluster is not None and insecure.cluster.insecure
+    with pytest.raises(ValueError, match="serverFactory is not supported yet"):
+        ChannelEndpoint(
+            reactor,
+            "jobs",
+            coordinator="etcd://a:1",
+            insecure=True,
+            serverFactory=object(),  # type: ignore[arg-type]
+        )

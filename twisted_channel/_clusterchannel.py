@@ -1,0 +1,645 @@
+"""
+The channel across machines, made of the one-machine channel and the
+election across machines, without changing either.
+
+On every machine the candidates run the one-machine channel as it is: the
+lock elects a local host, which serves the channel's Unix socket.  The
+local host also campaigns in etcd (L{MachineElection}); while it hosts
+across machines it accepts links from anywhere on a TLS port at its
+advertised address and splices each, byte for byte, to its own channel
+socket.  A client dials through a relay of its own: a private Unix socket
+(in a private directory) that a plain one-machine client connection uses,
+and that splices each link to the TLS port of the host named in etcd
+(L{HostFinder}), checking the host's certificate names the machine the key
+names.  The link protocol runs end to end between the client and the host,
+so buffering, resends, acknowledgements and timeouts are the one-machine
+channel's.  When the host steps down, it cuts every spliced link at once,
+before anything else.
+
+This module owns the splices, the relay, the TLS port and the options of
+C{coordinator=}; L{ClusterSettings} checks them at parse time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IListeningPort, IProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ._address import HOST, STANDBY, ChannelAddress
+from ._campaign import DEFAULT_LEASE_TTL, HostRecord
+from ._cluster import HostFinder, MachineElection, electionKey
+from ._etcd import Coordinator, EtcdClient, parseCoordinator
+
+_log = Logger()
+
+#: The options of a channel across machines, with their keyword.
+CLUSTER_OPTIONS = {
+    "coordinator": "coordinator",
+    "advertise": "advertise",
+    "port": "port",
+    "interface": "interface",
+    "leaseTTL": "leaseTTL",
+    "certKey": "certKey",
+    "privateKey": "privateKey",
+    "caCerts": "caCerts",
+    "insecure": "insecure",
+}
+
+
+def parseClusterOption(key: str, value: str) -> Any:
+    """
+    The value of one option of a channel across machines, from the
+    endpoint string.
+
+    @raise ValueError: naming the option, if the value is wrong.
+    """
+    if key == "port":
+        if not value.isdigit() or not 0 <= int(value) < 65536:
+            raise ValueError(f"port={value!r} is not a TCP port (0 to 65535)")
+        return int(value)
+    if key == "leaseTTL":
+        if not value.isdigit():
+            raise ValueError(f"leaseTTL={value!r} is not a whole number of seconds")
+        return int(value)
+    if key == "insecure":
+        if value not in ("yes", "no", "true", "false", "1", "0"):
+            raise ValueError(f"insecure={value!r}: use insecure=yes or insecure=no")
+        return value in ("yes", "true", "1")
+    if not value:
+        raise ValueError(f"{key}= is empty")
+    return value
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """
+    Checked settings of a channel across machines.
+    """
+
+    coordinator: Coordinator
+    advertise: str | None
+    port: int
+    interface: str | None
+    leaseTTL: int
+    credentials: Any
+    insecure: bool
+
+    @classmethod
+    def check(
+        cls,
+        coordinator: str | None,
+        advertise: str | None = None,
+        port: int | None = None,
+        interface: str | None = None,
+        leaseTTL: int | None = None,
+        certKey: str | None = None,
+        privateKey: str | None = None,
+        caCerts: str | None = None,
+        insecure: bool = False,
+    ) -> ClusterSettings | None:
+        """
+        @return: the settings, or C{None} if no option of a channel across
+            machines was given.
+        @raise ValueError: naming what is wrong.
+        """
+        given = {
+            "advertise": advertise,
+            "port": port,
+            "interface": interface,
+            "leaseTTL": leaseTTL,
+            "certKey": certKey,
+            "privateKey": privateKey,
+            "caCerts": caCerts,
+        }
+        if coordinator is None:
+            stray = [k for k, v in given.items() if v is not None]
+            if insecure:
+                stray.append("insecure")
+            if stray:
+                raise ValueError(
+                    ", ".join(f"{k}=" for k in stray)
+                    + " only make sense with coordinator=etcd://HOST:PORT"
+                )
+            return None
+        parsed = parseCoordinator(coordinator)
+        from ._campaign import Campaign
+
+        ttl = DEFAULT_LEASE_TTL if leaseTTL is None else leaseTTL
+        Campaign(ttl)
+        if port is not None and (
+            isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536
+        ):
+            raise ValueError(f"port must be a TCP port (0 to 65535), not {port!r}")
+        credentials = None
+        if insecure:
+            if certKey or privateKey or caCerts:
+                raise ValueError(
+                    "insecure= is plain TCP: leave out certKey=, privateKey= and "
+                    "caCerts="
+                )
+        else:
+            if certKey is None or caCerts is None:
+                raise ValueError(
+                    "a channel across machines needs certKey= and caCerts= (and "
+                    "privateKey= unless certKey= holds the key) for mutual TLS, "
+                    "or insecure=yes for plain TCP"
+                )
+            from ._tls import loadCredentials
+
+            credentials = loadCredentials(certKey, privateKey, caCerts)
+        return cls(
+            parsed,
+            advertise,
+            port or 0,
+            interface,
+            ttl,
+            credentials,
+            bool(insecure),
+        )
+
+    @property
+    def identity(self) -> str:
+        """
+        This machine's identity: its certificate's, else its advertised
+        address.
+        """
+        if self.credentials is not None:
+            return str(self.credentials.identity)
+        return self.advertise or "127.0.0.1"
+
+
+class _Half(Protocol):
+    """
+    One end of a splice: what it reads, its partner writes, with each end's
+    reading paused while the other's transport is full.
+    """
+
+    partner: _Half | None = None
+
+    def __init__(self, onMade: Any = None) -> None:
+        self._onMade = onMade
+
+    def connectionMade(self) -> None:
+        if self._onMade is not None:
+            self._onMade(self)
+
+    def join(self, partner: _Half) -> None:
+        self.partner = partner
+        partner.partner = self
+        mine, theirs = self.transport, partner.transport
+        mine.registerProducer(theirs, True)  # type: ignore[union-attr]
+        theirs.registerProducer(mine, True)  # type: ignore[union-attr]
+        mine.resumeProducing()  # type: ignore[union-attr]
+        theirs.resumeProducing()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        partner = self.partner
+        if partner is not None and partner.transport is not None:
+            partner.transport.write(data)
+
+    def cut(self) -> None:
+        """
+        End both ends at once.
+        """
+        partner, self.partner = self.partner, None
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+        if partner is not None:
+            partner.partner = None
+            if partner.transport is not None:
+                partner.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        partner, self.partner = self.partner, None
+        if partner is not None:
+            partner.partner = None
+            if partner.transport is not None:
+                partner.transport.loseConnection()
+
+
+class _Accepted(_Half):
+    """
+    A link accepted by a splicer: reading waits until its partner is
+    connected.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        super().connectionMade()
+
+
+class _HalfFactory(Factory):
+    """
+    Builds the dialed end of a splice; C{onMade} is called with it once
+    connected (over TLS: once the handshake verified the peer).
+    """
+
+    noisy = False
+
+    def __init__(self, onMade: Any) -> None:
+        self._onMade = onMade
+
+    def buildProtocol(self, addr: Any) -> _Half:
+        return _Half(self._onMade)
+
+
+class _SpliceFactory(Factory):
+    """
+    Accepts links and splices each to a connection C{dial} opens (a
+    Deferred firing with the connected partner, or failing).
+    """
+
+    noisy = False
+
+    def __init__(self, dial: Any, accepting: Any) -> None:
+        self._dial = dial
+        self._accepting = accepting
+        self.live: set[_Half] = set()
+
+    def buildProtocol(self, addr: Any) -> _Half | None:
+        if not self._accepting():
+            return None
+        return _Accepted(self._made)
+
+    def _made(self, accepted: _Half) -> None:
+        self.live.add(accepted)
+
+        def joined(partner: _Half) -> None:
+            if accepted.transport is None or not accepted.connected:
+                partner.transport.loseConnection()  # type: ignore[union-attr]
+                return
+            accepted.join(partner)
+
+        def failed(reason: Failure) -> None:
+            self.live.discard(accepted)
+            if accepted.transport is not None:
+                accepted.transport.loseConnection()
+
+        d = self._dial()
+        d.addCallbacks(joined, failed)
+
+    def cutAll(self) -> None:
+        live, self.live = self.live, set()
+        for half in live:
+            half.cut()
+
+
+def _dialed(connecting: Deferred[Any]) -> Deferred[_Half]:
+    """
+    A Deferred firing with the partner half once its connection (after
+    the TLS handshake, over TLS) is made.
+    """
+    made: Deferred[_Half] = Deferred()
+
+    def failed(reason: Failure) -> None:
+        if not made.called:
+            made.errback(reason)
+
+    connecting.addErrback(failed)
+    return made
+
+
+@implementer(IListeningPort)
+class ClusterPort:
+    """
+    A candidate host of a channel across machines: the one-machine port
+    (local election and socket), its campaign in etcd while it hosts
+    locally, and its TLS port, which accepts links only while it hosts
+    across machines.
+
+    @ivar role: C{"host"} (across machines), C{"standby"} or C{"stopped"}.
+    @ivar term: while hosting, the fencing term; else C{None}.
+    """
+
+    def __init__(
+        self, reactor: Any, local: Any, settings: ClusterSettings, name: str
+    ) -> None:
+        self.reactor = reactor
+        self.local = local
+        self.settings = settings
+        self.name = name
+        self.role = "stopped"
+        self.term: int | None = None
+        self.client = EtcdClient(
+            reactor, settings.coordinator, timeout=settings.leaseTTL / 4
+        )
+        self._splices = _SpliceFactory(self._dialLocal, lambda: self.role == HOST)
+        self._listening: Any = None
+        self._election: MachineElection | None = None
+        self._hostingWaiters: list[Deferred[ChannelAddress]] = []
+        self._notHostingWaiters: list[Deferred[ChannelAddress]] = []
+
+    def startListening(self) -> None:
+        """
+        Stand as a candidate: locally first, then, as the local host, in
+        etcd.
+        """
+        self.role = STANDBY
+        if self.settings.insecure:
+            _log.warn(
+                "channel {channel}: insecure=yes: links between machines are "
+                "plain TCP, unauthenticated and unencrypted; anyone who can "
+                "reach {address} can join the channel",
+                channel=self.name,
+                address=self.settings.advertise,
+            )
+        self.local.startListening()
+        self.local.addRoleObserver(self._localRole)
+        if self.local.role == HOST:
+            self._localRole(HOST)
+
+    def _listen(self) -> Any:
+        from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+
+        settings = self.settings
+        interface = settings.interface or settings.advertise or "127.0.0.1"
+        if settings.credentials is None:
+            return TCP4ServerEndpoint(
+                self.reactor, settings.port, interface=interface
+            ).listen(self._splices)
+        from ._tls import VerifiedTLSFactory
+
+        return SSL4ServerEndpoint(
+            self.reactor,
+            settings.port,
+            settings.credentials.serverOptions(),
+            interface=interface,
+        ).listen(VerifiedTLSFactory(self.reactor, self._splices))
+
+    def _localRole(self, role: str) -> None:
+        if role == HOST and self._election is None and self.role != "stopped":
+            self._listen().addCallbacks(self._campaign, self._cannotListen)
+        elif role != HOST and self._election is not None:
+            election, self._election = self._election, None
+            election.stop()
+            self._stopListeningTLS()
+
+    def _cannotListen(self, reason: Failure) -> None:
+        _log.failure(
+            "channel {channel}: cannot listen for other machines",
+            reason,
+            channel=self.name,
+        )
+
+    def _campaign(self, listening: Any) -> None:
+        if self.role == "stopped":
+            listening.stopListening()
+            return
+        self._listening = listening
+        port = listening.getHost().port
+        host = self.settings.advertise or listening.getHost().host
+        self._election = MachineElection(
+            self.reactor,
+            self.client,
+            self.local.paths.lock + ".etcd",
+            electionKey(self.name),
+            HostRecord(f"{host}:{port}", self.settings.identity, os.getpid()),
+            self._hosting,
+            self._notHosting,
+            leaseTTL=self.settings.leaseTTL,
+        )
+        self._election.start()
+
+    def _hosting(self, term: int) -> None:
+        self.term = term
+        self.role = HOST
+        _log.info(
+            "channel {channel}: pid {pid} hosts across machines, term {term}",
+            channel=self.name,
+            pid=os.getpid(),
+            term=term,
+        )
+        self._announce(self._hostingWaiters)
+
+    def _notHosting(self, term: int, reason: str) -> None:
+        # First of all: no link may deliver once another can be elected.
+        self._splices.cutAll()
+        self.term = None
+        if self.role == HOST:
+            self.role = STANDBY
+        _log.info(
+            "channel {channel}: pid {pid} stops hosting across machines "
+            "(term {term}): {reason}",
+            channel=self.name,
+            pid=os.getpid(),
+            term=term,
+            reason=reason,
+        )
+        self._announce(self._notHostingWaiters)
+
+    def _announce(self, waiters: list[Deferred[ChannelAddress]]) -> None:
+        pending, waiters[:] = waiters[:], []
+        for waiter in pending:
+            waiter.callback(self.getHost())
+
+    def _dialLocal(self) -> Deferred[_Half]:
+        from twisted.internet.endpoints import UNIXClientEndpoint
+
+        made: Deferred[_Half] = Deferred()
+        factory = _HalfFactory(made.callback)
+        connecting = UNIXClientEndpoint(
+            self.reactor, self.local.paths.socket, timeout=5
+        ).connect(factory)
+        connecting.addErrback(
+            lambda reason: None if made.called else made.errback(reason)
+        )
+        return made
+
+    def _stopListeningTLS(self) -> Deferred[Any]:
+        self._splices.cutAll()
+        listening, self._listening = self._listening, None
+        if listening is None:
+            return succeed(None)
+        return Deferred.fromCoroutine(_stop(listening))
+
+    def getHost(self) -> ChannelAddress:
+        """
+        This candidate's address, with its role and, while it hosts, its
+        fencing term.
+        """
+        return ChannelAddress(
+            self.name, self.local.paths.socket, self.role, os.getpid(), term=self.term
+        )
+
+    def whenHosting(self) -> Deferred[ChannelAddress]:
+        """
+        A Deferred that fires when this process hosts across machines.
+        """
+        waiter: Deferred[ChannelAddress] = Deferred()
+        if self.role == HOST:
+            waiter.callback(self.getHost())
+        else:
+            self._hostingWaiters.append(waiter)
+        return waiter
+
+    def whenNotHosting(self) -> Deferred[ChannelAddress]:
+        """
+        A Deferred that fires when this process stops hosting.
+        """
+        waiter: Deferred[ChannelAddress] = Deferred()
+        if self.role != HOST:
+            waiter.callback(self.getHost())
+        else:
+            self._notHostingWaiters.append(waiter)
+        return waiter
+
+    def stopListening(self) -> Deferred[Any]:
+        """
+        Stop standing: hand over (the key deleted, the lease revoked, so
+        that another machine is elected at once), then stop the local port.
+        """
+        wasHost = self.role == HOST
+        self.role = "stopped"
+        election, self._election = self._election, None
+        self.local.removeRoleObserver(self._localRole)
+        self._splices.cutAll()
+        done: Deferred[Any] = succeed(None) if election is None else election.stop()
+
+        async def rest() -> None:
+            await done
+            await self._stopListeningTLS()
+            await self.local.stopListening()
+            await self.client.close()
+            if wasHost:
+                self._announce(self._notHostingWaiters)
+
+        return Deferred.fromCoroutine(rest())
+
+
+async def _stop(listening: Any) -> None:
+    await listening.stopListening()
+
+
+class _Relay:
+    """
+    A client's way to the host across machines: a private Unix socket whose
+    links are spliced to the TLS port of the host named in etcd.
+    """
+
+    def __init__(self, reactor: Any, settings: ClusterSettings, name: str) -> None:
+        self.reactor = reactor
+        self.settings = settings
+        self.directory = tempfile.mkdtemp(prefix="tc-relay-")
+        os.chmod(self.directory, 0o700)
+        self.client = EtcdClient(
+            reactor, settings.coordinator, timeout=settings.leaseTTL / 4
+        )
+        self.finder = HostFinder(reactor, self.client, electionKey(name), self._changed)
+        self.splices = _SpliceFactory(self._dialHost, lambda: True)
+        self._listening: Any = None
+        self.host: tuple[HostRecord, int] | None = None
+
+    def start(self, name: str) -> None:
+        path = os.path.join(self.directory, name + ".sock")
+        self._listening = self.reactor.listenUNIX(path, self.splices, mode=0o600)
+        self.finder.start()
+
+    def _changed(self, host: tuple[HostRecord, int] | None) -> None:
+        self.host = host
+        # Links to a host that is no longer the one etcd names end now: a
+        # host cut off from this client may have stepped down without its
+        # close reaching us, and staying would be going back to a lower
+        # term.  The channel's client connects again at once, to the new
+        # host, and resends what was not acknowledged.
+        if self.splices.live:
+            _log.info(
+                "the host across machines changed (now {host}); relinking",
+                host="none" if host is None else f"{host[0].address} term {host[1]}",
+            )
+            self.splices.cutAll()
+
+    def _dialHost(self) -> Deferred[_Half]:
+        from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+
+        if self.host is None:
+            return Deferred.fromCoroutine(_refuse("no host known yet"))
+        record, _ = self.host
+        address, _, port = record.address.rpartition(":")
+        made: Deferred[_Half] = Deferred()
+        factory: Any = _HalfFactory(made.callback)
+        endpoint: Any = TCP4ClientEndpoint(self.reactor, address, int(port), timeout=2)
+        credentials = self.settings.credentials
+        if credentials is not None:
+            from ._tls import VerifiedTLSFactory
+
+            endpoint = wrapClientTLS(
+                credentials.clientOptions(record.identity), endpoint
+            )
+            factory = VerifiedTLSFactory(
+                self.reactor, factory, expectedIdentity=record.identity
+            )
+        connecting = endpoint.connect(factory)
+        connecting.addErrback(
+            lambda reason: None if made.called else made.errback(reason)
+        )
+        return made
+
+    def close(self) -> None:
+        self.finder.stop()
+        self.splices.cutAll()
+        if self._listening is not None:
+            self._listening.stopListening()
+        self.client.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+async def _refuse(reason: str) -> _Half:
+    raise ConnectionRefusedError(reason)
+
+
+def connectAcrossMachines(
+    reactor: Any,
+    name: str,
+    settings: ClusterSettings,
+    connectLocal: Any,
+    protocolFactory: Any,
+) -> Deferred[IProtocol]:
+    """
+    Connect the application's protocol to the channel's host across
+    machines, through a relay of this process's own.
+
+    @param connectLocal: given the relay's directory and a factory,
+        connects a one-machine client to it and returns its Deferred.
+    @return: a Deferred firing with the application's protocol.
+    """
+    relay = _Relay(reactor, settings, name)
+    relay.start(name)
+
+    class Closing(WrappingFactory):
+        protocol = _ClosingWrapper
+
+    wrapping = Closing(protocolFactory)  # type: ignore[no-untyped-call]
+    wrapping.relay = relay  # type: ignore[attr-defined]
+    d: Deferred[Any] = connectLocal(relay.directory, wrapping)
+
+    def failed(reason: Failure) -> Failure:
+        relay.close()
+        return reason
+
+    # The application gets its own protocol, whose transport is the
+    # wrapper (which passes every attribute on to the channel's).
+    return d.addCallbacks(lambda wrapper: wrapper.wrappedProtocol, failed)
+
+
+class _ClosingWrapper(ProtocolWrapper):
+    """
+    The application's protocol, seen by the channel's client: when the
+    connection ends, the relay is closed.
+    """
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        try:
+            super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        finally:
+            self.factory.relay.close()
