@@ -306,7 +306,7 @@ def test_replyInDataReceivedLeavesWithTheRead() -> None:
     link.dataReceived(_wire.encodeFrame(_wire.DATA, b"ping"))
     assert sentData(transport) == [b"re:ping"]
     # Nothing was scheduled for it: the stall check is the only timer.
-    assert reactor.getDelayedCalls() == [client._deadlineCall]
+    assert reactor.getDelayedCalls() == [client.reconnection._deadlineCall]
 
 
 def test_replyBeforeABrokenFrameLeavesAtTheEndOfTheTurn() -> None:
@@ -965,13 +965,13 @@ def test_stallCheckReadsAWaitingAnswerFirst(monkeypatch: pytest.MonkeyPatch) -> 
     client, _, reactor = makeClient(timeout=2)
     link, transport = connected(client)
     monkeypatch.setattr(
-        _client, "unreadBytes", WaitingRead(reactor, 9, lambda: ack(link, 1))
+        _reconnection, "unreadBytes", WaitingRead(reactor, 9, lambda: ack(link, 1))
     )
     client.write(b"waiting")
     reactor.advance(client.stallTimeout + 5)
     assert not transport.disconnecting
     assert len(client.pending) == 0
-    monkeypatch.setattr(_client, "unreadBytes", WaitingRead(reactor, 9))
+    monkeypatch.setattr(_reconnection, "unreadBytes", WaitingRead(reactor, 9))
     client.write(b"never acknowledged")
     reactor.advance(client.stallTimeout + 5)
     assert transport.disconnecting

@@ -38,6 +38,7 @@ from twisted_channel._sockets import (
     probeTwisted,
     readDirectly,
     sendNow,
+    sendSequenceNow,
     twistedEdge,
     unreadBytes,
 )
@@ -111,13 +112,16 @@ async def test_readDirectlyDeliversEveryByteInOrder(
 ) -> None:
     """
     Once a transport reads directly, everything its peer sends reaches the
-    function given, in order and not through the protocol; the peer's close
-    still ends the connection cleanly.
+    function given, in order and not through the protocol (as views of a
+    buffer the next read reuses: the function copies them); the peer's
+    close still ends the connection cleanly.
     """
     server, client, port = await _connectedPair(transport, channelDirectory)
     try:
         assert server.transport is not None
-        assert readDirectly(server.transport, server.direct.append)
+        assert readDirectly(
+            server.transport, lambda data: server.direct.append(bytes(data))
+        )
         payload = bytes(range(256)) * 4096
         assert client.transport is not None
         client.transport.write(payload)
@@ -127,6 +131,45 @@ async def test_readDirectlyDeliversEveryByteInOrder(
         client.transport.loseConnection()
         await server.lost.addTimeout(5, _reactor())
         assert server.reason is not None and server.reason.check(ConnectionDone)
+    finally:
+        await port.stopListening()
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest_twisted.ensureDeferred
+async def test_readDirectlyReadsALargeMessageIntoItsOwnBuffer(
+    transport: str, channelDirectory: str
+) -> None:
+    """
+    Given a frame decoder, a transport reading directly reads the rest of
+    a large message straight into the message's own buffer (the function is
+    then given C{b""}), and the decoder returns each message whole, in
+    order, with the small frames between them.
+    """
+    from twisted_channel import _wire
+
+    server, client, port = await _connectedPair(transport, channelDirectory)
+    decoder = _wire.FrameDecoder(1 << 24)
+    frames: list[tuple[int, bytes]] = []
+    empty: list[int] = []
+
+    def received(data: bytes | memoryview) -> None:
+        if not data:
+            empty.append(1)
+        frames.extend(decoder.feed(data))
+
+    large = [bytes([i]) * (3 << 20) for i in range(3)]
+    sent = [large[0], b"small", large[1], large[2], b"last"]
+    try:
+        assert server.transport is not None
+        assert readDirectly(server.transport, received, decoder)
+        assert client.transport is not None
+        for message in sent:
+            client.transport.write(_wire.encodeFrame(_wire.DATA, message))
+        await _until(lambda: len(frames) == len(sent))
+        assert frames == [(_wire.DATA, message) for message in sent]
+        assert empty, "no read went into a message's own buffer"
+        assert decoder.buffered == 0
     finally:
         await port.stopListening()
 
@@ -216,6 +259,38 @@ async def test_sendNowKeepsOrderBehindBufferedData(channelDirectory: str) -> Non
         await _until(lambda: sum(map(len, server.received)) >= total, 20)
         received = b"".join(server.received)
         assert received == b"first" + big + b"last"
+    finally:
+        await port.stopListening()
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest_twisted.ensureDeferred
+async def test_sendSequenceNowKeepsOrder(transport: str, channelDirectory: str) -> None:
+    """
+    Pieces sent together on an empty transport leave at once, unjoined, as
+    far as the kernel takes them; the rest, cut anywhere in a piece, waits
+    in the transport; pieces sent while it holds data go behind; more
+    pieces than one C{sendmsg} is given go too.  Everything arrives once,
+    in order.
+    """
+    server, client, port = await _connectedPair(transport, channelDirectory)
+    try:
+        assert client.transport is not None
+        sendSequenceNow(client.transport, [b"a", b"bc"])
+        assert bufferedBytes(client.transport) == 0
+        big = [bytes([i]) * (3 << 20) + b"!" for i in range(3)]
+        sendSequenceNow(client.transport, big)
+        assert 0 < bufferedBytes(client.transport) < sum(map(len, big))
+        many = [b"%d," % i for i in range(2000)]
+        sendSequenceNow(client.transport, many)
+        expected = b"abc" + b"".join(big) + b"".join(many)
+        await _until(lambda: sum(map(len, server.received)) >= len(expected), 20)
+        assert b"".join(server.received) == expected
+        assert bufferedBytes(client.transport) == 0
+        sendSequenceNow(client.transport, many)
+        expected += b"".join(many)
+        await _until(lambda: sum(map(len, server.received)) >= len(expected), 20)
+        assert b"".join(server.received) == expected
     finally:
         await port.stopListening()
 

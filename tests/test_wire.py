@@ -489,3 +489,110 @@ def test_helloSequenceOutOfRange(first: int) -> None:
     body = _wire.encodeHello(_wire.Hello(b"c" * 16, 1, 1000, first))[5:]
     with pytest.raises(_wire.ProtocolError, match="first sequence number"):
         _wire.decodeHello(body)
+
+
+# Large messages and reused read buffers
+
+#: A decoder limit that lets bodies past L{_wire.LARGE_BODY} through.
+BIG_LIMIT = 4 * _wire.LARGE_BODY
+
+bigFrames = st.lists(
+    st.one_of(
+        st.tuples(st.just(DATA), st.binary(max_size=16)),
+        st.tuples(
+            st.just(DATA),
+            st.integers(_wire.LARGE_BODY - 2, BIG_LIMIT).map(
+                lambda n: bytes(i % 251 for i in range(n))
+            ),
+        ),
+        st.tuples(st.just(ACK), st.binary(min_size=8, max_size=8)),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(frames=bigFrames, cuts=st.lists(st.integers(0, 10**6), max_size=20))
+def test_reusedBufferAndOwnBuffer(
+    frames: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    """
+    Fed as views of one buffer overwritten after every feed (as a direct
+    reader reuses its read buffer), with every read that the decoder offers
+    to take into a large message's own buffer taken there, cut anywhere,
+    the frames come out whole and in order, and nothing is left buffered.
+    """
+    whole = b"".join(_wire.encodeFrame(kind, body) for kind, body in frames)
+    shared = bytearray(len(whole) + 1)
+    view = memoryview(shared)
+    decoder = FrameDecoder(BIG_LIMIT)
+    got: list[tuple[int, bytes]] = []
+    position = 0
+    for chunk in chunked(whole, cuts):
+        while chunk:
+            target = decoder.readTarget()
+            if target is not None:
+                taken = min(len(target), len(chunk))
+                target[:taken] = chunk[:taken]
+                decoder.received(taken)
+                got.extend(decoder.feed(b""))
+            else:
+                taken = len(chunk)
+                view[:taken] = chunk
+                got.extend(decoder.feed(view[:taken]))
+                # The next read overwrites the buffer.
+                view[:taken] = b"\xee" * taken
+            chunk = chunk[taken:]
+            position += taken
+    assert position == len(whole)
+    assert got == frames
+    assert decoder.buffered == 0
+    assert decoder.readTarget() is None
+
+
+def test_largeMessageBufferedCount() -> None:
+    """
+    A large message under way counts in L{FrameDecoder.buffered}, header
+    included, and is offered as a place to read into until it is whole.
+    """
+    body = b"x" * (_wire.LARGE_BODY + 100)
+    frame = _wire.encodeFrame(DATA, body)
+    decoder = FrameDecoder(len(body))
+    assert decoder.feed(frame[:1000]) == []
+    assert decoder.buffered == 1000
+    target = decoder.readTarget()
+    assert target is not None and len(target) == len(frame) - 1000
+    target[:] = frame[1000:]
+    decoder.received(len(target))
+    assert decoder.feed(_wire.encodeAck(1)) == [
+        (DATA, body),
+        (ACK, struct.pack(">Q", 1)),
+    ]
+    assert decoder.buffered == 0
+
+
+def test_largeMessageAndFrameLimit() -> None:
+    """
+    A large message completed counts towards C{maxFrames}; the frames
+    after it stay buffered for the next call.
+    """
+    body = b"y" * (_wire.LARGE_BODY + 1)
+    frame = _wire.encodeFrame(DATA, body)
+    ack = _wire.encodeAck(2)
+    decoder = FrameDecoder(len(body))
+    assert decoder.feed(frame[:-1]) == []
+    assert decoder.feed(frame[-1:] + ack, 1) == [(DATA, body)]
+    assert decoder.buffered == len(ack)
+    assert decoder.feed(b"") == [(ACK, struct.pack(">Q", 2))]
+
+
+def test_oversizedLargeMessageRefusedBeforeBuffering() -> None:
+    """
+    A message over the limit is refused on its header: no buffer of its
+    announced size is made for it.
+    """
+    decoder = FrameDecoder(_wire.LARGE_BODY * 2)
+    header = _wire.frameHeader(DATA, _wire.LARGE_BODY * 2 + 1)
+    with pytest.raises(ProtocolError):
+        decoder.feed(header + b"z" * 10)
+    assert decoder.readTarget() is None

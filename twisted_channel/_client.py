@@ -39,9 +39,7 @@ from ._auth import LOOPBACK
 from ._clientsession import (
     ACKNOWLEDGED,
     AUTHENTICATING,
-    GIVE_UP,
     GOODBYE,
-    STALLED,
     ClientDeadlines,
     ClientSession,
     HostBrokeProtocolError,
@@ -62,7 +60,13 @@ from ._interfaces import (
 )
 from ._pending import PendingWrites
 from ._reconnection import Reconnection
-from ._sockets import pushToKernel, readDirectly, sendNow, unreadBytes
+from ._sockets import (
+    pushToKernel,
+    readDirectly,
+    sendNow,
+    sendSequenceNow,
+    unreadBytes,
+)
 from ._states import (
     CLOSED,
     CONNECTED,
@@ -143,7 +147,7 @@ class _ClientLink(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        readDirectly(self.transport, self.dataReceived)
+        readDirectly(self.transport, self.dataReceived, self.session.decoder)
         connection = self._connection
         if self.session.state == AUTHENTICATING:
             # The host speaks first, with its challenge.
@@ -216,7 +220,7 @@ class _ClientLink(Protocol):
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def dataReceived(self, data: bytes) -> None:
+    def dataReceived(self, data: bytes | memoryview) -> None:
         self._connection.linkDataReceived(self, data)
 
     def welcomed(self, welcome: _wire.Welcome) -> None:
@@ -315,18 +319,23 @@ class ChannelClientTransport(SocketOptions):
     each link's L{LinkSession}; L{state} changes only as the table
     L{twisted_channel._states.CONNECTION} allows.  Finding the host and
     finding it again (the strategy, the connector, the watch, leaving a
-    dead host early) is its L{reconnection}, a L{Reconnection}, told when
-    a link comes up or is lost.  Beside them this class keeps more than a
-    handful of private attributes, in groups that do not interact: the
-    batch being written (C{_outgoing}, C{_outgoingLarge}, C{_flushCall},
-    C{_inRead}), kept here because C{write} is the hottest path there is
-    and must not call into another object; the one timer
-    armed for the next of its L{ClientDeadlines} (C{_deadlineCall}, due at
-    C{_deadlineAt}); whether the host acknowledged anything on the
-    current link (C{_ackedOnLink}, set where acknowledgements are read and
-    handed to the reconnection when the link is lost); and the producers
-    either way (C{_producer}, a L{_RegisteredProducer}, and
-    C{_readingPaused}).
+    dead host early, and the timer of the give-up and stall deadlines) is
+    its L{reconnection}, a L{Reconnection}, told when a link comes up or
+    is lost; reads and writes record the host's news and the messages
+    waiting for it in the reconnection's L{ClientDeadlines}
+    (C{_deadlines}).  Beside them this class keeps more than a handful of
+    private attributes, in groups that do not interact: the batch being
+    written (C{_outgoing}, C{_outgoingLarge}, C{_flushCall}, C{_inRead}),
+    kept here because C{write} is the hottest path there is and must not
+    call into another object; whether the host acknowledged anything on
+    the current link (C{_ackedOnLink}, set where acknowledgements are read
+    and handed to the reconnection when the link is lost); and the
+    producers either way (C{_producer}, a L{_RegisteredProducer}, and
+    L{readingPaused}).
+
+    @ivar readingPaused: whether the application paused reading the host's
+        messages (L{pauseProducing}); a silent host is not judged frozen
+        meanwhile.
     """
 
     disconnecting = False
@@ -371,14 +380,18 @@ class ChannelClientTransport(SocketOptions):
         self.pending = self.session.pending
         self.state = CONNECTING
         self.link: _ClientLink | None = None
-        self.reconnection = Reconnection(self, _ClientLink, lockPath)
-        self._deadlines = ClientDeadlines(
-            timeout,
-            max(timeout, LINK_HANDSHAKE_TIMEOUT) if timeout > 0 else 10.0,
+        self.reconnection = Reconnection(
+            self,
+            _ClientLink,
+            lockPath,
+            ClientDeadlines(
+                timeout,
+                max(timeout, LINK_HANDSHAKE_TIMEOUT) if timeout > 0 else 10.0,
+            ),
         )
-        # The one timer armed for the next deadline, and its time.
-        self._deadlineCall: IDelayedCall | None = None
-        self._deadlineAt: float | None = None
+        # The reconnection's deadlines, which reads and writes tell of the
+        # host's news and of messages waiting for it.
+        self._deadlines = self.reconnection.deadlines
         self._connectedWaiters: list[Deferred[ChannelAddress]] = []
         self._hostAddress = ChannelAddress(address.name, address.path, HOST)
         # Whether the host acknowledged anything on the current link: the
@@ -393,7 +406,7 @@ class ChannelClientTransport(SocketOptions):
         self._outgoingLarge = False
         self._flushCall: IDelayedCall | None = None
         self._callLater = reactor.callLater
-        self._readingPaused = False
+        self.readingPaused = False
         # Whether the host's messages are dropped: reading was paused when
         # loseConnection was called, or the connection was aborted.
         self._readingAbandoned = False
@@ -465,9 +478,7 @@ class ChannelClientTransport(SocketOptions):
         """
         Start looking for the host.  Called once, by the endpoint.
         """
-        self._deadlines.lookForHost(self.reactor.seconds())
-        self._armDeadline()
-        self.reconnection.start()
+        self.reconnection.start(self.reactor.seconds())
 
     # ITransport
 
@@ -518,7 +529,7 @@ class ChannelClientTransport(SocketOptions):
         if producer is not None and pending.footprint >= self.highWater:
             producer.pause()
 
-    def linkDataReceived(self, link: _ClientLink, data: bytes) -> None:
+    def linkDataReceived(self, link: _ClientLink, data: bytes | memoryview) -> None:
         """
         Called by a link with the bytes it read: deliver the host's
         messages, and act on its other frames as the link's session
@@ -624,10 +635,10 @@ class ChannelClientTransport(SocketOptions):
         link = self.link
         assert link is not None and link.transport is not None
         if self._outgoingLarge:
-            # Twisted joins the pieces itself; joining them here too would
-            # copy large payloads twice.
+            # Large payloads go as they are, headers beside them, never
+            # joined into frames.
             self._outgoingLarge = False
-            link.transport.writeSequence(outgoing)
+            sendSequenceNow(link.transport, outgoing)
         else:
             sendNow(link.transport, b"".join(outgoing))
 
@@ -688,7 +699,7 @@ class ChannelClientTransport(SocketOptions):
         if not self.pending:
             self._finishSoon(Failure(error.ConnectionDone()))
             return
-        if self._readingPaused:
+        if self.readingPaused:
             # The acknowledgements must be read.  As a TCP transport stops
             # reading at loseConnection, the host's messages are no longer
             # delivered (an HTTP client pauses its transport, then closes).
@@ -813,7 +824,7 @@ class ChannelClientTransport(SocketOptions):
         """
         if self._readingAbandoned:
             return
-        self._readingPaused = True
+        self.readingPaused = True
         link = self.link
         if link is not None and link.transport is not None:
             link.transport.pauseProducing()  # type: ignore[attr-defined]
@@ -822,7 +833,7 @@ class ChannelClientTransport(SocketOptions):
         """
         Read from the host again.
         """
-        self._readingPaused = False
+        self.readingPaused = False
         self._deadlines.lastProgress = self.reactor.seconds()
         link = self.link
         if link is not None and link.transport is not None:
@@ -858,63 +869,20 @@ class ChannelClientTransport(SocketOptions):
         """
         return self._deadlines.stallTimeout
 
-    def _armDeadline(self) -> None:
-        """
-        Arm the one timer for the deadlines' next, if it moved.
-        """
-        at = self._deadlines.next()
-        if at == self._deadlineAt:
-            return
-        call, self._deadlineCall = self._deadlineCall, None
-        if call is not None and call.active():
-            call.cancel()
-        self._deadlineAt = at
-        if at is not None:
-            self._deadlineCall = self.reactor.callLater(
-                max(0.0, at - self.reactor.seconds()), self._deadlineDue
-            )
-
     def _watchStall(self) -> None:
         """
         Messages now wait for the linked host: judge it if it stays silent.
         """
         self._deadlines.watch(self.reactor.seconds())
-        self._armDeadline()
+        self.reconnection.armDeadline()
 
-    def _deadlineDue(self) -> None:
-        self._deadlineCall = None
-        self._deadlineAt = None
-        deadlines = self._deadlines
-        now = self.reactor.seconds()
-        link = self.link
-        verdict = deadlines.due(
-            now, link is not None and bool(self.pending), self._readingPaused
-        )
-        if verdict is GIVE_UP:
-            self._gaveUp()
-            return
-        if verdict is STALLED:
-            assert link is not None
-            if deadlines.mayRecheck and unreadBytes(link.transport):
-                # The host did send: this process was late, not the host (it
-                # was suspended, or short of CPU), and the reactor runs its
-                # timed calls before it reads.  Judge once that is read.
-                deadlines.recheck(now)
-            else:
-                _log.warn(
-                    "channel {channel}: host pid {hostPid} acknowledged nothing "
-                    "for {idle:.1f} s with {pending} message(s) waiting; dropping "
-                    "the link",
-                    channel=self.address.name,
-                    hostPid=link.hostAddress.pid,
-                    idle=now - deadlines.lastProgress,
-                    pending=len(self.pending),
-                )
-                deadlines.stalled()
-                link.abort()
-        self._armDeadline()
+    # Called by the reconnection
 
-    def _gaveUp(self) -> None:
+    def hostUnreachable(self) -> None:
+        """
+        No host was found within C{timeout} seconds: end the connection
+        with L{ChannelUnreachableError}.
+        """
         reason = ChannelUnreachableError(
             self.address.name, self.timeout, len(self.pending)
         )
@@ -952,20 +920,20 @@ class ChannelClientTransport(SocketOptions):
             )
             return False
         now = self.reactor.seconds()
-        self._deadlines.linked()
+        reconnection = self.reconnection
         self.link = link
         self.state = CONNECTION[self.state, WELCOMED]
         self._hostAddress = link.hostAddress
-        hostsSeen = self.reconnection.linkUp(now)
+        hostsSeen = reconnection.linkUp(now)
         self._ackedOnLink = False
         self._writeLimit = min(self.maxMessageSize, welcome.maxMessageSize)
         self._outgoing = []
-        if self._readingPaused and link.transport is not None:
+        if self.readingPaused and link.transport is not None:
             link.transport.pauseProducing()  # type: ignore[attr-defined]
         link.send(resend)
         if self.pending:
             self._deadlines.watch(now)
-        self._armDeadline()
+        reconnection.armDeadline()
         # The host may already have had much of what was buffered.
         self._producerMayGoOn()
         log = _log.info if hostsSeen > 1 else _log.debug
@@ -1042,9 +1010,6 @@ class ChannelClientTransport(SocketOptions):
         self._dropOutgoing()
         self._writeLimit = self.maxMessageSize
         self._hostAddress = ChannelAddress(self.address.name, self.address.path, HOST)
-        now = self.reactor.seconds()
-        self._deadlines.lookForHost(now)
-        self._armDeadline()
         _log.info(
             "channel {channel}: link to host pid {hostPid} lost ({reason}); "
             "{pending} message(s) await a host",
@@ -1057,7 +1022,7 @@ class ChannelClientTransport(SocketOptions):
         self._tellObserver("linkLost", reason)
         if self.state == CLOSED or self._finishing is not None:
             return
-        reconnection.linkLost(reason, self._ackedOnLink, now)
+        reconnection.linkLost(reason, self._ackedOnLink, self.reactor.seconds())
 
     def _finish(self, reason: Failure) -> None:
         finishing, self._finishing = self._finishing, None
@@ -1067,8 +1032,6 @@ class ChannelClientTransport(SocketOptions):
             return
         self.state = CONNECTION[self.state, FINISHED]
         self.disconnecting = True
-        self._deadlines.stop()
-        self._armDeadline()
         self.reconnection.stop()
         self._dropOutgoing()
         link, self.link = self.link, None

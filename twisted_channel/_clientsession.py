@@ -245,6 +245,14 @@ class LinkSession:
         self.resent = 0
 
     @property
+    def decoder(self) -> _wire.FrameDecoder:
+        """
+        The link's frame decoder, for a reader that reads large messages
+        straight into it (L{_wire.FrameDecoder.readTarget}).
+        """
+        return self._decoder
+
+    @property
     def open(self) -> bool:
         """
         Whether the host welcomed the link and it was kept.
@@ -284,7 +292,7 @@ class LinkSession:
             return [hello]
         return framed(pending.messages, leading=hello)
 
-    def receive(self, data: bytes) -> list[tuple[int, bytes]]:
+    def receive(self, data: bytes | memoryview) -> list[tuple[int, bytes]]:
         """
         The frames that C{data}, read from the link, completes.  While
         L{open}, hand each C{DATA} body to the application; give every

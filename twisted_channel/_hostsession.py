@@ -205,6 +205,14 @@ class HostSession:
         self._endingFrame = b""
 
     @property
+    def decoder(self) -> _wire.FrameDecoder:
+        """
+        The link's frame decoder, for a reader that reads large messages
+        straight into it (L{_wire.FrameDecoder.readTarget}).
+        """
+        return self._decoder
+
+    @property
     def buffered(self) -> int:
         """
         How many bytes of incomplete frames are held.
@@ -220,7 +228,9 @@ class HostSession:
 
     # The handshake
 
-    def nextHandshakeEvent(self, data: bytes = b"") -> HandshakeEvent | None:
+    def nextHandshakeEvent(
+        self, data: bytes | memoryview = b""
+    ) -> HandshakeEvent | None:
         """
         Take C{data} and return the next step of the handshake, or None
         when more bytes are needed.  Frames are taken one at a time: those
@@ -291,7 +301,7 @@ class HostSession:
 
     # Batches
 
-    def receive(self, data: bytes) -> list[tuple[int, bytes]]:
+    def receive(self, data: bytes | memoryview) -> list[tuple[int, bytes]]:
         """
         Begin a batch with the bytes of one read, and return its frames,
         in order, without the messages of an eager hello that this host

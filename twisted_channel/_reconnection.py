@@ -5,8 +5,10 @@ owns for one client connection the reconnection strategy
 link, to the socket or to the port in the port file, read afresh), the
 watch on the channel's files that cuts a backoff short when a host
 publishes itself, leaving a host early once the lock file's record says it
-died, and the health of the last link, which chooses between reconnecting
-at once and backing off.
+died, the health of the last link, which chooses between reconnecting
+at once and backing off, and the one timer armed for the next of the
+connection's deadlines (L{ClientDeadlines}: when to give up looking for a
+host, when to take a silent host for frozen and leave it).
 
 The connection (L{twisted_channel._client.ChannelClientTransport}) tells
 it when a link comes up or is lost; what a link carries (the sessions,
@@ -34,7 +36,9 @@ from zope.interface import implementer
 
 from ._address import CLIENT
 from ._auth import LOOPBACK, readPortFile
+from ._clientsession import GIVE_UP, STALLED, ClientDeadlines
 from ._election import readLockRecord
+from ._sockets import unreadBytes
 from ._states import CONNECTED, CONNECTING
 from ._watch import stopWatching, watchFor
 
@@ -256,7 +260,14 @@ class Reconnection:
     seconds, or acknowledged) is followed by an attempt at once; one lost
     sooner backs off, so that a host that drops us is not a busy loop.
 
+    Its L{deadlines} say when to give up looking for a host (the
+    connection ends, L{ChannelClientTransport.hostUnreachable}) and when a
+    linked host that leaves messages unacknowledged is taken for frozen
+    (the link is dropped, and another host looked for); one timer is armed
+    for the next of them.
+
     @ivar strategy: when to try again.
+    @ivar deadlines: the give-up and stall deadlines.
     @ivar connector: what opens each link.
     @ivar hostsSeen: how many links hosts have welcomed.
     """
@@ -266,6 +277,7 @@ class Reconnection:
         connection: ChannelClientTransport,
         linkType: Callable[..., _ClientLink],
         lockPath: str | None,
+        deadlines: ClientDeadlines,
     ) -> None:
         """
         @param connection: the connection whose links these are.
@@ -273,6 +285,8 @@ class Reconnection:
         @param lockPath: the channel's lock file, whose record tells a
             linked client that its host died before the kernel closes the
             link (see L{hostAppeared}); without it, the close is awaited.
+        @param deadlines: the connection's deadlines, whose timer this
+            arms.
         """
         self._connection = connection
         self._reactor = connection.reactor
@@ -284,11 +298,18 @@ class Reconnection:
         self._linkUpAt = 0.0
         self._watching = False
         self._appearedDuringAttempt = False
+        self.deadlines = deadlines
+        # The one timer armed for the next deadline, and its time.
+        self._deadlineCall: IDelayedCall | None = None
+        self._deadlineAt: float | None = None
 
-    def start(self) -> None:
+    def start(self, now: float) -> None:
         """
-        Watch for a host, and make the first attempt.
+        Start looking for a host at C{now}: watch for one, and make the
+        first attempt.
         """
+        self.deadlines.lookForHost(now)
+        self.armDeadline()
         self._watching = watchFor(self._reactor, self._path, self.hostAppeared)
         # So that stopTrying() also cancels an attempt under way.
         self.strategy.connector = self.connector
@@ -301,6 +322,7 @@ class Reconnection:
 
         @return: how many links hosts have welcomed, this one included.
         """
+        self.deadlines.linked()
         if self._lockPath is None and self._watching:
             self._watching = False
             stopWatching(self._path, self.hostAppeared)
@@ -315,6 +337,8 @@ class Reconnection:
 
         @param acknowledged: whether the host acknowledged anything on it.
         """
+        self.deadlines.lookForHost(now)
+        self.armDeadline()
         if not self._watching:
             self._watching = watchFor(self._reactor, self._path, self.hostAppeared)
         strategy = self.strategy
@@ -332,12 +356,64 @@ class Reconnection:
 
     def stop(self) -> None:
         """
-        The connection ended: no more watching, no more attempts.
+        The connection ended: no more deadlines, watching or attempts.
         """
+        self.deadlines.stop()
+        self.armDeadline()
         if self._watching:
             self._watching = False
             stopWatching(self._path, self.hostAppeared)
         self.strategy.stopTrying()
+
+    def armDeadline(self) -> None:
+        """
+        Arm the one timer for the deadlines' next, if it moved.
+        """
+        at = self.deadlines.next()
+        if at == self._deadlineAt:
+            return
+        call, self._deadlineCall = self._deadlineCall, None
+        if call is not None and call.active():
+            call.cancel()
+        self._deadlineAt = at
+        if at is not None:
+            self._deadlineCall = self._reactor.callLater(
+                max(0.0, at - self._reactor.seconds()), self._deadlineDue
+            )
+
+    def _deadlineDue(self) -> None:
+        self._deadlineCall = None
+        self._deadlineAt = None
+        connection = self._connection
+        deadlines = self.deadlines
+        now = self._reactor.seconds()
+        link = connection.link
+        verdict = deadlines.due(
+            now, link is not None and bool(connection.pending), connection.readingPaused
+        )
+        if verdict is GIVE_UP:
+            connection.hostUnreachable()
+            return
+        if verdict is STALLED:
+            assert link is not None
+            if deadlines.mayRecheck and unreadBytes(link.transport):
+                # The host did send: this process was late, not the host (it
+                # was suspended, or short of CPU), and the reactor runs its
+                # timed calls before it reads.  Judge once that is read.
+                deadlines.recheck(now)
+            else:
+                _log.warn(
+                    "channel {channel}: host pid {hostPid} acknowledged nothing "
+                    "for {idle:.1f} s with {pending} message(s) waiting; dropping "
+                    "the link",
+                    channel=connection.address.name,
+                    hostPid=link.hostAddress.pid,
+                    idle=now - deadlines.lastProgress,
+                    pending=len(connection.pending),
+                )
+                deadlines.stalled()
+                link.abort()
+        self.armDeadline()
 
     def hostAppeared(self) -> None:
         """

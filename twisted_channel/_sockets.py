@@ -21,6 +21,7 @@ import fcntl
 import socket
 import struct
 import termios
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ class TwistedEdge:
         counted (C{FileDescriptor.dataBuffer}, C{offset} and
         C{_tempDataLen}): the host's per-link cap, L{pushToKernel}.
     @ivar sendImmediately: a socket transport says whether its writing side
-        was shut (C{FileDescriptor._writeDisconnected}): L{sendNow}.
+        was shut (C{FileDescriptor._writeDisconnected}): L{sendNow},
+        L{sendSequenceNow}.
     @ivar plainReads: the read methods L{readDirectly} knows it may stand
         in for (C{tcp.Connection.doRead}; C{unix._SendmsgMixin.doRead}, which
         also reads ancillary data for descriptor passing, which links never
@@ -306,6 +308,48 @@ def sendNow(transport: object, data: bytes) -> None:
         transport.write(data[sent:])
 
 
+#: The most buffers one C{sendmsg} is given (Linux's IOV_MAX is 1024).
+_MOST_BUFFERS = 512
+
+
+def sendSequenceNow(transport: object, chunks: list[bytes]) -> None:
+    """
+    Write C{chunks} to C{transport} as L{sendNow} writes one: when the
+    transport holds nothing, hand them to the kernel in one C{sendmsg},
+    without joining them (a large payload is not copied into a frame nor
+    into Twisted's buffer).  What the kernel does not take, or any error,
+    is left to the transport, which joins it as usual.
+    """
+    if (
+        not isinstance(transport, tcp.Connection)
+        or not (_found or twistedEdge()).sendImmediately
+        or not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnected
+        or _countBuffered(transport)
+    ):
+        transport.writeSequence(chunks)  # type: ignore[attr-defined]
+        return
+    offered = chunks[:_MOST_BUFFERS]
+    try:
+        sent = transport.socket.sendmsg(offered)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        # The transport finds the error itself when it tries.
+        transport.writeSequence(chunks)
+        return
+    for index, chunk in enumerate(offered):
+        if sent < len(chunk):
+            rest = [chunk[sent:]] if sent else [chunk]
+            rest.extend(chunks[index + 1 :])
+            transport.writeSequence(rest)
+            return
+        sent -= len(chunk)
+    if len(chunks) > len(offered):
+        transport.writeSequence(chunks[len(offered) :])
+
+
 def unreadBytes(transport: object) -> int:
     """
     How many bytes the kernel holds for C{transport} that it has not read
@@ -317,14 +361,59 @@ def unreadBytes(transport: object) -> int:
         return 0
 
 
-def readDirectly(transport: object, dataReceived: Callable[[bytes], None]) -> bool:
+class ReadTarget(typing.Protocol):
+    """
+    Where a link's reads may go instead of the shared read buffer: a
+    L{twisted_channel._wire.FrameDecoder}.
+    """
+
+    def readTarget(self) -> memoryview | None:
+        """
+        A view to read into directly, or None.
+        """
+
+    def received(self, count: int) -> None:
+        """
+        C{count} bytes were read into the view L{readTarget} gave.
+        """
+
+
+#: The size of the buffer every direct read goes into: larger than
+#: Twisted's 64 KiB reads, so that a read takes what a Unix socket's default
+#: buffer holds at once.
+READ_BUFFER_SIZE = 256 * 1024
+
+_readBuffer: memoryview | None = None
+
+
+def _sharedReadBuffer() -> memoryview:
+    # One buffer for every link of the process: each read's frames are
+    # copied out of it (and any incomplete frame kept aside) before the next
+    # read, all on the reactor's thread; a buffer per link would cost 256
+    # KiB per idle link.
+    global _readBuffer
+    if _readBuffer is None:
+        _readBuffer = memoryview(bytearray(READ_BUFFER_SIZE))
+    return _readBuffer
+
+
+def readDirectly(
+    transport: object,
+    dataReceived: Callable[[bytes | memoryview], None],
+    target: ReadTarget | None = None,
+) -> bool:
     """
     Have the reactor hand what C{transport} reads straight to
-    C{dataReceived}, with one C{recv}, instead of through the transport's
-    general read (for Unix sockets a C{recvmsg} that looks for passed
-    descriptors) and the endpoint's wrapping protocol: fewer calls on every
-    hop of a round trip.  The transport ends the connection as it would
-    have, on end of file or an error.
+    C{dataReceived}, with one C{recv_into}, instead of through the
+    transport's general read (for Unix sockets a C{recvmsg} that looks for
+    passed descriptors) and the endpoint's wrapping protocol: fewer calls
+    on every hop of a round trip.  The transport ends the connection as it
+    would have, on end of file or an error.
+
+    C{dataReceived} is given a view of a buffer that the next read reuses:
+    it must copy what it keeps before it returns.  When C{target} offers a
+    view of its own (the rest of a large message), the read goes straight
+    there, and C{dataReceived} is given C{b""}.
 
     @return: whether it could; a transport it does not know, or any
         transport when the Twisted in use reads otherwise than the probe
@@ -335,19 +424,25 @@ def readDirectly(transport: object, dataReceived: Callable[[bytes], None]) -> bo
         or type(transport).doRead not in (_found or twistedEdge()).plainReads
     ):
         return False
-    receive = transport.socket.recv
-    size = transport.bufferSize
+    receiveInto = transport.socket.recv_into
+    buffer = _sharedReadBuffer()
+    readTarget = target.readTarget if target is not None else None
 
     def doRead() -> ConnectionDone | ConnectionLost | None:
+        into = readTarget() if readTarget is not None else None
         try:
-            data = receive(size)
+            count = receiveInto(buffer if into is None else into)
         except BlockingIOError:
             return None
         except OSError:
             return main.CONNECTION_LOST
-        if not data:
+        if not count:
             return main.CONNECTION_DONE
-        dataReceived(data)
+        if into is None:
+            dataReceived(buffer[:count])
+        else:
+            target.received(count)  # type: ignore[union-attr]
+            dataReceived(b"")
         return None
 
     # An attribute of the instance, found before the class's method by the

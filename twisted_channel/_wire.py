@@ -276,9 +276,20 @@ def decodeAck(body: bytes) -> int:
     return sequence
 
 
+#: A C{DATA} frame whose body is at least this large, and not whole in one
+#: read, is gathered in a buffer of its own, its exact size, instead of in
+#: the stream's buffer: what follows of it is copied (or read) into place
+#: once, never moved again as later reads are appended.
+LARGE_BODY: Final = 8192
+
+
 class FrameDecoder:
     """
     Split a byte stream into frames.
+
+    Bodies are copied out of what is fed, once, into the bytes returned;
+    nothing fed is kept beyond the call (an incomplete frame is copied), so
+    a reader may feed a view of a buffer it reuses.
 
     @ivar maxMessageSize: the largest C{DATA} body accepted; other kinds are
         bounded by L{MAX_CONTROL_BODY}.
@@ -287,16 +298,39 @@ class FrameDecoder:
     def __init__(self, maxMessageSize: int) -> None:
         self.maxMessageSize = maxMessageSize
         self._buffer = bytearray()
+        # The body of a large frame under way (see LARGE_BODY), and how
+        # much of it has arrived.
+        self._large: bytearray | None = None
+        self._largeFilled = 0
 
     @property
     def buffered(self) -> int:
         """
         How many bytes of incomplete frames are held.
         """
-        return len(self._buffer)
+        large = self._largeFilled + HEADER_SIZE if self._large is not None else 0
+        return len(self._buffer) + large
+
+    def readTarget(self) -> memoryview | None:
+        """
+        Where the next bytes read from the link may go directly, without
+        passing through the caller's buffer: the rest of a large frame's
+        body under way, or None.  Tell L{received} how many were put there.
+        """
+        large = self._large
+        if large is None:
+            return None
+        return memoryview(large)[self._largeFilled :]
+
+    def received(self, count: int) -> None:
+        """
+        C{count} bytes were read into L{readTarget}'s view; the next L{feed}
+        (C{b""} will do) returns the frame once it is whole.
+        """
+        self._largeFilled += count
 
     def feed(
-        self, data: bytes, maxFrames: int | None = None
+        self, data: bytes | bytearray | memoryview, maxFrames: int | None = None
     ) -> list[tuple[int, bytes]]:
         """
         Add bytes read from the link and return every frame they complete, in
@@ -310,21 +344,67 @@ class FrameDecoder:
         @raise ProtocolError: on an unknown kind or a frame over its limit.
             The decoder is then unusable: the link must be closed.
         """
+        frames: list[tuple[int, bytes]] = []
+        room = -1 if maxFrames is None else maxFrames
+        large = self._large
+        if large is not None:
+            filled = self._largeFilled
+            missing = len(large) - filled
+            if missing > 0 and data:
+                view = memoryview(data)
+                taken = min(missing, len(view))
+                large[filled : filled + taken] = view[:taken]
+                self._largeFilled = filled = filled + taken
+                data = view[taken:]
+            if filled < len(large):
+                return frames
+            self._large = None
+            self._largeFilled = 0
+            frames.append((DATA, bytes(large)))
+            room -= 1
         buffer = self._buffer
-        if buffer:
+        owned: memoryview | None = None
+        fromBuffer = bool(buffer)
+        if fromBuffer:
             buffer += data
-            source: bytes | bytearray = buffer
+            # A view, so that bodies are copied once (a slice of the
+            # bytearray would be copied again into bytes).
+            owned = memoryview(buffer)
+            source: bytes | memoryview = owned
+        elif type(data) is bytearray:
+            owned = memoryview(data)
+            source = owned
         else:
             # The common case: a read that starts on a frame boundary is
-            # parsed straight from the bytes object, copying only bodies.
-            source = data
-        frames: list[tuple[int, bytes]] = []
+            # parsed straight from what was read, copying only bodies.
+            source = data  # type: ignore[assignment]
+        try:
+            offset = self._split(source, frames, room)
+            if fromBuffer:
+                pass
+            elif offset < len(source):
+                buffer += source[offset:]
+        finally:
+            if owned is not None:
+                owned.release()
+        if fromBuffer:
+            del buffer[:offset]
+        return frames
+
+    def _split(
+        self, source: bytes | memoryview, frames: list[tuple[int, bytes]], room: int
+    ) -> int:
+        """
+        Append to C{frames} the frames whole in C{source}, at most C{room}
+        of them (-1: all); begin a large frame that is not.
+
+        @return: where the bytes not taken begin.
+        """
         append = frames.append
         unpack = _HEADER.unpack_from
         maxData = self.maxMessageSize + 1
         offset = 0
         end = len(source)
-        room = -1 if maxFrames is None else maxFrames
         while end - offset >= 5 and room != 0:
             length, kind = unpack(source, offset)
             if length == 0:
@@ -344,12 +424,14 @@ class FrameDecoder:
                 )
             stop = offset + 4 + length
             if stop > end:
+                if kind == DATA and length > LARGE_BODY:
+                    large = self._large = bytearray(length - 1)
+                    begun = end - offset - 5
+                    large[:begun] = source[offset + 5 : end]
+                    self._largeFilled = begun
+                    return end
                 break
             append((kind, bytes(source[offset + 5 : stop])))
             offset = stop
             room -= 1
-        if source is buffer:
-            del buffer[:offset]
-        elif offset < end:
-            buffer += source[offset:]
-        return frames
+        return offset
