@@ -523,9 +523,11 @@ class _HostLink(Protocol):
             frame = _HEADER.pack(size + 1, _DATA) + data
             outbox = session.outbox
             if outbox is not None:
-                # During a batch: it leaves with the acknowledgement.
+                # During a batch: it leaves with the acknowledgement, and
+                # the socket holds nothing of it yet.
                 outbox.append(frame)
                 session.outboxBytes += len(frame)
+                return
             else:
                 self.transport.write(frame)
         else:
