@@ -633,3 +633,44 @@ class _ClosingWrapper(ProtocolWrapper):
             super().connectionLost(reason)  # type: ignore[no-untyped-call]
         finally:
             self.factory.relay.close()
+
+
+async def hostAcrossMachines(
+    reactor: Any, name: str, coordinator: str, timeout: float
+) -> dict[str, Any]:
+    """
+    What etcd says of channel C{name}'s host across machines: for
+    C{twisted-channel status NAME --coordinator ...}.
+
+    @return: C{name}, C{coordinator}, C{hosted}, and while hosted the
+        host's C{term}, C{identity} (its machine), C{address} and C{pid}.
+    @raise ValueError: for a bad coordinator.
+    @raise EtcdError: if etcd cannot be asked.
+    """
+    from ._campaign import HostRecord as Record
+
+    client = EtcdClient(reactor, coordinator, timeout=timeout)
+    try:
+        current, _ = await client.get(electionKey(name))
+    finally:
+        await client.close()
+    answer: dict[str, Any] = {
+        "name": name,
+        "coordinator": str(client.coordinator),
+        "hosted": False,
+    }
+    if current is None:
+        return answer
+    try:
+        record = Record.decode(current.value)
+    except ValueError as e:
+        answer["error"] = f"the election key holds no host record: {e}"
+        return answer
+    answer.update(
+        hosted=True,
+        term=current.modRevision,
+        identity=record.identity,
+        address=record.address,
+        pid=record.pid,
+    )
+    return answer
