@@ -732,7 +732,7 @@ def test_failedBindIsRetriedSoonThenLessOften(
         assert not port._election.holding
         reactor.advance(delays[-1])
     assert delays == [0.01, 0.02, 0.04, 0.08]
-    assert port._rebindDelay == 0.01
+    assert port._electionRetry.delay == 0.01
     assert os.path.exists(port.paths.socket)
     stopped = port.stopListening()
     reactor.advance(0)

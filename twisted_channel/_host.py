@@ -41,6 +41,7 @@ from ._auth import (
 )
 from ._authexchange import FailureLimit
 from ._budget import BudgetedProducer, HostBudget
+from ._candidacy import ElectionRetry, ShutdownHandover
 from ._credentials import peerCredentials
 from ._directory import (
     ChannelPaths,
@@ -91,17 +92,6 @@ AUTH_FAILURE_WINDOW = 10.0
 
 #: Seconds between the pings a host sends to a client it stopped reading.
 KEEPALIVE_INTERVAL = 1.0
-
-#: Seconds a standby waits before trying again when it won the lock but
-#: could not bind the socket: at first briefly (on a full file system, the
-#: dead host's socket frees its inode only once the kernel has closed it,
-#: a few milliseconds after the lock was won), then up to a second.
-_REBIND_FIRST_DELAY = 0.01
-_REBIND_DELAY = 1.0
-
-#: Seconds the reactor's shutdown waits for a host to hand over (its links
-#: to close with their last acknowledgements).
-SHUTDOWN_HANDOVER_TIMEOUT = 1.0
 
 
 class _HostingTerm(DeliveryRecords):
@@ -533,9 +523,11 @@ class _HostLink(Protocol):
             frame = _HEADER.pack(size + 1, _DATA) + data
             outbox = session.outbox
             if outbox is not None:
-                # During a batch: it leaves with the acknowledgement.
+                # During a batch: it leaves with the acknowledgement, and
+                # the socket holds nothing of it yet.
                 outbox.append(frame)
                 session.outboxBytes += len(frame)
+                return
             else:
                 self.transport.write(frame)
         else:
@@ -684,10 +676,11 @@ class ChannelPort:
     socket and checking that it stays published is
     L{twisted_channel._publishing}, each link is a L{_HostLink} driving a
     L{HostSession}, the waiters and observers of the role are a
-    L{RoleWaiters}, failed authentications a L{FailureLimit}.  L{role}
-    changes only as the table L{twisted_channel._states.PORT} allows.  What
-    it keeps itself is what ties those together for one term: the term,
-    the retry timer after a failed bind, the shutdown trigger, the
+    L{RoleWaiters}, failed authentications a L{FailureLimit}, trying the
+    election again after a failed bind an L{ElectionRetry}, withdrawing
+    at the reactor's shutdown a L{ShutdownHandover}.  L{role} changes only
+    as the table L{twisted_channel._states.PORT} allows.  What it keeps
+    itself is what ties those together for one term: the term, the
     L{Publication} (the listening port and what checks that clients can
     still find it), and the L{StandbySocket} a standby holds ready to
     publish.
@@ -733,9 +726,8 @@ class ChannelPort:
         self._publication: Publication | None = None
         self._term: _HostingTerm | None = None
         self._roleWaiters = RoleWaiters(name)
-        self._rebind: IDelayedCall | None = None
-        self._rebindDelay = _REBIND_FIRST_DELAY
-        self._shutdownTrigger: object | None = None
+        self._electionRetry = ElectionRetry(reactor, self._retryElection)
+        self._shutdownHandover = ShutdownHandover(reactor, name, self._handOver)
         self._factoryStarted = False
 
     def __repr__(self) -> str:
@@ -803,7 +795,7 @@ class ChannelPort:
             self._standbySocket.discard()
             self.role = PORT[self.role, START_FAILED]
             raise
-        self._handOverAtShutdown()
+        self._shutdownHandover.arm()
         if self.role == STANDBY:
             _log.debug(
                 "channel {channel}: pid {pid} stands by",
@@ -811,35 +803,13 @@ class ChannelPort:
                 pid=os.getpid(),
             )
 
-    def _handOverAtShutdown(self) -> None:
+    def _handOver(self) -> Deferred[Any] | None:
         """
-        Stop listening when the reactor stops, so that a standby takes over
-        at once and the links close with their last acknowledgements,
-        rather than when the process has finished exiting.
+        Withdraw at the reactor's shutdown, unless withdrawn already.
         """
-        if self._shutdownTrigger is None:
-            addTrigger = getattr(self.reactor, "addSystemEventTrigger", None)
-            if addTrigger is not None:
-                self._shutdownTrigger = addTrigger(
-                    "before", "shutdown", self._reactorStopping
-                )
-
-    def _reactorStopping(self) -> Deferred[Any] | None:
-        self._shutdownTrigger = None
         if self.role == STOPPED:
             return None
-        stopped = self.stopListening()
-        # The reactor waits for the handover, but not for ever: a client
-        # that stopped reading would hold a link open.
-        stopped.addTimeout(SHUTDOWN_HANDOVER_TIMEOUT, self.clock)
-        stopped.addErrback(
-            lambda failure: _log.failure(
-                "channel {channel}: handing over at shutdown",
-                failure,
-                channel=self.name,
-            )
-        )
-        return stopped
+        return self.stopListening()
 
     def standAgain(self) -> None:
         """
@@ -847,7 +817,7 @@ class ChannelPort:
         process lost its link, in case the lock is free and the background
         wait has not woken yet.
         """
-        if self.role == STANDBY and self._rebind is None:
+        if self.role == STANDBY and not self._electionRetry.pending:
             try:
                 if self._election.tryNow():
                     self._elected()
@@ -886,11 +856,10 @@ class ChannelPort:
                 "channel {channel}: won the election but could not host; "
                 "trying again in {delay} s",
                 channel=self.name,
-                delay=self._retryLater(),
+                delay=self._electionRetry.later(),
             )
 
     def _retryElection(self) -> None:
-        self._rebind = None
         if self.role != STANDBY:
             return
         try:
@@ -900,17 +869,7 @@ class ChannelPort:
                 self._standBy()
         except Exception:
             _log.failure("channel {channel}: election failed", channel=self.name)
-            self._retryLater()
-
-    def _retryLater(self) -> float:
-        """
-        Try the election again after a delay that doubles with each failure;
-        return the delay.
-        """
-        delay = self._rebindDelay
-        self._rebindDelay = min(delay * 2, _REBIND_DELAY)
-        self._rebind = self.clock.callLater(delay, self._retryElection)
-        return delay
+            self._electionRetry.later()
 
     def _becomeHost(self, prepared: object = None) -> None:
         """
@@ -954,7 +913,7 @@ class ChannelPort:
         )
         self._term = term
         self.role = PORT[self.role, ELECTED]
-        self._rebindDelay = _REBIND_FIRST_DELAY
+        self._electionRetry.succeeded()
         self._publication.start()
         _log.info(
             "channel {channel}: pid {pid} hosts at {path}",
@@ -1008,12 +967,8 @@ class ChannelPort:
 
         @return: a Deferred that fires when all of that is done.
         """
-        if self._rebind is not None and self._rebind.active():
-            self._rebind.cancel()
-        self._rebind = None
-        trigger, self._shutdownTrigger = self._shutdownTrigger, None
-        if trigger is not None:
-            self.reactor.removeSystemEventTrigger(trigger)
+        self._electionRetry.cancel()
+        self._shutdownHandover.disarm()
         wasHosting = self.role == HOST
         self.role = PORT[self.role, WITHDRAWN]
         if not wasHosting:
