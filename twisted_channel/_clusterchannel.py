@@ -492,7 +492,10 @@ class ClusterPort:
         wasHost = self.role == HOST
         self.role = "stopped"
         election, self._election = self._election, None
-        self.local.removeRoleObserver(self._localRole)
+        try:
+            self.local.removeRoleObserver(self._localRole)
+        except ValueError:
+            pass  # startListening failed before observing
         self._splices.cutAll()
         done: Deferred[Any] = succeed(None) if election is None else election.stop()
 
