@@ -305,7 +305,7 @@ async def ampRun(
             [defer.ensureDeferred(worker()) for _ in range(window)]
         )
         await killing
-        client.transport.loseConnection()
+        await closeWhileHosted(client.transport)
         figures.kills = hosts.kills
     runs: Counter[int] = Counter()
     with open(record, "rb") as f:
@@ -432,6 +432,20 @@ async def rss(child: Any) -> int:
             return int(lines[-1].split()[1])
         await sleep(0.01)
     raise AssertionError("the host did not say its RSS")
+
+
+async def closeWhileHosted(transport: Any, timeout: float = 10.0) -> None:
+    """
+    Close a client's connection while its hosts still run (it waits for
+    their acknowledgements), so that it does not outlive the run.
+    """
+    transport.loseConnection()
+    deadline = time.monotonic() + timeout
+    while not transport.disconnected and time.monotonic() < deadline:
+        await sleep(0.01)
+    if not transport.disconnected:
+        transport.abortConnection()
+        await sleep(0)
 
 
 def table(agents: dict[str, AgentFigures], amps: dict[str, AmpFigures]) -> str:

@@ -217,6 +217,11 @@ def buildParser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to wait for the host's answer (default 2)",
     )
+    status.add_argument(
+        "--coordinator",
+        metavar="etcd://HOST:PORT[,...]",
+        help="ask etcd for the host across machines instead (see docs/cluster.md)",
+    )
     status.set_defaults(run=commandStatus)
 
     listen = commands.add_parser(
@@ -332,6 +337,8 @@ def commandStatus(options: argparse.Namespace) -> int:
     """
     from ._status import StatusError, queryStatus
 
+    if options.coordinator is not None:
+        return _statusAcrossMachines(options)
     try:
         status = queryStatus(
             options.name, options.directory, options.timeout, options.transport
@@ -360,6 +367,40 @@ def commandStatus(options: argparse.Namespace) -> int:
     else:
         _describe(status, sys.stdout)
     return OK if status["hosted"] and status["responding"] else NO
+
+
+def _statusAcrossMachines(options: argparse.Namespace) -> int:
+    """
+    C{twisted-channel status NAME --coordinator etcd://...}: the host etcd
+    names, its machine and its term.
+    """
+    from twisted.internet.defer import Deferred
+
+    from ._clusterchannel import hostAcrossMachines
+
+    def main(reactor: Any) -> Deferred[int]:
+        async def ask() -> int:
+            status = await hostAcrossMachines(
+                reactor, options.name, options.coordinator, options.timeout
+            )
+            if options.json:
+                print(json.dumps(status, sort_keys=True))
+            elif status["hosted"]:
+                print(
+                    f"channel {options.name}: hosted by pid {status['pid']} on "
+                    f"machine {status['identity']} at {status['address']}, "
+                    f"term {status['term']}"
+                )
+            else:
+                print(
+                    f"channel {options.name}: not hosted"
+                    + (f" ({status['error']})" if "error" in status else "")
+                )
+            return OK if status["hosted"] else NO
+
+        return Deferred.fromCoroutine(ask())
+
+    return _runReactor("status", main)
 
 
 # listen and send

@@ -186,6 +186,8 @@ class _Half(Protocol):
     """
 
     partner: _Half | None = None
+    #: Called with this end when its connection ends.
+    onLost: Any = None
 
     def __init__(self, onMade: Any = None) -> None:
         self._onMade = onMade
@@ -221,6 +223,8 @@ class _Half(Protocol):
                 partner.transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.onLost is not None:
+            self.onLost(self)
         partner, self.partner = self.partner, None
         if partner is not None:
             partner.partner = None
@@ -274,6 +278,7 @@ class _SpliceFactory(Factory):
 
     def _made(self, accepted: _Half) -> None:
         self.live.add(accepted)
+        accepted.onLost = self.live.discard
 
         def joined(partner: _Half) -> None:
             if accepted.transport is None or not accepted.connected:
@@ -293,21 +298,6 @@ class _SpliceFactory(Factory):
         live, self.live = self.live, set()
         for half in live:
             half.cut()
-
-
-def _dialed(connecting: Deferred[Any]) -> Deferred[_Half]:
-    """
-    A Deferred firing with the partner half once its connection (after
-    the TLS handshake, over TLS) is made.
-    """
-    made: Deferred[_Half] = Deferred()
-
-    def failed(reason: Failure) -> None:
-        if not made.called:
-            made.errback(reason)
-
-    connecting.addErrback(failed)
-    return made
 
 
 @implementer(IListeningPort)
@@ -502,7 +492,10 @@ class ClusterPort:
         wasHost = self.role == HOST
         self.role = "stopped"
         election, self._election = self._election, None
-        self.local.removeRoleObserver(self._localRole)
+        try:
+            self.local.removeRoleObserver(self._localRole)
+        except ValueError:
+            pass  # startListening failed before observing
         self._splices.cutAll()
         done: Deferred[Any] = succeed(None) if election is None else election.stop()
 
@@ -643,3 +636,44 @@ class _ClosingWrapper(ProtocolWrapper):
             super().connectionLost(reason)  # type: ignore[no-untyped-call]
         finally:
             self.factory.relay.close()
+
+
+async def hostAcrossMachines(
+    reactor: Any, name: str, coordinator: str, timeout: float
+) -> dict[str, Any]:
+    """
+    What etcd says of channel C{name}'s host across machines: for
+    C{twisted-channel status NAME --coordinator ...}.
+
+    @return: C{name}, C{coordinator}, C{hosted}, and while hosted the
+        host's C{term}, C{identity} (its machine), C{address} and C{pid}.
+    @raise ValueError: for a bad coordinator.
+    @raise EtcdError: if etcd cannot be asked.
+    """
+    from ._campaign import HostRecord as Record
+
+    client = EtcdClient(reactor, coordinator, timeout=timeout)
+    try:
+        current, _ = await client.get(electionKey(name))
+    finally:
+        await client.close()
+    answer: dict[str, Any] = {
+        "name": name,
+        "coordinator": str(client.coordinator),
+        "hosted": False,
+    }
+    if current is None:
+        return answer
+    try:
+        record = Record.decode(current.value)
+    except ValueError as e:
+        answer["error"] = f"the election key holds no host record: {e}"
+        return answer
+    answer.update(
+        hosted=True,
+        term=current.modRevision,
+        identity=record.identity,
+        address=record.address,
+        pid=record.pid,
+    )
+    return answer

@@ -119,7 +119,8 @@ class _LinkTransport(SocketOptions):
     Like Twisted's own stream transports it has C{disconnecting},
     C{connected}, C{disconnected}, C{getHandle()} (the link's socket),
     L{IPushProducer} (the client's messages) and L{IConsumer} (streaming and
-    pull producers, driven by the link's socket), and takes
+    pull producers, driven by the link's socket and held back by the host's
+    budget), and takes
     C{setTcpNoDelay} and C{setTcpKeepAlive} as harmless calls.
     """
 
@@ -523,9 +524,11 @@ class _HostLink(Protocol):
             frame = _HEADER.pack(size + 1, _DATA) + data
             outbox = session.outbox
             if outbox is not None:
-                # During a batch: it leaves with the acknowledgement.
+                # During a batch: it leaves with the acknowledgement, and
+                # the socket holds nothing of it yet.
                 outbox.append(frame)
                 session.outboxBytes += len(frame)
+                return
             else:
                 self.transport.write(frame)
         else:

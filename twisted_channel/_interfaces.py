@@ -91,6 +91,8 @@ class ChannelClosedError(Exception):
 class ChannelBufferFullError(Exception):
     """
     A write would make a client hold more unacknowledged bytes than its
-    C{maxBufferSize}.  Nothing was buffered; register a producer to be
-    paused before the cap is reached.
+    C{maxBufferSize}, or a host hold more unsent bytes than its
+    C{maxBufferSize} for one link or its C{maxHostBufferSize} for all of
+    them.  Nothing was buffered; register a producer to be paused before
+    the cap is reached.
     """

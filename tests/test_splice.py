@@ -1,0 +1,135 @@
+"""
+The splices that carry a channel's links between machines, over real
+loopback sockets: bytes go both ways unchanged, a link that ends is
+forgotten, cutting ends both sides at once, a refused dial closes the
+accepted link.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+
+from twisted_channel._clusterchannel import _Half, _HalfFactory, _SpliceFactory
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+class Client(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: Deferred[None] = Deferred()
+        self.arrived: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if not self.arrived.called:
+            self.arrived.callback(None)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost.callback(None)
+
+
+async def _rig(refuse: bool = False) -> tuple[_SpliceFactory, Client, list[Any]]:
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+
+    echo = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        Factory.forProtocol(Echo)
+    )
+
+    def dial() -> Deferred[_Half]:
+        made: Deferred[_Half] = Deferred()
+        port = 1 if refuse else echo.getHost().port
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
+            _HalfFactory(made.callback)
+        ).addErrback(made.errback)
+        return made
+
+    splices = _SpliceFactory(dial, lambda: True)
+    front = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(splices)
+    client = await TCP4ClientEndpoint(
+        reactor, "127.0.0.1", front.getHost().port
+    ).connect(Factory.forProtocol(Client))
+    return splices, client, [echo, front]
+
+
+async def _stop(ports: list[Any]) -> None:
+    for port in ports:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bytesBothWaysThenForgotten() -> None:
+    """
+    60 kB go through and come back unchanged; once the link ends, the
+    splicer holds nothing of it.
+    """
+    from twisted.internet import reactor
+
+    splices, client, ports = await _rig()
+    try:
+        client.transport.write(b"hello " * 10000)  # type: ignore[union-attr]
+        while len(client.received) < 60000:
+            client.arrived = Deferred()
+            await client.arrived.addTimeout(10, reactor)
+        assert client.received == b"hello " * 10000
+        assert len(splices.live) == 1
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await client.lost.addTimeout(10, reactor)
+        for _ in range(100):
+            if not splices.live:
+                break
+            await Deferred.fromCoroutine(_tick())
+        assert splices.live == set()
+    finally:
+        await _stop(ports)
+
+
+@pytest_twisted.ensureDeferred
+async def test_cutEndsBoth() -> None:
+    """
+    Cutting (a host stepping down) ends the accepted link at once.
+    """
+    from twisted.internet import reactor
+
+    splices, client, ports = await _rig()
+    try:
+        client.transport.write(b"x")  # type: ignore[union-attr]
+        await client.arrived.addTimeout(10, reactor)
+        splices.cutAll()
+        await client.lost.addTimeout(10, reactor)
+        assert splices.live == set()
+    finally:
+        await _stop(ports)
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusedDialClosesTheLink() -> None:
+    """
+    A partner that cannot be reached closes the accepted link, unread.
+    """
+    from twisted.internet import reactor
+
+    splices, client, ports = await _rig(refuse=True)
+    try:
+        await client.lost.addTimeout(10, reactor)
+        assert client.received == b"" and splices.live == set()
+    finally:
+        await _stop(ports)
+
+
+async def _tick() -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, 0.01)  # type: ignore[arg-type]
