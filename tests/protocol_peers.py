@@ -15,9 +15,11 @@ Run as ``python protocol_peers.py MODE --dir D --name N [--transport T]
 - ``amp --record R``: AMP responders ``Double`` (answered at once) and
   ``DoubleLater`` (through a Deferred, 5 ms later); each call run is
   recorded as a line ``<pid> <n>`` in R, with one C{write(2)} before it
-  answers.
+  answers.  With ``--ask`` the host also calls each client that connects
+  (``DoubleLater`` with its own pid) and records the answer as ``answer
+  <pid> <doubled>``.
 
-Options: ``--maxHostBufferSize``, ``--maxBufferSize`` (endpoint options).
+Options: ``--option KEY=VALUE`` (an endpoint option, repeatable).
 It prints ``ROLE host`` / ``ROLE standby`` as its role changes, and ``RSS
 <kB>`` when it reads ``rss`` on standard input; the end of its standard
 input ends it, so that it never outlives the test.
@@ -100,7 +102,18 @@ def ampFactory(options: argparse.Namespace) -> Any:
             os.write(record, b"%d %d\n" % (pid, n))
             return deferLater(reactor, 0.005, lambda: {"doubled": n * 2})
 
-    return Factory.forProtocol(Doubler)
+    class Asking(Doubler):
+        def connectionMade(self) -> None:
+            super().connectionMade()
+
+            def answered(answer: dict[str, int]) -> None:
+                os.write(record, b"answer %d %d\n" % (pid, answer["doubled"]))
+
+            self.callRemote(DoubleLater, n=pid).addCallbacks(
+                answered, lambda failure: None
+            )
+
+    return Factory.forProtocol(Asking if options.ask else Doubler)
 
 
 def fetch(reactor: Any, description: str, path: str) -> None:
@@ -142,6 +155,7 @@ def main() -> None:
     parser.add_argument("--path")
     parser.add_argument("--record")
     parser.add_argument("--option", action="append", default=[])
+    parser.add_argument("--ask", action="store_true")
     options = parser.parse_args()
     if options.reactor == "asyncio":
         from twisted.internet import asyncioreactor

@@ -3,8 +3,8 @@ Twisted's own protocols over a channel, host and client in this process
 over real sockets, over both of the channel's transports: twisted.web
 (static files through the producer path, a resource answering through a
 Deferred, keep-alive, a request without a Host header, Agent and treq),
-AMP both ways, the line and string receivers, and the wrappers of
-twisted.protocols.policies.
+AMP both ways, the line and string receivers, the wrappers of
+twisted.protocols.policies, and an IRC client and server.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server, static
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.iweb import IAgentEndpointFactory
+from twisted.words.protocols import irc
 from zope.interface import implementer
 
 pytestmark = pytest.mark.timeout(120)
@@ -495,3 +496,49 @@ async def test_idleTimeouts(channel: Channel, how: str) -> None:
     await within(client.lost, 5)
     assert client.reason is not None and client.reason.check(error.ConnectionDone)
     assert len(client.received) == 4
+
+
+# twisted.words: IRC
+
+
+class IRCServer(irc.IRC):
+    """
+    Just enough of a server: welcomes a user and echoes private messages
+    back to their sender.
+    """
+
+    nickname = b""
+
+    def irc_NICK(self, prefix: str, params: list[str]) -> None:
+        self.nickname = params[0]
+
+    def irc_USER(self, prefix: str, params: list[str]) -> None:
+        self.sendMessage(irc.RPL_WELCOME, self.nickname, ":welcome")
+
+    def irc_PRIVMSG(self, prefix: str, params: list[str]) -> None:
+        self.sendMessage(
+            "PRIVMSG", self.nickname, ":" + params[1].upper(), prefix="echo!echo@host"
+        )
+
+
+class IRCUser(irc.IRCClient):
+    nickname = "alice"
+
+    def __init__(self) -> None:
+        self.welcomed: Deferred[None] = Deferred()
+        self.heard: Deferred[str] = Deferred()
+
+    def signedOn(self) -> None:
+        self.welcomed.callback(None)
+
+    def privmsg(self, user: str, channel: str, message: str) -> None:
+        self.heard.callback(message)
+
+
+@pytest_twisted.ensureDeferred
+async def test_irc(channel: Channel) -> None:
+    await channel.serve("irc", Factory.forProtocol(IRCServer))
+    client = await channel.connect("irc", ClientFactory.forProtocol(IRCUser))
+    await within(client.welcomed)
+    client.msg("echo", "hello")
+    assert await within(client.heard) == "HELLO"

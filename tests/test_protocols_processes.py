@@ -21,6 +21,7 @@ from twisted.protocols import amp
 from twisted.web.client import Agent, readBody
 
 from twisted_channel import ChannelHostLostError
+from twisted_channel.amp import ChannelAMP
 from twisted_channel.testing import ChannelProcesses
 
 from .protocol_chaos import (
@@ -29,6 +30,7 @@ from .protocol_chaos import (
     agentRun,
     ampRun,
     budgetRun,
+    closeWhileHosted,
     sleep,
 )
 from .protocol_commands import DoubleLater
@@ -192,3 +194,64 @@ async def test_hostStaysWithinItsBudgetWithFrozenClients(
     asked = figures.frozen * figures.bodySize // 1024
     assert figures.growthKiB < figures.budget // 1024 + 12 * 1024, (figures, asked)
     assert figures.othersServed == figures.othersAsked == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_answerToADeadHostsCallIsNotGivenToTheNext(
+    channelDirectory: str, transportKind: str, reactorName: str
+) -> None:
+    """
+    A host calls its ChannelAMP client and dies before the answer; the next
+    host calls the client too, with the same AMP tag.  It gets its own
+    answer, not the one meant for the dead host.
+    """
+    from twisted.internet import reactor
+
+    record = os.path.join(channelDirectory, "runs")
+    with ChannelProcesses(channelDirectory, reactorName, transportKind) as processes:
+        hosts = Hosts(processes, "calls", "amp", ["--record", record, "--ask"])
+        first = await hosts.host()
+        client = await clientFromString(
+            reactor,
+            f"channel:calls:dir={channelDirectory}:transport={transportKind}",
+        ).connect(ClientFactory.forProtocol(SlowClient))
+        await within(client.asked, 20)
+        await hosts.killHost()
+        second = await hosts.host()
+        for _ in range(3000):
+            if os.path.exists(record) and b"answer" in open(record, "rb").read():
+                break
+            await sleep(0.01)
+        await sleep(SlowClient.delay * 2)
+        await closeWhileHosted(client.transport)
+    with open(record, "rb") as f:
+        answers = [line.split() for line in f if line.startswith(b"answer")]
+    assert answers == [[b"answer", b"%d" % second.pid, b"%d" % (2 * second.pid)]]
+    assert first.pid != second.pid
+
+
+class SlowClient(ChannelAMP):
+    """
+    Answers the host's calls 0.3 s later.
+    """
+
+    delay = 0.3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: defer.Deferred[None] = defer.Deferred()
+
+    @DoubleLater.responder
+    def doubleLater(self, n: int) -> Any:
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        if not self.asked.called:
+            self.asked.callback(None)
+        return deferLater(reactor, self.delay, lambda: {"doubled": 2 * n})
+
+
+async def within(waiter: defer.Deferred[Any], seconds: float) -> Any:
+    from twisted.internet import reactor
+
+    return await waiter.addTimeout(seconds, reactor)

@@ -119,7 +119,8 @@ class _LinkTransport(SocketOptions):
     Like Twisted's own stream transports it has C{disconnecting},
     C{connected}, C{disconnected}, C{getHandle()} (the link's socket),
     L{IPushProducer} (the client's messages) and L{IConsumer} (streaming and
-    pull producers, driven by the link's socket), and takes
+    pull producers, driven by the link's socket and held back by the host's
+    budget), and takes
     C{setTcpNoDelay} and C{setTcpKeepAlive} as harmless calls.
     """
 

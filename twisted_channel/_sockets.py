@@ -367,6 +367,9 @@ class ReadTarget(typing.Protocol):
     L{twisted_channel._wire.FrameDecoder}.
     """
 
+    #: Whether L{readTarget} has a view to offer.
+    largeUnderWay: bool
+
     def readTarget(self) -> memoryview | None:
         """
         A view to read into directly, or None.
@@ -395,6 +398,23 @@ def _sharedReadBuffer() -> memoryview:
     if _readBuffer is None:
         _readBuffer = memoryview(bytearray(READ_BUFFER_SIZE))
     return _readBuffer
+
+
+class _NoTarget:
+    """
+    Where a reader with no frame decoder reads: always its buffer.
+    """
+
+    largeUnderWay = False
+
+    def readTarget(self) -> memoryview | None:
+        return None
+
+    def received(self, count: int) -> None:
+        pass
+
+
+_NO_TARGET = _NoTarget()
 
 
 def readDirectly(
@@ -426,10 +446,11 @@ def readDirectly(
         return False
     receiveInto = transport.socket.recv_into
     buffer = _sharedReadBuffer()
-    readTarget = target.readTarget if target is not None else None
+    if target is None:
+        target = _NO_TARGET
 
     def doRead() -> ConnectionDone | ConnectionLost | None:
-        into = readTarget() if readTarget is not None else None
+        into = target.readTarget() if target.largeUnderWay else None
         try:
             count = receiveInto(buffer if into is None else into)
         except BlockingIOError:
@@ -441,7 +462,7 @@ def readDirectly(
         if into is None:
             dataReceived(buffer[:count])
         else:
-            target.received(count)  # type: ignore[union-attr]
+            target.received(count)
             dataReceived(b"")
         return None
 

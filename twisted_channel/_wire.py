@@ -302,6 +302,9 @@ class FrameDecoder:
         # much of it has arrived.
         self._large: bytearray | None = None
         self._largeFilled = 0
+        #: Whether a large message is under way: L{readTarget} has a view.
+        #: An attribute, so that a reader looks without a call per read.
+        self.largeUnderWay = False
 
     @property
     def buffered(self) -> int:
@@ -346,8 +349,9 @@ class FrameDecoder:
         """
         frames: list[tuple[int, bytes]] = []
         room = -1 if maxFrames is None else maxFrames
-        large = self._large
-        if large is not None:
+        if self.largeUnderWay:
+            large = self._large
+            assert large is not None
             filled = self._largeFilled
             missing = len(large) - filled
             if missing > 0 and data:
@@ -360,78 +364,65 @@ class FrameDecoder:
                 return frames
             self._large = None
             self._largeFilled = 0
+            self.largeUnderWay = False
             frames.append((DATA, bytes(large)))
             room -= 1
         buffer = self._buffer
         owned: memoryview | None = None
-        fromBuffer = bool(buffer)
-        if fromBuffer:
+        if buffer:
             buffer += data
             # A view, so that bodies are copied once (a slice of the
             # bytearray would be copied again into bytes).
             owned = memoryview(buffer)
-            source: bytes | memoryview = owned
-        elif type(data) is bytearray:
-            owned = memoryview(data)
-            source = owned
+            source: bytes | bytearray | memoryview = owned
         else:
             # The common case: a read that starts on a frame boundary is
-            # parsed straight from what was read, copying only bodies.
-            source = data  # type: ignore[assignment]
-        try:
-            offset = self._split(source, frames, room)
-            if fromBuffer:
-                pass
-            elif offset < len(source):
-                buffer += source[offset:]
-        finally:
-            if owned is not None:
-                owned.release()
-        if fromBuffer:
-            del buffer[:offset]
-        return frames
-
-    def _split(
-        self, source: bytes | memoryview, frames: list[tuple[int, bytes]], room: int
-    ) -> int:
-        """
-        Append to C{frames} the frames whole in C{source}, at most C{room}
-        of them (-1: all); begin a large frame that is not.
-
-        @return: where the bytes not taken begin.
-        """
+            # parsed straight from what was read (bytes, or a view of the
+            # reader's buffer), copying only bodies.
+            source = data
         append = frames.append
         unpack = _HEADER.unpack_from
         maxData = self.maxMessageSize + 1
         offset = 0
         end = len(source)
-        while end - offset >= 5 and room != 0:
-            length, kind = unpack(source, offset)
-            if length == 0:
-                raise ProtocolError("frame length of 0 leaves no room for its kind")
-            if kind == DATA:
-                if length > maxData:
+        try:
+            while end - offset >= 5 and room != 0:
+                length, kind = unpack(source, offset)
+                if length == 0:
+                    raise ProtocolError("frame length of 0 leaves no room for its kind")
+                if kind == DATA:
+                    if length > maxData:
+                        raise ProtocolError(
+                            f"message of {length - 1} bytes is over the limit "
+                            f"of {self.maxMessageSize} bytes"
+                        )
+                elif kind not in KNOWN_KINDS:
+                    raise ProtocolError(f"unknown frame kind {kind}")
+                elif length > MAX_CONTROL_BODY + 1:
                     raise ProtocolError(
-                        f"message of {length - 1} bytes is over the limit of "
-                        f"{self.maxMessageSize} bytes"
+                        f"control frame of kind {kind} is {length - 1} bytes "
+                        f"long, over the limit of {MAX_CONTROL_BODY}"
                     )
-            elif kind not in KNOWN_KINDS:
-                raise ProtocolError(f"unknown frame kind {kind}")
-            elif length > MAX_CONTROL_BODY + 1:
-                raise ProtocolError(
-                    f"control frame of kind {kind} is {length - 1} bytes long, "
-                    f"over the limit of {MAX_CONTROL_BODY}"
-                )
-            stop = offset + 4 + length
-            if stop > end:
-                if kind == DATA and length > LARGE_BODY:
-                    large = self._large = bytearray(length - 1)
-                    begun = end - offset - 5
-                    large[:begun] = source[offset + 5 : end]
-                    self._largeFilled = begun
-                    return end
-                break
-            append((kind, bytes(source[offset + 5 : stop])))
-            offset = stop
-            room -= 1
-        return offset
+                stop = offset + 4 + length
+                if stop > end:
+                    if kind == DATA and length > LARGE_BODY:
+                        # Its own buffer, its exact size: the rest of it is
+                        # copied (or read) into place once.
+                        large = self._large = bytearray(length - 1)
+                        begun = end - offset - 5
+                        large[:begun] = source[offset + 5 : end]
+                        self._largeFilled = begun
+                        self.largeUnderWay = True
+                        offset = end
+                    break
+                append((kind, bytes(source[offset + 5 : stop])))
+                offset = stop
+                room -= 1
+            if owned is None and offset < end:
+                buffer += source[offset:]
+        finally:
+            if owned is not None:
+                owned.release()
+        if owned is not None:
+            del buffer[:offset]
+        return frames
