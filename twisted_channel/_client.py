@@ -306,6 +306,10 @@ class ChannelClientTransport(SocketOptions):
     @ivar disconnecting: whether L{loseConnection} (or L{abortConnection})
         was called, or the connection ended.
     @ivar pending: the messages no host has acknowledged yet.
+    @ivar reconnection: how the host is found, and found again.
+    @ivar readingPaused: whether the application paused reading the host's
+        messages (L{pauseProducing}); a silent host is not judged frozen
+        meanwhile.
 
     Like Twisted's own stream transports it also has C{connected} and
     C{disconnected} (of the logical connection, not of the link beneath),
@@ -332,10 +336,6 @@ class ChannelClientTransport(SocketOptions):
     and handed to the reconnection when the link is lost); and the
     producers either way (C{_producer}, a L{_RegisteredProducer}, and
     L{readingPaused}).
-
-    @ivar readingPaused: whether the application paused reading the host's
-        messages (L{pauseProducing}); a silent host is not judged frozen
-        meanwhile.
     """
 
     disconnecting = False
