@@ -255,7 +255,9 @@ def bufferedBytes(transport: object) -> int:
     edge = _found or twistedEdge()
     if not edge.bufferAccounting:
         return 0
-    return _countBuffered(transport)
+    # _countBuffered, inlined (as in pushToKernel and sendNow): these run on
+    # every hop of a round trip.
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
 def pushToKernel(transport: object) -> None:
@@ -272,7 +274,8 @@ def pushToKernel(transport: object) -> None:
         not isinstance(transport, abstract.FileDescriptor)
         or not transport.connected
         or transport.disconnecting
-        or not bufferedBytes(transport)
+        or not (_found or twistedEdge()).bufferAccounting
+        or not (len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
     ):
         return
     transport.doWrite()
@@ -292,7 +295,7 @@ def sendNow(transport: object, data: bytes) -> None:
         or not transport.connected
         or transport.disconnecting
         or transport._writeDisconnected
-        or _countBuffered(transport)
+        or len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     ):
         transport.write(data)  # type: ignore[attr-defined]
         return
