@@ -327,7 +327,9 @@ class ChannelClientTransport(SocketOptions):
     its L{reconnection}, a L{Reconnection}, told when a link comes up or
     is lost; reads and writes record the host's news and the messages
     waiting for it in the reconnection's L{ClientDeadlines}
-    (C{_deadlines}).  Beside them this class keeps more than a handful of
+    (C{_deadlines}).  The Deferreds of L{whenConnected} and the
+    protocol's L{IChannelLinkObserver} calls are a L{LinkWaiters}
+    (C{_linkWaiters}).  Beside them this class keeps more than a handful of
     private attributes, in groups that do not interact: the batch being
     written (C{_outgoing}, C{_outgoingLarge}, C{_flushCall}, C{_inRead}),
     kept here because C{write} is the hottest path there is and must not
