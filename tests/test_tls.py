@@ -258,6 +258,22 @@ async def test_strangerRefused(certificates: dict[str, str], who: str) -> None:
     assert any("refused a TLS peer" in str(e.get("log_format")) for e in logged)
 
 
+async def _clientRefusedHost(
+    clientFactory: VerifiedTLSFactory, client: Side, host: Side
+) -> None:
+    """
+    Wait until the client refused the host; then neither application saw
+    anything of the other.
+    """
+    for _ in range(200):
+        if clientFactory.refused:
+            break
+        await _sleep(0.025)
+    assert clientFactory.refused == 1
+    assert client.events == []
+    assert [e for e in host.events if e[0] == "data"] == []
+
+
 @pytest_twisted.ensureDeferred
 async def test_wrongMachineRefused(certificates: dict[str, str]) -> None:
     """
@@ -271,13 +287,7 @@ async def test_wrongMachineRefused(certificates: dict[str, str]) -> None:
         a, a.clientOptions("b"), expectedIdentity="b"
     )
     try:
-        for _ in range(200):
-            if clientFactory.refused:
-                break
-            await _sleep(0.025)
-        assert clientFactory.refused == 1
-        assert client.events == []
-        assert [e for e in host.events if e[0] == "data"] == []
+        await _clientRefusedHost(clientFactory, client, host)
     finally:
         await port.stopListening()
         await _sleep(0.05)
@@ -347,13 +357,7 @@ async def test_expectedIdentityCheckedAfterHandshake(
         a, b.clientOptions("a"), expectedIdentity="b"
     )
     try:
-        for _ in range(200):
-            if clientFactory.refused:
-                break
-            await _sleep(0.025)
-        assert clientFactory.refused == 1
-        assert client.events == []
-        assert [e for e in host.events if e[0] == "data"] == []
+        await _clientRefusedHost(clientFactory, client, host)
     finally:
         await port.stopListening()
         await _sleep(0.05)

@@ -90,7 +90,7 @@ def endpointArguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str
             f"channel endpoint takes one name then key=value options; "
             f"unexpected {extra}"
         )
-    from ._clusterchannel import CLUSTER_OPTIONS, parseClusterOption
+    from ._clusteroptions import CLUSTER_OPTIONS, parseClusterOption
     from ._directory import checkName
 
     result: dict[str, Any] = {"name": checkName(_text(args[0], "name"))}
