@@ -534,6 +534,7 @@ def test_reusedBufferAndOwnBuffer(
             if target is not None:
                 taken = min(len(target), len(chunk))
                 target[:taken] = chunk[:taken]
+                target.release()
                 decoder.received(taken)
                 got.extend(decoder.feed(b""))
             else:
@@ -563,7 +564,8 @@ def test_largeMessageBufferedCount() -> None:
     target = decoder.readTarget()
     assert target is not None and len(target) == len(frame) - 1000
     target[:] = frame[1000:]
-    decoder.received(len(target))
+    target.release()
+    decoder.received(len(frame) - 1000)
     assert decoder.feed(_wire.encodeAck(1)) == [
         (DATA, body),
         (ACK, struct.pack(">Q", 1)),
@@ -596,3 +598,44 @@ def test_oversizedLargeMessageRefusedBeforeBuffering() -> None:
     with pytest.raises(ProtocolError):
         decoder.feed(header + b"z" * 10)
     assert decoder.readTarget() is None
+
+
+def test_largeMessageBufferGrowsWithWhatArrives() -> None:
+    """
+    A peer that announces a large message makes the decoder hold about
+    what it sent, not the size it announced; the buffer grows as the
+    message arrives, whether copied in by L{FrameDecoder.feed} or read into
+    L{FrameDecoder.readTarget}'s view, and the message comes out whole.
+    """
+    size = 8 << 20
+    body = bytes(i % 253 for i in range(size))
+    frame = _wire.encodeFrame(DATA, body)
+    decoder = FrameDecoder(size)
+    assert decoder.feed(frame[:100]) == []
+    target = decoder.readTarget()
+    assert target is not None and len(target) <= 512 * 1024
+    target.release()
+    position = 100
+    step = 100_000
+    while position < len(frame):
+        if (position // step) % 2:
+            got = decoder.feed(frame[position : position + step])
+        else:
+            target = decoder.readTarget()
+            assert target is not None
+            taken = min(len(target), step)
+            target[:taken] = frame[position : position + taken]
+            target.release()
+            decoder.received(taken)
+            got = decoder.feed(b"")
+            step = taken
+        position += step
+        step = 100_000
+        held = decoder.buffered
+        if position < len(frame):
+            assert got == []
+            assert decoder.readTarget() is not None
+            assert held == position
+            assert sum(map(len, decoder._pieces)) <= 2 * position + 512 * 1024
+    assert got == [(DATA, body)]
+    assert decoder.buffered == 0

@@ -282,6 +282,13 @@ def decodeAck(body: bytes) -> int:
 #: once, never moved again as later reads are appended.
 LARGE_BODY: Final = 8192
 
+#: A large message is gathered in pieces: the first holds at most this
+#: much beyond what has arrived, each next one as much as has arrived, so
+#: that a peer that announces a large message makes its reader hold about
+#: twice what it sent, not the size it announced.  Pieces are never moved
+#: once made; joining them is the message's one copy.
+_LARGE_FIRST = 256 * 1024
+
 
 class FrameDecoder:
     """
@@ -293,17 +300,21 @@ class FrameDecoder:
 
     @ivar maxMessageSize: the largest C{DATA} body accepted; other kinds are
         bounded by L{MAX_CONTROL_BODY}.
+    @ivar largeUnderWay: whether a large message is under way, and
+        L{readTarget} has a view to offer (an attribute, so that a reader
+        looks without a call per read).
     """
 
     def __init__(self, maxMessageSize: int) -> None:
         self.maxMessageSize = maxMessageSize
         self._buffer = bytearray()
-        # The body of a large frame under way (see LARGE_BODY), and how
-        # much of it has arrived.
-        self._large: bytearray | None = None
+        # A large frame under way (see LARGE_BODY): its body's pieces, the
+        # size announced, how much has arrived, and how much of the last
+        # piece is filled.
+        self._pieces: list[bytearray] = []
+        self._largeSize = 0
         self._largeFilled = 0
-        #: Whether a large message is under way: L{readTarget} has a view.
-        #: An attribute, so that a reader looks without a call per read.
+        self._pieceFilled = 0
         self.largeUnderWay = False
 
     @property
@@ -311,26 +322,56 @@ class FrameDecoder:
         """
         How many bytes of incomplete frames are held.
         """
-        large = self._largeFilled + HEADER_SIZE if self._large is not None else 0
+        large = self._largeFilled + HEADER_SIZE if self.largeUnderWay else 0
         return len(self._buffer) + large
 
     def readTarget(self) -> memoryview | None:
         """
         Where the next bytes read from the link may go directly, without
-        passing through the caller's buffer: the rest of a large frame's
-        body under way, or None.  Tell L{received} how many were put there.
+        passing through the caller's buffer: (part of) the rest of a large
+        frame's body under way, or None.  Tell L{received} how many bytes
+        were put there.
         """
-        large = self._large
-        if large is None:
+        if not self.largeUnderWay:
             return None
-        return memoryview(large)[self._largeFilled :]
+        return memoryview(self._pieces[-1])[self._pieceFilled :]
 
     def received(self, count: int) -> None:
         """
         C{count} bytes were read into L{readTarget}'s view; the next L{feed}
         (C{b""} will do) returns the frame once it is whole.
         """
-        self._largeFilled += count
+        self._advanceLarge(count)
+
+    def _advanceLarge(self, count: int) -> None:
+        """
+        C{count} more bytes are in the last piece; begin the next one if it
+        is full and the body is not whole.
+        """
+        filled = self._largeFilled = self._largeFilled + count
+        piece = self._pieceFilled = self._pieceFilled + count
+        if piece == len(self._pieces[-1]) and filled < self._largeSize:
+            self._pieces.append(bytearray(min(self._largeSize - filled, filled)))
+            self._pieceFilled = 0
+
+    def _takeLarge(self, data: bytes | bytearray | memoryview) -> int:
+        """
+        Copy into the large frame's pieces as much of C{data} as its body
+        lacks.
+
+        @return: how much of C{data} was taken.
+        """
+        view = memoryview(data)
+        taken = 0
+        end = len(view)
+        while taken < end and self._largeFilled < self._largeSize:
+            piece = self._pieces[-1]
+            at = self._pieceFilled
+            count = min(len(piece) - at, end - taken)
+            piece[at : at + count] = view[taken : taken + count]
+            taken += count
+            self._advanceLarge(count)
+        return taken
 
     def feed(
         self, data: bytes | bytearray | memoryview, maxFrames: int | None = None
@@ -350,22 +391,15 @@ class FrameDecoder:
         frames: list[tuple[int, bytes]] = []
         room = -1 if maxFrames is None else maxFrames
         if self.largeUnderWay:
-            large = self._large
-            assert large is not None
-            filled = self._largeFilled
-            missing = len(large) - filled
-            if missing > 0 and data:
-                view = memoryview(data)
-                taken = min(missing, len(view))
-                large[filled : filled + taken] = view[:taken]
-                self._largeFilled = filled = filled + taken
-                data = view[taken:]
-            if filled < len(large):
+            if data:
+                data = memoryview(data)[self._takeLarge(data) :]
+            if self._largeFilled < self._largeSize:
                 return frames
-            self._large = None
-            self._largeFilled = 0
+            pieces = self._pieces
+            self._pieces = []
+            self._largeFilled = self._pieceFilled = 0
             self.largeUnderWay = False
-            frames.append((DATA, bytes(large)))
+            frames.append((DATA, b"".join(pieces)))
             room -= 1
         buffer = self._buffer
         owned: memoryview | None = None
@@ -406,13 +440,14 @@ class FrameDecoder:
                 stop = offset + 4 + length
                 if stop > end:
                     if kind == DATA and length > LARGE_BODY:
-                        # Its own buffer, its exact size: the rest of it is
+                        # Gathered in pieces of its own: the rest of it is
                         # copied (or read) into place once.
-                        large = self._large = bytearray(length - 1)
-                        begun = end - offset - 5
-                        large[:begun] = source[offset + 5 : end]
-                        self._largeFilled = begun
+                        size = self._largeSize = length - 1
+                        self._pieces = [
+                            bytearray(min(size, end - offset - 5 + _LARGE_FIRST))
+                        ]
                         self.largeUnderWay = True
+                        self._takeLarge(memoryview(source)[offset + 5 : end])
                         offset = end
                     break
                 append((kind, bytes(source[offset + 5 : stop])))
