@@ -56,10 +56,10 @@ from ._interfaces import (
     ChannelClosedError,
     ChannelHostLostError,
     ChannelUnreachableError,
-    IChannelLinkObserver,
 )
 from ._pending import PendingWrites
 from ._reconnection import Reconnection
+from ._roles import LinkWaiters
 from ._sockets import (
     pushToKernel,
     readDirectly,
@@ -327,7 +327,9 @@ class ChannelClientTransport(SocketOptions):
     its L{reconnection}, a L{Reconnection}, told when a link comes up or
     is lost; reads and writes record the host's news and the messages
     waiting for it in the reconnection's L{ClientDeadlines}
-    (C{_deadlines}).  Beside them this class keeps more than a handful of
+    (C{_deadlines}).  The Deferreds of L{whenConnected} and the
+    protocol's L{IChannelLinkObserver} calls are a L{LinkWaiters}
+    (C{_linkWaiters}).  Beside them this class keeps more than a handful of
     private attributes, in groups that do not interact: the batch being
     written (C{_outgoing}, C{_outgoingLarge}, C{_flushCall}, C{_inRead}),
     kept here because C{write} is the hottest path there is and must not
@@ -392,7 +394,7 @@ class ChannelClientTransport(SocketOptions):
         # The reconnection's deadlines, which reads and writes tell of the
         # host's news and of messages waiting for it.
         self._deadlines = self.reconnection.deadlines
-        self._connectedWaiters: list[Deferred[ChannelAddress]] = []
+        self._linkWaiters = LinkWaiters(address.name, protocol)
         self._hostAddress = ChannelAddress(address.name, address.path, HOST)
         # Whether the host acknowledged anything on the current link: the
         # link was healthy (see Reconnection.linkLost).
@@ -856,9 +858,7 @@ class ChannelClientTransport(SocketOptions):
             return succeed(self._hostAddress)
         if self.state == CLOSED:
             return fail(ChannelClosedError(f"channel {self.address.name!r} is closed"))
-        waiter: Deferred[ChannelAddress] = Deferred()
-        self._connectedWaiters.append(waiter)
-        return waiter
+        return self._linkWaiters.whenConnected()
 
     @property
     def stallTimeout(self) -> float:
@@ -945,30 +945,10 @@ class ChannelClientTransport(SocketOptions):
             resent=link.session.resent,
             role=CLIENT,
         )
-        waiters, self._connectedWaiters = self._connectedWaiters, []
-        for waiter in waiters:
-            waiter.callback(self._hostAddress)
-        self._tellObserver("linkEstablished", self._hostAddress)
+        self._linkWaiters.linkEstablished(self._hostAddress)
         if self.disconnecting and not self.pending:
             self._finish(Failure(error.ConnectionDone()))
         return self.state != CLOSED
-
-    def _tellObserver(self, method: str, argument: object) -> None:
-        """
-        Call the protocol's L{IChannelLinkObserver} method, if it has one.
-        What it raises is logged: a bug there must not cost the link.
-        """
-        observer = IChannelLinkObserver(self.protocol, None)
-        if observer is None:
-            return
-        try:
-            getattr(observer, method)(argument)
-        except Exception:
-            _log.failure(
-                "channel {channel}: the application's {method} raised",
-                channel=self.address.name,
-                method=method,
-            )
 
     def closedByHost(self) -> None:
         """
@@ -1019,7 +999,7 @@ class ChannelClientTransport(SocketOptions):
             pending=len(self.pending),
             role=CLIENT,
         )
-        self._tellObserver("linkLost", reason)
+        self._linkWaiters.linkLost(reason)
         if self.state == CLOSED or self._finishing is not None:
             return
         reconnection.linkLost(reason, self._ackedOnLink, self.reactor.seconds())
@@ -1037,13 +1017,7 @@ class ChannelClientTransport(SocketOptions):
         link, self.link = self.link, None
         if link is not None and link.transport is not None:
             link.transport.loseConnection()
-        waiters, self._connectedWaiters = self._connectedWaiters, []
-        for waiter in waiters:
-            waiter.errback(
-                ChannelClosedError(
-                    f"channel {self.address.name!r} closed: {reason.getErrorMessage()}"
-                )
-            )
+        self._linkWaiters.closed(reason)
         registered, self._producer = self._producer, None
         if registered is not None:
             registered.producer.stopProducing()

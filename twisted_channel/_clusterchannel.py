@@ -257,9 +257,15 @@ class _SpliceFactory(Factory):
         d = self._dial()
         d.addCallbacks(joined, failed)
 
-    def cutAll(self) -> None:
-        live, self.live = self.live, set()
-        for half in live:
+    def cutAll(self, joinedOnly: bool = False) -> None:
+        """
+        End every link at once (with C{joinedOnly}, those already spliced
+        to a partner, leaving those whose dial is under way).
+        """
+        for half in list(self.live):
+            if joinedOnly and half.partner is None:
+                continue
+            self.live.discard(half)
             half.cut()
 
 
@@ -495,6 +501,7 @@ class _Relay:
         self.splices = _SpliceFactory(self._dialHost, lambda: True)
         self._listening: Any = None
         self.host: tuple[HostRecord, int] | None = None
+        self._hostWaiters: list[Deferred[None]] = []
 
     def start(self, name: str) -> None:
         path = os.path.join(self.directory, name + ".sock")
@@ -507,24 +514,62 @@ class _Relay:
         # host cut off from this client may have stepped down without its
         # close reaching us, and staying would be going back to a lower
         # term.  The channel's client connects again at once, to the new
-        # host, and resends what was not acknowledged.
-        if self.splices.live:
+        # host, and resends what was not acknowledged.  Links still waiting
+        # for their dial are left to it.
+        if any(half.partner is not None for half in self.splices.live):
             _log.info(
                 "the host across machines changed (now {host}); relinking",
                 host="none" if host is None else f"{host[0].address} term {host[1]}",
             )
-            self.splices.cutAll()
+            self.splices.cutAll(joinedOnly=True)
+        waiters, self._hostWaiters = self._hostWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def _dialHost(self) -> Deferred[_Half]:
+        return Deferred.fromCoroutine(self._dialSoon())
+
+    async def _dialSoon(self) -> _Half:
+        """
+        Dial the host etcd names; if there is none, or it cannot be reached
+        (it died, or stepped down), wait up to L{HOST_WAIT} seconds for etcd
+        to name another and dial that one: the link is held meanwhile, so
+        that its first message goes the moment a new host is known, not at
+        the client's next retry.
+        """
+        host = self.host
+        if host is not None:
+            try:
+                return await self._dial(host)
+            except Exception as e:
+                _log.debug("cannot reach the host: {error}", error=e)
+                if self.host is not host and self.host is not None:
+                    return await self._dial(self.host)
+        waiter: Deferred[None] = Deferred()
+        self._hostWaiters.append(waiter)
+        try:
+            await waiter.addTimeout(HOST_WAIT, self.reactor)
+        except Exception:
+            raise ConnectionRefusedError("no reachable host across machines") from None
+        if self.host is None:
+            raise ConnectionRefusedError("no host across machines")
+        return await self._dial(self.host)
+
+    def _dial(self, host: tuple[HostRecord, int]) -> Deferred[_Half]:
         from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 
-        if self.host is None:
-            return Deferred.fromCoroutine(_refuse("no host known yet"))
-        record, _ = self.host
+        record, _ = host
         address, _, port = record.address.rpartition(":")
         made: Deferred[_Half] = Deferred()
+
+        def fail(reason: object) -> None:
+            if not made.called:
+                made.errback(ConnectionRefusedError(str(reason)))
+
         factory: Any = _HalfFactory(made.callback)
-        endpoint: Any = TCP4ClientEndpoint(self.reactor, address, int(port), timeout=2)
+        endpoint: Any = TCP4ClientEndpoint(
+            self.reactor, address, int(port), timeout=HOST_WAIT
+        )
         credentials = self.settings.credentials
         if credentials is not None:
             from ._tls import VerifiedTLSFactory
@@ -535,11 +580,29 @@ class _Relay:
             factory = VerifiedTLSFactory(
                 self.reactor, factory, expectedIdentity=record.identity
             )
+            factory.onRefused = fail
         connecting = endpoint.connect(factory)
-        connecting.addErrback(
-            lambda reason: None if made.called else made.errback(reason)
-        )
-        return made
+        connecting.addErrback(fail)
+
+        def tooLong() -> None:
+            # Connected but no verified peer: abort what was opened.
+            if made.called:
+                return
+            connecting.cancel()
+            if connecting.called and not isinstance(connecting.result, BaseException):
+                protocol = connecting.result
+                if getattr(protocol, "transport", None) is not None:
+                    protocol.transport.abortConnection()
+            fail("no verified connection in time")
+
+        timer = self.reactor.callLater(HOST_WAIT, tooLong)
+
+        def settled(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return made.addBoth(settled)
 
     def close(self) -> None:
         self.finder.stop()
@@ -550,8 +613,9 @@ class _Relay:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-async def _refuse(reason: str) -> _Half:
-    raise ConnectionRefusedError(reason)
+#: Seconds a relay holds a link while it looks for a reachable host; under
+#: the channel client's 2 s deadline for a new link's handshake.
+HOST_WAIT = 1.0
 
 
 def connectAcrossMachines(

@@ -1,8 +1,12 @@
 """
 Who is told when a candidate's role changes: the Deferreds that
 C{ChannelPort.whenHosting} and C{whenNotHosting} returned, and the role
-observers.  The port decides when the role changes (L{_states.PORT}); this
-only keeps the list of those waiting, and tells them.
+observers (L{RoleWaiters}); and who is told when a client connection's
+link comes up or is lost: the Deferreds that
+C{ChannelClientTransport.whenConnected} returned, and the protocol, if it
+is an L{IChannelLinkObserver} (L{LinkWaiters}).  The port and the
+connection decide when things change (L{_states}); this only keeps the
+list of those waiting, and tells them.
 """
 
 from __future__ import annotations
@@ -10,9 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ._address import HOST, ChannelAddress
+from ._interfaces import ChannelClosedError, IChannelLinkObserver
 
 _log = Logger()
 
@@ -81,3 +88,78 @@ class RoleWaiters:
                     channel=self._name,
                     observer=observer,
                 )
+
+
+class LinkWaiters:
+    """
+    The parties waiting for a client connection's link: the Deferreds of
+    C{whenConnected}, and the application's protocol if it is an
+    L{IChannelLinkObserver}.  What the observer raises is logged: a bug
+    there must not cost the link.
+    """
+
+    def __init__(self, name: str, protocol: IProtocol) -> None:
+        """
+        @param name: the channel's name, for log lines.
+        @param protocol: the connection's protocol, told of its links if it
+            is (or adapts to) an L{IChannelLinkObserver}.
+        """
+        self._name = name
+        self._protocol = protocol
+        self._connected: list[Deferred[ChannelAddress]] = []
+
+    def whenConnected(self) -> Deferred[ChannelAddress]:
+        """
+        A Deferred fired by the next L{linkEstablished}, or failed by
+        L{closed}.
+        """
+        waiter: Deferred[ChannelAddress] = Deferred()
+        self._connected.append(waiter)
+        return waiter
+
+    def linkEstablished(self, host: ChannelAddress) -> None:
+        """
+        A link to C{host} is up: fire the waiters, then tell the observer.
+        """
+        waiters, self._connected = self._connected, []
+        for waiter in waiters:
+            waiter.callback(host)
+        observer = IChannelLinkObserver(self._protocol, None)
+        if observer is None:
+            return
+        try:
+            observer.linkEstablished(host)
+        except Exception:
+            self._observerRaised("linkEstablished")
+
+    def linkLost(self, reason: Failure) -> None:
+        """
+        The link is gone, for C{reason}: tell the observer.
+        """
+        observer = IChannelLinkObserver(self._protocol, None)
+        if observer is None:
+            return
+        try:
+            observer.linkLost(reason)
+        except Exception:
+            self._observerRaised("linkLost")
+
+    def closed(self, reason: Failure) -> None:
+        """
+        The connection ended, for C{reason}: fail the waiters with
+        L{ChannelClosedError}.
+        """
+        waiters, self._connected = self._connected, []
+        for waiter in waiters:
+            waiter.errback(
+                ChannelClosedError(
+                    f"channel {self._name!r} closed: {reason.getErrorMessage()}"
+                )
+            )
+
+    def _observerRaised(self, method: str) -> None:
+        _log.failure(
+            "channel {channel}: the application's {method} raised",
+            channel=self._name,
+            method=method,
+        )

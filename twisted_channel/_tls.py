@@ -14,6 +14,7 @@ gets a byte of the application, nor makes it see a connection.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import (
@@ -321,6 +322,8 @@ class _VerifiedProtocol(ProtocolWrapper):
                 reason=self._refusal or reason.getErrorMessage(),
             )
             self.factory.refused += 1
+            if self.factory.onRefused is not None:
+                self.factory.onRefused(self._refusal or reason.getErrorMessage())
             return
         self.wrappedProtocol.connectionLost(reason)
 
@@ -350,6 +353,8 @@ class VerifiedTLSFactory(WrappingFactory):
         super().__init__(wrappedFactory)  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self.expectedIdentity = expectedIdentity
+        #: Called with the reason when a peer is refused, if set.
+        self.onRefused: Callable[[str], None] | None = None
         self.handshakeTimeout = handshakeTimeout
         self.refused = 0
 
