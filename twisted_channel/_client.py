@@ -86,8 +86,10 @@ _log = Logger()
 _HEADER = _wire.HEADER
 _DATA = _wire.DATA
 _OVERHEAD = PendingWrites.MESSAGE_OVERHEAD
-#: Payloads smaller than this are joined to their header in one write.
-_CONCATENATE_BELOW = 4096
+#: A batch holding a payload this large or larger is sent unjoined
+#: (C{sendmsg} of the headers and payloads); a smaller batch is joined into
+#: one C{bytes} and sent.
+_UNJOINED_FROM = 4096
 
 #: What a client does when its host is lost: go on with the next host,
 #: resending what was not acknowledged, or end the connection.
@@ -521,11 +523,12 @@ class ChannelClientTransport(SocketOptions):
                     self._flushCall = self._callLater(0, self.flush)
                 if not self._deadlines.watching:
                     self._watchStall()
-            if size < _CONCATENATE_BELOW:
-                outgoing.append(_HEADER.pack(size + 1, _DATA) + data)
-            else:
-                outgoing.append(_HEADER.pack(size + 1, _DATA))
-                outgoing.append(data)
+            # Header and payload apart: the batch is joined once at its
+            # flush (or sent unjoined), so joining each message to its
+            # header first would copy it twice.
+            outgoing.append(_HEADER.pack(size + 1, _DATA))
+            outgoing.append(data)
+            if size >= _UNJOINED_FROM:
                 self._outgoingLarge = True
         producer = self._producer
         if producer is not None and pending.footprint >= self.highWater:
