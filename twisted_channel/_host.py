@@ -520,17 +520,19 @@ class _HostLink(Protocol):
         budget.admit(size)
         self.term.bytes += size
         if size < 4096:
-            # One small copy is cheaper than handing the transport two pieces.
-            frame = _HEADER.pack(size + 1, _DATA) + data
             outbox = session.outbox
             if outbox is not None:
                 # During a batch: it leaves with the acknowledgement, and
-                # the socket holds nothing of it yet.
-                outbox.append(frame)
-                session.outboxBytes += len(frame)
+                # the socket holds nothing of it yet.  Header and payload
+                # apart: the batch's end joins them once.
+                outbox.append(_HEADER.pack(size + 1, _DATA))
+                outbox.append(data)
+                session.outboxBytes += size + 5
                 return
             else:
-                self.transport.write(frame)
+                # One small copy is cheaper than handing the transport two
+                # pieces.
+                self.transport.write(_HEADER.pack(size + 1, _DATA) + data)
         else:
             # What was written before it goes first.
             before = session.takeOutbox()

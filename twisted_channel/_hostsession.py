@@ -157,7 +157,8 @@ class HostSession:
     @ivar sequence: the sequence number of the last message delivered.
     @ivar peerMaxMessageSize: the largest message the client accepts.
     @ivar outbox: during a batch (between L{receive} and L{endBatch}), the
-        frames that leave with the batch's acknowledgement; else None.
+        frames (or a frame's header, then its payload) that leave with the
+        batch's acknowledgement, joined once; else None.
         The link appends the small replies its application writes during
         a batch directly, adding their size to L{outboxBytes}: that is the
         hottest path of a reply.
