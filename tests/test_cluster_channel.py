@@ -313,3 +313,24 @@ def test_addressNotItsOwn(rig: Rig, etcdServer: EtcdCluster) -> None:
     rogue.send("stop")
     rogue.wait(10)
     assert os.path.getsize(rogueRecord) == 0
+
+
+def test_hostSeesClientMachine(rig: Rig) -> None:
+    """
+    On the host, a link from another machine's client has as C{getPeer()}
+    the identity its verified certificate names and the client's pid (not
+    the host's own, which the splice would show), here for clients on
+    machine b and on the host's own machine a.
+    """
+    a1 = rig.start("candidate", "a")
+    _hosting(a1)
+    fromB = rig.start("client", "b", "--count", "20", "--tag", "b")
+    fromB.waitFor(lambda line: line == "DONE", 30)
+    a1.waitFor(lambda line: line.startswith("PEER"), 10)
+    fromA = rig.start("client", "a", "--count", "20", "--tag", "a")
+    fromA.waitFor(lambda line: line == "DONE", 30)
+    a1.waitFor(lambda line: line == f"PEER a {fromA.pid}", 10)
+    peers = [line for line in a1.collect() if line.startswith("PEER")]
+    assert peers == [f"PEER b {fromB.pid}", f"PEER a {fromA.pid}"]
+    _check(rig, "a", 20)
+    _check(rig, "b", 20)

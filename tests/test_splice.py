@@ -47,7 +47,7 @@ async def _rig(refuse: bool = False) -> tuple[_SpliceFactory, Client, list[Any]]
         Factory.forProtocol(Echo)
     )
 
-    def dial() -> Deferred[_Half]:
+    def dial(accepted: _Half) -> Deferred[_Half]:
         made: Deferred[_Half] = Deferred()
         port = 1 if refuse else echo.getHost().port
         TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
