@@ -524,12 +524,18 @@ class _Relay:
         self.finder = HostFinder(reactor, self.client, electionKey(name), self._changed)
         self.splices = _SpliceFactory(self._dialHost, lambda: True)
         self._listening: Any = None
+        self._atShutdown: Any = None
         self.host: tuple[HostRecord, int] | None = None
         self._hostWaiters: list[Deferred[None]] = []
 
     def start(self, name: str) -> None:
         path = os.path.join(self.directory, name + ".sock")
         self._listening = self.reactor.listenUNIX(path, self.splices, mode=0o600)
+        # A process that stops its reactor without closing the connection
+        # (stdin closed, a signal) must not leave the relay's directory.
+        self._atShutdown = self.reactor.addSystemEventTrigger(
+            "after", "shutdown", shutil.rmtree, self.directory, True
+        )
         self.finder.start()
 
     def _changed(self, host: tuple[HostRecord, int] | None) -> None:
@@ -635,6 +641,13 @@ class _Relay:
             self._listening.stopListening()
         self.client.close()
         shutil.rmtree(self.directory, ignore_errors=True)
+        trigger, self._atShutdown = self._atShutdown, None
+        if trigger is not None:
+            try:
+                self.reactor.removeSystemEventTrigger(trigger)
+            except (ValueError, KeyError):
+                # Closed while the reactor shuts down: the trigger ran.
+                pass
 
 
 #: Seconds a relay holds a link while it looks for a reachable host; under
