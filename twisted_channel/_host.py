@@ -312,7 +312,12 @@ class _HostLink(Protocol):
             # A link spliced from another machine: this process dialed it,
             # so the peer to show is the machine that process verified, and
             # the client's pid is the one its hello will say.
-            spliced = port.splicedPeers.pop(handle.getpeername(), _NOT_SPLICED)
+            try:
+                peerName = handle.getpeername()
+            except OSError:
+                # The peer is gone already; the link will see it lost.
+                peerName = None
+            spliced = port.splicedPeers.pop(peerName, _NOT_SPLICED)
             if spliced is not _NOT_SPLICED:
                 self.peerAddress = ChannelAddress(
                     port.name,
