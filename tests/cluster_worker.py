@@ -3,7 +3,8 @@ A process of a channel across machines, for the multi-process tests:
 
     candidate: listens (a candidate host) and records every message it
         receives as "pid message time" lines in --record; prints
-        "HOSTING term t" and "NOT-HOSTING t" (time.monotonic()).
+        "HOSTING term t" and "NOT-HOSTING t" (time.monotonic()), and
+        "PEER identity pid" for each link (its getPeer()).
     client: connects and sends --count messages "TAG:i", one every
         --interval seconds, then closes once all are acknowledged; prints
         "DONE" (or "FAILED reason").
@@ -90,6 +91,10 @@ def main() -> None:
         record = open(options.record, "ab", buffering=0)
 
         class Recorder(Protocol):
+            def connectionMade(self) -> None:
+                peer = self.transport.getPeer()  # type: ignore[union-attr]
+                say(f"PEER {peer.identity} {peer.pid}")
+
             def dataReceived(self, data: bytes) -> None:
                 record.write(b"%d %s %.6f\n" % (os.getpid(), data, time.monotonic()))
 

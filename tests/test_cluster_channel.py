@@ -8,15 +8,21 @@ order within each host's life.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from twisted_channel._campaign import HostRecord
 from twisted_channel._certs import makeCertificates
+from twisted_channel._cluster import electionKey
 from twisted_channel.testing import ChildProcess
 
 from .etcd import EtcdCluster
@@ -24,6 +30,7 @@ from .etcd import EtcdCluster
 pytestmark = pytest.mark.timeout(120)
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_worker.py")
+ROGUE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_rogue.py")
 
 
 class Rig:
@@ -39,7 +46,7 @@ class Rig:
         self.base = tempfile.mkdtemp(prefix="tc-cc-", dir="/tmp")
         os.chmod(self.base, 0o700)
         self.certs = os.path.join(self.base, "certs")
-        makeCertificates(self.certs, ["a", "b"])
+        makeCertificates(self.certs, ["a", "b", "mallory"])
         self.record = os.path.join(self.base, "record")
         self.children: list[ChildProcess] = []
 
@@ -239,3 +246,91 @@ def test_insecure(rig: Rig) -> None:
     client.waitFor(lambda line: line == "DONE", 60)
     _check(rig, "c", 200)
     assert "insecure=yes: links between machines are plain TCP" in a1.stderr
+
+
+def _etcd(cluster: EtcdCluster, path: str, body: dict[str, object]) -> Any:
+    request = urllib.request.Request(
+        cluster.members[0].clientURL + path,
+        data=json.dumps(body).encode(),
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_addressNotItsOwn(rig: Rig, etcdServer: EtcdCluster) -> None:
+    """
+    The election key names machine a at an address served by another
+    machine (a certificate from the same authority, for "mallory"): a
+    client's relay refuses it by its TLS identity, not a byte of the
+    application reaches it, the client does not fail, and once that
+    record's lease expires the real machine a hosts and receives every
+    message.
+    """
+    rogueRecord = os.path.join(rig.base, "rogue")
+    rogue = ChildProcess(
+        [
+            sys.executable,
+            ROGUE,
+            "--certKey",
+            os.path.join(rig.certs, "mallory.pem"),
+            "--privateKey",
+            os.path.join(rig.certs, "mallory.key"),
+            "--record",
+            rogueRecord,
+        ],
+        label="rogue",
+        lifetime=120,
+    )
+    rig.children.append(rogue)
+    roguePort = int(rogue.waitFor(lambda line: line.startswith("READY"), 30).split()[1])
+    lease = _etcd(etcdServer, "/v3/lease/grant", {"TTL": 3})["ID"]
+    key = electionKey(rig.name)
+    value = HostRecord(f"127.0.0.1:{roguePort}", "a", 4242).encode()
+    put = _etcd(
+        etcdServer,
+        "/v3/kv/put",
+        {
+            "key": base64.b64encode(key).decode(),
+            "value": base64.b64encode(value).decode(),
+            "lease": lease,
+        },
+    )
+    forged = int(put["header"]["revision"])
+    a1 = rig.start("candidate", "a")
+    client = rig.start("client", "b", "--count", "200", "--interval", "0.005")
+    assert _hosting(a1) > forged
+    client.waitFor(lambda line: line == "DONE", 60)
+    byHost = _check(rig, "c", 200)
+    assert list(byHost) == [a1.pid]
+    refusals = [
+        line
+        for line in client.stderr.splitlines()
+        if "refused a TLS peer" in line and f"port={roguePort}" in line
+    ]
+    assert refusals and all("hostname=b'a'" in line for line in refusals), refusals
+    assert not any(line.startswith("FAILED") for line in client.collect())
+    rogue.send("stop")
+    rogue.wait(10)
+    assert os.path.getsize(rogueRecord) == 0
+
+
+def test_hostSeesClientMachine(rig: Rig) -> None:
+    """
+    On the host, a link from another machine's client has as C{getPeer()}
+    the identity its verified certificate names and the client's pid (not
+    the host's own, which the splice would show), here for clients on
+    machine b and on the host's own machine a.
+    """
+    a1 = rig.start("candidate", "a")
+    _hosting(a1)
+    fromB = rig.start("client", "b", "--count", "20", "--tag", "b")
+    fromB.waitFor(lambda line: line == "DONE", 30)
+    a1.waitFor(lambda line: line.startswith("PEER"), 10)
+    fromA = rig.start("client", "a", "--count", "20", "--tag", "a")
+    fromA.waitFor(lambda line: line == "DONE", 30)
+    a1.waitFor(lambda line: line == f"PEER a {fromA.pid}", 10)
+    peers = [line for line in a1.collect() if line.startswith("PEER")]
+    assert peers == [f"PEER b {fromB.pid}", f"PEER a {fromA.pid}"]
+    _check(rig, "a", 20)
+    _check(rig, "b", 20)

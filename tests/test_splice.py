@@ -2,11 +2,13 @@
 The splices that carry a channel's links between machines, over real
 loopback sockets: bytes go both ways unchanged, a link that ends is
 forgotten, cutting ends both sides at once, a refused dial closes the
-accepted link.
+accepted link; a host's dial to its own channel socket carries the
+verified peer's identity by the dialing socket's name.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -47,7 +49,7 @@ async def _rig(refuse: bool = False) -> tuple[_SpliceFactory, Client, list[Any]]
         Factory.forProtocol(Echo)
     )
 
-    def dial() -> Deferred[_Half]:
+    def dial(accepted: _Half) -> Deferred[_Half]:
         made: Deferred[_Half] = Deferred()
         port = 1 if refuse else echo.getHost().port
         TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
@@ -133,3 +135,71 @@ async def _tick() -> None:
     from twisted.internet.task import deferLater
 
     await deferLater(reactor, 0.01)  # type: ignore[arg-type]
+
+
+class _Local:
+    """
+    What a host's splice uses of its one-machine port: the socket's path
+    and the registry of spliced peers.
+    """
+
+    def __init__(self, socketPath: str) -> None:
+        self.paths = SimpleNamespace(socket=socketPath)
+        self.splicedPeers: dict[object, str | None] = {}
+
+
+class PeerName(Protocol):
+    def connectionMade(self) -> None:
+        self.factory.names.append(  # type: ignore[attr-defined]
+            self.transport.getHandle().getpeername()  # type: ignore[union-attr]
+        )
+
+
+@pytest_twisted.ensureDeferred
+async def test_dialLocalNamesTheVerifiedPeer(tmp_path: Any) -> None:
+    """
+    A host's splice dials its channel socket from a socket whose name, as
+    the accepting side sees it, is registered with the identity the TLS
+    side verified, until that connection ends; a dial that fails leaves
+    nothing registered.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import UNIXServerEndpoint
+    from twisted.internet.testing import StringTransport
+
+    from twisted_channel._clusterchannel import ClusterPort, ClusterSettings
+    from twisted_channel._tls import VerifiedPeer
+
+    path = str(tmp_path / "c.sock")
+    server = Factory.forProtocol(PeerName)
+    server.names = []  # type: ignore[attr-defined]
+    listening = await UNIXServerEndpoint(reactor, path).listen(server)
+    local = _Local(path)
+    settings = ClusterSettings.check("etcd://127.0.0.1:1", insecure=True)
+    port = ClusterPort(reactor, local, settings, "jobs")
+    accepted = _Half()
+    accepted.makeConnection(
+        StringTransport(peerAddress=VerifiedPeer("10.0.0.9", 4433, "b"))  # type: ignore[arg-type]
+    )
+    try:
+        dialed = await port._dialLocal(accepted).addTimeout(10, reactor)
+        for _ in range(100):
+            if server.names:  # type: ignore[attr-defined]
+                break
+            await Deferred.fromCoroutine(_tick())
+        [name] = server.names  # type: ignore[attr-defined]
+        assert name.startswith(b"\0twisted-channel-splice-")
+        assert local.splicedPeers == {name: "b"}
+        dialed.transport.loseConnection()  # type: ignore[union-attr]
+        for _ in range(100):
+            if not local.splicedPeers:
+                break
+            await Deferred.fromCoroutine(_tick())
+        assert local.splicedPeers == {}
+        local.paths.socket = str(tmp_path / "nobody.sock")
+        with pytest.raises(OSError):
+            await port._dialLocal(accepted)
+        assert local.splicedPeers == {}
+    finally:
+        port.client.close()
+        await listening.stopListening()

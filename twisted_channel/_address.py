@@ -36,6 +36,10 @@ class ChannelAddress:
     @ivar port: on the loopback TCP transport, the host's TCP port.
     @ivar term: across machines (C{coordinator=}), the host's fencing term
         while it hosts; else C{None}.
+    @ivar identity: across machines, on the host's end of a link from
+        another machine: the client machine's identity as its verified
+        certificate names it (C{None} with C{insecure=}, and on one
+        machine); C{pid} is then the client's as it said in its handshake.
     """
 
     name: str
@@ -46,3 +50,4 @@ class ChannelAddress:
     host: str | None = None
     port: int | None = None
     term: int | None = None
+    identity: str | None = None

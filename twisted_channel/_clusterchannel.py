@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -223,8 +224,9 @@ class _HalfFactory(Factory):
 
 class _SpliceFactory(Factory):
     """
-    Accepts links and splices each to a connection C{dial} opens (a
-    Deferred firing with the connected partner, or failing).
+    Accepts links and splices each to a connection C{dial} opens (called
+    with the accepted end; a Deferred firing with the connected partner, or
+    failing).
     """
 
     noisy = False
@@ -254,7 +256,7 @@ class _SpliceFactory(Factory):
             if accepted.transport is not None:
                 accepted.transport.loseConnection()
 
-        d = self._dial()
+        d = self._dial(accepted)
         d.addCallbacks(joined, failed)
 
     def cutAll(self, joinedOnly: bool = False) -> None:
@@ -402,17 +404,39 @@ class ClusterPort:
         for waiter in pending:
             waiter.callback(self.getHost())
 
-    def _dialLocal(self) -> Deferred[_Half]:
-        from twisted.internet.endpoints import UNIXClientEndpoint
+    def _dialLocal(self, accepted: _Half) -> Deferred[_Half]:
+        """
+        Connect to this process's own channel socket for a link accepted
+        from another machine, from a socket bound to a name of its own (in
+        Linux's abstract namespace) under which the host's end of the link
+        finds the peer machine's verified identity for its C{getPeer()}.
+        """
+        peer = accepted.transport.getPeer()  # type: ignore[union-attr]
+        name = b"\0twisted-channel-splice-" + os.urandom(12).hex().encode()
+        spliced = self.local.splicedPeers
+        spliced[name] = getattr(peer, "identity", None)
+
+        def connected(dialed: _Half) -> None:
+            # Forgotten when the host's end took it, else when it ends.
+            dialed.onLost = lambda _: spliced.pop(name, None)
+            made.callback(dialed)
 
         made: Deferred[_Half] = Deferred()
-        factory = _HalfFactory(made.callback)
-        connecting = UNIXClientEndpoint(
-            self.reactor, self.local.paths.socket, timeout=5
-        ).connect(factory)
-        connecting.addErrback(
-            lambda reason: None if made.called else made.errback(reason)
-        )
+        dialing = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            dialing.bind(name)
+            # A connect to a listening Unix socket completes at once or
+            # fails at once (EAGAIN when its backlog is full).
+            dialing.setblocking(False)
+            dialing.connect(self.local.paths.socket)
+            self.reactor.adoptStreamConnection(
+                dialing.fileno(), socket.AF_UNIX, _HalfFactory(connected)
+            )
+        except OSError:
+            spliced.pop(name, None)
+            made.errback()
+        finally:
+            dialing.close()
         return made
 
     def _stopListeningTLS(self) -> Deferred[Any]:
@@ -500,12 +524,18 @@ class _Relay:
         self.finder = HostFinder(reactor, self.client, electionKey(name), self._changed)
         self.splices = _SpliceFactory(self._dialHost, lambda: True)
         self._listening: Any = None
+        self._atShutdown: Any = None
         self.host: tuple[HostRecord, int] | None = None
         self._hostWaiters: list[Deferred[None]] = []
 
     def start(self, name: str) -> None:
         path = os.path.join(self.directory, name + ".sock")
         self._listening = self.reactor.listenUNIX(path, self.splices, mode=0o600)
+        # A process that stops its reactor without closing the connection
+        # (stdin closed, a signal) must not leave the relay's directory.
+        self._atShutdown = self.reactor.addSystemEventTrigger(
+            "after", "shutdown", shutil.rmtree, self.directory, True
+        )
         self.finder.start()
 
     def _changed(self, host: tuple[HostRecord, int] | None) -> None:
@@ -526,7 +556,7 @@ class _Relay:
         for waiter in waiters:
             waiter.callback(None)
 
-    def _dialHost(self) -> Deferred[_Half]:
+    def _dialHost(self, accepted: _Half) -> Deferred[_Half]:
         return Deferred.fromCoroutine(self._dialSoon())
 
     async def _dialSoon(self) -> _Half:
@@ -611,6 +641,13 @@ class _Relay:
             self._listening.stopListening()
         self.client.close()
         shutil.rmtree(self.directory, ignore_errors=True)
+        trigger, self._atShutdown = self._atShutdown, None
+        if trigger is not None:
+            try:
+                self.reactor.removeSystemEventTrigger(trigger)
+            except (ValueError, KeyError):
+                # Closed while the reactor shuts down: the trigger ran.
+                pass
 
 
 #: Seconds a relay holds a link while it looks for a reachable host; under

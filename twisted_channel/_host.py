@@ -85,6 +85,9 @@ _DATA = _wire.DATA
 #: that a peer that connects and says nothing cannot hold a slot for ever.
 HANDSHAKE_TIMEOUT = 10.0
 
+# What a link not dialed by a splice finds in ChannelPort.splicedPeers.
+_NOT_SPLICED = object()
+
 #: Failed TCP authentications within AUTH_FAILURE_WINDOW seconds after which
 #: new links are refused until the window has passed.
 AUTH_FAILURE_LIMIT = 20
@@ -296,7 +299,8 @@ class _HostLink(Protocol):
             self.transport.write(self.session.greeting())
             self._startDeadline()
             return
-        credentials = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
+        handle = self.transport.getHandle()  # type: ignore[attr-defined]
+        credentials = peerCredentials(handle)
         self.peerAddress = ChannelAddress(
             port.name,
             port.paths.socket,
@@ -304,6 +308,17 @@ class _HostLink(Protocol):
             credentials.pid,
             credentials.uid,
         )
+        if port.splicedPeers:
+            # A link spliced from another machine: this process dialed it,
+            # so the peer to show is the machine that process verified, and
+            # the client's pid is the one its hello will say.
+            spliced = port.splicedPeers.pop(handle.getpeername(), _NOT_SPLICED)
+            if spliced is not _NOT_SPLICED:
+                self.peerAddress = ChannelAddress(
+                    port.name,
+                    port.paths.socket,
+                    identity=spliced,  # type: ignore[arg-type]
+                )
         if credentials.uid is not None and credentials.uid != os.getuid():
             self.refuse(
                 f"peer runs as uid {credentials.uid}, not as this channel's "
@@ -462,7 +477,12 @@ class _HostLink(Protocol):
         assert self.transport is not None
         if self.peerAddress.pid is None:
             self.peerAddress = ChannelAddress(
-                self.port.name, self.peerAddress.path, None, hello.pid, None
+                self.port.name,
+                self.peerAddress.path,
+                None,
+                hello.pid,
+                None,
+                identity=self.peerAddress.identity,
             )
         application = self.port.factory.buildProtocol(self.peerAddress)
         if application is None:
@@ -714,6 +734,10 @@ class ChannelPort:
         self.handshakeTimeout = handshakeTimeout
         self.transportKind = transport
         self.secret: bytes | None = None
+        #: Across machines: the links this process is about to dial to its
+        #: own socket for verified peers of other machines, by the dialing
+        #: socket's name, with the peer machine's identity.
+        self.splicedPeers: dict[object, str | None] = {}
         self._authFailures = FailureLimit(AUTH_FAILURE_LIMIT, AUTH_FAILURE_WINDOW)
         self.role = STOPPED
         # The socket this standby will publish if it wins.
