@@ -71,6 +71,7 @@ from ._sockets import (
     readDirectly,
     sendNow,
     sendSequenceNow,
+    twistedEdge,
     unreadBytes,
 )
 from ._states import ELECTED, PORT, START_FAILED, STARTED, STOPPED, WITHDRAWN
@@ -865,6 +866,10 @@ class ChannelPort:
         """
         if self.transportKind == "unix":
             self._standbySocket.prepare()
+        # Probe Twisted now, not at the takeover: the first use of the edge
+        # would otherwise be the adoption of the published socket, in the
+        # milliseconds a failover is judged by.
+        twistedEdge()
         self._election.waitInBackground()
 
     def _elected(self, prepared: object = None) -> None:
