@@ -165,7 +165,24 @@ class HostSession:
     @ivar outboxBytes: the size of the frames in L{outbox}.
     """
 
-    clientId: bytes | None = None
+    # One per link, for as long as the link lives: no instance dictionary.
+    __slots__ = (
+        "records",
+        "maxMessageSize",
+        "_decoder",
+        "_auth",
+        "state",
+        "closing",
+        "_hello",
+        "clientId",
+        "sequence",
+        "_skip",
+        "peerMaxMessageSize",
+        "outbox",
+        "outboxBytes",
+        "_ending",
+        "_endingFrame",
+    )
 
     def __init__(
         self,
@@ -184,6 +201,7 @@ class HostSession:
         """
         self.records = records
         self.maxMessageSize = maxMessageSize
+        self.clientId: bytes | None = None
         # Until the peer has said hello, nothing larger than a control frame
         # is buffered for it.
         self._decoder = _wire.FrameDecoder(_wire.MAX_CONTROL_BODY)

@@ -305,6 +305,17 @@ class FrameDecoder:
         looks without a call per read).
     """
 
+    # One per link, for as long as the link lives: no instance dictionary.
+    __slots__ = (
+        "maxMessageSize",
+        "_buffer",
+        "_pieces",
+        "_largeSize",
+        "_largeFilled",
+        "_pieceFilled",
+        "largeUnderWay",
+    )
+
     def __init__(self, maxMessageSize: int) -> None:
         self.maxMessageSize = maxMessageSize
         self._buffer = bytearray()
