@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 
@@ -31,34 +30,16 @@ def main() -> None:
     options = parser.parse_args()
 
     from twisted.internet import reactor, stdio
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
     from twisted.protocols.basic import LineReceiver
 
     from twisted_channel._campaign import HostRecord
     from twisted_channel._cluster import MachineElection, electionKey
     from twisted_channel._etcd import EtcdClient
+    from twisted_channel.testing.recorder import logToStandardError, say
 
     # The channel's log lines (info and up) on standard error, for the
     # tests that check what a candidate says.
-    globalLogBeginner.beginLoggingTo(
-        [
-            FilteringLogObserver(
-                textFileLogObserver(sys.stderr),
-                [LogLevelFilterPredicate(LogLevel.info)],
-            )
-        ],
-        redirectStandardIO=False,
-    )
-
-    def say(line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+    logToStandardError()
 
     client = EtcdClient(reactor, options.coordinator, timeout=options.timeout)
     election = MachineElection(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Any
 
@@ -41,30 +40,14 @@ def main() -> None:
 
     from twisted.internet import reactor, stdio, task
     from twisted.internet.protocol import Factory, Protocol
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
     from twisted.protocols.basic import LineReceiver
 
     from twisted_channel import ChannelEndpoint, ChannelUnreachableError
+    from twisted_channel.testing.recorder import logToStandardError, say
 
-    globalLogBeginner.beginLoggingTo(
-        [
-            FilteringLogObserver(
-                textFileLogObserver(sys.stderr),
-                [LogLevelFilterPredicate(LogLevel.info)],
-            )
-        ],
-        redirectStandardIO=False,
-    )
-
-    def say(line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+    # The channel's log lines (info and up) on standard error, for the
+    # tests that check what a candidate says.
+    logToStandardError()
 
     certs = options.certs
     endpoint = ChannelEndpoint(

@@ -78,6 +78,32 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
+def logToStandardError() -> None:
+    """
+    Begin Twisted's logging: events of level info and up, as text on
+    standard error, which a L{twisted_channel.testing.ChildProcess} keeps
+    for the tests that check what a child's channel said (its standard
+    output is the child's report lines, L{say}).
+    """
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    globalLogBeginner.beginLoggingTo(
+        [
+            FilteringLogObserver(
+                textFileLogObserver(sys.stderr),
+                [LogLevelFilterPredicate(LogLevel.info)],
+            )
+        ],
+        redirectStandardIO=False,
+    )
+
+
 def _reactor() -> Any:
     from twisted.internet import reactor
 
