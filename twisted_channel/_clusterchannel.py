@@ -41,6 +41,7 @@ from ._address import HOST, STANDBY, ChannelAddress
 from ._campaign import DEFAULT_LEASE_TTL, HostRecord
 from ._cluster import HostFinder, MachineElection, electionKey
 from ._etcd import Coordinator, EtcdClient, parseCoordinator
+from ._sockets import pushToKernel, sendNow
 from ._wire import HostTerm
 
 _log = Logger()
@@ -144,20 +145,41 @@ class ClusterSettings:
         return self.advertise or "127.0.0.1"
 
 
+def _socketTransport(transport: Any) -> Any:
+    """
+    The transport of the socket under C{transport}'s layers (TLS, and the
+    verification above it).
+    """
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    return transport
+
+
 class _Half(Protocol):
     """
     One end of a splice: what it reads, its partner writes, with each end's
     reading paused while the other's transport is full.
+
+    Each chunk goes to the kernel as soon as it is read, not on the
+    reactor's next iteration (L{sendNow}, L{pushToKernel}): a message
+    crosses two splices and the TLS link, and every hop would otherwise
+    cost a round trip an iteration in each direction.  What the kernel does
+    not take stays with the transport, whose producer pause holds back the
+    other end as before.
+
+    @ivar socketTransport: the transport of this end's socket, under TLS.
     """
 
     partner: _Half | None = None
     #: Called with this end when its connection ends.
     onLost: Any = None
+    socketTransport: Any = None
 
     def __init__(self, onMade: Any = None) -> None:
         self._onMade = onMade
 
     def connectionMade(self) -> None:
+        self.socketTransport = _socketTransport(self.transport)
         if self._onMade is not None:
             self._onMade(self)
 
@@ -173,7 +195,12 @@ class _Half(Protocol):
     def dataReceived(self, data: bytes) -> None:
         partner = self.partner
         if partner is not None and partner.transport is not None:
-            partner.transport.write(data)
+            transport = partner.socketTransport
+            if transport is partner.transport:
+                sendNow(transport, data)
+            else:
+                partner.transport.write(data)
+                pushToKernel(transport)
 
     def cut(self) -> None:
         """
@@ -323,22 +350,22 @@ class ClusterPort:
             self._localRole(HOST)
 
     def _listen(self) -> Any:
-        from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+        from twisted.internet.endpoints import TCP4ServerEndpoint
 
         settings = self.settings
         interface = settings.interface or settings.advertise or "127.0.0.1"
+        endpoint = TCP4ServerEndpoint(self.reactor, settings.port, interface=interface)
         if settings.credentials is None:
-            return TCP4ServerEndpoint(
-                self.reactor, settings.port, interface=interface
-            ).listen(self._splices)
-        from ._tls import VerifiedTLSFactory
+            return endpoint.listen(self._splices)
+        from ._tls import VerifiedTLSFactory, tlsFactory
 
-        return SSL4ServerEndpoint(
-            self.reactor,
-            settings.port,
-            settings.credentials.serverOptions(),
-            interface=interface,
-        ).listen(VerifiedTLSFactory(self.reactor, self._splices))
+        return endpoint.listen(
+            tlsFactory(
+                settings.credentials.serverOptions(),
+                False,
+                VerifiedTLSFactory(self.reactor, self._splices),
+            )
+        )
 
     def _localRole(self, role: str) -> None:
         if role == HOST and self._election is None and self.role != "stopped":
@@ -600,7 +627,7 @@ class _Relay:
         return await self._dial(self.host)
 
     def _dial(self, host: tuple[HostRecord, int]) -> Deferred[_Half]:
-        from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+        from twisted.internet.endpoints import TCP4ClientEndpoint
 
         record, _ = host
         address, _, port = record.address.rpartition(":")
@@ -616,15 +643,15 @@ class _Relay:
         )
         credentials = self.settings.credentials
         if credentials is not None:
-            from ._tls import VerifiedTLSFactory
+            from ._tls import VerifiedTLSFactory, tlsFactory
 
-            endpoint = wrapClientTLS(
-                credentials.clientOptions(record.identity), endpoint
-            )
-            factory = VerifiedTLSFactory(
+            verified = VerifiedTLSFactory(
                 self.reactor, factory, expectedIdentity=record.identity
             )
-            factory.onRefused = fail
+            verified.onRefused = fail
+            factory = tlsFactory(
+                credentials.clientOptions(record.identity), True, verified
+            )
         connecting = endpoint.connect(factory)
         connecting.addErrback(fail)
 
