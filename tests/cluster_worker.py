@@ -6,8 +6,9 @@ A process of a channel across machines, for the multi-process tests:
         "HOSTING term t" and "NOT-HOSTING t" (time.monotonic()), and
         "PEER identity pid" for each link (its getPeer()).
     client: connects and sends --count messages "TAG:i", one every
-        --interval seconds, then closes once all are acknowledged; prints
-        "DONE" (or "FAILED reason").
+        --interval seconds (fewer if "stop" comes first on standard input),
+        then closes once all are acknowledged; prints "DONE" (or "FAILED
+        reason"), and "SENT n" first if it was stopped.
 
 Both stop on "stop" on standard input.
 """
@@ -120,6 +121,8 @@ def main() -> None:
         reactor.run()  # type: ignore[attr-defined]
         return
 
+    count = [options.count]
+
     class Sender(Protocol):
         def connectionMade(self) -> None:
             self.sent = 0
@@ -127,7 +130,7 @@ def main() -> None:
             self.loop.start(options.interval)
 
         def next(self) -> None:
-            if self.sent >= options.count:
+            if self.sent >= count[0]:
                 self.loop.stop()
                 self.transport.loseConnection()  # type: ignore[union-attr]
                 return
@@ -137,13 +140,28 @@ def main() -> None:
         def connectionLost(self, reason: Any = None) -> None:
             if self.loop.running:
                 self.loop.stop()
-            if self.sent >= options.count and not reason.check(ChannelUnreachableError):
+            if self.sent >= count[0] and not reason.check(ChannelUnreachableError):
                 say("DONE")
             else:
                 say(f"FAILED {reason}")
             reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
 
-    endpoint.connect(Factory.forProtocol(Sender)).addCallback(
+    class StopSending(LineReceiver):
+        delimiter = b"\n"
+
+        def lineReceived(self, line: bytes) -> None:
+            if line.strip() == b"stop" and sender:
+                count[0] = min(count[0], sender[0].sent)
+                say(f"SENT {count[0]}")
+
+    sender: list[Sender] = []
+    stdio.StandardIO(StopSending())
+
+    def connected(protocol: Sender) -> Sender:
+        sender.append(protocol)
+        return protocol
+
+    endpoint.connect(Factory.forProtocol(Sender)).addCallback(connected).addCallback(
         lambda protocol: say(f"READY {os.getpid()}")
     )
     reactor.run()  # type: ignore[attr-defined]
