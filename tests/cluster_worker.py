@@ -8,7 +8,10 @@ A process of a channel across machines, for the multi-process tests:
     client: connects and sends --count messages "TAG:i", one every
         --interval seconds (fewer if "stop" comes first on standard input),
         then closes once all are acknowledged; prints "DONE" (or "FAILED
-        reason"), and "SENT n" first if it was stopped.
+        reason"), and "SENT n" first if it was stopped; as an
+        IChannelLinkObserver, prints "LINK identity pid term host port" for
+        each link up (its getPeer(), which must be the host it is told of)
+        and "UNLINKED" for each link lost.
 
 Both stop on "stop" on standard input.
 """
@@ -123,7 +126,21 @@ def main() -> None:
 
     count = [options.count]
 
+    from zope.interface import implementer
+
+    from twisted_channel import IChannelLinkObserver
+
+    @implementer(IChannelLinkObserver)
     class Sender(Protocol):
+        def linkEstablished(self, host: Any) -> None:
+            peer = self.transport.getPeer()  # type: ignore[union-attr]
+            if peer != host:
+                say(f"WRONG-PEER {peer} {host}")
+            say(f"LINK {host.identity} {host.pid} {host.term} {host.host} {host.port}")
+
+        def linkLost(self, reason: Any) -> None:
+            say("UNLINKED")
+
         def connectionMade(self) -> None:
             self.sent = 0
             self.loop = task.LoopingCall(self.next)

@@ -42,6 +42,8 @@ from ._address import HOST, STANDBY, ChannelAddress
 from ._campaign import DEFAULT_LEASE_TTL, HostRecord
 from ._cluster import HostFinder, MachineElection, electionKey
 from ._etcd import Coordinator, EtcdClient, parseCoordinator
+from ._sockets import pushToKernel, sendNow
+from ._wire import HostTerm
 
 _log = Logger()
 
@@ -144,15 +146,35 @@ class ClusterSettings:
         return self.advertise or "127.0.0.1"
 
 
+def _socketTransport(transport: Any) -> Any:
+    """
+    The transport of the socket under C{transport}'s layers (TLS, and the
+    verification above it).
+    """
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    return transport
+
+
 class _Half(Protocol):
     """
     One end of a splice: what it reads, its partner writes, with each end's
     reading paused while the other's transport is full.
+
+    Each chunk goes to the kernel as soon as it is read, not on the
+    reactor's next iteration (L{sendNow}, L{pushToKernel}): a message
+    crosses two splices and the TLS link, and every hop would otherwise
+    cost a round trip an iteration in each direction.  What the kernel does
+    not take stays with the transport, whose producer pause holds back the
+    other end as before.
+
+    @ivar socketTransport: the transport of this end's socket, under TLS.
     """
 
     partner: _Half | None = None
     #: Called with this end when its connection ends.
     onLost: Any = None
+    socketTransport: Any = None
 
     def __init__(self, onMade: Any = None) -> None:
         self._onMade = onMade
@@ -165,6 +187,7 @@ class _Half(Protocol):
         noDelay = getattr(self.transport, "setTcpNoDelay", None)
         if noDelay is not None:
             noDelay(True)
+        self.socketTransport = _socketTransport(self.transport)
         if self._onMade is not None:
             self._onMade(self)
 
@@ -180,7 +203,12 @@ class _Half(Protocol):
     def dataReceived(self, data: bytes) -> None:
         partner = self.partner
         if partner is not None and partner.transport is not None:
-            partner.transport.write(data)
+            transport = partner.socketTransport
+            if transport is partner.transport:
+                sendNow(transport, data)
+            else:
+                partner.transport.write(data)
+                pushToKernel(transport)
 
     def cut(self) -> None:
         """
@@ -356,6 +384,7 @@ class ClusterPort:
         #: timer.
         self._held: list[tuple[Deferred[None], Any]] = []
         self._warming: Any = None
+        self._record: HostRecord | None = None
         self._hostingWaiters: list[Deferred[ChannelAddress]] = []
         self._notHostingWaiters: list[Deferred[ChannelAddress]] = []
 
@@ -404,13 +433,11 @@ class ClusterPort:
         credentials = self.settings.credentials
         if credentials is None:
             return self._splices
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-
-        from ._tls import VerifiedTLSFactory
+        from ._tls import VerifiedTLSFactory, tlsFactory
 
         options = credentials.serverOptions()
         options.getContext()
-        return TLSMemoryBIOFactory(
+        return tlsFactory(
             options, False, VerifiedTLSFactory(self.reactor, self._splices)
         )
 
@@ -480,12 +507,13 @@ class ClusterPort:
         self._listening = listening
         port = listening.getHost().port
         host = self.settings.advertise or listening.getHost().host
+        self._record = HostRecord(f"{host}:{port}", self.settings.identity, os.getpid())
         self._election = MachineElection(
             self.reactor,
             self.client,
             self.local.paths.lock + ".etcd",
             electionKey(self.name),
-            HostRecord(f"{host}:{port}", self.settings.identity, os.getpid()),
+            self._record,
             self._hosting,
             self._notHosting,
             leaseTTL=self.settings.leaseTTL,
@@ -495,6 +523,11 @@ class ClusterPort:
 
     def _hosting(self, term: int) -> None:
         self.term = term
+        # What this host's welcome tells clients across machines, and the
+        # term their hellos are checked against.
+        record = self._record
+        assert record is not None  # elected only once it campaigns
+        self.local.acrossMachines = HostTerm(term, record.identity, record.address)
         self.role = HOST
         _log.info(
             "channel {channel}: pid {pid} hosts across machines, term {term}",
@@ -522,6 +555,7 @@ class ClusterPort:
         # First of all: no link may deliver once another can be elected.
         self._splices.cutAll()
         self._releaseHeld()
+        self.local.acrossMachines = None
         self.term = None
         if self.role == HOST:
             self.role = STANDBY
@@ -591,6 +625,7 @@ class ClusterPort:
                 dialed.transport.loseConnection()  # type: ignore[union-attr]
                 return
             accepted.transport.write(_TERM.pack(self.term))  # type: ignore[union-attr]
+            pushToKernel(accepted.socketTransport)
             made.callback(dialed)
 
         made: Deferred[_Half] = Deferred()
@@ -793,7 +828,7 @@ class _Relay:
         return waiter.addCallback(settled)
 
     def _dial(self, host: tuple[HostRecord, int]) -> Deferred[_Half]:
-        from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+        from twisted.internet.endpoints import TCP4ClientEndpoint
 
         record, _ = host
         address, _, port = record.address.rpartition(":")
@@ -827,15 +862,15 @@ class _Relay:
         )
         credentials = self.settings.credentials
         if credentials is not None:
-            from ._tls import VerifiedTLSFactory
+            from ._tls import VerifiedTLSFactory, tlsFactory
 
-            endpoint = wrapClientTLS(
-                credentials.clientOptions(record.identity), endpoint
-            )
-            factory = VerifiedTLSFactory(
+            verified = VerifiedTLSFactory(
                 self.reactor, factory, expectedIdentity=record.identity
             )
-            factory.onRefused = fail
+            verified.onRefused = fail
+            factory = tlsFactory(
+                credentials.clientOptions(record.identity), True, verified
+            )
         connecting = endpoint.connect(factory)
         connecting.addErrback(fail)
 
@@ -981,6 +1016,11 @@ class _ClosingWrapper(ProtocolWrapper):
     connection ends, the relay is closed.
     """
 
+    def __conform__(self, interface: Any) -> Any:
+        # The channel's client tells an IChannelLinkObserver of its links:
+        # the application's protocol, if it is one (or adapts to one).
+        return interface(self.wrappedProtocol, None)
+
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         try:
             super().connectionLost(reason)  # type: ignore[no-untyped-call]
@@ -993,18 +1033,27 @@ async def hostAcrossMachines(
 ) -> dict[str, Any]:
     """
     What etcd says of channel C{name}'s host across machines: for
-    C{twisted-channel status NAME --coordinator ...}.
+    C{twisted-channel status NAME --coordinator ...}.  The election key and
+    the machines' candidate keys are read at once (one range, one
+    revision).
 
-    @return: C{name}, C{coordinator}, C{hosted}, and while hosted the
-        host's C{term}, C{identity} (its machine), C{address} and C{pid}.
+    @return: C{name}, C{coordinator}, C{hosted}, while hosted the host's
+        C{term}, C{identity} (its machine), C{address} and C{pid}; and
+        C{standbys}, the other machines campaigning (each its
+        C{identity}, C{address} and C{pid}), by identity.  A candidate key
+        that holds no record is left out and counted in
+        C{unreadableStandbys}.
     @raise ValueError: for a bad coordinator.
     @raise EtcdError: if etcd cannot be asked.
     """
     from ._campaign import HostRecord as Record
+    from ._cluster import candidatesPrefix
 
     client = EtcdClient(reactor, coordinator, timeout=timeout)
+    key = electionKey(name)
+    candidates = candidatesPrefix(name)
     try:
-        current, _ = await client.get(electionKey(name))
+        found, _ = await client.getPrefix(key.rsplit(b"/", 1)[0] + b"/")
     finally:
         await client.close()
     answer: dict[str, Any] = {
@@ -1012,18 +1061,37 @@ async def hostAcrossMachines(
         "coordinator": str(client.coordinator),
         "hosted": False,
     }
-    if current is None:
-        return answer
-    try:
-        record = Record.decode(current.value)
-    except ValueError as e:
-        answer["error"] = f"the election key holds no host record: {e}"
-        return answer
-    answer.update(
-        hosted=True,
-        term=current.modRevision,
-        identity=record.identity,
-        address=record.address,
-        pid=record.pid,
-    )
+    current = next((kv for kv in found if kv.key == key), None)
+    host = None
+    if current is not None:
+        try:
+            host = Record.decode(current.value)
+        except ValueError as e:
+            answer["error"] = f"the election key holds no host record: {e}"
+        else:
+            answer.update(
+                hosted=True,
+                term=current.modRevision,
+                identity=host.identity,
+                address=host.address,
+                pid=host.pid,
+            )
+    standbys = []
+    unreadable = 0
+    for kv in found:
+        if not kv.key.startswith(candidates):
+            continue
+        try:
+            record = Record.decode(kv.value)
+        except ValueError:
+            unreadable += 1
+            continue
+        if host is not None and record.identity == host.identity:
+            continue  # the host's own machine
+        standbys.append(
+            {"identity": record.identity, "address": record.address, "pid": record.pid}
+        )
+    answer["standbys"] = standbys
+    if unreadable:
+        answer["unreadableStandbys"] = unreadable
     return answer
