@@ -35,7 +35,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer, providedBy
 
 from ._address import HOST, STANDBY, ChannelAddress
 from ._campaign import DEFAULT_LEASE_TTL, HostRecord
@@ -726,7 +726,7 @@ def connectAcrossMachines(
         return reason
 
     # The application gets its own protocol, whose transport is the
-    # wrapper (which passes every attribute on to the channel's).
+    # channel's.
     return d.addCallbacks(lambda wrapper: wrapper.wrappedProtocol, failed)
 
 
@@ -734,7 +734,17 @@ class _ClosingWrapper(ProtocolWrapper):
     """
     The application's protocol, seen by the channel's client: when the
     connection ends, the relay is closed.
+
+    The application's protocol is connected to the channel's transport
+    itself, not to this wrapper: its writes, one call per message, go
+    straight to the channel's client.
     """
+
+    def makeConnection(self, transport: Any) -> None:
+        directlyProvides(self, providedBy(transport))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        self.wrappedProtocol.makeConnection(transport)
 
     def __conform__(self, interface: Any) -> Any:
         # The channel's client tells an IChannelLinkObserver of its links:
