@@ -763,18 +763,27 @@ async def hostAcrossMachines(
 ) -> dict[str, Any]:
     """
     What etcd says of channel C{name}'s host across machines: for
-    C{twisted-channel status NAME --coordinator ...}.
+    C{twisted-channel status NAME --coordinator ...}.  The election key and
+    the machines' candidate keys are read at once (one range, one
+    revision).
 
-    @return: C{name}, C{coordinator}, C{hosted}, and while hosted the
-        host's C{term}, C{identity} (its machine), C{address} and C{pid}.
+    @return: C{name}, C{coordinator}, C{hosted}, while hosted the host's
+        C{term}, C{identity} (its machine), C{address} and C{pid}; and
+        C{standbys}, the other machines campaigning (each its
+        C{identity}, C{address} and C{pid}), by identity.  A candidate key
+        that holds no record is left out and counted in
+        C{unreadableStandbys}.
     @raise ValueError: for a bad coordinator.
     @raise EtcdError: if etcd cannot be asked.
     """
     from ._campaign import HostRecord as Record
+    from ._cluster import candidatesPrefix
 
     client = EtcdClient(reactor, coordinator, timeout=timeout)
+    key = electionKey(name)
+    candidates = candidatesPrefix(name)
     try:
-        current, _ = await client.get(electionKey(name))
+        found, _ = await client.getPrefix(key.rsplit(b"/", 1)[0] + b"/")
     finally:
         await client.close()
     answer: dict[str, Any] = {
@@ -782,18 +791,37 @@ async def hostAcrossMachines(
         "coordinator": str(client.coordinator),
         "hosted": False,
     }
-    if current is None:
-        return answer
-    try:
-        record = Record.decode(current.value)
-    except ValueError as e:
-        answer["error"] = f"the election key holds no host record: {e}"
-        return answer
-    answer.update(
-        hosted=True,
-        term=current.modRevision,
-        identity=record.identity,
-        address=record.address,
-        pid=record.pid,
-    )
+    current = next((kv for kv in found if kv.key == key), None)
+    host = None
+    if current is not None:
+        try:
+            host = Record.decode(current.value)
+        except ValueError as e:
+            answer["error"] = f"the election key holds no host record: {e}"
+        else:
+            answer.update(
+                hosted=True,
+                term=current.modRevision,
+                identity=host.identity,
+                address=host.address,
+                pid=host.pid,
+            )
+    standbys = []
+    unreadable = 0
+    for kv in found:
+        if not kv.key.startswith(candidates):
+            continue
+        try:
+            record = Record.decode(kv.value)
+        except ValueError:
+            unreadable += 1
+            continue
+        if host is not None and record.identity == host.identity:
+            continue  # the host's own machine
+        standbys.append(
+            {"identity": record.identity, "address": record.address, "pid": record.pid}
+        )
+    answer["standbys"] = standbys
+    if unreadable:
+        answer["unreadableStandbys"] = unreadable
     return answer
