@@ -11,8 +11,12 @@ A process of a channel across machines, for the multi-process tests:
         "LINK identity pid term host port" for each link up (its
         getPeer(), which must be the host it is told of) and "UNLINKED"
         for each link lost.
+    peer: a client, as above, whose endpoint has a serverFactory (a
+        recording host, as a candidate's): it stands as a candidate host
+        until its connection ends; it stays up (for its graceful handover)
+        until "stop".
 
-Both stop on "stop" on standard input.
+Candidates and peers stop on "stop" on standard input.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["candidate", "client"])
+    parser.add_argument("mode", choices=["candidate", "client", "peer"])
     parser.add_argument("--coordinator", required=True)
     parser.add_argument("--dir", required=True)
     parser.add_argument("--name", required=True)
@@ -52,10 +56,33 @@ def main() -> None:
     # tests that check what a candidate says.
     logToStandardError()
 
+    record = open(options.record, "ab", buffering=0) if options.record else None
+
+    class Recorder(Protocol):
+        def connectionMade(self) -> None:
+            peer = self.transport.getPeer()  # type: ignore[union-attr]
+            say(f"PEER {peer.identity} {peer.pid}")
+
+        def dataReceived(self, data: bytes) -> None:
+            assert record is not None
+            record.write(b"%d %s %.6f\n" % (os.getpid(), data, time.monotonic()))
+
+    class Commands(LineReceiver):
+        delimiter = b"\n"
+        stop: object = None
+
+        def lineReceived(self, line: bytes) -> None:
+            if line.strip() == b"stop" and callable(self.stop):
+                self.stop()
+
+    commands = Commands()
     certs = options.certs
     endpoint = ChannelEndpoint(
         reactor,
         options.name,
+        serverFactory=(
+            Factory.forProtocol(Recorder) if options.mode == "peer" else None
+        ),
         directory=options.dir,
         timeout=options.timeout,
         coordinator=options.coordinator,
@@ -74,15 +101,6 @@ def main() -> None:
     stopping: list[object] = []
 
     if options.mode == "candidate":
-        record = open(options.record, "ab", buffering=0)
-
-        class Recorder(Protocol):
-            def connectionMade(self) -> None:
-                peer = self.transport.getPeer()  # type: ignore[union-attr]
-                say(f"PEER {peer.identity} {peer.pid}")
-
-            def dataReceived(self, data: bytes) -> None:
-                record.write(b"%d %s %.6f\n" % (os.getpid(), data, time.monotonic()))
 
         def listening(port: object) -> None:
             async def roles() -> None:
@@ -109,15 +127,6 @@ def main() -> None:
 
             commands.stop = stop  # type: ignore[assignment]
 
-        class Commands(LineReceiver):
-            delimiter = b"\n"
-            stop: object = None
-
-            def lineReceived(self, line: bytes) -> None:
-                if line.strip() == b"stop" and callable(self.stop):
-                    self.stop()
-
-        commands = Commands()
         stdio.StandardIO(commands)
         endpoint.listen(Factory.forProtocol(Recorder)).addCallback(listening)
         reactor.run()  # type: ignore[attr-defined]
@@ -158,7 +167,14 @@ def main() -> None:
                 say("DONE")
             else:
                 say(f"FAILED {reason}")
-            reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
+            if options.mode == "client":
+                reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
+            # A peer's candidacy is stopping (a graceful handover, which
+            # needs the reactor): it waits for "stop".
+
+    if options.mode == "peer":
+        commands.stop = lambda: reactor.stop()  # type: ignore[assignment,attr-defined]
+        stdio.StandardIO(commands)
 
     endpoint.connect(Factory.forProtocol(Sender)).addCallback(
         lambda protocol: say(f"READY {os.getpid()}")

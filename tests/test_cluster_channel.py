@@ -454,3 +454,45 @@ def test_statusShowsStandbys(rig: Rig) -> None:
     else:
         assert f"pid {a2.pid} on machine a" in lines[0], lines
         assert len(lines) == 2 and lines[1].startswith(standby(c1, "c")), lines
+
+
+def _loggedHosting(child: ChildProcess, timeout: float = 30) -> int:
+    """
+    The term of the first "hosts across machines" line C{child} logs.
+    """
+    import re
+    import time
+
+    deadline = time.monotonic() + timeout
+    pattern = re.compile(rf"pid {child.pid} hosts across machines, term (\d+)")
+    while time.monotonic() < deadline:
+        found = pattern.search(child.stderr)
+        if found:
+            return int(found.group(1))
+        time.sleep(0.05)
+    raise AssertionError(f"{child} did not host within {timeout} s: {child.stderr}")
+
+
+def test_serverFactoryAcrossMachines(rig: Rig) -> None:
+    """
+    connect() with a serverFactory across machines, as on one machine: each
+    peer (on a and on b) is a client and a candidate host for as long as
+    its connection lives. The first hosts and receives both streams (its
+    own through its relay, like any client's); when its connection ends,
+    its candidacy stops, the other machine hosts, and the rest of its own
+    stream reaches it. Nothing is lost; in order within each host's life.
+    """
+    a = rig.start("peer", "a", "--count", "100", "--interval", "0.01", "--tag", "a")
+    first = _loggedHosting(a)
+    b = rig.start("peer", "b", "--count", "600", "--interval", "0.01", "--tag", "b")
+    a.waitFor(lambda line: line == "DONE", 60)
+    second = _loggedHosting(b)
+    assert second > first
+    b.waitFor(lambda line: line == "DONE", 60)
+    byHostA = _check(rig, "a", 100)
+    assert list(byHostA) == [a.pid]
+    byHostB = _check(rig, "b", 600)
+    assert set(byHostB) == {a.pid, b.pid}
+    assert f"pid {b.pid} hosts across machines" not in a.stderr
+    links = _links(b)
+    assert links[0] == ("a", a.pid, first) and links[-1] == ("b", b.pid, second)

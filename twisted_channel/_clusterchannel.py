@@ -702,6 +702,7 @@ def connectAcrossMachines(
     settings: ClusterSettings,
     connectLocal: Any,
     protocolFactory: Any,
+    candidate: ClusterPort | None = None,
 ) -> Deferred[IProtocol]:
     """
     Connect the application's protocol to the channel's host across
@@ -709,6 +710,9 @@ def connectAcrossMachines(
 
     @param connectLocal: given the relay's directory and a factory,
         connects a one-machine client to it and returns its Deferred.
+    @param candidate: this process's candidacy for the endpoint's
+        C{serverFactory}, already standing, stopped when the connection
+        ends (as on one machine).
     @return: a Deferred firing with the application's protocol.
     """
     relay = _Relay(reactor, settings, name)
@@ -719,10 +723,12 @@ def connectAcrossMachines(
 
     wrapping = Closing(protocolFactory)  # type: ignore[no-untyped-call]
     wrapping.relay = relay  # type: ignore[attr-defined]
+    wrapping.candidate = candidate  # type: ignore[attr-defined]
     d: Deferred[Any] = connectLocal(relay.directory, wrapping)
 
     def failed(reason: Failure) -> Failure:
         relay.close()
+        _stopCandidate(candidate)
         return reason
 
     # The application gets its own protocol, whose transport is the
@@ -730,10 +736,18 @@ def connectAcrossMachines(
     return d.addCallbacks(lambda wrapper: wrapper.wrappedProtocol, failed)
 
 
+def _stopCandidate(candidate: ClusterPort | None) -> None:
+    if candidate is not None:
+        candidate.stopListening().addErrback(
+            lambda f: _log.failure("could not stop the candidate host", f)
+        )
+
+
 class _ClosingWrapper(ProtocolWrapper):
     """
     The application's protocol, seen by the channel's client: when the
-    connection ends, the relay is closed.
+    connection ends, the relay is closed, and the candidacy of a
+    C{serverFactory} stopped.
 
     The application's protocol is connected to the channel's transport
     itself, not to this wrapper: its writes, one call per message, go
@@ -756,6 +770,7 @@ class _ClosingWrapper(ProtocolWrapper):
             super().connectionLost(reason)  # type: ignore[no-untyped-call]
         finally:
             self.factory.relay.close()
+            _stopCandidate(self.factory.candidate)
 
 
 async def hostAcrossMachines(
