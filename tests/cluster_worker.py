@@ -6,11 +6,12 @@ A process of a channel across machines, for the multi-process tests:
         "HOSTING term t" and "NOT-HOSTING t" (time.monotonic()), and
         "PEER identity pid" for each link (its getPeer()).
     client: connects and sends --count messages "TAG:i", one every
-        --interval seconds, then closes once all are acknowledged; prints
-        "DONE" (or "FAILED reason"); as an IChannelLinkObserver, prints
-        "LINK identity pid term host port" for each link up (its
-        getPeer(), which must be the host it is told of) and "UNLINKED"
-        for each link lost.
+        --interval seconds (fewer if "stop" comes first on standard input),
+        then closes once all are acknowledged; prints "DONE" (or "FAILED
+        reason"), and "SENT n" first if it was stopped; as an
+        IChannelLinkObserver, prints "LINK identity pid term host port" for
+        each link up (its getPeer(), which must be the host it is told of)
+        and "UNLINKED" for each link lost.
     peer: a client, as above, whose endpoint has a serverFactory (a
         recording host, as a candidate's): it stands as a candidate host
         until its connection ends; it stays up (for its graceful handover)
@@ -132,6 +133,8 @@ def main() -> None:
         reactor.run()  # type: ignore[attr-defined]
         return
 
+    count = [options.count]
+
     from zope.interface import implementer
 
     from twisted_channel import IChannelLinkObserver
@@ -153,7 +156,7 @@ def main() -> None:
             self.loop.start(options.interval)
 
         def next(self) -> None:
-            if self.sent >= options.count:
+            if self.sent >= count[0]:
                 self.loop.stop()
                 self.transport.loseConnection()  # type: ignore[union-attr]
                 return
@@ -163,7 +166,7 @@ def main() -> None:
         def connectionLost(self, reason: Any = None) -> None:
             if self.loop.running:
                 self.loop.stop()
-            if self.sent >= options.count and not reason.check(ChannelUnreachableError):
+            if self.sent >= count[0] and not reason.check(ChannelUnreachableError):
                 say("DONE")
             else:
                 say(f"FAILED {reason}")
@@ -176,7 +179,23 @@ def main() -> None:
         commands.stop = lambda: reactor.stop()  # type: ignore[assignment,attr-defined]
         stdio.StandardIO(commands)
 
-    endpoint.connect(Factory.forProtocol(Sender)).addCallback(
+    class StopSending(LineReceiver):
+        delimiter = b"\n"
+
+        def lineReceived(self, line: bytes) -> None:
+            if line.strip() == b"stop" and sender:
+                count[0] = min(count[0], sender[0].sent)
+                say(f"SENT {count[0]}")
+
+    sender: list[Sender] = []
+    if options.mode == "client":
+        stdio.StandardIO(StopSending())
+
+    def connected(protocol: Sender) -> Sender:
+        sender.append(protocol)
+        return protocol
+
+    endpoint.connect(Factory.forProtocol(Sender)).addCallback(connected).addCallback(
         lambda protocol: say(f"READY {os.getpid()}")
     )
     reactor.run()  # type: ignore[attr-defined]

@@ -162,6 +162,57 @@ def test_hostKilledWithLocalStandby(rig: Rig) -> None:
     assert not any(line.startswith("HOSTING") for line in b1.collect())
 
 
+#: Host kills in L{test_hostKilledRepeatedly}; docs/cluster.md's figures
+#: come from runs with more (C{TC_CLUSTER_KILLS=25}).
+KILLS = int(os.environ.get("TC_CLUSTER_KILLS", "4"))
+
+
+@pytest.mark.timeout(60 + 15 * KILLS)
+def test_hostKilledRepeatedly(rig: Rig) -> None:
+    """
+    A client on machine b streams (one message every 5 ms) to the host on
+    machine a, whose host is SIGKILLed again and again, a standby on a
+    started before each kill: each time the standby takes over with a higher
+    term, machine b never hosts, and no message is lost or out of order
+    within a host's life.  Prints the time from each kill to the first
+    message at the new host.
+    """
+    import time
+
+    host = rig.start("candidate", "a")
+    term = _hosting(host)
+    b1 = rig.start("candidate", "b")
+    client = rig.start("client", "b", "--count", "1000000", "--interval", "0.005")
+    took = []
+    for _ in range(KILLS):
+        standby = rig.start("candidate", "a")
+        time.sleep(0.3)
+        killed = host.kill(signal.SIGKILL) / 1e9
+        newTerm = _hosting(standby)
+        assert newTerm > term
+        term, host = newTerm, standby
+        deadline = time.monotonic() + 10
+        while True:
+            first = [at for pid, _, _, at in readRecords(rig.record) if pid == host.pid]
+            if first or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert first, "no message at the new host within 10 s"
+        took.append(1000 * (min(first) - killed))
+    time.sleep(0.2)
+    client.send("stop")
+    sent = int(client.waitFor(lambda line: line.startswith("SENT"), 10).split()[1])
+    client.waitFor(lambda line: line == "DONE", 60)
+    _check(rig, "c", sent)
+    assert not any(line.startswith("HOSTING") for line in b1.collect())
+    took.sort()
+    print(
+        f"host killed {KILLS} times: first message at the local standby "
+        f"median {took[len(took) // 2]:.1f} ms, {took[0]:.1f} to {took[-1]:.1f} ms; "
+        + " ".join(f"{t:.1f}" for t in took)
+    )
+
+
 def test_gracefulHandoverAcrossMachines(rig: Rig) -> None:
     """
     The host, alone on its machine, stops while a client streams; the other
