@@ -30,7 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -897,9 +897,17 @@ class _Relay:
     def close(self) -> None:
         self.finder.stop()
         self.splices.cutAll()
-        if self._listening is not None:
-            self._listening.stopListening()
+        listening, self._listening = self._listening, None
         self.client.close()
+        if listening is None:
+            self._removeDirectory()
+            return
+        # The directory goes once the port has stopped: the port removes
+        # its socket file as it stops, and fails loudly if it is gone.
+        stopped: Deferred[None] = maybeDeferred(listening.stopListening)
+        stopped.addBoth(lambda _: self._removeDirectory())
+
+    def _removeDirectory(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
         trigger, self._atShutdown = self._atShutdown, None
         if trigger is not None:
