@@ -2,12 +2,15 @@
 A process of a channel across machines, for the multi-process tests:
 
     candidate: listens (a candidate host) and records every message it
-        receives as "pid message time" lines in --record; prints
+        receives as "pid message time" lines in --record ("pid message
+        time term" with --record-terms: the host's fencing term when it
+        received the message, -1 if it had none); prints
         "HOSTING term t" and "NOT-HOSTING t" (time.monotonic()), and
         "PEER identity pid" for each link (its getPeer()).
     client: connects and sends --count messages "TAG:i", one every
-        --interval seconds, then closes once all are acknowledged; prints
-        "DONE" (or "FAILED reason").
+        --interval seconds (--count 0: until "stop" on standard input),
+        then closes once all are acknowledged; prints "SENT n", then "DONE"
+        (or "FAILED reason").
 
 Both stop on "stop" on standard input.
 """
@@ -32,6 +35,7 @@ def main() -> None:
     parser.add_argument("--advertise", default="127.0.0.1")
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--record")
+    parser.add_argument("--record-terms", action="store_true")
     parser.add_argument("--tag", default="c")
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--interval", type=float, default=0.01)
@@ -79,9 +83,19 @@ def main() -> None:
                 say(f"PEER {peer.identity} {peer.pid}")
 
             def dataReceived(self, data: bytes) -> None:
-                record.write(b"%d %s %.6f\n" % (os.getpid(), data, time.monotonic()))
+                at = time.monotonic()
+                if options.record_terms:
+                    term = listened[0].term
+                    term = -1 if term is None else term
+                    record.write(b"%d %s %.6f %d\n" % (os.getpid(), data, at, term))
+                else:
+                    record.write(b"%d %s %.6f\n" % (os.getpid(), data, at))
+
+        listened: list[Any] = []
 
         def listening(port: object) -> None:
+            listened.append(port)
+
             async def roles() -> None:
                 while True:
                     await port.whenHosting()  # type: ignore[attr-defined]
@@ -123,13 +137,22 @@ def main() -> None:
     class Sender(Protocol):
         def connectionMade(self) -> None:
             self.sent = 0
+            self.stopped = False
             self.loop = task.LoopingCall(self.next)
             self.loop.start(options.interval)
 
-        def next(self) -> None:
-            if self.sent >= options.count:
+        def finish(self) -> None:
+            if self.stopped:
+                return
+            self.stopped = True
+            if self.loop.running:
                 self.loop.stop()
-                self.transport.loseConnection()  # type: ignore[union-attr]
+            say(f"SENT {self.sent}")
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+        def next(self) -> None:
+            if options.count and self.sent >= options.count:
+                self.finish()
                 return
             self.transport.write(f"{options.tag}:{self.sent}".encode())  # type: ignore[union-attr]
             self.sent += 1
@@ -137,15 +160,29 @@ def main() -> None:
         def connectionLost(self, reason: Any = None) -> None:
             if self.loop.running:
                 self.loop.stop()
-            if self.sent >= options.count and not reason.check(ChannelUnreachableError):
+            finished = self.stopped and not reason.check(ChannelUnreachableError)
+            if finished and self.sent >= options.count:
                 say("DONE")
             else:
                 say(f"FAILED {reason}")
             reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
 
-    endpoint.connect(Factory.forProtocol(Sender)).addCallback(
-        lambda protocol: say(f"READY {os.getpid()}")
-    )
+    senders: list[Sender] = []
+
+    class Orders(LineReceiver):
+        delimiter = b"\n"
+
+        def lineReceived(self, line: bytes) -> None:
+            if line.strip() == b"stop":
+                for sender in senders:
+                    sender.finish()
+
+    def connected(sender: Sender) -> None:
+        senders.append(sender)
+        say(f"READY {os.getpid()}")
+
+    stdio.StandardIO(Orders())
+    endpoint.connect(Factory.forProtocol(Sender)).addCallback(connected)
     reactor.run()  # type: ignore[attr-defined]
 
 

