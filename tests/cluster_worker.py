@@ -10,7 +10,10 @@ A process of a channel across machines, for the multi-process tests:
     client: connects and sends --count messages "TAG:i", one every
         --interval seconds (--count 0: until "stop" on standard input),
         then closes once all are acknowledged; prints "SENT n", then "DONE"
-        (or "FAILED reason").
+        (or "FAILED reason"); as an IChannelLinkObserver, prints
+        "LINK identity pid term host port" for each link up (its
+        getPeer(), which must be the host it is told of) and "UNLINKED"
+        for each link lost.
 
 Both stop on "stop" on standard input.
 """
@@ -134,7 +137,21 @@ def main() -> None:
         reactor.run()  # type: ignore[attr-defined]
         return
 
+    from zope.interface import implementer
+
+    from twisted_channel import IChannelLinkObserver
+
+    @implementer(IChannelLinkObserver)
     class Sender(Protocol):
+        def linkEstablished(self, host: Any) -> None:
+            peer = self.transport.getPeer()  # type: ignore[union-attr]
+            if peer != host:
+                say(f"WRONG-PEER {peer} {host}")
+            say(f"LINK {host.identity} {host.pid} {host.term} {host.host} {host.port}")
+
+        def linkLost(self, reason: Any) -> None:
+            say("UNLINKED")
+
         def connectionMade(self) -> None:
             self.sent = 0
             self.stopped = False

@@ -334,3 +334,55 @@ def test_hostSeesClientMachine(rig: Rig) -> None:
     assert peers == [f"PEER b {fromB.pid}", f"PEER a {fromA.pid}"]
     _check(rig, "a", 20)
     _check(rig, "b", 20)
+
+
+def _links(client: ChildProcess) -> list[tuple[str, int, int]]:
+    """
+    The hosts a client's protocol was told of (its IChannelLinkObserver),
+    each as its getPeer() gave it: (machine, pid, term).
+    """
+    found = []
+    for line in client.collect():
+        assert not line.startswith("WRONG-PEER"), line
+        if line.startswith("LINK"):
+            _, identity, pid, term, _, _ = line.split()
+            found.append((identity, int(pid), int(term)))
+    return found
+
+
+def test_clientSeesHost(rig: Rig) -> None:
+    """
+    A client's getPeer() names the host across machines, as the host's
+    welcome says it end to end: its machine, pid, advertised address and
+    term (not the client's relay); its protocol, an IChannelLinkObserver,
+    is told of each link as the host moves from a to a's standby (SIGKILL)
+    and then to machine b (graceful stop), with terms that only increase.
+    """
+    import time
+
+    a1 = rig.start("candidate", "a")
+    first = _hosting(a1)
+    a2 = rig.start("candidate", "a")
+    b1 = rig.start("candidate", "b")
+    client = rig.start("client", "b", "--count", "400", "--interval", "0.01")
+    line = client.waitFor(lambda line: line.startswith("LINK"), 30)
+    _, identity, pid, term, host, port = line.split()
+    assert (identity, int(pid), int(term)) == ("a", a1.pid, first)
+    assert host == "127.0.0.1" and 0 < int(port) < 65536
+    time.sleep(0.3)
+    a1.kill(signal.SIGKILL)
+    second = _hosting(a2)
+    client.waitFor(lambda line: line.startswith(f"LINK a {a2.pid} {second} "), 30)
+    time.sleep(0.3)
+    a2.send("stop")
+    third = _hosting(b1)
+    client.waitFor(lambda line: line.startswith(f"LINK b {b1.pid} {third} "), 30)
+    client.waitFor(lambda line: line == "DONE", 60)
+    _check(rig, "c", 400)
+    links = _links(client)
+    assert links == [("a", a1.pid, first), ("a", a2.pid, second), ("b", b1.pid, third)]
+    assert first < second < third
+    # Each link up after the first was told after its loss.
+    lines = client.collect()
+    assert lines.count("UNLINKED") >= 2
+    assert lines.index("UNLINKED") > lines.index(next(x for x in lines if "LINK" in x))

@@ -41,6 +41,7 @@ from ._address import HOST, STANDBY, ChannelAddress
 from ._campaign import DEFAULT_LEASE_TTL, HostRecord
 from ._cluster import HostFinder, MachineElection, electionKey
 from ._etcd import Coordinator, EtcdClient, parseCoordinator
+from ._wire import HostTerm
 
 _log = Logger()
 
@@ -298,6 +299,7 @@ class ClusterPort:
         self._splices = _SpliceFactory(self._dialLocal, lambda: self.role == HOST)
         self._listening: Any = None
         self._election: MachineElection | None = None
+        self._record: HostRecord | None = None
         self._hostingWaiters: list[Deferred[ChannelAddress]] = []
         self._notHostingWaiters: list[Deferred[ChannelAddress]] = []
 
@@ -360,12 +362,13 @@ class ClusterPort:
         self._listening = listening
         port = listening.getHost().port
         host = self.settings.advertise or listening.getHost().host
+        self._record = HostRecord(f"{host}:{port}", self.settings.identity, os.getpid())
         self._election = MachineElection(
             self.reactor,
             self.client,
             self.local.paths.lock + ".etcd",
             electionKey(self.name),
-            HostRecord(f"{host}:{port}", self.settings.identity, os.getpid()),
+            self._record,
             self._hosting,
             self._notHosting,
             leaseTTL=self.settings.leaseTTL,
@@ -374,6 +377,11 @@ class ClusterPort:
 
     def _hosting(self, term: int) -> None:
         self.term = term
+        # What this host's welcome tells clients across machines, and the
+        # term their hellos are checked against.
+        record = self._record
+        assert record is not None  # elected only once it campaigns
+        self.local.acrossMachines = HostTerm(term, record.identity, record.address)
         self.role = HOST
         _log.info(
             "channel {channel}: pid {pid} hosts across machines, term {term}",
@@ -386,6 +394,7 @@ class ClusterPort:
     def _notHosting(self, term: int, reason: str) -> None:
         # First of all: no link may deliver once another can be elected.
         self._splices.cutAll()
+        self.local.acrossMachines = None
         self.term = None
         if self.role == HOST:
             self.role = STANDBY
@@ -699,6 +708,11 @@ class _ClosingWrapper(ProtocolWrapper):
     The application's protocol, seen by the channel's client: when the
     connection ends, the relay is closed.
     """
+
+    def __conform__(self, interface: Any) -> Any:
+        # The channel's client tells an IChannelLinkObserver of its links:
+        # the application's protocol, if it is one (or adapts to one).
+        return interface(self.wrappedProtocol, None)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         try:

@@ -164,6 +164,10 @@ class ChannelEndpoint:
         insecure: bool = False,
     ) -> None:
         self._reactor = reactor
+        # Whether this endpoint's directory is a relay's to hosts across
+        # machines (set by connect() across machines, on the endpoint it
+        # connects through).
+        self._relayed = False
         # Across machines (docs/cluster.md); None for the one-machine channel.
         self.cluster: ClusterSettings | None = None
         if coordinator is not None or advertise or port or interface or leaseTTL:
@@ -296,7 +300,7 @@ class ChannelEndpoint:
             from ._clusterchannel import connectAcrossMachines
 
             def connectLocal(directory: str, factory: IProtocolFactory) -> Any:
-                return ChannelEndpoint(
+                relayed = ChannelEndpoint(
                     self._reactor,
                     self.name,
                     directory=directory,
@@ -305,7 +309,9 @@ class ChannelEndpoint:
                     maxBufferSize=self.maxBufferSize,
                     transport=UNIX,
                     failover=self.failover,
-                ).connect(factory)
+                )
+                relayed._relayed = True
+                return relayed.connect(factory)
 
             try:
                 return connectAcrossMachines(
@@ -345,6 +351,7 @@ class ChannelEndpoint:
             transport=self.transportKind,
             lockPath=self.paths.lock,
             failover=self.failover,
+            acrossMachines=self._relayed,
         )
         protocol.makeConnection(transport)
         transport.startConnecting()

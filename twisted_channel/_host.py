@@ -481,6 +481,19 @@ class _HostLink(Protocol):
         welcome it, and connect the two.
         """
         assert self.transport is not None
+        acrossMachines = self.port.acrossMachines
+        if hello.flags & _wire.FLAG_TERM:
+            # A client across machines fences its hosts: answered only by
+            # a host whose term is at least the highest it has seen.
+            if acrossMachines is None:
+                self.refuse("this process does not host across machines")
+                return None
+            if acrossMachines.term < hello.lowestTerm:
+                self.refuse(
+                    f"this host's term {acrossMachines.term} is lower than "
+                    f"term {hello.lowestTerm}, which the client has seen"
+                )
+                return None
         if self.peerAddress.pid is None:
             self.peerAddress = ChannelAddress(
                 self.port.name,
@@ -502,7 +515,7 @@ class _HostLink(Protocol):
             # again otherwise); one logical connection has one live link.
             previous.closeQuietly()
         term.links[clientId] = self
-        self.transport.write(self.session.welcome(os.getpid()))
+        self.transport.write(self.session.welcome(os.getpid(), acrossMachines))
         self.application = application
         _log.debug(
             "channel {channel}: link up from pid {peerPid}, resuming after "
@@ -744,6 +757,11 @@ class ChannelPort:
         #: own socket for verified peers of other machines, by the dialing
         #: socket's name, with the peer machine's identity.
         self.splicedPeers: dict[object, str | None] = {}
+        #: Across machines, while this process hosts there: its term,
+        #: machine and address, which its welcome tells a client across
+        #: machines (which it refuses while C{None}, or while its term is
+        #: lower than one the client has seen).
+        self.acrossMachines: _wire.HostTerm | None = None
         self._authFailures = FailureLimit(AUTH_FAILURE_LIMIT, AUTH_FAILURE_WINDOW)
         self.role = STOPPED
         # The socket this standby will publish if it wins.
