@@ -146,6 +146,11 @@ class _Local:
     def __init__(self, socketPath: str) -> None:
         self.paths = SimpleNamespace(socket=socketPath)
         self.splicedPeers: dict[object, str | None] = {}
+        self.acrossMachines: object = None
+        self.linksClosed = 0
+
+    def closeLinks(self) -> None:
+        self.linksClosed += 1
 
 
 class PeerName(Protocol):
@@ -203,3 +208,28 @@ async def test_dialLocalNamesTheVerifiedPeer(tmp_path: Any) -> None:
     finally:
         port.client.close()
         await listening.stopListening()
+
+
+def test_steppingDownClosesTheLocalLinks(tmp_path: Any) -> None:
+    """
+    A host across machines that steps down cuts its splices and closes its
+    one-machine port's links at once, so that nothing the splices wrote to
+    its channel socket before is delivered after.
+    """
+    from twisted.internet import reactor
+
+    from twisted_channel._clusterchannel import ClusterPort, ClusterSettings
+
+    local = _Local(str(tmp_path / "c.sock"))
+    settings = ClusterSettings.check("etcd://127.0.0.1:1", insecure=True)
+    port = ClusterPort(reactor, local, settings, "jobs")
+    try:
+        cut = []
+        port._splices.cutAll = lambda joinedOnly=False: cut.append(True)  # type: ignore[method-assign]
+        port.role, port.term = "host", 7
+        port._notHosting(7, "its lease is lost")
+        assert cut == [True]
+        assert local.linksClosed == 1
+        assert (port.role, port.term, local.acrossMachines) == ("standby", None, None)
+    finally:
+        port.client.close()
