@@ -171,7 +171,7 @@ def test_etcdUnreachableAtStart(request: pytest.FixtureRequest) -> None:
         patient = _stream(rig, "b", "patient", 30)
         hasty = _stream(rig, "b", "hasty", 1)
         failed = hasty.waitFor(lambda line: line.startswith("FAILED"), 30)
-        failedAfter = time.monotonic() - started
+        failedAfter = time.monotonic() - hasty.startedAt
         assert "ChannelUnreachableError" in failed
         time.sleep(max(0.0, 2.0 - (time.monotonic() - started)))
         assert not any(line.startswith("HOSTING") for line in a1.collect())
@@ -186,7 +186,7 @@ def test_etcdUnreachableAtStart(request: pytest.FixtureRequest) -> None:
         assert set(byHost) == {a1.pid}
         print(
             f"etcd unreachable at start: a client with timeout=1 failed "
-            f"{failedAfter:.3f} s after it started; etcd healthy "
+            f"{failedAfter:.3f} s after its process started; etcd healthy "
             f"{healthy - etcdStarted:.3f} s after its start, first message "
             f"{first - etcdStarted:.3f} s after it ({first - healthy:.3f} s after "
             f"healthy), {len(byHost[a1.pid])} messages, none lost"
