@@ -46,7 +46,7 @@ class Rig:
         self.base = tempfile.mkdtemp(prefix="tc-cc-", dir="/tmp")
         os.chmod(self.base, 0o700)
         self.certs = os.path.join(self.base, "certs")
-        makeCertificates(self.certs, ["a", "b", "mallory"])
+        makeCertificates(self.certs, ["a", "b", "c", "mallory"])
         self.record = os.path.join(self.base, "record")
         self.children: list[ChildProcess] = []
 
@@ -386,3 +386,71 @@ def test_clientSeesHost(rig: Rig) -> None:
     lines = client.collect()
     assert lines.count("UNLINKED") >= 2
     assert lines.index("UNLINKED") > lines.index(next(x for x in lines if "LINK" in x))
+
+
+def test_statusShowsStandbys(rig: Rig) -> None:
+    """
+    twisted-channel status --coordinator, with real candidates on machines
+    a, b and c: the host on a with its pid and term, and b and c as
+    standbys (the second candidate on a is no machine of its own); once b
+    stops, only c; once the host stops, a's other candidate or c hosts and
+    the other is the standby.
+    """
+    import subprocess
+
+    def status() -> list[str]:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "twisted_channel",
+                "status",
+                rig.name,
+                "--coordinator",
+                rig.coordinator,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode in (0, 1), done.stderr
+        return done.stdout.splitlines()
+
+    def standby(child: ChildProcess, machine: str) -> str:
+        return f"  standby: machine {machine}, pid {child.pid} at 127.0.0.1:"
+
+    def waitForStatus(check: Any) -> list[str]:
+        import time
+
+        deadline = time.monotonic() + 20
+        while True:
+            lines = status()
+            if check(lines) or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.2)
+
+    a1 = rig.start("candidate", "a")
+    term = _hosting(a1)
+    a2 = rig.start("candidate", "a")
+    b1 = rig.start("candidate", "b")
+    c1 = rig.start("candidate", "c")
+    lines = waitForStatus(lambda lines: len(lines) == 3)
+    assert lines[0].startswith(
+        f"channel {rig.name}: hosted by pid {a1.pid} on machine a at 127.0.0.1:"
+    ) and lines[0].endswith(f", term {term}"), lines
+    assert lines[1].startswith(standby(b1, "b")), lines
+    assert lines[2].startswith(standby(c1, "c")), lines
+    b1.send("stop")
+    b1.wait(20)
+    lines = waitForStatus(lambda lines: len(lines) == 2)
+    assert lines[1:] == [lines[1]] and lines[1].startswith(standby(c1, "c")), lines
+    # Whichever of a's other candidate and c wins, the other is the standby.
+    a1.send("stop")
+    lines = waitForStatus(
+        lambda lines: "hosted by" in lines[0] and f"pid {a1.pid} " not in lines[0]
+    )
+    if f"pid {c1.pid} on machine c" in lines[0]:
+        assert len(lines) == 2 and lines[1].startswith(standby(a2, "a")), lines
+    else:
+        assert f"pid {a2.pid} on machine a" in lines[0], lines
+        assert len(lines) == 2 and lines[1].startswith(standby(c1, "c")), lines

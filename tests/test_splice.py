@@ -8,6 +8,7 @@ verified peer's identity by the dialing socket's name.
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,7 +17,10 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 
+from twisted_channel._certs import makeCertificates
 from twisted_channel._clusterchannel import _Half, _HalfFactory, _SpliceFactory
+from twisted_channel._sockets import bufferedBytes
+from twisted_channel._tls import TLSCredentials, VerifiedTLSFactory, tlsFactory
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -41,20 +45,41 @@ class Client(Protocol):
         self.lost.callback(None)
 
 
-async def _rig(refuse: bool = False) -> tuple[_SpliceFactory, Client, list[Any]]:
+async def _rig(
+    refuse: bool = False, certificates: str | None = None
+) -> tuple[_SpliceFactory, Client, list[Any]]:
+    """
+    A client, a splice and an echo server, over loopback TCP; with
+    C{certificates}, the splice dials the echo server over mutual TLS, as
+    a client's relay dials a host (machine C{b} dialing C{a}).
+    """
     from twisted.internet import reactor
     from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 
+    echoFactory: Any = Factory.forProtocol(Echo)
+    if certificates is not None:
+        echoFactory = tlsFactory(
+            _credentials(certificates, "a").serverOptions(),
+            False,
+            VerifiedTLSFactory(reactor, echoFactory),
+        )
     echo = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        Factory.forProtocol(Echo)
+        echoFactory
     )
 
     def dial(accepted: _Half) -> Deferred[_Half]:
         made: Deferred[_Half] = Deferred()
         port = 1 if refuse else echo.getHost().port
-        TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
-            _HalfFactory(made.callback)
-        ).addErrback(made.errback)
+        factory: Any = _HalfFactory(made.callback)
+        if certificates is not None:
+            factory = tlsFactory(
+                _credentials(certificates, "b").clientOptions("a"),
+                True,
+                VerifiedTLSFactory(reactor, factory, expectedIdentity="a"),
+            )
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory).addErrback(
+            made.errback
+        )
         return made
 
     splices = _SpliceFactory(dial, lambda: True)
@@ -63,6 +88,16 @@ async def _rig(refuse: bool = False) -> tuple[_SpliceFactory, Client, list[Any]]
         reactor, "127.0.0.1", front.getHost().port
     ).connect(Factory.forProtocol(Client))
     return splices, client, [echo, front]
+
+
+def _credentials(directory: str, host: str) -> TLSCredentials:
+    from twisted_channel._tls import loadCredentials
+
+    return loadCredentials(
+        os.path.join(directory, host + ".pem"),
+        os.path.join(directory, host + ".key"),
+        os.path.join(directory, "ca.pem"),
+    )
 
 
 async def _stop(ports: list[Any]) -> None:
@@ -94,6 +129,51 @@ async def test_bytesBothWaysThenForgotten() -> None:
             await Deferred.fromCoroutine(_tick())
         assert splices.live == set()
     finally:
+        await _stop(ports)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest_twisted.ensureDeferred
+async def test_chunksLeaveAtOnce(
+    tls: bool, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Each chunk a splice reads is in the kernel, on its way to the partner's
+    peer, by the time the read is handled (Twisted would hold it until the
+    reactor's next iteration, and its TLS layer one more): nothing is left
+    in the partner socket's transport after any read, in a round trip of
+    small messages, plain or over mutual TLS.  The bytes come back whole.
+    """
+    from twisted.internet import reactor
+
+    left: list[int] = []
+    handled = _Half.dataReceived
+
+    def watched(self: _Half, data: bytes) -> None:
+        handled(self, data)
+        if self.partner is not None:
+            left.append(bufferedBytes(self.partner.socketTransport))
+
+    monkeypatch.setattr(_Half, "dataReceived", watched)
+    certificates = None
+    if tls:
+        certificates = str(tmp_path / "certs")
+        makeCertificates(certificates, ["a", "b"])
+    splices, client, ports = await _rig(certificates=certificates)
+    try:
+        for i in range(20):
+            message = b"%03d" % i * 20
+            client.received = b""
+            client.arrived = Deferred()
+            client.transport.write(message)  # type: ignore[union-attr]
+            while client.received != message:
+                await client.arrived.addTimeout(10, reactor)
+                client.arrived = Deferred()
+        # Both ways: 20 chunks to the echo server, 20 back (at least).
+        assert len(left) >= 40
+        assert set(left) == {0}
+    finally:
+        client.transport.loseConnection()  # type: ignore[union-attr]
         await _stop(ports)
 
 

@@ -484,6 +484,9 @@ class CampaignDriver:
         the host.
     @param onSteppedDown: called with (term, reason) when it stops being
         the host; the caller must stop accepting at once.
+    @param candidateKey: if given, where this machine says it campaigns:
+        the record is written there under each lease the campaign holds,
+        so that it goes with the lease (for C{twisted-channel status}).
     """
 
     def __init__(
@@ -495,6 +498,7 @@ class CampaignDriver:
         campaign: Campaign,
         onElected: Callable[[int, int], None],
         onSteppedDown: Callable[[int, str], None],
+        candidateKey: bytes | None = None,
     ) -> None:
         self._reactor = reactor
         self.client = client
@@ -505,6 +509,10 @@ class CampaignDriver:
         self._onSteppedDown = onSteppedDown
         self._timer: Any = None
         self._watch: Any = None
+        self.candidateKey = candidateKey
+        # The lease the candidate key was written (or is being written)
+        # under.
+        self._announced: int | None = None
 
     def start(self, inheritedLease: int | None = None) -> None:
         """
@@ -577,8 +585,31 @@ class CampaignDriver:
 
         return lambda d: d.addCallbacks(ok, failed)
 
+    def _announce(self, lease: int) -> None:
+        """
+        Write the candidate key under C{lease}, once per lease; a failure
+        is tried again with the lease's next use (its next renewal).
+        """
+        if self.candidateKey is None or self._announced == lease:
+            return
+        self._announced = lease
+
+        def failed(failure: Any) -> None:
+            if self._announced == lease:
+                self._announced = None
+            _log.debug(
+                "could not say this machine campaigns: {reason}",
+                reason=failure.getErrorMessage(),
+            )
+
+        self.client.put(self.candidateKey, self.record.encode(), lease).addErrback(
+            failed
+        )
+
     def _do(self, action: Action) -> Any:
         c, client, now = self.campaign, self.client, self._reactor.seconds()
+        if isinstance(action, (KeepAlive, Create, Replace)) and c.state != STOPPED:
+            self._announce(action.lease)
         if isinstance(action, GrantLease):
             return self._answer(action, lambda lease: c.leaseGranted(lease, now))(
                 client.grantLease(action.ttl)

@@ -46,6 +46,21 @@ def electionKey(name: str, prefix: str = DEFAULT_KEY_PREFIX) -> bytes:
     return f"{prefix.rstrip('/')}/{name}/host".encode()
 
 
+def candidatesPrefix(name: str, prefix: str = DEFAULT_KEY_PREFIX) -> bytes:
+    """
+    Where the machines campaigning for channel C{name} say so, each under
+    its campaign's lease: C{<prefix>/<name>/candidates/<identity>}.
+    """
+    return f"{prefix.rstrip('/')}/{name}/candidates/".encode()
+
+
+def candidateKey(key: bytes, identity: str) -> bytes:
+    """
+    The key where a machine campaigning for election key C{key} says so.
+    """
+    return key.rsplit(b"/", 1)[0] + b"/candidates/" + identity.encode()
+
+
 def leasePath(lockPath: str) -> str:
     """
     The lease file beside a lock file: C{DIR/NAME.lease} for C{DIR/NAME.lock}.
@@ -131,6 +146,7 @@ class MachineElection:
             Campaign(self.leaseTTL),
             self._elected,
             self._steppedDown,
+            candidateKey(self.key, self.record.identity),
         )
         self._driver.start(inheritedLease=inherited)
 

@@ -41,6 +41,7 @@ from ._address import HOST, STANDBY, ChannelAddress
 from ._campaign import DEFAULT_LEASE_TTL, HostRecord
 from ._cluster import HostFinder, MachineElection, electionKey
 from ._etcd import Coordinator, EtcdClient, parseCoordinator
+from ._sockets import pushToKernel, sendNow
 from ._wire import HostTerm
 
 _log = Logger()
@@ -144,20 +145,41 @@ class ClusterSettings:
         return self.advertise or "127.0.0.1"
 
 
+def _socketTransport(transport: Any) -> Any:
+    """
+    The transport of the socket under C{transport}'s layers (TLS, and the
+    verification above it).
+    """
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    return transport
+
+
 class _Half(Protocol):
     """
     One end of a splice: what it reads, its partner writes, with each end's
     reading paused while the other's transport is full.
+
+    Each chunk goes to the kernel as soon as it is read, not on the
+    reactor's next iteration (L{sendNow}, L{pushToKernel}): a message
+    crosses two splices and the TLS link, and every hop would otherwise
+    cost a round trip an iteration in each direction.  What the kernel does
+    not take stays with the transport, whose producer pause holds back the
+    other end as before.
+
+    @ivar socketTransport: the transport of this end's socket, under TLS.
     """
 
     partner: _Half | None = None
     #: Called with this end when its connection ends.
     onLost: Any = None
+    socketTransport: Any = None
 
     def __init__(self, onMade: Any = None) -> None:
         self._onMade = onMade
 
     def connectionMade(self) -> None:
+        self.socketTransport = _socketTransport(self.transport)
         if self._onMade is not None:
             self._onMade(self)
 
@@ -173,7 +195,12 @@ class _Half(Protocol):
     def dataReceived(self, data: bytes) -> None:
         partner = self.partner
         if partner is not None and partner.transport is not None:
-            partner.transport.write(data)
+            transport = partner.socketTransport
+            if transport is partner.transport:
+                sendNow(transport, data)
+            else:
+                partner.transport.write(data)
+                pushToKernel(transport)
 
     def cut(self) -> None:
         """
@@ -323,22 +350,22 @@ class ClusterPort:
             self._localRole(HOST)
 
     def _listen(self) -> Any:
-        from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+        from twisted.internet.endpoints import TCP4ServerEndpoint
 
         settings = self.settings
         interface = settings.interface or settings.advertise or "127.0.0.1"
+        endpoint = TCP4ServerEndpoint(self.reactor, settings.port, interface=interface)
         if settings.credentials is None:
-            return TCP4ServerEndpoint(
-                self.reactor, settings.port, interface=interface
-            ).listen(self._splices)
-        from ._tls import VerifiedTLSFactory
+            return endpoint.listen(self._splices)
+        from ._tls import VerifiedTLSFactory, tlsFactory
 
-        return SSL4ServerEndpoint(
-            self.reactor,
-            settings.port,
-            settings.credentials.serverOptions(),
-            interface=interface,
-        ).listen(VerifiedTLSFactory(self.reactor, self._splices))
+        return endpoint.listen(
+            tlsFactory(
+                settings.credentials.serverOptions(),
+                False,
+                VerifiedTLSFactory(self.reactor, self._splices),
+            )
+        )
 
     def _localRole(self, role: str) -> None:
         if role == HOST and self._election is None and self.role != "stopped":
@@ -604,7 +631,7 @@ class _Relay:
         return await self._dial(self.host)
 
     def _dial(self, host: tuple[HostRecord, int]) -> Deferred[_Half]:
-        from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+        from twisted.internet.endpoints import TCP4ClientEndpoint
 
         record, _ = host
         address, _, port = record.address.rpartition(":")
@@ -620,15 +647,15 @@ class _Relay:
         )
         credentials = self.settings.credentials
         if credentials is not None:
-            from ._tls import VerifiedTLSFactory
+            from ._tls import VerifiedTLSFactory, tlsFactory
 
-            endpoint = wrapClientTLS(
-                credentials.clientOptions(record.identity), endpoint
-            )
-            factory = VerifiedTLSFactory(
+            verified = VerifiedTLSFactory(
                 self.reactor, factory, expectedIdentity=record.identity
             )
-            factory.onRefused = fail
+            verified.onRefused = fail
+            factory = tlsFactory(
+                credentials.clientOptions(record.identity), True, verified
+            )
         connecting = endpoint.connect(factory)
         connecting.addErrback(fail)
 
@@ -730,18 +757,27 @@ async def hostAcrossMachines(
 ) -> dict[str, Any]:
     """
     What etcd says of channel C{name}'s host across machines: for
-    C{twisted-channel status NAME --coordinator ...}.
+    C{twisted-channel status NAME --coordinator ...}.  The election key and
+    the machines' candidate keys are read at once (one range, one
+    revision).
 
-    @return: C{name}, C{coordinator}, C{hosted}, and while hosted the
-        host's C{term}, C{identity} (its machine), C{address} and C{pid}.
+    @return: C{name}, C{coordinator}, C{hosted}, while hosted the host's
+        C{term}, C{identity} (its machine), C{address} and C{pid}; and
+        C{standbys}, the other machines campaigning (each its
+        C{identity}, C{address} and C{pid}), by identity.  A candidate key
+        that holds no record is left out and counted in
+        C{unreadableStandbys}.
     @raise ValueError: for a bad coordinator.
     @raise EtcdError: if etcd cannot be asked.
     """
     from ._campaign import HostRecord as Record
+    from ._cluster import candidatesPrefix
 
     client = EtcdClient(reactor, coordinator, timeout=timeout)
+    key = electionKey(name)
+    candidates = candidatesPrefix(name)
     try:
-        current, _ = await client.get(electionKey(name))
+        found, _ = await client.getPrefix(key.rsplit(b"/", 1)[0] + b"/")
     finally:
         await client.close()
     answer: dict[str, Any] = {
@@ -749,18 +785,37 @@ async def hostAcrossMachines(
         "coordinator": str(client.coordinator),
         "hosted": False,
     }
-    if current is None:
-        return answer
-    try:
-        record = Record.decode(current.value)
-    except ValueError as e:
-        answer["error"] = f"the election key holds no host record: {e}"
-        return answer
-    answer.update(
-        hosted=True,
-        term=current.modRevision,
-        identity=record.identity,
-        address=record.address,
-        pid=record.pid,
-    )
+    current = next((kv for kv in found if kv.key == key), None)
+    host = None
+    if current is not None:
+        try:
+            host = Record.decode(current.value)
+        except ValueError as e:
+            answer["error"] = f"the election key holds no host record: {e}"
+        else:
+            answer.update(
+                hosted=True,
+                term=current.modRevision,
+                identity=host.identity,
+                address=host.address,
+                pid=host.pid,
+            )
+    standbys = []
+    unreadable = 0
+    for kv in found:
+        if not kv.key.startswith(candidates):
+            continue
+        try:
+            record = Record.decode(kv.value)
+        except ValueError:
+            unreadable += 1
+            continue
+        if host is not None and record.identity == host.identity:
+            continue  # the host's own machine
+        standbys.append(
+            {"identity": record.identity, "address": record.address, "pid": record.pid}
+        )
+    answer["standbys"] = standbys
+    if unreadable:
+        answer["unreadableStandbys"] = unreadable
     return answer

@@ -328,6 +328,32 @@ class _VerifiedProtocol(ProtocolWrapper):
         self.wrappedProtocol.connectionLost(reason)
 
 
+def tlsFactory(options: Any, isClient: bool, wrapped: IProtocolFactory) -> Any:
+    """
+    TLS over TCP for a splice: Twisted's TLS layer without its write
+    aggregation.
+
+    Twisted's default TLS transport holds each write until the reactor's
+    next iteration, to make one record of many small writes.  A splice
+    writes what it read, one chunk a read, so that buys nothing there and
+    costs an iteration on every hop of a round trip; the splice hands each
+    chunk to the kernel itself (L{twisted_channel._sockets.pushToKernel}).
+
+    @param options: the server's or the client's TLS options (see
+        L{TLSCredentials}).
+    @param isClient: whether this end dials.
+    @param wrapped: the factory of the protocol under TLS.
+    @return: a factory for C{listenTCP}, C{connectTCP} or a TCP endpoint.
+    """
+    from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+
+    class UnbufferedTLSFactory(TLSMemoryBIOFactory):
+        protocol = TLSMemoryBIOProtocol
+        noisy = False
+
+    return UnbufferedTLSFactory(options, isClient, wrapped)
+
+
 class VerifiedTLSFactory(WrappingFactory):
     """
     Wraps an application's factory for use under TLS (a C{ssl:} server
