@@ -60,6 +60,10 @@ from .netns import Machine, Network, unavailable
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_worker.py")
 
+#: A client's --count: more than it sends before "stop" on its standard
+#: input, which ends its stream.
+UNTIL_STOPPED = str(10**9)
+
 #: Seconds a step (a host, a first message, a client's start) may take.
 STEP_TIMEOUT = 30.0
 
@@ -225,7 +229,7 @@ class Soak:
             "--tag",
             tag,
             "--count",
-            "0",
+            UNTIL_STOPPED,
             "--interval",
             str(self.options.interval),
             "--timeout",

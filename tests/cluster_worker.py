@@ -3,19 +3,23 @@ A process of a channel across machines, for the multi-process tests:
 
     candidate: listens (a candidate host) and records every message it
         receives as "pid message time" lines in --record ("pid message
-        time term" with --record-terms: the host's fencing term when it
-        received the message, -1 if it had none); prints
+        time term" with --record-terms: its fencing term then, -1 if it
+        had none); prints
         "HOSTING term t" and "NOT-HOSTING t" (time.monotonic()), and
         "PEER identity pid" for each link (its getPeer()).
     client: connects and sends --count messages "TAG:i", one every
-        --interval seconds (--count 0: until "stop" on standard input),
-        then closes once all are acknowledged; prints "SENT n", then "DONE"
-        (or "FAILED reason"); as an IChannelLinkObserver, prints
-        "LINK identity pid term host port" for each link up (its
-        getPeer(), which must be the host it is told of) and "UNLINKED"
-        for each link lost.
+        --interval seconds (fewer if "stop" comes first on standard input),
+        then closes once all are acknowledged; prints "DONE" (or "FAILED
+        reason"), and "SENT n" first if it was stopped; as an
+        IChannelLinkObserver, prints "LINK identity pid term host port" for
+        each link up (its getPeer(), which must be the host it is told of)
+        and "UNLINKED" for each link lost.
+    peer: a client, as above, whose endpoint has a serverFactory (a
+        recording host, as a candidate's): it stands as a candidate host
+        until its connection ends; it stays up (for its graceful handover)
+        until "stop".
 
-Both stop on "stop" on standard input.
+Candidates and peers stop on "stop" on standard input.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["candidate", "client"])
+    parser.add_argument("mode", choices=["candidate", "client", "peer"])
     parser.add_argument("--coordinator", required=True)
     parser.add_argument("--dir", required=True)
     parser.add_argument("--name", required=True)
@@ -56,10 +60,43 @@ def main() -> None:
     # tests that check what a candidate says.
     logToStandardError()
 
+    record = open(options.record, "ab", buffering=0) if options.record else None
+
+    class Recorder(Protocol):
+        def connectionMade(self) -> None:
+            peer = self.transport.getPeer()  # type: ignore[union-attr]
+            say(f"PEER {peer.identity} {peer.pid}")
+
+        def dataReceived(self, data: bytes) -> None:
+            assert record is not None
+            at = time.monotonic()
+            if options.record_terms:
+                term = listened[0].term if listened else None
+                term = -1 if term is None else term
+                record.write(b"%d %s %.6f %d\n" % (os.getpid(), data, at, term))
+            else:
+                record.write(b"%d %s %.6f\n" % (os.getpid(), data, at))
+
+    # The candidate's port, once listening (for its term, with
+    # --record-terms).
+    listened: list[Any] = []
+
+    class Commands(LineReceiver):
+        delimiter = b"\n"
+        stop: object = None
+
+        def lineReceived(self, line: bytes) -> None:
+            if line.strip() == b"stop" and callable(self.stop):
+                self.stop()
+
+    commands = Commands()
     certs = options.certs
     endpoint = ChannelEndpoint(
         reactor,
         options.name,
+        serverFactory=(
+            Factory.forProtocol(Recorder) if options.mode == "peer" else None
+        ),
         directory=options.dir,
         timeout=options.timeout,
         coordinator=options.coordinator,
@@ -78,23 +115,6 @@ def main() -> None:
     stopping: list[object] = []
 
     if options.mode == "candidate":
-        record = open(options.record, "ab", buffering=0)
-
-        class Recorder(Protocol):
-            def connectionMade(self) -> None:
-                peer = self.transport.getPeer()  # type: ignore[union-attr]
-                say(f"PEER {peer.identity} {peer.pid}")
-
-            def dataReceived(self, data: bytes) -> None:
-                at = time.monotonic()
-                if options.record_terms:
-                    term = listened[0].term
-                    term = -1 if term is None else term
-                    record.write(b"%d %s %.6f %d\n" % (os.getpid(), data, at, term))
-                else:
-                    record.write(b"%d %s %.6f\n" % (os.getpid(), data, at))
-
-        listened: list[Any] = []
 
         def listening(port: object) -> None:
             listened.append(port)
@@ -123,19 +143,12 @@ def main() -> None:
 
             commands.stop = stop  # type: ignore[assignment]
 
-        class Commands(LineReceiver):
-            delimiter = b"\n"
-            stop: object = None
-
-            def lineReceived(self, line: bytes) -> None:
-                if line.strip() == b"stop" and callable(self.stop):
-                    self.stop()
-
-        commands = Commands()
         stdio.StandardIO(commands)
         endpoint.listen(Factory.forProtocol(Recorder)).addCallback(listening)
         reactor.run()  # type: ignore[attr-defined]
         return
+
+    count = [options.count]
 
     from zope.interface import implementer
 
@@ -154,22 +167,13 @@ def main() -> None:
 
         def connectionMade(self) -> None:
             self.sent = 0
-            self.stopped = False
             self.loop = task.LoopingCall(self.next)
             self.loop.start(options.interval)
 
-        def finish(self) -> None:
-            if self.stopped:
-                return
-            self.stopped = True
-            if self.loop.running:
-                self.loop.stop()
-            say(f"SENT {self.sent}")
-            self.transport.loseConnection()  # type: ignore[union-attr]
-
         def next(self) -> None:
-            if options.count and self.sent >= options.count:
-                self.finish()
+            if self.sent >= count[0]:
+                self.loop.stop()
+                self.transport.loseConnection()  # type: ignore[union-attr]
                 return
             self.transport.write(f"{options.tag}:{self.sent}".encode())  # type: ignore[union-attr]
             self.sent += 1
@@ -177,29 +181,38 @@ def main() -> None:
         def connectionLost(self, reason: Any = None) -> None:
             if self.loop.running:
                 self.loop.stop()
-            finished = self.stopped and not reason.check(ChannelUnreachableError)
-            if finished and self.sent >= options.count:
+            if self.sent >= count[0] and not reason.check(ChannelUnreachableError):
                 say("DONE")
             else:
                 say(f"FAILED {reason}")
-            reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
+            if options.mode == "client":
+                reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
+            # A peer's candidacy is stopping (a graceful handover, which
+            # needs the reactor): it waits for "stop".
 
-    senders: list[Sender] = []
+    if options.mode == "peer":
+        commands.stop = lambda: reactor.stop()  # type: ignore[assignment,attr-defined]
+        stdio.StandardIO(commands)
 
-    class Orders(LineReceiver):
+    class StopSending(LineReceiver):
         delimiter = b"\n"
 
         def lineReceived(self, line: bytes) -> None:
-            if line.strip() == b"stop":
-                for sender in senders:
-                    sender.finish()
+            if line.strip() == b"stop" and sender:
+                count[0] = min(count[0], sender[0].sent)
+                say(f"SENT {count[0]}")
 
-    def connected(sender: Sender) -> None:
-        senders.append(sender)
-        say(f"READY {os.getpid()}")
+    sender: list[Sender] = []
+    if options.mode == "client":
+        stdio.StandardIO(StopSending())
 
-    stdio.StandardIO(Orders())
-    endpoint.connect(Factory.forProtocol(Sender)).addCallback(connected)
+    def connected(protocol: Sender) -> Sender:
+        sender.append(protocol)
+        return protocol
+
+    endpoint.connect(Factory.forProtocol(Sender)).addCallback(connected).addCallback(
+        lambda protocol: say(f"READY {os.getpid()}")
+    )
     reactor.run()  # type: ignore[attr-defined]
 
 

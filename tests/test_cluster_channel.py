@@ -162,6 +162,57 @@ def test_hostKilledWithLocalStandby(rig: Rig) -> None:
     assert not any(line.startswith("HOSTING") for line in b1.collect())
 
 
+#: Host kills in L{test_hostKilledRepeatedly}; docs/cluster.md's figures
+#: come from runs with more (C{TC_CLUSTER_KILLS=25}).
+KILLS = int(os.environ.get("TC_CLUSTER_KILLS", "4"))
+
+
+@pytest.mark.timeout(60 + 15 * KILLS)
+def test_hostKilledRepeatedly(rig: Rig) -> None:
+    """
+    A client on machine b streams (one message every 5 ms) to the host on
+    machine a, whose host is SIGKILLed again and again, a standby on a
+    started before each kill: each time the standby takes over with a higher
+    term, machine b never hosts, and no message is lost or out of order
+    within a host's life.  Prints the time from each kill to the first
+    message at the new host.
+    """
+    import time
+
+    host = rig.start("candidate", "a")
+    term = _hosting(host)
+    b1 = rig.start("candidate", "b")
+    client = rig.start("client", "b", "--count", "1000000", "--interval", "0.005")
+    took = []
+    for _ in range(KILLS):
+        standby = rig.start("candidate", "a")
+        time.sleep(0.3)
+        killed = host.kill(signal.SIGKILL) / 1e9
+        newTerm = _hosting(standby)
+        assert newTerm > term
+        term, host = newTerm, standby
+        deadline = time.monotonic() + 10
+        while True:
+            first = [at for pid, _, _, at in readRecords(rig.record) if pid == host.pid]
+            if first or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert first, "no message at the new host within 10 s"
+        took.append(1000 * (min(first) - killed))
+    time.sleep(0.2)
+    client.send("stop")
+    sent = int(client.waitFor(lambda line: line.startswith("SENT"), 10).split()[1])
+    client.waitFor(lambda line: line == "DONE", 60)
+    _check(rig, "c", sent)
+    assert not any(line.startswith("HOSTING") for line in b1.collect())
+    took.sort()
+    print(
+        f"host killed {KILLS} times: first message at the local standby "
+        f"median {took[len(took) // 2]:.1f} ms, {took[0]:.1f} to {took[-1]:.1f} ms; "
+        + " ".join(f"{t:.1f}" for t in took)
+    )
+
+
 def test_gracefulHandoverAcrossMachines(rig: Rig) -> None:
     """
     The host, alone on its machine, stops while a client streams; the other
@@ -454,3 +505,45 @@ def test_statusShowsStandbys(rig: Rig) -> None:
     else:
         assert f"pid {a2.pid} on machine a" in lines[0], lines
         assert len(lines) == 2 and lines[1].startswith(standby(c1, "c")), lines
+
+
+def _loggedHosting(child: ChildProcess, timeout: float = 30) -> int:
+    """
+    The term of the first "hosts across machines" line C{child} logs.
+    """
+    import re
+    import time
+
+    deadline = time.monotonic() + timeout
+    pattern = re.compile(rf"pid {child.pid} hosts across machines, term (\d+)")
+    while time.monotonic() < deadline:
+        found = pattern.search(child.stderr)
+        if found:
+            return int(found.group(1))
+        time.sleep(0.05)
+    raise AssertionError(f"{child} did not host within {timeout} s: {child.stderr}")
+
+
+def test_serverFactoryAcrossMachines(rig: Rig) -> None:
+    """
+    connect() with a serverFactory across machines, as on one machine: each
+    peer (on a and on b) is a client and a candidate host for as long as
+    its connection lives. The first hosts and receives both streams (its
+    own through its relay, like any client's); when its connection ends,
+    its candidacy stops, the other machine hosts, and the rest of its own
+    stream reaches it. Nothing is lost; in order within each host's life.
+    """
+    a = rig.start("peer", "a", "--count", "100", "--interval", "0.01", "--tag", "a")
+    first = _loggedHosting(a)
+    b = rig.start("peer", "b", "--count", "600", "--interval", "0.01", "--tag", "b")
+    a.waitFor(lambda line: line == "DONE", 60)
+    second = _loggedHosting(b)
+    assert second > first
+    b.waitFor(lambda line: line == "DONE", 60)
+    byHostA = _check(rig, "a", 100)
+    assert list(byHostA) == [a.pid]
+    byHostB = _check(rig, "b", 600)
+    assert set(byHostB) == {a.pid, b.pid}
+    assert f"pid {b.pid} hosts across machines" not in a.stderr
+    links = _links(b)
+    assert links[0] == ("a", a.pid, first) and links[-1] == ("b", b.pid, second)

@@ -86,7 +86,7 @@ def _stream(rig: Rig, machine: str, tag: str, timeout: float) -> ChildProcess:
     return rig.start(
         "client",
         machine,
-        *("--tag", tag, "--count", "0", "--interval", "0.01"),
+        *("--tag", tag, "--count", "1000000000", "--interval", "0.01"),
         *("--timeout", str(timeout), "--ttl", str(TTL)),
     )
 

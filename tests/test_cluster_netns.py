@@ -309,7 +309,7 @@ def test_channelHostCutFromClients(rig: Rig, tmp_path: Any) -> None:
             "--tag",
             tag,
             "--count",
-            "0",
+            "1000000000",
             "--interval",
             "0.01",
             "--timeout",

@@ -3,7 +3,11 @@ The splices that carry a channel's links between machines, over real
 loopback sockets: bytes go both ways unchanged, a link that ends is
 forgotten, cutting ends both sides at once, a refused dial closes the
 accepted link; a host's dial to its own channel socket carries the
-verified peer's identity by the dialing socket's name.
+verified peer's identity by the dialing socket's name.  A host's first
+bytes on a link are its term, which the relay reads before splicing; a
+link accepted while its process may be about to host waits for it; a
+relay keeps the links to the host etcd names and cuts older ones; a
+machine's TLS port is recorded for its local heirs, who bind it again.
 """
 
 from __future__ import annotations
@@ -18,7 +22,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 
 from twisted_channel._certs import makeCertificates
-from twisted_channel._clusterchannel import _Half, _HalfFactory, _SpliceFactory
+from twisted_channel._clusterchannel import (
+    _TERM,
+    _Half,
+    _HalfFactory,
+    _HostEnd,
+    _listenReusable,
+    _SpliceFactory,
+    readPortFile,
+    writePortFile,
+)
 from twisted_channel._sockets import bufferedBytes
 from twisted_channel._tls import TLSCredentials, VerifiedTLSFactory, tlsFactory
 
@@ -266,8 +279,10 @@ async def test_dialLocalNamesTheVerifiedPeer(tmp_path: Any) -> None:
     accepted.makeConnection(
         StringTransport(peerAddress=VerifiedPeer("10.0.0.9", 4433, "b"))  # type: ignore[arg-type]
     )
+    port.role, port.term = "host", 7
     try:
         dialed = await port._dialLocal(accepted).addTimeout(10, reactor)
+        assert accepted.transport.value() == _TERM.pack(7)  # type: ignore[union-attr]
         for _ in range(100):
             if server.names:  # type: ignore[attr-defined]
                 break
@@ -290,26 +305,190 @@ async def test_dialLocalNamesTheVerifiedPeer(tmp_path: Any) -> None:
         await listening.stopListening()
 
 
+def test_hostEndReadsTermFirst() -> None:
+    """
+    A relay's end of a link to a host takes the host's first 8 bytes, in
+    whatever pieces they come, as its term, says so once, and passes what
+    came after them on once spliced.
+    """
+    from twisted.internet.testing import StringTransport
+
+    told: list[int | None] = []
+    end = _HostEnd(lambda half: told.append(half.term))
+    end.makeConnection(StringTransport())
+    packed = _TERM.pack(2**40 + 3)
+    end.dataReceived(packed[:3])
+    assert told == [] and end.term is None
+    end.dataReceived(packed[3:] + b"welc")
+    assert told == [2**40 + 3]
+    partner = _Half()
+    partnerTransport = StringTransport()
+    partner.makeConnection(partnerTransport)
+    end.join(partner)
+    end.dataReceived(b"ome")
+    assert partnerTransport.value() == b"welcome"
+    assert told == [2**40 + 3]
+
+
+def _port(tmp_path: Any) -> Any:
+    from twisted.internet import reactor
+
+    from twisted_channel._clusterchannel import ClusterPort, ClusterSettings
+
+    settings = ClusterSettings.check("etcd://127.0.0.1:1", insecure=True)
+    return ClusterPort(reactor, _Local(str(tmp_path / "c.sock")), settings, "jobs")
+
+
+@pytest_twisted.ensureDeferred
+async def test_heldUntilHosting(tmp_path: Any) -> None:
+    """
+    A link accepted while this process may be about to host (its campaign
+    is taking the key over) waits, nothing of it dialed, until it hosts;
+    then it is spliced and told the term.  One accepted by a process that
+    neither hosts nor may soon is refused, and held ones are refused when
+    the campaign follows another machine.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import UNIXServerEndpoint
+    from twisted.internet.testing import StringTransport
+
+    from twisted_channel._campaign import HostRecord
+
+    server = Factory.forProtocol(PeerName)
+    server.names = []  # type: ignore[attr-defined]
+    port = _port(tmp_path)
+    listening = await UNIXServerEndpoint(reactor, port.local.paths.socket).listen(
+        server
+    )
+    election = SimpleNamespace(contending=False)
+    port._election = election
+    port._record = HostRecord("127.0.0.1:4433", "a", os.getpid())
+    port.role = "standby"
+
+    def accepted() -> _Half:
+        half = _Half()
+        half.makeConnection(StringTransport())
+        return half
+
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            await port._dialLocal(accepted())
+        election.contending = True
+        first = accepted()
+        held = port._dialLocal(first)
+        await Deferred.fromCoroutine(_tick())
+        assert not held.called and server.names == []  # type: ignore[attr-defined]
+        assert first.transport.value() == b""  # type: ignore[union-attr]
+        port._hosting(12)
+        dialed = await held.addTimeout(10, reactor)
+        assert first.transport.value() == _TERM.pack(12)  # type: ignore[union-attr]
+        dialed.transport.loseConnection()  # type: ignore[union-attr]
+        port.role, port.term = "standby", None
+        second = port._dialLocal(accepted())
+        port._releaseHeld()
+        with pytest.raises(ConnectionRefusedError):
+            await second
+        assert port._held == []
+    finally:
+        port.client.close()
+        await listening.stopListening()
+
+
 def test_steppingDownClosesTheLocalLinks(tmp_path: Any) -> None:
     """
     A host across machines that steps down cuts its splices and closes its
     one-machine port's links at once, so that nothing the splices wrote to
     its channel socket before is delivered after.
     """
-    from twisted.internet import reactor
-
-    from twisted_channel._clusterchannel import ClusterPort, ClusterSettings
-
-    local = _Local(str(tmp_path / "c.sock"))
-    settings = ClusterSettings.check("etcd://127.0.0.1:1", insecure=True)
-    port = ClusterPort(reactor, local, settings, "jobs")
+    port = _port(tmp_path)
     try:
         cut = []
-        port._splices.cutAll = lambda joinedOnly=False: cut.append(True)  # type: ignore[method-assign]
+        port._splices.cutAll = lambda joinedOnly=False: cut.append(True)
         port.role, port.term = "host", 7
         port._notHosting(7, "its lease is lost")
         assert cut == [True]
-        assert local.linksClosed == 1
-        assert (port.role, port.term, local.acrossMachines) == ("standby", None, None)
+        assert port.local.linksClosed == 1
+        assert (port.role, port.term, port.local.acrossMachines) == (
+            "standby",
+            None,
+            None,
+        )
     finally:
         port.client.close()
+
+
+def test_relayKeepsLinksToTheNamedHost() -> None:
+    """
+    When etcd names a new host, a relay cuts its links to hosts of lower
+    terms and keeps those to the host now named (dialed at its machine's
+    unchanged address before etcd's news came); when etcd names none, it
+    cuts them all.
+    """
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from twisted_channel._campaign import HostRecord
+    from twisted_channel._clusterchannel import ClusterSettings, _Relay
+
+    settings = ClusterSettings.check("etcd://127.0.0.1:1", insecure=True)
+    relay = _Relay(MemoryReactorClock(), settings, "jobs")
+
+    def link(term: int) -> tuple[_Half, StringTransport]:
+        accepted, host = _Half(), _HostEnd(lambda half: None)
+        transport = StringTransport()
+        accepted.makeConnection(transport)
+        host.makeConnection(StringTransport())
+        host.dataReceived(_TERM.pack(term))
+        accepted.join(host)
+        relay.splices.live.add(accepted)
+        return accepted, transport
+
+    try:
+        (_, oldTransport), (new, newTransport) = link(4), link(6)
+        record = HostRecord("10.0.0.1:4433", "a", 99)
+        relay._changed((record, 6))
+        assert relay.splices.live == {new}
+        assert oldTransport.disconnecting and not newTransport.disconnecting
+        relay._changed(None)
+        assert relay.splices.live == set() and newTransport.disconnecting
+    finally:
+        relay.close()
+
+
+def test_portFile(tmp_path: Any) -> None:
+    """
+    A machine's TLS port is recorded for its local heirs; a missing file or
+    one that holds no port reads as 0 (choose one).
+    """
+    path = str(tmp_path / "jobs.lock.port")
+    assert readPortFile(path) == 0
+    writePortFile(path, 4433)
+    assert readPortFile(path) == 4433
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
+    for garbage in (b"", b"x\n", b"70000\n", b"0\n"):
+        with open(path, "wb") as f:
+            f.write(garbage)
+        assert readPortFile(path) == 0
+
+
+def test_heirBindsTheSamePort() -> None:
+    """
+    A local heir binds its machine's TLS port while the predecessor's
+    socket is still open (the kernel closes a killed process's sockets
+    last); once that one is closed the heir gets every connection.
+    """
+    import socket
+
+    first = _listenReusable("127.0.0.1", 0)
+    port = first.getsockname()[1]
+    heir = _listenReusable("127.0.0.1", port)
+    try:
+        first.close()
+        dialing = socket.create_connection(("127.0.0.1", port), timeout=5)
+        heir.setblocking(True)
+        heir.settimeout(5)
+        accepted, _ = heir.accept()
+        accepted.close()
+        dialing.close()
+    finally:
+        first.close()
+        heir.close()

@@ -25,11 +25,12 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IListeningPort, IProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -179,6 +180,13 @@ class _Half(Protocol):
         self._onMade = onMade
 
     def connectionMade(self) -> None:
+        # Over TCP (through TLS, whose wrappers pass the call on): a splice
+        # passes on small writes that must not wait for the peer's delayed
+        # acknowledgement of the last ones (Nagle's algorithm); a Unix
+        # socket has no such method.
+        noDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if noDelay is not None:
+            noDelay(True)
         self.socketTransport = _socketTransport(self.transport)
         if self._onMade is not None:
             self._onMade(self)
@@ -222,6 +230,44 @@ class _Half(Protocol):
             partner.partner = None
             if partner.transport is not None:
                 partner.transport.loseConnection()
+
+
+#: A host's first bytes on each link it splices: its term, so that the
+#: client's relay knows which host it reached at a machine's address (which
+#: stays the same across a takeover on that machine).
+_TERM = struct.Struct(">Q")
+
+
+class _HostEnd(_Half):
+    """
+    A relay's end of a link to a host: the host's first bytes say its term;
+    C{onTerm} is called with this end once they have come.
+
+    @ivar term: the host's term, once it said it.
+    """
+
+    term: int | None = None
+
+    def __init__(self, onTerm: Any) -> None:
+        super().__init__()
+        self._onTerm = onTerm
+        self._early = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.term is not None:
+            super().dataReceived(data)
+            return
+        self._early += data
+        if len(self._early) >= _TERM.size:
+            (self.term,) = _TERM.unpack_from(self._early)
+            self._early = self._early[_TERM.size :]
+            self._onTerm(self)
+
+    def join(self, partner: _Half) -> None:
+        super().join(partner)
+        early, self._early = self._early, b""
+        if early:
+            super().dataReceived(early)
 
 
 class _Accepted(_Half):
@@ -292,11 +338,17 @@ class _SpliceFactory(Factory):
         End every link at once (with C{joinedOnly}, those already spliced
         to a partner, leaving those whose dial is under way).
         """
+        self.cutWhere(lambda partner: partner is not None or not joinedOnly)
+
+    def cutWhere(self, predicate: Any) -> None:
+        """
+        End at once every link for whose partner (C{None} while its dial is
+        under way) C{predicate} is true.
+        """
         for half in list(self.live):
-            if joinedOnly and half.partner is None:
-                continue
-            self.live.discard(half)
-            half.cut()
+            if predicate(half.partner):
+                self.live.discard(half)
+                half.cut()
 
 
 @implementer(IListeningPort)
@@ -323,9 +375,15 @@ class ClusterPort:
         self.client = EtcdClient(
             reactor, settings.coordinator, timeout=settings.leaseTTL / 4
         )
-        self._splices = _SpliceFactory(self._dialLocal, lambda: self.role == HOST)
+        self._splices = _SpliceFactory(self._dialLocal, self._accepting)
+        self._serverFactory: Any = None
         self._listening: Any = None
         self._election: MachineElection | None = None
+        #: Links accepted while this process may be about to host, each
+        #: waiting (up to L{HOST_WAIT}) for it to host: a Deferred and its
+        #: timer.
+        self._held: list[tuple[Deferred[None], Any]] = []
+        self._warming: Any = None
         self._record: HostRecord | None = None
         self._hostingWaiters: list[Deferred[ChannelAddress]] = []
         self._notHostingWaiters: list[Deferred[ChannelAddress]] = []
@@ -344,34 +402,94 @@ class ClusterPort:
                 channel=self.name,
                 address=self.settings.advertise,
             )
+        self._serverFactory = self._buildServerFactory()
+        self._warmEtcd()
         self.local.startListening()
         self.local.addRoleObserver(self._localRole)
         if self.local.role == HOST:
             self._localRole(HOST)
 
-    def _listen(self) -> Any:
-        from twisted.internet.endpoints import TCP4ServerEndpoint
+    def _warmEtcd(self) -> None:
+        """
+        While this process is a local standby, read the election key every
+        L{WARM_INTERVAL} seconds over two connections to etcd, which the
+        HTTP client then keeps open (and its code loaded): a takeover's two
+        requests (the lease's renewal and the key's rewrite) go at once
+        instead of after a connection's set-up each.
+        """
+        self._warming = self.reactor.callLater(WARM_INTERVAL, self._warmEtcd)
+        if self._election is None:
+            key = electionKey(self.name)
+            for _ in range(2):
+                self.client.get(key).addErrback(
+                    lambda f: _log.debug("etcd not warmed: {f}", f=f.value)
+                )
 
-        settings = self.settings
-        interface = settings.interface or settings.advertise or "127.0.0.1"
-        endpoint = TCP4ServerEndpoint(self.reactor, settings.port, interface=interface)
-        if settings.credentials is None:
-            return endpoint.listen(self._splices)
+    def _buildServerFactory(self) -> Any:
+        """
+        The factory of the TLS port, built as a candidate starts (with its
+        TLS context) rather than in the milliseconds of a takeover.
+        """
+        credentials = self.settings.credentials
+        if credentials is None:
+            return self._splices
         from ._tls import VerifiedTLSFactory, tlsFactory
 
-        return endpoint.listen(
-            tlsFactory(
-                settings.credentials.serverOptions(),
-                False,
-                VerifiedTLSFactory(self.reactor, self._splices),
-            )
+        options = credentials.serverOptions()
+        options.getContext()
+        return tlsFactory(
+            options, False, VerifiedTLSFactory(self.reactor, self._splices)
         )
+
+    @property
+    def _portFile(self) -> str:
+        return str(self.local.paths.lock) + ".port"
+
+    def _listen(self) -> Deferred[Any]:
+        """
+        Listen on this machine's TLS port: C{port=}, else the one its
+        earlier local hosts used (from the port file beside the lock), so
+        that a takeover on this machine keeps its address and a client's
+        relay can dial it again at once; else an ephemeral one, recorded.
+        The socket is bound with C{SO_REUSEPORT}, so that a local heir can
+        bind it while its dead predecessor's socket is not yet closed.
+        """
+        settings = self.settings
+        interface = settings.interface or settings.advertise or "127.0.0.1"
+        wanted = settings.port or readPortFile(self._portFile)
+        try:
+            try:
+                listening = _listenReusable(interface, wanted)
+            except OSError:
+                if settings.port or not wanted:
+                    raise
+                # Someone else took it meanwhile: a new address.
+                listening = _listenReusable(interface, 0)
+            try:
+                port = self.reactor.adoptStreamPort(
+                    listening.fileno(), socket.AF_INET, self._serverFactory
+                )
+            finally:
+                listening.close()
+        except Exception:
+            return fail()
+        if not settings.port and port.getHost().port != wanted:
+            try:
+                writePortFile(self._portFile, port.getHost().port)
+            except OSError as e:
+                _log.warn("could not record the TLS port for a local heir: {e}", e=e)
+        return succeed(port)
+
+    def _accepting(self) -> bool:
+        election = self._election
+        return self.role == HOST or (election is not None and election.contending)
 
     def _localRole(self, role: str) -> None:
         if role == HOST and self._election is None and self.role != "stopped":
             self._listen().addCallbacks(self._campaign, self._cannotListen)
         elif role != HOST and self._election is not None:
             election, self._election = self._election, None
+            self._releaseHeld()
             election.stop()
             self._stopListeningTLS()
 
@@ -399,6 +517,7 @@ class ClusterPort:
             self._hosting,
             self._notHosting,
             leaseTTL=self.settings.leaseTTL,
+            onFollowing=self._releaseHeld,
         )
         self._election.start()
 
@@ -416,7 +535,21 @@ class ClusterPort:
             pid=os.getpid(),
             term=term,
         )
+        held, self._held = self._held, []
+        for waiting, timer in held:
+            timer.cancel()
+            waiting.callback(None)
         self._announce(self._hostingWaiters)
+
+    def _releaseHeld(self) -> None:
+        """
+        Give up the links held for a hosting that will not come (soon).
+        """
+        held, self._held = self._held, []
+        for waiting, timer in held:
+            if timer.active():
+                timer.cancel()
+            waiting.errback(ConnectionRefusedError("not hosting across machines"))
 
     def _notHosting(self, term: int, reason: str) -> None:
         # First of all: no link may deliver once another can be elected,
@@ -425,6 +558,7 @@ class ClusterPort:
         # too; any link not spliced just connects again and resends.
         self._splices.cutAll()
         self.local.closeLinks()
+        self._releaseHeld()
         self.local.acrossMachines = None
         self.term = None
         if self.role == HOST:
@@ -446,10 +580,41 @@ class ClusterPort:
 
     def _dialLocal(self, accepted: _Half) -> Deferred[_Half]:
         """
+        Splice a link accepted from another machine to this process's own
+        channel socket: now if it hosts; once it does if it may be about to
+        (a local heir renewing the lease and rewriting the key: the client's
+        relay dialed the machine's unchanged address without waiting for
+        etcd to name the heir), giving up after L{HOST_WAIT} seconds or when
+        another machine hosts; else not at all.  Nothing reaches the channel
+        before this process hosts, and the link's first bytes are its term.
+        """
+        if self.role == HOST:
+            return self._spliceLocal(accepted)
+        if not self._accepting():
+            return fail(ConnectionRefusedError("not hosting across machines"))
+        waiting: Deferred[None] = Deferred()
+
+        def tooLong() -> None:
+            self._held.remove((waiting, timer))
+            waiting.errback(ConnectionRefusedError("not hosting in time"))
+
+        timer = self.reactor.callLater(HOST_WAIT, tooLong)
+        self._held.append((waiting, timer))
+
+        def hosting(_: None) -> Deferred[_Half]:
+            if not accepted.connected or self.role != HOST:
+                return fail(ConnectionRefusedError("link gone or not hosting"))
+            return self._spliceLocal(accepted)
+
+        return waiting.addCallback(hosting)
+
+    def _spliceLocal(self, accepted: _Half) -> Deferred[_Half]:
+        """
         Connect to this process's own channel socket for a link accepted
         from another machine, from a socket bound to a name of its own (in
         Linux's abstract namespace) under which the host's end of the link
-        finds the peer machine's verified identity for its C{getPeer()}.
+        finds the peer machine's verified identity for its C{getPeer()};
+        tell the link this host's term.
         """
         peer = accepted.transport.getPeer()  # type: ignore[union-attr]
         name = b"\0twisted-channel-splice-" + os.urandom(12).hex().encode()
@@ -459,6 +624,12 @@ class ClusterPort:
         def connected(dialed: _Half) -> None:
             # Forgotten when the host's end took it, else when it ends.
             dialed.onLost = lambda _: spliced.pop(name, None)
+            if self.term is None:
+                made.errback(ConnectionRefusedError("no longer hosting"))
+                dialed.transport.loseConnection()  # type: ignore[union-attr]
+                return
+            accepted.transport.write(_TERM.pack(self.term))  # type: ignore[union-attr]
+            pushToKernel(accepted.socketTransport)
             made.callback(dialed)
 
         made: Deferred[_Half] = Deferred()
@@ -535,6 +706,9 @@ class ClusterPort:
         except ValueError:
             pass  # startListening failed before observing
         self._splices.cutAll()
+        self._releaseHeld()
+        if self._warming is not None and self._warming.active():
+            self._warming.cancel()
         done: Deferred[Any] = succeed(None) if election is None else election.stop()
 
         async def rest() -> None:
@@ -585,18 +759,24 @@ class _Relay:
 
     def _changed(self, host: tuple[HostRecord, int] | None) -> None:
         self.host = host
-        # Links to a host that is no longer the one etcd names end now: a
-        # host cut off from this client may have stepped down without its
-        # close reaching us, and staying would be going back to a lower
-        # term.  The channel's client connects again at once, to the new
-        # host, and resends what was not acknowledged.  Links still waiting
-        # for their dial are left to it.
-        if any(half.partner is not None for half in self.splices.live):
+
+        # Links to a host older than the one etcd names end now: a host cut
+        # off from this client may have stepped down without its close
+        # reaching us, and staying would be going back to a lower term.  The
+        # channel's client connects again at once, to the new host, and
+        # resends what was not acknowledged.  A link to the host etcd now
+        # names stays (the relay dialed its machine's address again before
+        # etcd's news came); links still waiting for their dial are left to
+        # it.
+        def stale(partner: Any) -> bool:
+            return partner is not None and (host is None or partner.term < host[1])
+
+        if any(stale(half.partner) for half in self.splices.live):
             _log.info(
                 "the host across machines changed (now {host}); relinking",
                 host="none" if host is None else f"{host[0].address} term {host[1]}",
             )
-            self.splices.cutAll(joinedOnly=True)
+            self.splices.cutWhere(stale)
         waiters, self._hostWaiters = self._hostWaiters, []
         for waiter in waiters:
             waiter.callback(None)
@@ -607,28 +787,49 @@ class _Relay:
     async def _dialSoon(self) -> _Half:
         """
         Dial the host etcd names; if there is none, or it cannot be reached
-        (it died, or stepped down), wait up to L{HOST_WAIT} seconds for etcd
-        to name another and dial that one: the link is held meanwhile, so
-        that its first message goes the moment a new host is known, not at
-        the client's next retry.
+        (it died, or stepped down), dial again when etcd names another, and
+        meanwhile the same address again after 2 ms, doubling (a local heir
+        of the host takes over at its machine's address, before etcd names
+        it); give up after L{HOST_WAIT} seconds.  The link is held
+        meanwhile, so that its first message goes the moment a new host can
+        take it, not at the client's next retry.
         """
-        host = self.host
-        if host is not None:
-            try:
-                return await self._dial(host)
-            except Exception as e:
-                _log.debug("cannot reach the host: {error}", error=e)
-                if self.host is not host and self.host is not None:
-                    return await self._dial(self.host)
+        deadline = self.reactor.seconds() + HOST_WAIT
+        retry = RETRY_FIRST
+        while True:
+            host = self.host
+            if host is not None:
+                try:
+                    return await self._dial(host)
+                except Exception as e:
+                    _log.debug("cannot reach the host: {error}", error=e)
+            left = deadline - self.reactor.seconds()
+            if left <= 0:
+                raise ConnectionRefusedError("no reachable host across machines")
+            if self.host is host:
+                await self._changedOrAfter(min(retry, left))
+                retry *= 2
+
+    def _changedOrAfter(self, delay: float) -> Deferred[None]:
+        """
+        A Deferred that fires when etcd names another host, or after
+        C{delay} seconds.
+        """
         waiter: Deferred[None] = Deferred()
         self._hostWaiters.append(waiter)
-        try:
-            await waiter.addTimeout(HOST_WAIT, self.reactor)
-        except Exception:
-            raise ConnectionRefusedError("no reachable host across machines") from None
-        if self.host is None:
-            raise ConnectionRefusedError("no host across machines")
-        return await self._dial(self.host)
+
+        def later() -> None:
+            if waiter in self._hostWaiters:
+                self._hostWaiters.remove(waiter)
+                waiter.callback(None)
+
+        timer = self.reactor.callLater(delay, later)
+
+        def settled(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return waiter.addCallback(settled)
 
     def _dial(self, host: tuple[HostRecord, int]) -> Deferred[_Half]:
         from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -641,7 +842,25 @@ class _Relay:
             if not made.called:
                 made.errback(ConnectionRefusedError(str(reason)))
 
-        factory: Any = _HalfFactory(made.callback)
+        def told(half: _HostEnd) -> None:
+            # Never a host of a lower term than one this client has seen.
+            highest = self.finder.view.highestTerm
+            assert half.term is not None
+            if half.term < highest:
+                _log.warn(
+                    "refusing a host at {address} of term {term}, lower than "
+                    "the term {highest} already seen",
+                    address=record.address,
+                    term=half.term,
+                    highest=highest,
+                )
+                half.transport.abortConnection()  # type: ignore[union-attr]
+                fail(f"host of a lower term ({half.term})")
+            elif not made.called:
+                made.callback(half)
+
+        factory: Any = Factory.forProtocol(lambda: _HostEnd(told))
+        factory.noisy = False
         endpoint: Any = TCP4ClientEndpoint(
             self.reactor, address, int(port), timeout=HOST_WAIT
         )
@@ -695,9 +914,70 @@ class _Relay:
                 pass
 
 
-#: Seconds a relay holds a link while it looks for a reachable host; under
-#: the channel client's 2 s deadline for a new link's handshake.
+#: Seconds a relay holds a link while it looks for a reachable host, and a
+#: host a link while it may be about to host; under the channel client's
+#: 2 s deadline for a new link's handshake.
 HOST_WAIT = 1.0
+#: Seconds before a relay dials an unreachable host's address again, the
+#: first time (then doubling).
+RETRY_FIRST = 0.002
+#: Seconds between a local standby's reads that keep its connections to
+#: etcd open: under the 240 s for which Twisted's HTTP client keeps an idle
+#: connection, and etcd's 5 minutes.
+WARM_INTERVAL = 60.0
+
+
+def _listenReusable(interface: str, port: int) -> socket.socket:
+    """
+    A TCP socket listening at C{interface} and C{port}, with
+    C{SO_REUSEPORT} (where the platform has it) so that a local heir can bind
+    the port of a dead predecessor whose socket is not yet closed; the
+    kernel refuses processes of another user.
+    """
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listening.bind((interface, port))
+        listening.listen(128)
+        listening.setblocking(False)
+    except BaseException:
+        listening.close()
+        raise
+    return listening
+
+
+def writePortFile(path: str, port: int) -> None:
+    """
+    Record this machine's TLS port for its local heirs: written to a
+    temporary file (mode 0600) and renamed into place.
+    """
+    directory = os.path.dirname(path) or "."
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".port-")
+    try:
+        os.write(fd, b"%d\n" % port)
+        os.close(fd)
+        os.rename(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def readPortFile(path: str) -> int:
+    """
+    The TLS port a local predecessor recorded, or 0 if there is none or the
+    file does not hold one.
+    """
+    try:
+        with open(path, "rb") as f:
+            text = f.read(16).strip()
+    except OSError:
+        return 0
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        _log.warn("ignoring a port file that holds no port: {path}", path=path)
+        return 0
+    return int(text)
 
 
 def connectAcrossMachines(
@@ -706,6 +986,7 @@ def connectAcrossMachines(
     settings: ClusterSettings,
     connectLocal: Any,
     protocolFactory: Any,
+    candidate: ClusterPort | None = None,
 ) -> Deferred[IProtocol]:
     """
     Connect the application's protocol to the channel's host across
@@ -713,6 +994,9 @@ def connectAcrossMachines(
 
     @param connectLocal: given the relay's directory and a factory,
         connects a one-machine client to it and returns its Deferred.
+    @param candidate: this process's candidacy for the endpoint's
+        C{serverFactory}, already standing, stopped when the connection
+        ends (as on one machine).
     @return: a Deferred firing with the application's protocol.
     """
     relay = _Relay(reactor, settings, name)
@@ -723,10 +1007,12 @@ def connectAcrossMachines(
 
     wrapping = Closing(protocolFactory)  # type: ignore[no-untyped-call]
     wrapping.relay = relay  # type: ignore[attr-defined]
+    wrapping.candidate = candidate  # type: ignore[attr-defined]
     d: Deferred[Any] = connectLocal(relay.directory, wrapping)
 
     def failed(reason: Failure) -> Failure:
         relay.close()
+        _stopCandidate(candidate)
         return reason
 
     # The application gets its own protocol, whose transport is the
@@ -734,10 +1020,18 @@ def connectAcrossMachines(
     return d.addCallbacks(lambda wrapper: wrapper.wrappedProtocol, failed)
 
 
+def _stopCandidate(candidate: ClusterPort | None) -> None:
+    if candidate is not None:
+        candidate.stopListening().addErrback(
+            lambda f: _log.failure("could not stop the candidate host", f)
+        )
+
+
 class _ClosingWrapper(ProtocolWrapper):
     """
     The application's protocol, seen by the channel's client: when the
-    connection ends, the relay is closed.
+    connection ends, the relay is closed, and the candidacy of a
+    C{serverFactory} stopped.
     """
 
     def __conform__(self, interface: Any) -> Any:
@@ -750,6 +1044,7 @@ class _ClosingWrapper(ProtocolWrapper):
             super().connectionLost(reason)  # type: ignore[no-untyped-call]
         finally:
             self.factory.relay.close()
+            _stopCandidate(self.factory.candidate)
 
 
 async def hostAcrossMachines(
