@@ -492,3 +492,39 @@ def test_heirBindsTheSamePort() -> None:
     finally:
         first.close()
         heir.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_relayClosesCleanly(etcdServer: Any) -> None:
+    """
+    A client's relay, closed, removes its private directory once its port
+    has stopped, and nothing is logged as an error (its port removes its
+    socket file as it stops, which failed when the directory went first).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+    from twisted.logger import LogLevel, capturedLogs
+
+    from twisted_channel._clusterchannel import ClusterSettings, _Relay
+
+    settings = ClusterSettings.check(etcdServer.coordinator, insecure=True)
+    assert settings is not None
+    with capturedLogs() as events:
+        relay = _Relay(reactor, settings, "closing")
+        relay.start("closing")
+        assert os.path.exists(os.path.join(relay.directory, "closing.sock"))
+        directory = relay.directory
+        relay.close()
+        for _ in range(100):
+            if not os.path.exists(directory):
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        await deferLater(reactor, 0.05, lambda: None)
+        # An unhandled failure is logged when its Deferred is collected.
+        import gc
+
+        del relay
+        gc.collect()
+    assert not os.path.exists(directory)
+    errors = [e for e in events if e["log_level"] >= LogLevel.error]
+    assert errors == [], errors
