@@ -285,6 +285,11 @@ class _Local:
     def __init__(self, socketPath: str) -> None:
         self.paths = SimpleNamespace(socket=socketPath)
         self.splicedPeers: dict[object, str | None] = {}
+        self.acrossMachines: object = None
+        self.linksClosed = 0
+
+    def closeLinks(self) -> None:
+        self.linksClosed += 1
 
 
 class PeerName(Protocol):
@@ -433,6 +438,29 @@ async def test_heldUntilHosting(tmp_path: Any) -> None:
     finally:
         port.client.close()
         await listening.stopListening()
+
+
+def test_steppingDownClosesTheLocalLinks(tmp_path: Any) -> None:
+    """
+    A host across machines that steps down cuts its splices and closes its
+    one-machine port's links at once, so that nothing the splices wrote to
+    its channel socket before is delivered after.
+    """
+    port = _port(tmp_path)
+    try:
+        cut = []
+        port._splices.cutAll = lambda joinedOnly=False: cut.append(True)
+        port.role, port.term = "host", 7
+        port._notHosting(7, "its lease is lost")
+        assert cut == [True]
+        assert port.local.linksClosed == 1
+        assert (port.role, port.term, port.local.acrossMachines) == (
+            "standby",
+            None,
+            None,
+        )
+    finally:
+        port.client.close()
 
 
 def test_relayKeepsLinksToTheNamedHost() -> None:

@@ -552,8 +552,12 @@ class ClusterPort:
             waiting.errback(ConnectionRefusedError("not hosting across machines"))
 
     def _notHosting(self, term: int, reason: str) -> None:
-        # First of all: no link may deliver once another can be elected.
+        # First of all: no link may deliver once another can be elected,
+        # neither through a splice nor from what a splice already wrote to
+        # this process's channel socket.  Clients on this machine use relays
+        # too; any link not spliced just connects again and resends.
         self._splices.cutAll()
+        self.local.closeLinks()
         self._releaseHeld()
         self.local.acrossMachines = None
         self.term = None

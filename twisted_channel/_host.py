@@ -1094,6 +1094,20 @@ class ChannelPort:
             )
         return False
 
+    def closeLinks(self) -> None:
+        """
+        Close every link of this host, handshake done or not, without a last
+        word: their clients connect again and resend what was not
+        acknowledged.  Nothing more is read from them, not even what their
+        sockets already hold: a host across machines that stepped down must
+        deliver nothing after (its splices are cut, but what they wrote to
+        this host's socket before is still there to read).
+        """
+        term = self._term
+        if term is not None:
+            for link in list(term.allLinks):
+                link.closeQuietly()
+
     def _stopFactory(self) -> None:
         if self._factoryStarted:
             self._factoryStarted = False
