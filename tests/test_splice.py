@@ -191,6 +191,52 @@ async def test_chunksLeaveAtOnce(
 
 
 @pytest_twisted.ensureDeferred
+async def test_recordsOfOneReadTogether(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Under TLS, the records that one read from the socket brings are handed
+    on as one chunk, not one a record: 1 MiB (64 records or more) reaches
+    the echo server in no more chunks than reads, and comes back whole.
+    """
+    from twisted.internet import reactor
+
+    from twisted_channel._tls import _VerifiedProtocol
+
+    counts = {"reads": 0, "chunks": 0}
+    started = _VerifiedProtocol.startBatch
+    echoed = Echo.dataReceived
+
+    def startBatch(self: _VerifiedProtocol) -> None:
+        # The echo server's reads, also the one that ends its handshake
+        # (before which it has no protocol yet).
+        if getattr(self.factory.wrappedFactory, "protocol", None) is Echo:
+            counts["reads"] += 1
+        started(self)
+
+    def dataReceived(self: Echo, data: bytes) -> None:
+        counts["chunks"] += 1
+        echoed(self, data)
+
+    monkeypatch.setattr(_VerifiedProtocol, "startBatch", startBatch)
+    monkeypatch.setattr(Echo, "dataReceived", dataReceived)
+    certificates = str(tmp_path / "certs")
+    makeCertificates(certificates, ["a", "b"])
+    splices, client, ports = await _rig(certificates=certificates)
+    message = bytes(range(256)) * 4096
+    try:
+        client.transport.write(message)  # type: ignore[union-attr]
+        while len(client.received) < len(message):
+            client.arrived = Deferred()
+            await client.arrived.addTimeout(10, reactor)
+        assert client.received == message
+        assert 0 < counts["chunks"] <= counts["reads"]
+    finally:
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await _stop(ports)
+
+
+@pytest_twisted.ensureDeferred
 async def test_cutEndsBoth() -> None:
     """
     Cutting (a host stepping down) ends the accepted link at once.
@@ -239,6 +285,11 @@ class _Local:
     def __init__(self, socketPath: str) -> None:
         self.paths = SimpleNamespace(socket=socketPath)
         self.splicedPeers: dict[object, str | None] = {}
+        self.acrossMachines: object = None
+        self.linksClosed = 0
+
+    def closeLinks(self) -> None:
+        self.linksClosed += 1
 
 
 class PeerName(Protocol):
@@ -387,6 +438,29 @@ async def test_heldUntilHosting(tmp_path: Any) -> None:
     finally:
         port.client.close()
         await listening.stopListening()
+
+
+def test_steppingDownClosesTheLocalLinks(tmp_path: Any) -> None:
+    """
+    A host across machines that steps down cuts its splices and closes its
+    one-machine port's links at once, so that nothing the splices wrote to
+    its channel socket before is delivered after.
+    """
+    port = _port(tmp_path)
+    try:
+        cut = []
+        port._splices.cutAll = lambda joinedOnly=False: cut.append(True)
+        port.role, port.term = "host", 7
+        port._notHosting(7, "its lease is lost")
+        assert cut == [True]
+        assert port.local.linksClosed == 1
+        assert (port.role, port.term, port.local.acrossMachines) == (
+            "standby",
+            None,
+            None,
+        )
+    finally:
+        port.client.close()
 
 
 def test_relayKeepsLinksToTheNamedHost() -> None:
