@@ -2,7 +2,9 @@
 A process of a channel across machines, for the multi-process tests:
 
     candidate: listens (a candidate host) and records every message it
-        receives as "pid message time" lines in --record; prints
+        receives as "pid message time" lines in --record ("pid message
+        time term" with --record-terms: its fencing term then, -1 if it
+        had none); prints
         "HOSTING term t" and "NOT-HOSTING t" (time.monotonic()), and
         "PEER identity pid" for each link (its getPeer()).
     client: connects and sends --count messages "TAG:i", one every
@@ -40,6 +42,7 @@ def main() -> None:
     parser.add_argument("--advertise", default="127.0.0.1")
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--record")
+    parser.add_argument("--record-terms", action="store_true")
     parser.add_argument("--tag", default="c")
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--interval", type=float, default=0.01)
@@ -66,7 +69,17 @@ def main() -> None:
 
         def dataReceived(self, data: bytes) -> None:
             assert record is not None
-            record.write(b"%d %s %.6f\n" % (os.getpid(), data, time.monotonic()))
+            at = time.monotonic()
+            if options.record_terms:
+                term = listened[0].term if listened else None
+                term = -1 if term is None else term
+                record.write(b"%d %s %.6f %d\n" % (os.getpid(), data, at, term))
+            else:
+                record.write(b"%d %s %.6f\n" % (os.getpid(), data, at))
+
+    # The candidate's port, once listening (for its term, with
+    # --record-terms).
+    listened: list[Any] = []
 
     class Commands(LineReceiver):
         delimiter = b"\n"
@@ -104,6 +117,8 @@ def main() -> None:
     if options.mode == "candidate":
 
         def listening(port: object) -> None:
+            listened.append(port)
+
             async def roles() -> None:
                 while True:
                     await port.whenHosting()  # type: ignore[attr-defined]

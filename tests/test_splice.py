@@ -239,6 +239,11 @@ class _Local:
     def __init__(self, socketPath: str) -> None:
         self.paths = SimpleNamespace(socket=socketPath)
         self.splicedPeers: dict[object, str | None] = {}
+        self.acrossMachines: object = None
+        self.linksClosed = 0
+
+    def closeLinks(self) -> None:
+        self.linksClosed += 1
 
 
 class PeerName(Protocol):
@@ -389,6 +394,29 @@ async def test_heldUntilHosting(tmp_path: Any) -> None:
         await listening.stopListening()
 
 
+def test_steppingDownClosesTheLocalLinks(tmp_path: Any) -> None:
+    """
+    A host across machines that steps down cuts its splices and closes its
+    one-machine port's links at once, so that nothing the splices wrote to
+    its channel socket before is delivered after.
+    """
+    port = _port(tmp_path)
+    try:
+        cut = []
+        port._splices.cutAll = lambda joinedOnly=False: cut.append(True)
+        port.role, port.term = "host", 7
+        port._notHosting(7, "its lease is lost")
+        assert cut == [True]
+        assert port.local.linksClosed == 1
+        assert (port.role, port.term, port.local.acrossMachines) == (
+            "standby",
+            None,
+            None,
+        )
+    finally:
+        port.client.close()
+
+
 def test_relayKeepsLinksToTheNamedHost() -> None:
     """
     When etcd names a new host, a relay cuts its links to hosts of lower
@@ -508,3 +536,39 @@ def test_relayDialsAgainWhenTheHostGoes() -> None:
         relay.close()
     relay._hostLost(hostEnd(withPartner=True))
     assert relay._spare is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_relayClosesCleanly(etcdServer: Any) -> None:
+    """
+    A client's relay, closed, removes its private directory once its port
+    has stopped, and nothing is logged as an error (its port removes its
+    socket file as it stops, which failed when the directory went first).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+    from twisted.logger import LogLevel, capturedLogs
+
+    from twisted_channel._clusterchannel import ClusterSettings, _Relay
+
+    settings = ClusterSettings.check(etcdServer.coordinator, insecure=True)
+    assert settings is not None
+    with capturedLogs() as events:
+        relay = _Relay(reactor, settings, "closing")
+        relay.start("closing")
+        assert os.path.exists(os.path.join(relay.directory, "closing.sock"))
+        directory = relay.directory
+        relay.close()
+        for _ in range(100):
+            if not os.path.exists(directory):
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        await deferLater(reactor, 0.05, lambda: None)
+        # An unhandled failure is logged when its Deferred is collected.
+        import gc
+
+        del relay
+        gc.collect()
+    assert not os.path.exists(directory)
+    errors = [e for e in events if e["log_level"] >= LogLevel.error]
+    assert errors == [], errors

@@ -30,13 +30,13 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer, providedBy
 
 from ._address import HOST, STANDBY, ChannelAddress
 from ._campaign import DEFAULT_LEASE_TTL, HostRecord
@@ -552,8 +552,12 @@ class ClusterPort:
             waiting.errback(ConnectionRefusedError("not hosting across machines"))
 
     def _notHosting(self, term: int, reason: str) -> None:
-        # First of all: no link may deliver once another can be elected.
+        # First of all: no link may deliver once another can be elected,
+        # neither through a splice nor from what a splice already wrote to
+        # this process's channel socket.  Clients on this machine use relays
+        # too; any link not spliced just connects again and resends.
         self._splices.cutAll()
+        self.local.closeLinks()
         self._releaseHeld()
         self.local.acrossMachines = None
         self.term = None
@@ -971,9 +975,17 @@ class _Relay:
             _discard(spare[1])
         self.finder.stop()
         self.splices.cutAll()
-        if self._listening is not None:
-            self._listening.stopListening()
+        listening, self._listening = self._listening, None
         self.client.close()
+        if listening is None:
+            self._removeDirectory()
+            return
+        # The directory goes once the port has stopped: the port removes
+        # its socket file as it stops, and fails loudly if it is gone.
+        stopped: Deferred[None] = maybeDeferred(listening.stopListening)
+        stopped.addBoth(lambda _: self._removeDirectory())
+
+    def _removeDirectory(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
         trigger, self._atShutdown = self._atShutdown, None
         if trigger is not None:
@@ -1098,7 +1110,7 @@ def connectAcrossMachines(
         return reason
 
     # The application gets its own protocol, whose transport is the
-    # wrapper (which passes every attribute on to the channel's).
+    # channel's.
     return d.addCallbacks(lambda wrapper: wrapper.wrappedProtocol, failed)
 
 
@@ -1114,7 +1126,17 @@ class _ClosingWrapper(ProtocolWrapper):
     The application's protocol, seen by the channel's client: when the
     connection ends, the relay is closed, and the candidacy of a
     C{serverFactory} stopped.
+
+    The application's protocol is connected to the channel's transport
+    itself, not to this wrapper: its writes, one call per message, go
+    straight to the channel's client.
     """
+
+    def makeConnection(self, transport: Any) -> None:
+        directlyProvides(self, providedBy(transport))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        self.wrappedProtocol.makeConnection(transport)
 
     def __conform__(self, interface: Any) -> Any:
         # The channel's client tells an IChannelLinkObserver of its links:
