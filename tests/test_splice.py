@@ -24,6 +24,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted_channel._certs import makeCertificates
 from twisted_channel._clusterchannel import (
     _TERM,
+    _discard,
     _Half,
     _HalfFactory,
     _HostEnd,
@@ -527,6 +528,7 @@ def test_relayDialsAgainWhenTheHostGoes() -> None:
         assert (address, port) == ("10.0.0.1", 4433)
         spare = relay._takeSpare()
         assert spare is not None and relay._spare is None
+        _discard(spare)
         relay.host = (HostRecord("10.0.0.2:4433", "b", 98), 7)
         relay._hostLost(hostEnd(withPartner=True))
         relay.host = (HostRecord("10.0.0.3:4433", "c", 97), 8)
