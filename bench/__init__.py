@@ -26,4 +26,10 @@ its own with its ratio to the baseline and the channel's ratio to it:
   (see L{bench._node}).  ``--quick`` never installs it; it uses an install
   an earlier full run left.  A peer that cannot run is skipped, with the
   reason in the table.
+
+The C{tls} group measures the channel across two machines (two C{dir=} on
+loopback, one etcd started by the run, certificates made in its
+workspace) against Twisted's own C{ssl:} endpoints with
+C{Int32StringReceiver} and the same certificates (see L{bench._tlsbench});
+where there is no etcd binary it is skipped, with the reason.
 """

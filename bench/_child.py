@@ -3,7 +3,8 @@ What every benchmark child that runs a reactor shares: the parent's
 commands on stdin (whose end ends the child at once), stopping once,
 reporting a failure, and listening or connecting with the implementation
 measured (the channel, or plain Twisted C{unix:} with
-C{Int32StringReceiver}).
+C{Int32StringReceiver}; with C{--certs}, the TLS group's: the channel
+across machines, or plain Twisted C{ssl:}, see L{bench._tlsbench}).
 """
 
 from __future__ import annotations
@@ -82,9 +83,45 @@ def fail(reactor: Any) -> Callable[[Any], None]:
 def channel(reactor: Any, options: argparse.Namespace) -> Any:
     from twisted_channel import ChannelEndpoint
 
+    if getattr(options, "certs", None):
+        # The TLS group: this process is on machine --machine, whose runtime
+        # directory is its own under --dir; links cross machines over TLS.
+        certs, machine = options.certs, options.machine
+        return ChannelEndpoint(
+            reactor,
+            options.name,
+            directory=os.path.join(options.dir, machine),
+            timeout=options.timeout,
+            coordinator=options.coordinator,
+            advertise="127.0.0.1",
+            certKey=os.path.join(certs, machine + ".pem"),
+            privateKey=os.path.join(certs, machine + ".key"),
+            caCerts=os.path.join(certs, "ca.pem"),
+        )
     return ChannelEndpoint(
         reactor, options.name, directory=options.dir, timeout=options.timeout
     )
+
+
+def _credentials(options: argparse.Namespace) -> Any:
+    """
+    The TLS group's baseline: this machine's certificate, key and
+    authority, the files the channel uses, loaded as Twisted options take
+    them (pyOpenSSL objects; the same TLS settings as the channel's links:
+    TLS 1.2 or later, each side verifying the other).
+    """
+    from twisted_channel._tls import loadCredentials
+
+    certs, machine = options.certs, options.machine
+    return loadCredentials(
+        os.path.join(certs, machine + ".pem"),
+        os.path.join(certs, machine + ".key"),
+        os.path.join(certs, "ca.pem"),
+    )
+
+
+def _portFile(options: argparse.Namespace) -> str:
+    return os.path.join(options.dir, options.name + ".ssl-port")
 
 
 def unixPath(options: argparse.Namespace) -> str:
@@ -101,6 +138,8 @@ def listen(reactor: Any, options: argparse.Namespace, factory: Any) -> Any:
         return d.addCallback(
             lambda port: port.whenHosting().addCallback(lambda _: port)
         )
+    if getattr(options, "certs", None):
+        return _listenSSL(reactor, options, factory)
     from twisted.internet.endpoints import serverFromString
 
     # A deep backlog, so that clients opening many links at once (memory
@@ -120,9 +159,48 @@ def connect(reactor: Any, options: argparse.Namespace, factory: Any) -> Any:
             return protocol.transport.whenConnected().addCallback(lambda _: protocol)
 
         return channel(reactor, options).connect(factory).addCallback(linked)
+    if getattr(options, "certs", None):
+        return _connectSSL(reactor, options, factory)
     from twisted.internet.endpoints import clientFromString
 
     endpoint = clientFromString(reactor, f"unix:path={unixPath(options)}")
+    return endpoint.connect(factory)
+
+
+def _listenSSL(reactor: Any, options: argparse.Namespace, factory: Any) -> Any:
+    """
+    The TLS group's baseline host: Twisted's C{ssl:} server endpoint on an
+    ephemeral loopback port, written to a file for the client.
+    """
+    from twisted.internet.endpoints import SSL4ServerEndpoint
+
+    endpoint = SSL4ServerEndpoint(
+        reactor, 0, _credentials(options).serverOptions(), interface="127.0.0.1"
+    )
+
+    def listening(port: Any) -> Any:
+        path = _portFile(options)
+        with open(path + ".new", "w", encoding="ascii") as f:
+            f.write(str(port.getHost().port))
+        os.rename(path + ".new", path)
+        return port
+
+    return endpoint.listen(factory).addCallback(listening)
+
+
+def _connectSSL(reactor: Any, options: argparse.Namespace, factory: Any) -> Any:
+    """
+    The TLS group's baseline client: Twisted's C{ssl:} client endpoint to
+    the host's port, verifying that the host's certificate names machine
+    C{a} and presenting this machine's.
+    """
+    from twisted.internet.endpoints import SSL4ClientEndpoint
+
+    with open(_portFile(options), encoding="ascii") as f:
+        port = int(f.read())
+    endpoint = SSL4ClientEndpoint(
+        reactor, "127.0.0.1", port, _credentials(options).clientOptions("a")
+    )
     return endpoint.connect(factory)
 
 

@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--links", type=int, default=0)
     parser.add_argument("--cap", type=int, default=32 << 20)
     parser.add_argument("--total", type=int, default=100_000_000)
+    # The TLS group (L{bench._tlsbench}): the certificates' directory, etcd,
+    # and which machine (a: the host's, b: the client's) this process is on.
+    parser.add_argument("--certs", default=None)
+    parser.add_argument("--coordinator", default=None)
+    parser.add_argument("--machine", default="a")
     options = parser.parse_args(argv)
 
     # Bounded in time whatever happens: SIGALRM's default action ends us.

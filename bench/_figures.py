@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import _node, _scenarios
+from bench import _node, _scenarios, _tlsbench
 from bench._common import BASELINE, CHANNEL, MPCONN, NODE, ZMQ
 from bench._scenarios import Settings
 
@@ -45,7 +45,13 @@ class Measurement:
     peers: dict[str, Runner] = field(default_factory=dict)
 
 
-def measurements(s: Settings, node: _node.NodeStatus | None) -> list[Measurement]:
+def measurements(
+    s: Settings, node: _node.NodeStatus | None, tls: bool = True
+) -> list[Measurement]:
+    """
+    Every measurement; the TLS group's only with C{tls} (it needs etcd).
+    """
+
     def pythonPeers(
         run: Callable[[str, Settings], dict[str, Any]],
     ) -> dict[str, Runner]:
@@ -81,6 +87,18 @@ def measurements(s: Settings, node: _node.NodeStatus | None) -> list[Measurement
         Measurement("fanin", "fanin", _scenarios.fanIn),
         Measurement("memory", "memory", _scenarios.memory),
     ]
+    if tls:
+
+        def tlsThr(size: int, count: Callable[[Settings], int]) -> Any:
+            return lambda impl, s: _tlsbench.throughput(impl, size, count(s), s)
+
+        measurements += [
+            Measurement("tls_thr_100B", "tls", tlsThr(100, lambda s: s.thrSmallCount)),
+            Measurement(
+                "tls_thr_64KiB", "tls", tlsThr(65536, lambda s: s.thr64KiBCount)
+            ),
+            Measurement("tls_rtt", "tls", _tlsbench.roundTrip),
+        ]
     for size in s.bufSizes:
         measurements.append(
             Measurement(
@@ -180,6 +198,41 @@ def figures(s: Settings, faninNote: str) -> list[Figure]:
             1,
             "memory",
             lambda r: r["per_link_kib"],
+        ),
+    ]
+    tls = "TLS across machines (baseline: Twisted ssl:),"
+    figures += [
+        Figure(
+            "tls_throughput_100B_msgs_per_s",
+            f"{tls} throughput, {s.thrSmallCount:,} × 100 B (msg/s)",
+            "higher",
+            0,
+            "tls_thr_100B",
+            lambda r: r["msgs_per_s"],
+        ),
+        Figure(
+            "tls_throughput_64KiB_MB_per_s",
+            f"{tls} throughput, {s.thr64KiBCount:,} × 64 KiB (MB/s)",
+            "higher",
+            1,
+            "tls_thr_64KiB",
+            lambda r: r["mb_per_s"],
+        ),
+        Figure(
+            "tls_roundtrip_p50_us",
+            f"{tls} round trip {s.rttSize} B, p50 of {s.rttCount:,} (µs)",
+            "lower",
+            1,
+            "tls_rtt",
+            lambda r: r["p50_us"],
+        ),
+        Figure(
+            "tls_roundtrip_p99_us",
+            f"{tls} round trip {s.rttSize} B, p99 of {s.rttCount:,} (µs)",
+            "lower",
+            1,
+            "tls_rtt",
+            lambda r: r["p99_us"],
         ),
     ]
     capMiB = s.bufCap / (1 << 20)

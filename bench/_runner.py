@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
-from bench import _node, _peers, _report, _scenarios
+from bench import _node, _peers, _report, _scenarios, _tlsbench
 from bench._common import MPCONN, NODE, PEER_TITLES, PEERS, ZMQ
 from bench._figures import Measurement, figures, measurements
 from bench._scenarios import Settings
@@ -281,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     requested = _peersFor(plan.requested, groups)
     statuses, node = _preparePeers(requested, options.quick)
     active = [p for p in requested if statuses[p].ok]
-    chosen = [m for m in measurements(settings, node) if m.group in groups]
+    tlsStatus: PeerStatus | None = None
+    if "tls" in groups:
+        tlsStatus = PeerStatus(*_tlsbench.status())
+        _log(f"tls group: {tlsStatus.detail}")
+    tlsRuns = tlsStatus is not None and tlsStatus.ok
+    chosen = [m for m in measurements(settings, node, tlsRuns) if m.group in groups]
     shown = [
         f
         for f in figures(settings, plan.faninNote)
@@ -316,6 +321,13 @@ def main(argv: list[str] | None = None) -> int:
         results.errors,
         results.peerErrors,
     )
+    if tlsStatus is not None:
+        print(
+            "\nAcross machines over TLS: the channel's client on machine b, its "
+            "host on machine a (two dir= on loopback, one etcd), against "
+            "Twisted ssl: endpoints with Int32StringReceiver and the same "
+            f"certificates; {tlsStatus.detail}."
+        )
     wantedClients, limitedBy = plan.wantedClients, plan.limitedBy
     raw = results.raw
     nodeFailovers = results.nodeFailovers
@@ -337,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             "twisted": _report.version("twisted"),
             "twisted_channel": _report.version("twisted_channel"),
             "baseline": "Twisted unix: endpoints, Int32StringReceiver both sides",
+            "tls_baseline": "Twisted ssl: endpoints, Int32StringReceiver both sides",
+            "tls": None if tlsStatus is None else asdict(tlsStatus),
             "ratio": "twisted-channel / baseline",
         },
         "peers": {

@@ -503,4 +503,12 @@ def _awaitHost(candidates: list[_Candidate], timeout: float) -> tuple[_Candidate
     raise ChildFailedError(f"no candidate took over within {timeout} s")
 
 
-SCENARIOS = ("throughput", "roundtrip", "startup", "fanin", "memory", "failover")
+SCENARIOS = (
+    "throughput",
+    "roundtrip",
+    "startup",
+    "fanin",
+    "memory",
+    "failover",
+    "tls",
+)

@@ -2,7 +2,9 @@
 Several "machines" on one: Linux network namespaces joined by a bridge,
 each with its own address on a private test subnet, made by the tests and
 always removed (also after a failure).  A partition is a machine's link
-taken down on the bridge's side; healing brings it up again.
+taken down on the bridge's side; healing brings it up again.  Two machines
+can also be cut off from each other only (L{Network.isolate}), each still
+reaching every other machine.
 
 Every name made here carries a per-run prefix, so two runs cannot collide
 and clean-up removes only its own.  Needs root and C{ip}; L{unavailable}
@@ -61,6 +63,7 @@ class Network:
         self.subnet = f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}"
         self.bridge = self.prefix + "br"
         self.machines: list[Machine] = []
+        self._ruled: set[str] = set()
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("link", "set", self.bridge, "up")
 
@@ -93,6 +96,36 @@ class Network:
 
     def heal(self, machine: Machine) -> None:
         _ip("link", "set", machine.peer, "up")
+
+    def isolate(self, one: Machine, other: Machine) -> None:
+        """
+        Cut C{one} and C{other} off from each other only: each drops every
+        packet from the other as it arrives (a policy rule of its
+        namespace, before the local table's), silently, as a network that
+        loses them would; both still reach every other machine.
+        """
+        for machine, peer in ((one, other), (other, one)):
+            if machine.namespace not in self._ruled:
+                # The local table's rule comes first (priority 0) and cannot
+                # be preceded: move it behind the rules added here.
+                inNamespace = ["netns", "exec", machine.namespace, "ip", "rule"]
+                _ip(*inNamespace, "add", "pref", "100", "lookup", "local")
+                _ip(*inNamespace, "del", "pref", "0")
+                self._ruled.add(machine.namespace)
+            _ip(*self._drop(machine, peer, "add"))
+
+    def rejoin(self, one: Machine, other: Machine) -> None:
+        """
+        Undo L{isolate}.
+        """
+        for machine, peer in ((one, other), (other, one)):
+            _ip(*self._drop(machine, peer, "del"))
+
+    def _drop(self, machine: Machine, peer: Machine, verb: str) -> list[str]:
+        return [
+            *("netns", "exec", machine.namespace, "ip", "rule", verb),
+            *("pref", "10", "from", peer.address, "blackhole"),
+        ]
 
     def cleanUp(self) -> None:
         """

@@ -1,8 +1,9 @@
 """
 Smoke test of the benchmark: ``python -m bench --quick`` runs to the end,
 writes its JSON, the failover test lost no message, the client buffer
-held to its cap, and each peer either ran or was skipped with a reason
-(never an error; no network needed).
+held to its cap, each peer either ran or was skipped with a reason
+(never an error; no network needed), and the TLS group ran where etcd is
+(else it is skipped with its reason).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 import pytest
 
-from bench import _node
+from bench import _node, _runner, _tlsbench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,6 +33,15 @@ FIGURES = {
     "fanin_msgs_per_s",
     "fanin_slowest_client_msgs_per_s",
     "memory_per_link_KiB",
+}
+
+#: The TLS group's, where etcd runs: the channel across machines against
+#: Twisted ssl: endpoints.
+TLS_FIGURES = {
+    "tls_throughput_100B_msgs_per_s",
+    "tls_throughput_64KiB_MB_per_s",
+    "tls_roundtrip_p50_us",
+    "tls_roundtrip_p99_us",
 }
 
 CHANNEL_ONLY = {
@@ -73,6 +83,19 @@ def test_quickBenchmark(tmp_path: object, request: pytest.FixtureRequest) -> Non
     for key in FIGURES:
         assert figures[key]["baseline"] is not None, key
         assert figures[key]["ratio"] is not None, key
+
+    tlsRuns, tlsDetail = _tlsbench.status()
+    assert results["meta"]["tls"] == {"ok": tlsRuns, "detail": tlsDetail}
+    assert tlsDetail in completed.stdout
+    if tlsRuns:
+        for key in TLS_FIGURES:
+            figure = figures[key]
+            assert figure["channel"] is not None and figure["channel"] > 0, key
+            assert figure["baseline"] is not None and figure["baseline"] > 0, key
+            assert figure["ratio"] is not None, key
+    else:
+        assert tlsDetail.startswith("skipped:")
+        assert not TLS_FIGURES & set(figures)
 
     failover = results["failover"]
     assert failover["kills"] >= 1
@@ -158,3 +181,33 @@ def test_nodeSkippedWithoutNode(tmp_path: object) -> None:
     )
     assert not status.ok
     assert status.detail.startswith("skipped:")
+
+
+def test_tlsSkippedWithoutEtcd(
+    tmp_path: object,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """
+    Where there is no etcd binary, C{--only tls} measures nothing, says why
+    in a line of its own and in the JSON, and is no error.
+    """
+    from twisted_channel import _democluster
+
+    def missing() -> str:
+        raise _democluster.MissingEtcdError("no etcd binary for this platform")
+
+    monkeypatch.setattr(_democluster, "etcdBinary", missing)
+    output = os.path.join(str(tmp_path), "bench.json")
+    status = _runner.main(["--only", "tls", "--peers", "none", "--json", output])
+    assert status == 0
+    printed = capsys.readouterr()
+    assert "skipped: no etcd binary for this platform" in printed.out
+    with open(output, encoding="utf-8") as f:
+        results = json.load(f)
+    assert results["meta"]["tls"] == {
+        "ok": False,
+        "detail": "skipped: no etcd binary for this platform",
+    }
+    assert results["figures"] == {}
+    assert results["errors"] == []

@@ -158,9 +158,53 @@ def test_inheritsLease() -> None:
     the lease to expire.
     """
     campaign = Campaign(6)
-    assert campaign.start(0.0, inheritedLease=7) == [KeepAlive(7)]
-    assert campaign.keepAliveAnswered(5, 0.0) == [Replace(7)]
+    assert campaign.start(0.0, inheritedLease=7) == [Replace(7), KeepAlive(7)]
+    assert campaign.keepAliveAnswered(5, 0.0) == []
     assert campaign.keyWritten(TxnResult(True, 50, None)) == [Elected(50, 7)]
+
+
+def test_inheritsLeaseRewriteAnsweredFirst() -> None:
+    """
+    The key's rewrite under an inherited lease may be answered before the
+    lease's renewal: the heir leads only once the renewal is confirmed,
+    its renew deadline counted from the renewal's sending.
+    """
+    campaign = Campaign(6)
+    campaign.start(0.0, inheritedLease=7)
+    assert campaign.keyWritten(TxnResult(True, 50, None)) == []
+    assert campaign.state == "inheriting" and campaign.term is None
+    assert campaign.keepAliveAnswered(5, 0.0) == [Elected(50, 7)]
+    assert campaign.wakeAt == 1.0
+    assert campaign.tick(4.0) == [
+        SteppedDown(50, "no lease renewal confirmed within the renew deadline"),
+        RevokeLease(7),
+        GrantLease(6),
+    ]
+
+
+def test_inheritedLeaseGoneRewriteAnsweredFirst() -> None:
+    """
+    A rewrite answered before the renewal says the inherited lease is
+    gone makes no leader: a fresh lease and a create follow.
+    """
+    campaign = Campaign(6)
+    campaign.start(0.0, inheritedLease=7)
+    assert campaign.keyWritten(TxnResult(True, 50, None)) == []
+    assert campaign.keepAliveAnswered(0, 0.0) == [GrantLease(6)]
+    assert campaign.state == "granting" and campaign.term is None
+    assert campaign.leaseGranted(Lease(9, 6), 0.1) == [Create(9)]
+
+
+def test_inheritanceBothFail() -> None:
+    """
+    When the renewal and the rewrite of an inheritance both fail, both are
+    asked again.
+    """
+    campaign = Campaign(6)
+    campaign.start(0.0, inheritedLease=7)
+    assert campaign.requestFailed(KeepAlive(7), 0.0, "unavailable") == []
+    assert campaign.requestFailed(Replace(7), 0.0, "unavailable") == []
+    assert campaign.tick(1.0) == [KeepAlive(7), Replace(7)]
 
 
 def test_inheritedLeaseGone() -> None:

@@ -277,3 +277,59 @@ def test_lostHostStopsTheStallDeadline() -> None:
     assert deadlines.next() == 108.0
     deadlines.stop()
     assert deadlines.next() is None
+
+
+def welcomeFrom(term: int | None) -> _wire.Welcome:
+    host = None if term is None else _wire.HostTerm(term, "a", "10.0.0.8:4443")
+    return _wire.Welcome(0, 1, LIMIT, host=host)
+
+
+def test_acrossMachinesHelloSaysTheLowestTerm() -> None:
+    """
+    Across machines, each hello asks for a host of at least the highest
+    term seen (0 at first), and each welcome kept raises it; on one machine
+    the hello is the one-machine hello.
+    """
+    client = ClientSession(CLIENT, PID, LIMIT, acrossMachines=True)
+    link = client.newLink()
+    [(_, body)] = decode(link.start())
+    hello = _wire.decodeHello(body)
+    assert hello.flags & _wire.FLAG_TERM and hello.lowestTerm == 0
+    client.resume(link, welcomeFrom(7))
+    assert client.lowestTerm == 7
+    [(_, body)] = decode(client.newLink().start())
+    assert _wire.decodeHello(body).lowestTerm == 7
+    plain = session()
+    assert plain.lowestTerm is None
+    [(_, body)] = decode(plain.newLink().start())
+    assert not _wire.decodeHello(body).flags & _wire.FLAG_TERM
+
+
+def test_acrossMachinesNeverALowerTerm() -> None:
+    """
+    Across machines, a welcome from a host of a lower term than one seen,
+    or one that names no host, breaks the protocol (the link is dropped)
+    and changes nothing; an equal or higher term is kept.
+    """
+    client = ClientSession(CLIENT, PID, LIMIT, acrossMachines=True)
+    client.pending.append(b"a")
+    client.resume(client.newLink(), welcomeFrom(7))
+    for welcome, error in [
+        (welcomeFrom(6), "host's term 6 is lower than term 7"),
+        (welcomeFrom(None), "welcome names no host across machines"),
+    ]:
+        link = client.newLink()
+        link.start()
+        with pytest.raises(HostBrokeProtocolError, match=error):
+            client.resume(link, welcome)
+        assert not link.open
+        assert client.lowestTerm == 7
+        assert list(client.pending.messages) == [b"a"]
+    link = client.newLink()
+    link.start()
+    client.resume(link, welcomeFrom(7))
+    assert link.open
+    link = client.newLink()
+    link.start()
+    client.resume(link, welcomeFrom(9))
+    assert client.lowestTerm == 9

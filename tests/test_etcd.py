@@ -115,6 +115,34 @@ async def test_electionTransactions(etcdServer: EtcdCluster) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_putUnderLeaseAndReadPrefix(etcdServer: EtcdCluster) -> None:
+    """
+    A key put under a lease is read with its prefix (and only keys with
+    that prefix, in key order), and goes when the lease is revoked.
+    """
+    client = _client(etcdServer.coordinator)
+    try:
+        lease = await client.grantLease(10)
+        revision = await client.put(b"/p/cands/b", b"2", lease.id)
+        await client.put(b"/p/cands/a", b"1", lease.id)
+        await client.put(b"/p/candsX", b"x", lease.id)
+        await client.put(b"/p/cand", b"y", lease.id)
+        found, at = await client.getPrefix(b"/p/cands/")
+        assert [(kv.key, kv.value) for kv in found] == [
+            (b"/p/cands/a", b"1"),
+            (b"/p/cands/b", b"2"),
+        ]
+        assert found[1].modRevision == revision and at > revision
+        assert {kv.lease for kv in found} == {lease.id}
+        await client.revokeLease(lease.id)
+        assert (await client.getPrefix(b"/p/"))[0] == []
+        with pytest.raises(ValueError, match="must not be empty"):
+            client.getPrefix(b"")
+    finally:
+        await _closing(client)
+
+
+@pytest_twisted.ensureDeferred
 async def test_refusedRequest(etcdServer: EtcdCluster) -> None:
     """
     A request etcd refuses (an empty key) fails with EtcdError and its

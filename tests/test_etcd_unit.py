@@ -166,3 +166,22 @@ def test_transactionOutcome() -> None:
         _txnResult({"succeeded": True})
     with pytest.raises(EtcdProtocolError, match="succeeded='yes'"):
         _txnResult({"header": {"revision": "1"}, "succeeded": "yes"})
+
+
+@pytest.mark.parametrize(
+    "prefix, end",
+    [
+        (b"/a/", b"/a0"),
+        (b"a", b"b"),
+        (b"a\xff", b"b"),
+        (b"\xff\xff", b"\0"),
+    ],
+)
+def test_prefixEnd(prefix: bytes, end: bytes) -> None:
+    """
+    The end of the range of keys starting with a prefix: its last byte
+    below 0xff incremented; all keys when it is only 0xff bytes.
+    """
+    from twisted_channel._etcd import _prefixEnd
+
+    assert _prefixEnd(prefix) == end

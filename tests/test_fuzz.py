@@ -256,6 +256,9 @@ def model(stream: bytes) -> Expected:
                 except ProtocolError:
                     return Expected("status or error")
                 return Expected("status")
+            if parsed.flags & _wire.FLAG_TERM:
+                # A hello across machines: this host does not host there.
+                return Expected("error")
             welcomed = True
             result.outcome = "open"
             result.firstSequence = parsed.firstSequence

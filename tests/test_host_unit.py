@@ -678,6 +678,26 @@ def test_rememberedClientsBounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert term.delivered[b"new"] == 5
 
 
+def test_closeLinks(host: Host) -> None:
+    """
+    L{ChannelPort.closeLinks} closes every link, handshake done or not,
+    without a word to its client; what a link's socket still held is not
+    delivered, nor acknowledged (a host across machines that stepped down
+    delivers nothing after).
+    """
+    welcomedLink, welcomedTransport = host.link()
+    welcomedLink.dataReceived(hello() + data(b"a"))
+    assert host.factory.built[0].received == [b"a"]
+    sent(welcomedTransport)
+    shaking, shakingTransport = host.link()
+    host.port.closeLinks()
+    assert welcomedTransport.disconnecting and shakingTransport.disconnecting
+    welcomedLink.dataReceived(data(b"b", b"c"))
+    shaking.dataReceived(hello(b"d" * 16) + data(b"e"))
+    assert [app.received for app in host.factory.built] == [[b"a"]]
+    assert welcomedTransport.value() == shakingTransport.value() == b""
+
+
 class ClosingAtOnce(App):
     """
     An application that ends the client's connection as soon as it starts.

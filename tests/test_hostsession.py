@@ -285,3 +285,25 @@ def test_recordsKeepLiveClients(monkeypatch: pytest.MonkeyPatch) -> None:
     records.remember(b"gone", 1)
     records.remember(b"new", 1)
     assert list(records.delivered) == [b"live", b"new"]
+
+
+def test_welcomeNamesItsHostOnlyWhenAsked() -> None:
+    """
+    A host across machines names itself (term, machine, address) in its
+    welcome to a hello that asks (L{_wire.FLAG_TERM}); a one-machine hello
+    gets the one-machine welcome, whatever the host.
+    """
+    host = _wire.HostTerm(12, "a", "10.0.0.8:4443")
+    session = HostSession(DeliveryRecords(()), LIMIT)
+    across = _wire.encodeHello(
+        _wire.Hello(CLIENT, 99, LIMIT, 1, _wire.FLAG_TERM, lowestTerm=9)
+    )
+    event = session.nextHandshakeEvent(across)
+    assert isinstance(event, HelloReceived)
+    assert event.hello.lowestTerm == 9
+    [(_, body)] = decode(session.welcome(HOST_PID, host))
+    assert _wire.decodeWelcome(body) == _wire.Welcome(0, HOST_PID, LIMIT, host=host)
+    plain = HostSession(DeliveryRecords(()), LIMIT)
+    assert isinstance(plain.nextHandshakeEvent(hello()), HelloReceived)
+    [(_, body)] = decode(plain.welcome(HOST_PID, host))
+    assert _wire.decodeWelcome(body) == _wire.Welcome(0, HOST_PID, LIMIT)

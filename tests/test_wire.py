@@ -403,11 +403,15 @@ def test_wrongBodyLengths(delta: int) -> None:
     ):
         _wire.decodeHello(badHello)
     welcome = welcomeBody()
+    # A welcome may be longer: what follows its fixed fields names its host
+    # across machines, and one byte cannot.
     badWelcome = welcome[:-1] if delta < 0 else welcome + b"\x00"
     with pytest.raises(
         ProtocolError,
         match=f"welcome is {len(welcome) + delta} bytes long; "
-        f"it must be {len(welcome)}",
+        f"it must be at least {len(welcome)}"
+        if delta < 0
+        else "welcome's host term is cut short",
     ):
         _wire.decodeWelcome(badWelcome)
     with pytest.raises(ProtocolError, match=f"ack is {8 + delta} bytes long"):
@@ -639,3 +643,77 @@ def test_largeMessageBufferGrowsWithWhatArrives() -> None:
             assert sum(map(len, decoder._pieces)) <= 2 * position + 512 * 1024
     assert got == [(DATA, body)]
     assert decoder.buffered == 0
+
+
+def test_helloWithLowestTerm() -> None:
+    """
+    A hello with FLAG_TERM carries the lowest term the client accepts, as
+    eight more bytes; without the flag it is the one-machine hello,
+    unchanged.
+    """
+    hello = _wire.Hello(b"i" * 16, 7, 10, 3, _wire.FLAG_TERM | _wire.FLAG_EAGER, 1, 41)
+    frame = _wire.encodeHello(hello)
+    assert len(frame) == HEADER_SIZE + len(helloBody()) + 8
+    assert _wire.decodeHello(frame[HEADER_SIZE:]) == hello
+    plain = _wire.Hello(b"i" * 16, 7, 10, 3, 0, 1, 41)
+    assert _wire.encodeHello(plain)[HEADER_SIZE:] == helloBody(pid=7, first=3)
+    assert _wire.decodeHello(helloBody(pid=7, first=3)).lowestTerm == 0
+    with pytest.raises(ProtocolError, match="hello is 38 bytes long; it must be 46"):
+        _wire.decodeHello(helloBody(flags=_wire.FLAG_TERM))
+    with pytest.raises(ProtocolError, match="hello is 46 bytes long; it must be 38"):
+        _wire.decodeHello(helloBody() + b"\0" * 8)
+
+
+def test_welcomeNamingItsHost() -> None:
+    """
+    A welcome may name its host across machines: term, identity and
+    address; it decodes to what was encoded, and one without is the
+    one-machine welcome, unchanged.
+    """
+    host = _wire.HostTerm(2**40 + 5, "machine-a.example", "10.0.0.8:4443")
+    welcome = _wire.Welcome(4, 99, 10, host=host)
+    frame = _wire.encodeWelcome(welcome)
+    assert _wire.decodeWelcome(frame[HEADER_SIZE:]) == welcome
+    plain = _wire.encodeWelcome(_wire.Welcome(0, 1, 10))
+    assert plain[HEADER_SIZE:] == welcomeBody()
+    assert _wire.decodeWelcome(welcomeBody()).host is None
+    unicode = _wire.HostTerm(1, "ma\u0161ina", "[::1]:1")
+    encoded = _wire.encodeWelcome(_wire.Welcome(0, 1, 10, host=unicode))
+    assert _wire.decodeWelcome(encoded[HEADER_SIZE:]).host == unicode
+
+
+@pytest.mark.parametrize(
+    "tail, error",
+    [
+        (struct.pack(">Q", 0) + b"\x01a\x01b", "host term is 0"),
+        (struct.pack(">Q", 3)[:5], "host term is cut short"),
+        (struct.pack(">Q", 3), "host identity is missing"),
+        (struct.pack(">Q", 3) + b"\x00\x01b", "host identity is empty"),
+        (struct.pack(">Q", 3) + b"\x05ab", "host identity is empty or cut short"),
+        (struct.pack(">Q", 3) + b"\x01a", "host address is missing"),
+        (struct.pack(">Q", 3) + b"\x01a\x02\xff\xfe", "host address is not UTF-8"),
+        (struct.pack(">Q", 3) + b"\x01a\x01bXY", "2 byte\\(s\\) after"),
+    ],
+)
+def test_welcomeHostGarbage(tail: bytes, error: str) -> None:
+    """
+    What follows a welcome's fixed fields must be exactly a term of 1 or
+    more and two non-empty UTF-8 names; anything else is a protocol error
+    naming what is wrong.
+    """
+    with pytest.raises(ProtocolError, match=error):
+        _wire.decodeWelcome(welcomeBody() + tail)
+
+
+@pytest.mark.parametrize("name", ["", "x" * 256])
+def test_welcomeHostNamesBounded(name: str) -> None:
+    """
+    A host's identity or address the welcome cannot carry (empty, over 255
+    bytes) is refused when encoding, naming which.
+    """
+    with pytest.raises(ValueError, match="the host's identity must be 1 to 255"):
+        _wire.encodeWelcome(
+            _wire.Welcome(0, 1, 10, host=_wire.HostTerm(1, name, "a:1"))
+        )
+    with pytest.raises(ValueError, match="the host's address must be 1 to 255"):
+        _wire.encodeWelcome(_wire.Welcome(0, 1, 10, host=_wire.HostTerm(1, "a", name)))

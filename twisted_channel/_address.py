@@ -32,14 +32,20 @@ class ChannelAddress:
         peer said in its handshake.
     @ivar uid: the user id at this end, where the operating system reports it.
     @ivar host: on the loopback TCP transport, the IP address the host
-        listens on (then C{path} is the port file's path).
-    @ivar port: on the loopback TCP transport, the host's TCP port.
+        listens on (then C{path} is the port file's path); across machines,
+        in a client's C{getPeer()}, the host's advertised address.
+    @ivar port: on the loopback TCP transport, the host's TCP port; across
+        machines, in a client's C{getPeer()}, the host's advertised port.
     @ivar term: across machines (C{coordinator=}), the host's fencing term
-        while it hosts; else C{None}.
+        while it hosts (a client's C{getPeer()} says it while linked);
+        else C{None}.
     @ivar identity: across machines, on the host's end of a link from
         another machine: the client machine's identity as its verified
         certificate names it (C{None} with C{insecure=}, and on one
         machine); C{pid} is then the client's as it said in its handshake.
+        In a client's C{getPeer()}: the host's machine, as the host's
+        welcome names it (its certificate's, else its advertised address);
+        C{pid} is then the host's.
     """
 
     name: str

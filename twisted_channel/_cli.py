@@ -383,7 +383,7 @@ def commandStatus(options: argparse.Namespace) -> int:
 def _statusAcrossMachines(options: argparse.Namespace) -> int:
     """
     C{twisted-channel status NAME --coordinator etcd://...}: the host etcd
-    names, its machine and its term.
+    names, its machine and its term, and the other machines campaigning.
     """
     from twisted.internet.defer import Deferred
 
@@ -407,6 +407,17 @@ def _statusAcrossMachines(options: argparse.Namespace) -> int:
                     f"channel {options.name}: not hosted"
                     + (f" ({status['error']})" if "error" in status else "")
                 )
+            if not options.json:
+                for standby in status["standbys"]:
+                    print(
+                        f"  standby: machine {standby['identity']}, pid "
+                        f"{standby['pid']} at {standby['address']}"
+                    )
+                if status.get("unreadableStandbys"):
+                    print(
+                        f"  ({status['unreadableStandbys']} candidate key(s) "
+                        "holding no record left out)"
+                    )
             return OK if status["hosted"] else NO
 
         return Deferred.fromCoroutine(ask())

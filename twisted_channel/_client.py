@@ -229,10 +229,27 @@ class _ClientLink(Protocol):
 
     def welcomed(self, welcome: _wire.Welcome) -> None:
         """
-        The host answered: no deadline now, and its pid is known.
+        The host answered: no deadline now, and its pid is known (across
+        machines, its machine, address and term too).
         """
         self._stopDeadline()
-        if self.hostAddress.pid is None:
+        host = welcome.host
+        if host is not None:
+            # The link's socket is this process's own relay: the welcome,
+            # which came end to end from the host, says who hosts.
+            address, _, port = host.address.rpartition(":")
+            self.hostAddress = ChannelAddress(
+                self.hostAddress.name,
+                self.hostAddress.path,
+                HOST,
+                welcome.pid,
+                None,
+                address or None,
+                int(port) if port.isdigit() else None,
+                term=host.term,
+                identity=host.identity,
+            )
+        elif self.hostAddress.pid is None:
             self.hostAddress = ChannelAddress(
                 self.hostAddress.name,
                 self.hostAddress.path,
@@ -359,11 +376,15 @@ class ChannelClientTransport(SocketOptions):
         transport: str = "unix",
         lockPath: str | None = None,
         failover: str = RESEND,
+        acrossMachines: bool = False,
     ) -> None:
         """
         @param failover: C{"resend"} (a host's loss moves the connection to
             the next host) or C{"close"} (it ends the connection with
             L{ChannelHostLostError}).
+        @param acrossMachines: whether C{address} is a relay to hosts
+            across machines: hosts must then name themselves and their
+            term, never lower than one seen (see L{ClientSession}).
         @param lockPath: the channel's lock file, whose record tells a
             linked client that its host died before the kernel closes the
             link (see L{Reconnection.hostAppeared}); without it, the close
@@ -381,7 +402,9 @@ class ChannelClientTransport(SocketOptions):
         self.failover = failover
         # Whether a link's read is being handled now (it flushes at its end).
         self._inRead = False
-        self.session = ClientSession(os.urandom(16), os.getpid(), maxMessageSize)
+        self.session = ClientSession(
+            os.urandom(16), os.getpid(), maxMessageSize, acrossMachines
+        )
         self.clientId = self.session.clientId
         self.pending = self.session.pending
         self.state = CONNECTING
@@ -747,7 +770,9 @@ class ChannelClientTransport(SocketOptions):
 
     def getPeer(self) -> ChannelAddress:
         """
-        The current host's address (with its pid once a link is up).
+        The current host's address (with its pid once a link is up; across
+        machines, also its machine's C{identity}, its advertised C{host}
+        and C{port}, and its C{term}, as its welcome said them).
         """
         return self._hostAddress
 

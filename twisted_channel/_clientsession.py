@@ -122,16 +122,29 @@ class ClientSession:
     @ivar hostMaxMessageSize: the largest message the last host took
         (before any welcome, L{EAGER_ASSUMED_LIMIT}, a size every host is
         assumed to take), for eager hellos.
+    @ivar lowestTerm: across machines, the highest term of a host that
+        welcomed this connection (0 before any): no host of a lower term
+        is accepted.  C{None} on one machine, where hosts have no term.
     """
 
-    def __init__(self, clientId: bytes, pid: int, maxMessageSize: int) -> None:
+    def __init__(
+        self,
+        clientId: bytes,
+        pid: int,
+        maxMessageSize: int,
+        acrossMachines: bool = False,
+    ) -> None:
         """
         @param clientId: 16 random bytes.
         @param pid: this process's id, as the hello says it.
+        @param acrossMachines: whether hosts are across machines (reached
+            through a relay): hellos then say L{lowestTerm}, and welcomes
+            must name a host of that term or higher.
         """
         self.clientId = clientId
         self.pid = pid
         self.maxMessageSize = maxMessageSize
+        self.lowestTerm: int | None = 0 if acrossMachines else None
         self.pending = PendingWrites()
         self.hostMaxMessageSize = EAGER_ASSUMED_LIMIT
         self._eagerRefused = False
@@ -173,10 +186,25 @@ class ClientSession:
         it (every message held that the link has not sent yet).
 
         @raise HostBrokeProtocolError: if the welcome resumes past what
-            the link could have sent (the link is dropped).
+            the link could have sent, or, across machines, names no host
+            or one of a lower term than one seen (the link is dropped).
         @raise MessagesTooLargeError: if the host takes smaller messages
             than some held (the connection ends).
         """
+        lowestTerm = self.lowestTerm
+        if lowestTerm is not None:
+            # The host checked the hello's term too; this holds even
+            # against one that did not.
+            host = welcome.host
+            if host is None:
+                raise HostBrokeProtocolError(
+                    "welcome names no host across machines, nor its term"
+                )
+            if host.term < lowestTerm:
+                raise HostBrokeProtocolError(
+                    f"host's term {host.term} is lower than term {lowestTerm}, "
+                    "which this client has seen"
+                )
         resumeAfter = welcome.resumeAfter
         if link.eager and resumeAfter > link.eagerThrough:
             raise HostBrokeProtocolError(
@@ -190,6 +218,9 @@ class ClientSession:
             raise HostBrokeProtocolError(str(e)) from None
         self.hostMaxMessageSize = welcome.maxMessageSize
         self._eagerRefused = False
+        if lowestTerm is not None:
+            assert welcome.host is not None
+            self.lowestTerm = welcome.host.term
         tooLarge = [len(p) for p in resend if len(p) > welcome.maxMessageSize]
         if tooLarge:
             raise MessagesTooLargeError(
@@ -278,13 +309,18 @@ class LinkSession:
         session = self._session
         pending = session.pending
         self.eager = session.mayBeEager()
+        flags = _wire.FLAG_EAGER if self.eager else 0
+        lowestTerm = session.lowestTerm
+        if lowestTerm is not None:
+            flags |= _wire.FLAG_TERM
         hello = _wire.encodeHello(
             _wire.Hello(
                 session.clientId,
                 session.pid,
                 session.maxMessageSize,
                 pending.firstSequence,
-                _wire.FLAG_EAGER if self.eager else 0,
+                flags,
+                lowestTerm=lowestTerm or 0,
             )
         )
         self.eagerThrough = pending.nextSequence - 1

@@ -23,7 +23,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from ._campaign import (
+    CAMPAIGNING,
     DEFAULT_LEASE_TTL,
+    GRANTING,
+    INHERITING,
     Campaign,
     CampaignDriver,
     HostRecord,
@@ -44,6 +47,21 @@ def electionKey(name: str, prefix: str = DEFAULT_KEY_PREFIX) -> bytes:
     The etcd key of channel C{name}'s election.
     """
     return f"{prefix.rstrip('/')}/{name}/host".encode()
+
+
+def candidatesPrefix(name: str, prefix: str = DEFAULT_KEY_PREFIX) -> bytes:
+    """
+    Where the machines campaigning for channel C{name} say so, each under
+    its campaign's lease: C{<prefix>/<name>/candidates/<identity>}.
+    """
+    return f"{prefix.rstrip('/')}/{name}/candidates/".encode()
+
+
+def candidateKey(key: bytes, identity: str) -> bytes:
+    """
+    The key where a machine campaigning for election key C{key} says so.
+    """
+    return key.rsplit(b"/", 1)[0] + b"/candidates/" + identity.encode()
 
 
 def leasePath(lockPath: str) -> str:
@@ -69,6 +87,8 @@ class MachineElection:
     @param onNotHosting: called with the term and a reason when it stops
         being the host; it must stop accepting at once.
     @param leaseTTL: the lease's TTL in seconds.
+    @param onFollowing: if given, called (perhaps more than once) when this
+        machine's campaign follows another machine's host.
 
     @ivar role: C{"standby"} (waiting for the local lock), C{"local leader"}
         (campaigning in etcd), C{"host"}, or C{"stopped"}.
@@ -85,8 +105,10 @@ class MachineElection:
         onHosting: Callable[[int], None],
         onNotHosting: Callable[[int, str], None],
         leaseTTL: int = DEFAULT_LEASE_TTL,
+        onFollowing: Callable[[], None] | None = None,
     ) -> None:
         self._reactor = reactor
+        self._onFollowing = onFollowing
         self.client = client
         self.lockPath = lockPath
         self.leasePath = leasePath(lockPath)
@@ -131,8 +153,25 @@ class MachineElection:
             Campaign(self.leaseTTL),
             self._elected,
             self._steppedDown,
+            candidateKey(self.key, self.record.identity),
+            onFollowing=self._onFollowing,
         )
         self._driver.start(inheritedLease=inherited)
+
+    @property
+    def contending(self) -> bool:
+        """
+        Whether this process may become the host without another machine's
+        key going first: it leads locally and its campaign is getting a
+        lease, inheriting one, or writing the key (not following, hosting
+        or stopped).
+        """
+        driver = self._driver
+        return (
+            self.role == "local leader"
+            and driver is not None
+            and driver.campaign.state in (GRANTING, INHERITING, CAMPAIGNING)
+        )
 
     def _elected(self, term: int, lease: int) -> None:
         # Recorded before anything else, so that a local heir finds it if

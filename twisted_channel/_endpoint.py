@@ -113,7 +113,8 @@ class ChannelEndpoint:
         fails; C{0} waits for ever.
     @param serverFactory: if given, C{connect} also makes this process a
         candidate host serving links with this factory, as open-channel's
-        C{openChannel(name, listener)} does.
+        C{openChannel(name, listener)} does, until the connection ends
+        (across machines too).
     @param maxMessageSize: the largest message, in bytes, either way.
     @param maxBufferSize: the most unacknowledged bytes a client holds, and
         the most unsent bytes a host holds for one link.
@@ -164,6 +165,10 @@ class ChannelEndpoint:
         insecure: bool = False,
     ) -> None:
         self._reactor = reactor
+        # Whether this endpoint's directory is a relay's to hosts across
+        # machines (set by connect() across machines, on the endpoint it
+        # connects through).
+        self._relayed = False
         # Across machines (docs/cluster.md); None for the one-machine channel.
         self.cluster: ClusterSettings | None = None
         if coordinator is not None or advertise or port or interface or leaseTTL:
@@ -184,11 +189,6 @@ class ChannelEndpoint:
             raise ValueError(
                 "certKey=, privateKey=, caCerts= and insecure= only make sense "
                 "with coordinator=etcd://HOST:PORT"
-            )
-        if self.cluster is not None and serverFactory is not None:
-            raise ValueError(
-                "serverFactory is not supported yet with coordinator=: listen() "
-                "and connect() separately"
             )
         if (
             isinstance(handshakeTimeout, bool)
@@ -296,7 +296,7 @@ class ChannelEndpoint:
             from ._clusterchannel import connectAcrossMachines
 
             def connectLocal(directory: str, factory: IProtocolFactory) -> Any:
-                return ChannelEndpoint(
+                relayed = ChannelEndpoint(
                     self._reactor,
                     self.name,
                     directory=directory,
@@ -305,17 +305,38 @@ class ChannelEndpoint:
                     maxBufferSize=self.maxBufferSize,
                     transport=UNIX,
                     failover=self.failover,
-                ).connect(factory)
+                )
+                relayed._relayed = True
+                return relayed.connect(factory)
 
+            from ._clusterchannel import ClusterPort
+
+            standing: ClusterPort | None = None
             try:
+                if self.serverFactory is not None:
+                    # As on one machine: this process stands as a candidate
+                    # host (locally, then in etcd) for as long as the
+                    # connection lives.
+                    prepareDirectory(self.paths.directory)
+                    standing = ClusterPort(
+                        self._reactor,
+                        self._port(self.serverFactory),
+                        self.cluster,
+                        self.name,
+                    )
+                    standing.startListening()
                 return connectAcrossMachines(
                     self._reactor,
                     self.name,
                     self.cluster,
                     connectLocal,
                     protocolFactory,
+                    standing,
                 )
             except Exception as e:
+                if standing is not None and standing.role != "stopped":
+                    # Standing, but the relay could not start.
+                    standing.stopListening().addErrback(lambda _: None)
                 return fail(e)
         try:
             prepareDirectory(self.paths.directory)
@@ -345,6 +366,7 @@ class ChannelEndpoint:
             transport=self.transportKind,
             lockPath=self.paths.lock,
             failover=self.failover,
+            acrossMachines=self._relayed,
         )
         protocol.makeConnection(transport)
         transport.startConnecting()

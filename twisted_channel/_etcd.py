@@ -353,6 +353,18 @@ def _revision(answer: dict[str, Any]) -> int:
     return revision
 
 
+def _prefixEnd(prefix: bytes) -> bytes:
+    """
+    The end of etcd's range of every key starting with C{prefix}: the
+    prefix with its last byte below 0xff incremented (and what follows it
+    dropped).
+    """
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return b"\0"  # every key
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
 def _firstKey(rangeAnswer: dict[str, Any]) -> KeyValue | None:
     kvs = _field(rangeAnswer, "kvs", list, [])
     if not kvs:
@@ -692,6 +704,41 @@ class EtcdClient:
             return _firstKey(answer), _revision(answer)
 
         return self._call("/v3/kv/range", {"key": _b64(key)}, read)
+
+    def getPrefix(self, prefix: bytes) -> Deferred[tuple[list[KeyValue], int]]:
+        """
+        Read every key that starts with C{prefix} (not empty).
+
+        @return: a Deferred firing with the keys, in etcd's order (by key),
+            and the cluster's revision at the read.
+        """
+        if not prefix:
+            raise ValueError("a prefix to read must not be empty")
+
+        def read(answer: dict[str, Any]) -> tuple[list[KeyValue], int]:
+            kvs = _field(answer, "kvs", list, [])
+            if not all(isinstance(kv, dict) for kv in kvs):
+                raise EtcdProtocolError(f"etcd sent kvs={kvs!r:.200}")
+            return [KeyValue.decode(kv) for kv in kvs], _revision(answer)
+
+        return self._call(
+            "/v3/kv/range",
+            {"key": _b64(prefix), "range_end": _b64(_prefixEnd(prefix))},
+            read,
+        )
+
+    def put(self, key: bytes, value: bytes, lease: int) -> Deferred[int]:
+        """
+        Write C{value} to C{key}, attached to C{lease} (the key goes when
+        the lease does).
+
+        @return: a Deferred firing with the cluster's revision after it.
+        """
+        return self._call(
+            "/v3/kv/put",
+            {"key": _b64(key), "value": _b64(value), "lease": str(lease)},
+            _revision,
+        )
 
     def _txn(
         self, key: bytes, compare: dict[str, Any], success: dict[str, Any]

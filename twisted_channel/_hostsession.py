@@ -291,13 +291,16 @@ class HostSession:
         self._close()
         return Refused(reason, _wire.encodeError(reason), authentication)
 
-    def welcome(self, hostPid: int) -> bytes:
+    def welcome(self, hostPid: int, host: _wire.HostTerm | None = None) -> bytes:
         """
         Take the client that said hello: work out where it resumes (what
         this term already delivered of its messages, or the hello's first
         sequence number), and return the C{WELCOME} that says so.  The
         session is then L{OPEN}; what followed the hello is returned by
         the next L{receive}.
+
+        @param host: across machines, who hosts, for a hello with
+            L{_wire.FLAG_TERM} (else left out of the welcome).
         """
         hello = self._hello
         if hello is None or self.closing:
@@ -314,8 +317,10 @@ class HostSession:
         self._decoder.maxMessageSize = self.maxMessageSize
         records.remember(clientId, resumeAfter)
         self.state = OPEN
+        if not hello.flags & _wire.FLAG_TERM:
+            host = None
         return _wire.encodeWelcome(
-            _wire.Welcome(resumeAfter, hostPid, self.maxMessageSize)
+            _wire.Welcome(resumeAfter, hostPid, self.maxMessageSize, host=host)
         )
 
     # Batches

@@ -97,6 +97,19 @@ FLAG_STATUS_QUERY: Final = 0x01
 #: the host skips those it already delivered.  This saves a round trip when
 #: a link comes up (start-up, failover).
 FLAG_EAGER: Final = 0x02
+#: Hello flag: the client reaches the host across machines (through its
+#: relay), and a u64 follows the hello's fields: the lowest term it accepts
+#: (the highest it has seen).  A host answers only while it hosts across
+#: machines with a term at least that, and its welcome then names it
+#: (L{HostTerm}).  A one-machine hello never sets it, so one machine's wire
+#: is unchanged.
+FLAG_TERM: Final = 0x04
+
+# What follows a hello with FLAG_TERM: the lowest term the client accepts.
+_LOWEST_TERM = struct.Struct(">Q")
+# What follows a welcome that names its host across machines: the term,
+# then the identity and the address, each a length byte and UTF-8.
+_TERM = struct.Struct(">Q")
 
 
 class ProtocolError(Exception):
@@ -123,6 +136,8 @@ class Hello:
         seen this client numbers the link's first message with it.
     @ivar flags: a bit set of C{FLAG_*} values.
     @ivar version: the wire version the client speaks.
+    @ivar lowestTerm: with L{FLAG_TERM}, the lowest term of a host across
+        machines the client accepts (0 before it has seen any).
     """
 
     clientId: bytes
@@ -131,6 +146,23 @@ class Hello:
     firstSequence: int = 1
     flags: int = 0
     version: int = VERSION
+    lowestTerm: int = 0
+
+
+@dataclass(frozen=True)
+class HostTerm:
+    """
+    Who hosts across machines, as the host's welcome says it: its fencing
+    term, its machine's identity and the address it is reached at.
+
+    @ivar term: the host's term (etcd's revision of its election key).
+    @ivar identity: its machine's identity (its certificate's name).
+    @ivar address: its advertised C{HOST:PORT}.
+    """
+
+    term: int
+    identity: str
+    address: str
 
 
 @dataclass(frozen=True)
@@ -144,12 +176,15 @@ class Welcome:
     @ivar pid: the host's process id.
     @ivar maxMessageSize: the largest message the host accepts.
     @ivar version: the wire version the host speaks.
+    @ivar host: across machines (an answer to a hello with L{FLAG_TERM}),
+        the host's term, identity and address; else C{None}.
     """
 
     resumeAfter: int
     pid: int
     maxMessageSize: int
     version: int = VERSION
+    host: HostTerm | None = None
 
 
 def frameHeader(kind: int, bodyLength: int) -> bytes:
@@ -174,34 +209,49 @@ def encodeHello(hello: Hello) -> bytes:
     """
     if len(hello.clientId) != 16:
         raise ValueError(f"client id is {len(hello.clientId)} bytes; it must be 16")
-    return encodeFrame(
-        HELLO,
-        _HELLO.pack(
-            MAGIC,
-            hello.version,
-            hello.flags,
-            hello.clientId,
-            hello.pid,
-            hello.maxMessageSize,
-            hello.firstSequence,
-        ),
+    body = _HELLO.pack(
+        MAGIC,
+        hello.version,
+        hello.flags,
+        hello.clientId,
+        hello.pid,
+        hello.maxMessageSize,
+        hello.firstSequence,
     )
+    if hello.flags & FLAG_TERM:
+        body += _LOWEST_TERM.pack(hello.lowestTerm)
+    return encodeFrame(HELLO, body)
+
+
+def _encodeName(name: str, what: str) -> bytes:
+    encoded = name.encode("utf-8")
+    if not 1 <= len(encoded) <= 255:
+        raise ValueError(f"{what} must be 1 to 255 bytes of UTF-8, not {name!r}")
+    return bytes([len(encoded)]) + encoded
 
 
 def encodeWelcome(welcome: Welcome) -> bytes:
     """
     A C{WELCOME} frame.
+
+    @raise ValueError: if the host's identity or address is empty or over
+        255 bytes.
     """
-    return encodeFrame(
-        WELCOME,
-        _WELCOME.pack(
-            MAGIC,
-            welcome.version,
-            welcome.resumeAfter,
-            welcome.pid,
-            welcome.maxMessageSize,
-        ),
+    body = _WELCOME.pack(
+        MAGIC,
+        welcome.version,
+        welcome.resumeAfter,
+        welcome.pid,
+        welcome.maxMessageSize,
     )
+    host = welcome.host
+    if host is not None:
+        body += (
+            _TERM.pack(host.term)
+            + _encodeName(host.identity, "the host's identity")
+            + _encodeName(host.address, "the host's address")
+        )
+    return encodeFrame(WELCOME, body)
 
 
 def encodeAck(sequence: int) -> bytes:
@@ -234,19 +284,25 @@ def decodeHello(body: bytes) -> Hello:
 
     @raise ProtocolError: if it is not a hello this version understands.
     """
-    if len(body) != _HELLO.size:
-        raise ProtocolError(
-            f"hello is {len(body)} bytes long; it must be {_HELLO.size}"
-        )
-    magic, version, flags, clientId, pid, maxMessageSize, first = _HELLO.unpack(body)
+    size = _HELLO.size
+    if len(body) >= size and body[5] & FLAG_TERM:
+        size += _LOWEST_TERM.size
+    if len(body) != size:
+        raise ProtocolError(f"hello is {len(body)} bytes long; it must be {size}")
+    magic, version, flags, clientId, pid, maxMessageSize, first = _HELLO.unpack_from(
+        body
+    )
     _checkMagic(magic, version, "hello")
+    lowestTerm = 0
+    if flags & FLAG_TERM:
+        lowestTerm = _LOWEST_TERM.unpack_from(body, _HELLO.size)[0]
     if not 1 <= first <= MAX_SEQUENCE:
         # A host counts on from here; it must not run off the end of an
         # acknowledgement's u64.
         raise ProtocolError(
             f"hello's first sequence number {first} is not from 1 to {MAX_SEQUENCE}"
         )
-    return Hello(clientId, pid, maxMessageSize, first, flags, version)
+    return Hello(clientId, pid, maxMessageSize, first, flags, version, lowestTerm)
 
 
 def decodeWelcome(body: bytes) -> Welcome:
@@ -255,13 +311,49 @@ def decodeWelcome(body: bytes) -> Welcome:
 
     @raise ProtocolError: if it is not a welcome this version understands.
     """
-    if len(body) != _WELCOME.size:
+    if len(body) < _WELCOME.size:
         raise ProtocolError(
-            f"welcome is {len(body)} bytes long; it must be {_WELCOME.size}"
+            f"welcome is {len(body)} bytes long; it must be at least {_WELCOME.size}"
         )
-    magic, version, resumeAfter, pid, maxMessageSize = _WELCOME.unpack(body)
+    magic, version, resumeAfter, pid, maxMessageSize = _WELCOME.unpack_from(body)
     _checkMagic(magic, version, "welcome")
-    return Welcome(resumeAfter, pid, maxMessageSize, version)
+    host = None
+    if len(body) > _WELCOME.size:
+        host = _decodeHostTerm(body, _WELCOME.size)
+    return Welcome(resumeAfter, pid, maxMessageSize, version, host)
+
+
+def _decodeHostTerm(body: bytes, offset: int) -> HostTerm:
+    """
+    Parse what follows a welcome's fixed fields: the host across machines.
+
+    @raise ProtocolError: unless it is exactly a term of 1 or more, then
+        two non-empty UTF-8 names with their length bytes.
+    """
+    if len(body) < offset + _TERM.size:
+        raise ProtocolError("welcome's host term is cut short")
+    term: int = _TERM.unpack_from(body, offset)[0]
+    if term < 1:
+        raise ProtocolError("welcome's host term is 0; terms start at 1")
+    offset += _TERM.size
+    names = []
+    for what in ("identity", "address"):
+        if offset >= len(body):
+            raise ProtocolError(f"welcome's host {what} is missing")
+        length = body[offset]
+        name = body[offset + 1 : offset + 1 + length]
+        if length == 0 or len(name) != length:
+            raise ProtocolError(f"welcome's host {what} is empty or cut short")
+        try:
+            names.append(name.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ProtocolError(f"welcome's host {what} is not UTF-8") from None
+        offset += 1 + length
+    if offset != len(body):
+        raise ProtocolError(
+            f"welcome has {len(body) - offset} byte(s) after its host's address"
+        )
+    return HostTerm(term, names[0], names[1])
 
 
 def decodeAck(body: bytes) -> int:
