@@ -324,9 +324,9 @@ async def test_writeUnjoinedSendsWhatTheTransportHolds(
     A transport that sends unjoined delivers everything written while the
     kernel's buffer was full (single writes, sequences, pieces cut
     anywhere by the kernel) once and in order, never has Twisted join the
-    large pieces it holds (only what adds up to less than 64 KiB), counts what it still holds, pauses and resumes a producer as
-    Twisted does, and a C{loseConnection} ends the connection once all is
-    sent.
+    large pieces it holds (only what adds up to less than 64 KiB), counts
+    what it still holds, pauses and resumes a producer as Twisted does, and
+    a C{loseConnection} ends the connection once all is sent.
     """
     server, client, port = await _connectedPair(transport, channelDirectory)
     try:
