@@ -24,6 +24,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted_channel._certs import makeCertificates
 from twisted_channel._clusterchannel import (
     _TERM,
+    _discard,
     _Half,
     _HalfFactory,
     _HostEnd,
@@ -185,6 +186,52 @@ async def test_chunksLeaveAtOnce(
         # Both ways: 20 chunks to the echo server, 20 back (at least).
         assert len(left) >= 40
         assert set(left) == {0}
+    finally:
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await _stop(ports)
+
+
+@pytest_twisted.ensureDeferred
+async def test_recordsOfOneReadTogether(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Under TLS, the records that one read from the socket brings are handed
+    on as one chunk, not one a record: 1 MiB (64 records or more) reaches
+    the echo server in no more chunks than reads, and comes back whole.
+    """
+    from twisted.internet import reactor
+
+    from twisted_channel._tls import _VerifiedProtocol
+
+    counts = {"reads": 0, "chunks": 0}
+    started = _VerifiedProtocol.startBatch
+    echoed = Echo.dataReceived
+
+    def startBatch(self: _VerifiedProtocol) -> None:
+        # The echo server's reads, also the one that ends its handshake
+        # (before which it has no protocol yet).
+        if getattr(self.factory.wrappedFactory, "protocol", None) is Echo:
+            counts["reads"] += 1
+        started(self)
+
+    def dataReceived(self: Echo, data: bytes) -> None:
+        counts["chunks"] += 1
+        echoed(self, data)
+
+    monkeypatch.setattr(_VerifiedProtocol, "startBatch", startBatch)
+    monkeypatch.setattr(Echo, "dataReceived", dataReceived)
+    certificates = str(tmp_path / "certs")
+    makeCertificates(certificates, ["a", "b"])
+    splices, client, ports = await _rig(certificates=certificates)
+    message = bytes(range(256)) * 4096
+    try:
+        client.transport.write(message)  # type: ignore[union-attr]
+        while len(client.received) < len(message):
+            client.arrived = Deferred()
+            await client.arrived.addTimeout(10, reactor)
+        assert client.received == message
+        assert 0 < counts["chunks"] <= counts["reads"]
     finally:
         client.transport.loseConnection()  # type: ignore[union-attr]
         await _stop(ports)
@@ -492,6 +539,51 @@ def test_heirBindsTheSamePort() -> None:
     finally:
         first.close()
         heir.close()
+
+
+def test_relayDialsAgainWhenTheHostGoes() -> None:
+    """
+    When a host's end of a relay's link goes first, the relay dials the
+    host etcd names at once, for the channel's client to take when it
+    connects again; not when the client's end went first, and not once the
+    relay is closed.
+    """
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from twisted_channel._campaign import HostRecord
+    from twisted_channel._clusterchannel import ClusterSettings, _Relay
+
+    settings = ClusterSettings.check("etcd://127.0.0.1:1", insecure=True)
+    reactor = MemoryReactorClock()
+    relay = _Relay(reactor, settings, "jobs")
+    relay.host = (HostRecord("10.0.0.1:4433", "a", 99), 6)
+
+    def hostEnd(withPartner: bool) -> _HostEnd:
+        end = _HostEnd(lambda half: None)
+        end.makeConnection(StringTransport())
+        if withPartner:
+            end.partner = _Half()
+        return end
+
+    try:
+        relay._hostLost(hostEnd(withPartner=False))
+        assert relay._spare is None and reactor.tcpClients == []
+        relay._hostLost(hostEnd(withPartner=True))
+        assert relay._spare is not None
+        [(address, port, *_)] = reactor.tcpClients
+        assert (address, port) == ("10.0.0.1", 4433)
+        spare = relay._takeSpare()
+        assert spare is not None and relay._spare is None
+        _discard(spare)
+        relay.host = (HostRecord("10.0.0.2:4433", "b", 98), 7)
+        relay._hostLost(hostEnd(withPartner=True))
+        relay.host = (HostRecord("10.0.0.3:4433", "c", 97), 8)
+        assert relay._takeSpare() is None, "a spare for a host etcd no longer names"
+        reactor.advance(10)
+    finally:
+        relay.close()
+    relay._hostLost(hostEnd(withPartner=True))
+    assert relay._spare is None
 
 
 @pytest_twisted.ensureDeferred

@@ -66,6 +66,7 @@ from ._sockets import (
     sendNow,
     sendSequenceNow,
     unreadBytes,
+    writeUnjoined,
 )
 from ._states import (
     CLOSED,
@@ -150,6 +151,7 @@ class _ClientLink(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         readDirectly(self.transport, self.dataReceived, self.session.decoder)
+        writeUnjoined(self.transport)
         connection = self._connection
         if self.session.state == AUTHENTICATING:
             # The host speaks first, with its challenge.
@@ -768,7 +770,9 @@ class ChannelClientTransport(SocketOptions):
 
     def getPeer(self) -> ChannelAddress:
         """
-        The current host's address (with its pid once a link is up).
+        The current host's address (with its pid once a link is up; across
+        machines, also its machine's C{identity}, its advertised C{host}
+        and C{port}, and its C{term}, as its welcome said them).
         """
         return self._hostAddress
 
