@@ -191,6 +191,52 @@ async def test_chunksLeaveAtOnce(
 
 
 @pytest_twisted.ensureDeferred
+async def test_recordsOfOneReadTogether(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Under TLS, the records that one read from the socket brings are handed
+    on as one chunk, not one a record: 1 MiB (64 records or more) reaches
+    the echo server in no more chunks than reads, and comes back whole.
+    """
+    from twisted.internet import reactor
+
+    from twisted_channel._tls import _VerifiedProtocol
+
+    counts = {"reads": 0, "chunks": 0}
+    started = _VerifiedProtocol.startBatch
+    echoed = Echo.dataReceived
+
+    def startBatch(self: _VerifiedProtocol) -> None:
+        # The echo server's reads, also the one that ends its handshake
+        # (before which it has no protocol yet).
+        if getattr(self.factory.wrappedFactory, "protocol", None) is Echo:
+            counts["reads"] += 1
+        started(self)
+
+    def dataReceived(self: Echo, data: bytes) -> None:
+        counts["chunks"] += 1
+        echoed(self, data)
+
+    monkeypatch.setattr(_VerifiedProtocol, "startBatch", startBatch)
+    monkeypatch.setattr(Echo, "dataReceived", dataReceived)
+    certificates = str(tmp_path / "certs")
+    makeCertificates(certificates, ["a", "b"])
+    splices, client, ports = await _rig(certificates=certificates)
+    message = bytes(range(256)) * 4096
+    try:
+        client.transport.write(message)  # type: ignore[union-attr]
+        while len(client.received) < len(message):
+            client.arrived = Deferred()
+            await client.arrived.addTimeout(10, reactor)
+        assert client.received == message
+        assert 0 < counts["chunks"] <= counts["reads"]
+    finally:
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await _stop(ports)
+
+
+@pytest_twisted.ensureDeferred
 async def test_cutEndsBoth() -> None:
     """
     Cutting (a host stepping down) ends the accepted link at once.

@@ -247,6 +247,8 @@ class _VerifiedProtocol(ProtocolWrapper):
     peer: VerifiedPeer | None = None
     _timer: Any = None
     _refusal: str | None = None
+    #: What was received during a batch (see L{startBatch}), or C{None}.
+    _batch: list[bytes] | None = None
 
     @property
     def _tls(self) -> Any:
@@ -306,11 +308,31 @@ class _VerifiedProtocol(ProtocolWrapper):
     def logPrefix(self) -> str:
         return "VerifiedTLS"
 
+    def startBatch(self) -> None:
+        """
+        Hold what is received until L{endBatch}, to hand it on as one
+        chunk.
+        """
+        self._batch = []
+
+    def endBatch(self) -> None:
+        """
+        Hand on, as one chunk, what was received since L{startBatch}.
+        """
+        batch, self._batch = self._batch, None
+        if batch and self.wrappedProtocol is not None:
+            self.wrappedProtocol.dataReceived(b"".join(batch))
+
     def dataReceived(self, data: bytes) -> None:
-        if self.wrappedProtocol is not None:
+        if self._batch is not None:
+            self._batch.append(data)
+        elif self.wrappedProtocol is not None:
             self.wrappedProtocol.dataReceived(data)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        # The connection may end in the middle of a read (the peer's TLS
+        # close follows its last data): what came first goes first.
+        self.endBatch()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -339,6 +361,11 @@ def tlsFactory(options: Any, isClient: bool, wrapped: IProtocolFactory) -> Any:
     costs an iteration on every hop of a round trip; the splice hands each
     chunk to the kernel itself (L{twisted_channel._sockets.pushToKernel}).
 
+    Reading, Twisted's TLS layer hands on one record (16 KiB at most) at a
+    time; under a L{VerifiedTLSFactory}, the records of one read from the
+    socket are handed on together, as one chunk (a splice then writes them
+    with one system call, not one a record).
+
     @param options: the server's or the client's TLS options (see
         L{TLSCredentials}).
     @param isClient: whether this end dials.
@@ -347,8 +374,20 @@ def tlsFactory(options: Any, isClient: bool, wrapped: IProtocolFactory) -> Any:
     """
     from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
+    class BatchingTLSProtocol(TLSMemoryBIOProtocol):
+        def dataReceived(self, data: bytes) -> None:
+            verified = self.wrappedProtocol
+            if not isinstance(verified, _VerifiedProtocol):
+                super().dataReceived(data)  # type: ignore[no-untyped-call]
+                return
+            verified.startBatch()
+            try:
+                super().dataReceived(data)  # type: ignore[no-untyped-call]
+            finally:
+                verified.endBatch()
+
     class UnbufferedTLSFactory(TLSMemoryBIOFactory):
-        protocol = TLSMemoryBIOProtocol
+        protocol = BatchingTLSProtocol
         noisy = False
 
     return UnbufferedTLSFactory(options, isClient, wrapped)
