@@ -180,7 +180,7 @@ def test_inheritsLease() -> None:
     the lease to expire.
     """
     campaign = Campaign(6)
-    assert campaign.start(0.0, inheritedLease=7) == [KeepAlive(7), Replace(7)]
+    assert campaign.start(0.0, inheritedLease=7) == [Replace(7), KeepAlive(7)]
     assert campaign.keepAliveAnswered(5, 0.0) == []
     assert campaign.keyWritten(TxnResult(True, 50, None)) == [Elected(50, 7)]
 

@@ -24,6 +24,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted_channel._certs import makeCertificates
 from twisted_channel._clusterchannel import (
     _TERM,
+    _discard,
     _Half,
     _HalfFactory,
     _HostEnd,
@@ -538,6 +539,51 @@ def test_heirBindsTheSamePort() -> None:
     finally:
         first.close()
         heir.close()
+
+
+def test_relayDialsAgainWhenTheHostGoes() -> None:
+    """
+    When a host's end of a relay's link goes first, the relay dials the
+    host etcd names at once, for the channel's client to take when it
+    connects again; not when the client's end went first, and not once the
+    relay is closed.
+    """
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from twisted_channel._campaign import HostRecord
+    from twisted_channel._clusterchannel import ClusterSettings, _Relay
+
+    settings = ClusterSettings.check("etcd://127.0.0.1:1", insecure=True)
+    reactor = MemoryReactorClock()
+    relay = _Relay(reactor, settings, "jobs")
+    relay.host = (HostRecord("10.0.0.1:4433", "a", 99), 6)
+
+    def hostEnd(withPartner: bool) -> _HostEnd:
+        end = _HostEnd(lambda half: None)
+        end.makeConnection(StringTransport())
+        if withPartner:
+            end.partner = _Half()
+        return end
+
+    try:
+        relay._hostLost(hostEnd(withPartner=False))
+        assert relay._spare is None and reactor.tcpClients == []
+        relay._hostLost(hostEnd(withPartner=True))
+        assert relay._spare is not None
+        [(address, port, *_)] = reactor.tcpClients
+        assert (address, port) == ("10.0.0.1", 4433)
+        spare = relay._takeSpare()
+        assert spare is not None and relay._spare is None
+        _discard(spare)
+        relay.host = (HostRecord("10.0.0.2:4433", "b", 98), 7)
+        relay._hostLost(hostEnd(withPartner=True))
+        relay.host = (HostRecord("10.0.0.3:4433", "c", 97), 8)
+        assert relay._takeSpare() is None, "a spare for a host etcd no longer names"
+        reactor.advance(10)
+    finally:
+        relay.close()
+    relay._hostLost(hostEnd(withPartner=True))
+    assert relay._spare is None
 
 
 @pytest_twisted.ensureDeferred

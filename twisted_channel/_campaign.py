@@ -266,14 +266,16 @@ class Campaign:
         under it at once, both requests in flight together: the campaign
         leads only once both are answered (the renewal's sending starts the
         renew deadline, as always), so a dead lease cannot make a leader,
-        and a takeover costs one round trip to etcd instead of two.
+        and a takeover costs one round trip to etcd instead of two.  The
+        rewrite goes first: it is the slower of the two (etcd writes it to
+        disk).
         """
         assert self.state == IDLE, self.state
         if inheritedLease:
             self.state = INHERITING
             self.lease = inheritedLease
             self._written = None
-            return [KeepAlive(inheritedLease), Replace(inheritedLease)]
+            return [Replace(inheritedLease), KeepAlive(inheritedLease)]
         self.state = GRANTING
         return [GrantLease(self.ttl)]
 
@@ -641,7 +643,14 @@ class CampaignDriver:
 
     def _do(self, action: Action) -> Any:
         c, client, now = self.campaign, self.client, self._reactor.seconds()
-        if isinstance(action, (KeepAlive, Create, Replace)) and c.state != STOPPED:
+        # Not while inheriting: the candidate key already names this machine
+        # under the inherited lease (with the dead predecessor's pid, until
+        # the next renewal), and a third request would compete with the
+        # takeover's two.
+        if isinstance(action, (KeepAlive, Create, Replace)) and c.state not in (
+            STOPPED,
+            INHERITING,
+        ):
             self._announce(action.lease)
         if isinstance(action, GrantLease):
             return self._answer(action, lambda lease: c.leaseGranted(lease, now))(

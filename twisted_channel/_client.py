@@ -768,7 +768,9 @@ class ChannelClientTransport(SocketOptions):
 
     def getPeer(self) -> ChannelAddress:
         """
-        The current host's address (with its pid once a link is up).
+        The current host's address (with its pid once a link is up; across
+        machines, also its machine's C{identity}, its advertised C{host}
+        and C{port}, and its C{term}, as its welcome said them).
         """
         return self._hostAddress
 

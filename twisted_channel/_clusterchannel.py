@@ -746,6 +746,12 @@ class _Relay:
         self._atShutdown: Any = None
         self.host: tuple[HostRecord, int] | None = None
         self._hostWaiters: list[Deferred[None]] = []
+        #: A dial started when a link to the host ended, for the channel's
+        #: client to take when it connects again: the host etcd named then,
+        #: and the dial.
+        self._spare: tuple[tuple[HostRecord, int], Deferred[_Half]] | None = None
+        self._clientOptions: dict[str, Any] = {}
+        self._closed = False
 
     def start(self, name: str) -> None:
         path = os.path.join(self.directory, name + ".sock")
@@ -784,6 +790,58 @@ class _Relay:
     def _dialHost(self, accepted: _Half) -> Deferred[_Half]:
         return Deferred.fromCoroutine(self._dialSoon())
 
+    def _hostLost(self, lost: _Half) -> None:
+        """
+        A link to a host ended: if the host's end went first (not the
+        client's, nor a cut of ours), dial the host etcd names now (the same
+        address, if a standby on its machine takes over) while the
+        channel's client notices and connects again, and keep the dial for
+        it (for up to L{HOST_WAIT} seconds).
+        """
+        host = self.host
+        if (
+            self._closed
+            or lost.partner is None
+            or self._spare is not None
+            or host is None
+        ):
+            return
+        dialing = self._dial(host)
+        spare = (host, dialing)
+        self._spare = spare
+
+        def unused() -> None:
+            if self._spare is spare:
+                self._spare = None
+                _discard(dialing)
+
+        timer = self.reactor.callLater(HOST_WAIT, unused)
+
+        def settled(result: Any) -> Any:
+            if not isinstance(result, Failure):
+                return result
+            # Failed before a link took it: forgotten (a link that took it
+            # dials again itself).
+            if self._spare is spare:
+                self._spare = None
+                if timer.active():
+                    timer.cancel()
+                return None
+            return result
+
+        dialing.addBoth(settled)
+
+    def _takeSpare(self) -> Deferred[_Half] | None:
+        """
+        The spare dial, if there is one to the host etcd names now.
+        """
+        spare, self._spare = self._spare, None
+        if spare is None or spare[0] != self.host:
+            if spare is not None:
+                _discard(spare[1])
+            return None
+        return spare[1]
+
     async def _dialSoon(self) -> _Half:
         """
         Dial the host etcd names; if there is none, or it cannot be reached
@@ -796,6 +854,15 @@ class _Relay:
         """
         deadline = self.reactor.seconds() + HOST_WAIT
         retry = RETRY_FIRST
+        spare = self._takeSpare()
+        if spare is not None:
+            try:
+                half = await spare
+            except Exception as e:
+                _log.debug("cannot reach the host: {error}", error=e)
+            else:
+                if half is not None and half.connected:
+                    return half
         while True:
             host = self.host
             if host is not None:
@@ -857,6 +924,7 @@ class _Relay:
                 half.transport.abortConnection()  # type: ignore[union-attr]
                 fail(f"host of a lower term ({half.term})")
             elif not made.called:
+                half.onLost = self._hostLost
                 made.callback(half)
 
         factory: Any = Factory.forProtocol(lambda: _HostEnd(told))
@@ -872,9 +940,11 @@ class _Relay:
                 self.reactor, factory, expectedIdentity=record.identity
             )
             verified.onRefused = fail
-            factory = tlsFactory(
-                credentials.clientOptions(record.identity), True, verified
-            )
+            options = self._clientOptions.get(record.identity)
+            if options is None:
+                options = credentials.clientOptions(record.identity)
+                self._clientOptions[record.identity] = options
+            factory = tlsFactory(options, True, verified)
         connecting = endpoint.connect(factory)
         connecting.addErrback(fail)
 
@@ -899,6 +969,10 @@ class _Relay:
         return made.addBoth(settled)
 
     def close(self) -> None:
+        self._closed = True
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            _discard(spare[1])
         self.finder.stop()
         self.splices.cutAll()
         listening, self._listening = self._listening, None
@@ -933,6 +1007,18 @@ RETRY_FIRST = 0.002
 #: etcd open: under the 240 s for which Twisted's HTTP client keeps an idle
 #: connection, and etcd's 5 minutes.
 WARM_INTERVAL = 60.0
+
+
+def _discard(dialing: Deferred[_Half]) -> None:
+    """
+    Abort the link a dial made, or will make, that nobody took.
+    """
+
+    def abort(half: _Half | None) -> None:
+        if half is not None and half.transport is not None:
+            half.transport.abortConnection()  # type: ignore[attr-defined]
+
+    dialing.addCallbacks(abort, lambda _: None)
 
 
 def _listenReusable(interface: str, port: int) -> socket.socket:
