@@ -245,9 +245,16 @@ class Soak:
             child.waitFor(lambda line: line.startswith("READY"), STEP_TIMEOUT)
 
     def kill(self, child: ChildProcess) -> float:
+        """
+        SIGKILL C{child}.
+
+        @return: the time just before the signal was sent (when the fault
+            began); its hosting interval, if any, ends just after (until
+            then it may still run, and receive).
+        """
         at = child.kill(signal.SIGKILL) / 1e9
+        self.deaths[child.pid] = time.monotonic()
         child.wait(10)
-        self.deaths[child.pid] = at
         if child in self.candidates[child.label]:
             self.candidates[child.label].remove(child)
         for tag, client in list(self.clients.items()):
@@ -420,6 +427,22 @@ class Soak:
                 found.append(Interval(start[1], end, start[0], child.pid, child.label))
         return sorted(found)
 
+    def explain(self, failures: list[str]) -> None:
+        """
+        Print what the processes named in C{failures} said: their roles and
+        the channel's log lines about hosting.
+        """
+        for child in self.everyone:
+            if f"pid={child.pid}," not in " ".join(failures):
+                continue
+            print(f"  --- pid {child.pid} on {child.label}:")
+            for line in child.collect():
+                if "HOSTING" in line:
+                    print(f"    {line}")
+            for line in child.stderr.splitlines():
+                if "host" in line or "etcd" in line:
+                    print(f"    {line[:300]}")
+
     def cleanUp(self) -> None:
         for child in self.everyone:
             child.reap()
@@ -531,11 +554,14 @@ def check(
         f"hosts that received messages: {len(spans)}, overlapping: "
         f"{len(spanOverlaps)}, outside their interval: {outside}"
     )
-    terms = [interval.term for interval in intervals]
-    increasing = all(a < b for a, b in zip(terms, terms[1:], strict=False))
-    lines.append(f"  terms strictly increasing: {'yes' if increasing else 'NO'}")
-    if not increasing:
-        failures.append(f"terms not strictly increasing: {terms}")
+    backwards = [
+        (earlier, later)
+        for earlier, later in zip(intervals, intervals[1:], strict=False)
+        if later.term <= earlier.term
+    ]
+    lines.append(f"  terms strictly increasing: {'NO' if backwards else 'yes'}")
+    for earlier, later in backwards:
+        failures.append(f"term not above the one before: {earlier} then {later}")
     return lines, failures
 
 
@@ -598,6 +624,8 @@ def runSoak(options: argparse.Namespace) -> tuple[int, Soak]:
         print(line)
     for failure in failures:
         print(f"  FAILED: {failure}")
+    if failures:
+        soak.explain(failures)
     print("  all checks hold" if not failures else f"  {len(failures)} failures")
     return (0 if not failures else 1), soak
 

@@ -16,8 +16,9 @@ A process of a channel across machines, for the multi-process tests:
         and "UNLINKED" for each link lost.
     peer: a client, as above, whose endpoint has a serverFactory (a
         recording host, as a candidate's): it stands as a candidate host
-        until its connection ends; it stays up (for its graceful handover)
-        until "stop".
+        until its connection ends; on "finish" it stops sending (says
+        "SENT n") and ends its connection once all is acknowledged; it
+        stays up (for its graceful handover) until "stop".
 
 Candidates and peers stop on "stop" on standard input.
 """
@@ -84,10 +85,13 @@ def main() -> None:
     class Commands(LineReceiver):
         delimiter = b"\n"
         stop: object = None
+        finish: object = None
 
         def lineReceived(self, line: bytes) -> None:
             if line.strip() == b"stop" and callable(self.stop):
                 self.stop()
+            elif line.strip() == b"finish" and callable(self.finish):
+                self.finish()
 
     commands = Commands()
     certs = options.certs
@@ -190,17 +194,22 @@ def main() -> None:
             # A peer's candidacy is stopping (a graceful handover, which
             # needs the reactor): it waits for "stop".
 
+    def stopSending() -> None:
+        if sender:
+            count[0] = min(count[0], sender[0].sent)
+            say(f"SENT {count[0]}")
+
     if options.mode == "peer":
         commands.stop = lambda: reactor.stop()  # type: ignore[assignment,attr-defined]
+        commands.finish = stopSending  # type: ignore[assignment]
         stdio.StandardIO(commands)
 
     class StopSending(LineReceiver):
         delimiter = b"\n"
 
         def lineReceived(self, line: bytes) -> None:
-            if line.strip() == b"stop" and sender:
-                count[0] = min(count[0], sender[0].sent)
-                say(f"SENT {count[0]}")
+            if line.strip() == b"stop":
+                stopSending()
 
     sender: list[Sender] = []
     if options.mode == "client":

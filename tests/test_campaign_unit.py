@@ -125,6 +125,28 @@ def test_followsThenWins() -> None:
     assert campaign.keyWritten(TxnResult(True, 43, None)) == [Elected(43, 8)]
 
 
+def test_staleNewsIgnoredByTheLeader() -> None:
+    """
+    A follower's watch goes on once it leads, and a watch started again
+    from an older revision repeats changes: a deletion from before the
+    leader's own write, or a read asked before it, is not news (stepping
+    down for it, the leader would find its own key and lead again with the
+    same term).  A change after its write is.
+    """
+    campaign = Campaign(6)
+    campaign.start(0.0)
+    campaign.leaseGranted(Lease(8, 6), 0.0)
+    assert campaign.keyWritten(TxnResult(False, 40, _kv(7, 40))) == [WatchKey(41)]
+    assert campaign.keyRead(None, 42) == [Create(8)]
+    assert campaign.keyWritten(TxnResult(True, 43, None)) == [Elected(43, 8)]
+    assert campaign.watched([WatchEvent("DELETE", _kv(0, 42))], 43) == []
+    assert campaign.keyRead(None, 42) == []
+    assert campaign.watched([WatchEvent("PUT", _kv(8, 43))], 43) == []
+    assert campaign.state == "leading" and campaign.term == 43
+    actions = campaign.watched([WatchEvent("DELETE", _kv(0, 44))], 44)
+    assert actions[0] == SteppedDown(43, "the election key is no longer ours")
+
+
 def test_followerKeepsItsLease() -> None:
     """
     A follower renews its lease (so that it can win at once) but holds no

@@ -428,7 +428,8 @@ def test_clientSeesHost(rig: Rig) -> None:
     first = _hosting(a1)
     a2 = rig.start("candidate", "a")
     b1 = rig.start("candidate", "b")
-    client = rig.start("client", "b", "--count", "400", "--interval", "0.01")
+    # Streams until told to stop, so that it outlives every change.
+    client = rig.start("client", "b", "--count", "100000", "--interval", "0.01")
     line = client.waitFor(lambda line: line.startswith("LINK"), 30)
     _, identity, pid, term, host, port = line.split()
     assert (identity, int(pid), int(term)) == ("a", a1.pid, first)
@@ -441,8 +442,11 @@ def test_clientSeesHost(rig: Rig) -> None:
     a2.send("stop")
     third = _hosting(b1)
     client.waitFor(lambda line: line.startswith(f"LINK b {b1.pid} {third} "), 30)
+    time.sleep(0.3)
+    client.send("stop")
+    sent = int(client.waitFor(lambda line: line.startswith("SENT"), 30).split()[1])
     client.waitFor(lambda line: line == "DONE", 60)
-    _check(rig, "c", 400)
+    _check(rig, "c", sent)
     links = _links(client)
     assert links == [("a", a1.pid, first), ("a", a2.pid, second), ("b", b1.pid, third)]
     assert first < second < third
@@ -546,16 +550,26 @@ def test_serverFactoryAcrossMachines(rig: Rig) -> None:
     its candidacy stops, the other machine hosts, and the rest of its own
     stream reaches it. Nothing is lost; in order within each host's life.
     """
-    a = rig.start("peer", "a", "--count", "100", "--interval", "0.01", "--tag", "a")
+    import time
+
+    a = rig.start("peer", "a", "--count", "100000", "--interval", "0.01", "--tag", "a")
     first = _loggedHosting(a)
-    b = rig.start("peer", "b", "--count", "600", "--interval", "0.01", "--tag", "b")
+    b = rig.start("peer", "b", "--count", "100000", "--interval", "0.01", "--tag", "b")
+    b.waitFor(lambda line: line.startswith(f"LINK a {a.pid} {first} "), 30)
+    time.sleep(0.3)
+    a.send("finish")
+    sentByA = int(a.waitFor(lambda line: line.startswith("SENT"), 30).split()[1])
     a.waitFor(lambda line: line == "DONE", 60)
     second = _loggedHosting(b)
     assert second > first
+    b.waitFor(lambda line: line.startswith(f"LINK b {b.pid} {second} "), 30)
+    time.sleep(0.3)
+    b.send("finish")
+    sentByB = int(b.waitFor(lambda line: line.startswith("SENT"), 30).split()[1])
     b.waitFor(lambda line: line == "DONE", 60)
-    byHostA = _check(rig, "a", 100)
+    byHostA = _check(rig, "a", sentByA)
     assert list(byHostA) == [a.pid]
-    byHostB = _check(rig, "b", 600)
+    byHostB = _check(rig, "b", sentByB)
     assert set(byHostB) == {a.pid, b.pid}
     assert f"pid {b.pid} hosts across machines" not in a.stderr
     links = _links(b)

@@ -80,4 +80,6 @@ def test_twoHosts() -> None:
     backwards = [HOSTS[0], Interval(1.5, 3.0, 4, 200, "m1")]
     records = [r._replace(term=4) if r.pid == 200 else r for r in _stream("a", 10, 5)]
     _, failures = check(records, {"a": 10}, backwards)
-    assert failures == ["terms not strictly increasing: [5, 4]"]
+    assert failures == [
+        f"term not above the one before: {backwards[0]} then {backwards[1]}"
+    ]

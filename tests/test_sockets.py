@@ -41,6 +41,7 @@ from twisted_channel._sockets import (
     sendSequenceNow,
     twistedEdge,
     unreadBytes,
+    writeUnjoined,
 )
 
 
@@ -295,6 +296,94 @@ async def test_sendSequenceNowKeepsOrder(transport: str, channelDirectory: str) 
         await port.stopListening()
 
 
+class CountingProducer:
+    """
+    A streaming producer that counts how often it is paused and resumed.
+    """
+
+    def __init__(self) -> None:
+        self.pauses = 0
+        self.resumes = 0
+
+    def pauseProducing(self) -> None:
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.resumes += 1
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest_twisted.ensureDeferred
+async def test_writeUnjoinedSendsWhatTheTransportHolds(
+    transport: str, channelDirectory: str
+) -> None:
+    """
+    A transport that sends unjoined delivers everything written while the
+    kernel's buffer was full (single writes, sequences, pieces cut
+    anywhere by the kernel) once and in order, never has Twisted join the
+    large pieces it holds (only what adds up to less than 64 KiB), counts
+    what it still holds, pauses and resumes a producer as Twisted does, and
+    a C{loseConnection} ends the connection once all is sent.
+    """
+    server, client, port = await _connectedPair(transport, channelDirectory)
+    try:
+        assert client.transport is not None
+        assert writeUnjoined(client.transport)
+        assert "doWrite" in vars(client.transport)
+        producer = CountingProducer()
+        client.transport.registerProducer(producer, True)
+        joins: list[int] = []
+        plainDoWrite = abstract.FileDescriptor.doWrite
+
+        def watched(self: Any) -> Any:
+            joins.append(self._tempDataLen)
+            return plainDoWrite(self)
+
+        expected = bytearray()
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(abstract.FileDescriptor, "doWrite", watched)
+            for i in range(40):
+                piece = bytes([i]) * (65536 + i)
+                if i % 3:
+                    client.transport.write(piece)
+                    expected += piece
+                else:
+                    sequence = [b"h%d" % i, piece, b"t"]
+                    client.transport.writeSequence(sequence)
+                    expected += b"".join(sequence)
+            assert bufferedBytes(client.transport) == len(expected)
+            assert producer.pauses >= 1
+            await _until(lambda: sum(map(len, server.received)) >= len(expected), 20)
+        assert b"".join(server.received) == expected
+        assert bufferedBytes(client.transport) == 0
+        # Twisted's doWrite ran only with no large piece left to join.
+        assert joins and max(joins) < 65536
+        assert producer.resumes == 1
+        client.transport.unregisterProducer()
+        last = b"z" * (4 << 20)
+        client.transport.writeSequence([b"a", last])
+        client.transport.loseConnection()
+        await server.lost.addTimeout(20, _reactor())
+        assert b"".join(server.received) == bytes(expected) + b"a" + last
+        assert client.reason is not None
+        assert client.reason.check(ConnectionDone)
+    finally:
+        await port.stopListening()
+
+
+def test_writeUnjoinedLeavesOtherTransportsAlone() -> None:
+    """
+    Only Twisted's socket transports send unjoined; another transport is
+    left as it is.
+    """
+    other = StringTransport()
+    assert not writeUnjoined(other)
+    assert "doWrite" not in vars(other)
+
+
 def _reactor() -> IReactorTime:
     from twisted.internet import reactor
 
@@ -358,6 +447,7 @@ def test_probeFindsEverythingOnThisTwisted() -> None:
     found = probeTwisted()
     assert found.missing == ()
     assert found.bufferAccounting and found.sendImmediately
+    assert found.unjoinedWrites
     assert found.adoptListeningSocket
     assert set(found.plainReads) == {tcp.Server.doRead, unix.Server.doRead}
     assert twistedEdge() == found
@@ -442,6 +532,41 @@ def test_probeNamesBufferCountsThatDoNotAddUp(
     assert "FileDescriptor.dataBuffer/offset/_tempDataLen counts" in found.missing
 
 
+def test_probeNamesAWriteItDoesNotKnow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A transport whose C{doWrite} is not Twisted's own turns sending
+    unjoined off, and only that.
+    """
+
+    def doWrite(self: Any) -> None:
+        pass
+
+    monkeypatch.setattr(tcp.Server, "doWrite", doWrite)
+    found = probeTwisted()
+    assert not found.unjoinedWrites
+    assert found.bufferAccounting and found.sendImmediately
+    assert "twisted.internet.tcp.Server.doWrite" in found.missing
+
+
+def test_probeNamesUnjoinedWritesThatLoseData(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    A buffer whose pieces are not where sending unjoined takes them (here,
+    a C{writeSequence} that keeps them elsewhere) is found out.
+    """
+
+    def writeSequence(self: Any, pieces: list[bytes]) -> None:
+        self.dataBuffer = self.dataBuffer[self.offset :] + b"".join(pieces)
+        self.offset = 0
+        self.startWriting()
+
+    monkeypatch.setattr(abstract.FileDescriptor, "writeSequence", writeSequence)
+    found = probeTwisted()
+    assert not found.unjoinedWrites
+    assert "FileDescriptor.doWrite of a buffer sent unjoined" in found.missing
+
+
 def _lacking(monkeypatch: pytest.MonkeyPatch) -> TwistedEdge:
     """
     Have the channel find, at its next probe, a Twisted without anything
@@ -450,6 +575,7 @@ def _lacking(monkeypatch: pytest.MonkeyPatch) -> TwistedEdge:
     lacking = TwistedEdge(
         bufferAccounting=False,
         sendImmediately=False,
+        unjoinedWrites=False,
         plainReads=(),
         adoptListeningSocket=False,
         missing=("FileDescriptor._tempDataLen", "unix.Port._preexistingSocket"),
@@ -495,6 +621,8 @@ def test_withoutTheProbedMeansTransportsAreUsedPublicly(
         assert bufferedBytes(connection) == 0
         assert not readDirectly(connection, lambda data: None)
         assert "doRead" not in vars(connection)
+        assert not writeUnjoined(connection)
+        assert "doWrite" not in vars(connection)
 
 
 @pytest.mark.parametrize("probed", ["lacking", "renamed"])

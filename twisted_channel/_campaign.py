@@ -352,6 +352,10 @@ class Campaign:
         key reads as C{None}).
         """
         if self.state == LEADING:
+            assert self.term is not None
+            if revision < self.term:
+                # Asked before this leader's own write: not news.
+                return []
             if current is None or current.modRevision != self.term:
                 assert self.lease is not None
                 return self._stepDown("the election key is no longer ours") + [
@@ -368,6 +372,12 @@ class Campaign:
         Changes to the key seen by the watch; the last one counts.
         """
         last = events[-1]
+        if self.state == LEADING and last.kv.modRevision < (self.term or 0):
+            # A change from before this leader's own write, which a watch
+            # started again from an older revision repeats (a follower's
+            # watch goes on once it leads): not news, and stepping down for
+            # it would make this process lead again with the same term.
+            return []
         return self.keyRead(None if last.kind == "DELETE" else last.kv, revision)
 
     def requestFailed(self, action: Action, now: float, reason: str) -> list[Action]:

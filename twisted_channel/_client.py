@@ -66,6 +66,7 @@ from ._sockets import (
     sendNow,
     sendSequenceNow,
     unreadBytes,
+    writeUnjoined,
 )
 from ._states import (
     CLOSED,
@@ -150,6 +151,7 @@ class _ClientLink(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         readDirectly(self.transport, self.dataReceived, self.session.decoder)
+        writeUnjoined(self.transport)
         connection = self._connection
         if self.session.state == AUTHENTICATING:
             # The host speaks first, with its challenge.
@@ -183,15 +185,18 @@ class _ClientLink(Protocol):
 
     def send(self, chunks: list[bytes]) -> None:
         """
-        Write C{chunks}, in one call.
+        Write C{chunks}, in one call, handed to the kernel at once when the
+        transport holds nothing: the hello (with the messages written before
+        the link was up) leaves as the link connects, not on the reactor's
+        next iteration.
         """
         transport = self.transport
         if not chunks or transport is None:
             return
         if len(chunks) == 1:
-            transport.write(chunks[0])
+            sendNow(transport, chunks[0])
         else:
-            transport.writeSequence(chunks)
+            sendSequenceNow(transport, chunks)
 
     def _handshakeExpired(self) -> None:
         self._deadline = None

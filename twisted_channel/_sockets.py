@@ -2,8 +2,9 @@
 What the channel asks of Twisted beyond its public interfaces, and the one
 probe that finds out whether the Twisted in use offers it: how much a
 socket transport holds, sending it now, sending without it when it holds
-nothing, reading without its layers, how much waits unread in the kernel,
-and a Unix listening port that adopts a socket bound beforehand.
+nothing, sending what it holds without joining it, reading without its
+layers, how much waits unread in the kernel, and a Unix listening port
+that adopts a socket bound beforehand.
 
 They rely on L{twisted.internet.abstract.FileDescriptor}'s buffering, on
 L{twisted.internet.tcp.Connection}'s socket (the TCP and Unix transports of
@@ -17,6 +18,7 @@ private attributes.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import socket
 import struct
@@ -47,6 +49,11 @@ class TwistedEdge:
     @ivar sendImmediately: a socket transport says whether its writing side
         was shut (C{FileDescriptor._writeDisconnected}): L{sendNow},
         L{sendSequenceNow}.
+    @ivar unjoinedWrites: the TCP and Unix transports write with
+        L{FileDescriptor.doWrite<twisted.internet.abstract.FileDescriptor.doWrite>},
+        which, its buffer empty, only does its bookkeeping, and what a
+        L{writeUnjoined} transport sends from its buffer arrives whole and in
+        order: L{writeUnjoined}.
     @ivar plainReads: the read methods L{readDirectly} knows it may stand
         in for (C{tcp.Connection.doRead}; C{unix._SendmsgMixin.doRead}, which
         also reads ancillary data for descriptor passing, which links never
@@ -60,6 +67,7 @@ class TwistedEdge:
 
     bufferAccounting: bool
     sendImmediately: bool
+    unjoinedWrites: bool
     plainReads: tuple[object, ...]
     adoptListeningSocket: bool
     missing: tuple[str, ...]
@@ -149,6 +157,45 @@ def _probeSendImmediately(missing: list[str]) -> bool:
     return True
 
 
+def _probeUnjoinedWrites(missing: list[str]) -> bool:
+    """
+    Whether L{writeUnjoined} may stand in for the transports' C{doWrite}:
+    they use L{abstract.FileDescriptor}'s, and a transport holding more than
+    the kernel takes, written through L{writeUnjoined}, delivers every byte
+    once, in order, and counts what it still holds.
+    """
+    for writes in (tcp.Server, unix.Server):
+        if writes.doWrite is not abstract.FileDescriptor.doWrite:
+            missing.append(f"{writes.__module__}.{writes.__qualname__}.doWrite")
+            return False
+    with _probeConnection() as (connection, other):
+        if not hasattr(connection, "_tempDataBuffer"):
+            missing.append("FileDescriptor._tempDataBuffer")
+            return False
+        connection.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        other.setblocking(False)
+        doWrite = _unjoinedDoWrite(connection)
+        pieces = [bytes([n]) * (n * 1100 + 1) for n in range(1, 12)]
+        connection.write(pieces[0])
+        connection.writeSequence(pieces[1:])
+        expected = b"".join(pieces)
+        received = bytearray()
+        for _ in range(len(expected)):
+            if doWrite() is not None:
+                break
+            try:
+                received += other.recv(65536)
+            except BlockingIOError:
+                pass
+            if len(received) == len(expected):
+                break
+        if received != expected or _countBuffered(connection):
+            missing.append("FileDescriptor.doWrite of a buffer sent unjoined")
+            return False
+    return True
+
+
 def _probeReadDirectly(missing: list[str]) -> tuple[object, ...]:
     """
     The read methods of the TCP and Unix transports, if they are those that
@@ -200,6 +247,7 @@ def probeTwisted() -> TwistedEdge:
     return TwistedEdge(
         bufferAccounting=bufferAccounting,
         sendImmediately=bufferAccounting and _probeSendImmediately(missing),
+        unjoinedWrites=bufferAccounting and _probeUnjoinedWrites(missing),
         plainReads=_probeReadDirectly(missing),
         adoptListeningSocket=_probeAdoptListeningSocket(missing),
         missing=tuple(missing),
@@ -351,6 +399,109 @@ def sendSequenceNow(transport: object, chunks: list[bytes]) -> None:
         sent -= len(chunk)
     if len(chunks) > len(offered):
         transport.writeSequence(chunks[len(offered) :])
+
+
+#: The most bytes one unjoined C{doWrite} offers the kernel: what a Unix
+#: socket's default buffer takes, and more, without building a list of
+#: every buffered piece when the peer is slow.
+_MOST_BYTES = 1 << 20
+
+
+#: Pieces held that add up to less than this are left to Twisted to join.
+_JOINED_UNDER = 64 * 1024
+
+
+def _unjoinedDoWrite(
+    transport: abstract.FileDescriptor,
+) -> Callable[[], BaseException | int | None]:
+    """
+    The C{doWrite} that L{writeUnjoined} gives C{transport}.
+    """
+    plainClass = type(transport)
+    sendmsg = transport.socket.sendmsg  # type: ignore[attr-defined]
+
+    def doWrite() -> BaseException | int | None:
+        pieces = transport._tempDataBuffer
+        if transport._tempDataLen < _JOINED_UNDER or getattr(
+            transport, "_sendmsgQueue", None
+        ):
+            # Little to join (Twisted's one send then costs less than a
+            # sendmsg and, once all is sent, the empty send Twisted's
+            # bookkeeping makes), or descriptors to pass: as Twisted does.
+            return plainClass.doWrite(transport)  # type: ignore[no-any-return]
+        head = transport.dataBuffer
+        offset = transport.offset
+        offered: list[bytes | memoryview] = []
+        size = 0
+        if offset < len(head):
+            offered.append(memoryview(head)[offset:] if offset else head)
+            size = len(head) - offset
+        for piece in pieces:
+            if len(offered) == _MOST_BUFFERS or size >= _MOST_BYTES:
+                break
+            offered.append(piece)
+            size += len(piece)
+        try:
+            sent = sendmsg(offered)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as e:
+            if e.errno == errno.ENOBUFS:
+                return None
+            return main.CONNECTION_LOST
+        # Drop what was sent: Twisted's buffer becomes the first piece not
+        # sent whole (the offset what of it was), its list the pieces after.
+        if offset < len(head):
+            if sent < len(head) - offset:
+                transport.offset = offset + sent
+                return None
+            sent -= len(head) - offset
+        taken = 0
+        for piece in pieces:
+            if sent < len(piece):
+                break
+            sent -= len(piece)
+            taken += 1
+        if taken == len(pieces):
+            transport.dataBuffer = b""
+            transport.offset = 0
+            transport._tempDataBuffer = []
+            transport._tempDataLen = 0
+            # Everything left: Twisted stops writing, resumes a producer or
+            # ends a closing connection, as it does when it has sent all.
+            return plainClass.doWrite(transport)  # type: ignore[no-any-return]
+        transport.dataBuffer = pieces[taken]
+        transport.offset = sent
+        transport._tempDataBuffer = pieces[taken + 1 :]
+        transport._tempDataLen -= sum(map(len, pieces[: taken + 1]))
+        return None
+
+    return doWrite
+
+
+def writeUnjoined(transport: object) -> bool:
+    """
+    Have C{transport} send what it buffers without joining it: Twisted's
+    C{doWrite} joins every piece written while the kernel's buffer was full
+    into one C{bytes} (a copy of each large message) before it sends any;
+    this sends the pieces as they are, with one C{sendmsg}, and keeps in
+    the transport's buffer only what the kernel did not take.  Everything
+    else (stopping watching for writability, a producer, a closing
+    connection) is left to Twisted's C{doWrite}, called once the buffer is
+    empty.
+
+    @return: whether it could; a transport it does not know, or any
+        transport when the Twisted in use writes otherwise than the probe
+        expects, is left as it is.
+    """
+    if not isinstance(transport, tcp.Connection) or not (
+        (_found or twistedEdge()).unjoinedWrites
+    ):
+        return False
+    # An attribute of the instance, found before the class's method by the
+    # reactor's lookup of doWrite (and by pushToKernel's call).
+    transport.doWrite = _unjoinedDoWrite(transport)  # type: ignore[method-assign]
+    return True
 
 
 def unreadBytes(transport: object) -> int:
