@@ -761,6 +761,34 @@ def test_failedBindIsRetriedSoonThenLessOften(
     assert not port._election.holding
 
 
+def test_takingOverAcceptsTheClientsQueuedAtOnce(channelDirectory: str) -> None:
+    """
+    Clients that connected to the socket the winning thread published, while
+    the reactor thread was still waking, are accepted by the call that makes
+    this process the host, not one turn of the reactor later.
+    """
+    reactor = MemoryReactorClock()
+    port = ChannelPort(reactor, "jobs", channelPaths("jobs", channelDirectory), App, 10)
+    port.role = _host.STANDBY
+    assert port._election.tryNow()
+    published = port._standbySocket.publish()
+    clients = [socket.socket(socket.AF_UNIX) for _ in range(2)]
+    try:
+        for client in clients:
+            client.connect(port.paths.socket)
+        port._elected(published)
+        assert port.role == HOST
+        assert port._term is not None
+        assert len(port._term.allLinks) == 2
+        stopped = port.stopListening()
+        reactor.advance(0)
+        assert stopped.called
+    finally:
+        for client in clients:
+            client.close()
+    assert not os.path.exists(port.paths.socket)
+
+
 def test_leftoverTemporarySocketsAreRemovedAfterTakingOver(
     channelDirectory: str,
 ) -> None:

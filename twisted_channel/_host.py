@@ -995,14 +995,28 @@ class ChannelPort:
         self.role = PORT[self.role, ELECTED]
         self._electionRetry.succeeded()
         self._publication.start()
+        address = self.getHost()
         _log.info(
             "channel {channel}: pid {pid} hosts at {path}",
             channel=self.name,
             pid=os.getpid(),
-            path=self.getHost().path,
+            path=address.path,
             role=HOST,
         )
-        self._roleWaiters.announce(self.role, self.getHost())
+        self._roleWaiters.announce(self.role, address)
+        publication = self._publication
+        if (
+            self.transportKind == "unix"
+            and self.role == HOST
+            and publication is not None
+            and publication.listeningPort is socketPort
+        ):
+            # The clients that found the socket published on the election
+            # thread are queued on it already: accept them now, as the next
+            # turn of the reactor would (an epoll_wait that returns at once,
+            # then its dispatch), one turn sooner.  Unless a role observer
+            # stopped the port meanwhile.
+            socketPort.doRead()  # type: ignore[attr-defined]
 
     def whenHosting(self) -> Deferred[ChannelAddress]:
         """
