@@ -43,12 +43,15 @@ def runRecv(reactor: Any, options: argparse.Namespace) -> None:
         t1 = monotonic_ns()
         state["done"] = True
         seconds = (t1 - state["t0"]) / 1e9
-        # Each sender's own rate: its messages over the time from its first
-        # to its last arrival here.
+        # Each sender's rate: its messages over the time from the first
+        # arrival here of any sender's message (all start on one signal) to
+        # its own last.  A sender's first to last alone says nothing once a
+        # host reads a sender's messages in a few large reads: the window is
+        # then a few microseconds.
         rates = sorted(
-            (n - 1) / ((last - first) / 1e9)
-            for n, first, last in links
-            if n > 1 and last > first
+            n / ((last - state["t0"]) / 1e9)
+            for n, _, last in links
+            if n and last > state["t0"]
         )
         report(
             {

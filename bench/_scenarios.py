@@ -169,7 +169,10 @@ def fanIn(impl: str, settings: Settings) -> dict[str, Any]:
     C{faninClients} sender processes (forked by one launcher, see
     L{bench._children.runFanIn}) connect, then all start on one signal and
     stream C{faninCount} 100-byte messages each; the host's protocols time
-    the first to the last message overall, and each sender's first to last.
+    the first to the last message overall, and each sender's rate: its
+    messages over the time from the first message overall to its own last
+    (the slowest sender's is the aggregate shared among the senders, the
+    median sender's says how much sooner most were served).
     """
     clients = settings.faninClients
     total = clients * settings.faninCount

@@ -32,6 +32,7 @@ FIGURES = {
     "startup_connect_us",
     "fanin_msgs_per_s",
     "fanin_slowest_client_msgs_per_s",
+    "fanin_median_client_msgs_per_s",
     "memory_per_link_KiB",
 }
 

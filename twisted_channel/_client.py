@@ -185,15 +185,18 @@ class _ClientLink(Protocol):
 
     def send(self, chunks: list[bytes]) -> None:
         """
-        Write C{chunks}, in one call.
+        Write C{chunks}, in one call, handed to the kernel at once when the
+        transport holds nothing: the hello (with the messages written before
+        the link was up) leaves as the link connects, not on the reactor's
+        next iteration.
         """
         transport = self.transport
         if not chunks or transport is None:
             return
         if len(chunks) == 1:
-            transport.write(chunks[0])
+            sendNow(transport, chunks[0])
         else:
-            transport.writeSequence(chunks)
+            sendSequenceNow(transport, chunks)
 
     def _handshakeExpired(self) -> None:
         self._deadline = None
