@@ -37,6 +37,8 @@ class Machine:
         self.client = EtcdClient(reactor, coordinator, timeout=0.5)
         self.events: list[tuple[str, int, float]] = []
         self.changed: Deferred[None] = Deferred()
+        #: How many times the driver said the campaign follows another.
+        self.followed = 0
         self.driver = CampaignDriver(
             reactor,
             self.client,
@@ -45,7 +47,11 @@ class Machine:
             Campaign(ttl),
             self._elected,
             self._steppedDown,
+            onFollowing=self._following,
         )
+
+    def _following(self) -> None:
+        self.followed += 1
 
     def _note(self, kind: str, term: int) -> None:
         self.events.append((kind, term, self.reactor.seconds()))
@@ -105,6 +111,7 @@ async def test_oneHostThenHandover(etcdServer: EtcdCluster) -> None:
         second.driver.start()
         await _sleep(0.3)
         assert not second.leading and second.events == []
+        assert second.followed >= 1 and first.followed == 0
         stopped = first.reactor.seconds()
         await first.driver.stop()
         kind, secondTerm, at = await second.next()
@@ -142,6 +149,7 @@ async def test_heirInheritsLease(etcdServer: EtcdCluster) -> None:
         assert at - died < 1.0
         await _sleep(0.5)
         assert not other.leading
+        assert other.followed >= 1 and heir.followed == 0
     finally:
         await leader.close()
         await other.close()

@@ -174,13 +174,16 @@ def test_hostKilledRepeatedly(rig: Rig) -> None:
     machine a, whose host is SIGKILLed again and again, a standby on a
     started before each kill: each time the standby takes over with a higher
     term, machine b never hosts, and no message is lost or out of order
-    within a host's life.  Prints the time from each kill to the first
-    message at the new host.
+    within a host's life.  The client links to each host in turn, with
+    increasing terms, at machine a's one address (its TLS port kept across
+    local takeovers).  Prints the time from each kill to the first message
+    at the new host.
     """
     import time
 
     host = rig.start("candidate", "a")
     term = _hosting(host)
+    hosts = [(host.pid, term)]
     b1 = rig.start("candidate", "b")
     client = rig.start("client", "b", "--count", "1000000", "--interval", "0.005")
     took = []
@@ -191,6 +194,7 @@ def test_hostKilledRepeatedly(rig: Rig) -> None:
         newTerm = _hosting(standby)
         assert newTerm > term
         term, host = newTerm, standby
+        hosts.append((host.pid, term))
         deadline = time.monotonic() + 10
         while True:
             first = [at for pid, _, _, at in readRecords(rig.record) if pid == host.pid]
@@ -205,6 +209,15 @@ def test_hostKilledRepeatedly(rig: Rig) -> None:
     client.waitFor(lambda line: line == "DONE", 60)
     _check(rig, "c", sent)
     assert not any(line.startswith("HOSTING") for line in b1.collect())
+    links = [line.split() for line in client.collect() if line.startswith("LINK")]
+    assert {
+        (identity, address, port) for _, identity, _, _, address, port in links
+    } == {("a", "127.0.0.1", links[0][5])}
+    linked: list[tuple[int, int]] = []
+    for _, _, pid, linkTerm, _, _ in links:
+        if not linked or linked[-1] != (int(pid), int(linkTerm)):
+            linked.append((int(pid), int(linkTerm)))
+    assert linked == hosts
     took.sort()
     print(
         f"host killed {KILLS} times: first message at the local standby "

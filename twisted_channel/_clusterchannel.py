@@ -61,6 +61,9 @@ class ClusterSettings:
     leaseTTL: int
     credentials: Any
     insecure: bool
+    #: The TLS policy for C{etcds://} members (L{EtcdTLSPolicy}) when
+    #: C{etcdCaCerts=} is given; else C{None} (the system's trust roots).
+    etcdTLS: Any = None
 
     @classmethod
     def check(
@@ -74,6 +77,10 @@ class ClusterSettings:
         privateKey: str | None = None,
         caCerts: str | None = None,
         insecure: bool = False,
+        *,
+        etcdCaCerts: str | None = None,
+        etcdCertKey: str | None = None,
+        etcdPrivateKey: str | None = None,
     ) -> ClusterSettings | None:
         """
         @return: the settings, or C{None} if no option of a channel across
@@ -88,6 +95,9 @@ class ClusterSettings:
             "certKey": certKey,
             "privateKey": privateKey,
             "caCerts": caCerts,
+            "etcdCaCerts": etcdCaCerts,
+            "etcdCertKey": etcdCertKey,
+            "etcdPrivateKey": etcdPrivateKey,
         }
         if coordinator is None:
             stray = [k for k, v in given.items() if v is not None]
@@ -133,6 +143,21 @@ class ClusterSettings:
             ttl,
             credentials,
             bool(insecure),
+            _etcdTLS(parsed, etcdCaCerts, etcdCertKey, etcdPrivateKey),
+        )
+
+    def etcdClient(self, reactor: Any, timeout: float | None = None) -> EtcdClient:
+        """
+        A client of the coordinator with these settings' credentials.
+
+        @param timeout: seconds a request may take (default: a quarter of
+            the lease, so that a renewal fails before the lease can end).
+        """
+        return EtcdClient(
+            reactor,
+            self.coordinator,
+            timeout=self.leaseTTL / 4 if timeout is None else timeout,
+            contextFactory=self.etcdTLS,
         )
 
     @property
@@ -144,6 +169,48 @@ class ClusterSettings:
         if self.credentials is not None:
             return str(self.credentials.identity)
         return self.advertise or "127.0.0.1"
+
+
+def _etcdTLS(
+    coordinator: Coordinator,
+    caCerts: str | None,
+    certKey: str | None,
+    privateKey: str | None,
+) -> Any:
+    """
+    The TLS policy of C{etcds://} from C{etcdCaCerts=}, C{etcdCertKey=} and
+    C{etcdPrivateKey=}, or C{None} for the system's trust roots.
+
+    @raise ValueError: for an option that does not fit the coordinator or
+        the others, or a file that is wrong.
+    """
+    given = [
+        name
+        for name, value in (
+            ("etcdCaCerts", caCerts),
+            ("etcdCertKey", certKey),
+            ("etcdPrivateKey", privateKey),
+        )
+        if value is not None
+    ]
+    if not given:
+        return None
+    if not coordinator.secure:
+        raise ValueError(
+            ", ".join(f"{name}=" for name in given)
+            + f" only make sense with etcd over TLS: coordinator={coordinator} "
+            "should be etcds://..."
+        )
+    if privateKey is not None and certKey is None:
+        raise ValueError("etcdPrivateKey= needs etcdCertKey= (the client certificate)")
+    if caCerts is None:
+        raise ValueError(
+            "etcdCertKey= needs etcdCaCerts= (the authority that signed etcd's "
+            "certificate)"
+        )
+    from ._etcd import EtcdTLSPolicy
+
+    return EtcdTLSPolicy.fromFiles(caCerts, certKey, privateKey)
 
 
 def _socketTransport(transport: Any) -> Any:
@@ -372,9 +439,7 @@ class ClusterPort:
         self.name = name
         self.role = "stopped"
         self.term: int | None = None
-        self.client = EtcdClient(
-            reactor, settings.coordinator, timeout=settings.leaseTTL / 4
-        )
+        self.client = settings.etcdClient(reactor)
         self._splices = _SpliceFactory(self._dialLocal, self._accepting)
         self._serverFactory: Any = None
         self._listening: Any = None
@@ -737,9 +802,7 @@ class _Relay:
         self.settings = settings
         self.directory = tempfile.mkdtemp(prefix="tc-relay-")
         os.chmod(self.directory, 0o700)
-        self.client = EtcdClient(
-            reactor, settings.coordinator, timeout=settings.leaseTTL / 4
-        )
+        self.client = settings.etcdClient(reactor)
         self.finder = HostFinder(reactor, self.client, electionKey(name), self._changed)
         self.splices = _SpliceFactory(self._dialHost, lambda: True)
         self._listening: Any = None

@@ -20,6 +20,10 @@ CLUSTER_OPTIONS = {
     "privateKey": "privateKey",
     "caCerts": "caCerts",
     "insecure": "insecure",
+    # etcd's own TLS client port (etcds://): docs/cluster.md.
+    "etcdCaCerts": "etcdCaCerts",
+    "etcdCertKey": "etcdCertKey",
+    "etcdPrivateKey": "etcdPrivateKey",
 }
 
 

@@ -163,6 +163,9 @@ class ChannelEndpoint:
         privateKey: str | None = None,
         caCerts: str | None = None,
         insecure: bool = False,
+        etcdCaCerts: str | None = None,
+        etcdCertKey: str | None = None,
+        etcdPrivateKey: str | None = None,
     ) -> None:
         self._reactor = reactor
         # Whether this endpoint's directory is a relay's to hosts across
@@ -184,11 +187,23 @@ class ChannelEndpoint:
                 privateKey,
                 caCerts,
                 insecure,
+                etcdCaCerts=etcdCaCerts,
+                etcdCertKey=etcdCertKey,
+                etcdPrivateKey=etcdPrivateKey,
             )
-        elif certKey or privateKey or caCerts or insecure:
+        elif (
+            certKey
+            or privateKey
+            or caCerts
+            or insecure
+            or etcdCaCerts
+            or etcdCertKey
+            or etcdPrivateKey
+        ):
             raise ValueError(
-                "certKey=, privateKey=, caCerts= and insecure= only make sense "
-                "with coordinator=etcd://HOST:PORT"
+                "certKey=, privateKey=, caCerts=, insecure=, etcdCaCerts=, "
+                "etcdCertKey= and etcdPrivateKey= only make sense with "
+                "coordinator=etcd://HOST:PORT"
             )
         if (
             isinstance(handshakeTimeout, bool)

@@ -971,15 +971,16 @@ class EtcdTLSPolicy:
         privateKey: str | None = None,
     ) -> EtcdTLSPolicy:
         """
-        Load the authorities (and a client certificate) from PEM files.
+        Load the authorities (and a client certificate) from PEM files, the
+        endpoint's C{etcdCaCerts=}, C{etcdCertKey=} and C{etcdPrivateKey=}.
 
-        @raise ValueError: naming a file that is wrong.
+        @raise ValueError: naming the option and the file that is wrong.
         """
         from ._tls import loadAuthorities, loadCredentials
 
         if certKey is None:
-            return cls(loadAuthorities(caCerts, "etcdCACerts"))
-        credentials = loadCredentials(certKey, privateKey, caCerts)
+            return cls(loadAuthorities(caCerts, "etcdCaCerts"))
+        credentials = loadCredentials(certKey, privateKey, caCerts, prefix="etcd")
         return cls(credentials.authorities, credentials.certificate)
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
