@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -266,8 +268,64 @@ def test_channelWithEtcdUser(authEtcd: EtcdCluster) -> None:
         assert "refused the auth token" in candidate.stderr
         for child in (candidate, client):
             assert PASSWORD not in child.stderr
+        # twisted-channel status takes the same credentials.
+        status = _status(
+            rig.name,
+            "--coordinator",
+            authEtcd.coordinator,
+            "--json",
+            "--etcd-user",
+            USER,
+            "--etcd-password-file",
+            passwordFile,
+        )
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["pid"] == candidate.pid
+        refused = _status(rig.name, "--coordinator", authEtcd.coordinator)
+        assert refused.returncode == 1
+        assert "user name is empty" in refused.stderr
     finally:
         rig.cleanUp()
+
+
+def _status(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "twisted_channel", "status", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_statusMistakes(tmp_path: Any) -> None:
+    """
+    status's etcd flags: without --coordinator, or a password file that
+    cannot be read, or TLS flags with plain etcd://: status 2, naming the
+    mistake.
+    """
+    alone = _status("jobs", "--etcd-user", "worker")
+    assert alone.returncode == 2
+    assert "--etcd-user only make sense with --coordinator" in alone.stderr
+    missing = _status(
+        "jobs",
+        "--coordinator",
+        "etcd://127.0.0.1:1",
+        "--etcd-user",
+        "worker",
+        "--etcd-password-file",
+        str(tmp_path / "missing"),
+    )
+    assert missing.returncode == 2
+    assert "etcdPasswordFile=" in missing.stderr and "cannot be read" in missing.stderr
+    plain = _status(
+        "jobs",
+        "--coordinator",
+        "etcd://127.0.0.1:1",
+        "--etcd-ca-certs",
+        str(tmp_path / "ca.pem"),
+    )
+    assert plain.returncode == 2
+    assert "only make sense with etcd over TLS" in plain.stderr
 
 
 def test_channelWithWrongEtcdPassword(authEtcd: EtcdCluster) -> None:

@@ -1267,7 +1267,16 @@ class _ClosingWrapper(ProtocolWrapper):
 
 
 async def hostAcrossMachines(
-    reactor: Any, name: str, coordinator: str, timeout: float
+    reactor: Any,
+    name: str,
+    coordinator: str,
+    timeout: float,
+    *,
+    etcdCaCerts: str | None = None,
+    etcdCertKey: str | None = None,
+    etcdPrivateKey: str | None = None,
+    etcdUser: str | None = None,
+    etcdPasswordFile: str | None = None,
 ) -> dict[str, Any]:
     """
     What etcd says of channel C{name}'s host across machines: for
@@ -1281,13 +1290,24 @@ async def hostAcrossMachines(
         C{identity}, C{address} and C{pid}), by identity.  A candidate key
         that holds no record is left out and counted in
         C{unreadableStandbys}.
-    @raise ValueError: for a bad coordinator.
+    @param etcdCaCerts: as the endpoint's C{etcdCaCerts=}; so are the
+        other C{etcd...} parameters (etcd's TLS and its user).
+    @raise ValueError: for a bad coordinator or etcd credentials.
     @raise EtcdError: if etcd cannot be asked.
     """
     from ._campaign import HostRecord as Record
     from ._cluster import candidatesPrefix
 
-    client = EtcdClient(reactor, coordinator, timeout=timeout)
+    parsed = parseCoordinator(coordinator)
+    auth = _etcdAuth(etcdUser, etcdPasswordFile)
+    client = EtcdClient(
+        reactor,
+        parsed,
+        timeout=timeout,
+        contextFactory=_etcdTLS(parsed, etcdCaCerts, etcdCertKey, etcdPrivateKey),
+        user=None if auth is None else auth[0],
+        password=None if auth is None else auth[1],
+    )
     key = electionKey(name)
     candidates = candidatesPrefix(name)
     try:
