@@ -42,6 +42,13 @@ def main() -> None:
     parser.add_argument("--ttl", type=int, default=2)
     parser.add_argument("--advertise", default="127.0.0.1")
     parser.add_argument("--insecure", action="store_true")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another keyword of ChannelEndpoint (a string), such as etcdCaCerts",
+    )
     parser.add_argument("--record")
     parser.add_argument("--record-terms", action="store_true")
     parser.add_argument("--tag", default="c")
@@ -115,6 +122,7 @@ def main() -> None:
                 "caCerts": os.path.join(certs, "ca.pem"),
             }
         ),
+        **dict(option.split("=", 1) for option in options.option),
     )
     stopping: list[object] = []
 

@@ -113,3 +113,170 @@ def test_mistakes(certs: str, tmp_path: Any) -> None:
         reactor, "jobs", coordinator="etcd://a:1", insecure=True, serverFactory=server
     )
     assert across.serverFactory is server
+
+
+def _etcds(certs: str, extra: str, scheme: str = "etcds") -> str:
+    return _string(certs, extra).replace("etcd\\://", f"{scheme}\\://", 1)
+
+
+def _escaped(certs: str, name: str) -> str:
+    return os.path.join(certs, name).replace(":", "\\:")
+
+
+def test_etcdTLS(certs: str) -> None:
+    """
+    etcdCaCerts=, etcdCertKey= and etcdPrivateKey= with etcds:// give the
+    etcd client a TLS policy trusting that authority and presenting that
+    certificate; etcdCaCerts= alone trusts the authority, presenting none;
+    without any, the system's trust roots (no policy of our own).
+    """
+    full: Any = serverFromString(
+        MemoryReactorClock(),
+        _etcds(
+            certs,
+            f":etcdCaCerts={_escaped(certs, 'ca.pem')}"
+            f":etcdCertKey={_escaped(certs, 'a.pem')}"
+            f":etcdPrivateKey={_escaped(certs, 'a.key')}",
+        ),
+    )
+    policy = full.cluster.etcdTLS
+    assert full.cluster.coordinator.secure
+    assert policy.clientCertificate is not None and len(policy.authorities) == 1
+    assert full.cluster.etcdClient(MemoryReactorClock())._urls[0].startswith("https://")
+    trustOnly: Any = serverFromString(
+        MemoryReactorClock(), _etcds(certs, f":etcdCaCerts={_escaped(certs, 'ca.pem')}")
+    )
+    assert trustOnly.cluster.etcdTLS.clientCertificate is None
+    plain: Any = serverFromString(MemoryReactorClock(), _etcds(certs, ""))
+    assert plain.cluster.etcdTLS is None
+
+
+@pytest.mark.parametrize(
+    "extra, complaint, scheme",
+    [
+        (
+            ":etcdCaCerts={ca}",
+            "etcdCaCerts= only make sense with etcd over TLS.*etcds://",
+            "etcd",
+        ),
+        (
+            ":etcdCertKey={pem}:etcdPrivateKey={key}",
+            "etcdCertKey=, etcdPrivateKey= only make sense with etcd over TLS",
+            "etcd",
+        ),
+        (":etcdCertKey={pem}", "etcdCertKey= needs etcdCaCerts=", "etcds"),
+        (
+            ":etcdCaCerts={ca}:etcdPrivateKey={key}",
+            "etcdPrivateKey= needs etcdCertKey=",
+            "etcds",
+        ),
+        (":etcdCaCerts={missing}", "etcdCaCerts=.*cannot be read", "etcds"),
+        (":etcdCaCerts={key}", "etcdCaCerts=.*holds no PEM certificate", "etcds"),
+        (
+            ":etcdCaCerts={ca}:etcdCertKey={pem}:etcdPrivateKey={missing}",
+            "etcdPrivateKey=.*cannot be read",
+            "etcds",
+        ),
+        (
+            ":etcdCaCerts={ca}:etcdCertKey={pem}:etcdPrivateKey={otherKey}",
+            "does not match",
+            "etcds",
+        ),
+        (
+            ":etcdCaCerts={ca}:etcdCertKey={pem}",
+            "etcdCertKey=.*holds no PEM private key",
+            "etcds",
+        ),
+        (":etcdCaCerts=", "etcdCaCerts= is empty", "etcds"),
+    ],
+)
+def test_etcdTLSMistakes(
+    certs: str, tmp_path: Any, extra: str, complaint: str, scheme: str
+) -> None:
+    """
+    etcd's TLS options with plain etcd://, a key without its certificate,
+    a certificate without the authority to verify etcd by, a missing or
+    wrong file, a key that is not the certificate's: each a ValueError at
+    parse time, naming the option.
+    """
+    makeCertificates(str(tmp_path), ["other"])
+    names = {
+        "ca": _escaped(certs, "ca.pem"),
+        "pem": _escaped(certs, "a.pem"),
+        "key": _escaped(certs, "a.key"),
+        "missing": _escaped(str(tmp_path), "missing.pem"),
+        "otherKey": _escaped(str(tmp_path), "other.key"),
+    }
+    with pytest.raises(ValueError, match=complaint):
+        serverFromString(
+            MemoryReactorClock(), _etcds(certs, extra.format(**names), scheme)
+        )
+
+
+def test_etcdTLSWithoutCoordinator(certs: str) -> None:
+    """
+    etcd's TLS options without coordinator= are a ValueError too.
+    """
+    with pytest.raises(ValueError, match="etcdCaCerts=.*only make sense"):
+        ChannelEndpoint(
+            MemoryReactorClock(), "jobs", etcdCaCerts=os.path.join(certs, "ca.pem")
+        )
+
+
+def test_etcdUser(certs: str, tmp_path: Any) -> None:
+    """
+    etcdUser= and etcdPasswordFile= give the etcd client that user and the
+    file's one line as the password (without its line end), with etcd://
+    or etcds://; the password is in no repr of the settings.
+    """
+    passwordFile = tmp_path / "password"
+    passwordFile.write_text("s3cret: with colons\r\n")
+    extra = f":etcdUser=worker:etcdPasswordFile={_escaped(str(tmp_path), 'password')}"
+    for scheme in ("etcd", "etcds"):
+        endpoint: Any = serverFromString(
+            MemoryReactorClock(), _etcds(certs, extra, scheme)
+        )
+        assert endpoint.cluster.etcdAuth == ("worker", "s3cret: with colons")
+        assert "s3cret" not in repr(endpoint.cluster)
+        client = endpoint.cluster.etcdClient(MemoryReactorClock())
+        assert client._credentials == ("worker", "s3cret: with colons")
+    plain: Any = serverFromString(MemoryReactorClock(), _string(certs))
+    assert plain.cluster.etcdAuth is None
+    assert plain.cluster.etcdClient(MemoryReactorClock())._credentials is None
+
+
+@pytest.mark.parametrize(
+    "content, extra, complaint",
+    [
+        (None, ":etcdUser=worker", "etcdUser= needs etcdPasswordFile=.*never taken"),
+        (
+            "Zq9secret\n",
+            ":etcdPasswordFile={file}",
+            "etcdPasswordFile= needs etcdUser=",
+        ),
+        (None, ":etcdUser=worker:etcdPasswordFile={file}", "cannot be read"),
+        ("", ":etcdUser=worker:etcdPasswordFile={file}", "holds no password"),
+        ("\n", ":etcdUser=worker:etcdPasswordFile={file}", "holds no password"),
+        ("a\nb\n", ":etcdUser=worker:etcdPasswordFile={file}", "one line"),
+        (b"\xff\n", ":etcdUser=worker:etcdPasswordFile={file}", "not UTF-8"),
+        ("Zq9secret\n", ":etcdUser=:etcdPasswordFile={file}", "etcdUser= is empty"),
+    ],
+)
+def test_etcdUserMistakes(
+    certs: str, tmp_path: Any, content: str | bytes | None, extra: str, complaint: str
+) -> None:
+    """
+    A user without a password file (the password is never taken from the
+    string), a password file without a user, a file that is missing, empty,
+    of several lines or not text: each a ValueError at parse time, naming
+    the option and never the password.
+    """
+    path = tmp_path / "password"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    string = _string(certs, extra.format(file=_escaped(str(tmp_path), "password")))
+    with pytest.raises(ValueError, match=complaint) as raised:
+        serverFromString(MemoryReactorClock(), string)
+    assert "Zq9secret" not in str(raised.value)

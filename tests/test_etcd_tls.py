@@ -109,9 +109,79 @@ def test_badFiles(tmp_path: Any) -> None:
     """
     A missing or wrong authority file is refused, naming it.
     """
-    with pytest.raises(ValueError, match="etcdCACerts=.*cannot be read"):
+    with pytest.raises(ValueError, match="etcdCaCerts=.*cannot be read"):
         EtcdTLSPolicy.fromFiles(str(tmp_path / "missing.pem"))
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("nothing\n")
-    with pytest.raises(ValueError, match="etcdCACerts=.*holds no PEM certificate"):
+    with pytest.raises(ValueError, match="etcdCaCerts=.*holds no PEM certificate"):
         EtcdTLSPolicy.fromFiles(str(garbage))
+
+
+def _etcdOptions(certificates: str, clientCertificate: bool) -> list[str]:
+    """
+    The worker's arguments for the endpoint's etcd TLS options.
+    """
+    path = lambda name: os.path.join(certificates, name)  # noqa: E731
+    options = ["--option", f"etcdCaCerts={path('ca.pem')}"]
+    if clientCertificate:
+        options += [
+            "--option",
+            f"etcdCertKey={path('client.pem')}",
+            "--option",
+            f"etcdPrivateKey={path('client.key')}",
+        ]
+    return options
+
+
+def test_channelThroughSecureEtcd(secureEtcd: tuple[EtcdCluster, str]) -> None:
+    """
+    A channel whose coordinator is an etcd requiring client certificates,
+    given them by etcdCaCerts=, etcdCertKey= and etcdPrivateKey=: a
+    candidate on machine a hosts, a client on machine b delivers every
+    message to it.
+    """
+    from .test_cluster_channel import Rig, _check, _hosting
+
+    cluster, certificates = secureEtcd
+    rig = Rig(cluster.coordinator, "etcd-tls-channel")
+    try:
+        options = _etcdOptions(certificates, clientCertificate=True)
+        candidate = rig.start("candidate", "a", *options)
+        assert _hosting(candidate) > 0
+        client = rig.start(
+            "client", "b", *options, "--count", "50", "--interval", "0.005"
+        )
+        client.waitFor(lambda line: line == "DONE", 60)
+        _check(rig, "c", 50)
+    finally:
+        rig.cleanUp()
+
+
+def test_channelWithoutEtcdClientCertificate(
+    secureEtcd: tuple[EtcdCluster, str],
+) -> None:
+    """
+    Trusting etcd's authority but without a client certificate, etcd
+    refuses every connection: the candidate says so in its log, naming the
+    member, and never hosts.
+    """
+    import time
+
+    from .test_cluster_channel import Rig
+
+    cluster, certificates = secureEtcd
+    rig = Rig(cluster.coordinator, "etcd-tls-refused")
+    try:
+        candidate = rig.start(
+            "candidate", "a", *_etcdOptions(certificates, clientCertificate=False)
+        )
+        member = cluster.coordinator.split("://", 1)[1]
+        deadline = time.monotonic() + 20
+        while f"https://{member} failed" not in candidate.stderr:
+            assert time.monotonic() < deadline, candidate.stderr[-2000:]
+            time.sleep(0.1)
+        time.sleep(1)
+        assert "connection failed" in candidate.stderr
+        assert not any(line.startswith("HOSTING") for line in candidate.collect())
+    finally:
+        rig.cleanUp()

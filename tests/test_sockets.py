@@ -175,6 +175,50 @@ async def test_readDirectlyReadsALargeMessageIntoItsOwnBuffer(
         await port.stopListening()
 
 
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest_twisted.ensureDeferred
+async def test_readDirectlyReadsWhatFollowsALargeMessageInTheSameCall(
+    transport: str, channelDirectory: str
+) -> None:
+    """
+    The read that finishes a large message also reads the frames after it,
+    into the shared buffer, when the message's own buffer ends with it:
+    those frames come out of the same call, and everything arrives whole
+    and in order.
+    """
+    from twisted_channel import _wire
+
+    server, client, port = await _connectedPair(transport, channelDirectory)
+    decoder = _wire.FrameDecoder(1 << 24)
+    frames: list[tuple[int, bytes]] = []
+    #: Reads that finished a large message and brought the frames after it.
+    finishedAndMore: list[int] = []
+
+    def received(data: bytes | memoryview) -> None:
+        finishing = decoder.largeUnderWay and bool(data)
+        new = decoder.feed(data)
+        if finishing and len(new) > 1:
+            finishedAndMore.append(len(new))
+        frames.extend(new)
+
+    sent = []
+    for i in range(40):
+        sent.append(bytes([i]) * (65536 + 7 * i))
+        sent.append(b"small %d" % i)
+    try:
+        assert server.transport is not None
+        assert readDirectly(server.transport, received, decoder)
+        assert client.transport is not None
+        for message in sent:
+            client.transport.write(_wire.encodeFrame(_wire.DATA, message))
+        await _until(lambda: len(frames) == len(sent))
+        assert frames == [(_wire.DATA, message) for message in sent]
+        assert finishedAndMore, "no read brought more than a large message's rest"
+        assert decoder.buffered == 0
+    finally:
+        await port.stopListening()
+
+
 @pytest_twisted.ensureDeferred
 async def test_readDirectlyEndsTheConnectionOnAnError(channelDirectory: str) -> None:
     """

@@ -27,7 +27,7 @@ import shutil
 import socket
 import struct
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -61,6 +61,12 @@ class ClusterSettings:
     leaseTTL: int
     credentials: Any
     insecure: bool
+    #: The TLS policy for C{etcds://} members (L{EtcdTLSPolicy}) when
+    #: C{etcdCaCerts=} is given; else C{None} (the system's trust roots).
+    etcdTLS: Any = None
+    #: etcd's user and password (C{etcdUser=}, C{etcdPasswordFile=}), or
+    #: C{None}; left out of the repr, so that it is never logged.
+    etcdAuth: tuple[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def check(
@@ -74,6 +80,12 @@ class ClusterSettings:
         privateKey: str | None = None,
         caCerts: str | None = None,
         insecure: bool = False,
+        *,
+        etcdCaCerts: str | None = None,
+        etcdCertKey: str | None = None,
+        etcdPrivateKey: str | None = None,
+        etcdUser: str | None = None,
+        etcdPasswordFile: str | None = None,
     ) -> ClusterSettings | None:
         """
         @return: the settings, or C{None} if no option of a channel across
@@ -88,6 +100,11 @@ class ClusterSettings:
             "certKey": certKey,
             "privateKey": privateKey,
             "caCerts": caCerts,
+            "etcdCaCerts": etcdCaCerts,
+            "etcdCertKey": etcdCertKey,
+            "etcdPrivateKey": etcdPrivateKey,
+            "etcdUser": etcdUser,
+            "etcdPasswordFile": etcdPasswordFile,
         }
         if coordinator is None:
             stray = [k for k, v in given.items() if v is not None]
@@ -133,6 +150,24 @@ class ClusterSettings:
             ttl,
             credentials,
             bool(insecure),
+            _etcdTLS(parsed, etcdCaCerts, etcdCertKey, etcdPrivateKey),
+            _etcdAuth(etcdUser, etcdPasswordFile),
+        )
+
+    def etcdClient(self, reactor: Any, timeout: float | None = None) -> EtcdClient:
+        """
+        A client of the coordinator with these settings' credentials.
+
+        @param timeout: seconds a request may take (default: a quarter of
+            the lease, so that a renewal fails before the lease can end).
+        """
+        return EtcdClient(
+            reactor,
+            self.coordinator,
+            timeout=self.leaseTTL / 4 if timeout is None else timeout,
+            contextFactory=self.etcdTLS,
+            user=None if self.etcdAuth is None else self.etcdAuth[0],
+            password=None if self.etcdAuth is None else self.etcdAuth[1],
         )
 
     @property
@@ -144,6 +179,90 @@ class ClusterSettings:
         if self.credentials is not None:
             return str(self.credentials.identity)
         return self.advertise or "127.0.0.1"
+
+
+def _etcdTLS(
+    coordinator: Coordinator,
+    caCerts: str | None,
+    certKey: str | None,
+    privateKey: str | None,
+) -> Any:
+    """
+    The TLS policy of C{etcds://} from C{etcdCaCerts=}, C{etcdCertKey=} and
+    C{etcdPrivateKey=}, or C{None} for the system's trust roots.
+
+    @raise ValueError: for an option that does not fit the coordinator or
+        the others, or a file that is wrong.
+    """
+    given = [
+        name
+        for name, value in (
+            ("etcdCaCerts", caCerts),
+            ("etcdCertKey", certKey),
+            ("etcdPrivateKey", privateKey),
+        )
+        if value is not None
+    ]
+    if not given:
+        return None
+    if not coordinator.secure:
+        raise ValueError(
+            ", ".join(f"{name}=" for name in given)
+            + f" only make sense with etcd over TLS: coordinator={coordinator} "
+            "should be etcds://..."
+        )
+    if privateKey is not None and certKey is None:
+        raise ValueError("etcdPrivateKey= needs etcdCertKey= (the client certificate)")
+    if caCerts is None:
+        raise ValueError(
+            "etcdCertKey= needs etcdCaCerts= (the authority that signed etcd's "
+            "certificate)"
+        )
+    from ._etcd import EtcdTLSPolicy
+
+    return EtcdTLSPolicy.fromFiles(caCerts, certKey, privateKey)
+
+
+def _etcdAuth(user: str | None, passwordFile: str | None) -> tuple[str, str] | None:
+    """
+    etcd's user and the password read from C{etcdPasswordFile=} (its one
+    line, without the line's end), or C{None}.
+
+    @raise ValueError: for one without the other, or a file that cannot be
+        read or holds no password (never saying the password).
+    """
+    if user is None and passwordFile is None:
+        return None
+    if user is None:
+        raise ValueError("etcdPasswordFile= needs etcdUser= (whose password it is)")
+    if passwordFile is None:
+        raise ValueError(
+            "etcdUser= needs etcdPasswordFile=: the password is read from a "
+            "file, never taken from the endpoint string"
+        )
+    if not user:
+        raise ValueError("etcdUser= is empty")
+    try:
+        with open(passwordFile, "rb") as f:
+            data = f.read(64 * 1024 + 1)
+    except OSError as e:
+        raise ValueError(
+            f"etcdPasswordFile={passwordFile!r} cannot be read: {e.strerror}"
+        ) from None
+    try:
+        password = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"etcdPasswordFile={passwordFile!r} is not UTF-8 text"
+        ) from None
+    if password.endswith("\n"):
+        password = password[:-1].removesuffix("\r")
+    if not password or len(data) > 64 * 1024 or "\n" in password:
+        raise ValueError(
+            f"etcdPasswordFile={passwordFile!r} holds no password: it must "
+            "hold one line, the password"
+        )
+    return user, password
 
 
 def _socketTransport(transport: Any) -> Any:
@@ -372,9 +491,7 @@ class ClusterPort:
         self.name = name
         self.role = "stopped"
         self.term: int | None = None
-        self.client = EtcdClient(
-            reactor, settings.coordinator, timeout=settings.leaseTTL / 4
-        )
+        self.client = settings.etcdClient(reactor)
         self._splices = _SpliceFactory(self._dialLocal, self._accepting)
         self._serverFactory: Any = None
         self._listening: Any = None
@@ -737,9 +854,7 @@ class _Relay:
         self.settings = settings
         self.directory = tempfile.mkdtemp(prefix="tc-relay-")
         os.chmod(self.directory, 0o700)
-        self.client = EtcdClient(
-            reactor, settings.coordinator, timeout=settings.leaseTTL / 4
-        )
+        self.client = settings.etcdClient(reactor)
         self.finder = HostFinder(reactor, self.client, electionKey(name), self._changed)
         self.splices = _SpliceFactory(self._dialHost, lambda: True)
         self._listening: Any = None

@@ -20,6 +20,14 @@ CLUSTER_OPTIONS = {
     "privateKey": "privateKey",
     "caCerts": "caCerts",
     "insecure": "insecure",
+    # etcd's own TLS client port (etcds://): docs/cluster.md.
+    "etcdCaCerts": "etcdCaCerts",
+    "etcdCertKey": "etcdCertKey",
+    "etcdPrivateKey": "etcdPrivateKey",
+    # etcd's user and password, the password read from a file, never taken
+    # from the string.
+    "etcdUser": "etcdUser",
+    "etcdPasswordFile": "etcdPasswordFile",
 }
 
 

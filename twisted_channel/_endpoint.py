@@ -163,6 +163,11 @@ class ChannelEndpoint:
         privateKey: str | None = None,
         caCerts: str | None = None,
         insecure: bool = False,
+        etcdCaCerts: str | None = None,
+        etcdCertKey: str | None = None,
+        etcdPrivateKey: str | None = None,
+        etcdUser: str | None = None,
+        etcdPasswordFile: str | None = None,
     ) -> None:
         self._reactor = reactor
         # Whether this endpoint's directory is a relay's to hosts across
@@ -184,11 +189,27 @@ class ChannelEndpoint:
                 privateKey,
                 caCerts,
                 insecure,
+                etcdCaCerts=etcdCaCerts,
+                etcdCertKey=etcdCertKey,
+                etcdPrivateKey=etcdPrivateKey,
+                etcdUser=etcdUser,
+                etcdPasswordFile=etcdPasswordFile,
             )
-        elif certKey or privateKey or caCerts or insecure:
+        elif (
+            certKey
+            or privateKey
+            or caCerts
+            or insecure
+            or etcdCaCerts
+            or etcdCertKey
+            or etcdPrivateKey
+            or etcdUser
+            or etcdPasswordFile
+        ):
             raise ValueError(
-                "certKey=, privateKey=, caCerts= and insecure= only make sense "
-                "with coordinator=etcd://HOST:PORT"
+                "certKey=, privateKey=, caCerts=, insecure=, etcdCaCerts=, "
+                "etcdCertKey=, etcdPrivateKey=, etcdUser= and etcdPasswordFile= "
+                "only make sense with coordinator=etcd://HOST:PORT"
             )
         if (
             isinstance(handshakeTimeout, bool)

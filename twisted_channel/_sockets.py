@@ -523,6 +523,8 @@ class ReadTarget(typing.Protocol):
 
     #: Whether L{readTarget} has a view to offer.
     largeUnderWay: bool
+    #: Whether that view runs to the end of the large message.
+    lastPiece: bool
 
     def readTarget(self) -> memoryview | None:
         """
@@ -570,6 +572,7 @@ class _NoTarget:
     """
 
     largeUnderWay = False
+    lastPiece = False
 
     def readTarget(self) -> memoryview | None:
         return None
@@ -597,7 +600,9 @@ def readDirectly(
     C{dataReceived} is given a view of a buffer that the next read reuses:
     it must copy what it keeps before it returns.  When C{target} offers a
     view of its own (the rest of a large message), the read goes straight
-    there, and C{dataReceived} is given C{b""}.
+    there, and C{dataReceived} is given C{b""}; when that view runs to the
+    message's end, what follows it is read, in the same call, into the
+    buffer, and C{dataReceived} is given that.
 
     @return: whether it could; a transport it does not know, or any
         transport when the Twisted in use reads otherwise than the probe
@@ -609,6 +614,9 @@ def readDirectly(
     ):
         return False
     receiveInto = transport.socket.recv_into
+    # Not on every platform's sockets: then the frames after a large
+    # message wait for the next read.
+    scatter = getattr(transport.socket, "recvmsg_into", None)
     buffer = _sharedReadBuffer()
     if target is None:
         target = _NO_TARGET
@@ -616,7 +624,14 @@ def readDirectly(
     def doRead() -> ConnectionDone | ConnectionLost | None:
         into = target.readTarget() if target.largeUnderWay else None
         try:
-            count = receiveInto(buffer if into is None else into)
+            if into is None:
+                count = receiveInto(buffer)
+            elif target.lastPiece and scatter is not None:
+                # The rest of the large message into its place, and what
+                # follows it into the buffer, in one call.
+                count = scatter([into, buffer])[0]
+            else:
+                count = receiveInto(into)
         except BlockingIOError:
             return None
         except OSError:
@@ -626,8 +641,13 @@ def readDirectly(
         if into is None:
             dataReceived(buffer[:count])
         else:
-            target.received(count)
-            dataReceived(b"")
+            rest = len(into)
+            if count > rest:
+                target.received(rest)
+                dataReceived(buffer[: count - rest])
+            else:
+                target.received(count)
+                dataReceived(b"")
         return None
 
     # An attribute of the instance, found before the class's method by the

@@ -92,7 +92,7 @@ def _read(option: str, path: str) -> bytes:
 
 
 def loadCredentials(
-    certKey: str, privateKey: str | None, caCerts: str
+    certKey: str, privateKey: str | None, caCerts: str, prefix: str = ""
 ) -> TLSCredentials:
     """
     Load a machine's TLS credentials from PEM files, as Twisted's C{ssl:}
@@ -100,6 +100,9 @@ def loadCredentials(
     C{privateKey} is C{None}); C{caCerts} holds one or more authorities'
     certificates.
 
+    @param prefix: what the options are called after, in errors: C{""} for
+        C{certKey=}, C{privateKey=} and C{caCerts=}; C{"etcd"} for
+        C{etcdCertKey=}, C{etcdPrivateKey=} and C{etcdCaCerts=}.
     @raise ValueError: naming the file and what is wrong with it.
     """
     from OpenSSL.crypto import FILETYPE_PEM
@@ -107,13 +110,17 @@ def loadCredentials(
     from twisted.internet.error import VerifyError
     from twisted.internet.ssl import Certificate, KeyPair, PrivateCertificate
 
-    certificateData = _read("certKey", certKey)
-    keyData = certificateData if privateKey is None else _read("privateKey", privateKey)
-    keyOption = "certKey" if privateKey is None else "privateKey"
+    certOption, keyOption, caOption = (
+        _optionName(prefix, o) for o in ("certKey", "privateKey", "caCerts")
+    )
+    certificateData = _read(certOption, certKey)
+    keyData = certificateData if privateKey is None else _read(keyOption, privateKey)
+    if privateKey is None:
+        keyOption = certOption
     try:
         certificate = Certificate.loadPEM(certificateData)
     except (OpenSSLError, ValueError):
-        raise ValueError(f"certKey={certKey!r} holds no PEM certificate") from None
+        raise ValueError(f"{certOption}={certKey!r} holds no PEM certificate") from None
     try:
         key = KeyPair.load(keyData, format=FILETYPE_PEM)
     except (OpenSSLError, ValueError):
@@ -128,10 +135,14 @@ def loadCredentials(
             f"the private key in {privateKey or certKey!r} does not match "
             f"the certificate in {certKey!r}"
         ) from None
-    authorities = loadAuthorities(caCerts)
+    authorities = loadAuthorities(caCerts, caOption)
     if certificateIdentity(private.original) is None:
-        raise ValueError(f"certKey={certKey!r}: the certificate names no identity")
+        raise ValueError(f"{certOption}={certKey!r}: the certificate names no identity")
     return TLSCredentials(private, authorities)
+
+
+def _optionName(prefix: str, option: str) -> str:
+    return prefix + option[0].upper() + option[1:] if prefix else option
 
 
 def loadAuthorities(caCerts: str, option: str = "caCerts") -> list[Any]:

@@ -395,6 +395,10 @@ class FrameDecoder:
     @ivar largeUnderWay: whether a large message is under way, and
         L{readTarget} has a view to offer (an attribute, so that a reader
         looks without a call per read).
+    @ivar lastPiece: whether L{readTarget}'s view runs to the end of the
+        large message's body: what a read brings beyond it is the frames
+        after it, which a reader may read into a buffer of its own in the
+        same call.
     """
 
     # One per link, for as long as the link lives: no instance dictionary.
@@ -406,6 +410,7 @@ class FrameDecoder:
         "_largeFilled",
         "_pieceFilled",
         "largeUnderWay",
+        "lastPiece",
     )
 
     def __init__(self, maxMessageSize: int) -> None:
@@ -419,6 +424,7 @@ class FrameDecoder:
         self._largeFilled = 0
         self._pieceFilled = 0
         self.largeUnderWay = False
+        self.lastPiece = False
 
     @property
     def buffered(self) -> int:
@@ -454,8 +460,10 @@ class FrameDecoder:
         filled = self._largeFilled = self._largeFilled + count
         piece = self._pieceFilled = self._pieceFilled + count
         if piece == len(self._pieces[-1]) and filled < self._largeSize:
-            self._pieces.append(bytearray(min(self._largeSize - filled, filled)))
+            left = self._largeSize - filled
+            self._pieces.append(bytearray(min(left, filled)))
             self._pieceFilled = 0
+            self.lastPiece = left <= filled
 
     def _takeLarge(self, data: bytes | bytearray | memoryview) -> int:
         """
@@ -546,9 +554,9 @@ class FrameDecoder:
                         # Gathered in pieces of its own: the rest of it is
                         # copied (or read) into place once.
                         size = self._largeSize = length - 1
-                        self._pieces = [
-                            bytearray(min(size, end - offset - 5 + _LARGE_FIRST))
-                        ]
+                        first = min(size, end - offset - 5 + _LARGE_FIRST)
+                        self._pieces = [bytearray(first)]
+                        self.lastPiece = first == size
                         self.largeUnderWay = True
                         self._takeLarge(memoryview(source)[offset + 5 : end])
                         offset = end
