@@ -221,3 +221,62 @@ def test_etcdTLSWithoutCoordinator(certs: str) -> None:
         ChannelEndpoint(
             MemoryReactorClock(), "jobs", etcdCaCerts=os.path.join(certs, "ca.pem")
         )
+
+
+def test_etcdUser(certs: str, tmp_path: Any) -> None:
+    """
+    etcdUser= and etcdPasswordFile= give the etcd client that user and the
+    file's one line as the password (without its line end), with etcd://
+    or etcds://; the password is in no repr of the settings.
+    """
+    passwordFile = tmp_path / "password"
+    passwordFile.write_text("s3cret: with colons\r\n")
+    extra = f":etcdUser=worker:etcdPasswordFile={_escaped(str(tmp_path), 'password')}"
+    for scheme in ("etcd", "etcds"):
+        endpoint: Any = serverFromString(
+            MemoryReactorClock(), _etcds(certs, extra, scheme)
+        )
+        assert endpoint.cluster.etcdAuth == ("worker", "s3cret: with colons")
+        assert "s3cret" not in repr(endpoint.cluster)
+        client = endpoint.cluster.etcdClient(MemoryReactorClock())
+        assert client._credentials == ("worker", "s3cret: with colons")
+    plain: Any = serverFromString(MemoryReactorClock(), _string(certs))
+    assert plain.cluster.etcdAuth is None
+    assert plain.cluster.etcdClient(MemoryReactorClock())._credentials is None
+
+
+@pytest.mark.parametrize(
+    "content, extra, complaint",
+    [
+        (None, ":etcdUser=worker", "etcdUser= needs etcdPasswordFile=.*never taken"),
+        (
+            "Zq9secret\n",
+            ":etcdPasswordFile={file}",
+            "etcdPasswordFile= needs etcdUser=",
+        ),
+        (None, ":etcdUser=worker:etcdPasswordFile={file}", "cannot be read"),
+        ("", ":etcdUser=worker:etcdPasswordFile={file}", "holds no password"),
+        ("\n", ":etcdUser=worker:etcdPasswordFile={file}", "holds no password"),
+        ("a\nb\n", ":etcdUser=worker:etcdPasswordFile={file}", "one line"),
+        (b"\xff\n", ":etcdUser=worker:etcdPasswordFile={file}", "not UTF-8"),
+        ("Zq9secret\n", ":etcdUser=:etcdPasswordFile={file}", "etcdUser= is empty"),
+    ],
+)
+def test_etcdUserMistakes(
+    certs: str, tmp_path: Any, content: str | bytes | None, extra: str, complaint: str
+) -> None:
+    """
+    A user without a password file (the password is never taken from the
+    string), a password file without a user, a file that is missing, empty,
+    of several lines or not text: each a ValueError at parse time, naming
+    the option and never the password.
+    """
+    path = tmp_path / "password"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    string = _string(certs, extra.format(file=_escaped(str(tmp_path), "password")))
+    with pytest.raises(ValueError, match=complaint) as raised:
+        serverFromString(MemoryReactorClock(), string)
+    assert "Zq9secret" not in str(raised.value)

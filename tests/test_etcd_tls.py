@@ -7,7 +7,10 @@ client certificate, or trusting another authority, no member answers.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -153,6 +156,33 @@ def test_channelThroughSecureEtcd(secureEtcd: tuple[EtcdCluster, str]) -> None:
         )
         client.waitFor(lambda line: line == "DONE", 60)
         _check(rig, "c", 50)
+        # twisted-channel status takes the same credentials.
+        flags = [
+            "--etcd-ca-certs",
+            os.path.join(certificates, "ca.pem"),
+            "--etcd-cert-key",
+            os.path.join(certificates, "client.pem"),
+            "--etcd-private-key",
+            os.path.join(certificates, "client.key"),
+        ]
+        status = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "twisted_channel",
+                "status",
+                rig.name,
+                "--coordinator",
+                cluster.coordinator,
+                "--json",
+                *flags,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["pid"] == candidate.pid
     finally:
         rig.cleanUp()
 

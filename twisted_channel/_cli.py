@@ -36,6 +36,30 @@ INTERRUPTED = 130
 CLOSE_TIMEOUT = 5.0
 
 
+#: The flags of C{status --coordinator} for etcd's credentials: each the
+#: endpoint option of the same name (C{--etcd-ca-certs} is C{etcdCaCerts=}).
+_ETCD_FLAGS = [
+    (
+        "--etcd-ca-certs",
+        "PEM",
+        "with etcds://: the authority etcd's certificates are verified against",
+    ),
+    (
+        "--etcd-cert-key",
+        "PEM",
+        "with etcds://: the client certificate for etcd (and its key, "
+        "without --etcd-private-key)",
+    ),
+    ("--etcd-private-key", "PEM", "the client certificate's private key"),
+    ("--etcd-user", "USER", "the etcd user to authenticate as"),
+    (
+        "--etcd-password-file",
+        "FILE",
+        "the file whose one line is the etcd user's password",
+    ),
+]
+
+
 class UsageError(Exception):
     """
     A mistake in the command line: reported in one line, exit status 2.
@@ -233,6 +257,9 @@ def buildParser() -> argparse.ArgumentParser:
         metavar="etcd://HOST:PORT[,...]",
         help="ask etcd for the host across machines instead (see docs/cluster.md)",
     )
+    # etcd's credentials, as the endpoint's etcd...= options.
+    for flag, metavar, meaning in _ETCD_FLAGS:
+        status.add_argument(flag, metavar=metavar, help=meaning)
     status.set_defaults(run=commandStatus)
 
     listen = commands.add_parser(
@@ -350,6 +377,14 @@ def commandStatus(options: argparse.Namespace) -> int:
 
     if options.coordinator is not None:
         return _statusAcrossMachines(options)
+    given = [f for f, _, _ in _ETCD_FLAGS if _etcdFlag(options, f) is not None]
+    if given:
+        print(
+            f"{PROG} status: error: {', '.join(given)} only make sense with "
+            "--coordinator (see --help)",
+            file=sys.stderr,
+        )
+        return USAGE
     try:
         status = queryStatus(
             options.name, options.directory, options.timeout, options.transport
@@ -380,6 +415,11 @@ def commandStatus(options: argparse.Namespace) -> int:
     return OK if status["hosted"] and status["responding"] else NO
 
 
+def _etcdFlag(options: argparse.Namespace, flag: str) -> str | None:
+    value: str | None = getattr(options, flag[2:].replace("-", "_"))
+    return value
+
+
 def _statusAcrossMachines(options: argparse.Namespace) -> int:
     """
     C{twisted-channel status NAME --coordinator etcd://...}: the host etcd
@@ -392,7 +432,15 @@ def _statusAcrossMachines(options: argparse.Namespace) -> int:
     def main(reactor: Any) -> Deferred[int]:
         async def ask() -> int:
             status = await hostAcrossMachines(
-                reactor, options.name, options.coordinator, options.timeout
+                reactor,
+                options.name,
+                options.coordinator,
+                options.timeout,
+                etcdCaCerts=_etcdFlag(options, "--etcd-ca-certs"),
+                etcdCertKey=_etcdFlag(options, "--etcd-cert-key"),
+                etcdPrivateKey=_etcdFlag(options, "--etcd-private-key"),
+                etcdUser=_etcdFlag(options, "--etcd-user"),
+                etcdPasswordFile=_etcdFlag(options, "--etcd-password-file"),
             )
             if options.json:
                 print(json.dumps(status, sort_keys=True))

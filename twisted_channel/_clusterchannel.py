@@ -27,7 +27,7 @@ import shutil
 import socket
 import struct
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -64,6 +64,9 @@ class ClusterSettings:
     #: The TLS policy for C{etcds://} members (L{EtcdTLSPolicy}) when
     #: C{etcdCaCerts=} is given; else C{None} (the system's trust roots).
     etcdTLS: Any = None
+    #: etcd's user and password (C{etcdUser=}, C{etcdPasswordFile=}), or
+    #: C{None}; left out of the repr, so that it is never logged.
+    etcdAuth: tuple[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def check(
@@ -81,6 +84,8 @@ class ClusterSettings:
         etcdCaCerts: str | None = None,
         etcdCertKey: str | None = None,
         etcdPrivateKey: str | None = None,
+        etcdUser: str | None = None,
+        etcdPasswordFile: str | None = None,
     ) -> ClusterSettings | None:
         """
         @return: the settings, or C{None} if no option of a channel across
@@ -98,6 +103,8 @@ class ClusterSettings:
             "etcdCaCerts": etcdCaCerts,
             "etcdCertKey": etcdCertKey,
             "etcdPrivateKey": etcdPrivateKey,
+            "etcdUser": etcdUser,
+            "etcdPasswordFile": etcdPasswordFile,
         }
         if coordinator is None:
             stray = [k for k, v in given.items() if v is not None]
@@ -144,6 +151,7 @@ class ClusterSettings:
             credentials,
             bool(insecure),
             _etcdTLS(parsed, etcdCaCerts, etcdCertKey, etcdPrivateKey),
+            _etcdAuth(etcdUser, etcdPasswordFile),
         )
 
     def etcdClient(self, reactor: Any, timeout: float | None = None) -> EtcdClient:
@@ -158,6 +166,8 @@ class ClusterSettings:
             self.coordinator,
             timeout=self.leaseTTL / 4 if timeout is None else timeout,
             contextFactory=self.etcdTLS,
+            user=None if self.etcdAuth is None else self.etcdAuth[0],
+            password=None if self.etcdAuth is None else self.etcdAuth[1],
         )
 
     @property
@@ -211,6 +221,48 @@ def _etcdTLS(
     from ._etcd import EtcdTLSPolicy
 
     return EtcdTLSPolicy.fromFiles(caCerts, certKey, privateKey)
+
+
+def _etcdAuth(user: str | None, passwordFile: str | None) -> tuple[str, str] | None:
+    """
+    etcd's user and the password read from C{etcdPasswordFile=} (its one
+    line, without the line's end), or C{None}.
+
+    @raise ValueError: for one without the other, or a file that cannot be
+        read or holds no password (never saying the password).
+    """
+    if user is None and passwordFile is None:
+        return None
+    if user is None:
+        raise ValueError("etcdPasswordFile= needs etcdUser= (whose password it is)")
+    if passwordFile is None:
+        raise ValueError(
+            "etcdUser= needs etcdPasswordFile=: the password is read from a "
+            "file, never taken from the endpoint string"
+        )
+    if not user:
+        raise ValueError("etcdUser= is empty")
+    try:
+        with open(passwordFile, "rb") as f:
+            data = f.read(64 * 1024 + 1)
+    except OSError as e:
+        raise ValueError(
+            f"etcdPasswordFile={passwordFile!r} cannot be read: {e.strerror}"
+        ) from None
+    try:
+        password = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"etcdPasswordFile={passwordFile!r} is not UTF-8 text"
+        ) from None
+    if password.endswith("\n"):
+        password = password[:-1].removesuffix("\r")
+    if not password or len(data) > 64 * 1024 or "\n" in password:
+        raise ValueError(
+            f"etcdPasswordFile={passwordFile!r} holds no password: it must "
+            "hold one line, the password"
+        )
+    return user, password
 
 
 def _socketTransport(transport: Any) -> Any:
@@ -1215,7 +1267,16 @@ class _ClosingWrapper(ProtocolWrapper):
 
 
 async def hostAcrossMachines(
-    reactor: Any, name: str, coordinator: str, timeout: float
+    reactor: Any,
+    name: str,
+    coordinator: str,
+    timeout: float,
+    *,
+    etcdCaCerts: str | None = None,
+    etcdCertKey: str | None = None,
+    etcdPrivateKey: str | None = None,
+    etcdUser: str | None = None,
+    etcdPasswordFile: str | None = None,
 ) -> dict[str, Any]:
     """
     What etcd says of channel C{name}'s host across machines: for
@@ -1229,13 +1290,24 @@ async def hostAcrossMachines(
         C{identity}, C{address} and C{pid}), by identity.  A candidate key
         that holds no record is left out and counted in
         C{unreadableStandbys}.
-    @raise ValueError: for a bad coordinator.
+    @param etcdCaCerts: as the endpoint's C{etcdCaCerts=}; so are the
+        other C{etcd...} parameters (etcd's TLS and its user).
+    @raise ValueError: for a bad coordinator or etcd credentials.
     @raise EtcdError: if etcd cannot be asked.
     """
     from ._campaign import HostRecord as Record
     from ._cluster import candidatesPrefix
 
-    client = EtcdClient(reactor, coordinator, timeout=timeout)
+    parsed = parseCoordinator(coordinator)
+    auth = _etcdAuth(etcdUser, etcdPasswordFile)
+    client = EtcdClient(
+        reactor,
+        parsed,
+        timeout=timeout,
+        contextFactory=_etcdTLS(parsed, etcdCaCerts, etcdCertKey, etcdPrivateKey),
+        user=None if auth is None else auth[0],
+        password=None if auth is None else auth[1],
+    )
     key = electionKey(name)
     candidates = candidatesPrefix(name)
     try:

@@ -24,6 +24,10 @@ CLUSTER_OPTIONS = {
     "etcdCaCerts": "etcdCaCerts",
     "etcdCertKey": "etcdCertKey",
     "etcdPrivateKey": "etcdPrivateKey",
+    # etcd's user and password, the password read from a file, never taken
+    # from the string.
+    "etcdUser": "etcdUser",
+    "etcdPasswordFile": "etcdPasswordFile",
 }
 
 

@@ -166,6 +166,8 @@ class ChannelEndpoint:
         etcdCaCerts: str | None = None,
         etcdCertKey: str | None = None,
         etcdPrivateKey: str | None = None,
+        etcdUser: str | None = None,
+        etcdPasswordFile: str | None = None,
     ) -> None:
         self._reactor = reactor
         # Whether this endpoint's directory is a relay's to hosts across
@@ -190,6 +192,8 @@ class ChannelEndpoint:
                 etcdCaCerts=etcdCaCerts,
                 etcdCertKey=etcdCertKey,
                 etcdPrivateKey=etcdPrivateKey,
+                etcdUser=etcdUser,
+                etcdPasswordFile=etcdPasswordFile,
             )
         elif (
             certKey
@@ -199,11 +203,13 @@ class ChannelEndpoint:
             or etcdCaCerts
             or etcdCertKey
             or etcdPrivateKey
+            or etcdUser
+            or etcdPasswordFile
         ):
             raise ValueError(
                 "certKey=, privateKey=, caCerts=, insecure=, etcdCaCerts=, "
-                "etcdCertKey= and etcdPrivateKey= only make sense with "
-                "coordinator=etcd://HOST:PORT"
+                "etcdCertKey=, etcdPrivateKey=, etcdUser= and etcdPasswordFile= "
+                "only make sense with coordinator=etcd://HOST:PORT"
             )
         if (
             isinstance(handshakeTimeout, bool)

@@ -78,6 +78,14 @@ _NETWORK_ERRORS = (
 _JSON_HEADERS = Headers({b"Content-Type": [b"application/json"]})
 #: gRPC NOT_FOUND: a lease that is already gone.
 _NOT_FOUND = 5
+#: gRPC UNAUTHENTICATED: etcd's "invalid auth token" (expired, or from a
+#: member that restarted: etcd's default "simple" tokens live in one
+#: member's memory).
+_UNAUTHENTICATED = 16
+#: gRPC INVALID_ARGUMENT: etcd also says so of a token made before the
+#: users or roles last changed, and of a request with no token.
+_INVALID_ARGUMENT = 3
+_TOKEN_REFUSALS = ("auth store is old", "user name is empty", "invalid auth token")
 
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?")
 
@@ -475,6 +483,13 @@ class EtcdClient:
     @param contextFactory: the TLS policy for C{etcds://} members, such as
         an L{EtcdTLSPolicy} (default: Twisted's, verifying against the
         system's trust roots).
+    @param user: an etcd user to authenticate as (etcd with
+        C{auth enable}), with C{password}: every request carries the token
+        etcd's C{/v3/auth/authenticate} gave; a token etcd refuses (expired,
+        made before the users or roles changed, or by another member) is
+        renewed by authenticating again, once, and the request retried.
+        Neither the password nor the token is ever logged.
+    @param password: C{user}'s password.
     """
 
     def __init__(
@@ -485,9 +500,13 @@ class EtcdClient:
         timeout: float = DEFAULT_REQUEST_TIMEOUT,
         maxLineLength: int = MAX_LINE_LENGTH,
         contextFactory: IPolicyForHTTPS | None = None,
+        user: str | None = None,
+        password: str | None = None,
     ) -> None:
         import treq.client
 
+        if (user is None) != (password is None):
+            raise ValueError("an etcd user needs a password, and a password a user")
         if isinstance(coordinator, str):
             coordinator = parseCoordinator(coordinator)
         if not timeout > 0:
@@ -506,6 +525,9 @@ class EtcdClient:
             agentArguments["contextFactory"] = contextFactory
         self._http = treq.client.HTTPClient(Agent(reactor, **agentArguments))
         self._watches: set[EtcdWatch] = set()
+        self._credentials = None if user is None else (user, password)
+        #: The token etcd gave for C{user}, or C{None} before authenticating.
+        self._token: str | None = None
 
     def __repr__(self) -> str:
         return f"<EtcdClient {self.coordinator}>"
@@ -561,6 +583,69 @@ class EtcdClient:
         )
 
     async def _callOne(
+        self,
+        url: str,
+        path: str,
+        body: dict[str, Any],
+        budget: float,
+        decode: Callable[[dict[str, Any]], T],
+    ) -> T:
+        if self._credentials is None:
+            return await self._callOnce(url, path, body, budget, decode)
+        deadline = self._clock.seconds() + budget
+
+        def left() -> float:
+            return max(deadline - self._clock.seconds(), 0.001)
+
+        if self._token is None:
+            await self._authenticate(url, left())
+        try:
+            return await self._callOnce(url, path, body, left(), decode)
+        except EtcdError as e:
+            if not _tokenRefused(e):
+                raise
+            _log.info(
+                "etcd member {member} refused the auth token for {path} "
+                "({reason}); authenticating again",
+                member=url,
+                path=path,
+                reason=str(e),
+            )
+        await self._authenticate(url, left())
+        return await self._callOnce(url, path, body, left(), decode)
+
+    async def _authenticate(self, url: str, budget: float) -> None:
+        """
+        Get a token for the client's user from the member at C{url}.
+
+        @raise EtcdError: if etcd refuses the user or the password.
+        """
+        assert self._credentials is not None
+        user, password = self._credentials
+        self._token = None
+
+        def token(answer: dict[str, Any]) -> str:
+            value: str = _field(answer, "token", str, "")
+            if not value:
+                raise EtcdProtocolError("etcd gave no auth token")
+            return value
+
+        self._token = await self._callOnce(
+            url,
+            "/v3/auth/authenticate",
+            {"name": user, "password": password},
+            budget,
+            token,
+        )
+
+    def _headers(self, path: str) -> Headers:
+        if self._token is None or path == "/v3/auth/authenticate":
+            return _JSON_HEADERS
+        headers = _JSON_HEADERS.copy()
+        headers.setRawHeaders(b"Authorization", [self._token.encode("ascii")])
+        return headers
+
+    async def _callOnce(
         self,
         url: str,
         path: str,
@@ -629,7 +714,7 @@ class EtcdClient:
         response = await self._http.post(
             url + path,
             data=json.dumps(body).encode("ascii"),
-            headers=_JSON_HEADERS,
+            headers=self._headers(path),
             unbuffered=True,
         )
         reader = _StreamReader(
@@ -861,7 +946,7 @@ class EtcdClient:
                     return
                 url = self._urls[(self._current + step) % len(self._urls)]
                 try:
-                    await self._watchOn(watch, url, request, onObject)
+                    await self._watchAuthorized(watch, url, request, onObject)
                 except _TryElsewhereError as e:
                     problems.append(f"{url}: {e}")
                     _log.warn(
@@ -893,6 +978,35 @@ class EtcdClient:
 
         Deferred.fromCoroutine(run()).addBoth(finished)
         return watch
+
+    async def _watchAuthorized(
+        self,
+        watch: EtcdWatch,
+        url: str,
+        request: dict[str, Any],
+        onObject: Callable[[dict[str, Any]], None],
+    ) -> None:
+        """
+        L{_watchOn}, with the client's token if it has a user: etcd cancels
+        a watch whose token it refuses ("permission denied", before any
+        event), so that is renewed once and the watch started again.
+        """
+        if self._credentials is None:
+            return await self._watchOn(watch, url, request, onObject)
+        if self._token is None:
+            await self._authenticate(url, self.timeout)
+        try:
+            return await self._watchOn(watch, url, request, onObject)
+        except _WatchCancelledError as e:
+            if watch._cancelled or "permission denied" not in str(e):
+                raise
+            _log.info(
+                "etcd member {member} refused a watch ({reason}); authenticating again",
+                member=url,
+                reason=str(e),
+            )
+        await self._authenticate(url, self.timeout)
+        return await self._watchOn(watch, url, request, onObject)
 
     async def _watchOn(
         self,
@@ -995,6 +1109,18 @@ class EtcdTLSPolicy:
             trustRoot=trustRootFromCertificates(self.authorities),
             clientCertificate=self.clientCertificate,
         )
+
+
+def _tokenRefused(error: EtcdError) -> bool:
+    """
+    Whether etcd refused a request for its auth token (renewed by
+    authenticating again), not for what the request asked.
+    """
+    if error.code not in (_UNAUTHENTICATED, _INVALID_ARGUMENT):
+        return False
+    return error.code == _UNAUTHENTICATED or any(
+        reason in str(error) for reason in _TOKEN_REFUSALS
+    )
 
 
 class _WatchCancelledError(Exception):
