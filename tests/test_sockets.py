@@ -314,7 +314,8 @@ async def test_sendSequenceNowKeepsOrder(transport: str, channelDirectory: str) 
     """
     Pieces sent together on an empty transport leave at once, unjoined, as
     far as the kernel takes them; the rest, cut anywhere in a piece, waits
-    in the transport; pieces sent while it holds data go behind; more
+    in the transport, which from then on sends what it holds unjoined
+    (L{writeUnjoined}); pieces sent while it holds data go behind; more
     pieces than one C{sendmsg} is given go too.  Everything arrives once,
     in order.
     """
@@ -323,9 +324,13 @@ async def test_sendSequenceNowKeepsOrder(transport: str, channelDirectory: str) 
         assert client.transport is not None
         sendSequenceNow(client.transport, [b"a", b"bc"])
         assert bufferedBytes(client.transport) == 0
+        # Nothing was left to the transport: it sends as Twisted does.
+        assert "doWrite" not in vars(client.transport)
         big = [bytes([i]) * (3 << 20) + b"!" for i in range(3)]
         sendSequenceNow(client.transport, big)
         assert 0 < bufferedBytes(client.transport) < sum(map(len, big))
+        # What is left, it sends unjoined.
+        assert "doWrite" in vars(client.transport)
         many = [b"%d," % i for i in range(2000)]
         sendSequenceNow(client.transport, many)
         expected = b"abc" + b"".join(big) + b"".join(many)

@@ -66,7 +66,6 @@ from ._sockets import (
     sendNow,
     sendSequenceNow,
     unreadBytes,
-    writeUnjoined,
 )
 from ._states import (
     CLOSED,
@@ -151,7 +150,6 @@ class _ClientLink(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         readDirectly(self.transport, self.dataReceived, self.session.decoder)
-        writeUnjoined(self.transport)
         connection = self._connection
         if self.session.state == AUTHENTICATING:
             # The host speaks first, with its challenge.

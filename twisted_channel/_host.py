@@ -76,7 +76,6 @@ from ._sockets import (
     sendSequenceNow,
     twistedEdge,
     unreadBytes,
-    writeUnjoined,
 )
 from ._states import ELECTED, PORT, START_FAILED, STARTED, STOPPED, WITHDRAWN
 from ._surface import SocketOptions, streamAddress
@@ -291,7 +290,6 @@ class _HostLink(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         readDirectly(self.transport, self.dataReceived, self.session.decoder)
-        writeUnjoined(self.transport)
         self.term.allLinks.add(self)
         port = self.port
         if port.secret is not None:

@@ -345,6 +345,7 @@ def sendNow(transport: object, data: bytes) -> None:
         or transport._writeDisconnected
         or len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     ):
+        writeUnjoined(transport)
         transport.write(data)  # type: ignore[attr-defined]
         return
     try:
@@ -356,6 +357,7 @@ def sendNow(transport: object, data: bytes) -> None:
         transport.write(data)
         return
     if sent < len(data):
+        writeUnjoined(transport)
         transport.write(data[sent:])
 
 
@@ -379,6 +381,7 @@ def sendSequenceNow(transport: object, chunks: list[bytes]) -> None:
         or transport._writeDisconnected
         or _countBuffered(transport)
     ):
+        writeUnjoined(transport)
         transport.writeSequence(chunks)  # type: ignore[attr-defined]
         return
     offered = chunks[:_MOST_BUFFERS]
@@ -394,10 +397,12 @@ def sendSequenceNow(transport: object, chunks: list[bytes]) -> None:
         if sent < len(chunk):
             rest = [chunk[sent:]] if sent else [chunk]
             rest.extend(chunks[index + 1 :])
+            writeUnjoined(transport)
             transport.writeSequence(rest)
             return
         sent -= len(chunk)
     if len(chunks) > len(offered):
+        writeUnjoined(transport)
         transport.writeSequence(chunks[len(offered) :])
 
 
@@ -481,7 +486,10 @@ def _unjoinedDoWrite(
 
 def writeUnjoined(transport: object) -> bool:
     """
-    Have C{transport} send what it buffers without joining it: Twisted's
+    Have C{transport} send what it buffers without joining it (done by
+    L{sendNow} and L{sendSequenceNow} the first time they leave data to a
+    transport, so that a link that never waits for the kernel, an idle one
+    above all, does not carry the C{doWrite} of its own): Twisted's
     C{doWrite} joins every piece written while the kernel's buffer was full
     into one C{bytes} (a copy of each large message) before it sends any;
     this sends the pieces as they are, with one C{sendmsg}, and keeps in
@@ -498,9 +506,10 @@ def writeUnjoined(transport: object) -> bool:
         (_found or twistedEdge()).unjoinedWrites
     ):
         return False
-    # An attribute of the instance, found before the class's method by the
-    # reactor's lookup of doWrite (and by pushToKernel's call).
-    transport.doWrite = _unjoinedDoWrite(transport)  # type: ignore[method-assign]
+    if "doWrite" not in vars(transport):
+        # An attribute of the instance, found before the class's method by
+        # the reactor's lookup of doWrite (and by pushToKernel's call).
+        transport.doWrite = _unjoinedDoWrite(transport)  # type: ignore[method-assign]
     return True
 
 
@@ -543,6 +552,10 @@ class ReadTarget(typing.Protocol):
 READ_BUFFER_SIZE = 256 * 1024
 
 _readBuffer: memoryview | None = None
+
+#: Whether sockets read into several buffers at once (not on every
+#: platform): else the frames after a large message wait for the next read.
+_SCATTER = hasattr(socket.socket, "recvmsg_into")
 
 
 def _sharedReadBuffer() -> memoryview:
@@ -613,10 +626,10 @@ def readDirectly(
         or type(transport).doRead not in (_found or twistedEdge()).plainReads
     ):
         return False
-    receiveInto = transport.socket.recv_into
-    # Not on every platform's sockets: then the frames after a large
-    # message wait for the next read.
-    scatter = getattr(transport.socket, "recvmsg_into", None)
+    # The socket, not its bound recv_into: the closure holds it for as long
+    # as the link lives, and a bound method is one more object for every
+    # idle link.
+    sock = transport.socket
     buffer = _sharedReadBuffer()
     if target is None:
         target = _NO_TARGET
@@ -625,13 +638,13 @@ def readDirectly(
         into = target.readTarget() if target.largeUnderWay else None
         try:
             if into is None:
-                count = receiveInto(buffer)
-            elif target.lastPiece and scatter is not None:
+                count = sock.recv_into(buffer)
+            elif target.lastPiece and _SCATTER:
                 # The rest of the large message into its place, and what
                 # follows it into the buffer, in one call.
-                count = scatter([into, buffer])[0]
+                count = sock.recvmsg_into([into, buffer])[0]
             else:
-                count = receiveInto(into)
+                count = sock.recv_into(into)
         except BlockingIOError:
             return None
         except OSError:
