@@ -176,7 +176,25 @@ class ChannelEndpoint:
         self._relayed = False
         # Across machines (docs/cluster.md); None for the one-machine channel.
         self.cluster: ClusterSettings | None = None
-        if coordinator is not None or advertise or port or interface or leaseTTL:
+        if coordinator is not None or any(
+            [
+                advertise,
+                port,
+                interface,
+                leaseTTL,
+                certKey,
+                privateKey,
+                caCerts,
+                insecure,
+                etcdCaCerts,
+                etcdCertKey,
+                etcdPrivateKey,
+                etcdUser,
+                etcdPasswordFile,
+            ]
+        ):
+            # Imported only here: the one-machine channel loads no etcd or
+            # TLS code.  check() refuses these options without coordinator=.
             from ._clusterchannel import ClusterSettings
 
             self.cluster = ClusterSettings.check(
@@ -194,22 +212,6 @@ class ChannelEndpoint:
                 etcdPrivateKey=etcdPrivateKey,
                 etcdUser=etcdUser,
                 etcdPasswordFile=etcdPasswordFile,
-            )
-        elif (
-            certKey
-            or privateKey
-            or caCerts
-            or insecure
-            or etcdCaCerts
-            or etcdCertKey
-            or etcdPrivateKey
-            or etcdUser
-            or etcdPasswordFile
-        ):
-            raise ValueError(
-                "certKey=, privateKey=, caCerts=, insecure=, etcdCaCerts=, "
-                "etcdCertKey=, etcdPrivateKey=, etcdUser= and etcdPasswordFile= "
-                "only make sense with coordinator=etcd://HOST:PORT"
             )
         if (
             isinstance(handshakeTimeout, bool)
