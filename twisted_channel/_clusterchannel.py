@@ -80,7 +80,6 @@ class ClusterSettings:
         privateKey: str | None = None,
         caCerts: str | None = None,
         insecure: bool = False,
-        *,
         etcdCaCerts: str | None = None,
         etcdCertKey: str | None = None,
         etcdPrivateKey: str | None = None,

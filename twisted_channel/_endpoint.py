@@ -176,43 +176,19 @@ class ChannelEndpoint:
         self._relayed = False
         # Across machines (docs/cluster.md); None for the one-machine channel.
         self.cluster: ClusterSettings | None = None
-        if coordinator is not None or any(
-            [
-                advertise,
-                port,
-                interface,
-                leaseTTL,
-                certKey,
-                privateKey,
-                caCerts,
-                insecure,
-                etcdCaCerts,
-                etcdCertKey,
-                etcdPrivateKey,
-                etcdUser,
-                etcdPasswordFile,
-            ]
-        ):
+        # In ClusterSettings.check's order: each option is named once, both
+        # to see whether any was given and to check them.
+        clusterOptions = (
+            *(advertise, port, interface, leaseTTL),
+            *(certKey, privateKey, caCerts, insecure),
+            *(etcdCaCerts, etcdCertKey, etcdPrivateKey, etcdUser, etcdPasswordFile),
+        )
+        if coordinator is not None or any(clusterOptions):
             # Imported only here: the one-machine channel loads no etcd or
             # TLS code.  check() refuses these options without coordinator=.
             from ._clusterchannel import ClusterSettings
 
-            self.cluster = ClusterSettings.check(
-                coordinator,
-                advertise,
-                port,
-                interface,
-                leaseTTL,
-                certKey,
-                privateKey,
-                caCerts,
-                insecure,
-                etcdCaCerts=etcdCaCerts,
-                etcdCertKey=etcdCertKey,
-                etcdPrivateKey=etcdPrivateKey,
-                etcdUser=etcdUser,
-                etcdPasswordFile=etcdPasswordFile,
-            )
+            self.cluster = ClusterSettings.check(coordinator, *clusterOptions)
         if (
             isinstance(handshakeTimeout, bool)
             or not isinstance(handshakeTimeout, (int, float))
