@@ -955,6 +955,7 @@ class ChannelPort:
         """
         term = _HostingTerm(time.time())
         socketPort: IListeningPort
+        publishedEarlier = False
         try:
             if self.transportKind == "tcp":
                 socketPort = self.reactor.listenTCP(
@@ -978,6 +979,9 @@ class ChannelPort:
                     mode=0o600,
                     reactor=self.reactor,
                 )
+                # Published on the election thread, clients may be queued on
+                # it already; published here, none had the time to.
+                publishedEarlier = isinstance(prepared, PublishedSocket)
                 if not isinstance(prepared, PublishedSocket):
                     prepared = self._standbySocket.publish()
                 unixPort.adopt(prepared)
@@ -1004,7 +1008,7 @@ class ChannelPort:
         self._roleWaiters.announce(self.role, address)
         publication = self._publication
         if (
-            self.transportKind == "unix"
+            publishedEarlier
             and self.role == HOST
             and publication is not None
             and publication.listeningPort is socketPort
