@@ -457,6 +457,43 @@ def sendNow(transport: object, data: bytes) -> None:
         transport.write(data[sent:])
 
 
+def sendAtEndOfRead(transport: object, data: bytes) -> None:
+    """
+    L{sendNow} then L{pushToKernel}, in one call: what the handling of a
+    read ends with when it has something to send (a host's replies and
+    acknowledgement, a client's answers).  When the transport holds
+    nothing, C{data} goes to the kernel at once; when it holds something,
+    C{data} goes after it and all of it is handed to the kernel now.
+    """
+    if (
+        not isinstance(transport, tcp.Connection)
+        or not (_found or twistedEdge()).sendImmediately
+        or not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnected
+    ):
+        sendNow(transport, data)
+        pushToKernel(transport)
+        return
+    if len(transport.dataBuffer) - transport.offset + transport._tempDataLen:
+        writeUnjoined(transport)
+        transport.write(data)
+        # Any error is left for the reactor to find, as in pushToKernel.
+        transport.doWrite()
+        return
+    try:
+        sent = transport.socket.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        # The transport finds the error itself when it tries.
+        transport.write(data)
+        return
+    if sent < len(data):
+        writeUnjoined(transport)
+        transport.write(data[sent:])
+
+
 #: The most buffers one C{sendmsg} is given (Linux's IOV_MAX is 1024).
 _MOST_BUFFERS = 512
 
