@@ -531,6 +531,47 @@ async def test_channelLinksReadDirectly(transport: str, channelDirectory: str) -
         await port.stopListening()
 
 
+@pytest_twisted.ensureDeferred
+async def test_hostWelcomesWithoutWatchingForWritability(
+    channelDirectory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A host hands its welcome, and the acknowledgement of the first messages,
+    straight to the kernel: the link's transport is never registered with
+    the reactor for writability on the way to the first message.
+    """
+    from twisted.internet import reactor
+
+    watched: list[object] = []
+    addWriter = reactor.addWriter  # type: ignore[attr-defined]
+
+    def recordingAddWriter(writer: object) -> None:
+        watched.append(writer)
+        addWriter(writer)
+
+    monkeypatch.setattr(reactor, "addWriter", recordingAddWriter)
+    received: list[bytes] = []
+
+    class Host(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            received.append(data)
+
+    endpoint = ChannelEndpoint(reactor, "welcome", directory=channelDirectory)
+    port = await endpoint.listen(Factory.forProtocol(Host))
+    try:
+        await port.whenHosting()  # type: ignore[attr-defined]
+        client = await endpoint.connect(Factory.forProtocol(Protocol))
+        assert client.transport is not None
+        client.transport.write(b"first")
+        await _until(lambda: client.transport.acknowledgedThrough == 1)  # type: ignore[union-attr]
+        assert received == [b"first"]
+        [hostLink] = port._term.allLinks  # type: ignore[attr-defined]
+        assert hostLink.transport not in watched
+        client.transport.loseConnection()
+    finally:
+        await port.stopListening()
+
+
 class LoggedReader:
     """
     A descriptor over one end of a socket pair that notes the legacy
