@@ -32,7 +32,7 @@ from ._client import _ClientLink
 from ._cluster import HostFinder, electionKey
 from ._host import _HostLink
 from ._reconnection import Reconnection
-from ._sockets import readDirectly
+from ._sockets import readDirectly, socketTransport
 
 if TYPE_CHECKING:
     from ._campaign import HostRecord
@@ -47,6 +47,15 @@ _log = Logger()
 #: host's port to complete the TLS handshake; under the channel client's 2 s
 #: deadline for a new link's handshake.
 HOST_WAIT = 1.0
+
+
+def _noDelay(transport: object) -> None:
+    """
+    Turn Nagle's algorithm off on a link's TCP socket: an acknowledgement
+    or a reply must not wait for the peer's delayed acknowledgement of the
+    last write.
+    """
+    socketTransport(transport).setTcpNoDelay(True)  # type: ignore[attr-defined]
 
 
 class MachineHostLink(_HostLink):
@@ -77,6 +86,7 @@ class MachineHostLink(_HostLink):
         transport = self.transport
         assert transport is not None
         port = self.port
+        _noDelay(transport)
         self.term.allLinks.add(self)
         peer = transport.getPeer()
         self.peerAddress = ChannelAddress(
@@ -150,6 +160,7 @@ class MachineClientLink(_ClientLink):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        _noDelay(self.transport)
         # Plain TCP (insecure=): the one-machine channel's direct reads.
         readDirectly(self.transport, self.dataReceived, self.session.decoder)
         self._startDeadline()
