@@ -13,7 +13,10 @@ A process of a channel across machines, for the multi-process tests:
         reason"), and "SENT n" first if it was stopped; as an
         IChannelLinkObserver, prints "LINK identity pid term host port" for
         each link up (its getPeer(), which must be the host it is told of)
-        and "UNLINKED" for each link lost.
+        and "UNLINKED" for each link lost.  With --collections it also
+        prints "FULL n" when connected (the full collections its process
+        has run so far) and, before "DONE", "COLLECTED start seconds" for
+        each full collection after that (time.monotonic()).
     peer: a client, as above, whose endpoint has a serverFactory (a
         recording host, as a candidate's): it stands as a candidate host
         until its connection ends; on "finish" it stops sending (says
@@ -55,6 +58,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--interval", type=float, default=0.01)
     parser.add_argument("--timeout", type=float, default=20.0)
+    parser.add_argument("--collections", action="store_true")
     options = parser.parse_args()
 
     from twisted.internet import reactor, stdio, task
@@ -162,6 +166,23 @@ def main() -> None:
 
     count = [options.count]
 
+    # Full collections of this process once connected: (start, seconds).
+    collections: list[tuple[float, float]] = []
+    if options.collections:
+        import gc
+
+        started = [0.0]
+
+        def collecting(phase: str, info: dict[str, int]) -> None:
+            if info["generation"] != 2:
+                return
+            if phase == "start":
+                started[0] = time.monotonic()
+            else:
+                collections.append((started[0], time.monotonic() - started[0]))
+
+        gc.callbacks.append(collecting)
+
     from zope.interface import implementer
 
     from twisted_channel import IChannelLinkObserver
@@ -193,6 +214,8 @@ def main() -> None:
         def connectionLost(self, reason: Any = None) -> None:
             if self.loop.running:
                 self.loop.stop()
+            for start, seconds in collections:
+                say(f"COLLECTED {start:.6f} {seconds:.6f}")
             if self.sent >= count[0] and not reason.check(ChannelUnreachableError):
                 say("DONE")
             else:
@@ -227,8 +250,16 @@ def main() -> None:
         sender.append(protocol)
         return protocol
 
+    def ready(protocol: Sender) -> None:
+        if options.collections:
+            import gc
+
+            say(f"FULL {gc.get_stats()[2]['collections']}")
+            del collections[:]
+        say(f"READY {os.getpid()}")
+
     endpoint.connect(Factory.forProtocol(Sender)).addCallback(connected).addCallback(
-        lambda protocol: say(f"READY {os.getpid()}")
+        ready
     )
     reactor.run()  # type: ignore[attr-defined]
 

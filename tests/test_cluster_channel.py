@@ -176,8 +176,10 @@ def test_hostKilledRepeatedly(rig: Rig) -> None:
     term, machine b never hosts, and no message is lost or out of order
     within a host's life.  The client links to each host in turn, with
     increasing terms, at machine a's one address (its TLS port kept across
-    local takeovers).  Prints the time from each kill to the first message
-    at the new host.
+    local takeovers).  The client's process has run its first full
+    collection by the time it is connected (see L{twisted_channel._collection}).
+    Prints the time from each kill to the first message at the new host,
+    and the client's full collections during the kills.
     """
     import time
 
@@ -185,8 +187,13 @@ def test_hostKilledRepeatedly(rig: Rig) -> None:
     term = _hosting(host)
     hosts = [(host.pid, term)]
     b1 = rig.start("candidate", "b")
-    client = rig.start("client", "b", "--count", "1000000", "--interval", "0.005")
+    client = rig.start(
+        "client", "b", "--count", "1000000", "--interval", "0.005", "--collections"
+    )
+    full = client.waitFor(lambda line: line.startswith("FULL"))
+    assert int(full.split()[1]) >= 1
     took = []
+    windows: list[tuple[float, float]] = []
     for _ in range(KILLS):
         standby = rig.start("candidate", "a")
         time.sleep(0.3)
@@ -203,6 +210,7 @@ def test_hostKilledRepeatedly(rig: Rig) -> None:
             time.sleep(0.05)
         assert first, "no message at the new host within 10 s"
         took.append(1000 * (min(first) - killed))
+        windows.append((killed, min(first)))
     time.sleep(0.2)
     client.send("stop")
     sent = int(client.waitFor(lambda line: line.startswith("SENT"), 10).split()[1])
@@ -218,11 +226,27 @@ def test_hostKilledRepeatedly(rig: Rig) -> None:
         if not linked or linked[-1] != (int(pid), int(linkTerm)):
             linked.append((int(pid), int(linkTerm)))
     assert linked == hosts
+    collected = [
+        (float(start), 1000 * float(seconds))
+        for _, start, seconds in (
+            line.split() for line in client.collect() if line.startswith("COLLECTED")
+        )
+    ]
+    during = [
+        ms
+        for start, ms in collected
+        if any(
+            killed <= start + ms / 1000 and start <= first for killed, first in windows
+        )
+    ]
     took.sort()
     print(
         f"host killed {KILLS} times: first message at the local standby "
         f"median {took[len(took) // 2]:.1f} ms, {took[0]:.1f} to {took[-1]:.1f} ms; "
         + " ".join(f"{t:.1f}" for t in took)
+        + f"; the client's full collections: {len(collected)} "
+        + f"({', '.join(f'{ms:.1f}' for _, ms in collected) or 'none'} ms), "
+        + f"{len(during)} during a takeover"
     )
 
 
@@ -326,7 +350,7 @@ def test_addressNotItsOwn(rig: Rig, etcdServer: EtcdCluster) -> None:
     """
     The election key names machine a at an address served by another
     machine (a certificate from the same authority, for "mallory"): a
-    client's relay refuses it by its TLS identity, not a byte of the
+    client refuses it by its TLS identity, not a byte of the
     application reaches it, the client does not fail, and once that
     record's lease expires the real machine a hosts and receives every
     message.
@@ -418,7 +442,7 @@ def test_clientSeesHost(rig: Rig) -> None:
     """
     A client's getPeer() names the host across machines, as the host's
     welcome says it end to end: its machine, pid, advertised address and
-    term (not the client's relay); its protocol, an IChannelLinkObserver,
+    term; its protocol, an IChannelLinkObserver,
     is told of each link as the host moves from a to a's standby (SIGKILL)
     and then to machine b (graceful stop), with terms that only increase.
     """
@@ -546,7 +570,7 @@ def test_serverFactoryAcrossMachines(rig: Rig) -> None:
     connect() with a serverFactory across machines, as on one machine: each
     peer (on a and on b) is a client and a candidate host for as long as
     its connection lives. The first hosts and receives both streams (its
-    own through its relay, like any client's); when its connection ends,
+    own through its machine's TLS port, like any client's); when its connection ends,
     its candidacy stops, the other machine hosts, and the rest of its own
     stream reaches it. Nothing is lost; in order within each host's life.
     """

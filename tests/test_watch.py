@@ -7,16 +7,33 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
 
-from twisted_channel import _client
+from twisted_channel import (
+    ChannelAddress,
+    ChannelClientTransport,
+    _client,
+    _election,
+    _reconnection,
+)
+from twisted_channel._address import HOST
 from twisted_channel._credentials import PeerCredentials
 from twisted_channel._watch import stopWatching, watchFor
 
-from ._support.clientlinks import makeClient
+from ._support.clientlinks import (
+    HOST_PID,
+    SOCKET,
+    Recorder,
+    RecordingFactory,
+    makeClient,
+    openLink,
+    welcome,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +98,106 @@ def test_hostAppearingCancelsTheBackoff() -> None:
     client.reconnection.hostAppeared()
     assert client.reconnection.hostAppearedMeanwhile()
     assert not client.reconnection.hostAppearedMeanwhile()
+
+
+def watchedClient(
+    monkeypatch: pytest.MonkeyPatch, lockPath: str
+) -> tuple[ChannelClientTransport, MemoryReactorClock, list[str]]:
+    """
+    A client with a lock file to read, on a memory reactor, whose watches
+    are recorded (the real watch is only for the installed reactor).
+    """
+    watches: list[str] = []
+
+    def recordWatch(reactor: object, path: str, callback: object) -> bool:
+        watches.append(path)
+        return True
+
+    monkeypatch.setattr(_reconnection, "watchFor", recordWatch)
+    monkeypatch.setattr(
+        _reconnection, "stopWatching", lambda path, callback: watches.remove(path)
+    )
+    reactor = MemoryReactorClock()
+    protocol = Recorder()
+    client = ChannelClientTransport(
+        reactor,
+        ChannelAddress("jobs", SOCKET, HOST),
+        protocol,
+        RecordingFactory(),
+        5.0,
+        1000,
+        4000,
+        lockPath=lockPath,
+    )
+    protocol.makeConnection(client)
+    return client, reactor, watches
+
+
+def writeLockRecord(path: str, term: int, hostPid: int, diedPid: int) -> None:
+    with open(path, "wb") as f:
+        f.write(
+            _election._IDENTITY.pack(
+                _election._MAGIC, _election.LOCK_FORMAT_VERSION, _election.MUTEX
+            )
+            + _election._RECORD.pack(term, hostPid, diedPid)
+        )
+
+
+def test_watchBeginsOnceAHostWelcomed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """
+    A first attempt that reaches a host is made without a watch (it is off
+    the path of the first message); the watch begins when the host
+    welcomes the link, and stays on while the link lasts.
+    """
+    lockPath = str(tmp_path / "jobs.lock")
+    writeLockRecord(lockPath, 1, HOST_PID, 0)
+    client, reactor, watches = watchedClient(monkeypatch, lockPath)
+    client.startConnecting()
+    assert watches == []
+    link, transport = openLink(client)
+    welcome(link)
+    assert watches == [SOCKET]
+    assert client.link is link
+    assert not transport.disconnecting
+
+
+def test_hostThatDiedBeforeTheWatchIsLeft(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """
+    A host that died, and a successor that took over, between the first
+    attempt and the watch went unseen by the watch: the lock file's record,
+    read as the watch begins, tells the client to leave that host.
+    """
+    lockPath = str(tmp_path / "jobs.lock")
+    writeLockRecord(lockPath, 2, HOST_PID + 1, HOST_PID)
+    client, reactor, watches = watchedClient(monkeypatch, lockPath)
+    client.startConnecting()
+    link, transport = openLink(client)
+    welcome(link)
+    assert watches == [SOCKET]
+    assert transport.disconnected
+
+
+def test_watchBeginsAfterAFailedFirstAttempt(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """
+    When the first attempt finds no host, the watch begins and the client
+    tries again at once, since a host published between the attempt and the
+    watch would go unseen; after that it backs off, watching.
+    """
+    client, reactor, watches = watchedClient(monkeypatch, str(tmp_path / "j.lock"))
+    client.startConnecting()
+    assert watches == []
+    assert len(reactor.unixClients) == 1
+    reactor.unixClients[-1][1].clientConnectionFailed(None, ConnectionRefusedError())
+    assert watches == [SOCKET]
+    assert len(reactor.unixClients) == 2
+    deadlines = len(reactor.getDelayedCalls())
+    reactor.unixClients[-1][1].clientConnectionFailed(None, ConnectionRefusedError())
+    assert watches == [SOCKET]
+    assert len(reactor.unixClients) == 2
+    assert len(reactor.getDelayedCalls()) == deadlines + 1

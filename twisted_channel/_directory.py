@@ -126,10 +126,15 @@ def prepareDirectory(directory: str) -> None:
     @raise OSError: if it cannot be created.
     """
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    except FileExistsError:
-        pass
-    info = os.lstat(directory)
+        # Usually there already: one lstat, and makedirs (a stat of the
+        # parent, a mkdir that fails, a stat) only when it is missing.
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except FileExistsError:
+            pass
+        info = os.lstat(directory)
     if stat.S_ISLNK(info.st_mode):
         # A link is followed only if what it points to passes the same checks.
         info = os.stat(directory)

@@ -349,6 +349,7 @@ def _openChecked(
         short.
     """
     descriptor = openLockFile(path)
+    made = False
     try:
         deadline = time.monotonic() + _MAKING_PATIENCE
         while True:
@@ -371,13 +372,14 @@ def _openChecked(
                 time.sleep(0.002)
                 continue
             try:
-                _makeOrCheck(descriptor, path, mechanism, make)
+                made = _makeOrCheck(descriptor, path, mechanism, make)
             finally:
                 # Explicitly: a mapping of the file keeps it open, so closing
                 # the descriptor would not release the flock.
                 fcntl.flock(descriptor, fcntl.LOCK_UN)
             break
-        if os.fstat(descriptor).st_size < _FILE_SIZE:
+        # A file made here was made its full size, under the flock.
+        if not made and os.fstat(descriptor).st_size < _FILE_SIZE:
             raise UnsafeDirectoryError(
                 f"lock file {path!r} was truncated to "
                 f"{os.fstat(descriptor).st_size} bytes; remove it if no process "
@@ -391,10 +393,12 @@ def _openChecked(
 
 def _makeOrCheck(
     descriptor: int, path: str, mechanism: int, make: Callable[[int], None] | None
-) -> None:
+) -> bool:
     """
     Holding the lock file's C{flock}: make it a lock file of this format,
     if it is empty or of format 1 and unused, else check its header.
+
+    @return: whether it made it.
     """
     header = os.pread(descriptor, _HEADER_SIZE, 0)
     if header[:8] == _MAGIC_1:
@@ -415,13 +419,14 @@ def _makeOrCheck(
         header = b""
     if header.strip(b"\0"):
         _checkIdentity(path, header, mechanism)
-        return
+        return False
     # Not cut to nothing first: a process of format 1 may have it mapped.
     os.ftruncate(descriptor, _FILE_SIZE)
     if make is not None:
         make(descriptor)
     # The header goes last: until it is there, openers make the file.
     os.pwrite(descriptor, _header(mechanism), 0)
+    return True
 
 
 class _LockFile(Protocol):
@@ -437,6 +442,43 @@ class _LockFile(Protocol):
     def beginTerm(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+#: The attributes every lock file's mutex is made with (process-shared,
+#: robust), made once per process: the same for every file, and never
+#: destroyed, so that each new lock file costs one C call instead of six.
+_attributes: ctypes.Array[ctypes.c_char] | None = None
+
+
+def _mutexAttributes(path: str) -> ctypes.Array[ctypes.c_char]:
+    """
+    The process's mutex attributes, made on first use.
+
+    @param path: the lock file being made, named if they cannot be.
+    @raise OSError: if the C library refuses them.
+    """
+    global _attributes
+    if _attributes is not None:
+        return _attributes
+    assert _pthreads is not None
+    attributes = ctypes.create_string_buffer(64)
+    _check(_pthreads.pthread_mutexattr_init(attributes), path)
+    try:
+        _check(
+            _pthreads.pthread_mutexattr_setpshared(attributes, _PTHREAD_PROCESS_SHARED),
+            path,
+        )
+        _check(
+            _pthreads.pthread_mutexattr_setrobust(attributes, _PTHREAD_MUTEX_ROBUST),
+            path,
+        )
+    except BaseException:
+        _pthreads.pthread_mutexattr_destroy(attributes)
+        raise
+    # Two threads making their first lock file at once each make a set; the
+    # one kept is as good as the other.
+    _attributes = attributes
+    return attributes
 
 
 class _MutexLockFile:
@@ -473,24 +515,10 @@ class _MutexLockFile:
         """
         assert _pthreads is not None
         self._map(descriptor)
-        attributes = ctypes.create_string_buffer(64)
-        _pthreads.pthread_mutexattr_init(attributes)
-        try:
-            _check(
-                _pthreads.pthread_mutexattr_setpshared(
-                    attributes, _PTHREAD_PROCESS_SHARED
-                ),
-                self._path,
-            )
-            _check(
-                _pthreads.pthread_mutexattr_setrobust(
-                    attributes, _PTHREAD_MUTEX_ROBUST
-                ),
-                self._path,
-            )
-            _check(_pthreads.pthread_mutex_init(self._address, attributes), self._path)
-        finally:
-            _pthreads.pthread_mutexattr_destroy(attributes)
+        _check(
+            _pthreads.pthread_mutex_init(self._address, _mutexAttributes(self._path)),
+            self._path,
+        )
 
     def acquire(self, blocking: bool) -> bool:
         assert _pthreads is not None

@@ -4,7 +4,6 @@ The listening side of a channel: a candidate that hosts or stands by.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import time
@@ -44,6 +43,7 @@ from ._auth import (
 from ._authexchange import FailureLimit
 from ._budget import BudgetedProducer, HostBudget
 from ._candidacy import ElectionRetry, ShutdownHandover
+from ._collection import collectBeforeWaiting
 from ._credentials import peerCredentials
 from ._directory import (
     ChannelPaths,
@@ -887,11 +887,11 @@ class ChannelPort:
             self._standbySocket.prepare()
         _readyToHost()
         self._election.waitInBackground()
-        # Last, the young generations' collection that would otherwise fall
-        # due during the takeover (one every 700 allocations; 0.2 ms on a
-        # candidate here, where an idle standby allocates nothing until it
-        # wins, so the count it reaches is the same each time).
-        gc.collect(1)
+        # Last, the collection that would otherwise fall due during the
+        # takeover: the young generations' (0.2 ms on a candidate here, where
+        # an idle standby allocates nothing until it wins, so the count it
+        # reaches is the same each time), or the process's first full one.
+        collectBeforeWaiting()
 
     def _elected(self, prepared: object = None) -> None:
         if self.role != STANDBY:
@@ -935,6 +935,7 @@ class ChannelPort:
         """
         term = _HostingTerm(time.time())
         socketPort: IListeningPort
+        publishedEarlier = False
         try:
             if self.transportKind == "tcp":
                 socketPort = self.reactor.listenTCP(
@@ -958,6 +959,9 @@ class ChannelPort:
                     mode=0o600,
                     reactor=self.reactor,
                 )
+                # Published on the election thread, clients may be queued on
+                # it already; published here, none had the time to.
+                publishedEarlier = isinstance(prepared, PublishedSocket)
                 if not isinstance(prepared, PublishedSocket):
                     prepared = self._standbySocket.publish()
                 unixPort.adopt(prepared)
@@ -984,7 +988,7 @@ class ChannelPort:
         self._roleWaiters.announce(self.role, address)
         publication = self._publication
         if (
-            self.transportKind == "unix"
+            publishedEarlier
             and self.role == HOST
             and publication is not None
             and publication.listeningPort is socketPort

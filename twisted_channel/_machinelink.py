@@ -30,6 +30,7 @@ from zope.interface import implementer
 from ._address import ChannelAddress
 from ._client import _ClientLink
 from ._cluster import HostFinder, electionKey
+from ._collection import collectFirstFull
 from ._host import _HostLink
 from ._reconnection import Reconnection
 from ._sockets import readDirectly, socketTransport
@@ -356,6 +357,10 @@ class MachineReconnection(Reconnection):
 
     def start(self, now: float) -> None:
         self.finder.start()
+        # The process's first full collection, which its imports would
+        # otherwise bring due seconds from now, in a takeover as likely as
+        # anywhere: this connection's links are its path to every new host.
+        collectFirstFull()
         super().start(now)
 
     def _changed(self, host: tuple[HostRecord, int] | None) -> None:

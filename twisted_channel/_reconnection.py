@@ -211,7 +211,7 @@ class _LinkConnector:
             if reason.check(error.ConnectingCancelledError) or connection.closed:
                 return
             reconnection = self._reconnection
-            if reconnection.hostAppearedMeanwhile():
+            if reconnection.hostAppearedMeanwhile() or reconnection.startWatching():
                 self.connect()
                 return
             reconnection.strategy.clientConnectionFailed(self, reason)  # type: ignore[no-untyped-call]
@@ -336,28 +336,48 @@ class Reconnection:
 
     def start(self, now: float) -> None:
         """
-        Start looking for a host at C{now}: watch for one, and make the
-        first attempt.
+        Start looking for a host at C{now}: make the first attempt.  The
+        watch begins only once it is known to be needed, off the path of
+        the first message: when that attempt fails (L{startWatching}), or
+        once a host welcomed the link (L{linkUp}).
         """
         self.deadlines.lookForHost(now)
         self.armDeadline()
-        if self.watchesFiles:
-            self._watching = watchFor(self._reactor, self._path, self.hostAppeared)
         # So that stopTrying() also cancels an attempt under way.
         self.strategy.connector = self.connector
         self.connector.connect()
 
+    def startWatching(self) -> bool:
+        """
+        Watch for a host from now on, if not watching yet.
+
+        @return: whether the watch began just now: a host may have been
+            published between the attempt that just failed and the watch,
+            unseen by either, so the caller tries again at once.
+        """
+        if self._watching:
+            return False
+        self._watching = watchFor(self._reactor, self._path, self.hostAppeared)
+        return self._watching
+
     def linkUp(self, now: float) -> int:
         """
-        A host welcomed a link, at C{now}; without a lock file to read,
-        nothing is watched while it lasts.
+        A host welcomed a link, at C{now}.  With a lock file to read, the
+        watch goes on while it lasts (begun now if the first attempt
+        succeeded); without one, nothing is watched.
 
         @return: how many links hosts have welcomed, this one included.
         """
         self.deadlines.linked()
-        if self._lockPath is None and self._watching:
-            self._watching = False
-            stopWatching(self._path, self.hostAppeared)
+        if self._lockPath is None:
+            if self._watching:
+                self._watching = False
+                stopWatching(self._path, self.hostAppeared)
+        elif self.startWatching():
+            # A host that died, and a successor published, between the
+            # link's connect and now went unseen by the watch: the lock
+            # file's record says so.
+            self._leaveIfSucceeded()
         self._linkUpAt = now
         self.hostsSeen += 1
         return self.hostsSeen
