@@ -371,14 +371,21 @@ class _HostLink(Protocol):
         if session.closing:
             return
         application = self.application
+        # The message the link resumed after, when this read opened it: the
+        # link's debug line is written once its first messages are
+        # delivered, not before.
+        openedAfter = -1
         if application is None:
             application = self._handshake(data)
             if application is None:
                 return
             data = b""
+            openedAfter = session.sequence
         try:
             frames = session.receive(data)
         except _wire.ProtocolError as e:
+            if openedAfter >= 0:
+                self._logLinkUp(openedAfter)
             self.refuse(str(e))
             return
         delivered = 0
@@ -406,6 +413,8 @@ class _HostLink(Protocol):
             )
             session.abandon()
             self.transport.abortConnection()  # type: ignore[union-attr]
+        if openedAfter >= 0:
+            self._logLinkUp(openedAfter)
         out, ending = session.endBatch(delivered, payloadBytes)
         transport = self.transport
         if transport is None:
@@ -499,17 +508,22 @@ class _HostLink(Protocol):
             # again otherwise); one logical connection has one live link.
             previous.closeQuietly()
         term.links[clientId] = self
-        self.transport.write(self.session.welcome(os.getpid(), acrossMachines))
+        # Straight to the kernel: through Twisted's buffer it would cost a
+        # watch for writability now, on the way to the first message, and a
+        # send and the watch's end at the reactor's next turn.
+        sendNow(self.transport, self.session.welcome(os.getpid(), acrossMachines))
         self.application = application
+        application.makeConnection(_LinkTransport(self))
+        return application
+
+    def _logLinkUp(self, resumedAfter: int) -> None:
         _log.debug(
             "channel {channel}: link up from pid {peerPid}, resuming after "
             "message {resumeAfter}",
             channel=self.port.name,
             peerPid=self.peerAddress.pid,
-            resumeAfter=self.session.sequence,
+            resumeAfter=resumedAfter,
         )
-        application.makeConnection(_LinkTransport(self))
-        return application
 
     def sendMessage(self, data: bytes) -> None:
         """
