@@ -14,6 +14,7 @@ transport sends again every message the old host had not acknowledged.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -385,14 +386,20 @@ class ChannelClientTransport(SocketOptions):
         lockPath: str | None = None,
         failover: str = RESEND,
         acrossMachines: bool = False,
+        reconnection: Callable[..., Reconnection] = Reconnection,
+        linkType: Callable[..., _ClientLink] | None = None,
     ) -> None:
         """
         @param failover: C{"resend"} (a host's loss moves the connection to
             the next host) or C{"close"} (it ends the connection with
             L{ChannelHostLostError}).
-        @param acrossMachines: whether C{address} is a relay to hosts
-            across machines: hosts must then name themselves and their
-            term, never lower than one seen (see L{ClientSession}).
+        @param acrossMachines: whether hosts are across machines: they must
+            then name themselves and their term, never lower than one seen
+            (see L{ClientSession}).
+        @param reconnection: what finds the host and finds it again, called
+            as L{Reconnection} is (across machines, a
+            L{twisted_channel._machinelink.MachineReconnection}).
+        @param linkType: what builds each link (default L{_ClientLink}).
         @param lockPath: the channel's lock file, whose record tells a
             linked client that its host died before the kernel closes the
             link (see L{Reconnection.hostAppeared}); without it, the close
@@ -417,9 +424,9 @@ class ChannelClientTransport(SocketOptions):
         self.pending = self.session.pending
         self.state = CONNECTING
         self.link: _ClientLink | None = None
-        self.reconnection = Reconnection(
+        self.reconnection = reconnection(
             self,
-            _ClientLink,
+            _ClientLink if linkType is None else linkType,
             lockPath,
             ClientDeadlines(
                 timeout,

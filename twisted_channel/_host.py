@@ -8,7 +8,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -89,9 +89,6 @@ _DATA = _wire.DATA
 #: Seconds a new link may take to send its hello before it is dropped, so
 #: that a peer that connects and says nothing cannot hold a slot for ever.
 HANDSHAKE_TIMEOUT = 10.0
-
-# What a link not dialed by a splice finds in ChannelPort.splicedPeers.
-_NOT_SPLICED = object()
 
 #: Failed TCP authentications within AUTH_FAILURE_WINDOW seconds after which
 #: new links are refused until the window has passed.
@@ -366,22 +363,6 @@ class _HostLink(Protocol):
             credentials.pid,
             credentials.uid,
         )
-        if port.splicedPeers:
-            # A link spliced from another machine: this process dialed it,
-            # so the peer to show is the machine that process verified, and
-            # the client's pid is the one its hello will say.
-            try:
-                peerName = handle.getpeername()
-            except OSError:
-                # The peer is gone already; the link will see it lost.
-                peerName = None
-            spliced = port.splicedPeers.pop(peerName, _NOT_SPLICED)
-            if spliced is not _NOT_SPLICED:
-                self.peerAddress = ChannelAddress(
-                    port.name,
-                    port.paths.socket,
-                    identity=spliced,  # type: ignore[arg-type]
-                )
         if credentials.uid is not None and credentials.uid != os.getuid():
             self.refuse(
                 f"peer runs as uid {credentials.uid}, not as this channel's "
@@ -700,6 +681,9 @@ class _HostLink(Protocol):
             application.connectionLost(reason)
 
 
+_AnyLink = TypeVar("_AnyLink", bound=_HostLink)
+
+
 def _readyToHost() -> None:
     """
     Do while standing by what a process's first takeover would otherwise do
@@ -792,10 +776,6 @@ class ChannelPort:
         self.handshakeTimeout = handshakeTimeout
         self.transportKind = transport
         self.secret: bytes | None = None
-        #: Across machines: the links this process is about to dial to its
-        #: own socket for verified peers of other machines, by the dialing
-        #: socket's name, with the peer machine's identity.
-        self.splicedPeers: dict[object, str | None] = {}
         #: Across machines, while this process hosts there: its term,
         #: machine and address, which its welcome tells a client across
         #: machines (which it refuses while C{None}, or while its term is
@@ -1153,14 +1133,27 @@ class ChannelPort:
             )
         return False
 
+    def buildLink(self, linkType: type[_AnyLink]) -> _AnyLink | None:
+        """
+        A link of this host's term for a connection it did not accept on
+        its own socket (across machines: a verified TLS connection to its
+        machine's port), or C{None} while it does not host.
+
+        @param linkType: a subclass of L{_HostLink}, built with this port
+            and its term.
+        """
+        term = self._term
+        if term is None or self.role != HOST:
+            return None
+        return linkType(self, term)
+
     def closeLinks(self) -> None:
         """
         Close every link of this host, handshake done or not, without a last
         word: their clients connect again and resend what was not
         acknowledged.  Nothing more is read from them, not even what their
         sockets already hold: a host across machines that stepped down must
-        deliver nothing after (its splices are cut, but what they wrote to
-        this host's socket before is still there to read).
+        deliver nothing after.
         """
         term = self._term
         if term is not None:
