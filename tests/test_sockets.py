@@ -39,6 +39,7 @@ from twisted_channel._sockets import (
     bufferedBytes,
     probeTwisted,
     readDirectly,
+    sendAtEndOfRead,
     sendNow,
     sendSequenceNow,
     twistedEdge,
@@ -306,6 +307,44 @@ async def test_sendNowKeepsOrderBehindBufferedData(channelDirectory: str) -> Non
         await _until(lambda: sum(map(len, server.received)) >= total, 20)
         received = b"".join(server.received)
         assert received == b"first" + big + b"last"
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sendAtEndOfReadSendsNowAndPushesWhatIsHeld(
+    channelDirectory: str,
+) -> None:
+    """
+    What a read's handling ends with: on an empty transport the data
+    leaves at once; on one that holds data it goes behind it, and what the
+    kernel takes of both is handed over now; what the kernel does not take
+    waits in the transport.  Everything arrives once, in order.
+    """
+    server, client, port = await _connectedPair("unix", channelDirectory)
+    try:
+        assert client.transport is not None
+        sendAtEndOfRead(client.transport, b"first")
+        assert bufferedBytes(client.transport) == 0
+        assert "doWrite" not in vars(client.transport)
+        big = b"x" * (8 << 20)
+        client.transport.write(big)
+        held = bufferedBytes(client.transport)
+        assert held == len(big)
+        sendAtEndOfRead(client.transport, b"then")
+        # Pushed now: the kernel took part of what was held.
+        assert 0 < bufferedBytes(client.transport) < held + 4
+        total = 5 + len(big) + 4
+        await _until(lambda: sum(map(len, server.received)) >= total, 20)
+        assert bufferedBytes(client.transport) == 0
+        larger = b"y" * (8 << 20)
+        sendAtEndOfRead(client.transport, larger)
+        # The kernel took what it could at once; the rest waits, unjoined.
+        assert 0 < bufferedBytes(client.transport) < len(larger)
+        assert "doWrite" in vars(client.transport)
+        total += len(larger)
+        await _until(lambda: sum(map(len, server.received)) >= total, 20)
+        assert b"".join(server.received) == b"first" + big + b"then" + larger
     finally:
         await port.stopListening()
 

@@ -35,6 +35,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor, IWriteDescriptor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python import context, log
 from zope.interface import implementer
 
@@ -388,14 +389,27 @@ def _unread(fileno: int) -> int:
     return count
 
 
+def socketTransport(transport: object) -> object:
+    """
+    The transport of the socket under C{transport}'s layers (a link across
+    machines: Twisted's TLS layer, and the verification above it, are
+    L{ProtocolWrapper}s), or C{transport} itself.
+    """
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    return transport
+
+
 def bufferedBytes(transport: object) -> int:
     """
-    How many bytes C{transport} holds that the kernel has not taken yet; 0
-    for a transport that is not one of Twisted's, or when the Twisted in
-    use cannot tell.
+    How many bytes C{transport} (or, under TLS, its socket's transport)
+    holds that the kernel has not taken yet; 0 for a transport that is not
+    one of Twisted's, or when the Twisted in use cannot tell.
     """
     if not isinstance(transport, abstract.FileDescriptor):
-        return 0
+        transport = socketTransport(transport)
+        if not isinstance(transport, abstract.FileDescriptor):
+            return 0
     edge = _found or twistedEdge()
     if not edge.bufferAccounting:
         return 0
@@ -412,8 +426,11 @@ def pushToKernel(transport: object) -> None:
     Call it only at the end of handling a read: a reply then leaves in the
     same iteration as the request arrived, which takes a reactor iteration
     off every hop of a round trip.  Any error is left for the reactor to
-    find, as it would have on its own.
+    find, as it would have on its own.  Under TLS, what the TLS layer
+    wrote to its socket's transport goes.
     """
+    if not isinstance(transport, abstract.FileDescriptor):
+        transport = socketTransport(transport)
     if (
         not isinstance(transport, abstract.FileDescriptor)
         or not transport.connected
@@ -431,7 +448,8 @@ def sendNow(transport: object, data: bytes) -> None:
     the transport holds nothing: a write through Twisted would ask the
     reactor to watch for writability, send on its next iteration and stop
     watching (two C{epoll_ctl} calls and an iteration).  What the kernel
-    does not take, or any error, is left to the transport as usual.
+    does not take, or any error, is left to the transport as usual.  Under
+    TLS, the records go to the kernel at once (L{pushToKernel}).
     """
     if (
         not isinstance(transport, tcp.Connection)
@@ -443,6 +461,45 @@ def sendNow(transport: object, data: bytes) -> None:
     ):
         writeUnjoined(transport)
         transport.write(data)  # type: ignore[attr-defined]
+        if isinstance(transport, ProtocolWrapper):
+            pushToKernel(transport)
+        return
+    try:
+        sent = transport.socket.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        # The transport finds the error itself when it tries.
+        transport.write(data)
+        return
+    if sent < len(data):
+        writeUnjoined(transport)
+        transport.write(data[sent:])
+
+
+def sendAtEndOfRead(transport: object, data: bytes) -> None:
+    """
+    L{sendNow} then L{pushToKernel}, in one call: what the handling of a
+    read ends with when it has something to send (a host's replies and
+    acknowledgement, a client's answers).  When the transport holds
+    nothing, C{data} goes to the kernel at once; when it holds something,
+    C{data} goes after it and all of it is handed to the kernel now.
+    """
+    if (
+        not isinstance(transport, tcp.Connection)
+        or not (_found or twistedEdge()).sendImmediately
+        or not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnected
+    ):
+        sendNow(transport, data)
+        pushToKernel(transport)
+        return
+    if len(transport.dataBuffer) - transport.offset + transport._tempDataLen:
+        writeUnjoined(transport)
+        transport.write(data)
+        # Any error is left for the reactor to find, as in pushToKernel.
+        transport.doWrite()
         return
     try:
         sent = transport.socket.send(data)
@@ -467,7 +524,8 @@ def sendSequenceNow(transport: object, chunks: list[bytes]) -> None:
     transport holds nothing, hand them to the kernel in one C{sendmsg},
     without joining them (a large payload is not copied into a frame nor
     into Twisted's buffer).  What the kernel does not take, or any error,
-    is left to the transport, which joins it as usual.
+    is left to the transport, which joins it as usual.  Under TLS, the
+    records go to the kernel at once (L{pushToKernel}).
     """
     if (
         not isinstance(transport, tcp.Connection)
@@ -479,6 +537,8 @@ def sendSequenceNow(transport: object, chunks: list[bytes]) -> None:
     ):
         writeUnjoined(transport)
         transport.writeSequence(chunks)  # type: ignore[attr-defined]
+        if isinstance(transport, ProtocolWrapper):
+            pushToKernel(transport)
         return
     offered = chunks[:_MOST_BUFFERS]
     try:
@@ -611,11 +671,12 @@ def writeUnjoined(transport: object) -> bool:
 
 def unreadBytes(transport: object) -> int:
     """
-    How many bytes the kernel holds for C{transport} that it has not read
-    yet; 0 if it cannot tell (a transport with no socket).
+    How many bytes the kernel holds for C{transport} (under TLS, for its
+    socket) that it has not read yet; 0 if it cannot tell (a transport
+    with no socket).
     """
     try:
-        return _unread(transport.getHandle().fileno())  # type: ignore[attr-defined]
+        return _unread(socketTransport(transport).getHandle().fileno())  # type: ignore[attr-defined]
     except Exception:
         return 0
 
