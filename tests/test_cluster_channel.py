@@ -350,7 +350,7 @@ def test_addressNotItsOwn(rig: Rig, etcdServer: EtcdCluster) -> None:
     """
     The election key names machine a at an address served by another
     machine (a certificate from the same authority, for "mallory"): a
-    client's relay refuses it by its TLS identity, not a byte of the
+    client refuses it by its TLS identity, not a byte of the
     application reaches it, the client does not fail, and once that
     record's lease expires the real machine a hosts and receives every
     message.
@@ -442,7 +442,7 @@ def test_clientSeesHost(rig: Rig) -> None:
     """
     A client's getPeer() names the host across machines, as the host's
     welcome says it end to end: its machine, pid, advertised address and
-    term (not the client's relay); its protocol, an IChannelLinkObserver,
+    term; its protocol, an IChannelLinkObserver,
     is told of each link as the host moves from a to a's standby (SIGKILL)
     and then to machine b (graceful stop), with terms that only increase.
     """
@@ -570,7 +570,7 @@ def test_serverFactoryAcrossMachines(rig: Rig) -> None:
     connect() with a serverFactory across machines, as on one machine: each
     peer (on a and on b) is a client and a candidate host for as long as
     its connection lives. The first hosts and receives both streams (its
-    own through its relay, like any client's); when its connection ends,
+    own through its machine's TLS port, like any client's); when its connection ends,
     its candidacy stops, the other machine hosts, and the rest of its own
     stream reaches it. Nothing is lost; in order within each host's life.
     """

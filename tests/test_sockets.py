@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from twisted.internet.endpoints import (
     UNIXClientEndpoint,
     connectProtocol,
 )
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -29,6 +30,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python import context, log
 from twisted.python.failure import Failure
 
 from twisted_channel import ChannelEndpoint, _sockets
@@ -37,6 +39,7 @@ from twisted_channel._sockets import (
     bufferedBytes,
     probeTwisted,
     readDirectly,
+    sendAtEndOfRead,
     sendNow,
     sendSequenceNow,
     twistedEdge,
@@ -308,6 +311,44 @@ async def test_sendNowKeepsOrderBehindBufferedData(channelDirectory: str) -> Non
         await port.stopListening()
 
 
+@pytest_twisted.ensureDeferred
+async def test_sendAtEndOfReadSendsNowAndPushesWhatIsHeld(
+    channelDirectory: str,
+) -> None:
+    """
+    What a read's handling ends with: on an empty transport the data
+    leaves at once; on one that holds data it goes behind it, and what the
+    kernel takes of both is handed over now; what the kernel does not take
+    waits in the transport.  Everything arrives once, in order.
+    """
+    server, client, port = await _connectedPair("unix", channelDirectory)
+    try:
+        assert client.transport is not None
+        sendAtEndOfRead(client.transport, b"first")
+        assert bufferedBytes(client.transport) == 0
+        assert "doWrite" not in vars(client.transport)
+        big = b"x" * (8 << 20)
+        client.transport.write(big)
+        held = bufferedBytes(client.transport)
+        assert held == len(big)
+        sendAtEndOfRead(client.transport, b"then")
+        # Pushed now: the kernel took part of what was held.
+        assert 0 < bufferedBytes(client.transport) < held + 4
+        total = 5 + len(big) + 4
+        await _until(lambda: sum(map(len, server.received)) >= total, 20)
+        assert bufferedBytes(client.transport) == 0
+        larger = b"y" * (8 << 20)
+        sendAtEndOfRead(client.transport, larger)
+        # The kernel took what it could at once; the rest waits, unjoined.
+        assert 0 < bufferedBytes(client.transport) < len(larger)
+        assert "doWrite" in vars(client.transport)
+        total += len(larger)
+        await _until(lambda: sum(map(len, server.received)) >= total, 20)
+        assert b"".join(server.received) == b"first" + big + b"then" + larger
+    finally:
+        await port.stopListening()
+
+
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 @pytest_twisted.ensureDeferred
 async def test_sendSequenceNowKeepsOrder(transport: str, channelDirectory: str) -> None:
@@ -479,6 +520,235 @@ async def test_channelLinksReadDirectly(transport: str, channelDirectory: str) -
         assert "doRead" in vars(link.transport)
         [hostLink] = port._term.allLinks  # type: ignore[attr-defined]
         assert "doRead" in vars(hostLink.transport)
+        # The reactor (epoll, the default here) hands the links' reads over
+        # without the legacy logging context.
+        assert isinstance(reactor, EPollReactor)
+        assert vars(reactor)["doIteration"].__code__ is (
+            _sockets._directDoPoll(reactor).__code__
+        )
+        client.transport.loseConnection()
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostWelcomesWithoutWatchingForWritability(
+    channelDirectory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A host hands its welcome, and the acknowledgement of the first messages,
+    straight to the kernel: the link's transport is never registered with
+    the reactor for writability on the way to the first message.
+    """
+    from twisted.internet import reactor
+
+    watched: list[object] = []
+    addWriter = reactor.addWriter  # type: ignore[attr-defined]
+
+    def recordingAddWriter(writer: object) -> None:
+        watched.append(writer)
+        addWriter(writer)
+
+    monkeypatch.setattr(reactor, "addWriter", recordingAddWriter)
+    received: list[bytes] = []
+
+    class Host(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            received.append(data)
+
+    endpoint = ChannelEndpoint(reactor, "welcome", directory=channelDirectory)
+    port = await endpoint.listen(Factory.forProtocol(Host))
+    try:
+        await port.whenHosting()  # type: ignore[attr-defined]
+        client = await endpoint.connect(Factory.forProtocol(Protocol))
+        assert client.transport is not None
+        client.transport.write(b"first")
+        await _until(lambda: client.transport.acknowledgedThrough == 1)  # type: ignore[union-attr]
+        assert received == [b"first"]
+        [hostLink] = port._term.allLinks  # type: ignore[attr-defined]
+        assert hostLink.transport not in watched
+        client.transport.loseConnection()
+    finally:
+        await port.stopListening()
+
+
+class LoggedReader:
+    """
+    A descriptor over one end of a socket pair that notes the legacy
+    logging context's C{system} each time it reads, and how it was lost.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.systems: list[object] = []
+        self.lost: list[Failure] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "logged reader"
+
+    def doRead(self) -> None:
+        self.sock.recv(64)
+        self.systems.append(context.get(log.ILogContext)["system"])
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost.append(reason)
+
+
+@pytest.fixture
+def epollReactor() -> Iterator[Any]:
+    """
+    A reactor of the test's own, never run: its C{doIteration} is called
+    by hand.
+    """
+    reactor: Any = EPollReactor()
+    yield reactor
+    reactor.removeAll()
+    reactor.waker.connectionLost(None)
+    reactor._poller.close()
+
+
+def test_directDispatchSkipsTheLoggingContextOfLinksOnly(
+    epollReactor: Any,
+) -> None:
+    """
+    The epoll reactor's dispatch, once a link reads directly, hands that
+    link's reads over without the legacy logging context, and every other
+    descriptor's inside it, as Twisted's own dispatch does.
+    """
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        plain = LoggedReader(pairs[0][0])
+        link = tcp.Connection(pairs[1][0], Protocol(), epollReactor)
+        link.connected = True
+        systems: list[object] = []
+
+        def received(data: bytes | memoryview) -> None:
+            systems.append((bytes(data), context.get(log.ILogContext)["system"]))
+
+        assert "doIteration" not in vars(epollReactor)
+        assert readDirectly(link, received)
+        assert "doIteration" in vars(epollReactor)
+        epollReactor.addReader(plain)
+        epollReactor.addReader(link)
+        pairs[0][1].send(b"p")
+        pairs[1][1].send(b"to the link")
+        epollReactor.doIteration(0)
+        assert plain.systems == ["logged reader"]
+        assert systems == [(b"to the link", "-")]
+        # Given once: a second link keeps the same dispatch.
+        given = vars(epollReactor)["doIteration"]
+        other = tcp.Connection(socket.socket(socket.AF_UNIX), Protocol(), epollReactor)
+        try:
+            assert readDirectly(other, received)
+            assert vars(epollReactor)["doIteration"] is given
+        finally:
+            other.socket.close()
+    finally:
+        epollReactor.removeAll()
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+
+
+def test_directDispatchEndsALinkWhoseReadFails(epollReactor: Any) -> None:
+    """
+    A link whose read raises is disconnected and the failure logged, as
+    Twisted's dispatch does; the reactor goes on with other descriptors.
+    """
+    pairs = [socket.socketpair() for _ in range(2)]
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        lost: list[Failure] = []
+
+        class Lost(Protocol):
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                lost.append(reason)
+
+        link = tcp.Connection(pairs[0][0], Lost(), epollReactor)
+        link.connected = True
+
+        def received(data: bytes | memoryview) -> None:
+            raise ZeroDivisionError("the application failed")
+
+        assert readDirectly(link, received)
+        plain = LoggedReader(pairs[1][0])
+        epollReactor.addReader(link)
+        epollReactor.addReader(plain)
+        pairs[0][1].send(b"boom")
+        pairs[1][1].send(b"p")
+        epollReactor.doIteration(0)
+        [reason] = lost
+        assert reason.check(ZeroDivisionError)
+        assert plain.systems == ["logged reader"]
+        assert link.fileno() not in epollReactor._reads
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        epollReactor.removeAll()
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+    # Logged by the reactor's dispatch, through the legacy log.err.
+    assert any("the application failed" in str(e.get("failure")) for e in events)
+
+
+def test_directDispatchLeavesAReactorWithItsOwn(epollReactor: Any) -> None:
+    """
+    A reactor whose dispatch was replaced already (by the application, a
+    test harness) keeps it.
+    """
+
+    def theirs(timeout: float | None) -> None:
+        pass
+
+    epollReactor.doIteration = theirs
+    link = tcp.Connection(socket.socket(socket.AF_UNIX), Protocol(), epollReactor)
+    try:
+        assert readDirectly(link, lambda data: None)
+        assert epollReactor.doIteration is theirs
+    finally:
+        link.socket.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostReadsTheHelloAsItAccepts(channelDirectory: str) -> None:
+    """
+    A client's hello leaves as its link connects, so the host, which reads a
+    link as it accepts it, hands the first message to its application within
+    the reactor's dispatch of the accept, not a turn later.
+    """
+    from twisted.internet import reactor
+
+    inAccept = [False]
+    whileAccepting: list[bool] = []
+
+    class Host(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            whileAccepting.append(inAccept[0])
+
+    endpoint = ChannelEndpoint(reactor, "accept", directory=channelDirectory)
+    port = await endpoint.listen(Factory.forProtocol(Host))
+    try:
+        await port.whenHosting()  # type: ignore[attr-defined]
+        listening = port._publication.listeningPort  # type: ignore[attr-defined]
+        accept = listening.doRead
+
+        def recordingAccept() -> object:
+            inAccept[0] = True
+            try:
+                return accept()
+            finally:
+                inAccept[0] = False
+
+        listening.doRead = recordingAccept
+        client = await endpoint.connect(Factory.forProtocol(Protocol))
+        assert client.transport is not None
+        client.transport.write(b"first")
+        await _until(lambda: client.transport.acknowledgedThrough == 1)  # type: ignore[union-attr]
+        assert whileAccepting == [True]
         client.transport.loseConnection()
     finally:
         await port.stopListening()
@@ -499,6 +769,7 @@ def test_probeFindsEverythingOnThisTwisted() -> None:
     assert found.unjoinedWrites
     assert found.adoptListeningSocket
     assert set(found.plainReads) == {tcp.Server.doRead, unix.Server.doRead}
+    assert found.directDispatch
     assert twistedEdge() == found
 
 
@@ -545,6 +816,42 @@ def test_probeNamesAMissingAttribute(
     else:
         assert not found.bufferAccounting and not found.sendImmediately
         assert found.adoptListeningSocket
+
+
+def test_probeNamesADispatchItDoesNotKnow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    An epoll reactor whose dispatch is not the one the channel's stands in
+    for turns direct dispatch off, and only that; links still read
+    directly, through the reactor's own dispatch.
+    """
+
+    def doIteration(self: Any, timeout: float | None) -> None:
+        pass
+
+    monkeypatch.setattr(EPollReactor, "doIteration", doIteration)
+    found = probeTwisted()
+    assert not found.directDispatch
+    assert found.plainReads and found.bufferAccounting
+    assert (
+        "EPollReactor.doIteration/_poller/_selectables/_doReadOrWrite" in found.missing
+    )
+
+
+def test_probeNamesADispatchOutsideItsContext(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A dispatch with the expected names that does not read a descriptor
+    inside the logging context that names it is found out too.
+    """
+
+    def callWithLogger(logger: Any, func: Any, *args: Any) -> Any:
+        return func(*args)
+
+    monkeypatch.setattr(log, "callWithLogger", callWithLogger)
+    found = probeTwisted()
+    assert not found.directDispatch
+    assert (
+        "EPollReactor.doIteration/_poller/_selectables/_doReadOrWrite" in found.missing
+    )
 
 
 def test_probeNamesAReadItDoesNotKnow(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -627,6 +934,7 @@ def _lacking(monkeypatch: pytest.MonkeyPatch) -> TwistedEdge:
         unjoinedWrites=False,
         plainReads=(),
         adoptListeningSocket=False,
+        directDispatch=False,
         missing=("FileDescriptor._tempDataLen", "unix.Port._preexistingSocket"),
     )
     monkeypatch.setattr(_sockets, "_found", None)

@@ -1,8 +1,9 @@
 """
 A client across machines fences its hosts by term, end to end, with the
-channel's real host and client over a real Unix socket (the test stands
-where the client's relay would, so that a host of a lower term is reached
-at all): the client's hello says the highest term it has seen, and a host
+channel's real host and client over a real Unix socket (a client across
+machines dials TLS; here its connection, made as across machines, dials
+the host's socket, so that a host of a lower term is reached at all): the
+client's hello says the highest term it has seen, and a host
 of a lower term, or one that does not host across machines, refuses it
 before a byte reaches its application; a host of a higher term then gets
 everything, and C{getPeer()} names it.
@@ -19,6 +20,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import globalLogPublisher
 
 from twisted_channel import ChannelEndpoint
+from twisted_channel._address import HOST, ChannelAddress
+from twisted_channel._client import ChannelClientTransport
 from twisted_channel._wire import HostTerm
 
 pytestmark = pytest.mark.timeout(30)
@@ -80,9 +83,20 @@ async def test_neverALowerTerm(tmp_path: Any) -> None:
         ports.append(port)
         port.acrossMachines = HostTerm(7, "a", "10.0.0.8:4443")
         client = ChannelEndpoint(reactor, "fenced", directory=directory, timeout=0)
-        client._relayed = True
-        protocol = await client.connect(Factory.forProtocol(Protocol))
-        transport = protocol.transport
+        protocol = Protocol()
+        transport = ChannelClientTransport(
+            reactor,
+            ChannelAddress("fenced", client.address, HOST),
+            protocol,
+            Factory.forProtocol(Protocol),
+            client.timeout,
+            client.maxMessageSize,
+            client.maxBufferSize,
+            lockPath=client.paths.lock,
+            acrossMachines=True,
+        )
+        protocol.makeConnection(transport)
+        transport.startConnecting()
         transport.write(b"one")  # type: ignore[union-attr]
         await waitUntil(lambda: first == [b"one"])
         peer = transport.getPeer()  # type: ignore[union-attr]

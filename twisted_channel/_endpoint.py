@@ -5,6 +5,7 @@ server.
 
 from __future__ import annotations
 
+import functools
 import math
 import socket
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from ._host import HANDSHAKE_TIMEOUT, ChannelPort
 from ._wire import MAX_FRAME_BODY
 
 if TYPE_CHECKING:
-    from ._clusterchannel import ClusterSettings
+    from ._clusterchannel import ClusterPort, ClusterSettings
 
 #: The default largest message, in bytes.
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
@@ -170,10 +171,6 @@ class ChannelEndpoint:
         etcdPasswordFile: str | None = None,
     ) -> None:
         self._reactor = reactor
-        # Whether this endpoint's directory is a relay's to hosts across
-        # machines (set by connect() across machines, on the endpoint it
-        # connects through).
-        self._relayed = False
         # Across machines (docs/cluster.md); None for the one-machine channel.
         self.cluster: ClusterSettings | None = None
         # In ClusterSettings.check's order: each option is named once, both
@@ -291,32 +288,22 @@ class ChannelEndpoint:
             connected to a L{ChannelClientTransport}; writes are buffered
             until a host is reachable.
         """
-        if self.cluster is not None:
-            from ._clusterchannel import connectAcrossMachines
+        candidate: ChannelPort | None = None
+        # Across machines: this process's candidacy, and what finds the host
+        # through etcd and dials it over TLS.
+        standing: ClusterPort | None = None
+        acrossMachines: dict[str, Any] = {}
+        try:
+            if self.serverFactory is not None or self.cluster is None:
+                prepareDirectory(self.paths.directory)
+            if self.cluster is not None:
+                from ._clusterchannel import ClusterPort
+                from ._machinelink import MachineClientLink, MachineReconnection
 
-            def connectLocal(directory: str, factory: IProtocolFactory) -> Any:
-                relayed = ChannelEndpoint(
-                    self._reactor,
-                    self.name,
-                    directory=directory,
-                    timeout=self.timeout,
-                    maxMessageSize=self.maxMessageSize,
-                    maxBufferSize=self.maxBufferSize,
-                    transport=UNIX,
-                    failover=self.failover,
-                )
-                relayed._relayed = True
-                return relayed.connect(factory)
-
-            from ._clusterchannel import ClusterPort
-
-            standing: ClusterPort | None = None
-            try:
                 if self.serverFactory is not None:
                     # As on one machine: this process stands as a candidate
                     # host (locally, then in etcd) for as long as the
                     # connection lives.
-                    prepareDirectory(self.paths.directory)
                     standing = ClusterPort(
                         self._reactor,
                         self._port(self.serverFactory),
@@ -324,26 +311,19 @@ class ChannelEndpoint:
                         self.name,
                     )
                     standing.startListening()
-                return connectAcrossMachines(
-                    self._reactor,
-                    self.name,
-                    self.cluster,
-                    connectLocal,
-                    protocolFactory,
-                    standing,
-                )
-            except Exception as e:
-                if standing is not None and standing.role != "stopped":
-                    # Standing, but the relay could not start.
-                    standing.stopListening().addErrback(lambda _: None)
-                return fail(e)
-        try:
-            prepareDirectory(self.paths.directory)
-            candidate = None
-            if self.serverFactory is not None:
+                acrossMachines = {
+                    "acrossMachines": True,
+                    "reconnection": functools.partial(
+                        MachineReconnection, self.cluster, self.name, standing
+                    ),
+                    "linkType": MachineClientLink,
+                }
+            elif self.serverFactory is not None:
                 candidate = self._port(self.serverFactory)
                 candidate.startListening()
         except Exception as e:
+            if standing is not None and standing.role != "stopped":
+                standing.stopListening().addErrback(lambda _: None)
             return fail(e)
         address = ChannelAddress(self.name, self.address, HOST)
         protocolFactory.doStart()
@@ -352,6 +332,8 @@ class ChannelEndpoint:
             protocolFactory.doStop()
             if candidate is not None:
                 candidate.stopListening()
+            if standing is not None:
+                standing.stopListening()
             return fail(ConnectError(string="the factory returned no protocol"))
         transport = ChannelClientTransport(
             self._reactor,
@@ -365,7 +347,7 @@ class ChannelEndpoint:
             transport=self.transportKind,
             lockPath=self.paths.lock,
             failover=self.failover,
-            acrossMachines=self._relayed,
+            **acrossMachines,
         )
         protocol.makeConnection(transport)
         transport.startConnecting()

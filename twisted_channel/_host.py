@@ -8,7 +8,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -72,6 +72,7 @@ from ._sockets import (
     pushToKernel,
     readDirectly,
     reserveReadBuffer,
+    sendAtEndOfRead,
     sendNow,
     sendSequenceNow,
     twistedEdge,
@@ -88,9 +89,6 @@ _DATA = _wire.DATA
 #: Seconds a new link may take to send its hello before it is dropped, so
 #: that a peer that connects and says nothing cannot hold a slot for ever.
 HANDSHAKE_TIMEOUT = 10.0
-
-# What a link not dialed by a splice finds in ChannelPort.splicedPeers.
-_NOT_SPLICED = object()
 
 #: Failed TCP authentications within AUTH_FAILURE_WINDOW seconds after which
 #: new links are refused until the window has passed.
@@ -166,10 +164,63 @@ class _LinkTransport(SocketOptions):
         return None if transport is None else transport.getHandle()  # type: ignore[attr-defined]
 
     def write(self, data: bytes) -> None:
-        self._link.sendMessage(data)
+        """
+        Send one application message to the client (the link's work, done
+        here: this is a reply's hottest path).
+
+        @raise ValueError: if it is over the size limit of either end.
+        """
+        if not isinstance(data, bytes):
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        size = len(data)
+        link = self._link
+        session = link.session
+        if size > link.port.maxMessageSize or size > session.peerMaxMessageSize:
+            raise ValueError(
+                f"message of {size} bytes is over the limit of "
+                f"{min(link.port.maxMessageSize, session.peerMaxMessageSize)} bytes"
+            )
+        if session.closing or link.transport is None:
+            return
+        if (
+            bufferedBytes(link.transport) + session.outboxBytes + size
+            > link.port.maxBufferSize
+        ):
+            raise ChannelBufferFullError(
+                f"channel {link.port.name!r}: the link to pid "
+                f"{link.peerAddress.pid} already holds "
+                f"{bufferedBytes(link.transport)} unsent bytes; another {size} "
+                f"would pass maxBufferSize={link.port.maxBufferSize} (the client "
+                "is not reading: register a producer to be paused first)"
+            )
+        budget = link.port.budget
+        budget.admit(size)
+        link.term.bytes += size
+        if size < 4096:
+            outbox = session.outbox
+            if outbox is not None:
+                # During a batch: it leaves with the acknowledgement, and
+                # the socket holds nothing of it yet.  Header and payload
+                # apart: the batch's end joins them once.
+                outbox.append(_HEADER.pack(size + 1, _DATA))
+                outbox.append(data)
+                session.outboxBytes += size + 5
+                return
+            else:
+                # One small copy is cheaper than handing the transport two
+                # pieces.
+                link.transport.write(_HEADER.pack(size + 1, _DATA) + data)
+        else:
+            # What was written before it goes first.
+            before = session.takeOutbox()
+            header = _wire.frameHeader(_DATA, size)
+            sendSequenceNow(
+                link.transport, [before, header, data] if before else [header, data]
+            )
+        budget.wrote(link.transport, link.producer)
 
     def writeSequence(self, data: Any) -> None:
-        self._link.sendMessage(b"".join(data))
+        self.write(b"".join(data))
 
     def loseConnection(self) -> None:
         self._link.closeByApplication(abort=False)
@@ -289,7 +340,7 @@ class _HostLink(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        readDirectly(self.transport, self.dataReceived, self.session.decoder)
+        direct = readDirectly(self.transport, self.dataReceived, self.session.decoder)
         self.term.allLinks.add(self)
         port = self.port
         if port.secret is not None:
@@ -312,22 +363,6 @@ class _HostLink(Protocol):
             credentials.pid,
             credentials.uid,
         )
-        if port.splicedPeers:
-            # A link spliced from another machine: this process dialed it,
-            # so the peer to show is the machine that process verified, and
-            # the client's pid is the one its hello will say.
-            try:
-                peerName = handle.getpeername()
-            except OSError:
-                # The peer is gone already; the link will see it lost.
-                peerName = None
-            spliced = port.splicedPeers.pop(peerName, _NOT_SPLICED)
-            if spliced is not _NOT_SPLICED:
-                self.peerAddress = ChannelAddress(
-                    port.name,
-                    port.paths.socket,
-                    identity=spliced,  # type: ignore[arg-type]
-                )
         if credentials.uid is not None and credentials.uid != os.getuid():
             self.refuse(
                 f"peer runs as uid {credentials.uid}, not as this channel's "
@@ -335,6 +370,33 @@ class _HostLink(Protocol):
             )
             return
         self._startDeadline()
+        if direct:
+            self._readHelloNow()
+
+    def _readHelloNow(self) -> None:
+        """
+        A client sends its hello (with the messages written so far) as it
+        connects, so by the time the link is accepted it is usually here:
+        read it now, not after another turn of the reactor (its timed calls,
+        an C{epoll_wait}, the dispatch).  Nothing there costs one C{recv}
+        that finds nothing.  An end of file or an error this read meets is
+        met again by the reactor's next read (the socket stays readable),
+        which ends the link as usual.
+        """
+        transport = self.transport
+        assert transport is not None
+        try:
+            transport.doRead()  # type: ignore[attr-defined]
+        except Exception:
+            # Within the listening port's accept: what escapes must end this
+            # link, not the port.
+            _log.failure(
+                "channel {channel}: reading the new link from pid {peerPid} "
+                "failed; closing it",
+                channel=self.port.name,
+                peerPid=self.peerAddress.pid,
+            )
+            transport.abortConnection()  # type: ignore[attr-defined]
 
     def _startDeadline(self) -> None:
         self._deadline = self.port.clock.callLater(
@@ -390,14 +452,21 @@ class _HostLink(Protocol):
         if session.closing:
             return
         application = self.application
+        # The message the link resumed after, when this read opened it: the
+        # link's debug line is written once its first messages are
+        # delivered, not before.
+        openedAfter = -1
         if application is None:
             application = self._handshake(data)
             if application is None:
                 return
             data = b""
+            openedAfter = session.sequence
         try:
             frames = session.receive(data)
         except _wire.ProtocolError as e:
+            if openedAfter >= 0:
+                self._logLinkUp(openedAfter)
             self.refuse(str(e))
             return
         delivered = 0
@@ -425,16 +494,22 @@ class _HostLink(Protocol):
             )
             session.abandon()
             self.transport.abortConnection()  # type: ignore[union-attr]
+        if openedAfter >= 0:
+            self._logLinkUp(openedAfter)
         out, ending = session.endBatch(delivered, payloadBytes)
         transport = self.transport
         if transport is None:
             return
+        if ending == NO_END:
+            # The acknowledgement and any replies leave now, in one send.
+            if out:
+                sendAtEndOfRead(transport, out)
+            else:
+                pushToKernel(transport)
+            return
         if out:
             sendNow(transport, out)
-        if ending == NO_END:
-            # The acknowledgement and any replies leave now.
-            pushToKernel(transport)
-        elif ending == END_GOODBYE_ABORT:
+        if ending == END_GOODBYE_ABORT:
             self._endAfterGoodbye(abort=True)
         else:
             transport.loseConnection()
@@ -518,71 +593,22 @@ class _HostLink(Protocol):
             # again otherwise); one logical connection has one live link.
             previous.closeQuietly()
         term.links[clientId] = self
-        self.transport.write(self.session.welcome(os.getpid(), acrossMachines))
+        # Straight to the kernel: through Twisted's buffer it would cost a
+        # watch for writability now, on the way to the first message, and a
+        # send and the watch's end at the reactor's next turn.
+        sendNow(self.transport, self.session.welcome(os.getpid(), acrossMachines))
         self.application = application
+        application.makeConnection(_LinkTransport(self))
+        return application
+
+    def _logLinkUp(self, resumedAfter: int) -> None:
         _log.debug(
             "channel {channel}: link up from pid {peerPid}, resuming after "
             "message {resumeAfter}",
             channel=self.port.name,
             peerPid=self.peerAddress.pid,
-            resumeAfter=self.session.sequence,
+            resumeAfter=resumedAfter,
         )
-        application.makeConnection(_LinkTransport(self))
-        return application
-
-    def sendMessage(self, data: bytes) -> None:
-        """
-        Send one application message to the client.
-
-        @raise ValueError: if it is over the size limit of either end.
-        """
-        if not isinstance(data, bytes):
-            raise TypeError(f"data must be bytes, not {type(data).__name__}")
-        size = len(data)
-        session = self.session
-        if size > self.port.maxMessageSize or size > session.peerMaxMessageSize:
-            raise ValueError(
-                f"message of {size} bytes is over the limit of "
-                f"{min(self.port.maxMessageSize, session.peerMaxMessageSize)} bytes"
-            )
-        if session.closing or self.transport is None:
-            return
-        if (
-            bufferedBytes(self.transport) + session.outboxBytes + size
-            > self.port.maxBufferSize
-        ):
-            raise ChannelBufferFullError(
-                f"channel {self.port.name!r}: the link to pid "
-                f"{self.peerAddress.pid} already holds "
-                f"{bufferedBytes(self.transport)} unsent bytes; another {size} "
-                f"would pass maxBufferSize={self.port.maxBufferSize} (the client "
-                "is not reading: register a producer to be paused first)"
-            )
-        budget = self.port.budget
-        budget.admit(size)
-        self.term.bytes += size
-        if size < 4096:
-            outbox = session.outbox
-            if outbox is not None:
-                # During a batch: it leaves with the acknowledgement, and
-                # the socket holds nothing of it yet.  Header and payload
-                # apart: the batch's end joins them once.
-                outbox.append(_HEADER.pack(size + 1, _DATA))
-                outbox.append(data)
-                session.outboxBytes += size + 5
-                return
-            else:
-                # One small copy is cheaper than handing the transport two
-                # pieces.
-                self.transport.write(_HEADER.pack(size + 1, _DATA) + data)
-        else:
-            # What was written before it goes first.
-            before = session.takeOutbox()
-            header = _wire.frameHeader(_DATA, size)
-            sendSequenceNow(
-                self.transport, [before, header, data] if before else [header, data]
-            )
-        budget.wrote(self.transport, self.producer)
 
     def pauseReading(self) -> None:
         """
@@ -682,6 +708,9 @@ class _HostLink(Protocol):
             application.connectionLost(reason)
 
 
+_AnyLink = TypeVar("_AnyLink", bound=_HostLink)
+
+
 def _readyToHost() -> None:
     """
     Do while standing by what a process's first takeover would otherwise do
@@ -774,10 +803,6 @@ class ChannelPort:
         self.handshakeTimeout = handshakeTimeout
         self.transportKind = transport
         self.secret: bytes | None = None
-        #: Across machines: the links this process is about to dial to its
-        #: own socket for verified peers of other machines, by the dialing
-        #: socket's name, with the peer machine's identity.
-        self.splicedPeers: dict[object, str | None] = {}
         #: Across machines, while this process hosts there: its term,
         #: machine and address, which its welcome tells a client across
         #: machines (which it refuses while C{None}, or while its term is
@@ -1135,14 +1160,27 @@ class ChannelPort:
             )
         return False
 
+    def buildLink(self, linkType: type[_AnyLink]) -> _AnyLink | None:
+        """
+        A link of this host's term for a connection it did not accept on
+        its own socket (across machines: a verified TLS connection to its
+        machine's port), or C{None} while it does not host.
+
+        @param linkType: a subclass of L{_HostLink}, built with this port
+            and its term.
+        """
+        term = self._term
+        if term is None or self.role != HOST:
+            return None
+        return linkType(self, term)
+
     def closeLinks(self) -> None:
         """
         Close every link of this host, handshake done or not, without a last
         word: their clients connect again and resend what was not
         acknowledged.  Nothing more is read from them, not even what their
         sockets already hold: a host across machines that stepped down must
-        deliver nothing after (its splices are cut, but what they wrote to
-        this host's socket before is still there to read).
+        deliver nothing after.
         """
         term = self._term
         if term is not None:

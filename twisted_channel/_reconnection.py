@@ -18,6 +18,7 @@ the resend, the deadlines, the application) stays the connection's.
 from __future__ import annotations
 
 import random
+import typing
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error
@@ -123,6 +124,24 @@ class ChannelReconnectingFactory(ReconnectingClientFactory):
         """
         self.cancelRetry()
         super().stopTrying()  # type: ignore[no-untyped-call]
+
+
+class LinkOpener(typing.Protocol):
+    """
+    The L{IConnector} a L{Reconnection} drives, which also says whether an
+    attempt is under way.
+    """
+
+    @property
+    def attempting(self) -> bool:
+        """
+        Whether a connection attempt is under way.
+        """
+
+    def connect(self) -> None:
+        """
+        Open a link to the host, unless an attempt is under way.
+        """
 
 
 @implementer(IConnector)
@@ -272,6 +291,10 @@ class Reconnection:
     @ivar hostsSeen: how many links hosts have welcomed.
     """
 
+    #: Whether the channel's files tell of a host publishing itself (not
+    #: across machines, where etcd does).
+    watchesFiles = True
+
     def __init__(
         self,
         connection: ChannelClientTransport,
@@ -293,7 +316,7 @@ class Reconnection:
         self._path = connection.address.path
         self._lockPath = lockPath
         self.strategy = ChannelReconnectingFactory(connection)
-        self.connector = _LinkConnector(connection, self, linkType)
+        self.connector = self.newConnector(linkType)
         self.hostsSeen = 0
         self._linkUpAt = 0.0
         self._watching = False
@@ -302,6 +325,14 @@ class Reconnection:
         # The one timer armed for the next deadline, and its time.
         self._deadlineCall: IDelayedCall | None = None
         self._deadlineAt: float | None = None
+
+    def newConnector(self, linkType: Callable[..., _ClientLink]) -> LinkOpener:
+        """
+        What opens each link: to the channel's socket, or over loopback TCP.
+
+        @param linkType: what builds a link (see L{_LinkConnector}).
+        """
+        return _LinkConnector(self._connection, self, linkType)
 
     def start(self, now: float) -> None:
         """
@@ -324,7 +355,7 @@ class Reconnection:
             published between the attempt that just failed and the watch,
             unseen by either, so the caller tries again at once.
         """
-        if self._watching:
+        if self._watching or not self.watchesFiles:
             return False
         self._watching = watchFor(self._reactor, self._path, self.hostAppeared)
         return self._watching
@@ -360,7 +391,7 @@ class Reconnection:
         """
         self.deadlines.lookForHost(now)
         self.armDeadline()
-        if not self._watching:
+        if self.watchesFiles and not self._watching:
             self._watching = watchFor(self._reactor, self._path, self.hostAppeared)
         strategy = self.strategy
         strategy.connector = self.connector

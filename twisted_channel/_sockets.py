@@ -3,17 +3,19 @@ What the channel asks of Twisted beyond its public interfaces, and the one
 probe that finds out whether the Twisted in use offers it: how much a
 socket transport holds, sending it now, sending without it when it holds
 nothing, sending what it holds without joining it, reading without its
-layers, how much waits unread in the kernel, and a Unix listening port
-that adopts a socket bound beforehand.
+layers, the epoll reactor handing a link's reads over without the legacy
+logging context, how much waits unread in the kernel, and a Unix
+listening port that adopts a socket bound beforehand.
 
 They rely on L{twisted.internet.abstract.FileDescriptor}'s buffering, on
 L{twisted.internet.tcp.Connection}'s socket (the TCP and Unix transports of
-every POSIX reactor, asyncio's included) and on
-L{twisted.internet.unix.Port}.  L{twistedEdge} probes each, once, against
-real instances of those classes over a socket pair; what the Twisted in use
-lacks is named in one warning, and the channel goes without it, through
-Twisted's public interface.  Nothing else in the package touches Twisted's
-private attributes.
+every POSIX reactor, asyncio's included), on
+L{twisted.internet.epollreactor.EPollReactor}'s dispatch of ready
+descriptors and on L{twisted.internet.unix.Port}.  L{twistedEdge} probes
+each, once, against real instances of those classes over a socket pair;
+what the Twisted in use lacks is named in one warning, and the channel goes
+without it, through Twisted's public interface.  Nothing else in the
+package touches Twisted's private attributes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor, IWriteDescriptor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python import context, log
 from zope.interface import implementer
 
 _log = Logger()
@@ -62,6 +66,13 @@ class TwistedEdge:
     @ivar adoptListeningSocket: a Unix listening port can be given a socket
         bound beforehand (C{unix.Port._preexistingSocket}):
         L{adoptListeningSocket}.
+    @ivar directDispatch: the epoll reactor hands each ready descriptor to
+        C{_doReadOrWrite} inside C{log.callWithLogger}, from its
+        C{_poller} and C{_selectables}, and a C{doIteration} of the
+        channel's that does the same without the logging context for the
+        links that read directly serves every descriptor as the reactor's
+        own does: L{readDirectly} gives it to the reactor.  False where
+        there is no epoll (nothing is lacking then).
     @ivar missing: the names of what was not found, for the warning.
     """
 
@@ -71,6 +82,7 @@ class TwistedEdge:
     plainReads: tuple[object, ...]
     adoptListeningSocket: bool
     missing: tuple[str, ...]
+    directDispatch: bool = False
 
 
 @implementer(IReactorFDSet)
@@ -235,6 +247,90 @@ def _probeAdoptListeningSocket(missing: list[str]) -> bool:
     return True
 
 
+@implementer(IReadDescriptor)
+class _ProbeReader:
+    """
+    A descriptor the probe's reactor watches: one end of a socket pair.
+
+    @ivar system: the legacy logging context's C{system} while it last
+        read (what C{log.callWithLogger} sets).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.system: object = None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "twisted-channel probe"
+
+    def doRead(self) -> None:
+        self.sock.recv(64)
+        self.system = context.get(log.ILogContext)["system"]
+
+    def connectionLost(self, reason: object) -> None:
+        pass
+
+
+def _probeDirectDispatch(missing: list[str]) -> bool:
+    """
+    Whether L{_directDoPoll} may stand in for the epoll reactor's
+    C{doIteration}: on a reactor of its own, over socket pairs, Twisted's
+    dispatch reads a ready descriptor inside the logging context that names
+    it, and L{_directDoPoll}'s reads a direct reader's without it and any
+    other descriptor as Twisted's does.
+    """
+    epoll = _epollReactorClass()
+    if epoll is None:
+        # No epoll on this platform: nothing is lacking.
+        return False
+    name = "EPollReactor.doIteration/_poller/_selectables/_doReadOrWrite"
+    if epoll.doIteration is not epoll.doPoll:  # type: ignore[attr-defined]
+        missing.append(name)
+        return False
+    reactor: typing.Any = epoll()
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        if not (
+            isinstance(getattr(reactor, "_selectables", None), dict)
+            and callable(getattr(getattr(reactor, "_poller", None), "poll", None))
+            and callable(getattr(reactor, "_doReadOrWrite", None))
+        ):
+            missing.append(name)
+            return False
+        plain = _ProbeReader(pairs[0][0])
+        direct = _ProbeReader(pairs[1][0])
+        delivered: list[bytes] = []
+        direct.doRead = _directReader(  # type: ignore[method-assign,assignment]
+            direct.sock,
+            memoryview(bytearray(64)),
+            _NO_TARGET,
+            lambda data: delivered.append(bytes(data)),
+        )
+        reactor.addReader(plain)
+        pairs[0][1].send(b"p")
+        reactor.doIteration(0)
+        theirs = plain.system
+        plain.system = None
+        reactor.addReader(direct)
+        pairs[0][1].send(b"p")
+        pairs[1][1].send(b"d")
+        _directDoPoll(reactor)(0)
+        if theirs != plain.logPrefix() or plain.system != theirs or delivered != [b"d"]:
+            missing.append(name)
+            return False
+    finally:
+        reactor.removeAll()
+        reactor.waker.connectionLost(None)
+        reactor._poller.close()
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+    return True
+
+
 def probeTwisted() -> TwistedEdge:
     """
     Find out what the Twisted in use offers of what the channel asks beyond
@@ -250,6 +346,7 @@ def probeTwisted() -> TwistedEdge:
         unjoinedWrites=bufferAccounting and _probeUnjoinedWrites(missing),
         plainReads=_probeReadDirectly(missing),
         adoptListeningSocket=_probeAdoptListeningSocket(missing),
+        directDispatch=_probeDirectDispatch(missing),
         missing=tuple(missing),
     )
 
@@ -292,14 +389,27 @@ def _unread(fileno: int) -> int:
     return count
 
 
+def socketTransport(transport: object) -> object:
+    """
+    The transport of the socket under C{transport}'s layers (a link across
+    machines: Twisted's TLS layer, and the verification above it, are
+    L{ProtocolWrapper}s), or C{transport} itself.
+    """
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    return transport
+
+
 def bufferedBytes(transport: object) -> int:
     """
-    How many bytes C{transport} holds that the kernel has not taken yet; 0
-    for a transport that is not one of Twisted's, or when the Twisted in
-    use cannot tell.
+    How many bytes C{transport} (or, under TLS, its socket's transport)
+    holds that the kernel has not taken yet; 0 for a transport that is not
+    one of Twisted's, or when the Twisted in use cannot tell.
     """
     if not isinstance(transport, abstract.FileDescriptor):
-        return 0
+        transport = socketTransport(transport)
+        if not isinstance(transport, abstract.FileDescriptor):
+            return 0
     edge = _found or twistedEdge()
     if not edge.bufferAccounting:
         return 0
@@ -316,8 +426,11 @@ def pushToKernel(transport: object) -> None:
     Call it only at the end of handling a read: a reply then leaves in the
     same iteration as the request arrived, which takes a reactor iteration
     off every hop of a round trip.  Any error is left for the reactor to
-    find, as it would have on its own.
+    find, as it would have on its own.  Under TLS, what the TLS layer
+    wrote to its socket's transport goes.
     """
+    if not isinstance(transport, abstract.FileDescriptor):
+        transport = socketTransport(transport)
     if (
         not isinstance(transport, abstract.FileDescriptor)
         or not transport.connected
@@ -335,7 +448,8 @@ def sendNow(transport: object, data: bytes) -> None:
     the transport holds nothing: a write through Twisted would ask the
     reactor to watch for writability, send on its next iteration and stop
     watching (two C{epoll_ctl} calls and an iteration).  What the kernel
-    does not take, or any error, is left to the transport as usual.
+    does not take, or any error, is left to the transport as usual.  Under
+    TLS, the records go to the kernel at once (L{pushToKernel}).
     """
     if (
         not isinstance(transport, tcp.Connection)
@@ -347,6 +461,45 @@ def sendNow(transport: object, data: bytes) -> None:
     ):
         writeUnjoined(transport)
         transport.write(data)  # type: ignore[attr-defined]
+        if isinstance(transport, ProtocolWrapper):
+            pushToKernel(transport)
+        return
+    try:
+        sent = transport.socket.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        # The transport finds the error itself when it tries.
+        transport.write(data)
+        return
+    if sent < len(data):
+        writeUnjoined(transport)
+        transport.write(data[sent:])
+
+
+def sendAtEndOfRead(transport: object, data: bytes) -> None:
+    """
+    L{sendNow} then L{pushToKernel}, in one call: what the handling of a
+    read ends with when it has something to send (a host's replies and
+    acknowledgement, a client's answers).  When the transport holds
+    nothing, C{data} goes to the kernel at once; when it holds something,
+    C{data} goes after it and all of it is handed to the kernel now.
+    """
+    if (
+        not isinstance(transport, tcp.Connection)
+        or not (_found or twistedEdge()).sendImmediately
+        or not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnected
+    ):
+        sendNow(transport, data)
+        pushToKernel(transport)
+        return
+    if len(transport.dataBuffer) - transport.offset + transport._tempDataLen:
+        writeUnjoined(transport)
+        transport.write(data)
+        # Any error is left for the reactor to find, as in pushToKernel.
+        transport.doWrite()
         return
     try:
         sent = transport.socket.send(data)
@@ -371,7 +524,8 @@ def sendSequenceNow(transport: object, chunks: list[bytes]) -> None:
     transport holds nothing, hand them to the kernel in one C{sendmsg},
     without joining them (a large payload is not copied into a frame nor
     into Twisted's buffer).  What the kernel does not take, or any error,
-    is left to the transport, which joins it as usual.
+    is left to the transport, which joins it as usual.  Under TLS, the
+    records go to the kernel at once (L{pushToKernel}).
     """
     if (
         not isinstance(transport, tcp.Connection)
@@ -383,6 +537,8 @@ def sendSequenceNow(transport: object, chunks: list[bytes]) -> None:
     ):
         writeUnjoined(transport)
         transport.writeSequence(chunks)  # type: ignore[attr-defined]
+        if isinstance(transport, ProtocolWrapper):
+            pushToKernel(transport)
         return
     offered = chunks[:_MOST_BUFFERS]
     try:
@@ -515,11 +671,12 @@ def writeUnjoined(transport: object) -> bool:
 
 def unreadBytes(transport: object) -> int:
     """
-    How many bytes the kernel holds for C{transport} that it has not read
-    yet; 0 if it cannot tell (a transport with no socket).
+    How many bytes the kernel holds for C{transport} (under TLS, for its
+    socket) that it has not read yet; 0 if it cannot tell (a transport
+    with no socket).
     """
     try:
-        return _unread(transport.getHandle().fileno())  # type: ignore[attr-defined]
+        return _unread(socketTransport(transport).getHandle().fileno())  # type: ignore[attr-defined]
     except Exception:
         return 0
 
@@ -617,6 +774,10 @@ def readDirectly(
     message's end, what follows it is read, in the same call, into the
     buffer, and C{dataReceived} is given that.
 
+    An epoll reactor (Twisted's own, its dispatch unchanged) is given, the
+    first time, a dispatch that hands such a transport's reads over without
+    the legacy logging context (L{_directDoPoll}).
+
     @return: whether it could; a transport it does not know, or any
         transport when the Twisted in use reads otherwise than the probe
         expects, is left as it is.
@@ -626,13 +787,27 @@ def readDirectly(
         or type(transport).doRead not in (_found or twistedEdge()).plainReads
     ):
         return False
-    # The socket, not its bound recv_into: the closure holds it for as long
-    # as the link lives, and a bound method is one more object for every
-    # idle link.
-    sock = transport.socket
-    buffer = _sharedReadBuffer()
-    if target is None:
-        target = _NO_TARGET
+    # An attribute of the instance, found before the class's method by the
+    # reactor's lookup of doRead.  The closure holds the socket, not its
+    # bound recv_into: a bound method is one more object for every idle link.
+    transport.doRead = _directReader(  # type: ignore[method-assign]
+        transport.socket, _sharedReadBuffer(), target or _NO_TARGET, dataReceived
+    )
+    _dispatchDirectly(transport.reactor)
+    return True
+
+
+def _directReader(
+    sock: socket.socket,
+    buffer: memoryview,
+    target: ReadTarget,
+    dataReceived: Callable[[bytes | memoryview], None],
+) -> Callable[[], ConnectionDone | ConnectionLost | None]:
+    """
+    The C{doRead} that L{readDirectly} gives a transport: read C{sock} into
+    C{buffer} (or C{target}'s view) and hand what was read to
+    C{dataReceived}.
+    """
 
     def doRead() -> ConnectionDone | ConnectionLost | None:
         into = target.readTarget() if target.largeUnderWay else None
@@ -663,10 +838,92 @@ def readDirectly(
                 dataReceived(b"")
         return None
 
-    # An attribute of the instance, found before the class's method by the
-    # reactor's lookup of doRead.
-    transport.doRead = doRead  # type: ignore[method-assign]
-    return True
+    return doRead
+
+
+def _ignore(data: bytes | memoryview) -> None:
+    pass
+
+
+# What every reader L{_directReader} makes runs: how the reactor's dispatch
+# (L{_directDoPoll}) knows a link's transport, without a mark on it that
+# would cost memory on every idle link.
+_DIRECT_READ = _directReader(
+    typing.cast(socket.socket, None), memoryview(b""), _NO_TARGET, _ignore
+).__code__
+
+
+def _epollReactorClass() -> type | None:
+    """
+    Twisted's epoll reactor, where the platform has epoll.
+    """
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:
+        return None
+    return EPollReactor
+
+
+def _directDoPoll(reactor: typing.Any) -> Callable[[float | None], None]:
+    """
+    The C{doIteration} that L{_dispatchDirectly} gives an epoll reactor:
+    its own C{doPoll}, except that a descriptor that is a link reading
+    directly (its C{doRead} made by L{_directReader}) is handed to
+    C{_doReadOrWrite} without C{log.callWithLogger}'s logging context.
+    That context (a copy and an update of a dictionary and eight Python
+    calls on every read) only names, for C{twisted.python.log}'s legacy
+    C{msg}, the transport that was reading; an error that escapes is
+    logged as the reactor's own dispatch would log it.
+    """
+    poll = reactor._poller.poll
+    selectables = reactor._selectables
+    doReadOrWrite = reactor._doReadOrWrite
+
+    def doPoll(timeout: float | None) -> None:
+        if timeout is None:
+            timeout = -1
+        try:
+            ready = poll(timeout, len(selectables))
+        except OSError as e:
+            if e.errno == errno.EINTR:
+                return
+            raise
+        for fd, event in ready:
+            selectable = selectables.get(fd)
+            if selectable is None:
+                continue
+            if getattr(getattr(selectable, "doRead", None), "__code__", None) is (
+                _DIRECT_READ
+            ):
+                try:
+                    doReadOrWrite(selectable, fd, event)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    log.err(system=selectable.logPrefix())
+            else:
+                log.callWithLogger(selectable, doReadOrWrite, selectable, fd, event)
+
+    return doPoll
+
+
+def _dispatchDirectly(reactor: object) -> None:
+    """
+    Give C{reactor}, if it is Twisted's epoll reactor with its own
+    C{doPoll}, the dispatch of L{_directDoPoll} (once).
+    """
+    epoll = _epollReactorClass()
+    cls = type(reactor)
+    if (
+        epoll is None
+        or "doIteration" in vars(reactor)
+        or not (_found or twistedEdge()).directDispatch
+        or not isinstance(reactor, epoll)
+        or cls.doIteration is not epoll.doPoll  # type: ignore[attr-defined]
+        or cls.doPoll is not epoll.doPoll  # type: ignore[attr-defined]
+    ):
+        return
+    reactor.doIteration = _directDoPoll(reactor)  # type: ignore[attr-defined]
 
 
 def adoptListeningSocket(port: unix.Port, listening: socket.socket) -> bool:
