@@ -746,6 +746,47 @@ def test_directDispatchLeavesAReactorWithItsOwn(epollReactor: Any) -> None:
         link.socket.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_hostReadsTheHelloAsItAccepts(channelDirectory: str) -> None:
+    """
+    A client's hello leaves as its link connects, so the host, which reads a
+    link as it accepts it, hands the first message to its application within
+    the reactor's dispatch of the accept, not a turn later.
+    """
+    from twisted.internet import reactor
+
+    inAccept = [False]
+    whileAccepting: list[bool] = []
+
+    class Host(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            whileAccepting.append(inAccept[0])
+
+    endpoint = ChannelEndpoint(reactor, "accept", directory=channelDirectory)
+    port = await endpoint.listen(Factory.forProtocol(Host))
+    try:
+        await port.whenHosting()  # type: ignore[attr-defined]
+        listening = port._publication.listeningPort  # type: ignore[attr-defined]
+        accept = listening.doRead
+
+        def recordingAccept() -> object:
+            inAccept[0] = True
+            try:
+                return accept()
+            finally:
+                inAccept[0] = False
+
+        listening.doRead = recordingAccept
+        client = await endpoint.connect(Factory.forProtocol(Protocol))
+        assert client.transport is not None
+        client.transport.write(b"first")
+        await _until(lambda: client.transport.acknowledgedThrough == 1)  # type: ignore[union-attr]
+        assert whileAccepting == [True]
+        client.transport.loseConnection()
+    finally:
+        await port.stopListening()
+
+
 # The probe of what the Twisted in use offers
 
 

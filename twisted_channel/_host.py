@@ -340,7 +340,7 @@ class _HostLink(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        readDirectly(self.transport, self.dataReceived, self.session.decoder)
+        direct = readDirectly(self.transport, self.dataReceived, self.session.decoder)
         self.term.allLinks.add(self)
         port = self.port
         if port.secret is not None:
@@ -370,6 +370,33 @@ class _HostLink(Protocol):
             )
             return
         self._startDeadline()
+        if direct:
+            self._readHelloNow()
+
+    def _readHelloNow(self) -> None:
+        """
+        A client sends its hello (with the messages written so far) as it
+        connects, so by the time the link is accepted it is usually here:
+        read it now, not after another turn of the reactor (its timed calls,
+        an C{epoll_wait}, the dispatch).  Nothing there costs one C{recv}
+        that finds nothing.  An end of file or an error this read meets is
+        met again by the reactor's next read (the socket stays readable),
+        which ends the link as usual.
+        """
+        transport = self.transport
+        assert transport is not None
+        try:
+            transport.doRead()  # type: ignore[attr-defined]
+        except Exception:
+            # Within the listening port's accept: what escapes must end this
+            # link, not the port.
+            _log.failure(
+                "channel {channel}: reading the new link from pid {peerPid} "
+                "failed; closing it",
+                channel=self.port.name,
+                peerPid=self.peerAddress.pid,
+            )
+            transport.abortConnection()  # type: ignore[attr-defined]
 
     def _startDeadline(self) -> None:
         self._deadline = self.port.clock.callLater(
