@@ -33,7 +33,13 @@ from ._cluster import HostFinder, electionKey
 from ._collection import collectFirstFull
 from ._host import _HostLink
 from ._reconnection import Reconnection
-from ._sockets import readDirectly, socketTransport
+from ._sockets import (
+    readDirectly,
+    readInLargePieces,
+    socketTransport,
+    writeEagerly,
+    writeUnjoined,
+)
 
 if TYPE_CHECKING:
     from ._campaign import HostRecord
@@ -50,13 +56,22 @@ _log = Logger()
 HOST_WAIT = 1.0
 
 
-def _noDelay(transport: object) -> None:
+def _prepareSocket(transport: object) -> None:
     """
-    Turn Nagle's algorithm off on a link's TCP socket: an acknowledgement
-    or a reply must not wait for the peer's delayed acknowledgement of the
-    last write.
+    Set up a link's TCP socket, under TLS if any: Nagle's algorithm off (an
+    acknowledgement or a reply must not wait for the peer's delayed
+    acknowledgement of the last write); reads of up to 256 KiB, so that
+    one batch, with one acknowledgement, takes several large messages;
+    each TLS record (16 KiB at most) the TLS layer writes to it sent at once
+    while it holds nothing, and what it holds sent unjoined, not joined
+    again with what the kernel did not take.
     """
-    socketTransport(transport).setTcpNoDelay(True)  # type: ignore[attr-defined]
+    sock = socketTransport(transport)
+    sock.setTcpNoDelay(True)  # type: ignore[attr-defined]
+    readInLargePieces(sock)
+    if sock is not transport:
+        writeEagerly(sock)
+    writeUnjoined(sock)
 
 
 class MachineHostLink(_HostLink):
@@ -87,7 +102,7 @@ class MachineHostLink(_HostLink):
         transport = self.transport
         assert transport is not None
         port = self.port
-        _noDelay(transport)
+        _prepareSocket(transport)
         self.term.allLinks.add(self)
         peer = transport.getPeer()
         self.peerAddress = ChannelAddress(
@@ -161,7 +176,7 @@ class MachineClientLink(_ClientLink):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        _noDelay(self.transport)
+        _prepareSocket(self.transport)
         # Plain TCP (insecure=): the one-machine channel's direct reads.
         readDirectly(self.transport, self.dataReceived, self.session.decoder)
         self._startDeadline()
