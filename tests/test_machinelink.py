@@ -216,7 +216,9 @@ def test_clientLeavesALowerTerm() -> None:
     across machines drops its link (a host cut off from it may have
     stepped down without its close reaching it), and its hellos say that
     term as the lowest they accept; a link to the host etcd names stays;
-    when etcd names none, the link goes.
+    when etcd names none, the link goes.  A dial under way is not doubled
+    when etcd names a host at the same address, and is given up for one at
+    another.
     """
     from twisted.internet.testing import MemoryReactorClock
 
@@ -259,11 +261,18 @@ def test_clientLeavesALowerTerm() -> None:
     reconnection.hostAppeared()
     [(host, port, *_)] = reactor.tcpClients
     assert (host, port) == ("127.0.0.1", 4433)
-    linkedTo(6)
-    reconnection._changed((record, 6))
+    # While that attempt is under way, etcd naming a host at the same
+    # address (a local heir) dials nothing more; at another address, the
+    # attempt is given up and that one dialed.
+    reconnection._changed((HostRecord("127.0.0.1:4433", "a", 100), 7))
+    assert len(reactor.tcpClients) == 1
+    reconnection._changed((HostRecord("127.0.0.2:4433", "b", 98), 8))
+    assert [c[:2] for c in reactor.tcpClients[1:]] == [("127.0.0.2", 4433)]
+    linkedTo(8)
+    reconnection._changed((record, 8))
     assert aborted == [4]
     reconnection._changed(None)
-    assert aborted == [4, 6] and transport.session.lowestTerm == 6
+    assert aborted == [4, 8] and transport.session.lowestTerm == 8
     reconnection.stop()
 
 
