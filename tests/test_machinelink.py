@@ -93,10 +93,10 @@ async def test_heldUntilHosting(tmp_path: Any) -> None:
     """
     A link accepted while this process may be about to host (its campaign
     is taking the key over) is held: its hello is not read, nothing
-    reaches the channel, until the process hosts; then the host welcomes it
-    with its term.  One accepted by a process that neither hosts nor may
-    soon is closed, and held ones are closed when the campaign follows
-    another machine.
+    reaches the channel, until the process hosts (its whenHosting() fired
+    first); then the host welcomes it with its term.  One accepted by a
+    process that neither hosts nor may soon is closed, and held ones are
+    closed when the campaign follows another machine.
     """
     from twisted.internet import reactor
 
@@ -133,12 +133,18 @@ async def test_heldUntilHosting(tmp_path: Any) -> None:
         election.contending = True
         held = _Dialer(address)
         dialers.append(held)
-        held.socket.sendall(_hello(0) + b"\0\0\0\x06\x03hello")
         await _until(lambda: len(port._held) == 1)
+        # What the TLS layer hands on from the read that completed its
+        # handshake (here, over plain TCP, given to the link directly).
+        port._held[0][0].dataReceived(_hello(0) + b"\0\0\0\x06\x03hello")
         await _tick(0.05)
         assert held.read() == b"" and not held.closed and received == []
+        hosting: list[list[bytes]] = []
+        port.whenHosting().addCallback(lambda _: hosting.append(list(received)))
         port._hosting(12)
         await _until(lambda: received == [b"hello"])
+        # The application learned it hosts before the held link delivered.
+        assert hosting == [[]]
         answer = held.read()
         welcome = decodeWelcome(answer[5 : 5 + int.from_bytes(answer[:4], "big") - 1])
         assert welcome.host is not None and welcome.host.term == 12
