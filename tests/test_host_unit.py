@@ -20,6 +20,7 @@ from twisted.internet import error
 from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
@@ -35,7 +36,7 @@ from twisted_channel._address import HOST
 from twisted_channel._credentials import PeerCredentials
 from twisted_channel._directory import channelPaths
 from twisted_channel._election import HostElection
-from twisted_channel._host import ChannelPort, _HostingTerm
+from twisted_channel._host import ChannelPort, _HostingTerm, _HostLink
 
 from ._support.clientlinks import WaitingRead
 from ._support.hostlinks import (
@@ -69,6 +70,39 @@ def host(channelDirectory: str) -> Host:
 
 
 # Handshake
+
+
+def test_aReadAtAcceptThatRaisesEndsTheLinkNotThePort(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A link is read as it is accepted, inside the listening port's accept:
+    an error escaping that read is logged and ends the link, and does not
+    reach the port (whose dispatch would close it).
+    """
+    monkeypatch.setattr(_host, "readDirectly", lambda *args: True)
+
+    class FailingRead(LinkTransport):
+        aborted = False
+
+        def doRead(self) -> None:
+            raise RuntimeError("a bug in the read")
+
+        def abortConnection(self) -> None:
+            self.aborted = True
+
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        link = _HostLink(host.port, host.term)
+        transport = FailingRead()
+        link.makeConnection(transport)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert transport.aborted
+    [event] = [e for e in logged if "log_failure" in e]
+    assert event["log_failure"].check(RuntimeError)
+    assert "reading the new link" in formatEvent(event)
 
 
 def test_helloGetsWelcomeAndApplication(host: Host) -> None:

@@ -39,6 +39,7 @@ from twisted_channel._sockets import (
     bufferedBytes,
     probeTwisted,
     readDirectly,
+    sendAtEndOfRead,
     sendNow,
     sendSequenceNow,
     twistedEdge,
@@ -306,6 +307,44 @@ async def test_sendNowKeepsOrderBehindBufferedData(channelDirectory: str) -> Non
         await _until(lambda: sum(map(len, server.received)) >= total, 20)
         received = b"".join(server.received)
         assert received == b"first" + big + b"last"
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sendAtEndOfReadSendsNowAndPushesWhatIsHeld(
+    channelDirectory: str,
+) -> None:
+    """
+    What a read's handling ends with: on an empty transport the data
+    leaves at once; on one that holds data it goes behind it, and what the
+    kernel takes of both is handed over now; what the kernel does not take
+    waits in the transport.  Everything arrives once, in order.
+    """
+    server, client, port = await _connectedPair("unix", channelDirectory)
+    try:
+        assert client.transport is not None
+        sendAtEndOfRead(client.transport, b"first")
+        assert bufferedBytes(client.transport) == 0
+        assert "doWrite" not in vars(client.transport)
+        big = b"x" * (8 << 20)
+        client.transport.write(big)
+        held = bufferedBytes(client.transport)
+        assert held == len(big)
+        sendAtEndOfRead(client.transport, b"then")
+        # Pushed now: the kernel took part of what was held.
+        assert 0 < bufferedBytes(client.transport) < held + 4
+        total = 5 + len(big) + 4
+        await _until(lambda: sum(map(len, server.received)) >= total, 20)
+        assert bufferedBytes(client.transport) == 0
+        larger = b"y" * (8 << 20)
+        sendAtEndOfRead(client.transport, larger)
+        # The kernel took what it could at once; the rest waits, unjoined.
+        assert 0 < bufferedBytes(client.transport) < len(larger)
+        assert "doWrite" in vars(client.transport)
+        total += len(larger)
+        await _until(lambda: sum(map(len, server.received)) >= total, 20)
+        assert b"".join(server.received) == b"first" + big + b"then" + larger
     finally:
         await port.stopListening()
 
@@ -656,6 +695,39 @@ def test_directDispatchEndsALinkWhoseReadFails(epollReactor: Any) -> None:
     assert any("the application failed" in str(e.get("failure")) for e in events)
 
 
+def test_directDispatchEndsALinkWhosePeerEnded(epollReactor: Any) -> None:
+    """
+    A link whose peer ended its stream is disconnected as Twisted's
+    dispatch disconnects it: its protocol learns of a clean end, and the reactor no
+    longer watches it.
+    """
+    one, other = socket.socketpair()
+    try:
+        lost: list[Failure] = []
+
+        class Lost(Protocol):
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                lost.append(reason)
+
+        link = tcp.Server(one, Lost(), ("", 0), None, 1, epollReactor)  # type: ignore[arg-type]
+        received: list[bytes] = []
+        assert readDirectly(link, lambda data: received.append(bytes(data)))
+        epollReactor.addReader(link)
+        other.send(b"last words")
+        # Its end of the stream, and not yet of the socket: a read alone.
+        other.shutdown(socket.SHUT_WR)
+        for _ in range(5):
+            epollReactor.doIteration(0)
+        assert received == [b"last words"]
+        [reason] = lost
+        assert reason.check(ConnectionDone)
+        assert link not in epollReactor.getReaders()
+    finally:
+        epollReactor.removeAll()
+        one.close()
+        other.close()
+
+
 def test_directDispatchLeavesAReactorWithItsOwn(epollReactor: Any) -> None:
     """
     A reactor whose dispatch was replaced already (by the application, a
@@ -672,6 +744,47 @@ def test_directDispatchLeavesAReactorWithItsOwn(epollReactor: Any) -> None:
         assert epollReactor.doIteration is theirs
     finally:
         link.socket.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostReadsTheHelloAsItAccepts(channelDirectory: str) -> None:
+    """
+    A client's hello leaves as its link connects, so the host, which reads a
+    link as it accepts it, hands the first message to its application within
+    the reactor's dispatch of the accept, not a turn later.
+    """
+    from twisted.internet import reactor
+
+    inAccept = [False]
+    whileAccepting: list[bool] = []
+
+    class Host(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            whileAccepting.append(inAccept[0])
+
+    endpoint = ChannelEndpoint(reactor, "accept", directory=channelDirectory)
+    port = await endpoint.listen(Factory.forProtocol(Host))
+    try:
+        await port.whenHosting()  # type: ignore[attr-defined]
+        listening = port._publication.listeningPort  # type: ignore[attr-defined]
+        accept = listening.doRead
+
+        def recordingAccept() -> object:
+            inAccept[0] = True
+            try:
+                return accept()
+            finally:
+                inAccept[0] = False
+
+        listening.doRead = recordingAccept
+        client = await endpoint.connect(Factory.forProtocol(Protocol))
+        assert client.transport is not None
+        client.transport.write(b"first")
+        await _until(lambda: client.transport.acknowledgedThrough == 1)  # type: ignore[union-attr]
+        assert whileAccepting == [True]
+        client.transport.loseConnection()
+    finally:
+        await port.stopListening()
 
 
 # The probe of what the Twisted in use offers
@@ -738,6 +851,11 @@ def test_probeNamesAMissingAttribute(
         assert found.adoptListeningSocket
 
 
+_DISPATCH = (
+    "EPollReactor.doIteration/_poller/_selectables/_doReadOrWrite/_disconnectSelectable"
+)
+
+
 def test_probeNamesADispatchItDoesNotKnow(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     An epoll reactor whose dispatch is not the one the channel's stands in
@@ -752,9 +870,7 @@ def test_probeNamesADispatchItDoesNotKnow(monkeypatch: pytest.MonkeyPatch) -> No
     found = probeTwisted()
     assert not found.directDispatch
     assert found.plainReads and found.bufferAccounting
-    assert (
-        "EPollReactor.doIteration/_poller/_selectables/_doReadOrWrite" in found.missing
-    )
+    assert _DISPATCH in found.missing
 
 
 def test_probeNamesADispatchOutsideItsContext(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -769,9 +885,7 @@ def test_probeNamesADispatchOutsideItsContext(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(log, "callWithLogger", callWithLogger)
     found = probeTwisted()
     assert not found.directDispatch
-    assert (
-        "EPollReactor.doIteration/_poller/_selectables/_doReadOrWrite" in found.missing
-    )
+    assert _DISPATCH in found.missing
 
 
 def test_probeNamesAReadItDoesNotKnow(monkeypatch: pytest.MonkeyPatch) -> None:

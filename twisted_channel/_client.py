@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error
@@ -45,7 +46,6 @@ from ._clientsession import (
     ClientSession,
     HostBrokeProtocolError,
     HostRefused,
-    LinkSession,
     MessagesTooLargeError,
     Send,
     Welcomed,
@@ -64,6 +64,7 @@ from ._roles import LinkWaiters
 from ._sockets import (
     pushToKernel,
     readDirectly,
+    sendAtEndOfRead,
     sendNow,
     sendSequenceNow,
     unreadBytes,
@@ -150,8 +151,14 @@ class _ClientLink(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        readDirectly(self.transport, self.dataReceived, self.session.decoder)
         connection = self._connection
+        # Straight to the connection, without this protocol's dataReceived
+        # in between (a partial is no Python call).
+        readDirectly(
+            self.transport,
+            partial(connection.linkDataReceived, self),
+            self.session.decoder,
+        )
         if self.session.state == AUTHENTICATING:
             # The host speaks first, with its challenge.
             self._startDeadline()
@@ -570,8 +577,8 @@ class ChannelClientTransport(SocketOptions):
     def linkDataReceived(self, link: _ClientLink, data: bytes | memoryview) -> None:
         """
         Called by a link with the bytes it read: deliver the host's
-        messages, and act on its other frames as the link's session
-        interprets them.
+        messages, act on its other frames as the link's session interprets
+        them, then send what the application wrote in answer.
         """
         session = link.session
         try:
@@ -585,7 +592,76 @@ class ChannelClientTransport(SocketOptions):
         # read, so its writes need not schedule a flush of their own.
         self._inRead = True
         try:
-            self._handleFrames(link, session, frames)
+            # One method, not two: this is the hottest path of a reply.
+            protocol = _DISCARD if self._readingAbandoned else self.protocol
+            for kind, body in frames:
+                if kind == _DATA and session.state == _OPEN:
+                    try:
+                        protocol.dataReceived(body)
+                    except Exception:
+                        failure = Failure()
+                        _log.failure(
+                            "channel {channel}: the application's dataReceived "
+                            "raised; closing the connection",
+                            failure,
+                            channel=self.address.name,
+                        )
+                        self._finish(failure)
+                        return
+                    if self.state == CLOSED:
+                        return
+                    continue
+                try:
+                    event = session.control(kind, body)
+                except _wire.ProtocolError as e:
+                    link.dropBroken(str(e))
+                    return
+                if event is ACKNOWLEDGED:
+                    self._ackedOnLink = True
+                    if self._producer is not None:
+                        self._producerMayGoOn()
+                    if self.disconnecting and not self.pending:
+                        self._finish(Failure(error.ConnectionDone()))
+                elif event is None:
+                    pass
+                elif isinstance(event, Send):
+                    link.send(event.chunks)
+                elif isinstance(event, Welcomed):
+                    link.welcomed(event.welcome)
+                    if not self.linkUp(link, event.welcome):
+                        return
+                elif isinstance(event, HostRefused):
+                    _log.warn(
+                        "channel {channel}: host pid {hostPid} closed the link: "
+                        "{reason}",
+                        channel=self.address.name,
+                        hostPid=link.hostAddress.pid,
+                        reason=event.reason,
+                    )
+                    link.abort()
+                    return
+                else:
+                    assert event is GOODBYE
+                    self.closedByHost()
+                    return
+                if self.state == CLOSED:
+                    return
+            # What the application wrote in answer leaves now, with what
+            # the transport holds, in one send.
+            outgoing = self._outgoing
+            if (
+                outgoing
+                and self.link is link
+                and self._flushCall is None
+                and not self._outgoingLarge
+            ):
+                # flush(), inlined for its common case.
+                self._outgoing = []
+                sendAtEndOfRead(link.transport, b"".join(outgoing))
+                return
+            if self.link is link:
+                self.flush()
+            pushToKernel(link.transport)
         finally:
             self._inRead = False
             # Unless it stopped early, the read flushed what the
@@ -593,68 +669,6 @@ class ChannelClientTransport(SocketOptions):
             # reactor turn, as any write does.
             if self._outgoing and self._flushCall is None:
                 self._flushCall = self._callLater(0, self.flush)
-
-    def _handleFrames(
-        self,
-        link: _ClientLink,
-        session: LinkSession,
-        frames: list[tuple[int, bytes]],
-    ) -> None:
-        protocol = _DISCARD if self._readingAbandoned else self.protocol
-        for kind, body in frames:
-            if kind == _DATA and session.state == _OPEN:
-                try:
-                    protocol.dataReceived(body)
-                except Exception:
-                    failure = Failure()
-                    _log.failure(
-                        "channel {channel}: the application's dataReceived "
-                        "raised; closing the connection",
-                        failure,
-                        channel=self.address.name,
-                    )
-                    self._finish(failure)
-                    return
-                if self.state == CLOSED:
-                    return
-                continue
-            try:
-                event = session.control(kind, body)
-            except _wire.ProtocolError as e:
-                link.dropBroken(str(e))
-                return
-            if event is ACKNOWLEDGED:
-                self._ackedOnLink = True
-                self._producerMayGoOn()
-                if self.disconnecting and not self.pending:
-                    self._finish(Failure(error.ConnectionDone()))
-            elif event is None:
-                pass
-            elif isinstance(event, Send):
-                link.send(event.chunks)
-            elif isinstance(event, Welcomed):
-                link.welcomed(event.welcome)
-                if not self.linkUp(link, event.welcome):
-                    return
-            elif isinstance(event, HostRefused):
-                _log.warn(
-                    "channel {channel}: host pid {hostPid} closed the link: {reason}",
-                    channel=self.address.name,
-                    hostPid=link.hostAddress.pid,
-                    reason=event.reason,
-                )
-                link.abort()
-                return
-            else:
-                assert event is GOODBYE
-                self.closedByHost()
-                return
-            if self.state == CLOSED:
-                return
-        # What the application wrote in answer leaves now.
-        if self.link is link:
-            self.flush()
-        pushToKernel(link.transport)
 
     def flush(self) -> None:
         """

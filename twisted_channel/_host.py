@@ -72,6 +72,7 @@ from ._sockets import (
     pushToKernel,
     readDirectly,
     reserveReadBuffer,
+    sendAtEndOfRead,
     sendNow,
     sendSequenceNow,
     twistedEdge,
@@ -163,10 +164,63 @@ class _LinkTransport(SocketOptions):
         return None if transport is None else transport.getHandle()  # type: ignore[attr-defined]
 
     def write(self, data: bytes) -> None:
-        self._link.sendMessage(data)
+        """
+        Send one application message to the client (the link's work, done
+        here: this is a reply's hottest path).
+
+        @raise ValueError: if it is over the size limit of either end.
+        """
+        if not isinstance(data, bytes):
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        size = len(data)
+        link = self._link
+        session = link.session
+        if size > link.port.maxMessageSize or size > session.peerMaxMessageSize:
+            raise ValueError(
+                f"message of {size} bytes is over the limit of "
+                f"{min(link.port.maxMessageSize, session.peerMaxMessageSize)} bytes"
+            )
+        if session.closing or link.transport is None:
+            return
+        if (
+            bufferedBytes(link.transport) + session.outboxBytes + size
+            > link.port.maxBufferSize
+        ):
+            raise ChannelBufferFullError(
+                f"channel {link.port.name!r}: the link to pid "
+                f"{link.peerAddress.pid} already holds "
+                f"{bufferedBytes(link.transport)} unsent bytes; another {size} "
+                f"would pass maxBufferSize={link.port.maxBufferSize} (the client "
+                "is not reading: register a producer to be paused first)"
+            )
+        budget = link.port.budget
+        budget.admit(size)
+        link.term.bytes += size
+        if size < 4096:
+            outbox = session.outbox
+            if outbox is not None:
+                # During a batch: it leaves with the acknowledgement, and
+                # the socket holds nothing of it yet.  Header and payload
+                # apart: the batch's end joins them once.
+                outbox.append(_HEADER.pack(size + 1, _DATA))
+                outbox.append(data)
+                session.outboxBytes += size + 5
+                return
+            else:
+                # One small copy is cheaper than handing the transport two
+                # pieces.
+                link.transport.write(_HEADER.pack(size + 1, _DATA) + data)
+        else:
+            # What was written before it goes first.
+            before = session.takeOutbox()
+            header = _wire.frameHeader(_DATA, size)
+            sendSequenceNow(
+                link.transport, [before, header, data] if before else [header, data]
+            )
+        budget.wrote(link.transport, link.producer)
 
     def writeSequence(self, data: Any) -> None:
-        self._link.sendMessage(b"".join(data))
+        self.write(b"".join(data))
 
     def loseConnection(self) -> None:
         self._link.closeByApplication(abort=False)
@@ -286,7 +340,7 @@ class _HostLink(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        readDirectly(self.transport, self.dataReceived, self.session.decoder)
+        direct = readDirectly(self.transport, self.dataReceived, self.session.decoder)
         self.term.allLinks.add(self)
         port = self.port
         if port.secret is not None:
@@ -316,6 +370,33 @@ class _HostLink(Protocol):
             )
             return
         self._startDeadline()
+        if direct:
+            self._readHelloNow()
+
+    def _readHelloNow(self) -> None:
+        """
+        A client sends its hello (with the messages written so far) as it
+        connects, so by the time the link is accepted it is usually here:
+        read it now, not after another turn of the reactor (its timed calls,
+        an C{epoll_wait}, the dispatch).  Nothing there costs one C{recv}
+        that finds nothing.  An end of file or an error this read meets is
+        met again by the reactor's next read (the socket stays readable),
+        which ends the link as usual.
+        """
+        transport = self.transport
+        assert transport is not None
+        try:
+            transport.doRead()  # type: ignore[attr-defined]
+        except Exception:
+            # Within the listening port's accept: what escapes must end this
+            # link, not the port.
+            _log.failure(
+                "channel {channel}: reading the new link from pid {peerPid} "
+                "failed; closing it",
+                channel=self.port.name,
+                peerPid=self.peerAddress.pid,
+            )
+            transport.abortConnection()  # type: ignore[attr-defined]
 
     def _startDeadline(self) -> None:
         self._deadline = self.port.clock.callLater(
@@ -419,12 +500,16 @@ class _HostLink(Protocol):
         transport = self.transport
         if transport is None:
             return
+        if ending == NO_END:
+            # The acknowledgement and any replies leave now, in one send.
+            if out:
+                sendAtEndOfRead(transport, out)
+            else:
+                pushToKernel(transport)
+            return
         if out:
             sendNow(transport, out)
-        if ending == NO_END:
-            # The acknowledgement and any replies leave now.
-            pushToKernel(transport)
-        elif ending == END_GOODBYE_ABORT:
+        if ending == END_GOODBYE_ABORT:
             self._endAfterGoodbye(abort=True)
         else:
             transport.loseConnection()
@@ -524,60 +609,6 @@ class _HostLink(Protocol):
             peerPid=self.peerAddress.pid,
             resumeAfter=resumedAfter,
         )
-
-    def sendMessage(self, data: bytes) -> None:
-        """
-        Send one application message to the client.
-
-        @raise ValueError: if it is over the size limit of either end.
-        """
-        if not isinstance(data, bytes):
-            raise TypeError(f"data must be bytes, not {type(data).__name__}")
-        size = len(data)
-        session = self.session
-        if size > self.port.maxMessageSize or size > session.peerMaxMessageSize:
-            raise ValueError(
-                f"message of {size} bytes is over the limit of "
-                f"{min(self.port.maxMessageSize, session.peerMaxMessageSize)} bytes"
-            )
-        if session.closing or self.transport is None:
-            return
-        if (
-            bufferedBytes(self.transport) + session.outboxBytes + size
-            > self.port.maxBufferSize
-        ):
-            raise ChannelBufferFullError(
-                f"channel {self.port.name!r}: the link to pid "
-                f"{self.peerAddress.pid} already holds "
-                f"{bufferedBytes(self.transport)} unsent bytes; another {size} "
-                f"would pass maxBufferSize={self.port.maxBufferSize} (the client "
-                "is not reading: register a producer to be paused first)"
-            )
-        budget = self.port.budget
-        budget.admit(size)
-        self.term.bytes += size
-        if size < 4096:
-            outbox = session.outbox
-            if outbox is not None:
-                # During a batch: it leaves with the acknowledgement, and
-                # the socket holds nothing of it yet.  Header and payload
-                # apart: the batch's end joins them once.
-                outbox.append(_HEADER.pack(size + 1, _DATA))
-                outbox.append(data)
-                session.outboxBytes += size + 5
-                return
-            else:
-                # One small copy is cheaper than handing the transport two
-                # pieces.
-                self.transport.write(_HEADER.pack(size + 1, _DATA) + data)
-        else:
-            # What was written before it goes first.
-            before = session.takeOutbox()
-            header = _wire.frameHeader(_DATA, size)
-            sendSequenceNow(
-                self.transport, [before, header, data] if before else [header, data]
-            )
-        budget.wrote(self.transport, self.producer)
 
     def pauseReading(self) -> None:
         """

@@ -94,9 +94,17 @@ class DeliveryRecords:
         delivered[clientId] = sequence
         delivered.move_to_end(clientId)
         if len(delivered) > REMEMBERED_CLIENTS:
-            for oldId in list(delivered)[: len(delivered) - REMEMBERED_CLIENTS]:
-                if oldId not in self._live:
-                    del delivered[oldId]
+            self.forgetOldest()
+
+    def forgetOldest(self) -> None:
+        """
+        Forget the oldest records of clients not linked now past
+        L{REMEMBERED_CLIENTS}.
+        """
+        delivered = self.delivered
+        for oldId in list(delivered)[: len(delivered) - REMEMBERED_CLIENTS]:
+            if oldId not in self._live:
+                del delivered[oldId]
 
 
 @dataclass(frozen=True)
@@ -386,7 +394,13 @@ class HostSession:
             records = self.records
             records.messages += delivered
             records.bytes += payloadBytes
-            records.remember(self.clientId, sequence)  # type: ignore[arg-type]
+            # DeliveryRecords.remember, inlined: it runs on every batch.
+            clientId = self.clientId
+            remembered = records.delivered
+            remembered[clientId] = sequence  # type: ignore[index]
+            remembered.move_to_end(clientId)  # type: ignore[arg-type]
+            if len(remembered) > REMEMBERED_CLIENTS:
+                records.forgetOldest()
             out.append(_ACK_FRAME.pack(9, _wire.ACK, sequence))
         ending = self._ending
         if ending:

@@ -355,7 +355,7 @@ class Reconnection:
             published between the attempt that just failed and the watch,
             unseen by either, so the caller tries again at once.
         """
-        if self._watching:
+        if self._watching or not self.watchesFiles:
             return False
         self._watching = watchFor(self._reactor, self._path, self.hostAppeared)
         return self._watching
