@@ -695,6 +695,39 @@ def test_directDispatchEndsALinkWhoseReadFails(epollReactor: Any) -> None:
     assert any("the application failed" in str(e.get("failure")) for e in events)
 
 
+def test_directDispatchEndsALinkWhosePeerEnded(epollReactor: Any) -> None:
+    """
+    A link whose peer ended its stream is disconnected as Twisted's
+    dispatch disconnects it: its protocol learns of a clean end, and the reactor no
+    longer watches it.
+    """
+    one, other = socket.socketpair()
+    try:
+        lost: list[Failure] = []
+
+        class Lost(Protocol):
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                lost.append(reason)
+
+        link = tcp.Server(one, Lost(), ("", 0), None, 1, epollReactor)  # type: ignore[arg-type]
+        received: list[bytes] = []
+        assert readDirectly(link, lambda data: received.append(bytes(data)))
+        epollReactor.addReader(link)
+        other.send(b"last words")
+        # Its end of the stream, and not yet of the socket: a read alone.
+        other.shutdown(socket.SHUT_WR)
+        for _ in range(5):
+            epollReactor.doIteration(0)
+        assert received == [b"last words"]
+        [reason] = lost
+        assert reason.check(ConnectionDone)
+        assert link not in epollReactor.getReaders()
+    finally:
+        epollReactor.removeAll()
+        one.close()
+        other.close()
+
+
 def test_directDispatchLeavesAReactorWithItsOwn(epollReactor: Any) -> None:
     """
     A reactor whose dispatch was replaced already (by the application, a
@@ -818,6 +851,11 @@ def test_probeNamesAMissingAttribute(
         assert found.adoptListeningSocket
 
 
+_DISPATCH = (
+    "EPollReactor.doIteration/_poller/_selectables/_doReadOrWrite/_disconnectSelectable"
+)
+
+
 def test_probeNamesADispatchItDoesNotKnow(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     An epoll reactor whose dispatch is not the one the channel's stands in
@@ -832,9 +870,7 @@ def test_probeNamesADispatchItDoesNotKnow(monkeypatch: pytest.MonkeyPatch) -> No
     found = probeTwisted()
     assert not found.directDispatch
     assert found.plainReads and found.bufferAccounting
-    assert (
-        "EPollReactor.doIteration/_poller/_selectables/_doReadOrWrite" in found.missing
-    )
+    assert _DISPATCH in found.missing
 
 
 def test_probeNamesADispatchOutsideItsContext(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -849,9 +885,7 @@ def test_probeNamesADispatchOutsideItsContext(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(log, "callWithLogger", callWithLogger)
     found = probeTwisted()
     assert not found.directDispatch
-    assert (
-        "EPollReactor.doIteration/_poller/_selectables/_doReadOrWrite" in found.missing
-    )
+    assert _DISPATCH in found.missing
 
 
 def test_probeNamesAReadItDoesNotKnow(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -81,10 +81,14 @@ class PendingWrites:
                 f"acknowledgement of message {sequence}, but the newest message "
                 f"is {self.nextSequence - 1}"
             )
-        popleft = messages.popleft
-        dropped = 0
-        for _ in range(count):
-            dropped += len(popleft())
+        if count == 1:
+            # One message per acknowledgement: a round trip's.
+            dropped = len(messages.popleft())
+        else:
+            popleft = messages.popleft
+            dropped = 0
+            for _ in range(count):
+                dropped += len(popleft())
         self.byteCount -= dropped
         self.footprint -= dropped + count * self.MESSAGE_OVERHEAD
         self._firstSequence += count

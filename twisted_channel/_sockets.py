@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import select
 import socket
 import struct
+import sys
 import termios
 import typing
 from collections.abc import Callable, Iterator
@@ -37,6 +39,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python import context, log
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 _log = Logger()
@@ -254,11 +257,14 @@ class _ProbeReader:
 
     @ivar system: the legacy logging context's C{system} while it last
         read (what C{log.callWithLogger} sets).
+    @ivar lost: itself, once its connection was lost with
+        L{ConnectionDone}.
     """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.system: object = None
+        self.lost: list[_ProbeReader] = []
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -270,8 +276,9 @@ class _ProbeReader:
         self.sock.recv(64)
         self.system = context.get(log.ILogContext)["system"]
 
-    def connectionLost(self, reason: object) -> None:
-        pass
+    def connectionLost(self, reason: Failure) -> None:
+        if reason.check(ConnectionDone):
+            self.lost.append(self)
 
 
 def _probeDirectDispatch(missing: list[str]) -> bool:
@@ -286,7 +293,10 @@ def _probeDirectDispatch(missing: list[str]) -> bool:
     if epoll is None:
         # No epoll on this platform: nothing is lacking.
         return False
-    name = "EPollReactor.doIteration/_poller/_selectables/_doReadOrWrite"
+    name = (
+        "EPollReactor.doIteration/_poller/_selectables/_doReadOrWrite/"
+        "_disconnectSelectable"
+    )
     if epoll.doIteration is not epoll.doPoll:  # type: ignore[attr-defined]
         missing.append(name)
         return False
@@ -297,6 +307,7 @@ def _probeDirectDispatch(missing: list[str]) -> bool:
             isinstance(getattr(reactor, "_selectables", None), dict)
             and callable(getattr(getattr(reactor, "_poller", None), "poll", None))
             and callable(getattr(reactor, "_doReadOrWrite", None))
+            and callable(getattr(reactor, "_disconnectSelectable", None))
         ):
             missing.append(name)
             return False
@@ -317,8 +328,17 @@ def _probeDirectDispatch(missing: list[str]) -> bool:
         reactor.addReader(direct)
         pairs[0][1].send(b"p")
         pairs[1][1].send(b"d")
-        _directDoPoll(reactor)(0)
+        dispatch = _directDoPoll(reactor)
+        dispatch(0)
         if theirs != plain.logPrefix() or plain.system != theirs or delivered != [b"d"]:
+            missing.append(name)
+            return False
+        # The direct reader's peer ends its stream (a read alone, no hang-up
+        # yet): it is disconnected as the reactor's own dispatch disconnects
+        # a descriptor whose read ends.
+        pairs[1][1].shutdown(socket.SHUT_WR)
+        dispatch(0)
+        if direct not in direct.lost or direct in reactor.getReaders():
             missing.append(name)
             return False
     finally:
@@ -868,16 +888,20 @@ def _directDoPoll(reactor: typing.Any) -> Callable[[float | None], None]:
     """
     The C{doIteration} that L{_dispatchDirectly} gives an epoll reactor:
     its own C{doPoll}, except that a descriptor that is a link reading
-    directly (its C{doRead} made by L{_directReader}) is handed to
-    C{_doReadOrWrite} without C{log.callWithLogger}'s logging context.
-    That context (a copy and an update of a dictionary and eight Python
-    calls on every read) only names, for C{twisted.python.log}'s legacy
-    C{msg}, the transport that was reading; an error that escapes is
-    logged as the reactor's own dispatch would log it.
+    directly (its C{doRead} made by L{_directReader}) is served without
+    C{log.callWithLogger}'s logging context, and a read alone (the event of
+    nearly every round trip) without the call of C{_doReadOrWrite}, whose
+    work for it (read; on an end or an error, log it and disconnect) is
+    done here.  That context (a copy and an update of a dictionary and
+    eight Python calls on every read) only names, for
+    C{twisted.python.log}'s legacy C{msg}, the transport that was reading;
+    an error that escapes is logged as the reactor's own dispatch logs it.
     """
     poll = reactor._poller.poll
     selectables = reactor._selectables
     doReadOrWrite = reactor._doReadOrWrite
+    disconnect = reactor._disconnectSelectable
+    readable = select.EPOLLIN
 
     def doPoll(timeout: float | None) -> None:
         if timeout is None:
@@ -892,17 +916,26 @@ def _directDoPoll(reactor: typing.Any) -> Callable[[float | None], None]:
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
-            if getattr(getattr(selectable, "doRead", None), "__code__", None) is (
-                _DIRECT_READ
-            ):
-                try:
-                    doReadOrWrite(selectable, fd, event)
-                except KeyboardInterrupt:
-                    raise
-                except BaseException:
-                    log.err(system=selectable.logPrefix())
-            else:
+            doRead: typing.Any = getattr(selectable, "doRead", None)
+            if getattr(doRead, "__code__", None) is not _DIRECT_READ:
                 log.callWithLogger(selectable, doReadOrWrite, selectable, fd, event)
+                continue
+            try:
+                if event != readable or selectable.fileno() == -1:
+                    doReadOrWrite(selectable, fd, event)
+                    continue
+                # What _doReadOrWrite does for a read alone.
+                try:
+                    why = doRead()
+                except BaseException:
+                    why = sys.exc_info()[1]
+                    log.err()
+                if why:
+                    disconnect(selectable, why, True)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                log.err(system=selectable.logPrefix())
 
     return doPoll
 

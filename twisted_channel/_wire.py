@@ -533,6 +533,14 @@ class FrameDecoder:
         try:
             while end - offset >= 5 and room != 0:
                 length, kind = unpack(source, offset)
+                stop = offset + 4 + length
+                if kind == DATA and 0 < length <= maxData and stop <= end:
+                    # A whole message within the limit: the common case, in
+                    # one test.
+                    append((DATA, bytes(source[offset + 5 : stop])))
+                    offset = stop
+                    room -= 1
+                    continue
                 if length == 0:
                     raise ProtocolError("frame length of 0 leaves no room for its kind")
                 if kind == DATA:
@@ -548,7 +556,6 @@ class FrameDecoder:
                         f"control frame of kind {kind} is {length - 1} bytes "
                         f"long, over the limit of {MAX_CONTROL_BODY}"
                     )
-                stop = offset + 4 + length
                 if stop > end:
                     if kind == DATA and length > LARGE_BODY:
                         # Gathered in pieces of its own: the rest of it is
