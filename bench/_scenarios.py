@@ -385,6 +385,9 @@ def _failover(space: Workspace, settings: Settings) -> dict[str, Any]:
             settings.streamSlice,
             "--interval",
             settings.streamInterval,
+            # Each line a client prints wakes a reader thread of this
+            # process, which then competes with the takeover it measures.
+            "--quiet-links",
         )
         for i in range(settings.streamClients)
     ]

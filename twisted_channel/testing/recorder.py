@@ -34,8 +34,8 @@ It reports on standard output, one line per event, flushed at once:
    name or option was refused (the process then exits);
  - C{READY} once a client's connection is made (its writes may still wait
    for a host); C{LINK <host pid>} and C{UNLINK <reason class>} as its links
-   come and go; C{PROGRESS <written> <acknowledged>} every C{--progress}
-   seconds;
+   come and go (not with C{--quiet-links}); C{PROGRESS <written>
+   <acknowledged>} every C{--progress} seconds;
  - C{SENT <n>} once a client stopped writing, C{n} being its last number;
    C{FULL <written> <buffered bytes>} when a write raised
    C{ChannelBufferFullError} (it then stops writing); C{PAUSED <n>} /
@@ -381,10 +381,12 @@ class StreamingClient(Protocol):
     # IChannelLinkObserver
 
     def linkEstablished(self, host: Any) -> None:
-        say(f"LINK {host.pid}")
+        if not self.options.quiet_links:
+            say(f"LINK {host.pid}")
 
     def linkLost(self, reason: Failure) -> None:
-        say(f"UNLINK {type(reason.value).__name__}")
+        if not self.options.quiet_links:
+            say(f"UNLINK {type(reason.value).__name__}")
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.finished = True
@@ -495,7 +497,9 @@ def runCandidate(options: argparse.Namespace, state: dict[str, Any]) -> None:
     def observe(role: str) -> None:
         if role == "host":
             RecordingServer.firstPending = True
-            say(f"ELECTED {time.monotonic_ns()}")
+            # One write for both lines: each wakes the parent's reader.
+            say(f"ELECTED {time.monotonic_ns()}\nROLE {role}")
+            return
         say(f"ROLE {role}")
 
     def listened(port: Any) -> None:
@@ -540,6 +544,11 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--handshake-timeout", type=float, default=None)
     parser.add_argument("--producer", action="store_true")
     parser.add_argument("--stay", action="store_true", help="do not close")
+    parser.add_argument(
+        "--quiet-links",
+        action="store_true",
+        help="client: no LINK/UNLINK lines (each wakes the parent mid-takeover)",
+    )
     parser.add_argument("--request", default="", help="written first")
     parser.add_argument("--expect", type=int, default=0)
     parser.add_argument("--report-every", type=int, default=0)
