@@ -93,10 +93,10 @@ async def test_heldUntilHosting(tmp_path: Any) -> None:
     """
     A link accepted while this process may be about to host (its campaign
     is taking the key over) is held: its hello is not read, nothing
-    reaches the channel, until the process hosts; then the host welcomes it
-    with its term.  One accepted by a process that neither hosts nor may
-    soon is closed, and held ones are closed when the campaign follows
-    another machine.
+    reaches the channel, until the process hosts (its whenHosting() fired
+    first); then the host welcomes it with its term.  One accepted by a
+    process that neither hosts nor may soon is closed, and held ones are
+    closed when the campaign follows another machine.
     """
     from twisted.internet import reactor
 
@@ -133,12 +133,18 @@ async def test_heldUntilHosting(tmp_path: Any) -> None:
         election.contending = True
         held = _Dialer(address)
         dialers.append(held)
-        held.socket.sendall(_hello(0) + b"\0\0\0\x06\x03hello")
         await _until(lambda: len(port._held) == 1)
+        # What the TLS layer hands on from the read that completed its
+        # handshake (here, over plain TCP, given to the link directly).
+        port._held[0][0].dataReceived(_hello(0) + b"\0\0\0\x06\x03hello")
         await _tick(0.05)
         assert held.read() == b"" and not held.closed and received == []
+        hosting: list[list[bytes]] = []
+        port.whenHosting().addCallback(lambda _: hosting.append(list(received)))
         port._hosting(12)
         await _until(lambda: received == [b"hello"])
+        # The application learned it hosts before the held link delivered.
+        assert hosting == [[]]
         answer = held.read()
         welcome = decodeWelcome(answer[5 : 5 + int.from_bytes(answer[:4], "big") - 1])
         assert welcome.host is not None and welcome.host.term == 12
@@ -216,7 +222,9 @@ def test_clientLeavesALowerTerm() -> None:
     across machines drops its link (a host cut off from it may have
     stepped down without its close reaching it), and its hellos say that
     term as the lowest they accept; a link to the host etcd names stays;
-    when etcd names none, the link goes.
+    when etcd names none, the link goes.  A dial under way is not doubled
+    when etcd names a host at the same address, and is given up for one at
+    another.
     """
     from twisted.internet.testing import MemoryReactorClock
 
@@ -259,11 +267,18 @@ def test_clientLeavesALowerTerm() -> None:
     reconnection.hostAppeared()
     [(host, port, *_)] = reactor.tcpClients
     assert (host, port) == ("127.0.0.1", 4433)
-    linkedTo(6)
-    reconnection._changed((record, 6))
+    # While that attempt is under way, etcd naming a host at the same
+    # address (a local heir) dials nothing more; at another address, the
+    # attempt is given up and that one dialed.
+    reconnection._changed((HostRecord("127.0.0.1:4433", "a", 100), 7))
+    assert len(reactor.tcpClients) == 1
+    reconnection._changed((HostRecord("127.0.0.2:4433", "b", 98), 8))
+    assert [c[:2] for c in reactor.tcpClients[1:]] == [("127.0.0.2", 4433)]
+    linkedTo(8)
+    reconnection._changed((record, 8))
     assert aborted == [4]
     reconnection._changed(None)
-    assert aborted == [4, 6] and transport.session.lowestTerm == 6
+    assert aborted == [4, 8] and transport.session.lowestTerm == 8
     reconnection.stop()
 
 

@@ -464,11 +464,17 @@ class ClusterPort:
             pid=os.getpid(),
             term=term,
         )
+        # The application learns that it hosts before any held link
+        # delivers to it: a link's first messages are read as it is
+        # released.
+        self._announce(self._hostingWaiters)
         held, self._held = self._held, []
         for link, timer in held:
             timer.cancel()
-            link.release()
-        self._announce(self._hostingWaiters)
+            if self.role == HOST:
+                link.release()
+            else:
+                link.closeQuietly()
 
     def _releaseHeld(self) -> None:
         """

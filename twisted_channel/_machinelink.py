@@ -33,7 +33,13 @@ from ._cluster import HostFinder, electionKey
 from ._collection import collectFirstFull
 from ._host import _HostLink
 from ._reconnection import Reconnection
-from ._sockets import readDirectly, socketTransport
+from ._sockets import (
+    readDirectly,
+    readInLargePieces,
+    socketTransport,
+    writeEagerly,
+    writeUnjoined,
+)
 
 if TYPE_CHECKING:
     from ._campaign import HostRecord
@@ -50,13 +56,22 @@ _log = Logger()
 HOST_WAIT = 1.0
 
 
-def _noDelay(transport: object) -> None:
+def _prepareSocket(transport: object) -> None:
     """
-    Turn Nagle's algorithm off on a link's TCP socket: an acknowledgement
-    or a reply must not wait for the peer's delayed acknowledgement of the
-    last write.
+    Set up a link's TCP socket, under TLS if any: Nagle's algorithm off (an
+    acknowledgement or a reply must not wait for the peer's delayed
+    acknowledgement of the last write); reads of up to 256 KiB, so that
+    one batch, with one acknowledgement, takes several large messages;
+    each TLS record (16 KiB at most) the TLS layer writes to it sent at once
+    while it holds nothing, and what it holds sent unjoined, not joined
+    again with what the kernel did not take.
     """
-    socketTransport(transport).setTcpNoDelay(True)  # type: ignore[attr-defined]
+    sock = socketTransport(transport)
+    sock.setTcpNoDelay(True)  # type: ignore[attr-defined]
+    readInLargePieces(sock)
+    if sock is not transport:
+        writeEagerly(sock)
+    writeUnjoined(sock)
 
 
 class MachineHostLink(_HostLink):
@@ -87,7 +102,7 @@ class MachineHostLink(_HostLink):
         transport = self.transport
         assert transport is not None
         port = self.port
-        _noDelay(transport)
+        _prepareSocket(transport)
         self.term.allLinks.add(self)
         peer = transport.getPeer()
         self.peerAddress = ChannelAddress(
@@ -156,12 +171,23 @@ class MachineClientLink(_ClientLink):
     """
     The client's end of one link to a host across machines: over TLS, the
     host's identity was verified before this link was built, and the
-    welcome names the host (machine, pid, address, term).
+    welcome names the host (machine, pid, address, term).  Its connector's
+    attempt lasts until it is welcomed or lost.
     """
+
+    connector: MachineConnector
+
+    def welcomed(self, welcome: Any) -> None:
+        self.connector.settled(self)
+        super().welcomed(welcome)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        self.connector.settled(self)
+        super().connectionLost(reason)
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        _noDelay(self.transport)
+        _prepareSocket(self.transport)
         # Plain TCP (insecure=): the one-machine channel's direct reads.
         readDirectly(self.transport, self.dataReceived, self.session.decoder)
         self._startDeadline()
@@ -189,7 +215,11 @@ class MachineConnector:
     What the reconnection strategy drives across machines: each C{connect}
     dials the host etcd names now, over mutual TLS whose host certificate
     must name the machine the election key names.  An attempt lasts until
-    the link is built (the host verified) or the dial fails.
+    the host welcomes its link (a host about to host holds it meanwhile),
+    or the dial or the link fails, so that etcd naming a host meanwhile
+    does not make a second link to it.
+
+    @ivar address: the address the attempt under way dialed, or C{None}.
     """
 
     def __init__(
@@ -209,6 +239,9 @@ class MachineConnector:
         self._dialing: _DialedLinkFactory | None = None
         self._attempt: Deferred[Any] | None = None
         self._dialed: Any = None
+        #: The link the attempt made, until it is welcomed or lost.
+        self._handshaking: _ClientLink | None = None
+        self.address: str | None = None
         #: TLS client options, by the host identity they verify: built once.
         self._clientOptions: dict[str, Any] = {}
 
@@ -217,11 +250,11 @@ class MachineConnector:
         """
         Whether a dial is under way.
         """
-        return self._dialing is not None
+        return self._dialing is not None or self._handshaking is not None
 
     def connect(self) -> None:
         connection = self._connection
-        if connection.closed or self._dialing is not None:
+        if connection.closed or self.attempting:
             return
         host = self._reconnection.host
         if host is None:
@@ -254,6 +287,7 @@ class MachineConnector:
             factory = tlsFactory(options, True, verified)
         self._dialing = dialing
         self._dialed = None
+        self.address = record.address
         endpoint = TCP4ClientEndpoint(reactor, address, int(port), timeout=5)
         attempt = endpoint.connect(factory)
         if self._dialing is dialing:
@@ -270,14 +304,25 @@ class MachineConnector:
         The dial of C{dialing} made a connection (over TLS, verified): its
         link.
         """
+        link = self._linkType(self._connection, None, self)
         if self._dialing is dialing:
             self._dialing = self._attempt = self._dialed = None
-        return self._linkType(self._connection, None, self)
+            self._handshaking = link
+        return link
+
+    def settled(self, link: _ClientLink) -> None:
+        """
+        C{link} was welcomed, or lost: the attempt that made it is over.
+        """
+        if self._handshaking is link:
+            self._handshaking = None
+            self.address = None
 
     def _failed(self, dialing: _DialedLinkFactory, reason: Failure) -> None:
         if self._dialing is not dialing:
             return
         self._dialing = self._attempt = self._dialed = None
+        self.address = None
         connection = self._connection
         if reason.check(error.ConnectingCancelledError) or connection.closed:
             return
@@ -293,10 +338,13 @@ class MachineConnector:
         reconnection.strategy.clientConnectionFailed(self, reason)  # type: ignore[no-untyped-call]
 
     def stopConnecting(self) -> None:
-        if self._dialing is None:
+        if not self.attempting:
             raise error.NotConnectingError()
-        attempt, dialed = self._attempt, self._dialed
-        self._dialing = self._attempt = self._dialed = None
+        attempt, dialed, link = self._attempt, self._dialed, self._handshaking
+        self._dialing = self._attempt = self._dialed = self._handshaking = None
+        self.address = None
+        if link is not None:
+            link.abort()
         if attempt is not None:
             attempt.cancel()
         if dialed is not None and dialed.transport is not None:
@@ -327,6 +375,7 @@ class MachineReconnection(Reconnection):
     """
 
     watchesFiles = False
+    connector: MachineConnector
 
     def __init__(
         self,
@@ -383,6 +432,11 @@ class MachineReconnection(Reconnection):
                 )
                 link.abort()
         if host is not None:
+            connector = self.connector
+            if connector.attempting and connector.address != host[0].address:
+                # Dialing a host etcd no longer names (a local heir takes
+                # over at the same address: that attempt stays).
+                connector.stopConnecting()
             self.hostAppeared()
 
     def stop(self) -> None:

@@ -469,7 +469,8 @@ def sendNow(transport: object, data: bytes) -> None:
     reactor to watch for writability, send on its next iteration and stop
     watching (two C{epoll_ctl} calls and an iteration).  What the kernel
     does not take, or any error, is left to the transport as usual.  Under
-    TLS, the records go to the kernel at once (L{pushToKernel}).
+    TLS (and what stands above it), the records it makes go to the kernel
+    at once, together (L{writeEagerly}), else through L{pushToKernel}.
     """
     if (
         not isinstance(transport, tcp.Connection)
@@ -479,10 +480,11 @@ def sendNow(transport: object, data: bytes) -> None:
         or transport._writeDisconnected
         or len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     ):
+        if isinstance(transport, ProtocolWrapper):
+            _writeThroughLayers(transport, [data])
+            return
         writeUnjoined(transport)
         transport.write(data)  # type: ignore[attr-defined]
-        if isinstance(transport, ProtocolWrapper):
-            pushToKernel(transport)
         return
     try:
         sent = transport.socket.send(data)
@@ -544,8 +546,8 @@ def sendSequenceNow(transport: object, chunks: list[bytes]) -> None:
     transport holds nothing, hand them to the kernel in one C{sendmsg},
     without joining them (a large payload is not copied into a frame nor
     into Twisted's buffer).  What the kernel does not take, or any error,
-    is left to the transport, which joins it as usual.  Under TLS, the
-    records go to the kernel at once (L{pushToKernel}).
+    is left to the transport, which joins it as usual.  Under TLS, as
+    L{sendNow}.
     """
     if (
         not isinstance(transport, tcp.Connection)
@@ -555,10 +557,11 @@ def sendSequenceNow(transport: object, chunks: list[bytes]) -> None:
         or transport._writeDisconnected
         or _countBuffered(transport)
     ):
+        if isinstance(transport, ProtocolWrapper):
+            _writeThroughLayers(transport, chunks)
+            return
         writeUnjoined(transport)
         transport.writeSequence(chunks)  # type: ignore[attr-defined]
-        if isinstance(transport, ProtocolWrapper):
-            pushToKernel(transport)
         return
     offered = chunks[:_MOST_BUFFERS]
     try:
@@ -957,6 +960,137 @@ def _dispatchDirectly(reactor: object) -> None:
     ):
         return
     reactor.doIteration = _directDoPoll(reactor)  # type: ignore[attr-defined]
+
+
+class _EagerWrite:
+    """
+    The C{write} of a socket transport under a TLS layer (see
+    L{writeEagerly}): each write goes to the kernel at once while the
+    transport holds nothing; between L{hold} and L{release} (a write of the
+    channel's to the TLS layer, which may make several records), the
+    records are kept and sent together, with one C{sendmsg}.
+    """
+
+    __slots__ = ("_connection", "_socket", "_buffered", "_held")
+
+    def __init__(self, connection: tcp.Connection) -> None:
+        self._connection = connection
+        self._socket = connection.socket
+        self._buffered = type(connection).write
+        self._held: list[bytes] | None = None
+
+    def __call__(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            held.append(data)
+            return
+        connection = self._connection
+        if (
+            connection.connected
+            and not connection.disconnecting
+            and not connection._writeDisconnected
+            and not (
+                len(connection.dataBuffer) - connection.offset + connection._tempDataLen
+            )
+        ):
+            try:
+                sent = self._socket.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                # The transport finds the error itself when it tries.
+                sent = 0
+            else:
+                if sent == len(data):
+                    return
+            data = data[sent:]
+        self._buffered(connection, data)  # type: ignore[no-untyped-call]
+
+    def hold(self) -> None:
+        """
+        Keep what is written until L{release}.
+        """
+        self._held = []
+
+    def release(self) -> None:
+        """
+        Send what was kept since L{hold}, in one system call.
+        """
+        held, self._held = self._held, None
+        if not held:
+            return
+        if len(held) == 1:
+            self(held[0])
+        else:
+            sendSequenceNow(self._connection, held)
+
+
+def writeEagerly(transport: object) -> bool:
+    """
+    Have what a TLS layer writes to C{transport}, its socket's transport,
+    go to the kernel at once when the transport holds nothing, as
+    L{sendNow} sends: a write through Twisted would ask the reactor to
+    watch for writability and, once L{pushToKernel} or the reactor sent
+    it, stop watching (two C{epoll_ctl} calls for each write).  The records
+    of one L{sendNow} or L{sendSequenceNow} to the TLS layer go together,
+    with one C{sendmsg}.  What the kernel does not take, or any error, is
+    left to the transport's own C{write}.
+
+    @return: whether it could; a transport it does not know, or any
+        transport when the Twisted in use lacks what L{sendNow} needs, is
+        left as it is.
+    """
+    if not isinstance(transport, tcp.Connection) or not (
+        (_found or twistedEdge()).sendImmediately
+    ):
+        return False
+    # An attribute of the instance, found before the class's method.
+    transport.write = _EagerWrite(transport)  # type: ignore[method-assign]
+    return True
+
+
+def _writeThroughLayers(transport: ProtocolWrapper, chunks: list[bytes]) -> None:
+    """
+    Write C{chunks} to C{transport} (a TLS layer, and what stands above
+    it) and hand what it makes of them to the kernel now: with one
+    C{sendmsg} if its socket's transport writes eagerly (L{writeEagerly}),
+    else with L{pushToKernel}.
+    """
+    eager = vars(socketTransport(transport)).get("write")
+    if isinstance(eager, _EagerWrite):
+        eager.hold()
+        try:
+            if len(chunks) == 1:
+                transport.write(chunks[0])
+            else:
+                transport.writeSequence(chunks)
+        finally:
+            eager.release()
+        return
+    if len(chunks) == 1:
+        transport.write(chunks[0])
+    else:
+        transport.writeSequence(chunks)
+    pushToKernel(transport)
+
+
+def readInLargePieces(transport: object) -> bool:
+    """
+    Have Twisted's own reads of C{transport} (a link under TLS, which reads
+    through Twisted: L{readDirectly} cannot stand in for them) take up to
+    L{READ_BUFFER_SIZE} bytes at once, as the channel's direct reads do,
+    instead of 64 KiB: one read of the socket, one batch of frames and one
+    acknowledgement for several large messages.  The socket's write buffer
+    then pauses a producer above that size too (C{bufferSize} is both).
+
+    @return: whether it could (a TCP or Unix transport under C{transport}'s
+        layers).
+    """
+    transport = socketTransport(transport)
+    if not isinstance(transport, tcp.Connection):
+        return False
+    transport.bufferSize = READ_BUFFER_SIZE
+    return True
 
 
 def adoptListeningSocket(port: unix.Port, listening: socket.socket) -> bool:

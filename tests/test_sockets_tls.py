@@ -1,0 +1,158 @@
+"""
+What the channel asks of a link's transport under TLS, over real mutual
+TLS on loopback: the socket's transport is found under the layers; a write
+of several chunks leaves in the same call (nothing left buffered, no
+watch for writability); a write larger
+than the kernel takes is kept and arrives whole and in order; reads take
+up to 256 KiB at once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+
+from twisted_channel._certs import makeCertificates
+from twisted_channel._sockets import (
+    READ_BUFFER_SIZE,
+    _EagerWrite,
+    bufferedBytes,
+    readInLargePieces,
+    sendNow,
+    sendSequenceNow,
+    socketTransport,
+    writeEagerly,
+)
+from twisted_channel._tls import (
+    VerifiedTLSFactory,
+    loadCredentials,
+    tlsFactory,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Collector(Protocol):
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.count = 0
+        self.made: Deferred[Collector] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.made.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(bytes(data))
+        self.count += len(data)
+
+
+async def _pair(directory: str) -> tuple[Collector, Collector, list[Any]]:
+    """
+    A verified mutual-TLS connection over loopback: the client's protocol
+    and the server's.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+
+    def credentials(host: str) -> Any:
+        return loadCredentials(
+            os.path.join(directory, host + ".pem"),
+            os.path.join(directory, host + ".key"),
+            os.path.join(directory, "ca.pem"),
+        )
+
+    server = Collector()
+    listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        tlsFactory(
+            credentials("a").serverOptions(),
+            False,
+            VerifiedTLSFactory(reactor, Factory.forProtocol(lambda: server)),
+        )
+    )
+    client = Collector()
+    await TCP4ClientEndpoint(reactor, "127.0.0.1", listening.getHost().port).connect(
+        tlsFactory(
+            credentials("b").clientOptions("a"),
+            True,
+            VerifiedTLSFactory(
+                reactor, Factory.forProtocol(lambda: client), expectedIdentity="a"
+            ),
+        )
+    )
+    await client.made
+    await server.made
+    return client, server, [listening]
+
+
+async def _until(check: Any) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in range(1000):
+        if check():
+            return
+        await deferLater(reactor, 0.01)  # type: ignore[arg-type]
+    raise AssertionError("timed out")
+
+
+@pytest_twisted.ensureDeferred
+async def test_eagerWritesUnderTLS(tmp_path: Any) -> None:
+    """
+    Under TLS, with the socket's transport writing eagerly, a write of
+    several chunks (two TLS records) leaves within the call: the
+    socket's transport holds nothing after it and never asked the reactor
+    to watch for writability; a write of more than the kernel takes is
+    kept by the transport and arrives whole, in order, after what came
+    before.
+    """
+    from twisted.internet import reactor
+
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    transport = client.transport
+    sock: Any = socketTransport(transport)
+    try:
+        assert sock is not transport and sock.getHandle() is not None
+        assert writeEagerly(sock)
+        assert isinstance(vars(sock)["write"], _EagerWrite)
+        assert readInLargePieces(transport) and sock.bufferSize == READ_BUFFER_SIZE
+        sendSequenceNow(transport, [b"one", b"two" * 10_000, b"three"])
+        assert bufferedBytes(transport) == 0
+        assert sock not in reactor.getWriters()
+        sendNow(transport, b"four")
+        assert bufferedBytes(transport) == 0
+        expected = b"one" + b"two" * 10_000 + b"three" + b"four"
+        await _until(lambda: server.count == len(expected))
+        assert b"".join(server.received) == expected
+
+        # More than the kernel takes at once: the rest waits in the
+        # transport, which the reactor then sends, in order.
+        large = os.urandom(8 * 1024 * 1024)
+        sendSequenceNow(transport, [b"head", large])
+        sendNow(transport, b"tail")
+        total = len(expected) + 4 + len(large) + 4
+        await _until(lambda: server.count == total)
+        assert b"".join(server.received)[len(expected) :] == b"head" + large + b"tail"
+    finally:
+        transport.loseConnection()  # type: ignore[union-attr]
+        for port in ports:
+            await port.stopListening()
+
+
+def test_socketTransportOfAPlainTransport() -> None:
+    """
+    A transport with no layers is its own socket's transport; one that is
+    not Twisted's socket transport neither reads in large pieces nor
+    writes eagerly.
+    """
+    from twisted.internet.testing import StringTransport
+
+    plain = StringTransport()
+    assert socketTransport(plain) is plain
+    assert not readInLargePieces(plain)
+    assert not writeEagerly(plain)
