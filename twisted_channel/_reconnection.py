@@ -18,7 +18,10 @@ the resend, the deadlines, the application) stays the connection's.
 from __future__ import annotations
 
 import random
+import socket
 import typing
+from errno import ECONNREFUSED, ENOENT
+from os import strerror
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error
@@ -30,6 +33,7 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IStreamClientEndpoint,
 )
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import Factory, ReconnectingClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -166,14 +170,65 @@ class _LinkConnector:
         self._reconnection = reconnection
         self._linkType = linkType
         self._attempt: Deferred[Any] | None = None
+        # A real reactor's Unix link is connected here, at once, and adopted
+        # (see _connectAtOnce): not on a memory reactor, which only records
+        # attempts.
+        self._adopts = connection.transportKind != "tcp" and isinstance(
+            connection.reactor, PosixReactorBase
+        )
+        self._soon: IDelayedCall | None = None
 
     def connect(self) -> None:
         connection = self._connection
-        if connection.closed or self._attempt is not None:
+        if connection.closed or self._attempt is not None or self._soon is not None:
             return
         candidate = connection.candidate
         if candidate is not None:
             candidate.standAgain()
+        if self._adopts:
+            # At the end of this reactor turn, as Twisted's connector would:
+            # what the application writes meanwhile leaves with the hello.
+            self._soon = connection.reactor.callLater(0, self._connectAtOnce)
+            return
+        self._connectThroughEndpoint()
+
+    def _connectAtOnce(self) -> None:
+        """
+        Connect the link's Unix socket here and hand it to the reactor
+        (C{IReactorSocket.adoptStreamConnection}): a Unix C{connect} to a
+        listening socket completes, or fails, at once, so Twisted's
+        connector, its endpoint's wrapping and its own turn of the reactor
+        are not needed.  No host (nothing listens, or no socket) is an
+        attempt that failed; anything else (a full backlog) goes the way of
+        Twisted's connector.
+        """
+        self._soon = None
+        connection = self._connection
+        if connection.closed:
+            return
+        link = socket.socket(
+            socket.AF_UNIX,
+            socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+        )
+        try:
+            result = link.connect_ex(connection.address.path)
+            if result == 0:
+                connection.reactor.adoptStreamConnection(
+                    link.fileno(),
+                    socket.AF_UNIX,
+                    _LinkFactory(self._linkType, connection, None, self),
+                )
+                return
+        finally:
+            # The reactor's transport holds its own duplicate.
+            link.close()
+        if result in (ECONNREFUSED, ENOENT):
+            self._failed(Failure(error.getConnectError((result, strerror(result)))))
+            return
+        self._connectThroughEndpoint()
+
+    def _connectThroughEndpoint(self) -> None:
+        connection = self._connection
         endpoint: IStreamClientEndpoint
         if connection.transportKind == "tcp":
             # Read afresh each time: a host that died left a stale file, and
@@ -208,24 +263,35 @@ class _LinkConnector:
 
         def failed(reason: Failure) -> None:
             self._attempt = None
-            if reason.check(error.ConnectingCancelledError) or connection.closed:
-                return
-            reconnection = self._reconnection
-            if reconnection.hostAppearedMeanwhile() or reconnection.startWatching():
-                self.connect()
-                return
-            reconnection.strategy.clientConnectionFailed(self, reason)  # type: ignore[no-untyped-call]
+            self._failed(reason)
 
         attempt.addCallbacks(connected, failed)
+
+    def _failed(self, reason: Failure) -> None:
+        """
+        An attempt failed: try again at once if a host may have appeared
+        unseen meanwhile, else back off.
+        """
+        if reason.check(error.ConnectingCancelledError) or self._connection.closed:
+            return
+        reconnection = self._reconnection
+        if reconnection.hostAppearedMeanwhile() or reconnection.startWatching():
+            self.connect()
+            return
+        reconnection.strategy.clientConnectionFailed(self, reason)  # type: ignore[no-untyped-call]
 
     @property
     def attempting(self) -> bool:
         """
         Whether a connection attempt is under way.
         """
-        return self._attempt is not None
+        return self._attempt is not None or self._soon is not None
 
     def stopConnecting(self) -> None:
+        soon, self._soon = self._soon, None
+        if soon is not None:
+            soon.cancel()
+            return
         attempt, self._attempt = self._attempt, None
         if attempt is None:
             raise error.NotConnectingError()
