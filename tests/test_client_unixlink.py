@@ -1,0 +1,78 @@
+"""
+A client's Unix link connected by the client itself and adopted by the
+reactor, with the real reactor and real sockets: what goes on when the
+host's socket refuses the connect at once for a reason other than "no
+host".
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest_twisted
+
+from twisted_channel import ChannelEndpoint
+
+
+@pytest_twisted.ensureDeferred
+async def test_fullBacklogGoesThroughTwisted(channelDirectory: str) -> None:
+    """
+    A listening socket whose backlog is full makes a non-blocking Unix
+    C{connect} fail with C{EAGAIN}: the host is there, only busy.  The
+    attempt is then Twisted's connector's, which connects once the backlog
+    has room, and the hello (with the message written before) arrives.
+    """
+    from twisted.internet import reactor, task
+    from twisted.internet.protocol import Factory, Protocol
+
+    endpoint = ChannelEndpoint(reactor, "busy", directory=channelDirectory)
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    queued = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    queued.setblocking(False)
+    try:
+        listening.bind(endpoint.address)
+        listening.listen(0)
+        # The backlog holds this one; the next connect is refused with
+        # EAGAIN.
+        queued.connect(endpoint.address)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.setblocking(False)
+        try:
+            assert probe.connect_ex(endpoint.address) == socket.errno.EAGAIN  # type: ignore[attr-defined]
+        finally:
+            probe.close()
+        protocol = await endpoint.connect(Factory.forProtocol(Protocol))
+        assert protocol.transport is not None
+        protocol.transport.write(b"first")
+        await task.deferLater(reactor, 0.05, lambda: None)
+        # Room in the backlog: Twisted's connector connects.
+        listening.accept()[0].close()
+        listening.setblocking(False)
+        link = None
+        received = b""
+        for _ in range(500):
+            # Polled, not blocking: the reactor must run meanwhile.
+            await task.deferLater(reactor, 0.01, lambda: None)
+            if link is None:
+                try:
+                    link, _ = listening.accept()
+                except BlockingIOError:
+                    continue
+                link.setblocking(False)
+            try:
+                chunk = link.recv(4096)
+            except BlockingIOError:
+                continue
+            assert chunk, f"the link closed after {received!r}"
+            received += chunk
+            if b"first" in received:
+                break
+        try:
+            assert b"first" in received, f"only {received!r} arrived"
+        finally:
+            protocol.transport.loseConnection()
+            if link is not None:
+                link.close()
+    finally:
+        queued.close()
+        listening.close()
