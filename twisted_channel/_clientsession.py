@@ -138,7 +138,7 @@ class ClientSession:
         @param clientId: 16 random bytes.
         @param pid: this process's id, as the hello says it.
         @param acrossMachines: whether hosts are across machines (reached
-            through a relay): hellos then say L{lowestTerm}, and welcomes
+            over TLS): hellos then say L{lowestTerm}, and welcomes
             must name a host of that term or higher.
         """
         self.clientId = clientId
