@@ -123,7 +123,8 @@ class ClientSession:
         (before any welcome, L{EAGER_ASSUMED_LIMIT}, a size every host is
         assumed to take), for eager hellos.
     @ivar lowestTerm: across machines, the highest term of a host that
-        welcomed this connection (0 before any): no host of a lower term
+        welcomed this connection or that etcd named (raised by the
+        connection's reconnection; 0 before any): no host of a lower term
         is accepted.  C{None} on one machine, where hosts have no term.
     """
 
