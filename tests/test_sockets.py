@@ -520,12 +520,15 @@ async def test_channelLinksReadDirectly(transport: str, channelDirectory: str) -
         assert "doRead" in vars(link.transport)
         [hostLink] = port._term.allLinks  # type: ignore[attr-defined]
         assert "doRead" in vars(hostLink.transport)
-        # The reactor (epoll, the default here) hands the links' reads over
-        # without the legacy logging context.
-        assert isinstance(reactor, EPollReactor)
-        assert vars(reactor)["doIteration"].__code__ is (
-            _sockets._directDoPoll(reactor).__code__
-        )
+        if isinstance(reactor, EPollReactor):
+            # The reactor hands the links' reads over without the legacy
+            # logging context.
+            assert vars(reactor)["doIteration"].__code__ is (
+                _sockets._directDoPoll(reactor).__code__
+            )
+        else:
+            # Another reactor (CI's asyncio run) dispatches as it does.
+            assert "doIteration" not in vars(reactor)
         client.transport.loseConnection()
     finally:
         await port.stopListening()

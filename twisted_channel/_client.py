@@ -244,8 +244,8 @@ class _ClientLink(Protocol):
         self._stopDeadline()
         host = welcome.host
         if host is not None:
-            # The link's socket is this process's own relay: the welcome,
-            # which came end to end from the host, says who hosts.
+            # Across machines the welcome says who hosts: the machine, the
+            # advertised address and the term.
             address, _, port = host.address.rpartition(":")
             self.hostAddress = ChannelAddress(
                 self.hostAddress.name,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import select
 import socket
 import struct
@@ -876,9 +877,11 @@ _DIRECT_READ = _directReader(
 ).__code__
 
 
+@functools.cache
 def _epollReactorClass() -> type | None:
     """
-    Twisted's epoll reactor, where the platform has epoll.
+    Twisted's epoll reactor, where the platform has epoll (looked for once:
+    every new link asks).
     """
     try:
         from twisted.internet.epollreactor import EPollReactor
@@ -948,11 +951,14 @@ def _dispatchDirectly(reactor: object) -> None:
     Give C{reactor}, if it is Twisted's epoll reactor with its own
     C{doPoll}, the dispatch of L{_directDoPoll} (once).
     """
+    if "doIteration" in getattr(reactor, "__dict__", {"doIteration": None}):
+        # Given already (every link after the first), or replaced by
+        # someone else, or a reactor without attributes of its own.
+        return
     epoll = _epollReactorClass()
     cls = type(reactor)
     if (
         epoll is None
-        or "doIteration" in vars(reactor)
         or not (_found or twistedEdge()).directDispatch
         or not isinstance(reactor, epoll)
         or cls.doIteration is not epoll.doPoll  # type: ignore[attr-defined]
