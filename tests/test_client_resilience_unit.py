@@ -6,6 +6,7 @@ a host that drops it at once.
 from __future__ import annotations
 
 import pytest
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -95,3 +96,90 @@ def test_healthyLinkLossReconnectsAtOnce() -> None:
     before = countAttempts(reactor)
     loseLink(link)
     assert countAttempts(reactor) == before + 1
+
+
+@implementer(IChannelLinkObserver)
+class LinkEvents(Protocol):
+    """
+    Records, in order, what the channel tells it of its links and its end.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def linkEstablished(self, host: object) -> None:
+        self.events.append("established")
+
+    def linkLost(self, reason: Failure) -> None:
+        self.events.append("lost")
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.events.append("connectionLost")
+
+
+def test_observerToldOnceTheNextAttemptIsMade() -> None:
+    """
+    A healthy link lost: the next attempt is begun at once, and the
+    application's observer is told at the next reactor turn, not before
+    it, so that the observer's work never delays the next host's hello.
+    """
+    observer = LinkEvents()
+    client, protocol, reactor = makeClient(protocol=observer, timeout=0)
+    client.startConnecting()
+    link, transport = welcomeLatestAttempt(reactor)
+    assert observer.events == ["established"]
+    reactor.advance(HEALTHY_LINK)
+    before = countAttempts(reactor)
+    loseLink(link)
+    assert countAttempts(reactor) == before + 1
+    assert observer.events == ["established"]
+    reactor.advance(0)
+    assert observer.events == ["established", "lost"]
+    welcomeLatestAttempt(reactor)
+    assert observer.events == ["established", "lost", "established"]
+
+
+def test_observerToldOfTheLostLinkBeforeTheEnd() -> None:
+    """
+    A connection that ends before the observer was told of its lost link
+    tells it first: linkLost, then connectionLost.
+    """
+    observer = LinkEvents()
+    client, protocol, reactor = makeClient(protocol=observer, timeout=0)
+    client.startConnecting()
+    link, transport = welcomeLatestAttempt(reactor)
+    reactor.advance(HEALTHY_LINK)
+    loseLink(link)
+    client._finish(Failure(ConnectionDone()))  # what a due deadline does
+    assert observer.events == ["established", "lost", "connectionLost"]
+    reactor.advance(0)
+    assert observer.events == ["established", "lost", "connectionLost"]
+
+
+def test_observerClosingOnLinkLostStopsTheAttempt() -> None:
+    """
+    An observer that aborts the connection when told of a lost link ends
+    it: the attempt already made is given up and no other is made.
+    """
+
+    class Aborting(LinkEvents):
+        def linkLost(self, reason: Failure) -> None:
+            super().linkLost(reason)
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    observer = Aborting()
+    client, protocol, reactor = makeClient(protocol=observer, timeout=0)
+    client.startConnecting()
+    link, transport = welcomeLatestAttempt(reactor)
+    reactor.advance(HEALTHY_LINK)
+    loseLink(link)
+    attempt = reactor.connectors[-1]
+    assert not attempt.stoppedConnecting
+    reactor.advance(0)
+    reactor.advance(0)
+    assert observer.events == ["established", "lost", "connectionLost"]
+    assert attempt.stoppedConnecting
+    attempts = countAttempts(reactor)
+    reactor.advance(10)
+    assert countAttempts(reactor) == attempts
+    assert client.state == "closed"

@@ -406,9 +406,8 @@ def test_addressNotItsOwn(rig: Rig, etcdServer: EtcdCluster) -> None:
 def test_hostSeesClientMachine(rig: Rig) -> None:
     """
     On the host, a link from another machine's client has as C{getPeer()}
-    the identity its verified certificate names and the client's pid (not
-    the host's own, which the splice would show), here for clients on
-    machine b and on the host's own machine a.
+    the identity its verified certificate names and the client's pid, here
+    for clients on machine b and on the host's own machine a.
     """
     a1 = rig.start("candidate", "a")
     _hosting(a1)

@@ -156,3 +156,28 @@ def test_socketTransportOfAPlainTransport() -> None:
     assert socketTransport(plain) is plain
     assert not readInLargePieces(plain)
     assert not writeEagerly(plain)
+
+
+@pytest_twisted.ensureDeferred
+async def test_goneLinkHoldsNothing(tmp_path: Any) -> None:
+    """
+    Under TLS, what the socket's transport held when its connection ended
+    is not counted as held (the host's budget forgets such a link: the TLS
+    layer and the verification above it stay "connected").
+    """
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    transport: Any = client.transport
+    lost: Deferred[None] = Deferred()
+    client.connectionLost = lambda reason: lost.callback(None)  # type: ignore[method-assign,assignment]
+    try:
+        server.transport.pauseProducing()  # type: ignore[union-attr]
+        for _ in range(64):
+            sendNow(transport, os.urandom(1024 * 1024))
+        assert bufferedBytes(transport) > 0
+        transport.abortConnection()
+        await lost
+        assert bufferedBytes(transport) == 0
+    finally:
+        for port in ports:
+            await port.stopListening()

@@ -244,8 +244,8 @@ class _ClientLink(Protocol):
         self._stopDeadline()
         host = welcome.host
         if host is not None:
-            # The link's socket is this process's own relay: the welcome,
-            # which came end to end from the host, says who hosts.
+            # Across machines the welcome says who hosts: the machine, the
+            # advertised address and the term.
             address, _, port = host.address.rpartition(":")
             self.hostAddress = ChannelAddress(
                 self.hostAddress.name,
@@ -456,6 +456,9 @@ class ChannelClientTransport(SocketOptions):
         self._readingAbandoned = False
         # The call that ends the connection at the next reactor turn.
         self._finishing: IDelayedCall | None = None
+        # The call that tells the application of a lost link, and why, once
+        # the next attempt is under way.
+        self._linkLostNews: tuple[IDelayedCall, Failure] | None = None
         self._producer: _RegisteredProducer | None = None
 
     def __repr__(self) -> str:
@@ -997,6 +1000,7 @@ class ChannelClientTransport(SocketOptions):
             resent=link.session.resent,
             role=CLIENT,
         )
+        self._tellLinkLost()
         self._linkWaiters.linkEstablished(self._hostAddress)
         if self.disconnecting and not self.pending:
             self._finish(Failure(error.ConnectionDone()))
@@ -1051,10 +1055,32 @@ class ChannelClientTransport(SocketOptions):
             pending=len(self.pending),
             role=CLIENT,
         )
-        self._linkWaiters.linkLost(reason)
-        if self.state == CLOSED or self._finishing is not None:
+        if self._finishing is None:
+            reconnection.linkLost(reason, self._ackedOnLink, self.reactor.seconds())
+        # The application hears of it at the next reactor turn, after
+        # Twisted has made the attempt just begun (it connects at that turn
+        # too): its observer (a log line, a write to a pipe that wakes
+        # another process) would otherwise come between the lost link and
+        # the hello to the next host.  Before any read, so before the next
+        # link's linkEstablished; and before connectionLost (see _finish).
+        if self._linkWaiters.observed:
+            self._linkLostNews = (
+                self.reactor.callLater(0, self._tellLinkLost),
+                reason,
+            )
+
+    def _tellLinkLost(self) -> None:
+        """
+        Tell the application's observer of the lost link, if it has not
+        been told yet.
+        """
+        news, self._linkLostNews = self._linkLostNews, None
+        if news is None:
             return
-        reconnection.linkLost(reason, self._ackedOnLink, self.reactor.seconds())
+        call, reason = news
+        if call.active():
+            call.cancel()
+        self._linkWaiters.linkLost(reason)
 
     def _finish(self, reason: Failure) -> None:
         finishing, self._finishing = self._finishing, None
@@ -1069,6 +1095,7 @@ class ChannelClientTransport(SocketOptions):
         link, self.link = self.link, None
         if link is not None and link.transport is not None:
             link.transport.loseConnection()
+        self._tellLinkLost()
         self._linkWaiters.closed(reason)
         registered, self._producer = self._producer, None
         if registered is not None:

@@ -123,7 +123,8 @@ class ClientSession:
         (before any welcome, L{EAGER_ASSUMED_LIMIT}, a size every host is
         assumed to take), for eager hellos.
     @ivar lowestTerm: across machines, the highest term of a host that
-        welcomed this connection (0 before any): no host of a lower term
+        welcomed this connection or that etcd named (raised by the
+        connection's reconnection; 0 before any): no host of a lower term
         is accepted.  C{None} on one machine, where hosts have no term.
     """
 
@@ -138,7 +139,7 @@ class ClientSession:
         @param clientId: 16 random bytes.
         @param pid: this process's id, as the hello says it.
         @param acrossMachines: whether hosts are across machines (reached
-            through a relay): hellos then say L{lowestTerm}, and welcomes
+            over TLS): hellos then say L{lowestTerm}, and welcomes
             must name a host of that term or higher.
         """
         self.clientId = clientId

@@ -351,8 +351,8 @@ class ClusterPort:
         """
         Listen on this machine's TLS port: C{port=}, else the one its
         earlier local hosts used (from the port file beside the lock), so
-        that a takeover on this machine keeps its address and a client's
-        relay can dial it again at once; else an ephemeral one, recorded.
+        that a takeover on this machine keeps its address and a client can
+        dial it again at once; else an ephemeral one, recorded.
         The socket is bound with C{SO_REUSEPORT}, so that a local heir can
         bind it while its dead predecessor's socket is not yet closed.
         """

@@ -302,8 +302,9 @@ class ClusterDemo:
         """
         Reap every child, stop etcd, remove the files.
         """
-        # Closing their input lets them leave by themselves (a client's
-        # relay removes its directory then); killed if they do not.
+        # Closing their input lets them leave by themselves (a candidate
+        # hands over, a client closes its connection); killed if they do
+        # not.
         for child in self.children:
             child.closeInput()
         for child in self.children:

@@ -28,7 +28,10 @@ class IChannelLinkObserver(Interface):
     def linkLost(reason: Failure) -> None:
         """
         The link to the host is gone; the channel is looking for a host and
-        buffers writes meanwhile.
+        buffers writes meanwhile.  Called at the reactor turn after the link
+        was lost, once the next attempt is under way (so that nothing done
+        here delays it), and always before the next L{linkEstablished} and
+        before the protocol's C{connectionLost}.
         """
 
 

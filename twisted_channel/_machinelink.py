@@ -40,6 +40,7 @@ from ._sockets import (
     writeEagerly,
     writeUnjoined,
 )
+from ._wire import Welcome
 
 if TYPE_CHECKING:
     from ._campaign import HostRecord
@@ -177,7 +178,7 @@ class MachineClientLink(_ClientLink):
 
     connector: MachineConnector
 
-    def welcomed(self, welcome: Any) -> None:
+    def welcomed(self, welcome: Welcome) -> None:
         self.connector.settled(self)
         super().welcomed(welcome)
 

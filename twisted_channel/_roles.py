@@ -108,6 +108,13 @@ class LinkWaiters:
         self._protocol = protocol
         self._connected: list[Deferred[ChannelAddress]] = []
 
+    @property
+    def observed(self) -> bool:
+        """
+        Whether the connection's protocol is told of its links.
+        """
+        return IChannelLinkObserver(self._protocol, None) is not None
+
     def whenConnected(self) -> Deferred[ChannelAddress]:
         """
         A Deferred fired by the next L{linkEstablished}, or failed by

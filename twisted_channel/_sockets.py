@@ -429,7 +429,11 @@ def bufferedBytes(transport: object) -> int:
     """
     if not isinstance(transport, abstract.FileDescriptor):
         transport = socketTransport(transport)
-        if not isinstance(transport, abstract.FileDescriptor):
+        if not isinstance(transport, abstract.FileDescriptor) or not (
+            transport.connected
+        ):
+            # Under TLS, a link gone with its socket holds nothing (the
+            # layers above say nothing of it: they stay "connected").
             return 0
     edge = _found or twistedEdge()
     if not edge.bufferAccounting:

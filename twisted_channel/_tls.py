@@ -363,19 +363,20 @@ class _VerifiedProtocol(ProtocolWrapper):
 
 def tlsFactory(options: Any, isClient: bool, wrapped: IProtocolFactory) -> Any:
     """
-    TLS over TCP for a splice: Twisted's TLS layer without its write
-    aggregation.
+    TLS over TCP for a link between machines: Twisted's TLS layer without
+    its write aggregation.
 
     Twisted's default TLS transport holds each write until the reactor's
-    next iteration, to make one record of many small writes.  A splice
-    writes what it read, one chunk a read, so that buys nothing there and
-    costs an iteration on every hop of a round trip; the splice hands each
-    chunk to the kernel itself (L{twisted_channel._sockets.pushToKernel}).
+    next iteration, to make one record of many small writes.  A link
+    writes once per batch (the messages of a reactor turn, a batch's
+    acknowledgement and replies), so that buys nothing there and costs an
+    iteration on every hop of a round trip; the link hands each write to
+    the kernel itself (L{twisted_channel._sockets.sendNow}).
 
     Reading, Twisted's TLS layer hands on one record (16 KiB at most) at a
     time; under a L{VerifiedTLSFactory}, the records of one read from the
-    socket are handed on together, as one chunk (a splice then writes them
-    with one system call, not one a record).
+    socket are handed on together, as one chunk (one batch of frames for
+    the link, and one acknowledgement).
 
     @param options: the server's or the client's TLS options (see
         L{TLSCredentials}).

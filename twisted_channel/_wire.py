@@ -97,8 +97,8 @@ FLAG_STATUS_QUERY: Final = 0x01
 #: the host skips those it already delivered.  This saves a round trip when
 #: a link comes up (start-up, failover).
 FLAG_EAGER: Final = 0x02
-#: Hello flag: the client reaches the host across machines (through its
-#: relay), and a u64 follows the hello's fields: the lowest term it accepts
+#: Hello flag: the client reaches the host across machines (over TLS), and
+#: a u64 follows the hello's fields: the lowest term it accepts
 #: (the highest it has seen).  A host answers only while it hosts across
 #: machines with a term at least that, and its welcome then names it
 #: (L{HostTerm}).  A one-machine hello never sets it, so one machine's wire
