@@ -7,8 +7,11 @@ host".
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 
+import pytest
 import pytest_twisted
 
 from twisted_channel import ChannelEndpoint
@@ -38,7 +41,7 @@ async def test_fullBacklogGoesThroughTwisted(channelDirectory: str) -> None:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.setblocking(False)
         try:
-            assert probe.connect_ex(endpoint.address) == socket.errno.EAGAIN  # type: ignore[attr-defined]
+            assert probe.connect_ex(endpoint.address) == errno.EAGAIN
         finally:
             probe.close()
         protocol = await endpoint.connect(Factory.forProtocol(Protocol))
@@ -76,3 +79,46 @@ async def test_fullBacklogGoesThroughTwisted(channelDirectory: str) -> None:
     finally:
         queued.close()
         listening.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_noSocketGoesThroughTwisted(
+    channelDirectory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    When the client cannot make its socket (out of descriptors, say), the
+    attempt is Twisted's connector's, not lost: the message reaches the
+    host.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.internet.protocol import Factory, Protocol
+
+    from twisted_channel import _reconnection
+
+    refused: list[int] = []
+
+    def noSocket() -> socket.socket:
+        refused.append(1)
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(_reconnection, "_unixSocket", noSocket)
+    arrived: Deferred[bytes] = Deferred()
+
+    class Host(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            if not arrived.called:
+                arrived.callback(data)
+
+    endpoint = ChannelEndpoint(reactor, "nosocket", directory=channelDirectory)
+    port = await endpoint.listen(Factory.forProtocol(Host))
+    try:
+        await port.whenHosting()
+        protocol = await endpoint.connect(Factory.forProtocol(Protocol))
+        assert protocol.transport is not None
+        protocol.transport.write(b"first")
+        assert await arrived.addTimeout(5, reactor) == b"first"
+        assert refused
+        protocol.transport.loseConnection()
+    finally:
+        await port.stopListening()

@@ -17,6 +17,7 @@ the resend, the deadlines, the application) stays the connection's.
 
 from __future__ import annotations
 
+import functools
 import random
 import socket
 import typing
@@ -53,6 +54,13 @@ if TYPE_CHECKING:
     from ._client import ChannelClientTransport, _ClientLink
 
 _log = Logger()
+
+#: A client's end of a Unix link, not yet connected.
+_unixSocket = functools.partial(
+    socket.socket,
+    socket.AF_UNIX,
+    socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+)
 
 #: Seconds a link must have been up (or it must have carried an
 #: acknowledgement) for its loss to be taken as a host's end, reconnecting at
@@ -206,19 +214,25 @@ class _LinkConnector:
         connection = self._connection
         if connection.closed:
             return
-        link = socket.socket(
-            socket.AF_UNIX,
-            socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-        )
+        factory = _LinkFactory(self._linkType, connection, None, self)
+        try:
+            link = _unixSocket()
+        except OSError:
+            # Out of descriptors, say: Twisted's connector reports it as a
+            # failed attempt, which is retried.
+            self._connectThroughEndpoint()
+            return
         try:
             result = link.connect_ex(connection.address.path)
             if result == 0:
                 connection.reactor.adoptStreamConnection(
-                    link.fileno(),
-                    socket.AF_UNIX,
-                    _LinkFactory(self._linkType, connection, None, self),
+                    link.fileno(), socket.AF_UNIX, factory
                 )
                 return
+        except OSError:
+            if factory.built:
+                raise
+            result = None
         finally:
             # The reactor's transport holds its own duplicate.
             link.close()
@@ -310,6 +324,8 @@ class _LinkFactory(Factory):
     """
     Builds the link of one connection attempt, with the secret read for it
     from the port file (over loopback TCP) and the connector that made it.
+
+    @ivar built: whether it built the link.
     """
 
     noisy = False
@@ -325,8 +341,10 @@ class _LinkFactory(Factory):
         self._connection = connection
         self._secret = secret
         self._connector = connector
+        self.built = False
 
     def buildProtocol(self, addr: IAddress | None) -> _ClientLink:
+        self.built = True
         return self._linkType(self._connection, self._secret, self._connector)
 
 
