@@ -17,6 +17,25 @@ import pytest_twisted
 from twisted_channel import ChannelEndpoint
 
 
+def _endingClient() -> type:
+    """
+    A client protocol whose C{ended} fires at its C{connectionLost}: a test
+    waits for it, so that the client stops watching the channel's
+    directory before the directory goes.
+    """
+    from twisted.internet.defer import Deferred
+    from twisted.internet.protocol import Protocol
+
+    class EndingClient(Protocol):
+        def __init__(self) -> None:
+            self.ended: Deferred[None] = Deferred()
+
+        def connectionLost(self, reason: object = None) -> None:
+            self.ended.callback(None)
+
+    return EndingClient
+
+
 @pytest_twisted.ensureDeferred
 async def test_fullBacklogGoesThroughTwisted(channelDirectory: str) -> None:
     """
@@ -26,7 +45,7 @@ async def test_fullBacklogGoesThroughTwisted(channelDirectory: str) -> None:
     has room, and the hello (with the message written before) arrives.
     """
     from twisted.internet import reactor, task
-    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.protocol import Factory
 
     endpoint = ChannelEndpoint(reactor, "busy", directory=channelDirectory)
     listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -44,7 +63,7 @@ async def test_fullBacklogGoesThroughTwisted(channelDirectory: str) -> None:
             assert probe.connect_ex(endpoint.address) == errno.EAGAIN
         finally:
             probe.close()
-        protocol = await endpoint.connect(Factory.forProtocol(Protocol))
+        protocol = await endpoint.connect(Factory.forProtocol(_endingClient()))
         assert protocol.transport is not None
         protocol.transport.write(b"first")
         await task.deferLater(reactor, 0.05, lambda: None)
@@ -73,9 +92,11 @@ async def test_fullBacklogGoesThroughTwisted(channelDirectory: str) -> None:
         try:
             assert b"first" in received, f"only {received!r} arrived"
         finally:
-            protocol.transport.loseConnection()
+            # Nothing acknowledges the message: not waited for.
+            protocol.transport.abortConnection()  # type: ignore[attr-defined]
             if link is not None:
                 link.close()
+            await protocol.ended.addTimeout(5, reactor)
     finally:
         queued.close()
         listening.close()
@@ -114,11 +135,12 @@ async def test_noSocketGoesThroughTwisted(
     port = await endpoint.listen(Factory.forProtocol(Host))
     try:
         await port.whenHosting()
-        protocol = await endpoint.connect(Factory.forProtocol(Protocol))
+        protocol = await endpoint.connect(Factory.forProtocol(_endingClient()))
         assert protocol.transport is not None
         protocol.transport.write(b"first")
         assert await arrived.addTimeout(5, reactor) == b"first"
         assert refused
         protocol.transport.loseConnection()
+        await protocol.ended.addTimeout(5, reactor)
     finally:
         await port.stopListening()
