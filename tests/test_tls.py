@@ -19,10 +19,12 @@ from twisted.internet.protocol import Factory, Protocol
 
 from twisted_channel._certs import checkHost, makeCertificates
 from twisted_channel._tls import (
+    RECORD_SIZE,
     TLSCredentials,
     VerifiedPeer,
     VerifiedTLSFactory,
     loadCredentials,
+    recordPieces,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -361,3 +363,32 @@ async def test_expectedIdentityCheckedAfterHandshake(
     finally:
         await port.stopListening()
         await _sleep(0.05)
+
+
+def test_recordPieces() -> None:
+    """
+    What one write hands the TLS layer is cut into records' plaintext (16
+    KiB, the last shorter) without joining it whole: a piece inside one
+    chunk is a view of that chunk; only the pieces that span chunks are
+    joined, and a chunk that is not C{bytes} is copied before it is held.
+    """
+    header, payload = b"h" * 12, os.urandom(4 * RECORD_SIZE)
+    chunks = [header, payload, header, payload]
+    pieces = list(recordPieces(chunks))
+    assert b"".join(pieces) == b"".join(chunks)
+    assert [len(p) for p in pieces] == [RECORD_SIZE] * 8 + [24]
+    # The first record spans the header and the payload: joined.  The next
+    # three lie inside the payload: views of it, nothing copied.
+    assert isinstance(pieces[0], bytes)
+    for piece in pieces[1:4]:
+        assert isinstance(piece, memoryview) and piece.obj is payload
+    assert list(recordPieces([])) == []
+    assert [bytes(p) for p in recordPieces([b"ab", b"", b"cde"], 2)] == [
+        b"ab",
+        b"cd",
+        b"e",
+    ]
+    changing = bytearray(b"x" * (RECORD_SIZE + 1))
+    held = list(recordPieces([changing]))
+    changing[:] = b"y" * len(changing)
+    assert b"".join(held) == b"x" * (RECORD_SIZE + 1)

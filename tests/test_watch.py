@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,56 @@ async def test_renameIntoPlaceIsSeen(channelDirectory: str) -> None:
         assert calls == ["jobs"]
     finally:
         stopWatching(path, appeared)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+@pytest_twisted.ensureDeferred
+async def test_watchesOutliveARemovedDirectory(tmp_path: Path) -> None:
+    """
+    Twisted's C{INotify} closes itself, every watch with it, when a watched
+    directory is removed: the clients waiting on other directories are
+    still told of a new host, and later watches are still made.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    gone, kept, later = (tmp_path / name for name in ("gone", "kept", "later"))
+    for directory in (gone, kept, later):
+        directory.mkdir()
+    seen: dict[str, Deferred[None]] = {"kept": Deferred(), "later": Deferred()}
+
+    def appearedIn(name: str) -> Callable[[], None]:
+        def appeared() -> None:
+            if not seen[name].called:
+                seen[name].callback(None)
+
+        return appeared
+
+    def ignored() -> None:
+        pass
+
+    keptAppeared, laterAppeared = appearedIn("kept"), appearedIn("later")
+    watches = [
+        (str(gone / "jobs.sock"), ignored),
+        (str(kept / "jobs.sock"), keptAppeared),
+    ]
+    for path, callback in watches:
+        assert watchFor(reactor, path, callback)
+    try:
+        gone.rmdir()
+        # Twisted's INotify reads the removal and closes itself meanwhile.
+        await deferLater(reactor, 0.2, lambda: None)
+        watches.append((str(later / "jobs.sock"), laterAppeared))
+        assert watchFor(reactor, *watches[-1])
+        for directory in (kept, later):
+            temporary = directory / ".tmp"
+            temporary.touch()
+            os.rename(temporary, directory / "jobs.sock")
+        for arrival in seen.values():
+            await arrival.addTimeout(5, reactor)
+    finally:
+        for path, callback in watches:
+            stopWatching(path, callback)
 
 
 def test_testReactorsAreNotWatched() -> None:

@@ -32,7 +32,7 @@ from ._client import _ClientLink
 from ._cluster import HostFinder, electionKey
 from ._collection import collectFirstFull
 from ._host import _HostLink
-from ._reconnection import Reconnection
+from ._reconnection import ConnectionsConnector, Reconnection
 from ._sockets import (
     readDirectly,
     readInLargePieces,
@@ -211,7 +211,7 @@ class _DialedLinkFactory(Factory):
 
 
 @implementer(IConnector)
-class MachineConnector:
+class MachineConnector(ConnectionsConnector):
     """
     What the reconnection strategy drives across machines: each C{connect}
     dials the host etcd names now, over mutual TLS whose host certificate
@@ -351,14 +351,6 @@ class MachineConnector:
         if dialed is not None and dialed.transport is not None:
             # Connected, its handshake under way.
             dialed.transport.abortConnection()
-
-    def disconnect(self) -> None:
-        link = self._connection.link
-        if link is not None and link.transport is not None:
-            link.transport.loseConnection()
-
-    def getDestination(self) -> IAddress:
-        return self._connection.getPeer()
 
 
 class MachineReconnection(Reconnection):

@@ -156,8 +156,25 @@ class LinkOpener(typing.Protocol):
         """
 
 
+class ConnectionsConnector:
+    """
+    What a connector of a client connection's links does whatever dials
+    them: its disconnect and destination are the connection's.
+    """
+
+    _connection: ChannelClientTransport
+
+    def disconnect(self) -> None:
+        link = self._connection.link
+        if link is not None and link.transport is not None:
+            link.transport.loseConnection()
+
+    def getDestination(self) -> IAddress:
+        return self._connection.getPeer()
+
+
 @implementer(IConnector)
-class _LinkConnector:
+class _LinkConnector(ConnectionsConnector):
     """
     What the reconnection strategy drives: each C{connect} opens one link to
     the channel's socket, or over loopback TCP to the port its port file
@@ -310,14 +327,6 @@ class _LinkConnector:
         if attempt is None:
             raise error.NotConnectingError()
         attempt.cancel()
-
-    def disconnect(self) -> None:
-        link = self._connection.link
-        if link is not None and link.transport is not None:
-            link.transport.loseConnection()
-
-    def getDestination(self) -> IAddress:
-        return self._connection.getPeer()
 
 
 class _LinkFactory(Factory):

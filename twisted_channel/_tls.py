@@ -14,7 +14,7 @@ gets a byte of the application, nor makes it see a connection.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from twisted.internet.interfaces import (
@@ -31,6 +31,53 @@ _log = Logger()
 
 #: Seconds a peer has to complete the TLS handshake.
 HANDSHAKE_TIMEOUT = 10.0
+
+#: The most plaintext one TLS record carries.
+RECORD_SIZE = 1 << 14
+
+#: A write whose chunks average less than this is joined whole, as Twisted
+#: joins it: cutting many small chunks into records one by one costs more.
+_JOINED_UNDER = 4096
+
+
+def recordPieces(
+    chunks: Iterable[bytes | memoryview], size: int = RECORD_SIZE
+) -> Iterator[bytes | memoryview]:
+    """
+    Cut the concatenation of C{chunks} into pieces of C{size} bytes (the
+    last one shorter), without joining it whole: a piece inside one chunk
+    is a C{memoryview} of it (a chunk that is not C{bytes} is copied
+    first, since it could change while the TLS layer holds it); only the
+    pieces that span chunks are joined.
+
+    @param chunks: what one write hands the TLS layer, in order.
+    @param size: the plaintext of one TLS record.
+    @return: the pieces, in order.
+    """
+    pending: list[bytes | memoryview] = []
+    pendingLength = 0
+    for chunk in chunks:
+        view = memoryview(chunk if type(chunk) is bytes else bytes(chunk))
+        offset = 0
+        length = len(view)
+        if pendingLength:
+            take = min(size - pendingLength, length)
+            pending.append(view[:take])
+            pendingLength += take
+            offset = take
+            if pendingLength < size:
+                continue
+            yield b"".join(pending)
+            pending = []
+            pendingLength = 0
+        while length - offset >= size:
+            yield view[offset : offset + size]
+            offset += size
+        if offset < length:
+            pending.append(view[offset:])
+            pendingLength = length - offset
+    if pendingLength:
+        yield pending[0] if len(pending) == 1 else b"".join(pending)
 
 
 class TLSCredentials:
@@ -387,6 +434,18 @@ def tlsFactory(options: Any, isClient: bool, wrapped: IProtocolFactory) -> Any:
     from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
     class BatchingTLSProtocol(TLSMemoryBIOProtocol):
+        def writeSequence(self, iovec: Iterable[bytes]) -> None:
+            # Twisted joins the whole sequence (a batch: up to 1 MiB) and
+            # then copies each record's plaintext out of it again; for large
+            # chunks only the pieces of a record that span chunks are
+            # joined here.  Small ones cost less joined at once.
+            chunks = iovec if isinstance(iovec, list) else list(iovec)
+            if sum(map(len, chunks)) < len(chunks) * _JOINED_UNDER:
+                self.write(b"".join(chunks))  # type: ignore[no-untyped-call]
+                return
+            for piece in recordPieces(chunks):
+                self.write(piece)  # type: ignore[no-untyped-call]
+
         def dataReceived(self, data: bytes) -> None:
             verified = self.wrappedProtocol
             if not isinstance(verified, _VerifiedProtocol):

@@ -9,17 +9,22 @@ per-user limit of instances, say), clients simply rely on their backoff.
 
 One C{inotify} descriptor serves every client of the process, and it is
 used only with the reactor that is installed globally: test reactors never
-get one.
+get one.  Twisted's C{INotify} closes itself, every watch with it, when any
+watched directory is removed; the watcher then makes a new one and watches
+again the directories its clients still wait on.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 _log = Logger()
 
@@ -34,23 +39,59 @@ class _DirectoryWatcher:
     def __init__(self, reactor: Any) -> None:
         from twisted.internet import inotify
 
+        self._reactor = reactor
         self._inotify = inotify
-        self._notifier = inotify.INotify(reactor)
-        self._notifier.startReading()
         self._subscribers: dict[str, dict[str, set[Callback]]] = {}
+        self._notifier = self._start()
+
+    def _start(self) -> Any:
+        """
+        A new C{INotify}, reading, that tells this watcher when it closes.
+        """
+        notifier = _notifierClass()(self._reactor, self._closed)
+        notifier.startReading()
+        return notifier
+
+    def _closed(self, notifier: object, reason: Failure) -> None:
+        """
+        C{notifier} closed.  If it is this watcher's and closed itself
+        (C{loseConnection} after a watched directory was removed; not the
+        reactor's shutdown, which loses every descriptor with
+        C{ConnectionLost}), a new C{INotify} watches again each directory
+        that still has subscribers.
+        """
+        if notifier is not self._notifier or not reason.check(ConnectionDone):
+            return
+        self._notifier = self._start()
+        for directory in list(self._subscribers):
+            try:
+                self._watch(directory)
+            except Exception as e:
+                # Removed (the one whose removal closed the notifier, say):
+                # its clients rely on retrying, and watch again when they
+                # next wait.
+                del self._subscribers[directory]
+                _log.info(
+                    "stopped watching {directory} for new hosts ({error})",
+                    directory=directory,
+                    error=e,
+                )
+
+    def _watch(self, directory: str) -> None:
+        from twisted.python.filepath import FilePath
+
+        inotify = self._inotify
+        self._notifier.watch(
+            FilePath(directory),
+            mask=inotify.IN_MOVED_TO | inotify.IN_CREATE,
+            callbacks=[self._changed],
+        )
 
     def subscribe(self, path: str, callback: Callback) -> None:
         directory, name = os.path.split(path)
         names = self._subscribers.get(directory)
         if names is None:
-            from twisted.python.filepath import FilePath
-
-            inotify = self._inotify
-            self._notifier.watch(
-                FilePath(directory),
-                mask=inotify.IN_MOVED_TO | inotify.IN_CREATE,
-                callbacks=[self._changed],
-            )
+            self._watch(directory)
             names = self._subscribers[directory] = {}
         names.setdefault(name, set()).add(callback)
 
@@ -81,6 +122,28 @@ class _DirectoryWatcher:
                 callback()
             except Exception:
                 _log.failure("a host-appeared callback raised")
+
+
+@functools.cache
+def _notifierClass() -> Any:
+    """
+    Twisted's C{INotify}, telling a callable when it closes (imported on
+    first use: it exists only where C{inotify} does).
+    """
+    from twisted.internet import inotify
+
+    class _Notifier(inotify.INotify):
+        def __init__(
+            self, reactor: object, closed: Callable[[object, Failure], None]
+        ) -> None:
+            super().__init__(reactor)  # type: ignore[no-untyped-call]
+            self._closed = closed
+
+        def connectionLost(self, reason: Failure) -> None:
+            super().connectionLost(reason)  # type: ignore[no-untyped-call]
+            self._closed(self, reason)
+
+    return _Notifier
 
 
 _watcher: _DirectoryWatcher | None = None
