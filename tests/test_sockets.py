@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -726,63 +725,6 @@ def test_directDispatchEndsALinkWhosePeerEnded(epollReactor: Any) -> None:
         [reason] = lost
         assert reason.check(ConnectionDone)
         assert link not in epollReactor.getReaders()
-    finally:
-        epollReactor.removeAll()
-        one.close()
-        other.close()
-
-
-def test_directDispatchPollsAgainOnlyWhileTheMainLoopWouldOnlyPoll(
-    epollReactor: Any,
-) -> None:
-    """
-    Called by the reactor's main loop, the direct dispatch polls again in
-    place while the loop's next turn would do nothing else, and returns to
-    it for a due timed call, a call from a thread, a new timed call and a
-    stop, even while a link is readable on every poll; C{iterate()} does
-    one iteration.
-    """
-    one, other = socket.socketpair()
-    try:
-        link = tcp.Connection(one, Protocol(), epollReactor)
-        link.connected = True
-        reads: list[bytes] = []
-
-        def received(data: bytes | memoryview) -> None:
-            reads.append(bytes(data))
-            if len(reads) < 1_000_000:
-                # Readable again at once: the link never lets the poll wait.
-                other.send(b"x")
-
-        assert readDirectly(link, received)
-        epollReactor.addReader(link)
-        other.send(b"x")
-        epollReactor.iterate(0)
-        assert reads == [b"x"]
-
-        served: list[str] = []
-
-        def fromThread() -> None:
-            served.append("from a thread")
-            epollReactor.callLater(0, newTimedCall)
-
-        def newTimedCall() -> None:
-            served.append("new timed call")
-            epollReactor.stop()
-
-        def due() -> None:
-            served.append("due")
-            thread = threading.Thread(
-                target=epollReactor.callFromThread, args=(fromThread,)
-            )
-            thread.start()
-            thread.join()
-
-        epollReactor.callLater(0.05, due)
-        epollReactor.run(installSignalHandlers=False)
-        assert served == ["due", "from a thread", "new timed call"]
-        # The link was read on every turn, and never alone for long.
-        assert 1 < len(reads) < 1_000_000
     finally:
         epollReactor.removeAll()
         one.close()

@@ -912,40 +912,6 @@ def _directDoPoll(reactor: typing.Any) -> Callable[[float | None], None]:
     doReadOrWrite = reactor._doReadOrWrite
     disconnect = reactor._disconnectSelectable
     readable = select.EPOLLIN
-    mainLoop = _plainMainLoop(reactor)
-    getframe = sys._getframe
-
-    def doIteration(timeout: float | None) -> None:
-        doPoll(timeout)
-        if mainLoop is None or getframe(1).f_code is not mainLoop:
-            # reactor.iterate(), or a main loop not Twisted's own: one
-            # iteration, as asked.
-            return
-        # Called by the reactor's own mainLoop: poll again here for as long
-        # as its next turn would do nothing but poll (no call from a
-        # thread, no new or due timed call, no stop, no heap to compact),
-        # with the timeout its timeout() would give.  That turn's
-        # runUntilCurrent, timeout() and error handler (six Python calls
-        # on every round trip) are what this saves; anything else returns
-        # to the main loop, which does it as before.
-        while (
-            reactor._started
-            and reactor.running
-            and not reactor.threadCallQueue
-            and not reactor._newTimedCalls
-            and not reactor._justStopped
-            and reactor._cancellations <= 50
-        ):
-            # Looked up each time: runUntilCurrent replaces the list when
-            # it compacts it, and a dispatched call could run that.
-            pending = reactor._pendingTimedCalls
-            if pending:
-                delay = pending[0].time - reactor.seconds()
-                if delay <= 0:
-                    return
-                doPoll(delay if delay < 2147483 else 2147483)
-            else:
-                doPoll(None)
 
     def doPoll(timeout: float | None) -> None:
         if timeout is None:
@@ -981,41 +947,7 @@ def _directDoPoll(reactor: typing.Any) -> Callable[[float | None], None]:
             except BaseException:
                 log.err(system=selectable.logPrefix())
 
-    return doIteration
-
-
-def _plainMainLoop(reactor: object) -> typing.Any:
-    """
-    The code of C{ReactorBase.mainLoop} if C{reactor} runs it, with Twisted's
-    own C{runUntilCurrent} and C{timeout} and the state they read (so that
-    L{_directDoPoll} may tell when a turn of it would only poll), or
-    C{None}.
-    """
-    from twisted.internet.base import ReactorBase
-
-    cls: typing.Any = type(reactor)
-    names = (
-        "_started",
-        "running",
-        "threadCallQueue",
-        "_newTimedCalls",
-        "_pendingTimedCalls",
-        "_justStopped",
-        "_cancellations",
-    )
-    if (
-        not isinstance(reactor, ReactorBase)
-        or cls.mainLoop is not ReactorBase.mainLoop
-        or cls.runUntilCurrent is not ReactorBase.runUntilCurrent
-        or cls.timeout is not ReactorBase.timeout
-        or any(
-            name in vars(reactor) for name in ("mainLoop", "runUntilCurrent", "timeout")
-        )
-        or not all(hasattr(reactor, name) for name in names)
-        or not isinstance(reactor._pendingTimedCalls, list)
-    ):
-        return None
-    return ReactorBase.mainLoop.__code__
+    return doPoll
 
 
 def _dispatchDirectly(reactor: object) -> None:
