@@ -80,6 +80,36 @@ class _Dialer:
             self.received += data
 
 
+async def _machinePort(
+    tmp_path: Any, received: list[bytes]
+) -> tuple[Any, ClusterPort, Any]:
+    """
+    A channel port on the real reactor whose application appends what it
+    receives to C{received}, its cluster port (etcd unreachable, plain TCP:
+    its role and term are set by the test) and that port's listening port
+    for links between machines.
+    """
+    from twisted.internet import reactor
+
+    class Recorder(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            received.append(data)
+
+    endpoint = ChannelEndpoint(
+        reactor,
+        "jobs",
+        directory=str(tmp_path),
+        coordinator="etcd://127.0.0.1:1",
+        insecure=True,
+    )
+    assert endpoint.cluster is not None
+    local = endpoint._port(Factory.forProtocol(Recorder))
+    local.startListening()
+    port = ClusterPort(reactor, local, endpoint.cluster, "jobs")
+    port._serverFactory = port._buildServerFactory()
+    return local, port, await port._listen()
+
+
 async def _until(check: Any, timeout: float = 5.0) -> None:
     waited = 0.0
     while not check():
@@ -98,27 +128,8 @@ async def test_heldUntilHosting(tmp_path: Any) -> None:
     process that neither hosts nor may soon is closed, and held ones are
     closed when the campaign follows another machine.
     """
-    from twisted.internet import reactor
-
     received: list[bytes] = []
-
-    class Recorder(Protocol):
-        def dataReceived(self, data: bytes) -> None:
-            received.append(data)
-
-    endpoint = ChannelEndpoint(
-        reactor,
-        "jobs",
-        directory=str(tmp_path),
-        coordinator="etcd://127.0.0.1:1",
-        insecure=True,
-    )
-    assert endpoint.cluster is not None
-    local = endpoint._port(Factory.forProtocol(Recorder))
-    local.startListening()
-    port = ClusterPort(reactor, local, endpoint.cluster, "jobs")
-    port._serverFactory = port._buildServerFactory()
-    listening = await port._listen()
+    local, port, listening = await _machinePort(tmp_path, received)
     election = SimpleNamespace(contending=False)
     port._election = election  # type: ignore[assignment]
     port._record = HostRecord("127.0.0.1:4433", "a", os.getpid())
@@ -172,27 +183,8 @@ async def test_steppingDownEndsTheLinks(tmp_path: Any) -> None:
     A host across machines that steps down ends its links at once: nothing
     its peers sent after is delivered, and each peer sees its link end.
     """
-    from twisted.internet import reactor
-
     received: list[bytes] = []
-
-    class Recorder(Protocol):
-        def dataReceived(self, data: bytes) -> None:
-            received.append(data)
-
-    endpoint = ChannelEndpoint(
-        reactor,
-        "jobs",
-        directory=str(tmp_path),
-        coordinator="etcd://127.0.0.1:1",
-        insecure=True,
-    )
-    assert endpoint.cluster is not None
-    local = endpoint._port(Factory.forProtocol(Recorder))
-    local.startListening()
-    port = ClusterPort(reactor, local, endpoint.cluster, "jobs")
-    port._serverFactory = port._buildServerFactory()
-    listening = await port._listen()
+    local, port, listening = await _machinePort(tmp_path, received)
     port._election = SimpleNamespace(contending=True)  # type: ignore[assignment]
     port._record = HostRecord("127.0.0.1:4433", "a", os.getpid())
     port._hosting(7)

@@ -467,6 +467,26 @@ def pushToKernel(transport: object) -> None:
     transport.doWrite()
 
 
+def _sendHoldingNothing(transport: typing.Any, data: bytes) -> None:
+    """
+    Hand C{data} to the kernel through the socket of C{transport}, a
+    connected TCP or Unix transport that holds nothing, and leave to it
+    what the kernel does not take (unjoined), or any error (the transport
+    finds it itself when it writes).
+    """
+    try:
+        sent = transport.socket.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        # The transport finds the error itself when it tries.
+        transport.write(data)
+        return
+    if sent < len(data):
+        writeUnjoined(transport)
+        transport.write(data[sent:])
+
+
 def sendNow(transport: object, data: bytes) -> None:
     """
     Write C{data} to C{transport}, handing it straight to the kernel when
@@ -491,17 +511,7 @@ def sendNow(transport: object, data: bytes) -> None:
         writeUnjoined(transport)
         transport.write(data)  # type: ignore[attr-defined]
         return
-    try:
-        sent = transport.socket.send(data)
-    except (BlockingIOError, InterruptedError):
-        sent = 0
-    except OSError:
-        # The transport finds the error itself when it tries.
-        transport.write(data)
-        return
-    if sent < len(data):
-        writeUnjoined(transport)
-        transport.write(data[sent:])
+    _sendHoldingNothing(transport, data)
 
 
 def sendAtEndOfRead(transport: object, data: bytes) -> None:
@@ -528,17 +538,7 @@ def sendAtEndOfRead(transport: object, data: bytes) -> None:
         # Any error is left for the reactor to find, as in pushToKernel.
         transport.doWrite()
         return
-    try:
-        sent = transport.socket.send(data)
-    except (BlockingIOError, InterruptedError):
-        sent = 0
-    except OSError:
-        # The transport finds the error itself when it tries.
-        transport.write(data)
-        return
-    if sent < len(data):
-        writeUnjoined(transport)
-        transport.write(data[sent:])
+    _sendHoldingNothing(transport, data)
 
 
 #: The most buffers one C{sendmsg} is given (Linux's IOV_MAX is 1024).
