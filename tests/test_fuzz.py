@@ -275,11 +275,14 @@ def _judgedByThePreHelloLimit(stream: bytes, chunks: list[bytes]) -> bool:
     """
     Whether a DATA frame of more than 4 KiB (but within L{LIMIT}) has its
     header in the read that completes the hello, where the host checks it
-    against the pre-hello limit.
+    against the pre-hello limit, after a hello the host accepts (one it
+    refuses is refused for itself, before that frame is judged).
     """
     if len(stream) < 5:
         return False
     helloEnd = 4 + struct.unpack_from(">I", stream)[0]
+    if model(stream[:helloEnd]).outcome != "open":
+        return False
     readEnd = 0
     for chunk in chunks:
         readEnd += len(chunk)
