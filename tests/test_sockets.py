@@ -34,7 +34,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import context, log
 from twisted.python.failure import Failure
 
-from twisted_channel import ChannelEndpoint, _sockets
+from twisted_channel import ChannelEndpoint, _sockets, _wire
 from twisted_channel._sockets import (
     TwistedEdge,
     bufferedBytes,
@@ -781,13 +781,62 @@ async def test_hostReadsTheHelloAsItAccepts(channelDirectory: str) -> None:
                 inAccept[0] = False
 
         listening.doRead = recordingAccept
+        # What the host arms on its clock (its links' deadlines).
+        armed: list[object] = []
+
+        class RecordingClock:
+            def __getattr__(self, name: str) -> object:
+                return getattr(reactor, name)
+
+            def callLater(self, delay: float, f: Any, *a: Any, **kw: Any) -> Any:
+                armed.append(f)
+                return reactor.callLater(delay, f, *a, **kw)
+
+        port.clock = RecordingClock()  # type: ignore[attr-defined]
         client = await endpoint.connect(Factory.forProtocol(Protocol))
         assert client.transport is not None
         client.transport.write(b"first")
         await _until(lambda: client.transport.acknowledgedThrough == 1)  # type: ignore[union-attr]
         assert whileAccepting == [True]
+        # The hello was answered as the link was accepted: no handshake
+        # deadline was armed (to be cancelled at once).
+        [link] = port._term.allLinks  # type: ignore[attr-defined]
+        assert link._deadline is None
+        assert link._handshakeExpired not in armed
         client.transport.loseConnection()
     finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostArmsTheDeadlineWhenTheHelloIsNotThere(
+    channelDirectory: str,
+) -> None:
+    """
+    A link accepted before its hello is there (here, a peer that connects
+    and says nothing yet) has its handshake deadline armed; the hello that
+    follows disarms it.
+    """
+    from twisted.internet import reactor
+
+    endpoint = ChannelEndpoint(reactor, "silent", directory=channelDirectory)
+    port = await endpoint.listen(Factory.forProtocol(Protocol))
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await port.whenHosting()  # type: ignore[attr-defined]
+        peer.connect(endpoint.address)
+        term = port._term  # type: ignore[attr-defined]
+        await _until(lambda: len(term.allLinks) == 1)
+        [link] = term.allLinks
+        assert link._deadline is not None and link._deadline.active()
+        deadline = link._deadline
+        peer.sendall(
+            _wire.encodeHello(_wire.Hello(os.urandom(16), os.getpid(), 1 << 20))
+        )
+        await _until(lambda: link.application is not None)
+        assert link._deadline is None and not deadline.active()
+    finally:
+        peer.close()
         await port.stopListening()
 
 
@@ -807,7 +856,26 @@ def test_probeFindsEverythingOnThisTwisted() -> None:
     assert found.adoptListeningSocket
     assert set(found.plainReads) == {tcp.Server.doRead, unix.Server.doRead}
     assert found.directDispatch
+    assert found.unixTransportOver
     assert twistedEdge() == found
+
+
+def test_probeNamesAUnixTransportItCannotMake(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A Unix transport that cannot be made over a connected socket as
+    C{adoptStreamConnection} makes it (here, one that keeps a socket of its
+    own) turns that off, and only that.
+    """
+    original = unix.Server.__init__
+
+    def init(self: Any, sock: socket.socket, *args: Any) -> None:
+        original(self, sock.dup(), *args)
+
+    monkeypatch.setattr(unix.Server, "__init__", init)
+    found = probeTwisted()
+    assert not found.unixTransportOver
+    assert found.plainReads and found.bufferAccounting and found.directDispatch
+    assert found.missing == ("unix.Server over a connected socket",)
 
 
 def _withoutInstanceAttribute(

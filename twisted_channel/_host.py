@@ -306,6 +306,9 @@ class _HostLink(Protocol):
     #: The application's producer registered on this link, as the link's
     #: socket sees it.
     producer: BudgetedProducer | None = None
+    #: Whether the handshake ended (the link opened, or was refused): its
+    #: deadline is then off.
+    _handshakeOver = False
 
     def __init__(self, port: ChannelPort, term: _HostingTerm) -> None:
         self.port = port
@@ -354,24 +357,24 @@ class _HostLink(Protocol):
             self.transport.write(self.session.greeting())
             self._startDeadline()
             return
-        handle = self.transport.getHandle()  # type: ignore[attr-defined]
-        credentials = peerCredentials(handle)
-        self.peerAddress = ChannelAddress(
-            port.name,
-            port.paths.socket,
-            None,
-            credentials.pid,
-            credentials.uid,
+        peerPid, peerUid = peerCredentials(
+            self.transport.getHandle()  # type: ignore[attr-defined]
         )
-        if credentials.uid is not None and credentials.uid != os.getuid():
+        self.peerAddress = ChannelAddress(
+            port.name, port.paths.socket, None, peerPid, peerUid
+        )
+        if peerUid is not None and peerUid != os.getuid():
             self.refuse(
-                f"peer runs as uid {credentials.uid}, not as this channel's "
-                f"uid {os.getuid()}"
+                f"peer runs as uid {peerUid}, not as this channel's uid {os.getuid()}"
             )
             return
-        self._startDeadline()
         if direct:
             self._readHelloNow()
+        if not (self._handshakeOver or self._lost):
+            # Armed only now: a hello read at once and answered (or refused)
+            # needs no deadline armed and cancelled on the way to the first
+            # message.
+            self._startDeadline()
 
     def _readHelloNow(self) -> None:
         """
@@ -535,6 +538,7 @@ class _HostLink(Protocol):
             if isinstance(event, Authenticated):
                 transport.write(event.reply)
                 continue
+            self._handshakeOver = True
             self._stopDeadline()
             if isinstance(event, Refused):
                 if event.authentication:

@@ -4,8 +4,9 @@ probe that finds out whether the Twisted in use offers it: how much a
 socket transport holds, sending it now, sending without it when it holds
 nothing, sending what it holds without joining it, reading without its
 layers, the epoll reactor handing a link's reads over without the legacy
-logging context, how much waits unread in the kernel, and a Unix
-listening port started on a socket bound and listening beforehand.
+logging context, how much waits unread in the kernel, a Unix
+listening port started on a socket bound and listening beforehand, and a
+Unix transport made over a socket the channel connected itself.
 
 They rely on L{twisted.internet.abstract.FileDescriptor}'s buffering, on
 L{twisted.internet.tcp.Connection}'s socket (the TCP and Unix transports of
@@ -37,8 +38,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from twisted.internet import abstract, main, tcp, unix
+from twisted.internet.address import UNIXAddress
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor, IWriteDescriptor
+from twisted.internet.interfaces import (
+    IAddress,
+    IReactorFDSet,
+    IReadDescriptor,
+    IWriteDescriptor,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -73,6 +80,10 @@ class TwistedEdge:
     @ivar adoptListeningSocket: a Unix listening port, started as
         C{unix.Port.startListening} leaves it but on a socket bound and
         listening beforehand, accepts on it: L{startListeningOn}.
+    @ivar unixTransportOver: the reactor's Unix stream transport
+        (C{unix.Server}) can be made over a connected socket itself, as
+        C{adoptStreamConnection} makes it over a duplicate:
+        L{connectUnixLink}.
     @ivar directDispatch: the epoll reactor hands each ready descriptor to
         C{_doReadOrWrite} inside C{log.callWithLogger}, from its
         C{_poller} and C{_selectables}, and a C{doIteration} of the
@@ -90,6 +101,7 @@ class TwistedEdge:
     adoptListeningSocket: bool
     missing: tuple[str, ...]
     directDispatch: bool = False
+    unixTransportOver: bool = False
 
 
 @implementer(IReactorFDSet)
@@ -315,6 +327,47 @@ def _probeAdoptListeningSocket(missing: list[str]) -> bool:
     return True
 
 
+class _WatchingProbeReactor(_ProbeReactor):
+    """
+    A probe's reactor that records what it was asked to watch for reading.
+    """
+
+    def __init__(self) -> None:
+        self.readers: list[IReadDescriptor] = []
+
+    def addReader(self, reader: IReadDescriptor) -> None:
+        self.readers.append(reader)
+
+
+def _probeUnixTransportOver(missing: list[str]) -> bool:
+    """
+    Whether L{connectUnixLink} may make the reactor's Unix transport over a
+    connected socket itself: C{unix.Server(socket, protocol, peer, None, 0,
+    reactor)}, as C{adoptStreamConnection} calls it, keeps that socket,
+    reads from it once connected, and names the peer given.
+    """
+    one, other = socket.socketpair()
+    try:
+        reactor = _WatchingProbeReactor()
+        try:
+            transport = unix.Server(one, Protocol(), "probe", None, 0, reactor)
+            found = (
+                transport.socket is one
+                and transport.fileno() == one.fileno()
+                and reactor.readers == [transport]
+                and bool(transport.connected)
+                and transport.getPeer() == UNIXAddress("probe")
+            )
+        except Exception:
+            found = False
+        if not found:
+            missing.append("unix.Server over a connected socket")
+        return found
+    finally:
+        one.close()
+        other.close()
+
+
 @implementer(IReadDescriptor)
 class _ProbeReader:
     """
@@ -432,6 +485,7 @@ def probeTwisted() -> TwistedEdge:
         plainReads=_probeReadDirectly(missing),
         adoptListeningSocket=_probeAdoptListeningSocket(missing),
         directDispatch=_probeDirectDispatch(missing),
+        unixTransportOver=_probeUnixTransportOver(missing),
         missing=tuple(missing),
     )
 
@@ -1196,3 +1250,52 @@ def startListeningOn(port: unix.Port, listening: socket.socket) -> bool:
         return False
     _startOn(port, listening)
     return True
+
+
+class _BuildsOne(Factory):
+    """
+    The factory of one adopted connection: its protocol is what C{build}
+    makes.
+    """
+
+    noisy = False
+
+    def __init__(self, build: Callable[[], Protocol]) -> None:
+        self._build = build
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        return self._build()
+
+
+def connectUnixLink(
+    reactor: typing.Any,
+    link: socket.socket,
+    peer: str,
+    build: Callable[[], Protocol],
+) -> None:
+    """
+    Hand C{link}, a connected non-blocking Unix stream socket, to
+    C{reactor} (a POSIX reactor's), with the protocol C{build} makes: the
+    reactor's transport is made over C{link} itself, which it owns from
+    then on.  C{IReactorSocket.adoptStreamConnection} makes the same
+    transport over a duplicate and asks the kernel for both ends' names
+    four times (seven system calls in all, the original's close
+    included), on a client's way to its first message and at each
+    failover; this needs none of them.  Where the Twisted in use cannot
+    (L{twistedEdge} says so), it goes through C{adoptStreamConnection},
+    and C{link} is closed.
+
+    @param peer: the path C{link} is connected to: the transport's
+        C{getPeer()}.
+    """
+    if twistedEdge().unixTransportOver:
+        protocol = build()
+        transport = unix.Server(link, protocol, peer, None, 0, reactor)
+        # What adoptStreamConnection names it by, without asking the kernel.
+        transport.repstr = f"<{type(protocol).__name__} #0 to {peer}>"
+        protocol.makeConnection(transport)
+        return
+    try:
+        reactor.adoptStreamConnection(link.fileno(), socket.AF_UNIX, _BuildsOne(build))
+    finally:
+        link.close()
