@@ -147,9 +147,7 @@ class _ClientLink(Protocol):
         self.session = connection.session.newLink(secret)
         self._deadline: IDelayedCall | None = None
         self._deadlineRechecked = False
-        self.hostAddress = ChannelAddress(
-            connection.address.name, connection.address.path, HOST
-        )
+        self.hostAddress = connection.unknownHost
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -165,23 +163,19 @@ class _ClientLink(Protocol):
             # The host speaks first, with its challenge.
             self._startDeadline()
             return
-        credentials = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
-        if credentials.uid is not None and credentials.uid != os.getuid():
+        hostPid, hostUid = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
+        if hostUid is not None and hostUid != os.getuid():
             _log.warn(
                 "channel {channel}: the socket {path} is served by uid {uid}, "
                 "not by this process's uid; refusing it",
                 channel=connection.address.name,
                 path=connection.address.path,
-                uid=credentials.uid,
+                uid=hostUid,
             )
             self.transport.abortConnection()  # type: ignore[attr-defined]
             return
         self.hostAddress = ChannelAddress(
-            connection.address.name,
-            connection.address.path,
-            HOST,
-            credentials.pid,
-            credentials.uid,
+            connection.address.name, connection.address.path, HOST, hostPid, hostUid
         )
         self._startDeadline()
         self.send(self.session.start())
@@ -439,7 +433,10 @@ class ChannelClientTransport(SocketOptions):
         # host's news and of messages waiting for it.
         self._deadlines = self.reconnection.deadlines
         self._linkWaiters = LinkWaiters(address.name, protocol)
-        self._hostAddress = ChannelAddress(address.name, address.path, HOST)
+        #: The host's address while no host is known: made once, as it
+        #: stands for every link until its host is known.
+        self.unknownHost = ChannelAddress(address.name, address.path, HOST)
+        self._hostAddress = self.unknownHost
         # Whether the host acknowledged anything on the current link: the
         # link was healthy (see Reconnection.linkLost).
         self._ackedOnLink = False
@@ -1063,7 +1060,7 @@ class ChannelClientTransport(SocketOptions):
         self.state = CONNECTION[self.state, LINK_LOST]
         self._dropOutgoing()
         self._writeLimit = self.maxMessageSize
-        self._hostAddress = ChannelAddress(self.address.name, self.address.path, HOST)
+        self._hostAddress = self.unknownHost
         _log.info(
             "channel {channel}: link to host pid {hostPid} lost ({reason}); "
             "{pending} message(s) await a host",
