@@ -382,13 +382,20 @@ LARGE_BODY: Final = 8192
 _LARGE_FIRST = 256 * 1024
 
 
+#: A read (a view of the reader's buffer) whose first frame is no longer
+#: than this is copied whole into bytes before it is parsed.
+_COPIED_WHOLE_UNDER = 4096
+
+
 class FrameDecoder:
     """
     Split a byte stream into frames.
 
-    Bodies are copied out of what is fed, once, into the bytes returned;
-    nothing fed is kept beyond the call (an incomplete frame is copied), so
-    a reader may feed a view of a buffer it reuses.
+    Bodies are copied out of what is fed, once, into the bytes returned
+    (a view whose first message is small is first copied whole: see
+    L{_COPIED_WHOLE_UNDER}); nothing fed is kept beyond the call (an
+    incomplete frame is copied), so a reader may feed a view of a buffer it
+    reuses.
 
     @ivar maxMessageSize: the largest C{DATA} body accepted; other kinds are
         bounded by L{MAX_CONTROL_BODY}.
@@ -532,8 +539,18 @@ class FrameDecoder:
                 # for more frames: what is left waits for the next call.
                 buffer += memoryview(data)[offset:]
                 return frames
-        # The common case: parsed straight from what was read (bytes, or a
-        # view of the reader's buffer), copying only bodies.
+        if (
+            type(data) is not bytes
+            and len(data) - offset >= 5
+            and _HEADER.unpack_from(data, offset)[0] <= _COPIED_WHOLE_UNDER
+        ):
+            # A view of the reader's buffer, starting with a small message:
+            # one copy of the read, then a slice of it per body, costs less
+            # than a view and a copy per body (up to about 4 KiB a message).
+            data = bytes(memoryview(data)[offset:])
+            offset = 0
+        # The common case: parsed straight from what was read, copying only
+        # bodies.
         parsed, room = self._parse(data, offset, room, frames)
         if parsed < len(data):
             buffer += memoryview(data)[parsed:]
