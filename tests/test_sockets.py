@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -898,7 +899,6 @@ def _withoutInstanceAttribute(
     [
         (abstract.FileDescriptor, "_tempDataLen", "FileDescriptor._tempDataLen"),
         (abstract.FileDescriptor, "offset", "FileDescriptor.offset"),
-        (unix.Port, "_preexistingSocket", "unix.Port._preexistingSocket"),
     ],
 )
 def test_probeNamesAMissingAttribute(
@@ -915,11 +915,88 @@ def test_probeNamesAMissingAttribute(
         monkeypatch.delattr(abstract.FileDescriptor, name, raising=False)
     found = probeTwisted()
     assert shown in found.missing
-    if cls is unix.Port:
-        assert not found.adoptListeningSocket and found.bufferAccounting
-    else:
-        assert not found.bufferAccounting and not found.sendImmediately
-        assert found.adoptListeningSocket
+    assert not found.bufferAccounting and not found.sendImmediately
+    assert found.adoptListeningSocket
+
+
+#: What the probe calls a Unix port that does not accept once started on a
+#: socket bound beforehand.
+_STARTED_OTHERWISE = "unix.Port accepting on a socket it did not bind"
+
+
+def _portsStartedOtherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Make Twisted's Unix ports accept only once started by their own
+    C{startListening}, as if a release had its start prepare something
+    more that accepting needs.
+    """
+    start = unix.Port.startListening
+    accept = unix.Port.doRead
+
+    def startListening(self: Any) -> None:
+        start(self)
+        self.preparedByTwisted = True
+
+    def doRead(self: Any) -> None:
+        if getattr(self, "preparedByTwisted", False):
+            accept(self)
+
+    monkeypatch.setattr(unix.Port, "startListening", startListening)
+    monkeypatch.setattr(unix.Port, "doRead", doRead)
+
+
+def test_probeFindsAPortThatDoesNotAcceptStartedOtherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    A Unix port that, started as the channel starts it on a socket bound
+    beforehand, does not accept on it is named, and only that is off.
+    """
+    _portsStartedOtherwise(monkeypatch)
+    found = probeTwisted()
+    assert found.missing == (_STARTED_OTHERWISE,)
+    assert not found.adoptListeningSocket and found.bufferAccounting
+
+
+def test_portStartedOnABoundSocketAccepts(channelDirectory: str) -> None:
+    """
+    A port started on a socket bound and listening beforehand listens on
+    that socket, as it is (no C{chmod} or C{listen} again), and accepts on
+    it over a real connection.
+    """
+    from twisted.internet import reactor
+
+    path = os.path.join(channelDirectory, "s.sock")
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(path)
+    os.chmod(path, 0o640)
+    listening.listen(3)
+    listening.setblocking(False)
+    built: list[Protocol] = []
+
+    class Keeping(Factory):
+        noisy = False
+
+        def buildProtocol(self, addr: Any) -> Protocol:
+            built.append(Protocol())
+            return built[-1]
+
+    port = unix.Port(os.fsencode(path), Keeping(), reactor=reactor)
+    try:
+        assert _sockets.startListeningOn(port, listening)
+        assert port.fileno() == listening.fileno()
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o640
+        assert port in reactor.getReaders()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)
+            port.doRead()
+            [protocol] = built
+            assert isinstance(protocol.transport, unix.Server)
+            assert protocol.transport.connected
+            protocol.transport.abortConnection()
+    finally:
+        port.stopReading()
+        listening.close()
 
 
 _DISPATCH = (
@@ -1040,7 +1117,7 @@ def _lacking(monkeypatch: pytest.MonkeyPatch) -> TwistedEdge:
         plainReads=(),
         adoptListeningSocket=False,
         directDispatch=False,
-        missing=("FileDescriptor._tempDataLen", "unix.Port._preexistingSocket"),
+        missing=("FileDescriptor._tempDataLen", _STARTED_OTHERWISE),
     )
     monkeypatch.setattr(_sockets, "_found", None)
     monkeypatch.setattr(_sockets, "probeTwisted", lambda: lacking)
@@ -1064,7 +1141,7 @@ def test_oneWarningNamesWhatIsMissing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert warning["log_level"] is LogLevel.warn
     text = formatEvent(warning)
     assert "FileDescriptor._tempDataLen" in text
-    assert "unix.Port._preexistingSocket" in text
+    assert _STARTED_OTHERWISE in text
 
 
 def test_withoutTheProbedMeansTransportsAreUsedPublicly(
@@ -1104,7 +1181,7 @@ async def test_hostWithoutAdoptingBindsInPlaceAndCleansUp(
         _lacking(monkeypatch)
     else:
         monkeypatch.setattr(_sockets, "_found", None)
-        _withoutInstanceAttribute(monkeypatch, unix.Port, "_preexistingSocket")
+        _portsStartedOtherwise(monkeypatch)
     received: list[bytes] = []
 
     class Upper(Protocol):

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import _wire
+from . import _process, _wire
 from ._address import CLIENT, HOST, ChannelAddress
 from ._auth import LOOPBACK
 from ._clientsession import (
@@ -92,6 +92,8 @@ _OVERHEAD = PendingWrites.MESSAGE_OVERHEAD
 #: (C{sendmsg} of the headers and payloads); a smaller batch is joined into
 #: one C{bytes} and sent.
 _UNJOINED_FROM = 4096
+#: A footprint no buffer reaches: where nothing is to be paused.
+_NEVER = 1 << 62
 
 #: What a client does when its host is lost: go on with the next host,
 #: resending what was not acknowledged, or end the connection.
@@ -430,7 +432,7 @@ class ChannelClientTransport(SocketOptions):
         # Whether a link's read is being handled now (it flushes at its end).
         self._inRead = False
         self.session = ClientSession(
-            os.urandom(16), os.getpid(), maxMessageSize, acrossMachines
+            os.urandom(16), _process.pid, maxMessageSize, acrossMachines
         )
         self.clientId = self.session.clientId
         self.pending = self.session.pending
@@ -463,8 +465,13 @@ class ChannelClientTransport(SocketOptions):
         # handed to its transport.
         self._outgoing: list[bytes] | None = None
         self._outgoingLarge = False
+        # The header of the last message written, and its size.
+        self._headerSize = -1
+        self._header = b""
         self._flushCall: IDelayedCall | None = None
         self._callLater = reactor.callLater
+        # Where a write holds its message until acknowledged.
+        self._keep = self.pending.messages.append
         self.readingPaused = False
         # Whether the host's messages are dropped: reading was paused when
         # loseConnection was called, or the connection was aborted.
@@ -475,6 +482,9 @@ class ChannelClientTransport(SocketOptions):
         # the next attempt is under way.
         self._linkLostNews: tuple[IDelayedCall, Failure] | None = None
         self._producer: _RegisteredProducer | None = None
+        # The footprint at which a write pauses the registered producer
+        # (its high-water mark), or, without one, a footprint never reached.
+        self._pauseAt = _NEVER
 
     def __repr__(self) -> str:
         return (
@@ -560,17 +570,19 @@ class ChannelClientTransport(SocketOptions):
                 raise TypeError(f"data must be bytes, not {type(data).__name__}")
         size = len(data)
         pending = self.pending
+        footprint = pending.footprint + size + _OVERHEAD
         # One comparison in the common case; the slow path says which limit.
         if (
             size > self._writeLimit
             or self.disconnecting
-            or pending.footprint + size + _OVERHEAD > self.maxBufferSize
+            or footprint > self.maxBufferSize
         ):
             self._refuseWrite(size)
-        # PendingWrites.append, inlined: this is the hottest line there is.
-        pending.messages.append(data)
+        # PendingWrites.append, inlined (its deque's append, bound once):
+        # this is the hottest line there is.
+        self._keep(data)
         pending.byteCount += size
-        pending.footprint += size + _OVERHEAD
+        pending.footprint = footprint
         outgoing = self._outgoing
         if outgoing is not None:
             if not outgoing:
@@ -583,14 +595,18 @@ class ChannelClientTransport(SocketOptions):
                     self._watchStall()
             # Header and payload apart: the batch is joined once at its
             # flush (or sent unjoined), so joining each message to its
-            # header first would copy it twice.
-            outgoing.append(_HEADER.pack(size + 1, _DATA))
+            # header first would copy it twice.  Messages of one size
+            # follow each other (a stream of records, a bulk transfer):
+            # the last size's header is kept, not packed again.
+            if size != self._headerSize:
+                self._headerSize = size
+                self._header = _HEADER.pack(size + 1, _DATA)
+            outgoing.append(self._header)
             outgoing.append(data)
             if size >= _UNJOINED_FROM:
                 self._outgoingLarge = True
-        producer = self._producer
-        if producer is not None and pending.footprint >= self.highWater:
-            producer.pause()
+        if footprint >= self._pauseAt:
+            self._producer.pause()  # type: ignore[union-attr]
 
     def linkDataReceived(self, link: _ClientLink, data: bytes | memoryview) -> None:
         """
@@ -827,7 +843,7 @@ class ChannelClientTransport(SocketOptions):
                 self.address.name,
                 self.address.path,
                 CLIENT,
-                os.getpid(),
+                _process.pid,
                 os.getuid(),
                 LOOPBACK if self.transportKind == "tcp" else None,
             )
@@ -854,6 +870,7 @@ class ChannelClientTransport(SocketOptions):
             producer.stopProducing()
             return
         registered = self._producer = _RegisteredProducer(producer, streaming)
+        self._pauseAt = self.highWater
         if self.pending.footprint >= self.highWater:
             registered.pause()
         elif not streaming:
@@ -861,6 +878,7 @@ class ChannelClientTransport(SocketOptions):
 
     def unregisterProducer(self) -> None:
         self._producer = None
+        self._pauseAt = _NEVER
 
     @property
     def highWater(self) -> int:
@@ -1117,6 +1135,7 @@ class ChannelClientTransport(SocketOptions):
         self._tellLinkLost()
         self._linkWaiters.closed(reason)
         registered, self._producer = self._producer, None
+        self._pauseAt = _NEVER
         if registered is not None:
             registered.producer.stopProducing()
         candidate, self.candidate = self.candidate, None

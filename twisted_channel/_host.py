@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import _wire
+from . import _process, _wire
 from ._address import HOST, STANDBY, ChannelAddress
 from ._auth import (
     LOOPBACK,
@@ -600,7 +600,7 @@ class _HostLink(Protocol):
         # Straight to the kernel: through Twisted's buffer it would cost a
         # watch for writability now, on the way to the first message, and a
         # send and the watch's end at the reactor's next turn.
-        sendNow(self.transport, self.session.welcome(os.getpid(), acrossMachines))
+        sendNow(self.transport, self.session.welcome(_process.pid, acrossMachines))
         self.application = application
         application.makeConnection(_LinkTransport(self))
         return application
@@ -854,7 +854,7 @@ class ChannelPort:
                 self.name,
                 self.paths.port,
                 self.role,
-                os.getpid(),
+                _process.pid,
                 os.getuid(),
                 LOOPBACK,
                 tcpPort,
@@ -863,7 +863,7 @@ class ChannelPort:
             self.name,
             self.paths.socket,
             self.role,
-            os.getpid(),
+            _process.pid,
             os.getuid(),
         )
 
@@ -901,7 +901,7 @@ class ChannelPort:
             _log.debug(
                 "channel {channel}: pid {pid} stands by",
                 channel=self.name,
-                pid=os.getpid(),
+                pid=_process.pid,
             )
 
     def _handOver(self) -> Deferred[Any] | None:
@@ -994,7 +994,7 @@ class ChannelPort:
                 try:
                     writePortFile(
                         self.paths.port,
-                        PortFile(socketPort.getHost().port, secret, os.getpid()),  # type: ignore[attr-defined]
+                        PortFile(socketPort.getHost().port, secret, _process.pid),  # type: ignore[attr-defined]
                     )
                 except BaseException:
                     socketPort.stopListening()
@@ -1047,7 +1047,7 @@ class ChannelPort:
         _log.info(
             "channel {channel}: pid {pid} hosts at {path}",
             channel=self.name,
-            pid=os.getpid(),
+            pid=_process.pid,
             path=address.path,
             role=HOST,
         )
@@ -1120,7 +1120,7 @@ class ChannelPort:
             _log.info(
                 "channel {channel}: pid {pid} stopped hosting",
                 channel=self.name,
-                pid=os.getpid(),
+                pid=_process.pid,
                 role=STOPPED,
             )
             closing = []
@@ -1207,7 +1207,7 @@ class ChannelPort:
         return {
             "name": self.name,
             "hosted": self.role == HOST,
-            "pid": os.getpid(),
+            "pid": _process.pid,
             "since": term.started if term else None,
             "path": self.getHost().path,
             "transport": self.transportKind,

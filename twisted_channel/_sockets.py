@@ -5,8 +5,8 @@ socket transport holds, sending it now, sending without it when it holds
 nothing, sending what it holds without joining it, reading without its
 layers, the epoll reactor handing a link's reads over without the legacy
 logging context, how much waits unread in the kernel, a Unix
-listening port that adopts a socket bound beforehand, and a Unix transport
-made over a socket the channel connected itself.
+listening port started on a socket bound and listening beforehand, and a
+Unix transport made over a socket the channel connected itself.
 
 They rely on L{twisted.internet.abstract.FileDescriptor}'s buffering, on
 L{twisted.internet.tcp.Connection}'s socket (the TCP and Unix transports of
@@ -24,10 +24,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
+import os
 import select
+import shutil
 import socket
 import struct
 import sys
+import tempfile
 import termios
 import typing
 from collections.abc import Callable, Iterator
@@ -74,9 +77,9 @@ class TwistedEdge:
         also reads ancillary data for descriptor passing, which links never
         use), found to be the TCP and Unix transports' reads; empty when
         they read otherwise, or have no C{socket} and C{bufferSize}.
-    @ivar adoptListeningSocket: a Unix listening port can be given a socket
-        bound beforehand (C{unix.Port._preexistingSocket}):
-        L{adoptListeningSocket}.
+    @ivar adoptListeningSocket: a Unix listening port, started as
+        C{unix.Port.startListening} leaves it but on a socket bound and
+        listening beforehand, accepts on it: L{startListeningOn}.
     @ivar unixTransportOver: the reactor's Unix stream transport
         (C{unix.Server}) can be made over a connected socket itself, as
         C{adoptStreamConnection} makes it over a duplicate:
@@ -250,15 +253,76 @@ def _probeReadDirectly(missing: list[str]) -> tuple[object, ...]:
     return (tcp.Connection.doRead, sendmsgRead) if found else ()
 
 
+class _ProbeFactory(Factory):
+    """
+    Gives each connection a plain protocol, and keeps them.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.built: list[Protocol] = []
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        protocol = Protocol()
+        self.built.append(protocol)
+        return protocol
+
+
+@contextmanager
+def _probeListeningSocket() -> Iterator[socket.socket]:
+    """
+    A Unix socket bound and listening: to an abstract name the kernel
+    picks, where there are such (Linux), else in a temporary directory.
+    """
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    directory = None
+    try:
+        try:
+            listening.bind("")
+        except OSError:
+            directory = tempfile.mkdtemp()
+            listening.bind(os.path.join(directory, "probe"))
+        listening.listen(1)
+        listening.setblocking(False)
+        yield listening
+    finally:
+        listening.close()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 def _probeAdoptListeningSocket(missing: list[str]) -> bool:
     """
-    Whether a Unix listening port has the slot for a socket bound before
-    it starts listening, as L{unix.Port} made by
-    C{adoptStreamPort} does.
+    Whether a Unix listening port started by L{startListeningOn} on a
+    socket bound and listening beforehand accepts on it as one Twisted
+    started does: a connection is accepted, and given a protocol and a
+    connected transport.
     """
-    port = unix.Port(b"\0probe", Factory(), reactor=_ProbeReactor())
-    if "_preexistingSocket" not in vars(port) or port._preexistingSocket is not None:
-        missing.append("unix.Port._preexistingSocket")
+    name = "unix.Port accepting on a socket it did not bind"
+    factory = _ProbeFactory()
+    try:
+        with (
+            _probeListeningSocket() as listening,
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client,
+        ):
+            port = unix.Port(b"\0probe", factory, reactor=_ProbeReactor())
+            _startOn(port, listening)
+            client.connect(listening.getsockname())
+            port.doRead()
+            connected: list[bool] = []
+            for protocol in factory.built:
+                transport = protocol.transport
+                if isinstance(transport, tcp.Connection):
+                    transport.socket.close()
+                    connected.append(bool(transport.connected))
+                else:
+                    connected.append(False)
+            if connected != [True] or port.fileno() != listening.fileno():
+                missing.append(name)
+                return False
+    except Exception:
+        missing.append(name)
         return False
     return True
 
@@ -1157,18 +1221,34 @@ def readInLargePieces(transport: object) -> bool:
     return True
 
 
-def adoptListeningSocket(port: unix.Port, listening: socket.socket) -> bool:
-    """
-    Have C{port}, not listening yet, listen on C{listening} (bound and
-    listening already) when it starts, instead of binding a socket of its
-    own.
+def _startOn(port: unix.Port, listening: socket.socket) -> None:
+    # What unix.Port.startListening does with a socket bound beforehand,
+    # less what was done to it already (its chmod and listen) and its
+    # legacy log line, formatted eagerly.
+    tcp._reservedFD.reserve()
+    factory = port.factory
+    assert factory is not None
+    factory.doStart()
+    port.connected = True
+    port.socket = listening
+    port.fileno = listening.fileno  # type: ignore[method-assign]
+    port.numberAccepts = 100
+    port.startReading()
 
-    @return: whether it could; when the Twisted in use lacks the means,
-        the port binds its own socket and C{listening} is left alone.
+
+def startListeningOn(port: unix.Port, listening: socket.socket) -> bool:
+    """
+    Start C{port}, not listening yet, on C{listening}: a Unix socket bound,
+    given its file's mode and listening already, rather than binding a
+    socket of its own.
+
+    @return: whether it could; when the Twisted in use starts its ports
+        otherwise (the probe said so, once), C{port} and C{listening} are
+        left alone.
     """
     if not (_found or twistedEdge()).adoptListeningSocket:
         return False
-    port._preexistingSocket = listening
+    _startOn(port, listening)
     return True
 
 
