@@ -563,7 +563,6 @@ class ChannelClientTransport(SocketOptions):
         # PendingWrites.append, inlined (its deque's append, bound once):
         # this is the hottest line there is.
         self._keep(data)
-        pending.byteCount += size
         pending.footprint = footprint
         outgoing = self._outgoing
         if outgoing is not None:
