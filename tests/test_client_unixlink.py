@@ -144,3 +144,71 @@ async def test_noSocketGoesThroughTwisted(
         await protocol.ended.addTimeout(5, reactor)
     finally:
         await port.stopListening()
+
+
+@pytest.mark.parametrize("edge", ["probed", "lacking"])
+@pytest_twisted.ensureDeferred
+async def test_linkTransportIsMadeOverTheConnectedSocket(
+    edge: str, channelDirectory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The reactor's transport of a client's Unix link is made over the very
+    socket the client connected (no duplicate, no names asked of the
+    kernel).  Where the Twisted in use cannot, the socket goes through
+    C{adoptStreamConnection}, which keeps a duplicate, and the client's own
+    is closed.  Either way the first message arrives.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.internet.protocol import Factory, Protocol
+
+    from twisted_channel import _reconnection, _sockets
+
+    if edge == "lacking":
+        monkeypatch.setattr(_sockets, "_found", None)
+        probeTwisted = _sockets.probeTwisted
+
+        def withoutIt() -> _sockets.TwistedEdge:
+            found = probeTwisted()
+            return _sockets.TwistedEdge(
+                **{**vars(found), "unixTransportOver": False, "missing": ("x",)}
+            )
+
+        monkeypatch.setattr(_sockets, "probeTwisted", withoutIt)
+    made: list[socket.socket] = []
+    unixSocket = _reconnection._unixSocket
+
+    def recordingSocket() -> socket.socket:
+        made.append(unixSocket())
+        return made[-1]
+
+    monkeypatch.setattr(_reconnection, "_unixSocket", recordingSocket)
+    arrived: Deferred[bytes] = Deferred()
+
+    class Host(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            if not arrived.called:
+                arrived.callback(data)
+
+    endpoint = ChannelEndpoint(reactor, "itself", directory=channelDirectory)
+    port = await endpoint.listen(Factory.forProtocol(Host))
+    try:
+        await port.whenHosting()
+        protocol = await endpoint.connect(Factory.forProtocol(_endingClient()))
+        assert protocol.transport is not None
+        protocol.transport.write(b"first")
+        assert await arrived.addTimeout(5, reactor) == b"first"
+        await protocol.transport.whenConnected().addTimeout(5, reactor)
+        [connected] = made
+        handle = protocol.transport.getHandle()
+        if edge == "probed":
+            assert handle is connected
+        else:
+            assert handle is not connected and connected.fileno() == -1
+        # The socket was published under a temporary name, then renamed.
+        assert handle.getpeername().startswith(os.path.dirname(endpoint.address))
+        assert protocol.transport.getPeer().pid == os.getpid()
+        protocol.transport.loseConnection()
+        await protocol.ended.addTimeout(5, reactor)
+    finally:
+        await port.stopListening()

@@ -237,8 +237,10 @@ def test_openLockFileCreates(tmp_path: Path) -> None:
     writing.
     """
     path = tmp_path / "jobs.lock"
-    descriptor = openLockFile(str(path))
+    descriptor, info = openLockFile(str(path))
     try:
+        # Made here: a new empty regular file, which needs no look.
+        assert info is None
         assert mode(path) == 0o600
         assert os.write(descriptor, b"x") == 1
         assert stat.S_ISREG(os.fstat(descriptor).st_mode)
@@ -252,8 +254,9 @@ def test_openLockFileExisting(tmp_path: Path) -> None:
     """
     path = tmp_path / "jobs.lock"
     path.write_bytes(b"keep")
-    descriptor = openLockFile(str(path))
+    descriptor, info = openLockFile(str(path))
     try:
+        assert info is not None and info.st_size == 4
         assert os.read(descriptor, 10) == b"keep"
     finally:
         os.close(descriptor)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,7 +34,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import context, log
 from twisted.python.failure import Failure
 
-from twisted_channel import ChannelEndpoint, _sockets
+from twisted_channel import ChannelEndpoint, _sockets, _wire
 from twisted_channel._sockets import (
     TwistedEdge,
     bufferedBytes,
@@ -780,13 +781,62 @@ async def test_hostReadsTheHelloAsItAccepts(channelDirectory: str) -> None:
                 inAccept[0] = False
 
         listening.doRead = recordingAccept
+        # What the host arms on its clock (its links' deadlines).
+        armed: list[object] = []
+
+        class RecordingClock:
+            def __getattr__(self, name: str) -> object:
+                return getattr(reactor, name)
+
+            def callLater(self, delay: float, f: Any, *a: Any, **kw: Any) -> Any:
+                armed.append(f)
+                return reactor.callLater(delay, f, *a, **kw)
+
+        port.clock = RecordingClock()  # type: ignore[attr-defined]
         client = await endpoint.connect(Factory.forProtocol(Protocol))
         assert client.transport is not None
         client.transport.write(b"first")
         await _until(lambda: client.transport.acknowledgedThrough == 1)  # type: ignore[union-attr]
         assert whileAccepting == [True]
+        # The hello was answered as the link was accepted: no handshake
+        # deadline was armed (to be cancelled at once).
+        [link] = port._term.allLinks  # type: ignore[attr-defined]
+        assert link._deadline is None
+        assert link._handshakeExpired not in armed
         client.transport.loseConnection()
     finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostArmsTheDeadlineWhenTheHelloIsNotThere(
+    channelDirectory: str,
+) -> None:
+    """
+    A link accepted before its hello is there (here, a peer that connects
+    and says nothing yet) has its handshake deadline armed; the hello that
+    follows disarms it.
+    """
+    from twisted.internet import reactor
+
+    endpoint = ChannelEndpoint(reactor, "silent", directory=channelDirectory)
+    port = await endpoint.listen(Factory.forProtocol(Protocol))
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await port.whenHosting()  # type: ignore[attr-defined]
+        peer.connect(endpoint.address)
+        term = port._term  # type: ignore[attr-defined]
+        await _until(lambda: len(term.allLinks) == 1)
+        [link] = term.allLinks
+        assert link._deadline is not None and link._deadline.active()
+        deadline = link._deadline
+        peer.sendall(
+            _wire.encodeHello(_wire.Hello(os.urandom(16), os.getpid(), 1 << 20))
+        )
+        await _until(lambda: link.application is not None)
+        assert link._deadline is None and not deadline.active()
+    finally:
+        peer.close()
         await port.stopListening()
 
 
@@ -806,7 +856,26 @@ def test_probeFindsEverythingOnThisTwisted() -> None:
     assert found.adoptListeningSocket
     assert set(found.plainReads) == {tcp.Server.doRead, unix.Server.doRead}
     assert found.directDispatch
+    assert found.unixTransportOver
     assert twistedEdge() == found
+
+
+def test_probeNamesAUnixTransportItCannotMake(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A Unix transport that cannot be made over a connected socket as
+    C{adoptStreamConnection} makes it (here, one that keeps a socket of its
+    own) turns that off, and only that.
+    """
+    original = unix.Server.__init__
+
+    def init(self: Any, sock: socket.socket, *args: Any) -> None:
+        original(self, sock.dup(), *args)
+
+    monkeypatch.setattr(unix.Server, "__init__", init)
+    found = probeTwisted()
+    assert not found.unixTransportOver
+    assert found.plainReads and found.bufferAccounting and found.directDispatch
+    assert found.missing == ("unix.Server over a connected socket",)
 
 
 def _withoutInstanceAttribute(
@@ -830,7 +899,6 @@ def _withoutInstanceAttribute(
     [
         (abstract.FileDescriptor, "_tempDataLen", "FileDescriptor._tempDataLen"),
         (abstract.FileDescriptor, "offset", "FileDescriptor.offset"),
-        (unix.Port, "_preexistingSocket", "unix.Port._preexistingSocket"),
     ],
 )
 def test_probeNamesAMissingAttribute(
@@ -847,11 +915,88 @@ def test_probeNamesAMissingAttribute(
         monkeypatch.delattr(abstract.FileDescriptor, name, raising=False)
     found = probeTwisted()
     assert shown in found.missing
-    if cls is unix.Port:
-        assert not found.adoptListeningSocket and found.bufferAccounting
-    else:
-        assert not found.bufferAccounting and not found.sendImmediately
-        assert found.adoptListeningSocket
+    assert not found.bufferAccounting and not found.sendImmediately
+    assert found.adoptListeningSocket
+
+
+#: What the probe calls a Unix port that does not accept once started on a
+#: socket bound beforehand.
+_STARTED_OTHERWISE = "unix.Port accepting on a socket it did not bind"
+
+
+def _portsStartedOtherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Make Twisted's Unix ports accept only once started by their own
+    C{startListening}, as if a release had its start prepare something
+    more that accepting needs.
+    """
+    start = unix.Port.startListening
+    accept = unix.Port.doRead
+
+    def startListening(self: Any) -> None:
+        start(self)
+        self.preparedByTwisted = True
+
+    def doRead(self: Any) -> None:
+        if getattr(self, "preparedByTwisted", False):
+            accept(self)
+
+    monkeypatch.setattr(unix.Port, "startListening", startListening)
+    monkeypatch.setattr(unix.Port, "doRead", doRead)
+
+
+def test_probeFindsAPortThatDoesNotAcceptStartedOtherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    A Unix port that, started as the channel starts it on a socket bound
+    beforehand, does not accept on it is named, and only that is off.
+    """
+    _portsStartedOtherwise(monkeypatch)
+    found = probeTwisted()
+    assert found.missing == (_STARTED_OTHERWISE,)
+    assert not found.adoptListeningSocket and found.bufferAccounting
+
+
+def test_portStartedOnABoundSocketAccepts(channelDirectory: str) -> None:
+    """
+    A port started on a socket bound and listening beforehand listens on
+    that socket, as it is (no C{chmod} or C{listen} again), and accepts on
+    it over a real connection.
+    """
+    from twisted.internet import reactor
+
+    path = os.path.join(channelDirectory, "s.sock")
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(path)
+    os.chmod(path, 0o640)
+    listening.listen(3)
+    listening.setblocking(False)
+    built: list[Protocol] = []
+
+    class Keeping(Factory):
+        noisy = False
+
+        def buildProtocol(self, addr: Any) -> Protocol:
+            built.append(Protocol())
+            return built[-1]
+
+    port = unix.Port(os.fsencode(path), Keeping(), reactor=reactor)
+    try:
+        assert _sockets.startListeningOn(port, listening)
+        assert port.fileno() == listening.fileno()
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o640
+        assert port in reactor.getReaders()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)
+            port.doRead()
+            [protocol] = built
+            assert isinstance(protocol.transport, unix.Server)
+            assert protocol.transport.connected
+            protocol.transport.abortConnection()
+    finally:
+        port.stopReading()
+        listening.close()
 
 
 _DISPATCH = (
@@ -972,7 +1117,7 @@ def _lacking(monkeypatch: pytest.MonkeyPatch) -> TwistedEdge:
         plainReads=(),
         adoptListeningSocket=False,
         directDispatch=False,
-        missing=("FileDescriptor._tempDataLen", "unix.Port._preexistingSocket"),
+        missing=("FileDescriptor._tempDataLen", _STARTED_OTHERWISE),
     )
     monkeypatch.setattr(_sockets, "_found", None)
     monkeypatch.setattr(_sockets, "probeTwisted", lambda: lacking)
@@ -996,7 +1141,7 @@ def test_oneWarningNamesWhatIsMissing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert warning["log_level"] is LogLevel.warn
     text = formatEvent(warning)
     assert "FileDescriptor._tempDataLen" in text
-    assert "unix.Port._preexistingSocket" in text
+    assert _STARTED_OTHERWISE in text
 
 
 def test_withoutTheProbedMeansTransportsAreUsedPublicly(
@@ -1036,7 +1181,7 @@ async def test_hostWithoutAdoptingBindsInPlaceAndCleansUp(
         _lacking(monkeypatch)
     else:
         monkeypatch.setattr(_sockets, "_found", None)
-        _withoutInstanceAttribute(monkeypatch, unix.Port, "_preexistingSocket")
+        _portsStartedOtherwise(monkeypatch)
     received: list[bytes] = []
 
     class Upper(Protocol):

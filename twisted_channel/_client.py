@@ -93,6 +93,8 @@ _OVERHEAD = PendingWrites.MESSAGE_OVERHEAD
 #: (C{sendmsg} of the headers and payloads); a smaller batch is joined into
 #: one C{bytes} and sent.
 _UNJOINED_FROM = 4096
+#: A footprint no buffer reaches: where nothing is to be paused.
+_NEVER = 1 << 62
 
 #: What a client does when its host is lost: go on with the next host,
 #: resending what was not acknowledged, or end the connection.
@@ -146,9 +148,7 @@ class _ClientLink(Protocol):
         self.session = connection.session.newLink(secret)
         self._deadline: IDelayedCall | None = None
         self._deadlineRechecked = False
-        self.hostAddress = ChannelAddress(
-            connection.address.name, connection.address.path, HOST
-        )
+        self.hostAddress = connection.unknownHost
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -164,23 +164,19 @@ class _ClientLink(Protocol):
             # The host speaks first, with its challenge.
             self._startDeadline()
             return
-        credentials = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
-        if credentials.uid is not None and credentials.uid != os.getuid():
+        hostPid, hostUid = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
+        if hostUid is not None and hostUid != os.getuid():
             _log.warn(
                 "channel {channel}: the socket {path} is served by uid {uid}, "
                 "not by this process's uid; refusing it",
                 channel=connection.address.name,
                 path=connection.address.path,
-                uid=credentials.uid,
+                uid=hostUid,
             )
             self.transport.abortConnection()  # type: ignore[attr-defined]
             return
         self.hostAddress = ChannelAddress(
-            connection.address.name,
-            connection.address.path,
-            HOST,
-            credentials.pid,
-            credentials.uid,
+            connection.address.name, connection.address.path, HOST, hostPid, hostUid
         )
         self._startDeadline()
         self.send(self.session.start())
@@ -438,7 +434,10 @@ class ChannelClientTransport(SocketOptions):
         # host's news and of messages waiting for it.
         self._deadlines = self.reconnection.deadlines
         self._linkWaiters = LinkWaiters(address.name, protocol)
-        self._hostAddress = ChannelAddress(address.name, address.path, HOST)
+        #: The host's address while no host is known: made once, as it
+        #: stands for every link until its host is known.
+        self.unknownHost = ChannelAddress(address.name, address.path, HOST)
+        self._hostAddress = self.unknownHost
         # Whether the host acknowledged anything on the current link: the
         # link was healthy (see Reconnection.linkLost).
         self._ackedOnLink = False
@@ -449,8 +448,13 @@ class ChannelClientTransport(SocketOptions):
         # handed to its transport.
         self._outgoing: list[bytes] | None = None
         self._outgoingLarge = False
+        # The header of the last message written, and its size.
+        self._headerSize = -1
+        self._header = b""
         self._flushCall: IDelayedCall | None = None
         self._callLater = reactor.callLater
+        # Where a write holds its message until acknowledged.
+        self._keep = self.pending.messages.append
         self.readingPaused = False
         # Whether the host's messages are dropped: reading was paused when
         # loseConnection was called, or the connection was aborted.
@@ -461,6 +465,9 @@ class ChannelClientTransport(SocketOptions):
         # the next attempt is under way.
         self._linkLostNews: tuple[IDelayedCall, Failure] | None = None
         self._producer: _RegisteredProducer | None = None
+        # The footprint at which a write pauses the registered producer
+        # (its high-water mark), or, without one, a footprint never reached.
+        self._pauseAt = _NEVER
 
     def __repr__(self) -> str:
         return (
@@ -546,17 +553,19 @@ class ChannelClientTransport(SocketOptions):
                 raise TypeError(f"data must be bytes, not {type(data).__name__}")
         size = len(data)
         pending = self.pending
+        footprint = pending.footprint + size + _OVERHEAD
         # One comparison in the common case; the slow path says which limit.
         if (
             size > self._writeLimit
             or self.disconnecting
-            or pending.footprint + size + _OVERHEAD > self.maxBufferSize
+            or footprint > self.maxBufferSize
         ):
             self._refuseWrite(size)
-        # PendingWrites.append, inlined: this is the hottest line there is.
-        pending.messages.append(data)
+        # PendingWrites.append, inlined (its deque's append, bound once):
+        # this is the hottest line there is.
+        self._keep(data)
         pending.byteCount += size
-        pending.footprint += size + _OVERHEAD
+        pending.footprint = footprint
         outgoing = self._outgoing
         if outgoing is not None:
             if not outgoing:
@@ -569,14 +578,18 @@ class ChannelClientTransport(SocketOptions):
                     self._watchStall()
             # Header and payload apart: the batch is joined once at its
             # flush (or sent unjoined), so joining each message to its
-            # header first would copy it twice.
-            outgoing.append(_HEADER.pack(size + 1, _DATA))
+            # header first would copy it twice.  Messages of one size
+            # follow each other (a stream of records, a bulk transfer):
+            # the last size's header is kept, not packed again.
+            if size != self._headerSize:
+                self._headerSize = size
+                self._header = _HEADER.pack(size + 1, _DATA)
+            outgoing.append(self._header)
             outgoing.append(data)
             if size >= _UNJOINED_FROM:
                 self._outgoingLarge = True
-        producer = self._producer
-        if producer is not None and pending.footprint >= self.highWater:
-            producer.pause()
+        if footprint >= self._pauseAt:
+            self._producer.pause()  # type: ignore[union-attr]
 
     def linkDataReceived(self, link: _ClientLink, data: bytes | memoryview) -> None:
         """
@@ -863,6 +876,7 @@ class ChannelClientTransport(SocketOptions):
             producer.stopProducing()
             return
         registered = self._producer = _RegisteredProducer(producer, streaming)
+        self._pauseAt = self.highWater
         if self.pending.footprint >= self.highWater:
             registered.pause()
         elif not streaming:
@@ -870,6 +884,7 @@ class ChannelClientTransport(SocketOptions):
 
     def unregisterProducer(self) -> None:
         self._producer = None
+        self._pauseAt = _NEVER
 
     @property
     def highWater(self) -> int:
@@ -1069,7 +1084,7 @@ class ChannelClientTransport(SocketOptions):
         self.state = CONNECTION[self.state, LINK_LOST]
         self._dropOutgoing()
         self._writeLimit = self.maxMessageSize
-        self._hostAddress = ChannelAddress(self.address.name, self.address.path, HOST)
+        self._hostAddress = self.unknownHost
         _log.info(
             "channel {channel}: link to host pid {hostPid} lost ({reason}); "
             "{pending} message(s) await a host",
@@ -1122,6 +1137,7 @@ class ChannelClientTransport(SocketOptions):
         self._tellLinkLost()
         self._linkWaiters.closed(reason)
         registered, self._producer = self._producer, None
+        self._pauseAt = _NEVER
         if registered is not None:
             registered.producer.stopProducing()
         candidate, self.candidate = self.candidate, None

@@ -21,6 +21,9 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 #: Linux and 104 on the BSDs, including the NUL.
 MAX_SOCKET_PATH = 107 if os.uname().sysname == "Linux" else 103
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
 
 class UnsafeDirectoryError(ValueError):
     """
@@ -190,17 +193,24 @@ def removeStaleSocket(path: str) -> None:
         pass
 
 
-def openLockFile(path: str) -> int:
+def openLockFile(path: str) -> tuple[int, os.stat_result | None]:
     """
     Open (creating it with mode 0600) the channel's lock file.
 
+    @return: the open descriptor, and what C{fstat} says of the file; or
+        L{None} for it if this call created the file, which is then known to
+        be a new, empty regular file.
     @raise UnsafeDirectoryError: if the path is a symbolic link or not a
         regular file.
     """
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    flags |= getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDWR | _NOFOLLOW | _CLOEXEC
     try:
-        descriptor = os.open(path, flags, 0o600)
+        try:
+            # A new channel's file (one the channel has never had) is made
+            # here, and needs no fstat to tell what it is.
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), None
+        except FileExistsError:
+            descriptor = os.open(path, flags | os.O_CREAT, 0o600)
     except IsADirectoryError as e:
         raise UnsafeDirectoryError(f"lock file {path!r} is a directory") from e
     except OSError as e:
@@ -213,4 +223,4 @@ def openLockFile(path: str) -> int:
     if not stat.S_ISREG(info.st_mode):
         os.close(descriptor)
         raise UnsafeDirectoryError(f"lock file {path!r} is not a regular file")
-    return descriptor
+    return descriptor, info

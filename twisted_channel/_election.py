@@ -58,6 +58,7 @@ from typing import NamedTuple, Protocol
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 
+from . import _process
 from ._directory import UnsafeDirectoryError, openLockFile
 from ._scheduling import askForShortSlice
 
@@ -264,7 +265,7 @@ def _nextRecord(previous: LockRecord | None, predecessorDied: bool) -> bytes:
     """
     term = previous.term if previous is not None else 0
     diedPid = previous.hostPid if previous is not None and predecessorDied else 0
-    return _RECORD.pack(term + 1, os.getpid(), diedPid)
+    return _RECORD.pack(term + 1, _process.pid, diedPid)
 
 
 def _mapLockFile(descriptor: int, path: str) -> int:
@@ -336,9 +337,11 @@ def _openChecked(
     file of this format if it is not one yet (empty, or of format 1 and
     held by nobody), else check that it is one, with the same mechanism.
 
-    A brief C{flock} makes one opener at a time make or check the file.  It
-    is busy for long only where a host elects with C{flock} itself; the
-    header is then complete, and read without it.
+    A file made already (its header, written last, names this format) is
+    only checked, without a C{flock}.  Otherwise a brief C{flock} makes one
+    opener at a time make or check the file.  It is busy for long only
+    where a host elects with C{flock} itself; the header is then complete,
+    and read without it.
 
     @param make: writes what the mechanism keeps in a new file (the mutex),
         given the descriptor, before the header is written.
@@ -348,10 +351,15 @@ def _openChecked(
     @raise UnsafeDirectoryError: if it is not a regular file, or was cut
         short.
     """
-    descriptor = openLockFile(path)
+    descriptor, info = openLockFile(path)
     made = False
     try:
-        deadline = time.monotonic() + _MAKING_PATIENCE
+        if info is not None and info.st_size >= _FILE_SIZE:
+            header = os.pread(descriptor, _HEADER_SIZE, 0)
+            if _identify(header) is not None:
+                _checkIdentity(path, header, mechanism)
+                return descriptor
+        deadline: float | None = None
         while True:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -362,7 +370,9 @@ def _openChecked(
                     break
                 # Being made by another opener, or held by a host of format
                 # 1 that elects with flock.
-                if time.monotonic() > deadline:
+                if deadline is None:
+                    deadline = time.monotonic() + _MAKING_PATIENCE
+                elif time.monotonic() > deadline:
                     raise ChannelLockMismatchError(
                         path,
                         "format 1 (an earlier version of twisted-channel), held "

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import _wire
+from . import _process, _wire
 from ._address import HOST, STANDBY, ChannelAddress
 from ._auth import (
     LOOPBACK,
@@ -308,6 +308,9 @@ class _HostLink(Protocol):
     #: The application's producer registered on this link, as the link's
     #: socket sees it.
     producer: BudgetedProducer | None = None
+    #: Whether the handshake ended (the link opened, or was refused): its
+    #: deadline is then off.
+    _handshakeOver = False
 
     def __init__(self, port: ChannelPort, term: _HostingTerm) -> None:
         self.port = port
@@ -356,24 +359,24 @@ class _HostLink(Protocol):
             self.transport.write(self.session.greeting())
             self._startDeadline()
             return
-        handle = self.transport.getHandle()  # type: ignore[attr-defined]
-        credentials = peerCredentials(handle)
-        self.peerAddress = ChannelAddress(
-            port.name,
-            port.paths.socket,
-            None,
-            credentials.pid,
-            credentials.uid,
+        peerPid, peerUid = peerCredentials(
+            self.transport.getHandle()  # type: ignore[attr-defined]
         )
-        if credentials.uid is not None and credentials.uid != os.getuid():
+        self.peerAddress = ChannelAddress(
+            port.name, port.paths.socket, None, peerPid, peerUid
+        )
+        if peerUid is not None and peerUid != os.getuid():
             self.refuse(
-                f"peer runs as uid {credentials.uid}, not as this channel's "
-                f"uid {os.getuid()}"
+                f"peer runs as uid {peerUid}, not as this channel's uid {os.getuid()}"
             )
             return
-        self._startDeadline()
         if direct:
             self._readHelloNow()
+        if not (self._handshakeOver or self._lost):
+            # Armed only now: a hello read at once and answered (or refused)
+            # needs no deadline armed and cancelled on the way to the first
+            # message.
+            self._startDeadline()
 
     def _readHelloNow(self) -> None:
         """
@@ -537,6 +540,7 @@ class _HostLink(Protocol):
             if isinstance(event, Authenticated):
                 transport.write(event.reply)
                 continue
+            self._handshakeOver = True
             self._stopDeadline()
             if isinstance(event, Refused):
                 if event.authentication:
@@ -598,7 +602,7 @@ class _HostLink(Protocol):
         # Straight to the kernel: through Twisted's buffer it would cost a
         # watch for writability now, on the way to the first message, and a
         # send and the watch's end at the reactor's next turn.
-        sendNow(self.transport, self.session.welcome(os.getpid(), acrossMachines))
+        sendNow(self.transport, self.session.welcome(_process.pid, acrossMachines))
         self.application = application
         application.makeConnection(_LinkTransport(self))
         return application
@@ -853,7 +857,7 @@ class ChannelPort:
                 self.name,
                 self.paths.port,
                 self.role,
-                os.getpid(),
+                _process.pid,
                 os.getuid(),
                 LOOPBACK,
                 tcpPort,
@@ -862,7 +866,7 @@ class ChannelPort:
             self.name,
             self.paths.socket,
             self.role,
-            os.getpid(),
+            _process.pid,
             os.getuid(),
         )
 
@@ -900,7 +904,7 @@ class ChannelPort:
             _log.debug(
                 "channel {channel}: pid {pid} stands by",
                 channel=self.name,
-                pid=os.getpid(),
+                pid=_process.pid,
             )
 
     def _handOver(self) -> Deferred[Any] | None:
@@ -993,7 +997,7 @@ class ChannelPort:
                 try:
                     writePortFile(
                         self.paths.port,
-                        PortFile(socketPort.getHost().port, secret, os.getpid()),  # type: ignore[attr-defined]
+                        PortFile(socketPort.getHost().port, secret, _process.pid),  # type: ignore[attr-defined]
                     )
                 except BaseException:
                     socketPort.stopListening()
@@ -1029,7 +1033,7 @@ class ChannelPort:
         _log.info(
             "channel {channel}: pid {pid} hosts at {path}",
             channel=self.name,
-            pid=os.getpid(),
+            pid=_process.pid,
             path=address.path,
             role=HOST,
         )
@@ -1116,7 +1120,7 @@ class ChannelPort:
             _log.info(
                 "channel {channel}: pid {pid} stopped hosting",
                 channel=self.name,
-                pid=os.getpid(),
+                pid=_process.pid,
                 role=STOPPED,
             )
             closing = []
@@ -1203,7 +1207,7 @@ class ChannelPort:
         return {
             "name": self.name,
             "hosted": self.role == HOST,
-            "pid": os.getpid(),
+            "pid": _process.pid,
             "since": term.started if term else None,
             "path": self.getHost().path,
             "transport": self.transportKind,

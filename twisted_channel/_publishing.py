@@ -16,8 +16,8 @@ state, and a host never removes a file it did not make.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
-import secrets
 import socket
 import threading
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from . import _process
 from ._auth import PortFile, proofMatches, readPortFile, writePortFile
 from ._directory import (
     MAX_SOCKET_PATH,
@@ -36,7 +37,7 @@ from ._directory import (
     checkReplaceableSocket,
     removeStaleSocket,
 )
-from ._sockets import adoptListeningSocket
+from ._sockets import startListeningOn
 
 _log = Logger()
 
@@ -57,6 +58,7 @@ class HostSocketPort(unix.Port):
     """
 
     _identity: tuple[int, int] | None = None
+    _adopted: PublishedSocket | None = None
 
     def __init__(
         self,
@@ -72,19 +74,26 @@ class HostSocketPort(unix.Port):
     def adopt(self, published: PublishedSocket) -> None:
         """
         Listen on C{published}, already bound and published, rather than
-        on a socket of its own; where the Twisted in use cannot (the probe
-        said so, once), withdraw it and bind in its place on starting.
+        on a socket of its own, once started.
         """
-        if adoptListeningSocket(self, published.listening):
-            self._identity = published.identity
-        else:
-            withdrawUnixSocket(published, os.fsdecode(self.socketPath))
+        self._adopted = published
 
     def startListening(self) -> None:
+        """
+        Start accepting: on the socket adopted, if any, as it is (its mode
+        given and listening already); where the Twisted in use cannot (the
+        probe said so, once), the adopted socket is withdrawn and one bound
+        in its place.
+        """
+        published, self._adopted = self._adopted, None
+        if published is not None:
+            if startListeningOn(self, published.listening):
+                self._identity = published.identity
+                return
+            withdrawUnixSocket(published, os.fsdecode(self.socketPath))
         super().startListening()  # type: ignore[no-untyped-call]
-        if self._identity is None:
-            info = os.lstat(self.socketPath)
-            self._identity = (info.st_dev, info.st_ino)
+        info = os.lstat(self.socketPath)
+        self._identity = (info.st_dev, info.st_ino)
 
     def connectionLost(self, reason: Failure) -> None:
         if self._identity is not None:
@@ -136,17 +145,24 @@ def temporaryPrefix(path: str) -> str:
     The prefix of the temporary names a host of the socket at C{path} binds
     under: a dot, the socket's file name, a tilde.
     """
-    directory, name = os.path.split(path)
-    return os.path.join(directory, f".{name}~")
+    directory, _, name = path.rpartition(os.sep)
+    return f"{directory}{os.sep}.{name}~"
+
+
+#: The last part of the temporary names: random once per process, then
+#: counted up, so that no two of its names are the same and a name is not
+#: one a dead process of the same pid left.
+_serials = itertools.count(int.from_bytes(os.urandom(4), "big"))
 
 
 def temporaryName(path: str) -> str:
     """
     A temporary name for a socket to be published at C{path}: its prefix,
     this process's pid (which tells whether its maker is alive) and a
-    random part.
+    part of its own.
     """
-    return f"{temporaryPrefix(path)}{os.getpid()}-{secrets.token_hex(4)}"
+    serial = next(_serials) & 0xFFFFFFFF
+    return f"{temporaryPrefix(path)}{_process.pid}-{serial:08x}"
 
 
 def makerAlive(name: str, prefix: str) -> bool:
@@ -197,17 +213,24 @@ def removeLeftovers(path: str) -> None:
                 pass
 
 
+#: A stream socket made not blocking (where the kernel can, as it is made:
+#: one system call less).
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+_NONBLOCKING_STREAM = socket.SOCK_STREAM | _SOCK_NONBLOCK
+
+
 def listeningAt(name: str) -> tuple[socket.socket, tuple[int, int]]:
     """
     A Unix socket bound at C{name} and listening, mode 0600, not blocking;
     and the device and inode of its file.
     """
-    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening = socket.socket(socket.AF_UNIX, _NONBLOCKING_STREAM)
     try:
+        if not _SOCK_NONBLOCK:
+            listening.setblocking(False)
         listening.bind(name)
         os.chmod(name, 0o600)
         listening.listen(128)
-        listening.setblocking(False)
         info = os.lstat(name)
     except BaseException:
         listening.close()

@@ -44,7 +44,7 @@ from ._address import CLIENT
 from ._auth import LOOPBACK, readPortFile
 from ._clientsession import GIVE_UP, STALLED, ClientDeadlines
 from ._election import readLockRecord
-from ._sockets import unreadBytes
+from ._sockets import connectUnixLink, unreadBytes
 from ._states import CONNECTED, CONNECTING
 from ._watch import stopWatching, watchFor
 
@@ -220,18 +220,16 @@ class _LinkConnector(ConnectionsConnector):
     def _connectAtOnce(self) -> None:
         """
         Connect the link's Unix socket here and hand it to the reactor
-        (C{IReactorSocket.adoptStreamConnection}): a Unix C{connect} to a
-        listening socket completes, or fails, at once, so Twisted's
-        connector, its endpoint's wrapping and its own turn of the reactor
-        are not needed.  No host (nothing listens, or no socket) is an
-        attempt that failed; anything else (a full backlog) goes the way of
-        Twisted's connector.
+        (L{connectUnixLink}): a Unix C{connect} to a listening socket
+        completes, or fails, at once, so Twisted's connector, its
+        endpoint's wrapping and its own turn of the reactor are not needed.
+        No host (nothing listens, or no socket) is an attempt that failed;
+        anything else (a full backlog) goes the way of Twisted's connector.
         """
         self._soon = None
         connection = self._connection
         if connection.closed:
             return
-        factory = _LinkFactory(self._linkType, connection, None, self)
         try:
             link = _unixSocket()
         except OSError:
@@ -239,20 +237,25 @@ class _LinkConnector(ConnectionsConnector):
             # failed attempt, which is retried.
             self._connectThroughEndpoint()
             return
+        path = connection.address.path
+        built = False
+
+        def buildLink() -> _ClientLink:
+            nonlocal built
+            built = True
+            return self._linkType(connection, None, self)
+
         try:
-            result = link.connect_ex(connection.address.path)
+            result = link.connect_ex(path)
             if result == 0:
-                connection.reactor.adoptStreamConnection(
-                    link.fileno(), socket.AF_UNIX, factory
-                )
+                # The reactor's transport owns the socket from here on.
+                connectUnixLink(connection.reactor, link, path, buildLink)
                 return
         except OSError:
-            if factory.built:
+            if built:
                 raise
             result = None
-        finally:
-            # The reactor's transport holds its own duplicate.
-            link.close()
+        link.close()
         if result in (ECONNREFUSED, ENOENT):
             self._failed(Failure(error.getConnectError((result, strerror(result)))))
             return

@@ -4,8 +4,9 @@ probe that finds out whether the Twisted in use offers it: how much a
 socket transport holds, sending it now, sending without it when it holds
 nothing, sending what it holds without joining it, reading without its
 layers, the epoll reactor handing a link's reads over without the legacy
-logging context, how much waits unread in the kernel, and a Unix
-listening port that adopts a socket bound beforehand.
+logging context, how much waits unread in the kernel, a Unix
+listening port started on a socket bound and listening beforehand, and a
+Unix transport made over a socket the channel connected itself.
 
 They rely on L{twisted.internet.abstract.FileDescriptor}'s buffering, on
 L{twisted.internet.tcp.Connection}'s socket (the TCP and Unix transports of
@@ -23,10 +24,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
+import os
 import select
+import shutil
 import socket
 import struct
 import sys
+import tempfile
 import termios
 import typing
 from collections.abc import Callable, Iterator
@@ -34,8 +38,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from twisted.internet import abstract, main, tcp, unix
+from twisted.internet.address import UNIXAddress
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor, IWriteDescriptor
+from twisted.internet.interfaces import (
+    IAddress,
+    IReactorFDSet,
+    IReadDescriptor,
+    IWriteDescriptor,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -67,9 +77,13 @@ class TwistedEdge:
         also reads ancillary data for descriptor passing, which links never
         use), found to be the TCP and Unix transports' reads; empty when
         they read otherwise, or have no C{socket} and C{bufferSize}.
-    @ivar adoptListeningSocket: a Unix listening port can be given a socket
-        bound beforehand (C{unix.Port._preexistingSocket}):
-        L{adoptListeningSocket}.
+    @ivar adoptListeningSocket: a Unix listening port, started as
+        C{unix.Port.startListening} leaves it but on a socket bound and
+        listening beforehand, accepts on it: L{startListeningOn}.
+    @ivar unixTransportOver: the reactor's Unix stream transport
+        (C{unix.Server}) can be made over a connected socket itself, as
+        C{adoptStreamConnection} makes it over a duplicate:
+        L{connectUnixLink}.
     @ivar directDispatch: the epoll reactor hands each ready descriptor to
         C{_doReadOrWrite} inside C{log.callWithLogger}, from its
         C{_poller} and C{_selectables}, and a C{doIteration} of the
@@ -87,6 +101,7 @@ class TwistedEdge:
     adoptListeningSocket: bool
     missing: tuple[str, ...]
     directDispatch: bool = False
+    unixTransportOver: bool = False
 
 
 @implementer(IReactorFDSet)
@@ -238,17 +253,119 @@ def _probeReadDirectly(missing: list[str]) -> tuple[object, ...]:
     return (tcp.Connection.doRead, sendmsgRead) if found else ()
 
 
+class _ProbeFactory(Factory):
+    """
+    Gives each connection a plain protocol, and keeps them.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.built: list[Protocol] = []
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        protocol = Protocol()
+        self.built.append(protocol)
+        return protocol
+
+
+@contextmanager
+def _probeListeningSocket() -> Iterator[socket.socket]:
+    """
+    A Unix socket bound and listening: to an abstract name the kernel
+    picks, where there are such (Linux), else in a temporary directory.
+    """
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    directory = None
+    try:
+        try:
+            listening.bind("")
+        except OSError:
+            directory = tempfile.mkdtemp()
+            listening.bind(os.path.join(directory, "probe"))
+        listening.listen(1)
+        listening.setblocking(False)
+        yield listening
+    finally:
+        listening.close()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 def _probeAdoptListeningSocket(missing: list[str]) -> bool:
     """
-    Whether a Unix listening port has the slot for a socket bound before
-    it starts listening, as L{unix.Port} made by
-    C{adoptStreamPort} does.
+    Whether a Unix listening port started by L{startListeningOn} on a
+    socket bound and listening beforehand accepts on it as one Twisted
+    started does: a connection is accepted, and given a protocol and a
+    connected transport.
     """
-    port = unix.Port(b"\0probe", Factory(), reactor=_ProbeReactor())
-    if "_preexistingSocket" not in vars(port) or port._preexistingSocket is not None:
-        missing.append("unix.Port._preexistingSocket")
+    name = "unix.Port accepting on a socket it did not bind"
+    factory = _ProbeFactory()
+    try:
+        with (
+            _probeListeningSocket() as listening,
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client,
+        ):
+            port = unix.Port(b"\0probe", factory, reactor=_ProbeReactor())
+            _startOn(port, listening)
+            client.connect(listening.getsockname())
+            port.doRead()
+            connected: list[bool] = []
+            for protocol in factory.built:
+                transport = protocol.transport
+                if isinstance(transport, tcp.Connection):
+                    transport.socket.close()
+                    connected.append(bool(transport.connected))
+                else:
+                    connected.append(False)
+            if connected != [True] or port.fileno() != listening.fileno():
+                missing.append(name)
+                return False
+    except Exception:
+        missing.append(name)
         return False
     return True
+
+
+class _WatchingProbeReactor(_ProbeReactor):
+    """
+    A probe's reactor that records what it was asked to watch for reading.
+    """
+
+    def __init__(self) -> None:
+        self.readers: list[IReadDescriptor] = []
+
+    def addReader(self, reader: IReadDescriptor) -> None:
+        self.readers.append(reader)
+
+
+def _probeUnixTransportOver(missing: list[str]) -> bool:
+    """
+    Whether L{connectUnixLink} may make the reactor's Unix transport over a
+    connected socket itself: C{unix.Server(socket, protocol, peer, None, 0,
+    reactor)}, as C{adoptStreamConnection} calls it, keeps that socket,
+    reads from it once connected, and names the peer given.
+    """
+    one, other = socket.socketpair()
+    try:
+        reactor = _WatchingProbeReactor()
+        try:
+            transport = unix.Server(one, Protocol(), "probe", None, 0, reactor)
+            found = (
+                transport.socket is one
+                and transport.fileno() == one.fileno()
+                and reactor.readers == [transport]
+                and bool(transport.connected)
+                and transport.getPeer() == UNIXAddress("probe")
+            )
+        except Exception:
+            found = False
+        if not found:
+            missing.append("unix.Server over a connected socket")
+        return found
+    finally:
+        one.close()
+        other.close()
 
 
 @implementer(IReadDescriptor)
@@ -368,6 +485,7 @@ def probeTwisted() -> TwistedEdge:
         plainReads=_probeReadDirectly(missing),
         adoptListeningSocket=_probeAdoptListeningSocket(missing),
         directDispatch=_probeDirectDispatch(missing),
+        unixTransportOver=_probeUnixTransportOver(missing),
         missing=tuple(missing),
     )
 
@@ -1115,16 +1233,81 @@ def readInLargePieces(transport: object) -> bool:
     return True
 
 
-def adoptListeningSocket(port: unix.Port, listening: socket.socket) -> bool:
-    """
-    Have C{port}, not listening yet, listen on C{listening} (bound and
-    listening already) when it starts, instead of binding a socket of its
-    own.
+def _startOn(port: unix.Port, listening: socket.socket) -> None:
+    # What unix.Port.startListening does with a socket bound beforehand,
+    # less what was done to it already (its chmod and listen) and its
+    # legacy log line, formatted eagerly.
+    tcp._reservedFD.reserve()
+    factory = port.factory
+    assert factory is not None
+    factory.doStart()
+    port.connected = True
+    port.socket = listening
+    port.fileno = listening.fileno  # type: ignore[method-assign]
+    port.numberAccepts = 100
+    port.startReading()
 
-    @return: whether it could; when the Twisted in use lacks the means,
-        the port binds its own socket and C{listening} is left alone.
+
+def startListeningOn(port: unix.Port, listening: socket.socket) -> bool:
+    """
+    Start C{port}, not listening yet, on C{listening}: a Unix socket bound,
+    given its file's mode and listening already, rather than binding a
+    socket of its own.
+
+    @return: whether it could; when the Twisted in use starts its ports
+        otherwise (the probe said so, once), C{port} and C{listening} are
+        left alone.
     """
     if not (_found or twistedEdge()).adoptListeningSocket:
         return False
-    port._preexistingSocket = listening
+    _startOn(port, listening)
     return True
+
+
+class _BuildsOne(Factory):
+    """
+    The factory of one adopted connection: its protocol is what C{build}
+    makes.
+    """
+
+    noisy = False
+
+    def __init__(self, build: Callable[[], Protocol]) -> None:
+        self._build = build
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        return self._build()
+
+
+def connectUnixLink(
+    reactor: typing.Any,
+    link: socket.socket,
+    peer: str,
+    build: Callable[[], Protocol],
+) -> None:
+    """
+    Hand C{link}, a connected non-blocking Unix stream socket, to
+    C{reactor} (a POSIX reactor's), with the protocol C{build} makes: the
+    reactor's transport is made over C{link} itself, which it owns from
+    then on.  C{IReactorSocket.adoptStreamConnection} makes the same
+    transport over a duplicate and asks the kernel for both ends' names
+    four times (seven system calls in all, the original's close
+    included), on a client's way to its first message and at each
+    failover; this needs none of them.  Where the Twisted in use cannot
+    (L{twistedEdge} says so), it goes through C{adoptStreamConnection},
+    and C{link} is closed.
+
+    @param peer: the path C{link} is connected to: the transport's
+        C{getPeer()}.
+    """
+    if twistedEdge().unixTransportOver:
+        protocol = build()
+        transport = unix.Server(link, protocol, peer, None, 0, reactor)
+        # What adoptStreamConnection names it by, without asking the kernel.
+        transport.repstr = f"<{type(protocol).__name__} #0 to {peer}>"
+        protocol.makeConnection(transport)
+        return
+    try:
+        reactor.adoptStreamConnection(link.fileno(), socket.AF_UNIX, _BuildsOne(build))
+    finally:
+        link.close()

@@ -134,14 +134,14 @@ def _queryUnix(paths: ChannelPaths, timeout: float) -> dict[str, Any] | None:
             raise StatusError(
                 f"cannot connect to {paths.socket!r}: {os.strerror(e.errno or 0)}"
             ) from None
-        credentials = peerCredentials(sock)
-        if credentials.uid is not None and credentials.uid != os.getuid():
+        peerPid, peerUid = peerCredentials(sock)
+        if peerUid is not None and peerUid != os.getuid():
             raise StatusError(
-                f"the socket {paths.socket!r} is served by uid {credentials.uid}, "
+                f"the socket {paths.socket!r} is served by uid {peerUid}, "
                 "not by this user; refusing it",
-                credentials.pid,
+                peerPid,
             )
-        frames = _Frames(sock, credentials.pid, timeout)
+        frames = _Frames(sock, peerPid, timeout)
         return frames.ask()
     finally:
         sock.close()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 MAGIC: Final = b"TWCH"
 VERSION: Final = 1
@@ -384,13 +384,20 @@ LARGE_BODY: Final = 8192
 _LARGE_FIRST = 256 * 1024
 
 
+#: A read (a view of the reader's buffer) whose first frame is no longer
+#: than this is copied whole into bytes before it is parsed.
+_COPIED_WHOLE_UNDER = 4096
+
+
 class FrameDecoder:
     """
     Split a byte stream into frames.
 
-    Bodies are copied out of what is fed, once, into the bytes returned;
-    nothing fed is kept beyond the call (an incomplete frame is copied), so
-    a reader may feed a view of a buffer it reuses.
+    Bodies are copied out of what is fed, once, into the bytes returned
+    (a view whose first message is small is first copied whole: see
+    L{_COPIED_WHOLE_UNDER}); nothing fed is kept beyond the call (an
+    incomplete frame is copied), so a reader may feed a view of a buffer it
+    reuses.
 
     @ivar maxMessageSize: the largest C{DATA} body accepted; other kinds are
         bounded by L{MAX_CONTROL_BODY}.
@@ -533,75 +540,169 @@ class FrameDecoder:
             frames.append((DATA, b"".join(pieces)))
             room -= 1
         buffer = self._buffer
-        owned: memoryview | None = None
+        offset = 0
         if buffer:
-            buffer += data
+            # The frame under way is completed from the front of C{data} and
+            # parsed from the buffer; the rest of C{data} is parsed from
+            # itself, as a read that starts on a frame boundary is.
+            offset = self._completeFrame(buffer, data)
             # A view, so that bodies are copied once (a slice of the
             # bytearray would be copied again into bytes).
             owned = memoryview(buffer)
-            source: bytes | bytearray | memoryview = owned
-        else:
-            # The common case: a read that starts on a frame boundary is
-            # parsed straight from what was read (bytes, or a view of the
-            # reader's buffer), copying only bodies.
-            source = data
+            try:
+                parsed, room = self._parse(owned, 0, room, frames)
+            finally:
+                owned.release()
+            del buffer[:parsed]
+            if buffer or offset == len(data):
+                # Still incomplete (all of C{data} is in it), or no room
+                # for more frames: what is left waits for the next call.
+                buffer += memoryview(data)[offset:]
+                return frames
+        if (
+            type(data) is not bytes
+            and len(data) - offset >= 5
+            and _HEADER.unpack_from(data, offset)[0] <= _COPIED_WHOLE_UNDER
+        ):
+            # A view of the reader's buffer, starting with a small message:
+            # one copy of the read, then a slice of it per body, costs less
+            # than a view and a copy per body (up to about 4 KiB a message).
+            data = bytes(memoryview(data)[offset:])
+            offset = 0
+        # The common case: parsed straight from what was read, copying only
+        # bodies.
+        parsed, room = self._parse(data, offset, room, frames)
+        if parsed < len(data):
+            buffer += memoryview(data)[parsed:]
+        return frames
+
+    def _completeFrame(
+        self, buffer: bytearray, data: bytes | bytearray | memoryview
+    ) -> int:
+        """
+        Move to C{buffer}, which holds the start of a frame, as much of
+        C{data} as that frame lacks (all of it, if the frame is a large one
+        or C{data} is short; nothing more once its header is known bad,
+        which L{_parse} then refuses).
+
+        @return: how much of C{data} was moved.
+        """
+        view = memoryview(data)
+        taken = 0
+        if len(buffer) < 5:
+            taken = min(5 - len(buffer), len(view))
+            buffer += view[:taken]
+            if len(buffer) < 5:
+                return taken
+        length = _HEADER.unpack_from(buffer)[0]
+        if length > LARGE_BODY:
+            # Gathered in pieces of its own (see L{_parse}), from what was
+            # read, as before.
+            buffer += view[taken:]
+            return len(view)
+        lacking = 4 + length - len(buffer)
+        if lacking > 0:
+            more = min(lacking, len(view) - taken)
+            buffer += view[taken : taken + more]
+            taken += more
+        return taken
+
+    def _parse(
+        self,
+        source: bytes | bytearray | memoryview,
+        offset: int,
+        room: int,
+        frames: list[tuple[int, bytes]],
+    ) -> tuple[int, int]:
+        """
+        Append to C{frames} the frames of C{source} from C{offset} on, at
+        most C{room} of them (no limit if negative), starting a large one
+        that C{source} holds only the start of.
+
+        @return: where parsing stopped in C{source} (at the start of an
+            incomplete frame, or at its end), and the room left.
+        @raise ProtocolError: as L{feed}.
+        """
         append = frames.append
         unpack = _HEADER.unpack_from
         maxData = self.maxMessageSize + 1
-        offset = 0
+        dataKind = DATA
+        # A slice of bytes is a copy already; of anything else, a view (or
+        # a bytearray) to copy into bytes.
+        sliceIsCopy = type(source) is bytes
         end = len(source)
-        try:
-            while end - offset >= 5 and room != 0:
-                length, kind = unpack(source, offset)
-                stop = offset + 4 + length
-                if kind == DATA and 0 < length <= maxData and stop <= end:
-                    # A whole message within the limit: the common case, in
-                    # one test.
-                    append((DATA, bytes(source[offset + 5 : stop])))
-                    offset = stop
-                    room -= 1
-                    continue
-                if kind == ACK and length == 9 and stop <= end:
-                    # A whole acknowledgement: what follows a reply.
-                    append((ACK, bytes(source[offset + 5 : stop])))
-                    offset = stop
-                    room -= 1
-                    continue
-                if length == 0:
-                    raise ProtocolError("frame length of 0 leaves no room for its kind")
-                if kind == DATA:
-                    if length > maxData:
-                        raise ProtocolError(
-                            f"message of {length - 1} bytes is over the limit "
-                            f"of {self.maxMessageSize} bytes"
-                        )
-                elif kind not in KNOWN_KINDS:
-                    raise ProtocolError(f"unknown frame kind {kind}")
-                elif length > MAX_CONTROL_BODY + 1:
-                    raise ProtocolError(
-                        f"control frame of kind {kind} is {length - 1} bytes "
-                        f"long, over the limit of {MAX_CONTROL_BODY}"
-                    )
-                if stop > end:
-                    if kind == DATA and length > LARGE_BODY:
-                        # Gathered in pieces of its own: the rest of it is
-                        # copied (or read) into place once.
-                        size = self._largeSize = length - 1
-                        first = min(size, end - offset - 5 + _LARGE_FIRST)
-                        self._pieces = [bytearray(first)]
-                        self.lastPiece = first == size
-                        self.largeUnderWay = True
-                        self._takeLarge(memoryview(source)[offset + 5 : end])
-                        offset = end
+        while end - offset >= 5 and room != 0:
+            if room < 0:
+                # The common case: whole messages within the limit, one
+                # after another, taken by a loop that tests nothing else
+                # (no room to count, no other kind); what it stops at is
+                # handled below.
+                if sliceIsCopy:
+                    raw = cast(bytes, source)
+                    while end - offset >= 5:
+                        length, kind = unpack(raw, offset)
+                        stop = offset + 4 + length
+                        if kind != dataKind or not 0 < length <= maxData:
+                            break
+                        if stop > end:
+                            break
+                        append((dataKind, raw[offset + 5 : stop]))
+                        offset = stop
+                else:
+                    while end - offset >= 5:
+                        length, kind = unpack(source, offset)
+                        stop = offset + 4 + length
+                        if kind != dataKind or not 0 < length <= maxData:
+                            break
+                        if stop > end:
+                            break
+                        append((dataKind, bytes(source[offset + 5 : stop])))
+                        offset = stop
+                if end - offset < 5:
                     break
-                append((kind, bytes(source[offset + 5 : stop])))
+            length, kind = unpack(source, offset)
+            stop = offset + 4 + length
+            if kind == DATA and 0 < length <= maxData and stop <= end:
+                # A whole message within the limit: the common case, in
+                # one test.
+                append((DATA, bytes(source[offset + 5 : stop])))
                 offset = stop
                 room -= 1
-            if owned is None and offset < end:
-                buffer += source[offset:]
-        finally:
-            if owned is not None:
-                owned.release()
-        if owned is not None:
-            del buffer[:offset]
-        return frames
+                continue
+            if kind == ACK and length == 9 and stop <= end:
+                # A whole acknowledgement: what follows a batch's replies.
+                append((ACK, bytes(source[offset + 5 : stop])))
+                offset = stop
+                room -= 1
+                continue
+            if length == 0:
+                raise ProtocolError("frame length of 0 leaves no room for its kind")
+            if kind == DATA:
+                if length > maxData:
+                    raise ProtocolError(
+                        f"message of {length - 1} bytes is over the limit "
+                        f"of {self.maxMessageSize} bytes"
+                    )
+            elif kind not in KNOWN_KINDS:
+                raise ProtocolError(f"unknown frame kind {kind}")
+            elif length > MAX_CONTROL_BODY + 1:
+                raise ProtocolError(
+                    f"control frame of kind {kind} is {length - 1} bytes "
+                    f"long, over the limit of {MAX_CONTROL_BODY}"
+                )
+            if stop > end:
+                if kind == DATA and length > LARGE_BODY:
+                    # Gathered in pieces of its own: the rest of it is
+                    # copied (or read) into place once.
+                    size = self._largeSize = length - 1
+                    first = min(size, end - offset - 5 + _LARGE_FIRST)
+                    self._pieces = [bytearray(first)]
+                    self.lastPiece = first == size
+                    self.largeUnderWay = True
+                    self._takeLarge(memoryview(source)[offset + 5 : end])
+                    offset = end
+                break
+            append((kind, bytes(source[offset + 5 : stop])))
+            offset = stop
+            room -= 1
+        return offset, room
