@@ -240,13 +240,16 @@ def _checkIdentity(path: str, header: bytes, mechanism: int) -> None:
         raise ChannelLockMismatchError(path, found, expected)
 
 
-def _header(mechanism: int) -> bytes:
+#: The record of a lock file before any term.
+_NO_TERM = _RECORD.pack(0, 0, 0)
+
+
+def _header(mechanism: int, record: bytes = _NO_TERM) -> bytes:
     """
-    The header of a new lock file, before any term.
+    The header of a new lock file, with C{record} (by default, before any
+    term).
     """
-    return _IDENTITY.pack(_MAGIC, LOCK_FORMAT_VERSION, mechanism) + _RECORD.pack(
-        0, 0, 0
-    )
+    return _IDENTITY.pack(_MAGIC, LOCK_FORMAT_VERSION, mechanism) + record
 
 
 def _decodeRecord(header: bytes) -> LockRecord | None:
@@ -266,6 +269,10 @@ def _nextRecord(previous: LockRecord | None, predecessorDied: bool) -> bytes:
     term = previous.term if previous is not None else 0
     diedPid = previous.hostPid if previous is not None and predecessorDied else 0
     return _RECORD.pack(term + 1, _process.pid, diedPid)
+
+
+#: What C{mmap} returns when it fails.
+_MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def _mapLockFile(descriptor: int, path: str) -> int:
@@ -288,7 +295,7 @@ def _mapLockFile(descriptor: int, path: str) -> int:
         descriptor,
         0,
     )
-    if address is None or address == ctypes.c_void_p(-1).value:
+    if address is None or address == _MAP_FAILED:
         error = ctypes.get_errno()
         raise OSError(error, f"cannot map lock file {path!r}")
     return int(address)
@@ -330,7 +337,7 @@ def _earlierFormatHeld(descriptor: int, path: str) -> bool:
 
 
 def _openChecked(
-    path: str, mechanism: int, make: Callable[[int], None] | None = None
+    path: str, mechanism: int, make: Callable[[int], bytes | None] | None = None
 ) -> int:
     """
     Open the lock file C{path} for electing with C{mechanism}: make it a lock
@@ -344,7 +351,8 @@ def _openChecked(
     and read without it.
 
     @param make: writes what the mechanism keeps in a new file (the mutex),
-        given the descriptor, before the header is written.
+        given the descriptor, before the header is written; returns the
+        record to write with it, if it began a term (else L{None}).
     @return: the open descriptor.
     @raise ChannelLockMismatchError: if the file is of another format or
         mechanism, or of format 1 and in use.
@@ -402,7 +410,10 @@ def _openChecked(
 
 
 def _makeOrCheck(
-    descriptor: int, path: str, mechanism: int, make: Callable[[int], None] | None
+    descriptor: int,
+    path: str,
+    mechanism: int,
+    make: Callable[[int], bytes | None] | None,
 ) -> bool:
     """
     Holding the lock file's C{flock}: make it a lock file of this format,
@@ -432,10 +443,9 @@ def _makeOrCheck(
         return False
     # Not cut to nothing first: a process of format 1 may have it mapped.
     os.ftruncate(descriptor, _FILE_SIZE)
-    if make is not None:
-        make(descriptor)
+    record = make(descriptor) if make is not None else None
     # The header goes last: until it is there, openers make the file.
-    os.pwrite(descriptor, _header(mechanism), 0)
+    os.pwrite(descriptor, _header(mechanism, record or _NO_TERM), 0)
     return True
 
 
@@ -497,19 +507,31 @@ class _MutexLockFile:
     mutex.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, claim: bool = False) -> None:
+        """
+        @param claim: if this makes the file, take the lock in it before
+            any other process can see it, and begin the first term (see
+            L{openLock}).
+        """
         assert _pthreads is not None
         self._path = path
         self._predecessorDied = False
         self._base = 0
+        # The term begun while making the file, until beginTerm hands it on.
+        self._claimedTerm = 0
+        make = self._initialiseClaimed if claim else self._initialise
         try:
-            descriptor = _openChecked(path, MUTEX, self._initialise)
+            descriptor = _openChecked(path, MUTEX, make)
             try:
                 if not self._base:
                     self._map(descriptor)
             finally:
                 os.close(descriptor)
         except BaseException:
+            if self._claimedTerm:
+                # Not left held in memory about to be unmapped.
+                self._claimedTerm = 0
+                _pthreads.pthread_mutex_unlock(self._address)
             self.close()
             raise
 
@@ -530,8 +552,24 @@ class _MutexLockFile:
             self._path,
         )
 
+    def _initialiseClaimed(self, descriptor: int) -> bytes:
+        """
+        Make the mutex in a new lock file and take it, before the header
+        that lets other processes use it is written: nobody else can hold
+        it.  The first term is this process's.
+
+        @return: the first term's record, written with the header.
+        """
+        assert _pthreads is not None
+        self._initialise(descriptor)
+        _check(_pthreads.pthread_mutex_trylock(self._address), self._path)
+        self._claimedTerm = 1
+        return _RECORD.pack(1, _process.pid, 0)
+
     def acquire(self, blocking: bool) -> bool:
         assert _pthreads is not None
+        if self._claimedTerm:
+            return True
         if blocking:
             result = _pthreads.pthread_mutex_lock(self._address)
         else:
@@ -552,6 +590,9 @@ class _MutexLockFile:
         _check(_pthreads.pthread_mutex_unlock(self._address), self._path)
 
     def beginTerm(self) -> int:
+        term, self._claimedTerm = self._claimedTerm, 0
+        if term:
+            return term
         header = ctypes.string_at(self._base, _HEADER_SIZE)
         record = _nextRecord(_decodeRecord(header), self._predecessorDied)
         ctypes.memmove(self._base + _IDENTITY.size, record, len(record))
@@ -610,9 +651,15 @@ def _check(result: int, path: str) -> None:
         raise OSError(result, f"{os.strerror(result)}: lock in {path!r}")
 
 
-def openLock(path: str, robust: bool = ROBUST_MUTEX) -> _LockFile:
+def openLock(path: str, robust: bool = ROBUST_MUTEX, claim: bool = False) -> _LockFile:
     """
     A new handle on the lock in the lock file C{path}.
+
+    @param claim: with a robust mutex, if this call makes the file, take
+        the lock before the file's header lets other processes use it, and
+        write the first term's record with the header: the handle's
+        C{acquire} then returns at once, and its C{beginTerm} that term.
+        For the calling thread only, which is to take the lock at once.
 
     @raise ChannelLockMismatchError: if the file is of another format or
         mechanism (see L{_openChecked}).
@@ -620,7 +667,7 @@ def openLock(path: str, robust: bool = ROBUST_MUTEX) -> _LockFile:
     @raise OSError: if it cannot be opened or mapped.
     """
     if robust:
-        return _MutexLockFile(path)
+        return _MutexLockFile(path, claim)
     return _FlockLockFile(path)
 
 
@@ -831,7 +878,7 @@ class HostElection:
         """
         if self._held is not None:
             return True
-        lock = openLock(self.lockPath, self._robust)
+        lock = openLock(self.lockPath, self._robust, claim=True)
         try:
             term = _takeTerm(lock, blocking=False)
         except BaseException:
@@ -841,9 +888,10 @@ class HostElection:
             lock.close()
             return False
         self._held = _Holding(lock, term)
-        # A background wait still blocked in the kernel gives the lock back
-        # when it wins it, now that it is not needed.
-        self.cancel()
+        if self._waiting is not None:
+            # A background wait still blocked in the kernel gives the lock
+            # back when it wins it, now that it is not needed.
+            self.cancel()
         return True
 
     def _decidedInBackground(self, attempt: _Attempt) -> None:

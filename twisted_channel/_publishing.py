@@ -24,8 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import tcp, unix
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
-from twisted.internet.task import LoopingCall
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IProtocolFactory,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -438,21 +441,30 @@ class Publication:
         self._paths = paths
         self.listeningPort = listeningPort
         self.secret = secret
-        self._loop = LoopingCall(self.check)
-        self._loop.clock = reactor
+        # The next check, while checking.
+        self._next: IDelayedCall | None = None
 
     def start(self) -> None:
         """
         Check every L{PUBLISH_CHECK_INTERVAL} seconds from now on.
         """
-        self._loop.start(PUBLISH_CHECK_INTERVAL, now=False)
+        if self._next is None:
+            self._next = self._reactor.callLater(
+                PUBLISH_CHECK_INTERVAL, self._checkThenWait
+            )
 
     def stop(self) -> None:
         """
         Check no more: the host is withdrawing.
         """
-        if self._loop.running:
-            self._loop.stop()
+        pending, self._next = self._next, None
+        if pending is not None:
+            pending.cancel()
+
+    def _checkThenWait(self) -> None:
+        self._next = None
+        self.check()
+        self.start()
 
     def check(self) -> None:
         """
