@@ -87,6 +87,7 @@ _log = Logger()
 
 _HEADER = _wire.HEADER
 _DATA = _wire.DATA
+_ACK = _wire.ACK
 _OVERHEAD = PendingWrites.MESSAGE_OVERHEAD
 #: A batch holding a payload this large or larger is sent unjoined
 #: (C{sendmsg} of the headers and payloads); a smaller batch is joined into
@@ -581,7 +582,6 @@ class ChannelClientTransport(SocketOptions):
         # PendingWrites.append, inlined (its deque's append, bound once):
         # this is the hottest line there is.
         self._keep(data)
-        pending.byteCount += size
         pending.footprint = footprint
         outgoing = self._outgoing
         if outgoing is not None:
@@ -620,8 +620,13 @@ class ChannelClientTransport(SocketOptions):
         except _wire.ProtocolError as e:
             link.dropBroken(str(e))
             return
-        # Whatever the host sends shows that it is not frozen.
-        self._deadlines.lastProgress = self.reactor.seconds()
+        # An acknowledgement that ends the read after other frames (a
+        # reply's: the host sends it after the replies of its batch) is
+        # acted on once the answers to those frames are sent: it only lets
+        # this client forget what it holds, which no answer waits for.
+        lateAck: bytes | None = None
+        if len(frames) > 1 and frames[-1][0] == _ACK and session.state == _OPEN:
+            lateAck = frames.pop()[1]
         # What the application writes meanwhile is flushed at the end of the
         # read, so its writes need not schedule a flush of their own.
         self._inRead = True
@@ -651,11 +656,7 @@ class ChannelClientTransport(SocketOptions):
                     link.dropBroken(str(e))
                     return
                 if event is ACKNOWLEDGED:
-                    self._ackedOnLink = True
-                    if self._producer is not None:
-                        self._producerMayGoOn()
-                    if self.disconnecting and not self.pending:
-                        self._finish(Failure(error.ConnectionDone()))
+                    self._acknowledged()
                 elif event is None:
                     pass
                 elif isinstance(event, Send):
@@ -692,17 +693,39 @@ class ChannelClientTransport(SocketOptions):
                 # flush(), inlined for its common case.
                 self._outgoing = []
                 sendAtEndOfRead(link.transport, b"".join(outgoing))
-                return
-            if self.link is link:
-                self.flush()
-            pushToKernel(link.transport)
+            else:
+                if self.link is link:
+                    self.flush()
+                pushToKernel(link.transport)
+            if lateAck is not None:
+                try:
+                    session.control(_ACK, lateAck)
+                except _wire.ProtocolError as e:
+                    link.dropBroken(str(e))
+                    return
+                self._acknowledged()
         finally:
+            # Whatever the host sends shows that it is not frozen (set once
+            # the answers are sent: nothing before looks at it).
+            self._deadlines.lastProgress = self.reactor.seconds()
             self._inRead = False
             # Unless it stopped early, the read flushed what the
             # application wrote; else that leaves at the end of this
             # reactor turn, as any write does.
             if self._outgoing and self._flushCall is None:
                 self._flushCall = self._callLater(0, self.flush)
+
+    def _acknowledged(self) -> None:
+        """
+        The linked host acknowledged messages (its session forgot them): a
+        producer held back by them may go on, and a connection closing
+        once all are acknowledged ends.
+        """
+        self._ackedOnLink = True
+        if self._producer is not None:
+            self._producerMayGoOn()
+        if self.disconnecting and not self.pending:
+            self._finish(Failure(error.ConnectionDone()))
 
     def flush(self) -> None:
         """
