@@ -381,6 +381,62 @@ def test_ackFreesPending() -> None:
     assert not transport.disconnecting
 
 
+def test_replyThenItsAckInOneRead() -> None:
+    """
+    A host's reply and the acknowledgement after it, in one read (a round
+    trip's): the answer leaves with the read, and the acknowledgement frees
+    what it covers.
+    """
+    client, protocol, _ = makeClient(protocol=Replier())
+    link, transport = connected(client)
+    client.write(b"ping")
+    client.flush()
+    transport.clear()
+    link.dataReceived(_wire.encodeFrame(_wire.DATA, b"pong") + _wire.encodeAck(1))
+    assert protocol.received == [b"pong"]
+    assert sentData(transport) == [b"re:pong"]
+    assert list(client.pending.messages) == [b"re:pong"]
+    assert client.state == CONNECTED
+    assert not transport.disconnecting
+
+
+def test_replyThenAckBeyondNewestDropsLinkAfterTheAnswer() -> None:
+    """
+    An acknowledgement after a reply that covers a message never sent: the
+    answer has left, then the link is dropped, every message kept.
+    """
+    client, _, _ = makeClient(protocol=Replier())
+    link, transport = connected(client)
+    client.write(b"ping")
+    client.flush()
+    transport.clear()
+    link.dataReceived(_wire.encodeFrame(_wire.DATA, b"pong") + _wire.encodeAck(5))
+    assert sentData(transport) == [b"re:pong"]
+    assert transport.disconnecting
+    assert list(client.pending.messages) == [b"ping", b"re:pong"]
+
+
+def test_loseConnectionOnAReplyThenItsAck() -> None:
+    """
+    An application that closes on its last reply: the acknowledgement in
+    the same read, after that reply, ends the connection.
+    """
+
+    class CloseOnReply(Recorder):
+        def dataReceived(self, data: bytes) -> None:
+            super().dataReceived(data)
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    client, protocol, _ = makeClient(protocol=CloseOnReply())
+    link, transport = connected(client)
+    client.write(b"ping")
+    client.flush()
+    link.dataReceived(_wire.encodeFrame(_wire.DATA, b"pong") + _wire.encodeAck(1))
+    assert client.state == CLOSED
+    [reason] = protocol.lost
+    assert reason.check(error.ConnectionDone)
+
+
 def test_ackBeyondNewestDropsLink() -> None:
     """
     A host acknowledging a message never sent is broken: the link is

@@ -321,6 +321,26 @@ def test_clientsAreSeparate(host: Host) -> None:
     assert len(host.term.links) == 2
 
 
+def test_aClientIsLastSeenWhenItsLinkEnds(host: Host) -> None:
+    """
+    The delivery records are ordered by when each client was last seen: a
+    batch updates its client's record in place, and a client whose link
+    ends becomes the most recently seen (the last of the disconnected to be
+    forgotten).
+    """
+    a, _ = host.link()
+    b, _ = host.link()
+    a.dataReceived(hello(b"a" * 16))
+    b.dataReceived(hello(b"b" * 16))
+    b.dataReceived(data(b"x"))
+    a.dataReceived(data(b"y", b"z"))
+    assert list(host.term.delivered.items()) == [(b"a" * 16, 2), (b"b" * 16, 1)]
+    a.connectionLost(Failure(error.ConnectionDone()))
+    assert list(host.term.delivered) == [b"b" * 16, b"a" * 16]
+    b.connectionLost(Failure(error.ConnectionDone()))
+    assert list(host.term.delivered) == [b"a" * 16, b"b" * 16]
+
+
 def test_ping(host: Host) -> None:
     link, transport = host.link()
     link.dataReceived(hello())

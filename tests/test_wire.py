@@ -284,6 +284,42 @@ def test_dataAtLimit() -> None:
     assert FrameDecoder(10).feed(_wire.encodeFrame(DATA)) == [(DATA, b"")]
 
 
+def test_roundTripReads() -> None:
+    """
+    The reads of a round trip, each from a frame boundary into a fresh
+    decoder: a message alone, a message then its acknowledgement; and what
+    only looks like them: a message followed by a frame of an
+    acknowledgement's size that is not one, or by an acknowledgement whose
+    length is wrong (its body refused by L{_wire.decodeAck}), a message
+    over the limit alone or before an acknowledgement (refused).  Each
+    view of a reused buffer is copied.
+    """
+    message = _wire.encodeFrame(DATA, b"x" * 10)
+    ack = _wire.encodeAck(7)
+    ping = _wire.encodeFrame(_wire.PING, b"12345678")
+    assert len(ping) == len(ack)
+    buffer = bytearray(message + ack)
+    frames = FrameDecoder(10).feed(memoryview(buffer))
+    buffer[:] = bytes(len(buffer))
+    assert frames == [(DATA, b"x" * 10), (ACK, struct.pack(">Q", 7))]
+    assert FrameDecoder(10).feed(memoryview(message)) == [(DATA, b"x" * 10)]
+    assert FrameDecoder(10).feed(message + ping) == [
+        (DATA, b"x" * 10),
+        (_wire.PING, b"12345678"),
+    ]
+    # An acknowledgement's 13 bytes, of which its length claims 12.
+    shortAck = struct.pack(">IB", 8, ACK) + bytes(8)
+    decoder = FrameDecoder(10)
+    [data, (kind, body)] = decoder.feed(message + shortAck)
+    assert data == (DATA, b"x" * 10) and kind == ACK and decoder.buffered == 1
+    with pytest.raises(ProtocolError, match="ack is 7 bytes long"):
+        _wire.decodeAck(body)
+    over = _wire.encodeFrame(DATA, b"x" * 11)
+    for read in (over, over + ack):
+        with pytest.raises(ProtocolError, match="over the limit of 10 bytes"):
+            FrameDecoder(10).feed(read)
+
+
 def test_oversizedData() -> None:
     """
     A DATA frame over the limit is refused from its header alone, before

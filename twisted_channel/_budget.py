@@ -32,14 +32,18 @@ class HostBudget:
 
     Only links that held bytes after a write are looked at: a link whose
     client reads hands everything to the kernel at once and holds nothing.
+
+    @ivar limit: the budget, in bytes.
+    @ivar holding: the socket transports that held unsent bytes after a
+        write (empty: any write up to L{limit} fits, which a writer may test
+        before calling L{admit}).
     """
 
     def __init__(self, limit: int, clock: IReactorTime, name: str) -> None:
         self.limit = limit
         self._clock = clock
         self._name = name
-        # Socket transports that held unsent bytes after a write.
-        self._holding: dict[Any, None] = {}
+        self.holding: dict[Any, None] = {}
         self._paused: set[BudgetedProducer] = set()
         self._recheck: LoopingCall | None = None
 
@@ -48,11 +52,11 @@ class HostBudget:
         The unsent bytes the links hold now.
         """
         total = 0
-        for transport in list(self._holding):
+        for transport in list(self.holding):
             count = bufferedBytes(transport)
             if not count or not getattr(transport, "connected", False):
                 # Sent, or gone with its link (and its buffer with it).
-                del self._holding[transport]
+                del self.holding[transport]
                 continue
             total += count
         return total
@@ -63,7 +67,7 @@ class HostBudget:
 
         @raise ChannelBufferFullError: if it would pass the budget.
         """
-        if not self._holding:
+        if not self.holding:
             if size <= self.limit:
                 return
             held = 0
@@ -86,7 +90,7 @@ class HostBudget:
         """
         if not bufferedBytes(transport):
             return
-        self._holding[transport] = None
+        self.holding[transport] = None
         if producer is None or producer.budgetPaused:
             return
         if self.held() * 2 > self.limit:

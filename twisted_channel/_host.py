@@ -170,12 +170,12 @@ class _LinkTransport(SocketOptions):
 
         @raise ValueError: if it is over the size limit of either end.
         """
-        if not isinstance(data, bytes):
+        if type(data) is not bytes and not isinstance(data, bytes):
             raise TypeError(f"data must be bytes, not {type(data).__name__}")
         size = len(data)
         link = self._link
         session = link.session
-        if size > link.port.maxMessageSize or size > session.peerMaxMessageSize:
+        if size > session.writeLimit:
             raise ValueError(
                 f"message of {size} bytes is over the limit of "
                 f"{min(link.port.maxMessageSize, session.peerMaxMessageSize)} bytes"
@@ -194,7 +194,9 @@ class _LinkTransport(SocketOptions):
                 "is not reading: register a producer to be paused first)"
             )
         budget = link.port.budget
-        budget.admit(size)
+        if budget.holding or size > budget.limit:
+            # Else it fits: HostBudget.admit's own first test.
+            budget.admit(size)
         link.term.bytes += size
         if size < 4096:
             outbox = session.outbox
@@ -702,6 +704,7 @@ class _HostLink(Protocol):
         clientId = self.session.clientId
         if clientId is not None and term.links.get(clientId) is self:
             del term.links[clientId]
+            term.lastSeen(clientId)
         application, self.application = self.application, None
         if self._aborted and not reason.check(error.ConnectionAborted):
             reason = Failure(error.ConnectionAborted())
@@ -1027,13 +1030,6 @@ class ChannelPort:
         self._electionRetry.succeeded()
         self._publication.start()
         address = self.getHost()
-        _log.info(
-            "channel {channel}: pid {pid} hosts at {path}",
-            channel=self.name,
-            pid=_process.pid,
-            path=address.path,
-            role=HOST,
-        )
         self._roleWaiters.announce(self.role, address)
         publication = self._publication
         if (
@@ -1048,6 +1044,16 @@ class ChannelPort:
             # then its dispatch), one turn sooner.  Unless a role observer
             # stopped the port meanwhile.
             socketPort.doRead()  # type: ignore[attr-defined]
+        # Said once the queued clients are served: in a takeover, a line
+        # written before would come between the win and their first
+        # messages.
+        _log.info(
+            "channel {channel}: pid {pid} hosts at {path}",
+            channel=self.name,
+            pid=_process.pid,
+            path=address.path,
+            role=HOST,
+        )
 
     def whenHosting(self) -> Deferred[ChannelAddress]:
         """

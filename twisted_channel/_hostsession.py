@@ -96,6 +96,14 @@ class DeliveryRecords:
         if len(delivered) > REMEMBERED_CLIENTS:
             self.forgetOldest()
 
+    def lastSeen(self, clientId: bytes) -> None:
+        """
+        C{clientId}'s link ended: its record becomes the most recently seen,
+        the last of the disconnected ones to be forgotten.
+        """
+        if clientId in self.delivered:
+            self.delivered.move_to_end(clientId)
+
     def forgetOldest(self) -> None:
         """
         Forget the oldest records of clients not linked now past
@@ -164,6 +172,8 @@ class HostSession:
     @ivar clientId: the client's id, once it said hello.
     @ivar sequence: the sequence number of the last message delivered.
     @ivar peerMaxMessageSize: the largest message the client accepts.
+    @ivar writeLimit: the largest message the host may send: the smaller of
+        its own limit and L{peerMaxMessageSize} (one comparison per write).
     @ivar outbox: during a batch (between L{receive} and L{endBatch}), the
         frames (or a frame's header, then its payload) that leave with the
         batch's acknowledgement, joined once; else None.
@@ -186,6 +196,7 @@ class HostSession:
         "sequence",
         "_skip",
         "peerMaxMessageSize",
+        "writeLimit",
         "outbox",
         "outboxBytes",
         "_ending",
@@ -226,6 +237,7 @@ class HostSession:
         # already delivered, still to be skipped.
         self._skip = 0
         self.peerMaxMessageSize = maxMessageSize
+        self.writeLimit = maxMessageSize
         self.outbox: list[bytes] | None = None
         self.outboxBytes = 0
         self._ending = NO_END
@@ -322,6 +334,7 @@ class HostSession:
         if hello.flags & _wire.FLAG_EAGER:
             self._skip = resumeAfter - (hello.firstSequence - 1)
         self.peerMaxMessageSize = hello.maxMessageSize
+        self.writeLimit = min(self.maxMessageSize, hello.maxMessageSize)
         self._decoder.maxMessageSize = self.maxMessageSize
         records.remember(clientId, resumeAfter)
         self.state = OPEN
@@ -394,13 +407,11 @@ class HostSession:
             records = self.records
             records.messages += delivered
             records.bytes += payloadBytes
-            # DeliveryRecords.remember, inlined: it runs on every batch.
-            clientId = self.clientId
-            remembered = records.delivered
-            remembered[clientId] = sequence  # type: ignore[index]
-            remembered.move_to_end(clientId)  # type: ignore[arg-type]
-            if len(remembered) > REMEMBERED_CLIENTS:
-                records.forgetOldest()
+            # The client's record, set by welcome(): updated in place (it
+            # neither grows the records nor, while linked, may be forgotten;
+            # it becomes the most recently seen when the link ends, see
+            # DeliveryRecords.lastSeen).
+            records.delivered[self.clientId] = sequence  # type: ignore[index]
             out.append(_ACK_FRAME.pack(9, _wire.ACK, sequence))
         ending = self._ending
         if ending:

@@ -656,7 +656,19 @@ def sendAtEndOfRead(transport: object, data: bytes) -> None:
         # Any error is left for the reactor to find, as in pushToKernel.
         transport.doWrite()
         return
-    _sendHoldingNothing(transport, data)
+    # _sendHoldingNothing's first send, inlined: this is the last step of
+    # every hop of a round trip, and the kernel nearly always takes it all.
+    try:
+        sent = transport.socket.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        # The transport finds the error itself when it tries.
+        transport.write(data)
+        return
+    if sent < len(data):
+        writeUnjoined(transport)
+        transport.write(data[sent:])
 
 
 #: The most buffers one C{sendmsg} is given (Linux's IOV_MAX is 1024).

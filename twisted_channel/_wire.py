@@ -82,6 +82,8 @@ MAX_FRAME_BODY: Final = 0xFFFFFFFF - 1
 HEADER: Final = struct.Struct(">IB")
 _HEADER = HEADER
 _ACK = struct.Struct(">Q")
+# A whole C{ACK} frame: header and sequence number.
+_ACK_FRAME = struct.Struct(">IBQ")
 HEADER_SIZE: Final = _HEADER.size
 
 # A hello is magic, version, flags, client id, pid, maximum message size,
@@ -506,6 +508,24 @@ class FrameDecoder:
         @raise ProtocolError: on an unknown kind or a frame over its limit.
             The decoder is then unusable: the link must be closed.
         """
+        if maxFrames is None and not self._buffer and not self.largeUnderWay:
+            # The commonest reads of all, a round trip's: one whole message
+            # within the limit, from a frame boundary, alone (a request) or
+            # with the acknowledgement that follows it (a reply).
+            end = len(data)
+            if end > 4:
+                length, kind = _HEADER.unpack_from(data)
+                if kind == DATA and 0 < length <= self.maxMessageSize + 1:
+                    stop = length + 4
+                    if stop == end:
+                        return [(DATA, bytes(data[5:]))]
+                    if end - stop == _ACK_FRAME.size:
+                        ackLength, ackKind, _ = _ACK_FRAME.unpack_from(data, stop)
+                        if ackLength == 9 and ackKind == ACK:
+                            return [
+                                (DATA, bytes(data[5:stop])),
+                                (ACK, bytes(data[stop + 5 :])),
+                            ]
         frames: list[tuple[int, bytes]] = []
         room = -1 if maxFrames is None else maxFrames
         if self.largeUnderWay:
@@ -646,6 +666,12 @@ class FrameDecoder:
                 # A whole message within the limit: the common case, in
                 # one test.
                 append((DATA, bytes(source[offset + 5 : stop])))
+                offset = stop
+                room -= 1
+                continue
+            if kind == ACK and length == 9 and stop <= end:
+                # A whole acknowledgement: what follows a batch's replies.
+                append((ACK, bytes(source[offset + 5 : stop])))
                 offset = stop
                 room -= 1
                 continue
