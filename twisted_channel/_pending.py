@@ -18,11 +18,10 @@ class PendingWrites:
 
     This class does no I/O: the client transport decides when to send.
 
-    @ivar byteCount: the total size of the payloads held.
     @ivar footprint: what holding them costs in memory, as the buffer cap
         counts it: each payload plus L{MESSAGE_OVERHEAD}.
     @ivar messages: the payloads held, oldest first.  A writer may append
-        to it directly, adding to L{byteCount}, as L{append} does.
+        to it directly, adding to L{footprint}, as L{append} does.
     """
 
     #: Bytes of bookkeeping per message held (the bytes object's header and
@@ -33,11 +32,18 @@ class PendingWrites:
     def __init__(self) -> None:
         self.messages: deque[bytes] = deque()
         self._firstSequence = 1
-        self.byteCount = 0
         self.footprint = 0
 
     def __len__(self) -> int:
         return len(self.messages)
+
+    @property
+    def byteCount(self) -> int:
+        """
+        The total size of the payloads held: their footprint without the
+        overhead of each (kept apart, a write would count twice).
+        """
+        return self.footprint - len(self.messages) * self.MESSAGE_OVERHEAD
 
     @property
     def firstSequence(self) -> int:
@@ -60,7 +66,6 @@ class PendingWrites:
         number.
         """
         self.messages.append(payload)
-        self.byteCount += len(payload)
         self.footprint += len(payload) + self.MESSAGE_OVERHEAD
         return self._firstSequence + len(self.messages) - 1
 
@@ -91,7 +96,6 @@ class PendingWrites:
         else:
             # Popped, measured and summed without a Python loop.
             dropped = sum(map(len, starmap(messages.popleft, repeat((), count))))
-        self.byteCount -= dropped
         self.footprint -= dropped + count * self.MESSAGE_OVERHEAD
         self._firstSequence += count
         return count
@@ -111,6 +115,5 @@ class PendingWrites:
         count = len(self.messages)
         self.messages.clear()
         self._firstSequence += count
-        self.byteCount = 0
         self.footprint = 0
         return count
