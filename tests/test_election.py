@@ -271,6 +271,85 @@ def test_twoHoldersInOneProcessExclude(channelDirectory: str, robust: bool) -> N
     second.release()
 
 
+needsMutex = pytest.mark.skipif(
+    not ROBUST_MUTEX, reason="no robust process-shared mutexes here"
+)
+
+
+@needsMutex
+def test_aFileMadeToHostAtOnceIsHeldBeforeItIsSeen(channelDirectory: str) -> None:
+    """
+    A handle that makes the lock file to take the lock at once (C{claim},
+    as L{HostElection.tryNow} asks) holds it from before the header lets
+    any other process use it, and writes the first term with the header:
+    another handle finds it held, and the record names this process.
+    """
+    path = lockPath(channelDirectory)
+    lock = _election.openLock(path, claim=True)
+    other = _election.openLock(path)
+    try:
+        assert readLockRecord(path) == (1, os.getpid(), 0)
+        assert not other.acquire(blocking=False)
+        assert _takeTerm(lock, blocking=False) == 1
+        assert readLockRecord(path) == (1, os.getpid(), 0)
+        assert not other.acquire(blocking=False)
+        lock.release()
+        assert _takeTerm(other, blocking=False) == 2
+        other.release()
+    finally:
+        lock.close()
+        other.close()
+
+
+@needsMutex
+def test_aFileMadeAlreadyIsNotClaimed(channelDirectory: str) -> None:
+    """
+    A handle asked to claim a lock file made already takes the lock only
+    as any other would: not while another holds it.
+    """
+    path = lockPath(channelDirectory)
+    holder = HostElection(object(), path, lambda p: None)  # type: ignore[arg-type]
+    assert holder.tryNow()
+    lock = _election.openLock(path, claim=True)
+    try:
+        assert _takeTerm(lock, blocking=False) is None
+    finally:
+        lock.close()
+    holder.release()
+    assert readLockRecord(path) == (1, os.getpid(), 0)
+
+
+def test_aFileMadeAlreadyIsOpenedWithoutFlock(
+    channelDirectory: str, robust: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A lock file at its full size with a header of this format is only
+    checked: its header is written last, so it is ready, and no C{flock}
+    is taken to make it (with the C{flock} mechanism, only the election's
+    own).
+    """
+    path = lockPath(channelDirectory)
+    first = HostElection(object(), path, lambda p: None, robust=robust)  # type: ignore[arg-type]
+    assert first.tryNow()
+    first.release()
+    flocks: list[int] = []
+    flock = fcntl.flock
+
+    def recordingFlock(descriptor: int, operation: int) -> None:
+        flocks.append(operation)
+        flock(descriptor, operation)
+
+    monkeypatch.setattr(_election.fcntl, "flock", recordingFlock)
+    second = HostElection(object(), path, lambda p: None, robust=robust)  # type: ignore[arg-type]
+    assert second.tryNow()
+    assert readLockRecord(path) == (2, os.getpid(), 0)
+    second.release()
+    if robust:
+        assert flocks == []
+    else:
+        assert flocks == [fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_UN]
+
+
 @pytest.mark.parametrize(
     "content, error, what",
     [

@@ -923,6 +923,37 @@ def test_aZombieMakerIsDead() -> None:
     assert _publishing.makerAlive(f".s~{os.getpid()}-x", ".s~")
 
 
+def test_temporaryNamesAreThisProcesssAndNeverTheSame(channelDirectory: str) -> None:
+    """
+    Each temporary name is the socket's prefix, this process's pid (which
+    tells that its maker lives) and eight hex digits that differ from one
+    name to the next; a child after a fork names its own pid.
+    """
+    path = os.path.join(channelDirectory, "jobs.sock")
+    prefix = _publishing.temporaryPrefix(path)
+    assert prefix == os.path.join(channelDirectory, ".jobs.sock~")
+    names = [_publishing.temporaryName(path) for _ in range(3)]
+    assert len(set(names)) == 3
+    for name in names:
+        pid, serial = name[len(prefix) :].split("-")
+        assert pid == str(os.getpid()) and len(serial) == 8
+        int(serial, 16)
+        assert _publishing.makerAlive(name, prefix)
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(reader)
+        os.write(writer, _publishing.temporaryName(path).encode())
+        os._exit(0)
+    os.close(writer)
+    try:
+        childName = os.read(reader, 200).decode()
+    finally:
+        os.close(reader)
+        os.waitpid(child, 0)
+    assert childName.startswith(f"{prefix}{child}-")
+
+
 def test_standbyHoldsASocketReadyToPublish(channelDirectory: str) -> None:
     """
     A standby binds and listens, under a temporary name and mode 0600, the

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
 from twisted_channel import (
     ChannelAddress,
@@ -29,6 +31,7 @@ from twisted_channel._watch import stopWatching, watchFor
 from ._support.clientlinks import (
     HOST_PID,
     SOCKET,
+    LinkTransport,
     Recorder,
     RecordingFactory,
     makeClient,
@@ -252,3 +255,41 @@ def test_watchBeginsAfterAFailedFirstAttempt(
     assert watches == [SOCKET]
     assert len(reactor.unixClients) == 2
     assert len(reactor.getDelayedCalls()) == deadlines + 1
+
+
+def test_linkedClientLeavesADeadHostWithinTheWatchsEvent(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """
+    Told by the watch that its host died and another took over, a linked
+    client goes on to the next host within that event: its next attempt
+    is made there and then, not at a later turn of the reactor when the
+    dropped link's transport reports its end, and that report changes
+    nothing after.
+    """
+    lockPath = str(tmp_path / "jobs.lock")
+    writeLockRecord(lockPath, 1, HOST_PID, 0)
+    client, reactor, watches = watchedClient(monkeypatch, lockPath)
+    client.startConnecting()
+    # The attempt completes (Twisted's endpoint, on a memory reactor).
+    wrapper = reactor.unixClients[-1][1].buildProtocol(None)
+    transport = LinkTransport()
+    wrapper.makeConnection(transport)
+    link = wrapper._wrappedProtocol
+    welcome(link)
+    assert client.link is link
+    assert not client.reconnection.connector.attempting
+    # A healthy link: its loss is followed by an attempt at once.
+    reactor.advance(_reconnection.HEALTHY_LINK)
+    attempts = len(reactor.unixClients)
+    writeLockRecord(lockPath, 2, HOST_PID + 1, HOST_PID)
+    client.reconnection.hostAppeared()
+    assert transport.disconnecting
+    assert client.link is None and client.state == "connecting"
+    assert len(reactor.unixClients) == attempts + 1
+    assert link.left
+    calls = list(reactor.getDelayedCalls())
+    link.connectionLost(Failure(ConnectionAborted()))
+    assert len(reactor.unixClients) == attempts + 1
+    assert list(reactor.getDelayedCalls()) == calls
+    assert client.state == "connecting"

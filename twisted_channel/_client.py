@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import _wire
+from . import _process, _wire
 from ._address import CLIENT, HOST, ChannelAddress
 from ._auth import LOOPBACK
 from ._clientsession import (
@@ -130,7 +130,11 @@ class _ClientLink(Protocol):
     @ivar session: the link's protocol state.
     @ivar hostAddress: the host's address, with its pid once known.
     @ivar connector: the connector whose attempt made the link.
+    @ivar left: whether the connection went on without this link before
+        its transport reported its end (L{leave}).
     """
+
+    left = False
 
     def __init__(
         self,
@@ -230,6 +234,19 @@ class _ClientLink(Protocol):
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
+    def leave(self) -> None:
+        """
+        Drop this link, and have the connection go on without it now (to
+        the next host, in a failover), not at the reactor's next turn, when
+        the transport reports its end: that report is then ignored.
+        """
+        self.abort()
+        if self.left:
+            return
+        self.left = True
+        self._stopDeadline()
+        self._connection.linkLost(self, Failure(error.ConnectionAborted()))
+
     def dataReceived(self, data: bytes | memoryview) -> None:
         self._connection.linkDataReceived(self, data)
 
@@ -279,7 +296,8 @@ class _ClientLink(Protocol):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._stopDeadline()
-        self._connection.linkLost(self, reason)
+        if not self.left:
+            self._connection.linkLost(self, reason)
 
 
 class _RegisteredProducer:
@@ -415,7 +433,7 @@ class ChannelClientTransport(SocketOptions):
         # Whether a link's read is being handled now (it flushes at its end).
         self._inRead = False
         self.session = ClientSession(
-            os.urandom(16), os.getpid(), maxMessageSize, acrossMachines
+            os.urandom(16), _process.pid, maxMessageSize, acrossMachines
         )
         self.clientId = self.session.clientId
         self.pending = self.session.pending
@@ -848,7 +866,7 @@ class ChannelClientTransport(SocketOptions):
                 self.address.name,
                 self.address.path,
                 CLIENT,
-                os.getpid(),
+                _process.pid,
                 os.getuid(),
                 LOOPBACK if self.transportKind == "tcp" else None,
             )
@@ -1084,23 +1102,27 @@ class ChannelClientTransport(SocketOptions):
         self._dropOutgoing()
         self._writeLimit = self.maxMessageSize
         self._hostAddress = self.unknownHost
+        pending = len(self.pending)
+        if self._finishing is None:
+            # Dials the next host at once, after a healthy link.
+            reconnection.linkLost(reason, self._ackedOnLink, self.reactor.seconds())
+        # Said once the next link is dialed: a line written before would
+        # come between the lost link and the hello to the next host.
         _log.info(
             "channel {channel}: link to host pid {hostPid} lost ({reason}); "
             "{pending} message(s) await a host",
             channel=self.address.name,
             hostPid=link.hostAddress.pid,
             reason=reason.getErrorMessage(),
-            pending=len(self.pending),
+            pending=pending,
             role=CLIENT,
         )
-        if self._finishing is None:
-            reconnection.linkLost(reason, self._ackedOnLink, self.reactor.seconds())
-        # The application hears of it at the next reactor turn, after
-        # Twisted has made the attempt just begun (it connects at that turn
-        # too): its observer (a log line, a write to a pipe that wakes
-        # another process) would otherwise come between the lost link and
-        # the hello to the next host.  Before any read, so before the next
-        # link's linkEstablished; and before connectionLost (see _finish).
+        # The application hears of it at the next reactor turn, after the
+        # attempt just made (or, after a short-lived link, begun): its
+        # observer (a log line, a write to a pipe that wakes another
+        # process) would otherwise come between the lost link and the hello
+        # to the next host.  Before any read, so before the next link's
+        # linkEstablished; and before connectionLost (see _finish).
         if self._linkWaiters.observed:
             self._linkLostNews = (
                 self.reactor.callLater(0, self._tellLinkLost),

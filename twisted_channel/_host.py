@@ -1030,13 +1030,6 @@ class ChannelPort:
         self._electionRetry.succeeded()
         self._publication.start()
         address = self.getHost()
-        _log.info(
-            "channel {channel}: pid {pid} hosts at {path}",
-            channel=self.name,
-            pid=_process.pid,
-            path=address.path,
-            role=HOST,
-        )
         self._roleWaiters.announce(self.role, address)
         publication = self._publication
         if (
@@ -1051,6 +1044,16 @@ class ChannelPort:
             # then its dispatch), one turn sooner.  Unless a role observer
             # stopped the port meanwhile.
             socketPort.doRead()  # type: ignore[attr-defined]
+        # Said once the queued clients are served: in a takeover, a line
+        # written before would come between the win and their first
+        # messages.
+        _log.info(
+            "channel {channel}: pid {pid} hosts at {path}",
+            channel=self.name,
+            pid=_process.pid,
+            path=address.path,
+            role=HOST,
+        )
 
     def whenHosting(self) -> Deferred[ChannelAddress]:
         """
