@@ -337,6 +337,9 @@ class ChannelClientTransport(SocketOptions):
     @ivar readingPaused: whether the application paused reading the host's
         messages (L{pauseProducing}); a silent host is not judged frozen
         meanwhile.
+    @ivar unknownHost: the host's address while no host is known (its
+        name and path only): what L{getPeer} says then, and each link's
+        until its host is known.
 
     Like Twisted's own stream transports it also has C{connected} and
     C{disconnected} (of the logical connection, not of the link beneath),
@@ -434,8 +437,7 @@ class ChannelClientTransport(SocketOptions):
         # host's news and of messages waiting for it.
         self._deadlines = self.reconnection.deadlines
         self._linkWaiters = LinkWaiters(address.name, protocol)
-        #: The host's address while no host is known: made once, as it
-        #: stands for every link until its host is known.
+        # Made once: it stands for every link until its host is known.
         self.unknownHost = ChannelAddress(address.name, address.path, HOST)
         self._hostAddress = self.unknownHost
         # Whether the host acknowledged anything on the current link: the
