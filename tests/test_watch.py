@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
 from twisted_channel import (
     ChannelAddress,
@@ -23,12 +25,14 @@ from twisted_channel import (
     _reconnection,
 )
 from twisted_channel._address import HOST
+from twisted_channel._client import _ClientLink
 from twisted_channel._credentials import PeerCredentials
 from twisted_channel._watch import stopWatching, watchFor
 
 from ._support.clientlinks import (
     HOST_PID,
     SOCKET,
+    LinkTransport,
     Recorder,
     RecordingFactory,
     makeClient,
@@ -252,3 +256,52 @@ def test_watchBeginsAfterAFailedFirstAttempt(
     assert watches == [SOCKET]
     assert len(reactor.unixClients) == 2
     assert len(reactor.getDelayedCalls()) == deadlines + 1
+
+
+def test_oneLinkAtATimeThroughAFailover(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """
+    While the link to the next host is in its handshake, news of that host
+    dials no second link: the host would close the first for the second
+    (one live link per client id), and each lost link would then dial
+    another while one was in its handshake, a loop that fails AMP calls.
+    A link welcomed after another was is dropped, and its end dials
+    nothing.
+    """
+    lockPath = str(tmp_path / "jobs.lock")
+    writeLockRecord(lockPath, 1, HOST_PID, 0)
+    client, reactor, watches = watchedClient(monkeypatch, lockPath)
+    client.startConnecting()
+    first = reactor.unixClients[-1][1].buildProtocol(None)
+    firstTransport = LinkTransport()
+    first.makeConnection(firstTransport)
+    welcome(first._wrappedProtocol)
+    reactor.advance(_reconnection.HEALTHY_LINK)
+    writeLockRecord(lockPath, 2, HOST_PID + 1, HOST_PID)
+    client.reconnection.hostAppeared()
+    assert firstTransport.disconnecting
+    first.connectionLost(Failure(ConnectionAborted()))
+    attempts = len(reactor.unixClients)
+    # The attempt connects; its hello is on its way.
+    second = reactor.unixClients[-1][1].buildProtocol(None)
+    second.makeConnection(LinkTransport())
+    assert client.reconnection.connector.attempting
+    client.reconnection.hostAppeared()
+    client.reconnection.hostAppeared()
+    assert len(reactor.unixClients) == attempts
+    welcome(second._wrappedProtocol)
+    assert client.link is second._wrappedProtocol
+    assert not client.reconnection.connector.attempting
+    # A stray link (made before this fix's guard, or by a test) welcomed
+    # now is dropped; its end retries nothing.
+    stray = _ClientLink(client, None, client.reconnection.connector)
+    strayTransport = LinkTransport()
+    stray.makeConnection(strayTransport)
+    welcome(stray)
+    assert strayTransport.disconnecting
+    calls = list(reactor.getDelayedCalls())
+    stray.connectionLost(Failure(ConnectionDone()))
+    assert list(reactor.getDelayedCalls()) == calls
+    assert len(reactor.unixClients) == attempts
+    assert client.link is second._wrappedProtocol

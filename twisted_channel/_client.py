@@ -997,6 +997,7 @@ class ChannelClientTransport(SocketOptions):
 
         @return: whether the link was kept.
         """
+        self.reconnection.connector.settled(link)
         if self.state != CONNECTING:
             # Closed, or another link was welcomed first (a host appeared
             # while this one's handshake was under way): one logical
@@ -1067,9 +1068,17 @@ class ChannelClientTransport(SocketOptions):
         if self.state == CLOSED:
             return
         reconnection = self.reconnection
+        connector = reconnection.connector
+        connector.settled(link)
         if link is not self.link:
-            # A link that never got a welcome: the host died or refused.
-            reconnection.strategy.clientConnectionFailed(reconnection.connector, reason)  # type: ignore[no-untyped-call]
+            # A link that never got a welcome: the host died or refused it
+            # (then try again), or another was welcomed first (then nothing
+            # is to be done: a retry would dial a second link to the host).
+            if self.link is None and not connector.attempting:
+                if reconnection.hostAppearedMeanwhile():
+                    connector.connect()
+                else:
+                    reconnection.strategy.clientConnectionFailed(connector, reason)  # type: ignore[no-untyped-call]
             return
         self.link = None
         if self.failover == CLOSE:

@@ -40,7 +40,6 @@ from ._sockets import (
     writeEagerly,
     writeUnjoined,
 )
-from ._wire import Welcome
 
 if TYPE_CHECKING:
     from ._campaign import HostRecord
@@ -177,14 +176,6 @@ class MachineClientLink(_ClientLink):
     """
 
     connector: MachineConnector
-
-    def welcomed(self, welcome: Welcome) -> None:
-        self.connector.settled(self)
-        super().welcomed(welcome)
-
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
-        self.connector.settled(self)
-        super().connectionLost(reason)
 
     def connectionMade(self) -> None:
         assert self.transport is not None

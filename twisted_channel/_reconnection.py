@@ -155,6 +155,12 @@ class LinkOpener(typing.Protocol):
         Open a link to the host, unless an attempt is under way.
         """
 
+    def settled(self, link: _ClientLink) -> None:
+        """
+        C{link} was welcomed, or lost: if an attempt of this connector's
+        made it, that attempt is over.
+        """
+
 
 class ConnectionsConnector:
     """
@@ -202,14 +208,15 @@ class _LinkConnector(ConnectionsConnector):
             connection.reactor, PosixReactorBase
         )
         self._soon: IDelayedCall | None = None
+        # The link an attempt made, until it is welcomed or lost: a second
+        # link meanwhile (a host appearing, a retry) would say hello with
+        # the same client id, the host would close the first for it, and
+        # each lost link would dial another while one is in its handshake.
+        self._handshaking: _ClientLink | None = None
 
     def connect(self) -> None:
         connection = self._connection
-        if (
-            connection.state == CLOSED
-            or self._attempt is not None
-            or self._soon is not None
-        ):
+        if connection.state == CLOSED or self.attempting:
             return
         candidate = connection.candidate
         if candidate is not None:
@@ -247,7 +254,7 @@ class _LinkConnector(ConnectionsConnector):
         def buildLink() -> _ClientLink:
             nonlocal built
             built = True
-            return self._linkType(connection, None, self)
+            return self.linked(self._linkType(connection, None, self))
 
         try:
             result = link.connect_ex(path)
@@ -318,12 +325,28 @@ class _LinkConnector(ConnectionsConnector):
             return
         reconnection.strategy.clientConnectionFailed(self, reason)  # type: ignore[no-untyped-call]
 
+    def linked(self, link: _ClientLink) -> _ClientLink:
+        """
+        An attempt made C{link}: the attempt lasts until it is L{settled}.
+        """
+        self._handshaking = link
+        return link
+
+    def settled(self, link: _ClientLink) -> None:
+        if self._handshaking is link:
+            self._handshaking = None
+
     @property
     def attempting(self) -> bool:
         """
-        Whether a connection attempt is under way.
+        Whether a connection attempt is under way: connecting, or its link
+        not yet welcomed.
         """
-        return self._attempt is not None or self._soon is not None
+        return (
+            self._attempt is not None
+            or self._soon is not None
+            or self._handshaking is not None
+        )
 
     def stopConnecting(self) -> None:
         soon, self._soon = self._soon, None
@@ -331,9 +354,13 @@ class _LinkConnector(ConnectionsConnector):
             soon.cancel()
             return
         attempt, self._attempt = self._attempt, None
-        if attempt is None:
+        link, self._handshaking = self._handshaking, None
+        if attempt is None and link is None:
             raise error.NotConnectingError()
-        attempt.cancel()
+        if attempt is not None:
+            attempt.cancel()
+        if link is not None:
+            link.abort()
 
 
 class _LinkFactory(Factory):
@@ -361,7 +388,9 @@ class _LinkFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> _ClientLink:
         self.built = True
-        return self._linkType(self._connection, self._secret, self._connector)
+        return self._connector.linked(
+            self._linkType(self._connection, self._secret, self._connector)
+        )
 
 
 class Reconnection:
@@ -469,6 +498,8 @@ class Reconnection:
         @return: how many links hosts have welcomed, this one included.
         """
         self.deadlines.linked()
+        # A host seen during the handshake was this one.
+        self._appearedDuringAttempt = False
         if self._lockPath is None:
             if self._watching:
                 self._watching = False
