@@ -390,6 +390,9 @@ class ChannelClientTransport(SocketOptions):
         linkType: Callable[..., _ClientLink] | None = None,
     ) -> None:
         """
+        @param address: the channel's name and socket (or port file) path,
+            as the host's address: role C{"host"}, nothing else known (what
+            L{getPeer} says until a host is linked).
         @param failover: C{"resend"} (a host's loss moves the connection to
             the next host) or C{"close"} (it ends the connection with
             L{ChannelHostLostError}).
@@ -438,7 +441,12 @@ class ChannelClientTransport(SocketOptions):
         self._deadlines = self.reconnection.deadlines
         self._linkWaiters = LinkWaiters(address.name, protocol)
         # Made once: it stands for every link until its host is known.
-        self.unknownHost = ChannelAddress(address.name, address.path, HOST)
+        # The endpoint's address is that already.
+        self.unknownHost = (
+            address
+            if address.role == HOST and address.pid is None
+            else ChannelAddress(address.name, address.path, HOST)
+        )
         self._hostAddress = self.unknownHost
         # Whether the host acknowledged anything on the current link: the
         # link was healthy (see Reconnection.linkLost).
