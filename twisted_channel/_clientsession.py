@@ -314,15 +314,13 @@ class LinkSession:
         lowestTerm = session.lowestTerm
         if lowestTerm is not None:
             flags |= _wire.FLAG_TERM
-        hello = _wire.encodeHello(
-            _wire.Hello(
-                session.clientId,
-                session.pid,
-                session.maxMessageSize,
-                pending.firstSequence,
-                flags,
-                lowestTerm=lowestTerm or 0,
-            )
+        hello = _wire.helloFrame(
+            session.clientId,
+            session.pid,
+            session.maxMessageSize,
+            pending.firstSequence,
+            flags,
+            lowestTerm or 0,
         )
         self.eagerThrough = pending.nextSequence - 1
         if not self.eager or not pending:
