@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -34,6 +35,36 @@ def _endingClient() -> type:
             self.ended.callback(None)
 
     return EndingClient
+
+
+async def _firstMessageArrives(endpoint: ChannelEndpoint) -> tuple[Any, Any]:
+    """
+    Host on C{endpoint}, connect a client to it and write one message:
+    once the host's protocol has it, the client's protocol (an
+    L{_endingClient}) and the port.  The port is stopped if it fails.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.internet.protocol import Factory, Protocol
+
+    arrived: Deferred[bytes] = Deferred()
+
+    class Host(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            if not arrived.called:
+                arrived.callback(data)
+
+    port = await endpoint.listen(Factory.forProtocol(Host))
+    try:
+        await port.whenHosting()
+        protocol = await endpoint.connect(Factory.forProtocol(_endingClient()))
+        assert protocol.transport is not None
+        protocol.transport.write(b"first")
+        assert await arrived.addTimeout(5, reactor) == b"first"
+    except BaseException:
+        await port.stopListening()
+        raise
+    return protocol, port
 
 
 @pytest_twisted.ensureDeferred
@@ -112,8 +143,6 @@ async def test_noSocketGoesThroughTwisted(
     host.
     """
     from twisted.internet import reactor
-    from twisted.internet.defer import Deferred
-    from twisted.internet.protocol import Factory, Protocol
 
     from twisted_channel import _reconnection
 
@@ -124,21 +153,9 @@ async def test_noSocketGoesThroughTwisted(
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
     monkeypatch.setattr(_reconnection, "_unixSocket", noSocket)
-    arrived: Deferred[bytes] = Deferred()
-
-    class Host(Protocol):
-        def dataReceived(self, data: bytes) -> None:
-            if not arrived.called:
-                arrived.callback(data)
-
     endpoint = ChannelEndpoint(reactor, "nosocket", directory=channelDirectory)
-    port = await endpoint.listen(Factory.forProtocol(Host))
+    protocol, port = await _firstMessageArrives(endpoint)
     try:
-        await port.whenHosting()
-        protocol = await endpoint.connect(Factory.forProtocol(_endingClient()))
-        assert protocol.transport is not None
-        protocol.transport.write(b"first")
-        assert await arrived.addTimeout(5, reactor) == b"first"
         assert refused
         protocol.transport.loseConnection()
         await protocol.ended.addTimeout(5, reactor)
@@ -159,8 +176,6 @@ async def test_linkTransportIsMadeOverTheConnectedSocket(
     is closed.  Either way the first message arrives.
     """
     from twisted.internet import reactor
-    from twisted.internet.defer import Deferred
-    from twisted.internet.protocol import Factory, Protocol
 
     from twisted_channel import _reconnection, _sockets
 
@@ -183,21 +198,9 @@ async def test_linkTransportIsMadeOverTheConnectedSocket(
         return made[-1]
 
     monkeypatch.setattr(_reconnection, "_unixSocket", recordingSocket)
-    arrived: Deferred[bytes] = Deferred()
-
-    class Host(Protocol):
-        def dataReceived(self, data: bytes) -> None:
-            if not arrived.called:
-                arrived.callback(data)
-
     endpoint = ChannelEndpoint(reactor, "itself", directory=channelDirectory)
-    port = await endpoint.listen(Factory.forProtocol(Host))
+    protocol, port = await _firstMessageArrives(endpoint)
     try:
-        await port.whenHosting()
-        protocol = await endpoint.connect(Factory.forProtocol(_endingClient()))
-        assert protocol.transport is not None
-        protocol.transport.write(b"first")
-        assert await arrived.addTimeout(5, reactor) == b"first"
         await protocol.transport.whenConnected().addTimeout(5, reactor)
         [connected] = made
         handle = protocol.transport.getHandle()

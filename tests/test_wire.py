@@ -134,6 +134,46 @@ def test_helloRoundTrip(
     assert _wire.decodeHello(body) == hello
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    frames=st.lists(frameStrategy(), min_size=1, max_size=12),
+    cuts=st.lists(st.integers(min_value=0), max_size=12),
+    taken=st.integers(0, 12),
+    reused=st.booleans(),
+)
+def test_oneFrameAtATimeThenTheRest(
+    frames: list[tuple[int, bytes]], cuts: list[int], taken: int, reused: bool
+) -> None:
+    """
+    A handshake's reads: the first C{taken} frames taken one at a time
+    (C{maxFrames=1}, then C{b""} for what a read left), the rest as they
+    come (C{b""} first, for what the handshake left in the buffer), in any
+    chunking, read as bytes or as views of a reused buffer, come out as they
+    went in.
+    """
+    stream = b"".join(_wire.encodeFrame(kind, body) for kind, body in frames)
+    decoder = FrameDecoder(LIMIT)
+    out: list[tuple[int, bytes]] = []
+    handshaking = True
+    for chunk in chunked(stream, cuts):
+        data: bytes | memoryview = memoryview(bytearray(chunk)) if reused else chunk
+        while handshaking:
+            if len(out) >= taken:
+                handshaking = False
+                out.extend(decoder.feed(b""))
+                break
+            got = decoder.feed(data, 1)
+            data = b""
+            if not got:
+                break
+            out.extend(got)
+        if not handshaking:
+            out.extend(decoder.feed(data))
+    out.extend(decoder.feed(b""))
+    assert out == frames
+    assert decoder.buffered == 0
+
+
 def test_helloDefaults() -> None:
     """
     A hello's first sequence defaults to 1, its flags to none and its version

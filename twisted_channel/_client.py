@@ -42,6 +42,7 @@ from ._clientsession import (
     ACKNOWLEDGED,
     AUTHENTICATING,
     GOODBYE,
+    LINK_HANDSHAKE_TIMEOUT,
     ClientDeadlines,
     ClientSession,
     HostBrokeProtocolError,
@@ -101,11 +102,6 @@ _NEVER = 1 << 62
 RESEND = "resend"
 CLOSE = "close"
 FAILOVER_MODES = (RESEND, CLOSE)
-
-#: Seconds a host may take to answer a hello before the link is dropped and
-#: another is tried.  A host frozen by SIGSTOP still accepts connections in
-#: the kernel; this is what keeps a client from waiting on it for ever.
-LINK_HANDSHAKE_TIMEOUT = 2.0
 
 
 class _Discard:
@@ -390,6 +386,9 @@ class ChannelClientTransport(SocketOptions):
         linkType: Callable[..., _ClientLink] | None = None,
     ) -> None:
         """
+        @param address: the channel's name and socket (or port file) path,
+            as the host's address: role C{"host"}, nothing else known (what
+            L{getPeer} says until a host is linked).
         @param failover: C{"resend"} (a host's loss moves the connection to
             the next host) or C{"close"} (it ends the connection with
             L{ChannelHostLostError}).
@@ -438,7 +437,12 @@ class ChannelClientTransport(SocketOptions):
         self._deadlines = self.reconnection.deadlines
         self._linkWaiters = LinkWaiters(address.name, protocol)
         # Made once: it stands for every link until its host is known.
-        self.unknownHost = ChannelAddress(address.name, address.path, HOST)
+        # The endpoint's address is that already.
+        self.unknownHost = (
+            address
+            if address.role == HOST and address.pid is None
+            else ChannelAddress(address.name, address.path, HOST)
+        )
         self._hostAddress = self.unknownHost
         # Whether the host acknowledged anything on the current link: the
         # link was healthy (see Reconnection.linkLost).
@@ -1074,6 +1078,10 @@ class ChannelClientTransport(SocketOptions):
             # A link that never got a welcome: the host died or refused it
             # (then try again), or another was welcomed first (then nothing
             # is to be done: a retry would dial a second link to the host).
+            if self.link is None:
+                # Its handshake deadline no longer guards the search: the
+                # give-up deadline does (see Reconnection.start).
+                reconnection.armDeadline()
             if self.link is None and not connector.attempting:
                 if reconnection.hostAppearedMeanwhile():
                     connector.connect()

@@ -302,8 +302,13 @@ class _HostLink(Protocol):
     not read, and the per-link cap on unsent bytes.
 
     @ivar session: the link's protocol state.
+    @ivar peerAddress: the client's address: its pid and uid as the kernel
+        reports them over a Unix socket (else the pid its hello says, and
+        across machines its machine's identity).  Set as the link is
+        connected, before anything reads it.
     """
 
+    peerAddress: ChannelAddress
     application: IProtocol | None = None
     #: The application's producer registered on this link, as the link's
     #: socket sees it.
@@ -320,7 +325,6 @@ class _HostLink(Protocol):
         self._aborted = False
         self._deadline: IDelayedCall | None = None
         self._deadlineRechecked = False
-        self.peerAddress = ChannelAddress(port.name, port.paths.socket, None)
         self._closedWaiters: list[Deferred[None]] = []
         self._lost = False
         self._keepAlive: LoopingCall | None = None

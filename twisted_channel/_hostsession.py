@@ -340,9 +340,7 @@ class HostSession:
         self.state = OPEN
         if not hello.flags & _wire.FLAG_TERM:
             host = None
-        return _wire.encodeWelcome(
-            _wire.Welcome(resumeAfter, hostPid, self.maxMessageSize, host=host)
-        )
+        return _wire.welcomeFrame(resumeAfter, hostPid, self.maxMessageSize, host)
 
     # Batches
 

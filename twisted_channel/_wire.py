@@ -91,6 +91,10 @@ HEADER_SIZE: Final = _HEADER.size
 _HELLO = struct.Struct(">4sBB16sIIQ")
 # A welcome is magic, version, resume point, host pid, maximum message size.
 _WELCOME = struct.Struct(">4sBQII")
+# Whole frames, header and body in one pack: a hello without a term, a
+# welcome that names no host.
+_HELLO_FRAME = struct.Struct(">IB4sBB16sIIQ")
+_WELCOME_FRAME = struct.Struct(">IB4sBQII")
 
 #: Hello flag: the peer only wants to ask for the channel's status.
 FLAG_STATUS_QUERY: Final = 0x01
@@ -123,7 +127,7 @@ class ProtocolError(Exception):
     """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Hello:
     """
     The first frame of a client link.
@@ -150,6 +154,29 @@ class Hello:
     version: int = VERSION
     lowestTerm: int = 0
 
+    def __init__(
+        self,
+        clientId: bytes,
+        pid: int,
+        maxMessageSize: int,
+        firstSequence: int = 1,
+        flags: int = 0,
+        version: int = VERSION,
+        lowestTerm: int = 0,
+    ) -> None:
+        # The frozen dataclass's own __init__ sets each field through
+        # object.__setattr__; one update does the same, on the way to each
+        # link's first message.
+        self.__dict__.update(
+            clientId=clientId,
+            pid=pid,
+            maxMessageSize=maxMessageSize,
+            firstSequence=firstSequence,
+            flags=flags,
+            version=version,
+            lowestTerm=lowestTerm,
+        )
+
 
 @dataclass(frozen=True)
 class HostTerm:
@@ -167,7 +194,7 @@ class HostTerm:
     address: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Welcome:
     """
     The host's answer to a L{Hello}.
@@ -187,6 +214,23 @@ class Welcome:
     maxMessageSize: int
     version: int = VERSION
     host: HostTerm | None = None
+
+    def __init__(
+        self,
+        resumeAfter: int,
+        pid: int,
+        maxMessageSize: int,
+        version: int = VERSION,
+        host: HostTerm | None = None,
+    ) -> None:
+        # As L{Hello}'s: one update, not a call per field.
+        self.__dict__.update(
+            resumeAfter=resumeAfter,
+            pid=pid,
+            maxMessageSize=maxMessageSize,
+            version=version,
+            host=host,
+        )
 
 
 def frameHeader(kind: int, bodyLength: int) -> bytes:
@@ -209,19 +253,49 @@ def encodeHello(hello: Hello) -> bytes:
 
     @raise ValueError: if the client id is not 16 bytes.
     """
-    if len(hello.clientId) != 16:
-        raise ValueError(f"client id is {len(hello.clientId)} bytes; it must be 16")
-    body = _HELLO.pack(
-        MAGIC,
-        hello.version,
-        hello.flags,
+    return helloFrame(
         hello.clientId,
         hello.pid,
         hello.maxMessageSize,
         hello.firstSequence,
+        hello.flags,
+        hello.lowestTerm,
+        hello.version,
     )
-    if hello.flags & FLAG_TERM:
-        body += _LOWEST_TERM.pack(hello.lowestTerm)
+
+
+def helloFrame(
+    clientId: bytes,
+    pid: int,
+    maxMessageSize: int,
+    firstSequence: int,
+    flags: int,
+    lowestTerm: int = 0,
+    version: int = VERSION,
+) -> bytes:
+    """
+    The C{HELLO} frame of a L{Hello} with these fields, made without one
+    (a client's way to its first message).
+
+    @raise ValueError: if the client id is not 16 bytes.
+    """
+    if len(clientId) != 16:
+        raise ValueError(f"client id is {len(clientId)} bytes; it must be 16")
+    if not flags & FLAG_TERM:
+        return _HELLO_FRAME.pack(
+            _HELLO.size + 1,
+            HELLO,
+            MAGIC,
+            version,
+            flags,
+            clientId,
+            pid,
+            maxMessageSize,
+            firstSequence,
+        )
+    body = _HELLO.pack(
+        MAGIC, version, flags, clientId, pid, maxMessageSize, firstSequence
+    ) + _LOWEST_TERM.pack(lowestTerm)
     return encodeFrame(HELLO, body)
 
 
@@ -239,20 +313,45 @@ def encodeWelcome(welcome: Welcome) -> bytes:
     @raise ValueError: if the host's identity or address is empty or over
         255 bytes.
     """
-    body = _WELCOME.pack(
-        MAGIC,
-        welcome.version,
+    return welcomeFrame(
         welcome.resumeAfter,
         welcome.pid,
         welcome.maxMessageSize,
+        welcome.host,
+        welcome.version,
     )
-    host = welcome.host
-    if host is not None:
-        body += (
-            _TERM.pack(host.term)
-            + _encodeName(host.identity, "the host's identity")
-            + _encodeName(host.address, "the host's address")
+
+
+def welcomeFrame(
+    resumeAfter: int,
+    pid: int,
+    maxMessageSize: int,
+    host: HostTerm | None = None,
+    version: int = VERSION,
+) -> bytes:
+    """
+    The C{WELCOME} frame of a L{Welcome} with these fields, made without
+    one (a host's way to a link's first message).
+
+    @raise ValueError: if the host's identity or address is empty or over
+        255 bytes.
+    """
+    if host is None:
+        return _WELCOME_FRAME.pack(
+            _WELCOME.size + 1,
+            WELCOME,
+            MAGIC,
+            version,
+            resumeAfter,
+            pid,
+            maxMessageSize,
         )
+    body = (
+        _WELCOME.pack(MAGIC, version, resumeAfter, pid, maxMessageSize)
+        + _TERM.pack(host.term)
+        + _encodeName(host.identity, "the host's identity")
+        + _encodeName(host.address, "the host's address")
+    )
     return encodeFrame(WELCOME, body)
 
 
@@ -508,6 +607,30 @@ class FrameDecoder:
         @raise ProtocolError: on an unknown kind or a frame over its limit.
             The decoder is then unusable: the link must be closed.
         """
+        if not data and self._buffer and not self.largeUnderWay:
+            # Called again for what an earlier call left (the frames read
+            # with a hello): the buffer starts on a frame boundary, so it
+            # is parsed as if read now, the commonest case by the fast path
+            # below, not completed frame by frame.
+            data = bytes(self._buffer)
+            self._buffer.clear()
+        if maxFrames == 1 and not self._buffer and not self.largeUnderWay:
+            # A handshake's read, one frame taken: a whole control frame
+            # within its limit, from a frame boundary, is taken here (what
+            # follows it waits in the buffer); anything else, as below.
+            end = len(data)
+            if end > 4:
+                length, kind = _HEADER.unpack_from(data)
+                stop = length + 4
+                if (
+                    stop <= end
+                    and 0 < length <= MAX_CONTROL_BODY + 1
+                    and kind != DATA
+                    and kind in KNOWN_KINDS
+                ):
+                    if stop < end:
+                        self._buffer += memoryview(data)[stop:]
+                    return [(kind, bytes(data[5:stop]))]
         if maxFrames is None and not self._buffer and not self.largeUnderWay:
             # The commonest reads of all, a round trip's: one whole message
             # within the limit, from a frame boundary, alone (a request) or
