@@ -408,6 +408,31 @@ def test_frozenHostIsGivenUpOnWithCount(
     assert later.collect()[-1] == "CLOSED ConnectionDone 0"
 
 
+def test_clientGivesUpOnAFrozenHostAtItsTimeout(
+    children: ChannelProcesses, channelDirectory: str
+) -> None:
+    """
+    A client whose timeout falls well after a link's handshake deadline
+    dials a host frozen with SIGSTOP (the kernel accepts its link, nobody
+    answers): the link is dropped when its handshake deadline falls, and
+    the client gives up once its timeout has passed since it connected,
+    not before, saying how many messages were not delivered.  (Its give-up
+    timer is armed only once that first link is lost.)
+    """
+    record = os.path.join(channelDirectory, "record")
+    host = children.candidate("numb", record)
+    host.waitFor(lambda line: line == "ROLE host")
+    host.kill(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        client = children.client("numb", "n", 5, "--timeout", "5", "--slice", "5")
+        client.waitFor(lambda line: line.startswith("CLOSED"), 30)
+        assert time.monotonic() - started >= 5
+        assert client.collect()[-1] == "CLOSED ChannelUnreachableError 5"
+    finally:
+        host.kill(signal.SIGCONT)
+
+
 def _asNobody(*arguments: str) -> list[str]:
     # The resolved interpreter, not a virtualenv's link to it: a virtualenv
     # in a 0700 directory is out of another user's reach.  The script it

@@ -42,6 +42,7 @@ from ._clientsession import (
     ACKNOWLEDGED,
     AUTHENTICATING,
     GOODBYE,
+    LINK_HANDSHAKE_TIMEOUT,
     ClientDeadlines,
     ClientSession,
     HostBrokeProtocolError,
@@ -101,11 +102,6 @@ _NEVER = 1 << 62
 RESEND = "resend"
 CLOSE = "close"
 FAILOVER_MODES = (RESEND, CLOSE)
-
-#: Seconds a host may take to answer a hello before the link is dropped and
-#: another is tried.  A host frozen by SIGSTOP still accepts connections in
-#: the kernel; this is what keeps a client from waiting on it for ever.
-LINK_HANDSHAKE_TIMEOUT = 2.0
 
 
 class _Discard:
@@ -1082,6 +1078,10 @@ class ChannelClientTransport(SocketOptions):
             # A link that never got a welcome: the host died or refused it
             # (then try again), or another was welcomed first (then nothing
             # is to be done: a retry would dial a second link to the host).
+            if self.link is None:
+                # Its handshake deadline no longer guards the search: the
+                # give-up deadline does (see Reconnection.start).
+                reconnection.armDeadline()
             if self.link is None and not connector.attempting:
                 if reconnection.hostAppearedMeanwhile():
                     connector.connect()

@@ -396,6 +396,11 @@ class LinkSession:
         return Send(self._hello())
 
 
+#: Seconds a host may take to answer a hello before the link is dropped and
+#: another is tried.  A host frozen by SIGSTOP still accepts connections in
+#: the kernel; this is what keeps a client from waiting on it for ever.
+LINK_HANDSHAKE_TIMEOUT = 2.0
+
 #: What L{ClientDeadlines.due} found: no host within the timeout.
 GIVE_UP: Final = _Marker("GIVE_UP")
 #: What L{ClientDeadlines.due} found: the linked host acknowledged nothing
@@ -444,6 +449,15 @@ class ClientDeadlines:
         self._recheckAt = None
         if self.timeout > 0 and self.giveUpAt is None:
             self.giveUpAt = now + self.timeout
+
+    def outlastsHandshake(self) -> bool:
+        """
+        Whether the give-up deadline, if one runs, falls well after a link
+        dialed now would have been dropped for not being answered
+        (L{LINK_HANDSHAKE_TIMEOUT}): while that link's handshake is under
+        way, its own deadline is the one that can fall.
+        """
+        return self.timeout <= 0 or self.timeout > 2 * LINK_HANDSHAKE_TIMEOUT
 
     def linked(self) -> None:
         """

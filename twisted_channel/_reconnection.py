@@ -214,6 +214,14 @@ class _LinkConnector(ConnectionsConnector):
         # each lost link would dial another while one is in its handshake.
         self._handshaking: _ClientLink | None = None
 
+    @property
+    def dialsAtEndOfTurn(self) -> bool:
+        """
+        Whether its attempts are Unix dials made at the end of the reactor
+        turn (L{_connectAtOnce}), which fail or make a link at once.
+        """
+        return self._adopts
+
     def connect(self) -> None:
         connection = self._connection
         if connection.state == CLOSED or self.attempting:
@@ -273,6 +281,9 @@ class _LinkConnector(ConnectionsConnector):
         self._connectThroughEndpoint()
 
     def _connectThroughEndpoint(self) -> None:
+        # Such an attempt may take seconds: the give-up deadline runs
+        # meanwhile (see Reconnection.start).
+        self._reconnection.armDeadline()
         connection = self._connection
         endpoint: IStreamClientEndpoint
         if connection.transportKind == "tcp":
@@ -320,6 +331,8 @@ class _LinkConnector(ConnectionsConnector):
         if reason.check(error.ConnectingCancelledError) or self._connection.closed:
             return
         reconnection = self._reconnection
+        # No link guards the search now (see Reconnection.start).
+        reconnection.armDeadline()
         if reconnection.hostAppearedMeanwhile() or reconnection.startWatching():
             self.connect()
             return
@@ -469,12 +482,26 @@ class Reconnection:
         watch begins only once it is known to be needed, off the path of
         the first message: when that attempt fails (L{startWatching}), or
         once a host welcomed the link (L{linkUp}).
+
+        So does the timer of the give-up deadline when the attempt is a
+        Unix dial at the end of this turn and the deadline falls well after
+        that link's handshake deadline: the dial fails at once (the timer
+        is armed then, for the same time), or its link is welcomed (no
+        timer was needed) or lost (armed then), and meanwhile the link's
+        own deadline guards against a host that never answers.  That timer,
+        armed and cancelled, was on the way to every first message.
         """
         self.deadlines.lookForHost(now)
-        self.armDeadline()
         # So that stopTrying() also cancels an attempt under way.
         self.strategy.connector = self.connector
-        self.connector.connect()
+        connector = self.connector
+        connector.connect()
+        if not (
+            isinstance(connector, _LinkConnector)
+            and connector.dialsAtEndOfTurn
+            and self.deadlines.outlastsHandshake()
+        ):
+            self.armDeadline()
 
     def startWatching(self) -> bool:
         """
