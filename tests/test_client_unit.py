@@ -139,15 +139,17 @@ def test_hostOfAnotherUserRefused(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_writesBeforeLinkBufferedThenSentInOneWrite() -> None:
     """
     Writes made while no host is reachable are held, then sent in order
-    with the hello of the next link, in a single C{writeSequence}, without
-    waiting for the welcome; the welcome sends nothing more.
+    with the hello of the next link, in a single call (a C{write} of the
+    frames joined, as small as these are; else a C{writeSequence}),
+    without waiting for the welcome; the welcome sends nothing more.
     """
     client, _, _ = makeClient()
     for payload in (b"one", b"two", b"three"):
         client.write(payload)
     assert len(client.pending) == 3
     link, transport = openLink(client)
-    assert len(transport.sequences) == 1
+    assert len(transport.writes) == 1
+    assert transport.sequences == []
     frames = sent(transport)
     assert frames[0][0] == _wire.HELLO
     assert frames[1:] == [(_wire.DATA, p) for p in (b"one", b"two", b"three")]
@@ -157,6 +159,25 @@ def test_writesBeforeLinkBufferedThenSentInOneWrite() -> None:
     assert client.state == CONNECTED
     assert client.link is link
     assert len(client.pending) == 3
+
+
+def test_largeWritesBeforeLinkSentUnjoined() -> None:
+    """
+    Writes made before the link that take 4 KiB or more leave with the hello
+    in a single C{writeSequence}: header and payload apart, not copied into
+    one piece.
+    """
+    client, _, _ = makeClient(maxBufferSize=8000)
+    payloads = [bytes([97 + i]) * 900 for i in range(5)]
+    for payload in payloads:
+        client.write(payload)
+    _, transport = openLink(client)
+    assert transport.writes == []
+    [chunks] = transport.sequences
+    assert all(payload in chunks for payload in payloads)
+    frames = sent(transport)
+    assert frames[0][0] == _wire.HELLO
+    assert frames[1:] == [(_wire.DATA, p) for p in payloads]
 
 
 def test_writesBetweenHelloAndWelcomeFollowTheEagerOnes() -> None:
@@ -475,7 +496,9 @@ def test_lostLinkThenNewLinkResends() -> None:
     assert _wire.decodeHello(body).firstSequence == 2
     assert _wire.decodeHello(body).clientId == client.clientId
     assert messages == [(_wire.DATA, b"m%d" % i) for i in range(2, 6)]
-    assert len(transport2.sequences) == 1
+    # In one call (joined, as small as they are).
+    assert len(transport2.writes) == 1
+    assert transport2.sequences == []
     welcome(second, resumeAfter=1)
     assert transport2.value() == b""
 

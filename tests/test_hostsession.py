@@ -172,6 +172,92 @@ def test_unexpectedFrameIsRefusedAfterTheAck() -> None:
     assert session.state == CLOSED
 
 
+def welcomedInBatch(payloads: tuple[bytes, ...] = (b"a", b"b")) -> HostSession:
+    """
+    A session whose hello came with C{payloads} (eager), welcomed in the
+    batch of that read.
+    """
+    session = HostSession(DeliveryRecords(()), LIMIT)
+    raw = hello(flags=_wire.FLAG_EAGER) + data(*payloads)
+    assert isinstance(session.nextHandshakeEvent(raw), HelloReceived)
+    session.welcomeInBatch(HOST_PID)
+    return session
+
+
+def test_welcomeInBatchLeavesWithTheAck() -> None:
+    """
+    A welcome made in the batch is not returned: it goes first in what the
+    batch sends, then what the application wrote as it was connected (in
+    the outbox before L{HostSession.receive}), then the acknowledgement of
+    the messages read with the hello, in one piece.
+    """
+    session = welcomedInBatch()
+    assert session.state == OPEN
+    assert session.outbox is not None
+    session.outbox.append(data(b"hi"))
+    messages, out, ending = deliver(session, b"")
+    assert messages == [b"a", b"b"]
+    welcome = _wire.encodeWelcome(_wire.Welcome(0, HOST_PID, LIMIT))
+    assert out == welcome + data(b"hi") + _wire.encodeAck(2)
+    assert ending == NO_END
+    assert session.outbox is None
+
+
+def test_welcomeInBatchKeptWhenAbandoned() -> None:
+    """
+    An application that fails in the batch loses what it wrote, not the
+    welcome: the client is told the link was taken, then what was
+    delivered.
+    """
+    session = welcomedInBatch()
+    session.receive(b"")
+    assert session.outbox is not None
+    session.outbox.append(data(b"reply"))
+    session.abandon()
+    out, _ = session.endBatch(1, 1)
+    assert [kind for kind, _ in decode(out)] == [_wire.WELCOME, _wire.ACK]
+
+
+def test_welcomeInBatchBeforeGoodbyeAndRefusal() -> None:
+    """
+    A goodbye (the application closed as it was connected) or a refusal
+    (what followed the hello broke the rules) goes after the welcome, in
+    the batch's one piece.
+    """
+    session = welcomedInBatch()
+    assert session.close(abort=False) is None
+    out, ending = session.endBatch(0, 0)
+    assert [kind for kind, _ in decode(out)] == [_wire.WELCOME, _wire.GOODBYE]
+    assert ending == END_GOODBYE
+
+    session = HostSession(DeliveryRecords(()), LIMIT)
+    raw = hello(flags=_wire.FLAG_EAGER) + _wire.frameHeader(_wire.DATA, LIMIT + 1)
+    assert isinstance(session.nextHandshakeEvent(raw), HelloReceived)
+    session.welcomeInBatch(HOST_PID)
+    with pytest.raises(_wire.ProtocolError):
+        session.receive(b"")
+    assert session.refuse("too large") is None
+    out, ending = session.endBatch(0, 0)
+    assert [kind for kind, _ in decode(out)] == [_wire.WELCOME, _wire.ERROR]
+    assert ending == END_REFUSED
+
+
+def test_welcomeInBatchFirstInTakeOutbox() -> None:
+    """
+    A large reply written in the batch sends what the outbox holds first,
+    the welcome included; the batch's end sends only the rest.
+    """
+    session = welcomedInBatch()
+    session.receive(b"")
+    assert session.outbox is not None
+    session.outbox.append(b"ab")
+    taken = session.takeOutbox()
+    assert taken == _wire.encodeWelcome(_wire.Welcome(0, HOST_PID, LIMIT)) + b"ab"
+    session.abandon()
+    out, _ = session.endBatch(2, 2)
+    assert decode(out) == [(_wire.ACK, (2).to_bytes(8, "big"))]
+
+
 def test_goodbyeDuringABatchGoesAfterTheAck() -> None:
     for abort, expected in [(False, END_GOODBYE), (True, END_GOODBYE_ABORT)]:
         session, _ = opened()

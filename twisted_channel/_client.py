@@ -194,6 +194,10 @@ class _ClientLink(Protocol):
             return
         if len(chunks) == 1:
             sendNow(transport, chunks[0])
+        elif sum(map(len, chunks)) < _UNJOINED_FROM:
+            # A hello with a few small messages: joined, it is one send,
+            # without sendmsg's handling of what the kernel left of each.
+            sendNow(transport, b"".join(chunks))
         else:
             sendSequenceNow(transport, chunks)
 

@@ -477,7 +477,12 @@ class _HostLink(Protocol):
             if openedAfter >= 0:
                 self._logLinkUp(openedAfter)
             self.refuse(str(e))
-            return
+            if session.outbox is None:
+                return
+            # The batch this read's hello began (see _open): its welcome,
+            # then the refusal, leave below.
+            frames = []
+            openedAfter = -1
         delivered = 0
         payloadBytes = 0
         try:
@@ -603,10 +608,11 @@ class _HostLink(Protocol):
             # again otherwise); one logical connection has one live link.
             previous.closeQuietly()
         term.links[clientId] = self
-        # Straight to the kernel: through Twisted's buffer it would cost a
-        # watch for writability now, on the way to the first message, and a
-        # send and the watch's end at the reactor's next turn.
-        sendNow(self.transport, self.session.welcome(_process.pid, acrossMachines))
+        # The welcome begins the batch of this read, and leaves with the
+        # acknowledgement of the messages read with the hello, after they
+        # are delivered, in one send (straight to the kernel: through
+        # Twisted's buffer it would cost a watch for writability).
+        self.session.welcomeInBatch(_process.pid, acrossMachines)
         self.application = application
         application.makeConnection(_LinkTransport(self))
         return application

@@ -174,9 +174,10 @@ class HostSession:
     @ivar peerMaxMessageSize: the largest message the client accepts.
     @ivar writeLimit: the largest message the host may send: the smaller of
         its own limit and L{peerMaxMessageSize} (one comparison per write).
-    @ivar outbox: during a batch (between L{receive} and L{endBatch}), the
-        frames (or a frame's header, then its payload) that leave with the
-        batch's acknowledgement, joined once; else None.
+    @ivar outbox: during a batch (between L{receive}, or L{welcomeInBatch},
+        and L{endBatch}), the frames (or a frame's header, then its payload)
+        that leave with the batch's acknowledgement, joined once; else
+        None.
         The link appends the small replies its application writes during
         a batch directly, adding their size to L{outboxBytes}: that is the
         hottest path of a reply.
@@ -201,6 +202,7 @@ class HostSession:
         "outboxBytes",
         "_ending",
         "_endingFrame",
+        "_welcomeHeld",
     )
 
     def __init__(
@@ -240,6 +242,8 @@ class HostSession:
         self.writeLimit = maxMessageSize
         self.outbox: list[bytes] | None = None
         self.outboxBytes = 0
+        # Whether the outbox begins with the welcome (see welcomeInBatch).
+        self._welcomeHeld = False
         self._ending = NO_END
         self._endingFrame = b""
 
@@ -344,6 +348,21 @@ class HostSession:
 
     # Batches
 
+    def welcomeInBatch(self, hostPid: int, host: _wire.HostTerm | None = None) -> None:
+        """
+        As L{welcome}, but the C{WELCOME} begins a batch instead of being
+        returned: what the application writes as it is connected, the
+        messages read with the hello (L{receive}, which goes on with this
+        batch) and their acknowledgement follow it, and all of it leaves in
+        one piece at L{endBatch}.  A link's first message is then delivered
+        before anything is sent, and one send serves both.  The welcome is
+        never dropped (L{abandon} keeps it), and goes before any refusal or
+        goodbye (which go last, as in any batch).
+        """
+        frame = self.welcome(hostPid, host)
+        self.outbox = [frame]
+        self._welcomeHeld = True
+
     def receive(self, data: bytes | memoryview) -> list[tuple[int, bytes]]:
         """
         Begin a batch with the bytes of one read, and return its frames,
@@ -358,7 +377,8 @@ class HostSession:
         frames = self._decoder.feed(data)
         if self._skip:
             frames = self._skipResent(frames)
-        self.outbox = []
+        if self.outbox is None:
+            self.outbox = []
         return frames
 
     def _skipResent(self, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
@@ -399,6 +419,7 @@ class HostSession:
         assert out is not None, "endBatch() without receive()"
         self.outbox = None
         self.outboxBytes = 0
+        self._welcomeHeld = False
         if delivered:
             sequence = self.sequence + delivered
             self.sequence = sequence
@@ -433,6 +454,7 @@ class HostSession:
             return b""
         self.outbox = []
         self.outboxBytes = 0
+        self._welcomeHeld = False
         return b"".join(out)
 
     # Ends
@@ -497,5 +519,7 @@ class HostSession:
         self._ending = NO_END
         self._endingFrame = b""
         if self.outbox is not None:
-            self.outbox = []
+            # The welcome, if the batch holds it, still goes: the client
+            # must know the link was taken before it is told the rest.
+            self.outbox = self.outbox[:1] if self._welcomeHeld else []
             self.outboxBytes = 0

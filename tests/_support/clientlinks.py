@@ -93,15 +93,21 @@ class NoCredentials:
 
 class LinkTransport(StringTransport):
     """
-    A string transport that records each C{writeSequence} call.
+    A string transport that records each C{write} and C{writeSequence}
+    call.
     """
 
     def __init__(self) -> None:
         super().__init__()
+        self.writes: list[bytes] = []
         self.sequences: list[list[bytes]] = []
 
     def getHandle(self) -> NoCredentials:
         return NoCredentials()
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
 
     def writeSequence(self, data: Any) -> None:
         data = list(data)
