@@ -215,3 +215,52 @@ async def test_linkTransportIsMadeOverTheConnectedSocket(
         await protocol.ended.addTimeout(5, reactor)
     finally:
         await port.stopListening()
+
+
+@pytest.mark.parametrize("where", ["connectionMade", "transport"])
+@pytest_twisted.ensureDeferred
+async def test_linkThatFailsToStartIsDroppedAndTheSearchGoesOn(
+    where: str, channelDirectory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A link the client made whose start fails (an error escapes its
+    C{connectionMade}, or its transport cannot be made) is logged and
+    dropped, and the client tries again: the first message arrives, rather
+    than the connection waiting for a handshake that never ends.
+    """
+    from twisted.internet import reactor
+
+    from twisted_channel import _reconnection
+
+    connectUnixLink = _reconnection.connectUnixLink
+    failures: list[str] = []
+
+    def failingOnce(reactor: Any, link: socket.socket, peer: str, build: Any) -> None:
+        if failures:
+            connectUnixLink(reactor, link, peer, build)
+            return
+        failures.append(where)
+        if where == "transport":
+            build()
+            raise OSError(errno.ENOBUFS, "no transport")
+
+        def broken() -> Any:
+            protocol = build()
+
+            def connectionMade() -> None:
+                raise OSError(errno.ENOTCONN, "no peer")
+
+            protocol.connectionMade = connectionMade
+            return protocol
+
+        connectUnixLink(reactor, link, peer, broken)
+
+    monkeypatch.setattr(_reconnection, "connectUnixLink", failingOnce)
+    endpoint = ChannelEndpoint(reactor, "broken" + where, directory=channelDirectory)
+    protocol, port = await _firstMessageArrives(endpoint)
+    try:
+        assert failures == [where]
+        protocol.transport.loseConnection()
+        await protocol.ended.addTimeout(5, reactor)
+    finally:
+        await port.stopListening()

@@ -257,12 +257,12 @@ class _LinkConnector(ConnectionsConnector):
             self._connectThroughEndpoint()
             return
         path = connection.address.path
-        built = False
+        built: _ClientLink | None = None
 
         def buildLink() -> _ClientLink:
             nonlocal built
-            built = True
-            return self.linked(self._linkType(connection, None, self))
+            built = self.linked(self._linkType(connection, None, self))
+            return built
 
         try:
             result = link.connect_ex(path)
@@ -270,8 +270,11 @@ class _LinkConnector(ConnectionsConnector):
                 # The reactor's transport owns the socket from here on.
                 connectUnixLink(connection.reactor, link, path, buildLink)
                 return
-        except OSError:
-            if built:
+        except Exception as e:
+            if built is not None:
+                self._startFailed(built, link)
+                return
+            if not isinstance(e, OSError):
                 raise
             result = None
         link.close()
@@ -279,6 +282,26 @@ class _LinkConnector(ConnectionsConnector):
             self._failed(Failure(error.getConnectError((result, strerror(result)))))
             return
         self._connectThroughEndpoint()
+
+    def _startFailed(self, link: _ClientLink, dialed: socket.socket) -> None:
+        """
+        C{link} was made over C{dialed}, and then its start failed (an
+        error escaped its C{connectionMade}, say): logged, and the link
+        dropped, so that the search goes on, its give-up deadline armed,
+        rather than wait for a handshake that will never end.
+        """
+        _log.failure(
+            "channel {channel}: a link failed to start",
+            channel=self._connection.address.name,
+        )
+        transport = link.transport
+        if transport is not None:
+            # Its end, reported at the next turn, is a failed attempt.
+            transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        dialed.close()
+        self.settled(link)
+        self._failed(Failure(error.ConnectError(string="the link failed to start")))
 
     def _connectThroughEndpoint(self) -> None:
         # Such an attempt may take seconds: the give-up deadline runs
