@@ -18,7 +18,7 @@ CLIENT = "client"
 
 
 @implementer(IAddress)
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class ChannelAddress:
     """
     Where a channel lives, and who is at one end of it.
@@ -57,31 +57,3 @@ class ChannelAddress:
     port: int | None = None
     term: int | None = None
     identity: str | None = None
-
-    def __init__(
-        self,
-        name: str,
-        path: str,
-        role: str | None = None,
-        pid: int | None = None,
-        uid: int | None = None,
-        host: str | None = None,
-        port: int | None = None,
-        term: int | None = None,
-        identity: str | None = None,
-    ) -> None:
-        # What the frozen dataclass's own __init__ would do, in one call:
-        # it sets each of the nine fields through object.__setattr__, nine
-        # calls and five times the bytecode, and three addresses are made
-        # on the way to each link's first message.
-        self.__dict__.update(
-            name=name,
-            path=path,
-            role=role,
-            pid=pid,
-            uid=uid,
-            host=host,
-            port=port,
-            term=term,
-            identity=identity,
-        )
