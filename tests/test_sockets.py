@@ -896,8 +896,6 @@ def test_hostPortMadeWithoutTheConstructorIsTheSame(channelDirectory: str) -> No
     assert twistedEdge().unixPortFields
     assert ours.socketPath == path
     assert {k: v for k, v in vars(ours).items() if k != "socketPath"} == vars(theirs)
-    # Without a reactor, the global one, as the constructor would.
-    assert HostSocketPort(path, factory, 128, 0o600, None).reactor is reactor
 
 
 def test_probeNamesAPortConstructorThatMakesMore(

@@ -1325,8 +1325,7 @@ def newUnixPort(
         otherwise (the probe said so, once), C{port} is left alone and the
         caller runs the constructor.
     """
-    # Without a reactor the constructor takes the global one.
-    if not reactor or not (_found or twistedEdge()).unixPortFields:
+    if not (_found or twistedEdge()).unixPortFields:
         return False
     vars(port).update(_unixPortFields(path, factory, backlog, mode, reactor))
     return True
