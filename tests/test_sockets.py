@@ -857,7 +857,6 @@ def test_probeFindsEverythingOnThisTwisted() -> None:
     assert set(found.plainReads) == {tcp.Server.doRead, unix.Server.doRead}
     assert found.directDispatch
     assert found.unixTransportOver
-    assert found.unixPortFields
     assert twistedEdge() == found
 
 
@@ -877,54 +876,6 @@ def test_probeNamesAUnixTransportItCannotMake(monkeypatch: pytest.MonkeyPatch) -
     assert not found.unixTransportOver
     assert found.plainReads and found.bufferAccounting and found.directDispatch
     assert found.missing == ("unix.Server over a connected socket",)
-
-
-def test_hostPortMadeWithoutTheConstructorIsTheSame(channelDirectory: str) -> None:
-    """
-    A host's Unix port, given its fields without running C{unix.Port}'s
-    constructor, holds what the constructor would have left in it, and is
-    the channel's port (its C{socketPath}).
-    """
-    from twisted.internet import reactor
-
-    from twisted_channel._publishing import HostSocketPort
-
-    path = os.fsencode(os.path.join(channelDirectory, "c.sock"))
-    factory = Factory()
-    ours = HostSocketPort(path, factory, backlog=128, mode=0o600, reactor=reactor)
-    theirs = unix.Port(path, factory, 128, 0o600, reactor)
-    assert twistedEdge().unixPortFields
-    assert ours.socketPath == path
-    assert {k: v for k, v in vars(ours).items() if k != "socketPath"} == vars(theirs)
-
-
-def test_probeNamesAPortConstructorThatMakesMore(
-    channelDirectory: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """
-    A C{unix.Port} constructor that leaves more (or other) attributes than
-    the channel would give a port is named, only that is off, and the
-    host's ports are then made by the constructor.
-    """
-    from twisted.internet import reactor
-
-    from twisted_channel._publishing import HostSocketPort
-
-    original = unix.Port.__init__
-
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        self.madeByTwisted = True
-
-    monkeypatch.setattr(unix.Port, "__init__", init)
-    found = probeTwisted()
-    assert found.missing == ("unix.Port's constructor's attributes",)
-    assert not found.unixPortFields and found.adoptListeningSocket
-    monkeypatch.setattr(_sockets, "_found", found)
-    path = os.fsencode(os.path.join(channelDirectory, "c.sock"))
-    port = HostSocketPort(path, Factory(), backlog=128, mode=0o600, reactor=reactor)
-    assert port.madeByTwisted  # type: ignore[attr-defined]
-    assert port.socketPath == path
 
 
 def _withoutInstanceAttribute(

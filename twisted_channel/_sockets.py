@@ -5,9 +5,8 @@ socket transport holds, sending it now, sending without it when it holds
 nothing, sending what it holds without joining it, reading without its
 layers, the epoll reactor handing a link's reads over without the legacy
 logging context, how much waits unread in the kernel, a Unix
-listening port made without running its constructor's code and started on
-a socket bound and listening beforehand, and a Unix transport made over a
-socket the channel connected itself.
+listening port started on a socket bound and listening beforehand, and a
+Unix transport made over a socket the channel connected itself.
 
 They rely on L{twisted.internet.abstract.FileDescriptor}'s buffering, on
 L{twisted.internet.tcp.Connection}'s socket (the TCP and Unix transports of
@@ -81,8 +80,6 @@ class TwistedEdge:
     @ivar adoptListeningSocket: a Unix listening port, started as
         C{unix.Port.startListening} leaves it but on a socket bound and
         listening beforehand, accepts on it: L{startListeningOn}.
-    @ivar unixPortFields: what C{unix.Port}'s constructor leaves in a new
-        port is what L{newUnixPort} gives one without running it.
     @ivar unixTransportOver: the reactor's Unix stream transport
         (C{unix.Server}) can be made over a connected socket itself, as
         C{adoptStreamConnection} makes it over a duplicate:
@@ -105,7 +102,6 @@ class TwistedEdge:
     missing: tuple[str, ...]
     directDispatch: bool = False
     unixTransportOver: bool = False
-    unixPortFields: bool = False
 
 
 @implementer(IReactorFDSet)
@@ -331,58 +327,6 @@ def _probeAdoptListeningSocket(missing: list[str]) -> bool:
     return True
 
 
-def _unixPortFields(
-    path: bytes,
-    factory: object,
-    backlog: int,
-    mode: int,
-    reactor: object,
-) -> dict[str, object]:
-    # What unix.Port(path, factory, backlog, mode, reactor) leaves in the
-    # port's __dict__ for a filesystem path given as bytes: FileDescriptor's
-    # and tcp.Port's fields (port 0 on no interface, as tcp.makeBinding
-    # makes it), then unix.Port's (no lock file, no socket of its own).
-    return {
-        "reactor": reactor,
-        "_tempDataBuffer": [],
-        "_tempDataLen": 0,
-        "port": 0,
-        "interface": "",
-        "_reuseAddress": True,
-        "_reusePort": False,
-        "factory": factory,
-        "backlog": backlog,
-        "_bindPath": path,
-        "mode": mode,
-        "wantPID": 0,
-        "_preexistingSocket": None,
-    }
-
-
-def _probeUnixPortFields(missing: list[str]) -> bool:
-    """
-    Whether a Unix port that L{newUnixPort} fills holds what one that
-    C{unix.Port}'s constructor makes does: the same attributes, of the same
-    values.
-    """
-    name = "unix.Port's constructor's attributes"
-    factory = _ProbeFactory()
-    reactor = _ProbeReactor()
-    try:
-        made = unix.Port(b"/probe/s.sock", factory, 7, 0o640, reactor)
-        filled = unix.Port.__new__(unix.Port)
-        vars(filled).update(
-            _unixPortFields(b"/probe/s.sock", factory, 7, 0o640, reactor)
-        )
-        if vars(made) != vars(filled):
-            missing.append(name)
-            return False
-    except Exception:
-        missing.append(name)
-        return False
-    return True
-
-
 class _WatchingProbeReactor(_ProbeReactor):
     """
     A probe's reactor that records what it was asked to watch for reading.
@@ -542,7 +486,6 @@ def probeTwisted() -> TwistedEdge:
         adoptListeningSocket=_probeAdoptListeningSocket(missing),
         directDispatch=_probeDirectDispatch(missing),
         unixTransportOver=_probeUnixTransportOver(missing),
-        unixPortFields=_probeUnixPortFields(missing),
         missing=tuple(missing),
     )
 
@@ -1303,32 +1246,6 @@ def _startOn(port: unix.Port, listening: socket.socket) -> None:
     port.fileno = listening.fileno  # type: ignore[method-assign]
     port.numberAccepts = 100
     port.startReading()
-
-
-def newUnixPort(
-    port: unix.Port,
-    path: bytes,
-    factory: object,
-    backlog: int,
-    mode: int,
-    reactor: object,
-) -> bool:
-    """
-    Give C{port}, a new instance of a subclass of C{unix.Port} whose
-    constructor has not run, what C{unix.Port(path, factory, backlog, mode,
-    reactor)} would have: the constructor's code (C{tcp.Port}'s binding,
-    C{UNIXAddress}'s conversion of the path) costs about 40 microseconds
-    cold, in every C{listen()} and takeover, for fields known beforehand.
-
-    @param path: a filesystem path, as bytes.
-    @return: whether it could; where the Twisted in use makes its ports
-        otherwise (the probe said so, once), C{port} is left alone and the
-        caller runs the constructor.
-    """
-    if not (_found or twistedEdge()).unixPortFields:
-        return False
-    vars(port).update(_unixPortFields(path, factory, backlog, mode, reactor))
-    return True
 
 
 def startListeningOn(port: unix.Port, listening: socket.socket) -> bool:
