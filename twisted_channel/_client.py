@@ -1086,11 +1086,11 @@ class ChannelClientTransport(SocketOptions):
                 # Its handshake deadline no longer guards the search: the
                 # give-up deadline does (see Reconnection.start).
                 reconnection.armDeadline()
-            if self.link is None and not connector.attempting:
-                if reconnection.hostAppearedMeanwhile():
-                    connector.connect()
-                else:
-                    reconnection.strategy.clientConnectionFailed(connector, reason)  # type: ignore[no-untyped-call]
+                if not connector.attempting:
+                    if reconnection.hostAppearedMeanwhile():
+                        connector.connect()
+                    else:
+                        reconnection.strategy.clientConnectionFailed(connector, reason)  # type: ignore[no-untyped-call]
             return
         self.link = None
         if self.failover == CLOSE:
