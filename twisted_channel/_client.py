@@ -1083,14 +1083,7 @@ class ChannelClientTransport(SocketOptions):
             # (then try again), or another was welcomed first (then nothing
             # is to be done: a retry would dial a second link to the host).
             if self.link is None:
-                # Its handshake deadline no longer guards the search: the
-                # give-up deadline does (see Reconnection.start).
-                reconnection.armDeadline()
-                if not connector.attempting:
-                    if reconnection.hostAppearedMeanwhile():
-                        connector.connect()
-                    else:
-                        reconnection.strategy.clientConnectionFailed(connector, reason)  # type: ignore[no-untyped-call]
+                reconnection.attemptFailed(reason, linkLost=True)
             return
         self.link = None
         if self.failover == CLOSE:

@@ -318,19 +318,12 @@ class MachineConnector(ConnectionsConnector):
             return
         self._dialing = self._attempt = self._dialed = None
         self.address = None
-        connection = self._connection
-        if reason.check(error.ConnectingCancelledError) or connection.closed:
-            return
-        reconnection = self._reconnection
         _log.debug(
             "channel {channel}: cannot reach the host: {error}",
-            channel=connection.address.name,
+            channel=self._connection.address.name,
             error=reason.getErrorMessage(),
         )
-        if reconnection.hostAppearedMeanwhile():
-            self.connect()
-            return
-        reconnection.strategy.clientConnectionFailed(self, reason)  # type: ignore[no-untyped-call]
+        self._reconnection.attemptFailed(reason)
 
     def stopConnecting(self) -> None:
         if not self.attempting:

@@ -279,7 +279,9 @@ class _LinkConnector(ConnectionsConnector):
             result = None
         link.close()
         if result in (ECONNREFUSED, ENOENT):
-            self._failed(Failure(error.getConnectError((result, strerror(result)))))
+            self._reconnection.attemptFailed(
+                Failure(error.getConnectError((result, strerror(result))))
+            )
             return
         self._connectThroughEndpoint()
 
@@ -301,7 +303,9 @@ class _LinkConnector(ConnectionsConnector):
             return
         dialed.close()
         self.settled(link)
-        self._failed(Failure(error.ConnectError(string="the link failed to start")))
+        self._reconnection.attemptFailed(
+            Failure(error.ConnectError(string="the link failed to start"))
+        )
 
     def _connectThroughEndpoint(self) -> None:
         # Such an attempt may take seconds: the give-up deadline runs
@@ -342,24 +346,9 @@ class _LinkConnector(ConnectionsConnector):
 
         def failed(reason: Failure) -> None:
             self._attempt = None
-            self._failed(reason)
+            self._reconnection.attemptFailed(reason)
 
         attempt.addCallbacks(connected, failed)
-
-    def _failed(self, reason: Failure) -> None:
-        """
-        An attempt failed: try again at once if a host may have appeared
-        unseen meanwhile, else back off.
-        """
-        if reason.check(error.ConnectingCancelledError) or self._connection.closed:
-            return
-        reconnection = self._reconnection
-        # No link guards the search now (see Reconnection.start).
-        reconnection.armDeadline()
-        if reconnection.hostAppearedMeanwhile() or reconnection.startWatching():
-            self.connect()
-            return
-        reconnection.strategy.clientConnectionFailed(self, reason)  # type: ignore[no-untyped-call]
 
     def linked(self, link: _ClientLink) -> _ClientLink:
         """
@@ -696,6 +685,36 @@ class Reconnection:
             role=CLIENT,
         )
         link.abort()
+
+    def attemptFailed(self, reason: Failure, *, linkLost: bool = False) -> None:
+        """
+        An attempt of the L{connector} failed: its dial, or (C{linkLost})
+        its link, lost before a host welcomed it while the connection has
+        no link.  What follows is decided here, for every connector.
+
+        Nothing, if the attempt was cancelled or the connection is closed.
+        Otherwise the timer of the give-up deadline is armed, since no link
+        guards the search any more (see L{start}); then, unless another
+        attempt is under way (a second link would say hello with the same
+        client id, and the host would close the first for it), an attempt
+        at once if a host appeared while this one was under way, or if a
+        failed dial just began the watch (a host published between the dial
+        and the watch went unseen by both); else the strategy's backoff.
+
+        @param reason: why the attempt failed.
+        @param linkLost: whether the attempt's link was lost, rather than
+            its dial failing: the watch is then left as it is.
+        """
+        if reason.check(error.ConnectingCancelledError) or self._connection.closed:
+            return
+        self.armDeadline()
+        connector = self.connector
+        if connector.attempting:
+            return
+        if self.hostAppearedMeanwhile() or (not linkLost and self.startWatching()):
+            connector.connect()
+            return
+        self.strategy.clientConnectionFailed(connector, reason)  # type: ignore[no-untyped-call]
 
     def hostAppearedMeanwhile(self) -> bool:
         """

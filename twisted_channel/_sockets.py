@@ -5,8 +5,10 @@ socket transport holds, sending it now, sending without it when it holds
 nothing, sending what it holds without joining it, reading without its
 layers, the epoll reactor handing a link's reads over without the legacy
 logging context, how much waits unread in the kernel, a Unix
-listening port started on a socket bound and listening beforehand, and a
-Unix transport made over a socket the channel connected itself.
+listening port made without running its constructor's code (its fields
+taken from a port the constructor made once) and started on a socket
+bound and listening beforehand, and a Unix transport made over a socket
+the channel connected itself.
 
 They rely on L{twisted.internet.abstract.FileDescriptor}'s buffering, on
 L{twisted.internet.tcp.Connection}'s socket (the TCP and Unix transports of
@@ -56,6 +58,21 @@ from zope.interface import implementer
 _log = Logger()
 
 
+#: Where a field of a port made by C{unix.Port}'s constructor comes from:
+#: one of its arguments (path, factory, backlog, mode, reactor, by their
+#: position), a new empty list each time, or a value of its own.
+_NEW_LIST = 5
+_OWN_VALUE = 6
+#: The types of the values a port's field may share with the template's:
+#: those nobody changes in place.
+_IMMUTABLE = (type(None), bool, int, float, str, bytes)
+
+#: C{unix.Port}'s constructor's fields, in the order it sets them: each its
+#: name, its source (an argument's position, L{_NEW_LIST} or
+#: L{_OWN_VALUE}) and, for the last, its value.
+UnixPortTemplate = tuple[tuple[str, int, object], ...]
+
+
 @dataclass(frozen=True)
 class TwistedEdge:
     """
@@ -80,6 +97,11 @@ class TwistedEdge:
     @ivar adoptListeningSocket: a Unix listening port, started as
         C{unix.Port.startListening} leaves it but on a socket bound and
         listening beforehand, accepts on it: L{startListeningOn}.
+    @ivar unixPortTemplate: what C{unix.Port}'s constructor leaves in a
+        new port, field by field (one of its arguments, a new empty list,
+        or a value of its own), found by making one port with it; a port
+        L{newUnixPort} fills from it holds what one the constructor makes
+        does.  L{None} where it does not.
     @ivar unixTransportOver: the reactor's Unix stream transport
         (C{unix.Server}) can be made over a connected socket itself, as
         C{adoptStreamConnection} makes it over a duplicate:
@@ -102,6 +124,7 @@ class TwistedEdge:
     missing: tuple[str, ...]
     directDispatch: bool = False
     unixTransportOver: bool = False
+    unixPortTemplate: UnixPortTemplate | None = None
 
 
 @implementer(IReactorFDSet)
@@ -327,6 +350,73 @@ def _probeAdoptListeningSocket(missing: list[str]) -> bool:
     return True
 
 
+def _unixPortTemplate() -> UnixPortTemplate | None:
+    """
+    What C{unix.Port}'s constructor leaves in a port, field by field, found
+    by making one with arguments that are objects of their own (the path,
+    the backlog and the mode made at run time): a field that is one of them
+    is that argument.  L{None} if a field is of a value that could be
+    changed in place (other than an empty list).
+    """
+    arguments = (
+        os.fsencode("/probe/template.sock"),
+        _ProbeFactory(),
+        int("1000003"),
+        int("1000019"),
+        _ProbeReactor(),
+    )
+    made = unix.Port(*arguments)
+    template: list[tuple[str, int, object]] = []
+    for name, value in vars(made).items():
+        sources = [i for i, argument in enumerate(arguments) if value is argument]
+        if sources:
+            template.append((name, sources[0], None))
+        elif type(value) is list and not value:
+            template.append((name, _NEW_LIST, None))
+        elif type(value) in _IMMUTABLE:
+            template.append((name, _OWN_VALUE, value))
+        else:
+            return None
+    return tuple(template)
+
+
+def _fillUnixPort(
+    port: unix.Port, template: UnixPortTemplate, arguments: tuple[object, ...]
+) -> None:
+    fields = vars(port)
+    for name, source, value in template:
+        if source < _NEW_LIST:
+            fields[name] = arguments[source]
+        elif source == _NEW_LIST:
+            fields[name] = []
+        else:
+            fields[name] = value
+
+
+def _probeUnixPortTemplate(missing: list[str]) -> UnixPortTemplate | None:
+    """
+    What C{unix.Port}'s constructor leaves in a port (L{_unixPortTemplate}),
+    if a port filled from it with other arguments holds what one the
+    constructor makes with those does: the same attributes, of the same
+    values.
+    """
+    name = "unix.Port's constructor's attributes"
+    try:
+        template = _unixPortTemplate()
+        arguments = (b"/probe/s.sock", _ProbeFactory(), 7, 0o640, _ProbeReactor())
+        made = unix.Port(*arguments)
+        filled = unix.Port.__new__(unix.Port)
+        if template is not None:
+            _fillUnixPort(filled, template, arguments)
+        if template is None or vars(made) != vars(filled):
+            missing.append(name)
+            return None
+    except Exception:
+        missing.append(name)
+        return None
+    return template
+
+
 class _WatchingProbeReactor(_ProbeReactor):
     """
     A probe's reactor that records what it was asked to watch for reading.
@@ -486,6 +576,7 @@ def probeTwisted() -> TwistedEdge:
         adoptListeningSocket=_probeAdoptListeningSocket(missing),
         directDispatch=_probeDirectDispatch(missing),
         unixTransportOver=_probeUnixTransportOver(missing),
+        unixPortTemplate=_probeUnixPortTemplate(missing),
         missing=tuple(missing),
     )
 
@@ -1649,6 +1740,38 @@ def _startOn(port: unix.Port, listening: socket.socket) -> None:
     port.fileno = listening.fileno  # type: ignore[method-assign]
     port.numberAccepts = 100
     port.startReading()
+
+
+def newUnixPort(
+    port: unix.Port,
+    path: bytes,
+    factory: object,
+    backlog: int,
+    mode: int,
+    reactor: object,
+) -> bool:
+    """
+    Give C{port}, a new instance of a subclass of C{unix.Port} whose
+    constructor has not run, what C{unix.Port(path, factory, backlog, mode,
+    reactor)} would have: the constructor's code (C{tcp.Port}'s binding,
+    C{UNIXAddress}'s conversion of the path) costs about 40 microseconds
+    cold, in every C{listen()} and takeover, for fields known beforehand.
+    They are taken from the template the probe found (L{TwistedEdge}), so
+    that each Twisted release gets the fields its own constructor leaves.
+
+    @param path: a filesystem path, as bytes.
+    @param reactor: the port's reactor; with L{None}, the constructor runs
+        (it takes the global reactor).
+    @return: whether it could; where the probe found no template (a
+        constructor that leaves what a template cannot repeat), C{port} is
+        left alone and the caller runs the constructor.
+    """
+    template = (_found or twistedEdge()).unixPortTemplate
+    # Without a reactor the constructor takes the global one.
+    if reactor is None or template is None:
+        return False
+    _fillUnixPort(port, template, (path, factory, backlog, mode, reactor))
+    return True
 
 
 def startListeningOn(port: unix.Port, listening: socket.socket) -> bool:
