@@ -298,3 +298,40 @@ async def test_recordsKeptInPieces(tmp_path: Any) -> None:
         transport.loseConnection()
         for port in ports:
             await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_smallBuffersUnderTLS(tmp_path: Any, monkeypatch: Any) -> None:
+    """
+    With a plaintext buffer and a records buffer smaller than a TLS record,
+    a read under TLS is decrypted in as many pieces as it takes, each
+    handed on when the buffer is full, and a write's records are taken out
+    of the TLS layer in as many pieces: everything arrives whole and in
+    order.
+    """
+    from OpenSSL import SSL
+
+    from twisted_channel import _sockets
+
+    def small(size: int) -> tuple[memoryview, Any]:
+        buffer = bytearray(size)
+        return memoryview(buffer), SSL._ffi.from_buffer(buffer)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(_sockets, "_plainBuffer", small(1000))
+    monkeypatch.setattr(_sockets, "_recordsBuffer", small(5000))
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    transport: Any = client.transport
+    try:
+        assert readDirectly(server.transport, server.dataReceived)
+        assert writeEagerly(transport)
+        chunks = [os.urandom(n) for n in (10, 40_000, 999, 1000, 1001, 300_000)]
+        sendSequenceNow(transport, chunks)
+        expected = b"".join(chunks)
+        await _until(lambda: server.count == len(expected))
+        assert b"".join(server.received) == expected
+        assert max(len(piece) for piece in server.received) <= 1000
+    finally:
+        transport.loseConnection()
+        for port in ports:
+            await port.stopListening()
