@@ -335,3 +335,37 @@ async def test_smallBuffersUnderTLS(tmp_path: Any, monkeypatch: Any) -> None:
         transport.loseConnection()
         for port in ports:
             await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusedRecordsGoThroughTheLayer(tmp_path: Any) -> None:
+    """
+    When C{SSL_write}, called straight by L{writeRecords}, refuses, what is
+    left of the write goes through the TLS layer's own C{write}: everything
+    arrives whole and in order.
+    """
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    transport: Any = client.transport
+    try:
+        assert writeEagerly(transport)
+        flush = vars(transport.transport)["_flushSendBIO"]
+        sslWrite = flush.sslWrite
+        calls: list[int] = []
+
+        def refuseThird(ssl: Any, pointer: Any, length: int) -> int:
+            calls.append(length)
+            return -1 if len(calls) == 3 else int(sslWrite(ssl, pointer, length))
+
+        flush.sslWrite = refuseThird
+        chunks = [os.urandom(n) for n in (100, 70_000, 5, 50_000, 7)]
+        sendSequenceNow(transport, chunks)
+        sendNow(transport, b"after")
+        expected = b"".join(chunks) + b"after"
+        await _until(lambda: server.count == len(expected))
+        assert b"".join(server.received) == expected
+        assert len(calls) > 3
+    finally:
+        transport.loseConnection()
+        for port in ports:
+            await port.stopListening()

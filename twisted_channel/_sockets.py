@@ -1124,6 +1124,8 @@ class TLSEdge:
     @ivar bioRead: pyOpenSSL's C{BIO_read} binding, which takes the records
         the TLS layer made out of its memory BIO into any buffer
         (C{Connection.bio_read} takes them into new bytes), or C{None}.
+    @ivar write: pyOpenSSL's C{SSL_write} binding, which encrypts from
+        any buffer given a pointer into it, or C{None}.
     @ivar missing: the names of what was not found, for the warning.
     """
 
@@ -1133,6 +1135,7 @@ class TLSEdge:
     wantRead: int
     missing: tuple[str, ...]
     bioRead: typing.Any = None
+    write: typing.Any = None
 
 
 class _KeepingTransport:
@@ -1179,7 +1182,13 @@ def probeTLS() -> TLSEdge:
         return TLSEdge(None, None, None, 0, (f"pyOpenSSL ({e})",))
     lib = getattr(SSL, "_lib", None)
     ffi = getattr(SSL, "_ffi", None)
-    functions = ("SSL_read", "SSL_get_error", "SSL_ERROR_WANT_READ", "BIO_read")
+    functions = (
+        "SSL_read",
+        "SSL_write",
+        "SSL_get_error",
+        "SSL_ERROR_WANT_READ",
+        "BIO_read",
+    )
     if lib is None or ffi is None or not hasattr(ffi, "from_buffer"):
         return TLSEdge(None, None, None, 0, ("OpenSSL.SSL._lib/_ffi",))
     lacking = [name for name in functions if not hasattr(lib, name)]
@@ -1190,8 +1199,12 @@ def probeTLS() -> TLSEdge:
     names = set(TLSMemoryBIOProtocol._flushReceiveBIO.__code__.co_names)
     if not {"_lostTLSConnection", "_aborted", "recv"} <= names:
         missing.append("TLSMemoryBIOProtocol._flushReceiveBIO's loop")
-    if "_flushSendBIO" not in TLSMemoryBIOProtocol._write.__code__.co_names:
-        missing.append("TLSMemoryBIOProtocol._write's _flushSendBIO")
+    if not {"_lostTLSConnection", "send", "_flushSendBIO"} <= set(
+        TLSMemoryBIOProtocol._write.__code__.co_names
+    ) or not {"disconnecting", "_producer", "_write"} <= set(
+        TLSMemoryBIOProtocol.write.__code__.co_names
+    ):
+        missing.append("TLSMemoryBIOProtocol.write/_write")
     factory = TLSMemoryBIOFactory(
         CertificateOptions(), True, Factory.forProtocol(Protocol)
     )
@@ -1226,6 +1239,9 @@ def probeTLS() -> TLSEdge:
         count = lib.SSL_read(ssl, pointer, len(buffer))
         if count > 0 or lib.SSL_get_error(ssl, count) != lib.SSL_ERROR_WANT_READ:
             missing.append("SSL_read into a buffer of ours")
+        count = lib.SSL_write(ssl, ffi.from_buffer(b"probe"), 5)
+        if count > 0 or lib.SSL_get_error(ssl, count) != lib.SSL_ERROR_WANT_READ:
+            missing.append("SSL_write from a buffer of ours")
     factory.unregisterProtocol(layer)
     if missing:
         return TLSEdge(None, None, None, 0, tuple(missing))
@@ -1236,6 +1252,7 @@ def probeTLS() -> TLSEdge:
         lib.SSL_ERROR_WANT_READ,
         (),
         lib.BIO_read,
+        lib.SSL_write,
     )
 
 
@@ -1596,15 +1613,33 @@ class _TLSFlush:
     records are taken, and sent, together once the write is done.
     """
 
-    __slots__ = ("holding", "_bioRead", "_fromSSL", "_eager", "_buffer")
+    __slots__ = (
+        "holding",
+        "_bioRead",
+        "_fromSSL",
+        "_eager",
+        "_buffer",
+        "ssl",
+        "sslWrite",
+        "fromBuffer",
+        "layerWrite",
+    )
 
     def __init__(self, layer: typing.Any, eager: _EagerWrite) -> None:
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+
         global _recordsBuffer
         edge = _tlsFound or tlsEdge()
         if _recordsBuffer is None:
             records = bytearray(_RECORDS_BUFFER_SIZE)
             _recordsBuffer = (memoryview(records), edge.fromBuffer(records))
         self.holding = False
+        #: What L{writeRecords} writes with: the layer's C{SSL}, C{SSL_write},
+        #: cffi's C{from_buffer}, and the layer's own C{write}.
+        self.ssl = layer._tlsConnection._ssl
+        self.sslWrite = edge.write
+        self.fromBuffer = edge.fromBuffer
+        self.layerWrite: typing.Any = TLSMemoryBIOProtocol.write
         self._bioRead = edge.bioRead
         self._fromSSL = layer._tlsConnection._from_ssl
         self._eager = eager
@@ -1622,6 +1657,59 @@ class _TLSFlush:
             self._eager.sendView(view[:count])
             if count < size:
                 return
+
+
+def writeRecords(layer: typing.Any, spans: list[bytes | memoryview]) -> None:
+    """
+    Write C{spans} to C{layer}, Twisted's TLS layer, as its C{write} would
+    write each in turn, but, when its records are taken out by L{_TLSFlush}
+    (L{writeEagerly}) and it is neither closing nor holding writes back
+    (its handshake done), encrypting each span with C{SSL_write} called
+    straight from here, a record a call (pyOpenSSL's contexts allow partial
+    writes), instead of through the layer's C{write} (for each record, its
+    C{_write}, pyOpenSSL's C{send} and its error check, and a flush).
+    Should C{SSL_write} refuse, what is left goes through the layer's own
+    C{write}, which finds the same and handles it as always.
+
+    @param layer: a L{twisted.protocols.tls.TLSMemoryBIOProtocol}.
+    @param spans: what to write, in order; each but the last a multiple of
+        16 KiB long makes the same records as their concatenation.
+    """
+    flush = vars(layer).get("_flushSendBIO")
+    if (
+        not isinstance(flush, _TLSFlush)
+        or layer.disconnecting
+        or layer._lostTLSConnection
+        or layer._appSendBuffer
+        or not layer._handshakeDone
+    ):
+        write: typing.Any
+        if isinstance(flush, _TLSFlush):
+            write = flush.layerWrite
+        else:
+            from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+            write = TLSMemoryBIOProtocol.write
+        for span in spans:
+            write(layer, span)
+        return
+    ssl = flush.ssl
+    sslWrite = flush.sslWrite
+    fromBuffer = flush.fromBuffer
+    for index, span in enumerate(spans):
+        length = len(span)
+        pointer = fromBuffer(span)
+        done = 0
+        while done < length:
+            # One record a call: pyOpenSSL's contexts allow partial writes.
+            written = sslWrite(ssl, pointer + done, length - done)
+            if written <= 0:
+                flush.layerWrite(layer, memoryview(span)[done:])
+                for rest in spans[index + 1 :]:
+                    flush.layerWrite(layer, rest)
+                return
+            done += written
+    flush()
 
 
 def _tlsLayer(transport: object) -> typing.Any:
