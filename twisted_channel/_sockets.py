@@ -7,8 +7,11 @@ layers, the epoll reactor handing a link's reads over without the legacy
 logging context, how much waits unread in the kernel, a Unix
 listening port made without running its constructor's code (its fields
 taken from a port the constructor made once) and started on a socket
-bound and listening beforehand, and a Unix transport made over a socket
-the channel connected itself.
+bound and listening beforehand, a Unix transport made over a socket the
+channel connected itself, and, for links under Twisted's TLS layer,
+reading and writing its records with pyOpenSSL's C{SSL_read},
+C{SSL_write} and C{BIO_read} on buffers of the channel's (probed apart, by
+L{probeTLS}, where pyOpenSSL is installed).
 
 They rely on L{twisted.internet.abstract.FileDescriptor}'s buffering, on
 L{twisted.internet.tcp.Connection}'s socket (the TCP and Unix transports of
