@@ -369,3 +369,50 @@ async def test_refusedRecordsGoThroughTheLayer(tmp_path: Any) -> None:
         transport.loseConnection()
         for port in ports:
             await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_writeWhilePausedUnderTLS(tmp_path: Any) -> None:
+    """
+    A producer that writes when the transport pauses it (as the transport
+    keeps what the kernel did not take of a write's records) has what it
+    writes arrive after the whole of that write.
+    """
+    from twisted.internet.interfaces import IPushProducer
+    from zope.interface import implementer
+
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    transport: Any = client.transport
+
+    @implementer(IPushProducer)
+    class WritesWhenPaused:
+        paused = 0
+
+        def pauseProducing(self) -> None:
+            self.paused += 1
+            sendNow(transport, b"paused")
+
+        def resumeProducing(self) -> None:
+            pass
+
+        def stopProducing(self) -> None:
+            pass
+
+    producer = WritesWhenPaused()
+    try:
+        assert writeEagerly(transport)
+        transport.registerProducer(producer, True)
+        server.transport.pauseProducing()  # type: ignore[union-attr]
+        large = os.urandom(8 * 1024 * 1024)
+        sendSequenceNow(transport, [b"head", large])
+        assert producer.paused
+        server.transport.resumeProducing()  # type: ignore[union-attr]
+        expected = b"head" + large + b"paused" * producer.paused
+        await _until(lambda: server.count == len(expected))
+        assert b"".join(server.received) == expected
+    finally:
+        transport.unregisterProducer()
+        transport.loseConnection()
+        for port in ports:
+            await port.stopListening()

@@ -1509,12 +1509,13 @@ class _EagerWrite:
     records are kept and sent together, with one C{sendmsg}.
     """
 
-    __slots__ = ("_connection", "_socket", "_buffered", "_held")
+    __slots__ = ("_connection", "_socket", "_buffered", "_bufferedSequence", "_held")
 
     def __init__(self, connection: tcp.Connection) -> None:
         self._connection = connection
         self._socket = connection.socket
         self._buffered = type(connection).write
+        self._bufferedSequence = type(connection).writeSequence
         self._held: list[bytes] | None = None
 
     def __call__(self, data: bytes) -> None:
@@ -1574,9 +1575,15 @@ class _EagerWrite:
             data = data[sent:]
         # Copied in pieces: a copy of up to a megabyte in one piece would be
         # memory fresh from the system, faulted in page by page, each time.
-        write = self._buffered
-        for start in range(0, len(data), _KEPT_PIECE):
-            write(connection, bytes(data[start : start + _KEPT_PIECE]))  # type: ignore[no-untyped-call]
+        # All copied before any is written, and written in one call: the
+        # transport may pause its producer as it takes them, and whatever
+        # that makes write (to this link or another) reuses the buffer and
+        # must come after all of them.
+        pieces = [
+            bytes(data[start : start + _KEPT_PIECE])
+            for start in range(0, len(data), _KEPT_PIECE)
+        ]
+        self._bufferedSequence(connection, pieces)  # type: ignore[no-untyped-call]
 
     def hold(self) -> None:
         """
