@@ -180,8 +180,8 @@ class MachineClientLink(_ClientLink):
     def connectionMade(self) -> None:
         assert self.transport is not None
         _prepareSocket(self.transport)
-        # Plain TCP (insecure=): the one-machine channel's direct reads.
-        readDirectly(self.transport, self.dataReceived, self.session.decoder)
+        # Over plain TCP (insecure=), reads go straight to the connection
+        # from the first one, as on one machine (see _ClientLink).
         self._startDeadline()
         self.send(self.session.start())
 
