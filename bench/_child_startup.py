@@ -1,7 +1,8 @@
 """
 The start-up child: C{listen()} to hosting and C{connect()} to the first
 message delivered, in one process, on a fresh channel (or socket) each
-time.
+time; then C{listen()} to hosting again on each of those names, stopped
+(a restart: the channel's lock file is there already).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ def runStartup(reactor: Any, options: argparse.Namespace) -> None:
     C{--reps} times, on a fresh channel (or socket) each time: the time
     from C{listen()} to hosting (for the baseline, to listening), and from
     C{connect()} to the first message delivered to the host's protocol.
+    Then C{--reps} times, on each of those names again, the time from
+    C{listen()} to hosting: a service's start on every start but its
+    first.
     """
     from twisted.internet.defer import Deferred
     from twisted.internet.endpoints import clientFromString, serverFromString
@@ -81,20 +85,45 @@ def runStartup(reactor: Any, options: argparse.Namespace) -> None:
         await port.stopListening()
         return t1 - t0, connectNs
 
+    async def again(i: int) -> int:
+        # The name used (and stopped) by once(i).
+        name = f"st{i}"
+        if options.impl == CHANNEL:
+            endpoint = ChannelEndpoint(reactor, name, directory=options.dir)
+            t0 = monotonic_ns()
+            port = await endpoint.listen(Factory.forProtocol(ChannelHost))
+            await port.whenHosting()
+            t1 = monotonic_ns()
+        else:
+            path = os.path.join(options.dir, name + ".b.sock")
+            server = serverFromString(reactor, f"unix:{path}")
+            t0 = monotonic_ns()
+            port = await server.listen(Factory.forProtocol(BaselineHost))
+            t1 = monotonic_ns()
+        await pause(0.02)
+        await port.stopListening()
+        return t1 - t0
+
     async def main() -> None:
         listens: list[float] = []
         connects: list[float] = []
+        restarts: list[float] = []
         for i in range(options.reps):
             listenNs, connectNs = await once(i)
             listens.append(listenNs / 1e3)
             connects.append(connectNs / 1e3)
             await pause(0.02)
+        for i in range(options.reps):
+            restarts.append(await again(i) / 1e3)
+            await pause(0.02)
         report(
             {
                 "listen_us": median(listens),
                 "connect_us": median(connects),
+                "restart_listen_us": median(restarts),
                 "listen_all_us": listens,
                 "connect_all_us": connects,
+                "restart_listen_all_us": restarts,
             }
         )
 

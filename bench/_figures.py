@@ -166,6 +166,14 @@ def figures(s: Settings, faninNote: str) -> list[Figure]:
             lambda r: r["listen_us"],
         ),
         Figure(
+            "startup_restart_listen_us",
+            "start-up: listen() → hosting, a name used before (a restart) (µs)",
+            "lower",
+            1,
+            "startup",
+            lambda r: r["restart_listen_us"],
+        ),
+        Figure(
             "startup_connect_us",
             "start-up: connect() → first message delivered (µs)",
             "lower",

@@ -29,6 +29,7 @@ FIGURES = {
     "roundtrip_p50_us",
     "roundtrip_p99_us",
     "startup_listen_us",
+    "startup_restart_listen_us",
     "startup_connect_us",
     "fanin_msgs_per_s",
     "fanin_slowest_client_msgs_per_s",

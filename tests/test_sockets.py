@@ -857,6 +857,7 @@ def test_probeFindsEverythingOnThisTwisted() -> None:
     assert set(found.plainReads) == {tcp.Server.doRead, unix.Server.doRead}
     assert found.directDispatch
     assert found.unixTransportOver
+    assert found.unixPortTemplate is not None
     assert twistedEdge() == found
 
 
@@ -876,6 +877,93 @@ def test_probeNamesAUnixTransportItCannotMake(monkeypatch: pytest.MonkeyPatch) -
     assert not found.unixTransportOver
     assert found.plainReads and found.bufferAccounting and found.directDispatch
     assert found.missing == ("unix.Server over a connected socket",)
+
+
+def test_hostPortMadeWithoutTheConstructorIsTheSame(channelDirectory: str) -> None:
+    """
+    A host's Unix port, given its fields from the probe's template without
+    running C{unix.Port}'s constructor, holds what the constructor would
+    have left in it (a list of its own included), and is the channel's
+    port (its C{socketPath}).  Without a reactor, the constructor runs and
+    takes the global one.
+    """
+    from twisted.internet import reactor
+
+    from twisted_channel._publishing import HostSocketPort
+
+    path = os.fsencode(os.path.join(channelDirectory, "c.sock"))
+    factory = Factory()
+    ours = HostSocketPort(path, factory, backlog=128, mode=0o600, reactor=reactor)
+    again = HostSocketPort(path, factory, backlog=128, mode=0o600, reactor=reactor)
+    theirs = unix.Port(path, factory, 128, 0o600, reactor)
+    assert twistedEdge().unixPortTemplate is not None
+    assert ours.socketPath == path
+    assert {k: v for k, v in vars(ours).items() if k != "socketPath"} == vars(theirs)
+    assert ours._tempDataBuffer is not again._tempDataBuffer
+    assert HostSocketPort(path, factory, 128, 0o600, None).reactor is reactor
+
+
+def test_templateFollowsAConstructorThatLeavesMore(
+    channelDirectory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A C{unix.Port} constructor that leaves more attributes (of values
+    nobody changes in place, or its arguments under other names), as a
+    Twisted release may, is followed: the host's ports get them too.
+    """
+    from twisted.internet import reactor
+
+    from twisted_channel._publishing import HostSocketPort
+
+    original = unix.Port.__init__
+
+    def init(self: Any, fileName: bytes, factory: Any, *args: Any, **kw: Any) -> None:
+        original(self, fileName, factory, *args, **kw)
+        self.addedLater = "later"
+        self.pathAgain = fileName
+
+    monkeypatch.setattr(unix.Port, "__init__", init)
+    found = probeTwisted()
+    assert found.missing == ()
+    assert found.unixPortTemplate is not None
+    monkeypatch.setattr(_sockets, "_found", found)
+    path = os.fsencode(os.path.join(channelDirectory, "c.sock"))
+    port = HostSocketPort(path, Factory(), backlog=128, mode=0o600, reactor=reactor)
+    assert port.addedLater == "later"  # type: ignore[attr-defined]
+    assert port.pathAgain is path  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", ["changeable", "derived"])
+def test_probeNamesAPortConstructorItCannotRepeat(
+    channelDirectory: str, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """
+    A C{unix.Port} constructor that leaves a value that could be changed in
+    place (a template would share it between ports), or one it derives from
+    an argument (a template would repeat the probe's), is named, only that
+    is off, and the host's ports are then made by the constructor.
+    """
+    from twisted.internet import reactor
+
+    from twisted_channel._publishing import HostSocketPort
+
+    original = unix.Port.__init__
+
+    def init(
+        self: Any, fileName: bytes, factory: Any, backlog: int = 50, *a: Any, **kw: Any
+    ) -> None:
+        original(self, fileName, factory, backlog, *a, **kw)
+        self.madeByTwisted = {} if kind == "changeable" else backlog + 1
+
+    monkeypatch.setattr(unix.Port, "__init__", init)
+    found = probeTwisted()
+    assert found.missing == ("unix.Port's constructor's attributes",)
+    assert found.unixPortTemplate is None and found.adoptListeningSocket
+    monkeypatch.setattr(_sockets, "_found", found)
+    path = os.fsencode(os.path.join(channelDirectory, "c.sock"))
+    port = HostSocketPort(path, Factory(), backlog=128, mode=0o600, reactor=reactor)
+    assert port.madeByTwisted == ({} if kind == "changeable" else 129)  # type: ignore[attr-defined]
+    assert port.socketPath == path
 
 
 def _withoutInstanceAttribute(

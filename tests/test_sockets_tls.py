@@ -4,7 +4,10 @@ TLS on loopback: the socket's transport is found under the layers; a write
 of several chunks leaves in the same call (nothing left buffered, no
 watch for writability); a write larger
 than the kernel takes is kept and arrives whole and in order; reads take
-up to 256 KiB at once.
+up to 256 KiB at once; once the handshake is done, reads are decrypted
+into one buffer and handed on together, and the records of a write are
+taken out of the TLS layer together, into one buffer; Twisted's own
+handling of the end of TLS and of an abort still holds.
 """
 
 from __future__ import annotations
@@ -19,9 +22,14 @@ from twisted.internet.protocol import Factory, Protocol
 
 from twisted_channel._certs import makeCertificates
 from twisted_channel._sockets import (
+    _KEPT_PIECE,
+    _TLS_READ,
     READ_BUFFER_SIZE,
     _EagerWrite,
+    _TLSFlush,
     bufferedBytes,
+    probeTLS,
+    readDirectly,
     readInLargePieces,
     sendNow,
     sendSequenceNow,
@@ -179,5 +187,114 @@ async def test_goneLinkHoldsNothing(tmp_path: Any) -> None:
         await lost
         assert bufferedBytes(transport) == 0
     finally:
+        for port in ports:
+            await port.stopListening()
+
+
+def test_probeTLSFindsAll() -> None:
+    """
+    With the pyOpenSSL and Twisted in use, the probe finds what reads
+    through TLS and the flush of a write's records need.
+    """
+    edge = probeTLS()
+    assert edge.missing == ()
+    assert edge.read is not None and edge.bioRead is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_readThroughTLS(tmp_path: Any) -> None:
+    """
+    Once the handshake is done, a transport under TLS reads directly: what
+    the peer sends (large writes and small ones, written eagerly) arrives
+    whole and in order, several records handed on together; the peer's
+    close (its close_notify) ends the connection cleanly, as Twisted's
+    TLS layer ends it.
+    """
+    from twisted.internet.error import ConnectionDone
+
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    clientTransport: Any = client.transport
+    serverSocket: Any = socketTransport(server.transport)
+    lost: Deferred[Any] = Deferred()
+    server.connectionLost = lambda reason: lost.callback([reason])  # type: ignore[method-assign,assignment]
+    try:
+        assert readDirectly(server.transport, server.dataReceived)
+        assert serverSocket.doRead.__code__ is _TLS_READ
+        assert writeEagerly(clientTransport)
+        assert isinstance(vars(clientTransport.transport)["_flushSendBIO"], _TLSFlush)
+        chunks = [os.urandom(n) for n in (1, 100, 70_000, 3, 1 << 20, 16_384, 5)]
+        for chunk in chunks:
+            sendNow(clientTransport, chunk)
+        large = os.urandom(8 * 1024 * 1024)
+        sendSequenceNow(clientTransport, [b"head", large, b"tail"])
+        expected = b"".join(chunks) + b"head" + large + b"tail"
+        await _until(lambda: server.count == len(expected))
+        assert b"".join(server.received) == expected
+        # Records of one read are handed on together, not one at a time.
+        assert len(server.received) < len(expected) // (16 * 1024)
+        clientTransport.loseConnection()
+        [reason] = await lost
+        assert reason.check(ConnectionDone)
+        assert server.count == len(expected)
+    finally:
+        for port in ports:
+            await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_abortWhileReadingThroughTLS(tmp_path: Any) -> None:
+    """
+    A protocol that aborts its connection while a direct read under TLS
+    hands it data is handed nothing more, and loses its connection.
+    """
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    clientTransport: Any = client.transport
+    lost: Deferred[Any] = Deferred()
+    server.connectionLost = lambda reason: lost.callback(None)  # type: ignore[method-assign,assignment]
+    handed: list[int] = []
+
+    def abortOnFirst(data: bytes | memoryview) -> None:
+        handed.append(len(data))
+        server.transport.abortConnection()  # type: ignore[union-attr]
+
+    try:
+        assert readDirectly(server.transport, abortOnFirst)
+        sendNow(clientTransport, os.urandom(4 * 1024 * 1024))
+        await lost
+        assert len(handed) == 1
+    finally:
+        clientTransport.abortConnection()
+        for port in ports:
+            await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_recordsKeptInPieces(tmp_path: Any) -> None:
+    """
+    Under TLS, with the records of a write taken out of the TLS layer
+    together, what the kernel does not take is kept in pieces of at most
+    L{_KEPT_PIECE} bytes (each a copy, the buffer being reused), and
+    arrives whole and in order after what came before.
+    """
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    transport: Any = client.transport
+    sock: Any = socketTransport(transport)
+    try:
+        assert writeEagerly(transport)
+        server.transport.pauseProducing()  # type: ignore[union-attr]
+        large = os.urandom(4 * 1024 * 1024)
+        sendSequenceNow(transport, [b"head", large])
+        assert bufferedBytes(transport) > 0
+        kept = [len(piece) for piece in sock._tempDataBuffer]
+        assert kept and max(kept) <= _KEPT_PIECE
+        sendNow(transport, b"tail")
+        server.transport.resumeProducing()  # type: ignore[union-attr]
+        await _until(lambda: server.count == len(large) + 8)
+        assert b"".join(server.received) == b"head" + large + b"tail"
+    finally:
+        transport.loseConnection()
         for port in ports:
             await port.stopListening()

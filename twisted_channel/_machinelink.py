@@ -62,15 +62,16 @@ def _prepareSocket(transport: object) -> None:
     acknowledgement or a reply must not wait for the peer's delayed
     acknowledgement of the last write); reads of up to 256 KiB, so that
     one batch, with one acknowledgement, takes several large messages;
-    each TLS record (16 KiB at most) the TLS layer writes to it sent at once
-    while it holds nothing, and what it holds sent unjoined, not joined
-    again with what the kernel did not take.
+    the TLS records of one write taken out of the TLS layer together, into
+    one buffer, and sent at once while the socket's transport holds
+    nothing, and what it holds sent unjoined, not joined again with what
+    the kernel did not take.
     """
     sock = socketTransport(transport)
     sock.setTcpNoDelay(True)  # type: ignore[attr-defined]
     readInLargePieces(sock)
     if sock is not transport:
-        writeEagerly(sock)
+        writeEagerly(transport)
     writeUnjoined(sock)
 
 
@@ -110,7 +111,8 @@ class MachineHostLink(_HostLink):
         )
         self._startDeadline()
         if self._held is None:
-            # Plain TCP (insecure=): the one-machine channel's direct reads.
+            # The one-machine channel's direct reads (under TLS, decrypted
+            # into one buffer).
             readDirectly(transport, self.dataReceived, self.session.decoder)
         else:
             transport.pauseProducing()  # type: ignore[attr-defined]
@@ -180,8 +182,12 @@ class MachineClientLink(_ClientLink):
     def connectionMade(self) -> None:
         assert self.transport is not None
         _prepareSocket(self.transport)
-        # Over plain TCP (insecure=), reads go straight to the connection
-        # from the first one, as on one machine (see _ClientLink).
+        # The one-machine channel's direct reads (under TLS, decrypted into
+        # one buffer), from the start: not put off to the first read as on
+        # one machine (see _ClientLink.dataReceived), which under TLS comes
+        # from within the TLS layer's own read.
+        readDirectly(self.transport, self.dataReceived, self.session.decoder)
+        self._readsDirectly = True
         self._startDeadline()
         self.send(self.session.start())
 

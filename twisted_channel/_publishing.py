@@ -40,7 +40,7 @@ from ._directory import (
     checkReplaceableSocket,
     removeStaleSocket,
 )
-from ._sockets import startListeningOn
+from ._sockets import newUnixPort, startListeningOn
 
 _log = Logger()
 
@@ -71,7 +71,8 @@ class HostSocketPort(unix.Port):
         mode: int,
         reactor: object,
     ) -> None:
-        super().__init__(socketPath, factory, backlog, mode, reactor)
+        if not newUnixPort(self, socketPath, factory, backlog, mode, reactor):
+            super().__init__(socketPath, factory, backlog, mode, reactor)
         self.socketPath = socketPath
 
     def adopt(self, published: PublishedSocket) -> None:

@@ -5,8 +5,10 @@ socket transport holds, sending it now, sending without it when it holds
 nothing, sending what it holds without joining it, reading without its
 layers, the epoll reactor handing a link's reads over without the legacy
 logging context, how much waits unread in the kernel, a Unix
-listening port started on a socket bound and listening beforehand, and a
-Unix transport made over a socket the channel connected itself.
+listening port made without running its constructor's code (its fields
+taken from a port the constructor made once) and started on a socket
+bound and listening beforehand, and a Unix transport made over a socket
+the channel connected itself.
 
 They rely on L{twisted.internet.abstract.FileDescriptor}'s buffering, on
 L{twisted.internet.tcp.Connection}'s socket (the TCP and Unix transports of
@@ -56,6 +58,21 @@ from zope.interface import implementer
 _log = Logger()
 
 
+#: Where a field of a port made by C{unix.Port}'s constructor comes from:
+#: one of its arguments (path, factory, backlog, mode, reactor, by their
+#: position), a new empty list each time, or a value of its own.
+_NEW_LIST = 5
+_OWN_VALUE = 6
+#: The types of the values a port's field may share with the template's:
+#: those nobody changes in place.
+_IMMUTABLE = (type(None), bool, int, float, str, bytes)
+
+#: C{unix.Port}'s constructor's fields, in the order it sets them: each its
+#: name, its source (an argument's position, L{_NEW_LIST} or
+#: L{_OWN_VALUE}) and, for the last, its value.
+UnixPortTemplate = tuple[tuple[str, int, object], ...]
+
+
 @dataclass(frozen=True)
 class TwistedEdge:
     """
@@ -80,6 +97,11 @@ class TwistedEdge:
     @ivar adoptListeningSocket: a Unix listening port, started as
         C{unix.Port.startListening} leaves it but on a socket bound and
         listening beforehand, accepts on it: L{startListeningOn}.
+    @ivar unixPortTemplate: what C{unix.Port}'s constructor leaves in a
+        new port, field by field (one of its arguments, a new empty list,
+        or a value of its own), found by making one port with it; a port
+        L{newUnixPort} fills from it holds what one the constructor makes
+        does.  L{None} where it does not.
     @ivar unixTransportOver: the reactor's Unix stream transport
         (C{unix.Server}) can be made over a connected socket itself, as
         C{adoptStreamConnection} makes it over a duplicate:
@@ -102,6 +124,7 @@ class TwistedEdge:
     missing: tuple[str, ...]
     directDispatch: bool = False
     unixTransportOver: bool = False
+    unixPortTemplate: UnixPortTemplate | None = None
 
 
 @implementer(IReactorFDSet)
@@ -327,6 +350,73 @@ def _probeAdoptListeningSocket(missing: list[str]) -> bool:
     return True
 
 
+def _unixPortTemplate() -> UnixPortTemplate | None:
+    """
+    What C{unix.Port}'s constructor leaves in a port, field by field, found
+    by making one with arguments that are objects of their own (the path,
+    the backlog and the mode made at run time): a field that is one of them
+    is that argument.  L{None} if a field is of a value that could be
+    changed in place (other than an empty list).
+    """
+    arguments = (
+        os.fsencode("/probe/template.sock"),
+        _ProbeFactory(),
+        int("1000003"),
+        int("1000019"),
+        _ProbeReactor(),
+    )
+    made = unix.Port(*arguments)
+    template: list[tuple[str, int, object]] = []
+    for name, value in vars(made).items():
+        sources = [i for i, argument in enumerate(arguments) if value is argument]
+        if sources:
+            template.append((name, sources[0], None))
+        elif type(value) is list and not value:
+            template.append((name, _NEW_LIST, None))
+        elif type(value) in _IMMUTABLE:
+            template.append((name, _OWN_VALUE, value))
+        else:
+            return None
+    return tuple(template)
+
+
+def _fillUnixPort(
+    port: unix.Port, template: UnixPortTemplate, arguments: tuple[object, ...]
+) -> None:
+    fields = vars(port)
+    for name, source, value in template:
+        if source < _NEW_LIST:
+            fields[name] = arguments[source]
+        elif source == _NEW_LIST:
+            fields[name] = []
+        else:
+            fields[name] = value
+
+
+def _probeUnixPortTemplate(missing: list[str]) -> UnixPortTemplate | None:
+    """
+    What C{unix.Port}'s constructor leaves in a port (L{_unixPortTemplate}),
+    if a port filled from it with other arguments holds what one the
+    constructor makes with those does: the same attributes, of the same
+    values.
+    """
+    name = "unix.Port's constructor's attributes"
+    try:
+        template = _unixPortTemplate()
+        arguments = (b"/probe/s.sock", _ProbeFactory(), 7, 0o640, _ProbeReactor())
+        made = unix.Port(*arguments)
+        filled = unix.Port.__new__(unix.Port)
+        if template is not None:
+            _fillUnixPort(filled, template, arguments)
+        if template is None or vars(made) != vars(filled):
+            missing.append(name)
+            return None
+    except Exception:
+        missing.append(name)
+        return None
+    return template
+
+
 class _WatchingProbeReactor(_ProbeReactor):
     """
     A probe's reactor that records what it was asked to watch for reading.
@@ -486,6 +576,7 @@ def probeTwisted() -> TwistedEdge:
         adoptListeningSocket=_probeAdoptListeningSocket(missing),
         directDispatch=_probeDirectDispatch(missing),
         unixTransportOver=_probeUnixTransportOver(missing),
+        unixPortTemplate=_probeUnixPortTemplate(missing),
         missing=tuple(missing),
     )
 
@@ -932,6 +1023,12 @@ def readDirectly(
     message's end, what follows it is read, in the same call, into the
     buffer, and C{dataReceived} is given that.
 
+    Under Twisted's TLS layer (and what stands above it: a link across
+    machines), once its handshake is done, the socket is read as above and
+    what it brings is decrypted straight into a buffer that C{dataReceived}
+    is given a view of, all the records of one read together
+    (L{_readThroughTLS}); C{target} is not used there.
+
     An epoll reactor (Twisted's own, its dispatch unchanged) is given, the
     first time, a dispatch that hands such a transport's reads over without
     the legacy logging context (L{_directDoPoll}).
@@ -940,6 +1037,8 @@ def readDirectly(
         transport when the Twisted in use reads otherwise than the probe
         expects, is left as it is.
     """
+    if isinstance(transport, ProtocolWrapper):
+        return _readThroughTLS(transport, dataReceived)
     if (
         not isinstance(transport, tcp.Connection)
         or type(transport).doRead not in (_found or twistedEdge()).plainReads
@@ -1011,6 +1110,280 @@ _DIRECT_READ = _directReader(
 ).__code__
 
 
+@dataclass(frozen=True)
+class TLSEdge:
+    """
+    What L{probeTLS} found of Twisted's TLS layer and pyOpenSSL.
+
+    @ivar read: pyOpenSSL's C{SSL_read} binding, which decrypts into any
+        buffer (C{Connection.recv_into} decrypts into a buffer of its own
+        and copies out of it), or C{None} when not found.
+    @ivar fromBuffer: cffi's C{from_buffer}, for a pointer into a buffer.
+    @ivar getError: C{SSL_get_error}.
+    @ivar wantRead: C{SSL_ERROR_WANT_READ}.
+    @ivar bioRead: pyOpenSSL's C{BIO_read} binding, which takes the records
+        the TLS layer made out of its memory BIO into any buffer
+        (C{Connection.bio_read} takes them into new bytes), or C{None}.
+    @ivar missing: the names of what was not found, for the warning.
+    """
+
+    read: typing.Any
+    fromBuffer: typing.Any
+    getError: typing.Any
+    wantRead: int
+    missing: tuple[str, ...]
+    bioRead: typing.Any = None
+
+
+class _KeepingTransport:
+    """
+    What a TLS layer the probe makes is connected to: it keeps what the
+    layer writes.
+    """
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.written.extend(data)
+
+    def loseConnection(self) -> None:
+        pass
+
+    def abortConnection(self) -> None:
+        pass
+
+
+def probeTLS() -> TLSEdge:
+    """
+    Find out whether L{_readThroughTLS} may stand in for the reads of
+    Twisted's TLS layer (L{twisted.protocols.tls.TLSMemoryBIOProtocol}),
+    and L{_TLSFlush} for its C{_flushSendBIO}: a client's TLS layer, made
+    with C{_flushSendBIO} replaced on the instance and connected to a
+    transport that keeps what it writes, has the attributes its own reads
+    use, with their values before a handshake, and its own reads test them
+    as expected; its first record (its hello) is left in its memory BIO
+    (its writes go through C{_flushSendBIO}) and pyOpenSSL's C{BIO_read}
+    takes it into a buffer of ours; and C{SSL_read}, given a pointer into a
+    buffer of ours, asks for more (its handshake under way).
+    """
+    missing: list[str] = []
+    try:
+        from OpenSSL import SSL
+        from twisted.internet.ssl import CertificateOptions
+        from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+    except ImportError as e:
+        return TLSEdge(None, None, None, 0, (f"pyOpenSSL ({e})",))
+    lib = getattr(SSL, "_lib", None)
+    ffi = getattr(SSL, "_ffi", None)
+    functions = ("SSL_read", "SSL_get_error", "SSL_ERROR_WANT_READ", "BIO_read")
+    if lib is None or ffi is None or not hasattr(ffi, "from_buffer"):
+        return TLSEdge(None, None, None, 0, ("OpenSSL.SSL._lib/_ffi",))
+    lacking = [name for name in functions if not hasattr(lib, name)]
+    if lacking:
+        return TLSEdge(
+            None, None, None, 0, tuple(f"OpenSSL.SSL._lib.{n}" for n in lacking)
+        )
+    names = set(TLSMemoryBIOProtocol._flushReceiveBIO.__code__.co_names)
+    if not {"_lostTLSConnection", "_aborted", "recv"} <= names:
+        missing.append("TLSMemoryBIOProtocol._flushReceiveBIO's loop")
+    if "_flushSendBIO" not in TLSMemoryBIOProtocol._write.__code__.co_names:
+        missing.append("TLSMemoryBIOProtocol._write's _flushSendBIO")
+    factory = TLSMemoryBIOFactory(
+        CertificateOptions(), True, Factory.forProtocol(Protocol)
+    )
+    layer: typing.Any = factory.buildProtocol(None)
+    layer._flushSendBIO = lambda: None
+    transport = _KeepingTransport()
+    layer.makeConnection(transport)
+    expected = {
+        "_handshakeDone": False,
+        "_lostTLSConnection": False,
+        "_aborted": False,
+        "_appSendBuffer": [],
+    }
+    for name, value in expected.items():
+        if getattr(layer, name, None) != value:
+            missing.append(f"TLSMemoryBIOProtocol.{name}")
+    connection = getattr(layer, "_tlsConnection", None)
+    ssl = getattr(connection, "_ssl", None)
+    fromSSL = getattr(connection, "_from_ssl", None)
+    if (
+        ssl is None
+        or fromSSL is None
+        or not callable(getattr(connection, "bio_write", None))
+    ):
+        missing.append("TLSMemoryBIOProtocol._tlsConnection._ssl/_from_ssl/bio_write")
+    else:
+        buffer = bytearray(1 << 16)
+        pointer = ffi.from_buffer(buffer)
+        count = lib.BIO_read(fromSSL, pointer, len(buffer))
+        if transport.written or count < 6 or buffer[0] != 0x16:
+            missing.append("TLSMemoryBIOProtocol's records taken by BIO_read")
+        count = lib.SSL_read(ssl, pointer, len(buffer))
+        if count > 0 or lib.SSL_get_error(ssl, count) != lib.SSL_ERROR_WANT_READ:
+            missing.append("SSL_read into a buffer of ours")
+    factory.unregisterProtocol(layer)
+    if missing:
+        return TLSEdge(None, None, None, 0, tuple(missing))
+    return TLSEdge(
+        lib.SSL_read,
+        ffi.from_buffer,
+        lib.SSL_get_error,
+        lib.SSL_ERROR_WANT_READ,
+        (),
+        lib.BIO_read,
+    )
+
+
+_tlsFound: TLSEdge | None = None
+
+
+def tlsEdge() -> TLSEdge:
+    """
+    What L{probeTLS} finds, probed on the first call (the first link under
+    TLS); when it lacks anything, one warning names it.
+    """
+    global _tlsFound
+    found = _tlsFound
+    if found is None:
+        found = _tlsFound = probeTLS()
+        if found.missing:
+            _log.warn(
+                "twisted-channel: links under TLS read through Twisted's TLS "
+                "layer, record by record (lacking {missing})",
+                missing=", ".join(found.missing),
+            )
+    return found
+
+
+#: The plaintext of one read under TLS is decrypted into this buffer (shared
+#: by the process's links, as the read buffer is): a read of up to
+#: L{READ_BUFFER_SIZE} bytes, and a record left from the read before.
+_PLAIN_BUFFER_SIZE = READ_BUFFER_SIZE + 32 * 1024
+
+_plainBuffer: tuple[memoryview, typing.Any] | None = None
+
+
+def _readThroughTLS(
+    transport: ProtocolWrapper, dataReceived: Callable[[bytes | memoryview], None]
+) -> bool:
+    """
+    L{readDirectly} for a transport under Twisted's TLS layer.
+    """
+    layer = _tlsLayer(transport)
+    if layer is None:
+        return False
+    sock = layer.transport
+    if (
+        not isinstance(sock, tcp.Connection)
+        or type(sock).doRead not in (_found or twistedEdge()).plainReads
+        or not getattr(layer, "_handshakeDone", False)
+    ):
+        return False
+    edge = _tlsFound or tlsEdge()
+    if edge.read is None:
+        return False
+    global _plainBuffer
+    if _plainBuffer is None:
+        plain = bytearray(_PLAIN_BUFFER_SIZE)
+        _plainBuffer = (memoryview(plain), edge.fromBuffer(plain))
+    sock.doRead = _tlsReader(  # type: ignore[method-assign]
+        sock, layer, _sharedReadBuffer(), _plainBuffer, edge, dataReceived
+    )
+    _dispatchDirectly(sock.reactor)
+    return True
+
+
+def _isTLSLayer(layer: object) -> bool:
+    try:
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+    except ImportError:
+        return False
+    return isinstance(layer, TLSMemoryBIOProtocol)
+
+
+def _tlsReader(
+    sock: tcp.Connection,
+    layer: typing.Any,
+    buffer: memoryview,
+    plainBuffer: tuple[memoryview, typing.Any],
+    edge: TLSEdge,
+    dataReceived: Callable[[bytes | memoryview], None],
+) -> Callable[[], ConnectionDone | ConnectionLost | None]:
+    """
+    The C{doRead} that L{_readThroughTLS} gives the socket's transport
+    C{sock} under the TLS layer C{layer}: what Twisted's read and the
+    layer's C{dataReceived} do, but read into C{buffer} (not into new
+    bytes), and decrypted with C{SSL_read} into the plaintext buffer (not
+    into a buffer of pyOpenSSL's, then copied into new bytes for each
+    record, which the layer above then joins), handed on as one view.  Any
+    answer the TLS layer owes the peer is sent as it sends it; the end of
+    TLS (a close_notify) or an error is left to the layer's own reads,
+    which find it again and handle it as always; while writes wait in the
+    layer (a handshake under way), the layer reads as always.
+    """
+    recvInto = sock.socket.recv_into
+    plain, plainPointer = plainBuffer
+    plainSize = len(plain)
+    connection = layer._tlsConnection
+    ssl = connection._ssl
+    bioWrite = connection.bio_write
+    read = edge.read
+    wantRead = edge.wantRead
+    getError = edge.getError
+    plainRead = type(sock).doRead
+
+    def doRead() -> ConnectionDone | ConnectionLost | None:
+        if layer._appSendBuffer or layer._lostTLSConnection:
+            return plainRead(sock)
+        try:
+            count = recvInto(buffer)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if not count:
+            return main.CONNECTION_DONE
+        bioWrite(buffer[:count])
+        filled = 0
+        while True:
+            got = read(ssl, plainPointer + filled, plainSize - filled)
+            if got <= 0:
+                break
+            filled += got
+            if filled == plainSize:
+                if not layer._aborted:
+                    dataReceived(plain)
+                filled = 0
+                if layer._lostTLSConnection or layer._aborted:
+                    return None
+        if filled and not layer._aborted:
+            dataReceived(plain[:filled])
+        if layer._lostTLSConnection:
+            return None
+        if getError(ssl, got) != wantRead:
+            # The peer's close_notify, or an error: found again by the
+            # layer's own reads, and handled as they handle it.
+            layer._flushReceiveBIO()
+        else:
+            layer._flushSendBIO()
+        return None
+
+    return doRead
+
+
+# What every reader L{_tlsReader} makes runs (see L{_DIRECT_READ}).
+_TLS_READ = next(
+    code
+    for code in _tlsReader.__code__.co_consts
+    if getattr(code, "co_name", None) == "doRead"
+)
+
+
 @functools.cache
 def _epollReactorClass() -> type | None:
     """
@@ -1057,7 +1430,8 @@ def _directDoPoll(reactor: typing.Any) -> Callable[[float | None], None]:
             if selectable is None:
                 continue
             doRead: typing.Any = getattr(selectable, "doRead", None)
-            if getattr(doRead, "__code__", None) is not _DIRECT_READ:
+            code = getattr(doRead, "__code__", None)
+            if code is not _DIRECT_READ and code is not _TLS_READ:
                 log.callWithLogger(selectable, doReadOrWrite, selectable, fd, event)
                 continue
             try:
@@ -1100,6 +1474,10 @@ def _dispatchDirectly(reactor: object) -> None:
     ):
         return
     reactor.doIteration = _directDoPoll(reactor)  # type: ignore[attr-defined]
+
+
+#: What L{_EagerWrite.sendView} keeps is copied in pieces of this size.
+_KEPT_PIECE = 64 * 1024
 
 
 class _EagerWrite:
@@ -1146,6 +1524,40 @@ class _EagerWrite:
             data = data[sent:]
         self._buffered(connection, data)  # type: ignore[no-untyped-call]
 
+    def sendView(self, data: memoryview) -> None:
+        """
+        Write C{data}, a view of a buffer that is reused once this returns:
+        as a write, but what is kept is copied.
+        """
+        if self._held is not None:
+            self._held.append(bytes(data))
+            return
+        connection = self._connection
+        if (
+            connection.connected
+            and not connection.disconnecting
+            and not connection._writeDisconnected
+            and not (
+                len(connection.dataBuffer) - connection.offset + connection._tempDataLen
+            )
+        ):
+            try:
+                sent = self._socket.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                # The transport finds the error itself when it tries.
+                sent = 0
+            else:
+                if sent == len(data):
+                    return
+            data = data[sent:]
+        # Copied in pieces: a copy of up to a megabyte in one piece would be
+        # memory fresh from the system, faulted in page by page, each time.
+        write = self._buffered
+        for start in range(0, len(data), _KEPT_PIECE):
+            write(connection, bytes(data[start : start + _KEPT_PIECE]))  # type: ignore[no-untyped-call]
+
     def hold(self) -> None:
         """
         Keep what is written until L{release}.
@@ -1165,10 +1577,69 @@ class _EagerWrite:
             sendSequenceNow(self._connection, held)
 
 
+#: The records taken out of a TLS layer's memory BIO at once go into a
+#: buffer this large (shared by the process's links): a channel write of
+#: 1 MiB and its records' overhead.
+_RECORDS_BUFFER_SIZE = (1 << 20) + (64 << 10)
+
+_recordsBuffer: tuple[memoryview, typing.Any] | None = None
+
+
+class _TLSFlush:
+    """
+    The C{_flushSendBIO} that L{writeEagerly} gives Twisted's TLS layer:
+    every record in the layer's memory BIO taken into one buffer (not 32
+    KiB at a time into new bytes) and handed to the socket's transport's
+    eager write, which sends it at once while it holds nothing, and keeps
+    (a copy of) what the kernel does not take.  While L{holding} (a write
+    of the channel's, which may make many records), it does nothing: the
+    records are taken, and sent, together once the write is done.
+    """
+
+    __slots__ = ("holding", "_bioRead", "_fromSSL", "_eager", "_buffer")
+
+    def __init__(self, layer: typing.Any, eager: _EagerWrite) -> None:
+        global _recordsBuffer
+        edge = _tlsFound or tlsEdge()
+        if _recordsBuffer is None:
+            records = bytearray(_RECORDS_BUFFER_SIZE)
+            _recordsBuffer = (memoryview(records), edge.fromBuffer(records))
+        self.holding = False
+        self._bioRead = edge.bioRead
+        self._fromSSL = layer._tlsConnection._from_ssl
+        self._eager = eager
+        self._buffer = _recordsBuffer
+
+    def __call__(self) -> None:
+        if self.holding:
+            return
+        view, pointer = self._buffer
+        size = len(view)
+        while True:
+            count = self._bioRead(self._fromSSL, pointer, size)
+            if count <= 0:
+                return
+            self._eager.sendView(view[:count])
+            if count < size:
+                return
+
+
+def _tlsLayer(transport: object) -> typing.Any:
+    """
+    Twisted's TLS layer among C{transport}'s layers, or C{None}.
+    """
+    while isinstance(transport, ProtocolWrapper):
+        if _isTLSLayer(transport):
+            return transport
+        transport = transport.transport
+    return None
+
+
 def writeEagerly(transport: object) -> bool:
     """
-    Have what a TLS layer writes to C{transport}, its socket's transport,
-    go to the kernel at once when the transport holds nothing, as
+    Have what a TLS layer writes to C{transport}, its socket's transport (or
+    the transport above it), go to the kernel at once when the transport
+    holds nothing, as
     L{sendNow} sends: a write through Twisted would ask the reactor to
     watch for writability and, once L{pushToKernel} or the reactor sent
     it, stop watching (two C{epoll_ctl} calls for each write).  The records
@@ -1176,16 +1647,26 @@ def writeEagerly(transport: object) -> bool:
     with one C{sendmsg}.  What the kernel does not take, or any error, is
     left to the transport's own C{write}.
 
+    Given the transport above Twisted's TLS layer, the layer's records are
+    also taken out of its memory BIO into one buffer, not into new bytes
+    each, and those of one L{sendNow} or L{sendSequenceNow} all at once,
+    then sent (L{_TLSFlush}).
+
     @return: whether it could; a transport it does not know, or any
         transport when the Twisted in use lacks what L{sendNow} needs, is
         left as it is.
     """
+    layer = _tlsLayer(transport)
+    if layer is not None:
+        transport = layer.transport
     if not isinstance(transport, tcp.Connection) or not (
         (_found or twistedEdge()).sendImmediately
     ):
         return False
     # An attribute of the instance, found before the class's method.
-    transport.write = _EagerWrite(transport)  # type: ignore[method-assign]
+    eager = transport.write = _EagerWrite(transport)  # type: ignore[method-assign]
+    if layer is not None and (_tlsFound or tlsEdge()).bioRead is not None:
+        layer._flushSendBIO = _TLSFlush(layer, eager)
     return True
 
 
@@ -1196,6 +1677,19 @@ def _writeThroughLayers(transport: ProtocolWrapper, chunks: list[bytes]) -> None
     C{sendmsg} if its socket's transport writes eagerly (L{writeEagerly}),
     else with L{pushToKernel}.
     """
+    layer = _tlsLayer(transport)
+    flush = None if layer is None else vars(layer).get("_flushSendBIO")
+    if isinstance(flush, _TLSFlush):
+        flush.holding = True
+        try:
+            if len(chunks) == 1:
+                transport.write(chunks[0])
+            else:
+                transport.writeSequence(chunks)
+        finally:
+            flush.holding = False
+            flush()
+        return
     eager = vars(socketTransport(transport)).get("write")
     if isinstance(eager, _EagerWrite):
         eager.hold()
@@ -1246,6 +1740,38 @@ def _startOn(port: unix.Port, listening: socket.socket) -> None:
     port.fileno = listening.fileno  # type: ignore[method-assign]
     port.numberAccepts = 100
     port.startReading()
+
+
+def newUnixPort(
+    port: unix.Port,
+    path: bytes,
+    factory: object,
+    backlog: int,
+    mode: int,
+    reactor: object,
+) -> bool:
+    """
+    Give C{port}, a new instance of a subclass of C{unix.Port} whose
+    constructor has not run, what C{unix.Port(path, factory, backlog, mode,
+    reactor)} would have: the constructor's code (C{tcp.Port}'s binding,
+    C{UNIXAddress}'s conversion of the path) costs about 40 microseconds
+    cold, in every C{listen()} and takeover, for fields known beforehand.
+    They are taken from the template the probe found (L{TwistedEdge}), so
+    that each Twisted release gets the fields its own constructor leaves.
+
+    @param path: a filesystem path, as bytes.
+    @param reactor: the port's reactor; with L{None}, the constructor runs
+        (it takes the global reactor).
+    @return: whether it could; where the probe found no template (a
+        constructor that leaves what a template cannot repeat), C{port} is
+        left alone and the caller runs the constructor.
+    """
+    template = (_found or twistedEdge()).unixPortTemplate
+    # Without a reactor the constructor takes the global one.
+    if reactor is None or template is None:
+        return False
+    _fillUnixPort(port, template, (path, factory, backlog, mode, reactor))
+    return True
 
 
 def startListeningOn(port: unix.Port, listening: socket.socket) -> bool:

@@ -423,7 +423,11 @@ def tlsFactory(options: Any, isClient: bool, wrapped: IProtocolFactory) -> Any:
     Reading, Twisted's TLS layer hands on one record (16 KiB at most) at a
     time; under a L{VerifiedTLSFactory}, the records of one read from the
     socket are handed on together, as one chunk (one batch of frames for
-    the link, and one acknowledgement).
+    the link, and one acknowledgement).  Once a link's handshake is done,
+    its reads go through L{twisted_channel._sockets.readDirectly}, which
+    decrypts each read into one buffer, and its writes through
+    L{twisted_channel._sockets.writeEagerly}, which takes the records of a
+    write out of the TLS layer at once, into one buffer.
 
     @param options: the server's or the client's TLS options (see
         L{TLSCredentials}).
@@ -432,6 +436,11 @@ def tlsFactory(options: Any, isClient: bool, wrapped: IProtocolFactory) -> Any:
     @return: a factory for C{listenTCP}, C{connectTCP} or a TCP endpoint.
     """
     from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+
+    from ._sockets import tlsEdge
+
+    # Probed now, before any link: not in the first link's milliseconds.
+    tlsEdge()
 
     class BatchingTLSProtocol(TLSMemoryBIOProtocol):
         def writeSequence(self, iovec: Iterable[bytes]) -> None:
