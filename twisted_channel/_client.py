@@ -451,7 +451,7 @@ class ChannelClientTransport(SocketOptions):
         # Whether a link's read is being handled now (it flushes at its end).
         self._inRead = False
         self.session = ClientSession(
-            os.urandom(16), _process.pid, maxMessageSize, acrossMachines
+            _process.newClientId(), _process.pid, maxMessageSize, acrossMachines
         )
         self.clientId = self.session.clientId
         self.pending = self.session.pending
@@ -469,7 +469,9 @@ class ChannelClientTransport(SocketOptions):
         # The reconnection's deadlines, which reads and writes tell of the
         # host's news and of messages waiting for it.
         self._deadlines = self.reconnection.deadlines
-        self._linkWaiters = LinkWaiters(address.name, protocol)
+        # Made when first needed (see _linkWaiters): not on the way to the
+        # first message.
+        self._waiters: LinkWaiters | None = None
         # Made once: it stands for every link until its host is known.
         # The endpoint's address is that already.
         self.unknownHost = (
@@ -514,6 +516,17 @@ class ChannelClientTransport(SocketOptions):
             f"<ChannelClientTransport {self.address.name!r} {self.state}, "
             f"{len(self.pending)} unacknowledged>"
         )
+
+    @property
+    def _linkWaiters(self) -> LinkWaiters:
+        """
+        The parties waiting for a link, made when first needed: a
+        L{whenConnected}, the first link up or lost, or the end.
+        """
+        waiters = self._waiters
+        if waiters is None:
+            waiters = self._waiters = LinkWaiters(self.address.name, self.protocol)
+        return waiters
 
     @property
     def closed(self) -> bool:

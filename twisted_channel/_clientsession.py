@@ -136,7 +136,8 @@ class ClientSession:
         acrossMachines: bool = False,
     ) -> None:
         """
-        @param clientId: 16 random bytes.
+        @param clientId: 16 bytes no other connection's id is (see
+            L{twisted_channel._process.newClientId}).
         @param pid: this process's id, as the hello says it.
         @param acrossMachines: whether hosts are across machines (reached
             over TLS): hellos then say L{lowestTerm}, and welcomes
