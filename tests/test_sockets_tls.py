@@ -298,3 +298,121 @@ async def test_recordsKeptInPieces(tmp_path: Any) -> None:
         transport.loseConnection()
         for port in ports:
             await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_smallBuffersUnderTLS(tmp_path: Any, monkeypatch: Any) -> None:
+    """
+    With a plaintext buffer and a records buffer smaller than a TLS record,
+    a read under TLS is decrypted in as many pieces as it takes, each
+    handed on when the buffer is full, and a write's records are taken out
+    of the TLS layer in as many pieces: everything arrives whole and in
+    order.
+    """
+    from OpenSSL import SSL
+
+    from twisted_channel import _sockets
+
+    def small(size: int) -> tuple[memoryview, Any]:
+        buffer = bytearray(size)
+        return memoryview(buffer), SSL._ffi.from_buffer(buffer)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(_sockets, "_plainBuffer", small(1000))
+    monkeypatch.setattr(_sockets, "_recordsBuffer", small(5000))
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    transport: Any = client.transport
+    try:
+        assert readDirectly(server.transport, server.dataReceived)
+        assert writeEagerly(transport)
+        chunks = [os.urandom(n) for n in (10, 40_000, 999, 1000, 1001, 300_000)]
+        sendSequenceNow(transport, chunks)
+        expected = b"".join(chunks)
+        await _until(lambda: server.count == len(expected))
+        assert b"".join(server.received) == expected
+        assert max(len(piece) for piece in server.received) <= 1000
+    finally:
+        transport.loseConnection()
+        for port in ports:
+            await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusedRecordsGoThroughTheLayer(tmp_path: Any) -> None:
+    """
+    When C{SSL_write}, called straight by L{writeRecords}, refuses, what is
+    left of the write goes through the TLS layer's own C{write}: everything
+    arrives whole and in order.
+    """
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    transport: Any = client.transport
+    try:
+        assert writeEagerly(transport)
+        flush = vars(transport.transport)["_flushSendBIO"]
+        sslWrite = flush.sslWrite
+        calls: list[int] = []
+
+        def refuseThird(ssl: Any, pointer: Any, length: int) -> int:
+            calls.append(length)
+            return -1 if len(calls) == 3 else int(sslWrite(ssl, pointer, length))
+
+        flush.sslWrite = refuseThird
+        chunks = [os.urandom(n) for n in (100, 70_000, 5, 50_000, 7)]
+        sendSequenceNow(transport, chunks)
+        sendNow(transport, b"after")
+        expected = b"".join(chunks) + b"after"
+        await _until(lambda: server.count == len(expected))
+        assert b"".join(server.received) == expected
+        assert len(calls) > 3
+    finally:
+        transport.loseConnection()
+        for port in ports:
+            await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_writeWhilePausedUnderTLS(tmp_path: Any) -> None:
+    """
+    A producer that writes when the transport pauses it (as the transport
+    keeps what the kernel did not take of a write's records) has what it
+    writes arrive after the whole of that write.
+    """
+    from twisted.internet.interfaces import IPushProducer
+    from zope.interface import implementer
+
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    transport: Any = client.transport
+
+    @implementer(IPushProducer)
+    class WritesWhenPaused:
+        paused = 0
+
+        def pauseProducing(self) -> None:
+            self.paused += 1
+            sendNow(transport, b"paused")
+
+        def resumeProducing(self) -> None:
+            pass
+
+        def stopProducing(self) -> None:
+            pass
+
+    producer = WritesWhenPaused()
+    try:
+        assert writeEagerly(transport)
+        transport.registerProducer(producer, True)
+        server.transport.pauseProducing()  # type: ignore[union-attr]
+        large = os.urandom(8 * 1024 * 1024)
+        sendSequenceNow(transport, [b"head", large])
+        assert producer.paused
+        server.transport.resumeProducing()  # type: ignore[union-attr]
+        expected = b"head" + large + b"paused" * producer.paused
+        await _until(lambda: server.count == len(expected))
+        assert b"".join(server.received) == expected
+    finally:
+        transport.unregisterProducer()
+        transport.loseConnection()
+        for port in ports:
+            await port.stopListening()

@@ -24,7 +24,7 @@ from twisted_channel._tls import (
     VerifiedPeer,
     VerifiedTLSFactory,
     loadCredentials,
-    recordPieces,
+    recordSpans,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -365,30 +365,36 @@ async def test_expectedIdentityCheckedAfterHandshake(
         await _sleep(0.05)
 
 
-def test_recordPieces() -> None:
+def test_recordSpans() -> None:
     """
-    What one write hands the TLS layer is cut into records' plaintext (16
-    KiB, the last shorter) without joining it whole: a piece inside one
-    chunk is a view of that chunk; only the pieces that span chunks are
-    joined, and a chunk that is not C{bytes} is copied before it is held.
+    What one write hands the TLS layer is cut into spans of whole records'
+    plaintext (16 KiB each, the last shorter) without joining it whole: the
+    records inside one chunk are one view of that chunk; only a record
+    that spans chunks is joined, and a chunk that is not C{bytes} is copied
+    before it is held.
     """
     header, payload = b"h" * 12, os.urandom(4 * RECORD_SIZE)
     chunks = [header, payload, header, payload]
-    pieces = list(recordPieces(chunks))
-    assert b"".join(pieces) == b"".join(chunks)
-    assert [len(p) for p in pieces] == [RECORD_SIZE] * 8 + [24]
+    spans = list(recordSpans(chunks))
+    assert b"".join(spans) == b"".join(chunks)
+    assert [len(p) for p in spans] == [
+        RECORD_SIZE,
+        3 * RECORD_SIZE,
+        RECORD_SIZE,
+        3 * RECORD_SIZE,
+        24,
+    ]
     # The first record spans the header and the payload: joined.  The next
-    # three lie inside the payload: views of it, nothing copied.
-    assert isinstance(pieces[0], bytes)
-    for piece in pieces[1:4]:
-        assert isinstance(piece, memoryview) and piece.obj is payload
-    assert list(recordPieces([])) == []
-    assert [bytes(p) for p in recordPieces([b"ab", b"", b"cde"], 2)] == [
+    # three lie inside the payload: one view of it, nothing copied.
+    assert isinstance(spans[0], bytes)
+    assert isinstance(spans[1], memoryview) and spans[1].obj is payload
+    assert list(recordSpans([])) == []
+    assert [bytes(p) for p in recordSpans([b"ab", b"", b"cdefg"], 2)] == [
         b"ab",
-        b"cd",
-        b"e",
+        b"cdef",
+        b"g",
     ]
     changing = bytearray(b"x" * (RECORD_SIZE + 1))
-    held = list(recordPieces([changing]))
+    held = list(recordSpans([changing]))
     changing[:] = b"y" * len(changing)
     assert b"".join(held) == b"x" * (RECORD_SIZE + 1)

@@ -7,8 +7,11 @@ layers, the epoll reactor handing a link's reads over without the legacy
 logging context, how much waits unread in the kernel, a Unix
 listening port made without running its constructor's code (its fields
 taken from a port the constructor made once) and started on a socket
-bound and listening beforehand, and a Unix transport made over a socket
-the channel connected itself.
+bound and listening beforehand, a Unix transport made over a socket the
+channel connected itself, and, for links under Twisted's TLS layer,
+reading and writing its records with pyOpenSSL's C{SSL_read},
+C{SSL_write} and C{BIO_read} on buffers of the channel's (probed apart, by
+L{probeTLS}, where pyOpenSSL is installed).
 
 They rely on L{twisted.internet.abstract.FileDescriptor}'s buffering, on
 L{twisted.internet.tcp.Connection}'s socket (the TCP and Unix transports of
@@ -1124,6 +1127,8 @@ class TLSEdge:
     @ivar bioRead: pyOpenSSL's C{BIO_read} binding, which takes the records
         the TLS layer made out of its memory BIO into any buffer
         (C{Connection.bio_read} takes them into new bytes), or C{None}.
+    @ivar write: pyOpenSSL's C{SSL_write} binding, which encrypts from
+        any buffer given a pointer into it, or C{None}.
     @ivar missing: the names of what was not found, for the warning.
     """
 
@@ -1133,6 +1138,7 @@ class TLSEdge:
     wantRead: int
     missing: tuple[str, ...]
     bioRead: typing.Any = None
+    write: typing.Any = None
 
 
 class _KeepingTransport:
@@ -1179,7 +1185,13 @@ def probeTLS() -> TLSEdge:
         return TLSEdge(None, None, None, 0, (f"pyOpenSSL ({e})",))
     lib = getattr(SSL, "_lib", None)
     ffi = getattr(SSL, "_ffi", None)
-    functions = ("SSL_read", "SSL_get_error", "SSL_ERROR_WANT_READ", "BIO_read")
+    functions = (
+        "SSL_read",
+        "SSL_write",
+        "SSL_get_error",
+        "SSL_ERROR_WANT_READ",
+        "BIO_read",
+    )
     if lib is None or ffi is None or not hasattr(ffi, "from_buffer"):
         return TLSEdge(None, None, None, 0, ("OpenSSL.SSL._lib/_ffi",))
     lacking = [name for name in functions if not hasattr(lib, name)]
@@ -1190,8 +1202,12 @@ def probeTLS() -> TLSEdge:
     names = set(TLSMemoryBIOProtocol._flushReceiveBIO.__code__.co_names)
     if not {"_lostTLSConnection", "_aborted", "recv"} <= names:
         missing.append("TLSMemoryBIOProtocol._flushReceiveBIO's loop")
-    if "_flushSendBIO" not in TLSMemoryBIOProtocol._write.__code__.co_names:
-        missing.append("TLSMemoryBIOProtocol._write's _flushSendBIO")
+    if not {"_lostTLSConnection", "send", "_flushSendBIO"} <= set(
+        TLSMemoryBIOProtocol._write.__code__.co_names
+    ) or not {"disconnecting", "_producer", "_write"} <= set(
+        TLSMemoryBIOProtocol.write.__code__.co_names
+    ):
+        missing.append("TLSMemoryBIOProtocol.write/_write")
     factory = TLSMemoryBIOFactory(
         CertificateOptions(), True, Factory.forProtocol(Protocol)
     )
@@ -1226,6 +1242,9 @@ def probeTLS() -> TLSEdge:
         count = lib.SSL_read(ssl, pointer, len(buffer))
         if count > 0 or lib.SSL_get_error(ssl, count) != lib.SSL_ERROR_WANT_READ:
             missing.append("SSL_read into a buffer of ours")
+        count = lib.SSL_write(ssl, ffi.from_buffer(b"probe"), 5)
+        if count > 0 or lib.SSL_get_error(ssl, count) != lib.SSL_ERROR_WANT_READ:
+            missing.append("SSL_write from a buffer of ours")
     factory.unregisterProtocol(layer)
     if missing:
         return TLSEdge(None, None, None, 0, tuple(missing))
@@ -1236,6 +1255,7 @@ def probeTLS() -> TLSEdge:
         lib.SSL_ERROR_WANT_READ,
         (),
         lib.BIO_read,
+        lib.SSL_write,
     )
 
 
@@ -1489,12 +1509,13 @@ class _EagerWrite:
     records are kept and sent together, with one C{sendmsg}.
     """
 
-    __slots__ = ("_connection", "_socket", "_buffered", "_held")
+    __slots__ = ("_connection", "_socket", "_buffered", "_bufferedSequence", "_held")
 
     def __init__(self, connection: tcp.Connection) -> None:
         self._connection = connection
         self._socket = connection.socket
         self._buffered = type(connection).write
+        self._bufferedSequence = type(connection).writeSequence
         self._held: list[bytes] | None = None
 
     def __call__(self, data: bytes) -> None:
@@ -1554,9 +1575,15 @@ class _EagerWrite:
             data = data[sent:]
         # Copied in pieces: a copy of up to a megabyte in one piece would be
         # memory fresh from the system, faulted in page by page, each time.
-        write = self._buffered
-        for start in range(0, len(data), _KEPT_PIECE):
-            write(connection, bytes(data[start : start + _KEPT_PIECE]))  # type: ignore[no-untyped-call]
+        # All copied before any is written, and written in one call: the
+        # transport may pause its producer as it takes them, and whatever
+        # that makes write (to this link or another) reuses the buffer and
+        # must come after all of them.
+        pieces = [
+            bytes(data[start : start + _KEPT_PIECE])
+            for start in range(0, len(data), _KEPT_PIECE)
+        ]
+        self._bufferedSequence(connection, pieces)  # type: ignore[no-untyped-call]
 
     def hold(self) -> None:
         """
@@ -1596,15 +1623,33 @@ class _TLSFlush:
     records are taken, and sent, together once the write is done.
     """
 
-    __slots__ = ("holding", "_bioRead", "_fromSSL", "_eager", "_buffer")
+    __slots__ = (
+        "holding",
+        "_bioRead",
+        "_fromSSL",
+        "_eager",
+        "_buffer",
+        "ssl",
+        "sslWrite",
+        "fromBuffer",
+        "layerWrite",
+    )
 
     def __init__(self, layer: typing.Any, eager: _EagerWrite) -> None:
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+
         global _recordsBuffer
         edge = _tlsFound or tlsEdge()
         if _recordsBuffer is None:
             records = bytearray(_RECORDS_BUFFER_SIZE)
             _recordsBuffer = (memoryview(records), edge.fromBuffer(records))
         self.holding = False
+        #: What L{writeRecords} writes with: the layer's C{SSL}, C{SSL_write},
+        #: cffi's C{from_buffer}, and the layer's own C{write}.
+        self.ssl = layer._tlsConnection._ssl
+        self.sslWrite = edge.write
+        self.fromBuffer = edge.fromBuffer
+        self.layerWrite: typing.Any = TLSMemoryBIOProtocol.write
         self._bioRead = edge.bioRead
         self._fromSSL = layer._tlsConnection._from_ssl
         self._eager = eager
@@ -1622,6 +1667,59 @@ class _TLSFlush:
             self._eager.sendView(view[:count])
             if count < size:
                 return
+
+
+def writeRecords(layer: typing.Any, spans: list[bytes | memoryview]) -> None:
+    """
+    Write C{spans} to C{layer}, Twisted's TLS layer, as its C{write} would
+    write each in turn, but, when its records are taken out by L{_TLSFlush}
+    (L{writeEagerly}) and it is neither closing nor holding writes back
+    (its handshake done), encrypting each span with C{SSL_write} called
+    straight from here, a record a call (pyOpenSSL's contexts allow partial
+    writes), instead of through the layer's C{write} (for each record, its
+    C{_write}, pyOpenSSL's C{send} and its error check, and a flush).
+    Should C{SSL_write} refuse, what is left goes through the layer's own
+    C{write}, which finds the same and handles it as always.
+
+    @param layer: a L{twisted.protocols.tls.TLSMemoryBIOProtocol}.
+    @param spans: what to write, in order; each but the last a multiple of
+        16 KiB long makes the same records as their concatenation.
+    """
+    flush = vars(layer).get("_flushSendBIO")
+    if (
+        not isinstance(flush, _TLSFlush)
+        or layer.disconnecting
+        or layer._lostTLSConnection
+        or layer._appSendBuffer
+        or not layer._handshakeDone
+    ):
+        write: typing.Any
+        if isinstance(flush, _TLSFlush):
+            write = flush.layerWrite
+        else:
+            from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+            write = TLSMemoryBIOProtocol.write
+        for span in spans:
+            write(layer, span)
+        return
+    ssl = flush.ssl
+    sslWrite = flush.sslWrite
+    fromBuffer = flush.fromBuffer
+    for index, span in enumerate(spans):
+        length = len(span)
+        pointer = fromBuffer(span)
+        done = 0
+        while done < length:
+            # One record a call: pyOpenSSL's contexts allow partial writes.
+            written = sslWrite(ssl, pointer + done, length - done)
+            if written <= 0:
+                flush.layerWrite(layer, memoryview(span)[done:])
+                for rest in spans[index + 1 :]:
+                    flush.layerWrite(layer, rest)
+                return
+            done += written
+    flush()
 
 
 def _tlsLayer(transport: object) -> typing.Any:

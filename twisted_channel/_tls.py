@@ -40,19 +40,22 @@ RECORD_SIZE = 1 << 14
 _JOINED_UNDER = 4096
 
 
-def recordPieces(
+def recordSpans(
     chunks: Iterable[bytes | memoryview], size: int = RECORD_SIZE
 ) -> Iterator[bytes | memoryview]:
     """
-    Cut the concatenation of C{chunks} into pieces of C{size} bytes (the
-    last one shorter), without joining it whole: a piece inside one chunk
-    is a C{memoryview} of it (a chunk that is not C{bytes} is copied
-    first, since it could change while the TLS layer holds it); only the
-    pieces that span chunks are joined.
+    Cut the concatenation of C{chunks} into spans of whole records of
+    C{size} bytes (the last one shorter), without joining it whole: the
+    records that lie inside one chunk are one C{memoryview} of it (a chunk
+    that is not C{bytes} is copied first, since it could change while the
+    TLS layer holds it); only a record that spans chunks is joined.  The
+    TLS layer makes records of C{size} bytes of each span in turn: the same
+    records as of the whole.
 
     @param chunks: what one write hands the TLS layer, in order.
     @param size: the plaintext of one TLS record.
-    @return: the pieces, in order.
+    @return: the spans, in order, each a multiple of C{size} bytes long but
+        the last.
     """
     pending: list[bytes | memoryview] = []
     pendingLength = 0
@@ -70,9 +73,10 @@ def recordPieces(
             yield b"".join(pending)
             pending = []
             pendingLength = 0
-        while length - offset >= size:
-            yield view[offset : offset + size]
-            offset += size
+        whole = (length - offset) // size * size
+        if whole:
+            yield view[offset : offset + whole]
+            offset += whole
         if offset < length:
             pending.append(view[offset:])
             pendingLength = length - offset
@@ -437,7 +441,7 @@ def tlsFactory(options: Any, isClient: bool, wrapped: IProtocolFactory) -> Any:
     """
     from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
-    from ._sockets import tlsEdge
+    from ._sockets import tlsEdge, writeRecords
 
     # Probed now, before any link: not in the first link's milliseconds.
     tlsEdge()
@@ -446,14 +450,16 @@ def tlsFactory(options: Any, isClient: bool, wrapped: IProtocolFactory) -> Any:
         def writeSequence(self, iovec: Iterable[bytes]) -> None:
             # Twisted joins the whole sequence (a batch: up to 1 MiB) and
             # then copies each record's plaintext out of it again; for large
-            # chunks only the pieces of a record that span chunks are
-            # joined here.  Small ones cost less joined at once.
+            # chunks only the records that span chunks are joined here.
+            # Small ones cost less joined at once.
             chunks = iovec if isinstance(iovec, list) else list(iovec)
             if sum(map(len, chunks)) < len(chunks) * _JOINED_UNDER:
-                self.write(b"".join(chunks))  # type: ignore[no-untyped-call]
+                writeRecords(self, [b"".join(chunks)])
                 return
-            for piece in recordPieces(chunks):
-                self.write(piece)  # type: ignore[no-untyped-call]
+            writeRecords(self, list(recordSpans(chunks)))
+
+        def write(self, data: bytes) -> None:
+            writeRecords(self, [data])
 
         def dataReceived(self, data: bytes) -> None:
             verified = self.wrappedProtocol
