@@ -124,7 +124,11 @@ class _ClientLink(Protocol):
     L{LinkSession}.
 
     @ivar session: the link's protocol state.
-    @ivar hostAddress: the host's address, with its pid once known.
+    @ivar hostAddress: the host's address: its name and path until the
+        host's welcome, then with its pid (and uid, as the kernel reports
+        them over a Unix socket).
+    @ivar hostPid: the host's pid where known: as the kernel reports it
+        over a Unix socket from the link's start, else from its welcome.
     @ivar connector: the connector whose attempt made the link.
     """
 
@@ -145,23 +149,29 @@ class _ClientLink(Protocol):
         self._deadline: IDelayedCall | None = None
         self._deadlineRechecked = False
         self.hostAddress = connection.unknownHost
+        # The host's pid and uid as the kernel reported them, until its
+        # welcome makes its address.
+        self.hostPid: int | None = None
+        self._hostUid: int | None = None
+        # Whether reads go straight to the connection (see dataReceived).
+        self._readsDirectly = False
 
     def connectionMade(self) -> None:
+        """
+        Check the host's credentials and say hello.  What the hello does
+        not need waits until it has left: the host's address is made when
+        its welcome comes, with the pid and uid the kernel reported here,
+        and reads go straight to the connection from the first one (see
+        L{dataReceived}).
+        """
         assert self.transport is not None
-        connection = self._connection
-        # Straight to the connection, without this protocol's dataReceived
-        # in between (a partial is no Python call).
-        readDirectly(
-            self.transport,
-            partial(connection.linkDataReceived, self),
-            self.session.decoder,
-        )
         if self.session.state == AUTHENTICATING:
             # The host speaks first, with its challenge.
             self._startDeadline()
             return
         hostPid, hostUid = peerCredentials(self.transport.getHandle())  # type: ignore[attr-defined]
         if hostUid is not None and hostUid != os.getuid():
+            connection = self._connection
             _log.warn(
                 "channel {channel}: the socket {path} is served by uid {uid}, "
                 "not by this process's uid; refusing it",
@@ -171,9 +181,8 @@ class _ClientLink(Protocol):
             )
             self.transport.abortConnection()  # type: ignore[attr-defined]
             return
-        self.hostAddress = ChannelAddress(
-            connection.address.name, connection.address.path, HOST, hostPid, hostUid
-        )
+        self.hostPid = hostPid
+        self._hostUid = hostUid
         self._startDeadline()
         self.send(self.session.start())
 
@@ -216,7 +225,7 @@ class _ClientLink(Protocol):
             "channel {channel}: host pid {hostPid} did not answer within "
             "{timeout} s; trying again",
             channel=self._connection.address.name,
-            hostPid=self.hostAddress.pid,
+            hostPid=self.hostPid,
             timeout=LINK_HANDSHAKE_TIMEOUT,
         )
         self.abort()
@@ -231,7 +240,24 @@ class _ClientLink(Protocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes | memoryview) -> None:
-        self._connection.linkDataReceived(self, data)
+        """
+        The link's first read (the welcome, or over TCP the host's
+        challenge), or every read where the transport cannot be read
+        directly: handed to the connection, and from now on the reactor
+        hands what the transport reads straight to the connection, without
+        this method in between (a partial is no Python call).  Set up here,
+        not as the link connects: the hello leaves sooner, and no read can
+        come before this one.
+        """
+        connection = self._connection
+        if not self._readsDirectly:
+            self._readsDirectly = True
+            readDirectly(
+                self.transport,
+                partial(connection.linkDataReceived, self),
+                self.session.decoder,
+            )
+        connection.linkDataReceived(self, data)
 
     def welcomed(self, welcome: _wire.Welcome) -> None:
         """
@@ -255,14 +281,18 @@ class _ClientLink(Protocol):
                 term=host.term,
                 identity=host.identity,
             )
-        elif self.hostAddress.pid is None:
+        else:
+            # Made now rather than as the link connected: nothing before
+            # the welcome needs it.  The kernel's pid, else the welcome's.
+            hostPid = self.hostPid
             self.hostAddress = ChannelAddress(
                 self.hostAddress.name,
                 self.hostAddress.path,
                 HOST,
-                welcome.pid,
-                None,
+                welcome.pid if hostPid is None else hostPid,
+                self._hostUid if hostPid is not None else None,
             )
+        self.hostPid = self.hostAddress.pid
 
     def dropBroken(self, reason: str) -> None:
         """
@@ -272,7 +302,7 @@ class _ClientLink(Protocol):
             "channel {channel}: host pid {hostPid} broke the protocol ({reason}); "
             "dropping the link",
             channel=self._connection.address.name,
-            hostPid=self.hostAddress.pid,
+            hostPid=self.hostPid,
             reason=reason,
         )
         self.abort()
@@ -421,7 +451,7 @@ class ChannelClientTransport(SocketOptions):
         # Whether a link's read is being handled now (it flushes at its end).
         self._inRead = False
         self.session = ClientSession(
-            os.urandom(16), _process.pid, maxMessageSize, acrossMachines
+            _process.newClientId(), _process.pid, maxMessageSize, acrossMachines
         )
         self.clientId = self.session.clientId
         self.pending = self.session.pending
@@ -439,7 +469,9 @@ class ChannelClientTransport(SocketOptions):
         # The reconnection's deadlines, which reads and writes tell of the
         # host's news and of messages waiting for it.
         self._deadlines = self.reconnection.deadlines
-        self._linkWaiters = LinkWaiters(address.name, protocol)
+        # Made when first needed (see _linkWaiters): not on the way to the
+        # first message.
+        self._waiters: LinkWaiters | None = None
         # Made once: it stands for every link until its host is known.
         # The endpoint's address is that already.
         self.unknownHost = (
@@ -484,6 +516,17 @@ class ChannelClientTransport(SocketOptions):
             f"<ChannelClientTransport {self.address.name!r} {self.state}, "
             f"{len(self.pending)} unacknowledged>"
         )
+
+    @property
+    def _linkWaiters(self) -> LinkWaiters:
+        """
+        The parties waiting for a link, made when first needed: a
+        L{whenConnected}, the first link up or lost, or the end.
+        """
+        waiters = self._waiters
+        if waiters is None:
+            waiters = self._waiters = LinkWaiters(self.address.name, self.protocol)
+        return waiters
 
     @property
     def closed(self) -> bool:
@@ -662,7 +705,7 @@ class ChannelClientTransport(SocketOptions):
                         "channel {channel}: host pid {hostPid} closed the link: "
                         "{reason}",
                         channel=self.address.name,
-                        hostPid=link.hostAddress.pid,
+                        hostPid=link.hostPid,
                         reason=event.reason,
                     )
                     link.abort()

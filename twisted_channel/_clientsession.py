@@ -136,7 +136,8 @@ class ClientSession:
         acrossMachines: bool = False,
     ) -> None:
         """
-        @param clientId: 16 random bytes.
+        @param clientId: 16 bytes no other connection's id is (see
+            L{twisted_channel._process.newClientId}).
         @param pid: this process's id, as the hello says it.
         @param acrossMachines: whether hosts are across machines (reached
             over TLS): hellos then say L{lowestTerm}, and welcomes
@@ -309,23 +310,27 @@ class LinkSession:
         """
         session = self._session
         pending = session.pending
-        self.eager = session.mayBeEager()
-        flags = _wire.FLAG_EAGER if self.eager else 0
+        # The queue itself, asked directly: on the way to the first
+        # message, each of PendingWrites' properties is a call.
+        messages = pending.messages
+        eager = self.eager = session.mayBeEager()
+        flags = _wire.FLAG_EAGER if eager else 0
         lowestTerm = session.lowestTerm
         if lowestTerm is not None:
             flags |= _wire.FLAG_TERM
+        firstSequence = pending.firstSequence
         hello = _wire.helloFrame(
             session.clientId,
             session.pid,
             session.maxMessageSize,
-            pending.firstSequence,
+            firstSequence,
             flags,
             lowestTerm or 0,
         )
-        self.eagerThrough = pending.nextSequence - 1
-        if not self.eager or not pending:
+        self.eagerThrough = firstSequence + len(messages) - 1
+        if not eager or not messages:
             return [hello]
-        return framed(pending.messages, leading=hello)
+        return framed(messages, leading=hello)
 
     def receive(self, data: bytes | memoryview) -> list[tuple[int, bytes]]:
         """

@@ -206,6 +206,9 @@ class ChannelEndpoint:
         )
         self.name = checkName(name)
         self.paths = channelPaths(name, directory)
+        # The host's address as a connection knows it before any link (see
+        # connect).
+        self._hostAddress: ChannelAddress | None = None
         self.timeout = checkTimeout(timeout)
         self.serverFactory = serverFactory
         self.maxMessageSize = checkSize("maxMessageSize", maxMessageSize)
@@ -325,7 +328,10 @@ class ChannelEndpoint:
             if standing is not None and standing.role != "stopped":
                 standing.stopListening().addErrback(lambda _: None)
             return fail(e)
-        address = ChannelAddress(self.name, self.address, HOST)
+        address = self._hostAddress
+        if address is None:
+            # The same for every connection (frozen): made once.
+            address = self._hostAddress = ChannelAddress(self.name, self.address, HOST)
         protocolFactory.doStart()
         protocol = protocolFactory.buildProtocol(address)
         if protocol is None:

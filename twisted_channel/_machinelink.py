@@ -183,8 +183,11 @@ class MachineClientLink(_ClientLink):
         assert self.transport is not None
         _prepareSocket(self.transport)
         # The one-machine channel's direct reads (under TLS, decrypted into
-        # one buffer).
+        # one buffer), from the start: not put off to the first read as on
+        # one machine (see _ClientLink.dataReceived), which under TLS comes
+        # from within the TLS layer's own read.
         readDirectly(self.transport, self.dataReceived, self.session.decoder)
+        self._readsDirectly = True
         self._startDeadline()
         self.send(self.session.start())
 

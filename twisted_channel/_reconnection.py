@@ -439,7 +439,6 @@ class Reconnection:
     (the link is dropped, and another host looked for); one timer is armed
     for the next of them.
 
-    @ivar strategy: when to try again.
     @ivar deadlines: the give-up and stall deadlines.
     @ivar connector: what opens each link.
     @ivar hostsSeen: how many links hosts have welcomed.
@@ -469,7 +468,10 @@ class Reconnection:
         self._reactor = connection.reactor
         self._path = connection.address.path
         self._lockPath = lockPath
-        self.strategy = ChannelReconnectingFactory(connection)
+        # Made when first needed (see strategy): not on the way to the
+        # first message.
+        self._strategy: ChannelReconnectingFactory | None = None
+        self._started = False
         self.connector = self.newConnector(linkType)
         self.hostsSeen = 0
         self._linkUpAt = 0.0
@@ -479,6 +481,21 @@ class Reconnection:
         # The one timer armed for the next deadline, and its time.
         self._deadlineCall: IDelayedCall | None = None
         self._deadlineAt: float | None = None
+
+    @property
+    def strategy(self) -> ChannelReconnectingFactory:
+        """
+        When to try again, made when first needed (an attempt failed, a
+        link was lost, the connection ended).  Once L{start}ed, it has the
+        L{connector}, so that its C{stopTrying} also stops an attempt under
+        way.
+        """
+        strategy = self._strategy
+        if strategy is None:
+            strategy = self._strategy = ChannelReconnectingFactory(self._connection)
+            if self._started:
+                strategy.connector = self.connector
+        return strategy
 
     def newConnector(self, linkType: Callable[..., _ClientLink]) -> LinkOpener:
         """
@@ -504,8 +521,11 @@ class Reconnection:
         armed and cancelled, was on the way to every first message.
         """
         self.deadlines.lookForHost(now)
-        # So that stopTrying() also cancels an attempt under way.
-        self.strategy.connector = self.connector
+        self._started = True
+        strategy = self._strategy
+        if strategy is not None:
+            # So that stopTrying() also cancels an attempt under way.
+            strategy.connector = self.connector
         connector = self.connector
         connector.connect()
         if not (
