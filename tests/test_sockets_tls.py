@@ -416,3 +416,74 @@ async def test_writeWhilePausedUnderTLS(tmp_path: Any) -> None:
         transport.loseConnection()
         for port in ports:
             await port.stopListening()
+
+
+def _corruptedAfter(transport: Any, good: bytes, bad: bytes) -> bytes:
+    """
+    What the TLS layer under C{transport} makes of C{good} and of C{bad},
+    each its own record, with a byte of C{bad}'s record's ciphertext
+    flipped: the peer decrypts the first and fails on the second.
+    """
+    from twisted_channel._sockets import _tlsLayer
+
+    connection = _tlsLayer(transport)._tlsConnection
+    connection.send(good)
+    first = connection.bio_read(1 << 16)
+    connection.send(bad)
+    second = bytearray(connection.bio_read(1 << 16))
+    second[len(second) // 2] ^= 0xFF
+    return first + bytes(second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_corruptedRecordLeavesNoErrorBehind(tmp_path: Any) -> None:
+    """
+    A peer whose records, in one read, are a good one and then a corrupted
+    one: the good one's plaintext is handed on, and what runs then finds
+    OpenSSL's error queue (one per thread, shared by every connection)
+    empty, not holding the corrupted record's error; what it does there
+    (here the first handshake step of a new TLS connection, as a link
+    dialling another machine takes, which clears the queue) does not take
+    that error from the bad link, which is closed with it (bad record MAC,
+    not a connection lost for no said reason).  Another link of the same
+    process, reading directly too, loses nothing.
+    """
+    from OpenSSL import SSL
+
+    from twisted_channel._sockets import _tlsLayer
+
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    otherClient, otherServer, otherPorts = await _pair(str(tmp_path))
+    lost: Deferred[Any] = Deferred()
+    server.connectionLost = lambda reason: lost.callback([reason])  # type: ignore[method-assign,assignment]
+    queued: list[int] = []
+
+    def dialAnother(data: bytes | memoryview) -> None:
+        server.dataReceived(data)  # type: ignore[arg-type]
+        queued.append(SSL._lib.ERR_peek_error())  # type: ignore[attr-defined]
+        fresh = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+        fresh.set_connect_state()
+        with pytest.raises(SSL.WantReadError):
+            fresh.do_handshake()
+
+    try:
+        assert readDirectly(server.transport, dialAnother)
+        assert readDirectly(otherServer.transport, otherServer.dataReceived)
+        raw = _corruptedAfter(client.transport, b"good", b"bad" * 100)
+        socketTransport(client.transport).write(raw)  # type: ignore[attr-defined]
+        [reason] = await lost
+        assert b"".join(server.received) == b"good"
+        assert queued == [0]
+        assert reason.check(SSL.Error), reason
+        assert SSL._lib.ERR_peek_error() == 0  # type: ignore[attr-defined]
+        large = os.urandom(2 * 1024 * 1024)
+        sendNow(otherClient.transport, large)
+        await _until(lambda: otherServer.count == len(large))
+        assert b"".join(otherServer.received) == large
+    finally:
+        if _tlsLayer(client.transport)._tlsConnection is not None:
+            client.transport.abortConnection()  # type: ignore[union-attr]
+        otherClient.transport.loseConnection()  # type: ignore[union-attr]
+        for port in ports + otherPorts:
+            await port.stopListening()
