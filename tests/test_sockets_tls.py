@@ -646,3 +646,57 @@ async def test_withoutTheTLSEdge(tmp_path: Any, monkeypatch: Any) -> None:
     finally:
         for port in ports:
             await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postHandshakeRecordsReadDirectly(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """
+    Links that read directly from their C{connectionMade} on (as a link
+    between machines does) take the records a TLS 1.3 server sends once
+    the client's handshake is done (its session tickets, which carry no
+    application data) through C{SSL_read} straight, which asks for more;
+    what is written afterwards, both ways, arrives whole.
+    """
+    import dataclasses
+
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    from twisted_channel import _sockets
+    from twisted_channel._sockets import tlsEdge
+
+    edge = tlsEdge()
+    reads: list[tuple[int, int]] = []
+
+    def read(ssl: Any, pointer: Any, size: int) -> int:
+        got = int(edge.read(ssl, pointer, size))
+        reads.append((got, edge.getError(ssl, got)))
+        return got
+
+    monkeypatch.setattr(_sockets, "_tlsFound", dataclasses.replace(edge, read=read))
+    made = Collector.connectionMade
+
+    def readingDirectly(self: Collector) -> None:
+        assert readDirectly(self.transport, self.dataReceived)
+        made(self)
+
+    monkeypatch.setattr(Collector, "connectionMade", readingDirectly)
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    try:
+        await _until(lambda: reads)
+        await deferLater(reactor, 0.05)  # type: ignore[arg-type]
+        assert reads and all(got < 0 for got, _ in reads), reads
+        assert {error for _, error in reads} == {edge.wantRead}
+        large = os.urandom(1 << 20)
+        sendNow(server.transport, large)
+        sendNow(client.transport, large[::-1])
+        await _until(lambda: client.count == server.count == len(large))
+        assert b"".join(client.received) == large
+        assert b"".join(server.received) == large[::-1]
+    finally:
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        for port in ports:
+            await port.stopListening()
