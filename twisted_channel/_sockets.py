@@ -1555,32 +1555,36 @@ class _EagerWrite:
         self._bufferedSequence = type(connection).writeSequence
         self._held: list[bytes] | None = None
 
+    def _sendIfIdle(self, data: bytes | memoryview) -> int:
+        """
+        Send as much of C{data} as the kernel takes now, if the transport
+        holds nothing and may write.
+
+        @return: how much was sent: none while the transport holds
+            anything (what is written must follow it), or on an error, which
+            the transport finds itself when it tries.
+        """
+        connection = self._connection
+        if (
+            not connection.connected
+            or connection.disconnecting
+            or connection._writeDisconnected
+            or len(connection.dataBuffer) - connection.offset + connection._tempDataLen
+        ):
+            return 0
+        try:
+            return self._socket.send(data)
+        except OSError:
+            return 0
+
     def __call__(self, data: bytes) -> None:
         held = self._held
         if held is not None:
             held.append(data)
             return
-        connection = self._connection
-        if (
-            connection.connected
-            and not connection.disconnecting
-            and not connection._writeDisconnected
-            and not (
-                len(connection.dataBuffer) - connection.offset + connection._tempDataLen
-            )
-        ):
-            try:
-                sent = self._socket.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                # The transport finds the error itself when it tries.
-                sent = 0
-            else:
-                if sent == len(data):
-                    return
-            data = data[sent:]
-        self._buffered(connection, data)  # type: ignore[no-untyped-call]
+        sent = self._sendIfIdle(data)
+        if sent < len(data):
+            self._buffered(self._connection, data[sent:] if sent else data)  # type: ignore[no-untyped-call]
 
     def sendView(self, data: memoryview) -> None:
         """
@@ -1590,26 +1594,10 @@ class _EagerWrite:
         if self._held is not None:
             self._held.append(bytes(data))
             return
-        connection = self._connection
-        if (
-            connection.connected
-            and not connection.disconnecting
-            and not connection._writeDisconnected
-            and not (
-                len(connection.dataBuffer) - connection.offset + connection._tempDataLen
-            )
-        ):
-            try:
-                sent = self._socket.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                # The transport finds the error itself when it tries.
-                sent = 0
-            else:
-                if sent == len(data):
-                    return
-            data = data[sent:]
+        sent = self._sendIfIdle(data)
+        if sent == len(data):
+            return
+        data = data[sent:]
         # Copied in pieces: a copy of up to a megabyte in one piece would be
         # memory fresh from the system, faulted in page by page, each time.
         # All copied before any is written, and written in one call: the
@@ -1620,7 +1608,7 @@ class _EagerWrite:
             bytes(data[start : start + _KEPT_PIECE])
             for start in range(0, len(data), _KEPT_PIECE)
         ]
-        self._bufferedSequence(connection, pieces)  # type: ignore[no-untyped-call]
+        self._bufferedSequence(self._connection, pieces)  # type: ignore[no-untyped-call]
 
     def hold(self) -> None:
         """
