@@ -700,3 +700,49 @@ async def test_postHandshakeRecordsReadDirectly(
         client.transport.loseConnection()  # type: ignore[union-attr]
         for port in ports:
             await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_replyWithinARead(tmp_path: Any) -> None:
+    """
+    A protocol that writes (an acknowledgement, a reply) while a direct
+    read under TLS hands it data, which calls C{SSL_write} between the
+    read's last C{SSL_read} and the question of what ended it: the read is
+    still found to have ended for want of more records, so the TLS layer's
+    own read (a 32 KiB buffer, an exception) is not called for it, and
+    every reply arrives.
+    """
+    from twisted_channel._sockets import _tlsLayer
+
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    layer = _tlsLayer(server.transport)
+    layerReads: list[None] = []
+    ownRead = layer._flushReceiveBIO
+
+    def counted() -> None:
+        layerReads.append(None)
+        ownRead()
+
+    layer._flushReceiveBIO = counted
+
+    def reply(data: bytes | memoryview) -> None:
+        server.dataReceived(data)  # type: ignore[arg-type]
+        sendNow(server.transport, b"ack")
+
+    try:
+        assert readDirectly(server.transport, reply)
+        assert writeEagerly(server.transport)
+        for count in range(1, 22):
+            sendNow(client.transport, b"request")
+            await _until(lambda: client.count == 3 * count)  # noqa: B023
+            if count == 1:
+                # The read that ended the handshake, in which _pair's
+                # connectionMade ran, went on in the layer's own read.
+                layerReads.clear()
+        assert server.count == 21 * len(b"request")
+        assert layerReads == []
+    finally:
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        for port in ports:
+            await port.stopListening()
