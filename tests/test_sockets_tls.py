@@ -416,3 +416,287 @@ async def test_writeWhilePausedUnderTLS(tmp_path: Any) -> None:
         transport.loseConnection()
         for port in ports:
             await port.stopListening()
+
+
+def _abortUnlessLost(transport: Any) -> None:
+    """
+    Abort C{transport}'s connection, unless its TLS layer has already ended
+    (after which Twisted's abort would fail).
+    """
+    from twisted_channel._sockets import _tlsLayer
+
+    if _tlsLayer(transport)._tlsConnection is not None:
+        transport.abortConnection()
+
+
+def _corruptedAfter(transport: Any, good: bytes, bad: bytes) -> bytes:
+    """
+    What the TLS layer under C{transport} makes of C{good} and of C{bad},
+    each its own record, with a byte of C{bad}'s record's ciphertext
+    flipped: the peer decrypts the first and fails on the second.
+    """
+    from twisted_channel._sockets import _tlsLayer
+
+    connection = _tlsLayer(transport)._tlsConnection
+    connection.send(good)
+    first = connection.bio_read(1 << 16)
+    connection.send(bad)
+    second = bytearray(connection.bio_read(1 << 16))
+    second[len(second) // 2] ^= 0xFF
+    return first + bytes(second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_corruptedRecordLeavesNoErrorBehind(tmp_path: Any) -> None:
+    """
+    A peer whose records, in one read, are a good one and then a corrupted
+    one: the good one's plaintext is handed on, and what runs then finds
+    OpenSSL's error queue (one per thread, shared by every connection)
+    empty, not holding the corrupted record's error; what it does there
+    (here the first handshake step of a new TLS connection, as a link
+    dialling another machine takes, which clears the queue) does not take
+    that error from the bad link, which is closed with it (bad record MAC,
+    not a connection lost for no said reason).  Another link of the same
+    process, reading directly too, loses nothing.
+    """
+    from OpenSSL import SSL
+
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    otherClient, otherServer, otherPorts = await _pair(str(tmp_path))
+    lost: Deferred[Any] = Deferred()
+    server.connectionLost = lambda reason: lost.callback([reason])  # type: ignore[method-assign,assignment]
+    queued: list[int] = []
+
+    def dialAnother(data: bytes | memoryview) -> None:
+        server.dataReceived(data)  # type: ignore[arg-type]
+        queued.append(SSL._lib.ERR_peek_error())  # type: ignore[attr-defined]
+        fresh = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+        fresh.set_connect_state()
+        with pytest.raises(SSL.WantReadError):
+            fresh.do_handshake()
+
+    try:
+        assert readDirectly(server.transport, dialAnother)
+        assert readDirectly(otherServer.transport, otherServer.dataReceived)
+        raw = _corruptedAfter(client.transport, b"good", b"bad" * 100)
+        socketTransport(client.transport).write(raw)  # type: ignore[attr-defined]
+        [reason] = await lost
+        assert b"".join(server.received) == b"good"
+        assert queued == [0]
+        assert reason.check(SSL.Error), reason
+        assert SSL._lib.ERR_peek_error() == 0  # type: ignore[attr-defined]
+        large = os.urandom(2 * 1024 * 1024)
+        sendNow(otherClient.transport, large)
+        await _until(lambda: otherServer.count == len(large))
+        assert b"".join(otherServer.received) == large
+    finally:
+        _abortUnlessLost(client.transport)
+        otherClient.transport.loseConnection()  # type: ignore[union-attr]
+        for port in ports + otherPorts:
+            await port.stopListening()
+
+
+@pytest.mark.parametrize("truncated", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_closeNotifyWithTheLastRecords(tmp_path: Any, truncated: bool) -> None:
+    """
+    The peer's last records and its close_notify in one read: the records'
+    plaintext is handed on, then the connection ends cleanly; the peer's
+    TCP close in the middle of a record ends it otherwise (a truncation is
+    not a clean end), after what came whole before it.
+    """
+    from twisted.internet.error import ConnectionDone
+
+    from twisted_channel._sockets import _tlsLayer
+
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    lost: Deferred[Any] = Deferred()
+    server.connectionLost = lambda reason: lost.callback([reason])  # type: ignore[method-assign,assignment]
+    try:
+        assert readDirectly(server.transport, server.dataReceived)
+        connection = _tlsLayer(client.transport)._tlsConnection
+        last = os.urandom(40_000)
+        connection.send(last[:16384])
+        connection.send(last[16384:32768])
+        connection.send(last[32768:])
+        raw = connection.bio_read(1 << 17)
+        if truncated:
+            raw = raw[:-100]
+        else:
+            connection.shutdown()
+            raw += connection.bio_read(1 << 16)
+        sock: Any = socketTransport(client.transport)
+        sock.socket.sendall(raw)
+        sock.socket.shutdown(2)
+        [reason] = await lost
+        assert b"".join(server.received) == (last[:32768] if truncated else last)
+        assert bool(reason.check(ConnectionDone)) is not truncated, reason
+    finally:
+        _abortUnlessLost(client.transport)
+        for port in ports:
+            await port.stopListening()
+
+
+@pytest.mark.parametrize("closing", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_closeOrPauseWithinARead(
+    tmp_path: Any, monkeypatch: Any, closing: bool
+) -> None:
+    """
+    A protocol handed the records of one read in several pieces (a
+    plaintext buffer smaller than they are) that closes its connection, or
+    pauses its transport, at the first piece: as under Twisted's own reads,
+    it is handed the rest of what was read, in order; closed, the
+    connection then ends cleanly on both sides; paused, then resumed,
+    everything arrives, whole and in order.
+    """
+    from OpenSSL import SSL
+    from twisted.internet.error import ConnectionDone
+
+    from twisted_channel import _sockets
+
+    buffer = bytearray(1000)
+    monkeypatch.setattr(
+        _sockets,
+        "_plainBuffer",
+        (memoryview(buffer), SSL._ffi.from_buffer(buffer)),  # type: ignore[attr-defined]
+    )
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    lost: Deferred[Any] = Deferred()
+    clientLost: Deferred[Any] = Deferred()
+    server.connectionLost = lambda reason: lost.callback([reason])  # type: ignore[method-assign,assignment]
+    client.connectionLost = lambda reason: clientLost.callback([reason])  # type: ignore[method-assign,assignment]
+    pieces: list[int] = []
+
+    def handOn(data: bytes | memoryview) -> None:
+        pieces.append(len(data))
+        server.dataReceived(data)  # type: ignore[arg-type]
+        if len(pieces) == 1:
+            if closing:
+                server.transport.loseConnection()  # type: ignore[union-attr]
+            else:
+                server.transport.pauseProducing()  # type: ignore[union-attr]
+
+    try:
+        assert readDirectly(server.transport, handOn)
+        sent = os.urandom(40_000)
+        sendNow(client.transport, sent)
+        if closing:
+            [reason] = await lost
+            [clientReason] = await clientLost
+            assert reason.check(ConnectionDone), reason
+            assert clientReason.check(ConnectionDone), clientReason
+        else:
+            await _until(lambda: len(pieces) > 1)
+            server.transport.resumeProducing()  # type: ignore[union-attr]
+        await _until(lambda: server.count == len(sent))
+        assert b"".join(server.received) == sent
+        assert len(pieces) > 1
+    finally:
+        _abortUnlessLost(client.transport)
+        for port in ports:
+            await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_withoutTheTLSEdge(tmp_path: Any, monkeypatch: Any) -> None:
+    """
+    Where the probe found something lacking (here, as it reports a
+    pyOpenSSL without C{SSL_read}), links under TLS read and write through
+    Twisted's TLS layer as it is: no direct reads, no records taken out by
+    L{_TLSFlush}; writes of any size, both ways, arrive whole and in order,
+    and the end of TLS is clean.
+    """
+    from twisted.internet.error import ConnectionDone
+
+    from twisted_channel import _sockets
+    from twisted_channel._sockets import TLSEdge
+
+    monkeypatch.setattr(
+        _sockets,
+        "_tlsFound",
+        TLSEdge(None, None, None, 0, ("OpenSSL.SSL._lib.SSL_read",)),
+    )
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    lost: Deferred[Any] = Deferred()
+    server.connectionLost = lambda reason: lost.callback([reason])  # type: ignore[method-assign,assignment]
+    try:
+        assert not readDirectly(server.transport, server.dataReceived)
+        assert not readDirectly(client.transport, client.dataReceived)
+        assert writeEagerly(client.transport) and writeEagerly(server.transport)
+        for transport in (client.transport, server.transport):
+            assert "_flushSendBIO" not in vars(_sockets._tlsLayer(transport))
+        chunks = [os.urandom(n) for n in (1, 70_000, 3, 1 << 20, 5)]
+        for chunk in chunks:
+            sendNow(client.transport, chunk)
+        sendSequenceNow(client.transport, chunks)
+        sendSequenceNow(server.transport, chunks)
+        expected = b"".join(chunks) * 2
+        await _until(lambda: server.count == len(expected))
+        await _until(lambda: client.count == len(expected) // 2)
+        assert b"".join(server.received) == expected
+        assert b"".join(client.received) == expected[: len(expected) // 2]
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        [reason] = await lost
+        assert reason.check(ConnectionDone), reason
+    finally:
+        for port in ports:
+            await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postHandshakeRecordsReadDirectly(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """
+    Links that read directly from their C{connectionMade} on (as a link
+    between machines does) take the records a TLS 1.3 server sends once
+    the client's handshake is done (its session tickets, which carry no
+    application data) through C{SSL_read} straight, which asks for more;
+    what is written afterwards, both ways, arrives whole.
+    """
+    import dataclasses
+
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    from twisted_channel import _sockets
+    from twisted_channel._sockets import tlsEdge
+
+    edge = tlsEdge()
+    reads: list[tuple[int, int]] = []
+
+    def read(ssl: Any, pointer: Any, size: int) -> int:
+        got = int(edge.read(ssl, pointer, size))
+        reads.append((got, edge.getError(ssl, got)))
+        return got
+
+    monkeypatch.setattr(_sockets, "_tlsFound", dataclasses.replace(edge, read=read))
+    made = Collector.connectionMade
+
+    def readingDirectly(self: Collector) -> None:
+        assert readDirectly(self.transport, self.dataReceived)
+        made(self)
+
+    monkeypatch.setattr(Collector, "connectionMade", readingDirectly)
+    makeCertificates(str(tmp_path), ["a", "b"])
+    client, server, ports = await _pair(str(tmp_path))
+    try:
+        await _until(lambda: reads)
+        await deferLater(reactor, 0.05)  # type: ignore[arg-type]
+        assert reads and all(got < 0 for got, _ in reads), reads
+        assert {error for _, error in reads} == {edge.wantRead}
+        large = os.urandom(1 << 20)
+        sendNow(server.transport, large)
+        sendNow(client.transport, large[::-1])
+        await _until(lambda: client.count == server.count == len(large))
+        assert b"".join(client.received) == large
+        assert b"".join(server.received) == large[::-1]
+    finally:
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        for port in ports:
+            await port.stopListening()

@@ -793,3 +793,29 @@ def test_welcomeHostNamesBounded(name: str) -> None:
         )
     with pytest.raises(ValueError, match="the host's address must be 1 to 255"):
         _wire.encodeWelcome(_wire.Welcome(0, 1, 10, host=_wire.HostTerm(1, "a", name)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 150_000), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(min_value=0), max_size=12),
+)
+def test_viewsOfOneReusedBuffer(sizes: list[int], cuts: list[int]) -> None:
+    """
+    Reads handed over as views of one buffer that is overwritten once each
+    call returns (a link's reads under TLS, decrypted into the process's
+    one plaintext buffer): messages of any size (large ones too), in any
+    chunking, come out as they went in; whatever the decoder keeps of a
+    frame a read ends within is its own copy.
+    """
+    frames = [(DATA, bytes([index % 251]) * size) for index, size in enumerate(sizes)]
+    stream = b"".join(_wire.encodeFrame(kind, body) for kind, body in frames)
+    shared = bytearray(len(stream))
+    decoder = FrameDecoder(200_000)
+    out: list[tuple[int, bytes]] = []
+    for chunk in chunked(stream, cuts):
+        shared[: len(chunk)] = chunk
+        out.extend(decoder.feed(memoryview(shared)[: len(chunk)]))
+        shared[:] = b"\xaa" * len(shared)
+    assert out == frames
+    assert decoder.buffered == 0

@@ -1130,6 +1130,10 @@ class TLSEdge:
     @ivar write: pyOpenSSL's C{SSL_write} binding, which encrypts from
         any buffer given a pointer into it, or C{None}.
     @ivar missing: the names of what was not found, for the warning.
+    @ivar errorQueued: C{ERR_peek_error}: whether OpenSSL's error queue (one
+        per thread) holds an error.
+    @ivar error: pyOpenSSL's C{SSL.Error}, which a connection's
+        C{_raise_ssl_error} raises with what it takes off that queue.
     """
 
     read: typing.Any
@@ -1139,6 +1143,8 @@ class TLSEdge:
     missing: tuple[str, ...]
     bioRead: typing.Any = None
     write: typing.Any = None
+    errorQueued: typing.Any = None
+    error: type[Exception] = Exception
 
 
 class _KeepingTransport:
@@ -1191,6 +1197,7 @@ def probeTLS() -> TLSEdge:
         "SSL_get_error",
         "SSL_ERROR_WANT_READ",
         "BIO_read",
+        "ERR_peek_error",
     )
     if lib is None or ffi is None or not hasattr(ffi, "from_buffer"):
         return TLSEdge(None, None, None, 0, ("OpenSSL.SSL._lib/_ffi",))
@@ -1200,7 +1207,7 @@ def probeTLS() -> TLSEdge:
             None, None, None, 0, tuple(f"OpenSSL.SSL._lib.{n}" for n in lacking)
         )
     names = set(TLSMemoryBIOProtocol._flushReceiveBIO.__code__.co_names)
-    if not {"_lostTLSConnection", "_aborted", "recv"} <= names:
+    if not {"_lostTLSConnection", "_aborted", "recv", "_tlsShutdownFinished"} <= names:
         missing.append("TLSMemoryBIOProtocol._flushReceiveBIO's loop")
     if not {"_lostTLSConnection", "send", "_flushSendBIO"} <= set(
         TLSMemoryBIOProtocol._write.__code__.co_names
@@ -1242,6 +1249,14 @@ def probeTLS() -> TLSEdge:
         count = lib.SSL_read(ssl, pointer, len(buffer))
         if count > 0 or lib.SSL_get_error(ssl, count) != lib.SSL_ERROR_WANT_READ:
             missing.append("SSL_read into a buffer of ours")
+        try:
+            getattr(connection, "_raise_ssl_error")(ssl, count)  # noqa: B009
+        except SSL.WantReadError:
+            pass
+        except Exception:
+            missing.append("Connection._raise_ssl_error")
+        else:
+            missing.append("Connection._raise_ssl_error")
         count = lib.SSL_write(ssl, ffi.from_buffer(b"probe"), 5)
         if count > 0 or lib.SSL_get_error(ssl, count) != lib.SSL_ERROR_WANT_READ:
             missing.append("SSL_write from a buffer of ours")
@@ -1256,6 +1271,8 @@ def probeTLS() -> TLSEdge:
         (),
         lib.BIO_read,
         lib.SSL_write,
+        lib.ERR_peek_error,
+        SSL.Error,
     )
 
 
@@ -1355,6 +1372,9 @@ def _tlsReader(
     read = edge.read
     wantRead = edge.wantRead
     getError = edge.getError
+    errorQueued = edge.errorQueued
+    raiseError = connection._raise_ssl_error
+    Error = edge.error
     plainRead = type(sock).doRead
 
     def doRead() -> ConnectionDone | ConnectionLost | None:
@@ -1381,13 +1401,30 @@ def _tlsReader(
                 filled = 0
                 if layer._lostTLSConnection or layer._aborted:
                     return None
+        # Asked now: what dataReceived runs may call OpenSSL (a write of
+        # this link's resets what SSL_get_error reads).
+        error = getError(ssl, got)
+        failure = None
+        if error != wantRead and errorQueued():
+            # An error (a corrupted record): taken off OpenSSL's error queue,
+            # one per thread, before dataReceived runs anything that would
+            # find it there, or clear it (a handshake step does) and leave
+            # the layer's own read nothing to say but an unexpected EOF.
+            try:
+                raiseError(ssl, got)
+            except Error:
+                failure = Failure()
         if filled and not layer._aborted:
             dataReceived(plain[:filled])
         if layer._lostTLSConnection:
             return None
-        if getError(ssl, got) != wantRead:
-            # The peer's close_notify, or an error: found again by the
-            # layer's own reads, and handled as they handle it.
+        if failure is not None:
+            # As the layer's own read ends on an error.
+            layer._tlsShutdownFinished(failure)
+            layer._flushSendBIO()
+        elif error != wantRead:
+            # The peer's close_notify: found again by the layer's own reads,
+            # and handled as they handle it.
             layer._flushReceiveBIO()
         else:
             layer._flushSendBIO()
@@ -1518,32 +1555,36 @@ class _EagerWrite:
         self._bufferedSequence = type(connection).writeSequence
         self._held: list[bytes] | None = None
 
+    def _sendIfIdle(self, data: bytes | memoryview) -> int:
+        """
+        Send as much of C{data} as the kernel takes now, if the transport
+        holds nothing and may write.
+
+        @return: how much was sent: none while the transport holds
+            anything (what is written must follow it), or on an error, which
+            the transport finds itself when it tries.
+        """
+        connection = self._connection
+        if (
+            not connection.connected
+            or connection.disconnecting
+            or connection._writeDisconnected
+            or len(connection.dataBuffer) - connection.offset + connection._tempDataLen
+        ):
+            return 0
+        try:
+            return self._socket.send(data)
+        except OSError:
+            return 0
+
     def __call__(self, data: bytes) -> None:
         held = self._held
         if held is not None:
             held.append(data)
             return
-        connection = self._connection
-        if (
-            connection.connected
-            and not connection.disconnecting
-            and not connection._writeDisconnected
-            and not (
-                len(connection.dataBuffer) - connection.offset + connection._tempDataLen
-            )
-        ):
-            try:
-                sent = self._socket.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                # The transport finds the error itself when it tries.
-                sent = 0
-            else:
-                if sent == len(data):
-                    return
-            data = data[sent:]
-        self._buffered(connection, data)  # type: ignore[no-untyped-call]
+        sent = self._sendIfIdle(data)
+        if sent < len(data):
+            self._buffered(self._connection, data[sent:] if sent else data)  # type: ignore[no-untyped-call]
 
     def sendView(self, data: memoryview) -> None:
         """
@@ -1553,26 +1594,10 @@ class _EagerWrite:
         if self._held is not None:
             self._held.append(bytes(data))
             return
-        connection = self._connection
-        if (
-            connection.connected
-            and not connection.disconnecting
-            and not connection._writeDisconnected
-            and not (
-                len(connection.dataBuffer) - connection.offset + connection._tempDataLen
-            )
-        ):
-            try:
-                sent = self._socket.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                # The transport finds the error itself when it tries.
-                sent = 0
-            else:
-                if sent == len(data):
-                    return
-            data = data[sent:]
+        sent = self._sendIfIdle(data)
+        if sent == len(data):
+            return
+        data = data[sent:]
         # Copied in pieces: a copy of up to a megabyte in one piece would be
         # memory fresh from the system, faulted in page by page, each time.
         # All copied before any is written, and written in one call: the
@@ -1583,7 +1608,7 @@ class _EagerWrite:
             bytes(data[start : start + _KEPT_PIECE])
             for start in range(0, len(data), _KEPT_PIECE)
         ]
-        self._bufferedSequence(connection, pieces)  # type: ignore[no-untyped-call]
+        self._bufferedSequence(self._connection, pieces)  # type: ignore[no-untyped-call]
 
     def hold(self) -> None:
         """
