@@ -1359,8 +1359,11 @@ def _tlsReader(
     into a buffer of pyOpenSSL's, then copied into new bytes for each
     record, which the layer above then joins), handed on as one view.  Any
     answer the TLS layer owes the peer is sent as it sends it; the end of
-    TLS (a close_notify) or an error is left to the layer's own reads,
-    which find it again and handle it as always; while writes wait in the
+    TLS (a close_notify) is left to the layer's own reads, which find it
+    again and handle it as always; an error (a corrupted record) is taken
+    off OpenSSL's error queue at once, before the plaintext before it is
+    handed on (anything run then must find the queue as it was), and ends
+    the layer as its own reads end it on an error; while writes wait in the
     layer (a handshake under way), the layer reads as always.
     """
     recvInto = sock.socket.recv_into
