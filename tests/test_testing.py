@@ -312,3 +312,33 @@ def test_waitForRole() -> None:
         assert child.role() == "host"
         with pytest.raises(ChildFailedError, match="within 0.2 s"):
             child.waitForRole("stopped", 0.2)
+
+
+def test_releasedStreamGoesOnAtItsRate() -> None:
+    """
+    A client streaming at C{--rate} that was held goes on at that rate once
+    released, from where it stopped: the time it was held does not count
+    (it once did, and the client wrote what it owed for that time in one
+    burst, 100 messages here, so that a demo's workers held for a kill
+    could finish before it).
+    """
+    with (
+        privateDirectory() as directory,
+        ChannelProcesses(directory) as group,
+    ):
+        host = group.candidate("rate", group.path("record"))
+        host.waitForRole("host")
+        client = group.client("rate", "r", 0, "--rate", "40")
+        client.waitFor(lambda line: line == f"LINK {host.pid}")
+        client.send("hold")
+        before = int(client.waitFor(lambda line: line.startswith("HELD "))[5:])
+        time.sleep(2.5)  # the time held, which must not count
+        client.send("release")
+        client.waitFor(lambda line: line.startswith("RELEASED "))
+        client.send("hold")
+
+        def held() -> list[int]:
+            return [int(line[5:]) for line in client.collect() if line[:5] == "HELD "]
+
+        waitUntil(lambda: len(held()) == 2, 20, "the second HELD")
+        assert held()[1] - before < 40 * 2.5

@@ -224,6 +224,7 @@ class StreamingClient(Protocol):
         self.received = 0
         self.receivedBytes = 0
         self.started = 0.0
+        self.heldAt = 0.0
         self.loop: Any = None
         self.progress: Any = None
         self.pending: Any = None
@@ -336,17 +337,22 @@ class StreamingClient(Protocol):
         """
         Stop writing until L{release}.
         """
+        if not self.held:
+            self.heldAt = _reactor().seconds()
         self.held = True
         say(f"HELD {self.written()}")
 
     def release(self) -> None:
         """
         Start writing again after L{hold}; the time is taken before the
-        first write.
+        first write.  At a C{--rate}, the stream goes on at that rate from
+        where it stopped: the time it was held does not count, or it would
+        write all it owes for that time in one burst.
         """
         if not self.held or self.finished:
             return
         self.held = False
+        self.started += _reactor().seconds() - self.heldAt
         say(f"RELEASED {time.monotonic_ns()}")
         self.writeSome()
 
