@@ -151,6 +151,8 @@ class Demo:
         # however it ends.
         self.children = ChannelProcesses(self.directory, transport=None, lifetime=None)
         self.failovers: list[Failover] = []
+        # Whether the workers were told to stop writing until a kill.
+        self.workersHeld = False
         self.started = time.monotonic()
 
     # Children
@@ -322,14 +324,35 @@ class Demo:
             p.kind == "candidate" and p.role == "standby" for p in self.processes
         ):
             # The fresh candidate is still starting: killing now would time
-            # Python's start-up, not the failover.
+            # Python's start-up, not the failover.  The workers wait with
+            # it, or on a loaded machine they could finish first and the
+            # kill never happen.
+            self._holdWorkers(True)
             return
+        # Writing again before the kill, so that it falls while they stream.
+        self._holdWorkers(False)
         killedAt = host.child.kill()
         host.killed = True
         host.role = "killed"
         self.failovers.append(Failover(host.pid, killedAt))
         # So that a standby is always there for the next kill.
         self.candidate()
+
+    def _holdWorkers(self, hold: bool) -> None:
+        """
+        Tell the workers still writing to stop writing (C{hold}), or to
+        write again at their rate from where they stopped; nothing if they
+        are already so.
+        """
+        if hold == self.workersHeld:
+            return
+        self.workersHeld = hold
+        for worker in self.workers:
+            if worker.outcome is None:
+                try:
+                    worker.child.send("hold" if hold else "release")
+                except OSError:
+                    pass  # It has just ended: the next pump says how.
 
     def run(self, onTick: Any = None) -> None:
         self.start()
