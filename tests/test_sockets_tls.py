@@ -19,6 +19,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import LogLevel
 
 from twisted_channel._certs import makeCertificates
 from twisted_channel._sockets import (
@@ -446,38 +447,48 @@ def _corruptedAfter(transport: Any, good: bytes, bad: bytes) -> bytes:
     return first + bytes(second)
 
 
+@pytest.mark.parametrize("reaction", ["dial", "reply"])
 @pytest_twisted.ensureDeferred
-async def test_corruptedRecordLeavesNoErrorBehind(tmp_path: Any) -> None:
+async def test_corruptedRecordLeavesNoErrorBehind(tmp_path: Any, reaction: str) -> None:
     """
-    A peer whose records, in one read, are a good one and then a corrupted
-    one: the good one's plaintext is handed on, and what runs then finds
+    A verified peer whose records, in one read, are a good one and then a
+    corrupted one: the good one's plaintext is handed on, and what runs then finds
     OpenSSL's error queue (one per thread, shared by every connection)
     empty, not holding the corrupted record's error; what it does there
-    (here the first handshake step of a new TLS connection, as a link
-    dialling another machine takes, which clears the queue) does not take
-    that error from the bad link, which is closed with it (bad record MAC,
-    not a connection lost for no said reason).  Another link of the same
-    process, reading directly too, loses nothing.
+    does not take that error from the bad link, which is closed with it
+    (bad record MAC, not a connection lost for no said reason): here the
+    first handshake step of a new TLS connection, as a link dialling
+    another machine takes, which clears the queue, or a reply on the bad
+    link itself, as a link's acknowledgement, which cannot be encrypted
+    any more.  The end is logged, naming the peer and the error.  Another
+    link of the same process, reading directly too, loses nothing.
     """
     from OpenSSL import SSL
+    from twisted.logger import globalLogPublisher
 
     makeCertificates(str(tmp_path), ["a", "b"])
     client, server, ports = await _pair(str(tmp_path))
     otherClient, otherServer, otherPorts = await _pair(str(tmp_path))
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
     lost: Deferred[Any] = Deferred()
     server.connectionLost = lambda reason: lost.callback([reason])  # type: ignore[method-assign,assignment]
     queued: list[int] = []
 
-    def dialAnother(data: bytes | memoryview) -> None:
+    def react(data: bytes | memoryview) -> None:
         server.dataReceived(data)  # type: ignore[arg-type]
         queued.append(SSL._lib.ERR_peek_error())  # type: ignore[attr-defined]
+        if reaction == "reply":
+            sendNow(server.transport, b"ack")
+            return
         fresh = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
         fresh.set_connect_state()
         with pytest.raises(SSL.WantReadError):
             fresh.do_handshake()
 
     try:
-        assert readDirectly(server.transport, dialAnother)
+        assert readDirectly(server.transport, react)
+        assert writeEagerly(server.transport)
         assert readDirectly(otherServer.transport, otherServer.dataReceived)
         raw = _corruptedAfter(client.transport, b"good", b"bad" * 100)
         socketTransport(client.transport).write(raw)  # type: ignore[attr-defined]
@@ -486,11 +497,15 @@ async def test_corruptedRecordLeavesNoErrorBehind(tmp_path: Any) -> None:
         assert queued == [0]
         assert reason.check(SSL.Error), reason
         assert SSL._lib.ERR_peek_error() == 0  # type: ignore[attr-defined]
+        [warned] = [e for e in logged if e.get("log_level") == LogLevel.warn]
+        assert warned["peer"].identity == "b"
+        assert warned["reason"] == reason.getErrorMessage()
         large = os.urandom(2 * 1024 * 1024)
         sendNow(otherClient.transport, large)
         await _until(lambda: otherServer.count == len(large))
         assert b"".join(otherServer.received) == large
     finally:
+        globalLogPublisher.removeObserver(logged.append)
         _abortUnlessLost(client.transport)
         otherClient.transport.loseConnection()  # type: ignore[union-attr]
         for port in ports + otherPorts:

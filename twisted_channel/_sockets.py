@@ -1361,9 +1361,10 @@ def _tlsReader(
     answer the TLS layer owes the peer is sent as it sends it; the end of
     TLS (a close_notify) is left to the layer's own reads, which find it
     again and handle it as always; an error (a corrupted record) is taken
-    off OpenSSL's error queue at once, before the plaintext before it is
-    handed on (anything run then must find the queue as it was), and ends
-    the layer as its own reads end it on an error; while writes wait in the
+    off OpenSSL's error queue at once and ends the layer, as its own reads
+    end it on an error, before the plaintext before it is handed on
+    (anything run then must find the queue as it was, and a write then
+    must not end the layer with another reason); while writes wait in the
     layer (a handshake under way), the layer reads as always.
     """
     recvInto = sock.socket.recv_into
@@ -1407,25 +1408,24 @@ def _tlsReader(
         # Asked now: what dataReceived runs may call OpenSSL (a write of
         # this link's resets what SSL_get_error reads).
         error = getError(ssl, got)
-        failure = None
         if error != wantRead and errorQueued():
-            # An error (a corrupted record): taken off OpenSSL's error queue,
-            # one per thread, before dataReceived runs anything that would
-            # find it there, or clear it (a handshake step does) and leave
-            # the layer's own read nothing to say but an unexpected EOF.
+            # An error (a corrupted record), taken off OpenSSL's error queue
+            # (one per thread) before dataReceived runs anything that would
+            # find it there, or clear it (a handshake step does: the layer's
+            # own read would then find nothing to say but an unexpected
+            # EOF); and the layer ended with it, as its own read ends on an
+            # error, before a write dataReceived makes on this link (which
+            # cannot be encrypted any more) ends it with another reason.
+            # Its protocol learns it after what came before the error.
             try:
                 raiseError(ssl, got)
             except Error:
-                failure = Failure()
+                layer._tlsShutdownFinished(Failure())
         if filled and not layer._aborted:
             dataReceived(plain[:filled])
         if layer._lostTLSConnection:
             return None
-        if failure is not None:
-            # As the layer's own read ends on an error.
-            layer._tlsShutdownFinished(failure)
-            layer._flushSendBIO()
-        elif error != wantRead:
+        if error != wantRead:
             # The peer's close_notify: found again by the layer's own reads,
             # and handled as they handle it.
             layer._flushReceiveBIO()

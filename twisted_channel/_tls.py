@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
     IHandshakeListener,
@@ -409,6 +410,15 @@ class _VerifiedProtocol(ProtocolWrapper):
             if self.factory.onRefused is not None:
                 self.factory.onRefused(self._refusal or reason.getErrorMessage())
             return
+        if not reason.check(ConnectionDone, ConnectionLost):
+            # A verified peer's records that do not decrypt (corrupted or
+            # forged), or another TLS error: said, as a refusal is, since
+            # the link's protocol only hands the reason on.
+            _log.warn(
+                "a TLS link with {peer} ended: {reason}",
+                peer=self.peer,
+                reason=reason.getErrorMessage(),
+            )
         self.wrappedProtocol.connectionLost(reason)
 
 
