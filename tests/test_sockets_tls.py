@@ -202,6 +202,29 @@ def test_probeTLSFindsAll() -> None:
     assert edge.read is not None and edge.bioRead is not None
 
 
+def test_probeTLSNamesWhatIsLacking(monkeypatch: Any) -> None:
+    """
+    A pyOpenSSL whose bindings lack a function the reads and writes call
+    straight (here C{ERR_peek_error}, with which a read's error is found
+    on OpenSSL's queue) is named by the probe, which offers none of them:
+    links go through Twisted's TLS layer as it is.
+    """
+    from OpenSSL import SSL
+
+    bindings = SSL._lib  # type: ignore[attr-defined]
+
+    class Lacking:
+        def __getattr__(self, name: str) -> Any:
+            if name == "ERR_peek_error":
+                raise AttributeError(name)
+            return getattr(bindings, name)
+
+    monkeypatch.setattr(SSL, "_lib", Lacking())
+    edge = probeTLS()
+    assert edge.missing == ("OpenSSL.SSL._lib.ERR_peek_error",)
+    assert edge.read is edge.write is edge.bioRead is edge.errorQueued is None
+
+
 @pytest_twisted.ensureDeferred
 async def test_readThroughTLS(tmp_path: Any) -> None:
     """
