@@ -60,10 +60,15 @@ class Collector(Protocol):
         self.count += len(data)
 
 
-async def _pair(directory: str) -> tuple[Collector, Collector, list[Any]]:
+async def _pair(
+    directory: str, serverOptions: Any = None
+) -> tuple[Collector, Collector, list[Any]]:
     """
     A verified mutual-TLS connection over loopback: the client's protocol
     and the server's.
+
+    @param serverOptions: the server's TLS options, if not machine C{a}'s
+        own.
     """
     from twisted.internet import reactor
     from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
@@ -78,7 +83,7 @@ async def _pair(directory: str) -> tuple[Collector, Collector, list[Any]]:
     server = Collector()
     listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
         tlsFactory(
-            credentials("a").serverOptions(),
+            serverOptions or credentials("a").serverOptions(),
             False,
             VerifiedTLSFactory(reactor, Factory.forProtocol(lambda: server)),
         )
@@ -200,6 +205,29 @@ def test_probeTLSFindsAll() -> None:
     edge = probeTLS()
     assert edge.missing == ()
     assert edge.read is not None and edge.bioRead is not None
+
+
+def test_probeTLSNamesWhatIsLacking(monkeypatch: Any) -> None:
+    """
+    A pyOpenSSL whose bindings lack a function the reads and writes call
+    straight (here C{ERR_peek_error}, with which a read's error is found
+    on OpenSSL's queue) is named by the probe, which offers none of them:
+    links go through Twisted's TLS layer as it is.
+    """
+    from OpenSSL import SSL
+
+    bindings = SSL._lib  # type: ignore[attr-defined]
+
+    class Lacking:
+        def __getattr__(self, name: str) -> Any:
+            if name == "ERR_peek_error":
+                raise AttributeError(name)
+            return getattr(bindings, name)
+
+    monkeypatch.setattr(SSL, "_lib", Lacking())
+    edge = probeTLS()
+    assert edge.missing == ("OpenSSL.SSL._lib.ERR_peek_error",)
+    assert edge.read is edge.write is edge.bioRead is edge.errorQueued is None
 
 
 @pytest_twisted.ensureDeferred
@@ -757,6 +785,57 @@ async def test_replyWithinARead(tmp_path: Any) -> None:
                 layerReads.clear()
         assert server.count == 21 * len(b"request")
         assert layerReads == []
+    finally:
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        for port in ports:
+            await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_renegotiationWhileReadingDirectly(tmp_path: Any) -> None:
+    """
+    Over TLS 1.2 (a peer may cap its version there), a renegotiation the
+    host starts while both ends read and write directly (its records read
+    by C{SSL_read} straight, which asks for more and leaves the answer to
+    be sent; writes made meanwhile) completes, and the streams both ways
+    go on whole.  (TLS 1.3's KeyUpdate cannot be driven: pyOpenSSL's
+    bindings lack C{SSL_key_update}.)
+    """
+    from twisted.internet.ssl import CertificateOptions, TLSVersion
+
+    from twisted_channel._sockets import _tlsLayer
+
+    makeCertificates(str(tmp_path), ["a", "b"])
+    a = loadCredentials(
+        *(os.path.join(str(tmp_path), name) for name in ("a.pem", "a.key", "ca.pem"))
+    )
+    options = CertificateOptions(
+        privateKey=a.certificate.privateKey.original,
+        certificate=a.certificate.original,
+        verify=True,
+        caCerts=[authority.original for authority in a.authorities],
+        requireCertificate=True,
+        raiseMinimumTo=TLSVersion.TLSv1_2,
+        lowerMaximumSecurityTo=TLSVersion.TLSv1_2,
+    )
+    client, server, ports = await _pair(str(tmp_path), options)
+    host = _tlsLayer(server.transport)
+    try:
+        assert host._tlsConnection.get_protocol_version_name() == "TLSv1.2"
+        for side in (client, server):
+            assert readDirectly(side.transport, side.dataReceived)
+            assert writeEagerly(side.transport)
+        assert host._tlsConnection.renegotiate()
+        host._flushSendBIO()
+        toClient, toServer = os.urandom(1 << 20), os.urandom(1 << 20)
+        for start in range(0, 1 << 20, 1 << 18):
+            sendNow(server.transport, toClient[start : start + (1 << 18)])
+            sendNow(client.transport, toServer[start : start + (1 << 18)])
+        await _until(lambda: client.count == server.count == 1 << 20)
+        assert b"".join(client.received) == toClient
+        assert b"".join(server.received) == toServer
+        assert host._tlsConnection.total_renegotiations() == 1
+        assert not host._tlsConnection.renegotiate_pending()
     finally:
         client.transport.loseConnection()  # type: ignore[union-attr]
         for port in ports:

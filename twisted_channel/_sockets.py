@@ -1177,10 +1177,14 @@ def probeTLS() -> TLSEdge:
     with C{_flushSendBIO} replaced on the instance and connected to a
     transport that keeps what it writes, has the attributes its own reads
     use, with their values before a handshake, and its own reads test them
-    as expected; its first record (its hello) is left in its memory BIO
-    (its writes go through C{_flushSendBIO}) and pyOpenSSL's C{BIO_read}
-    takes it into a buffer of ours; and C{SSL_read}, given a pointer into a
-    buffer of ours, asks for more (its handshake under way).
+    as expected (and end on an error with C{_tlsShutdownFinished}); its
+    first record (its hello) is left in its memory BIO (its writes go
+    through C{_flushSendBIO}) and pyOpenSSL's C{BIO_read} takes it into a
+    buffer of ours; C{SSL_read} and C{SSL_write}, given a pointer into a
+    buffer of ours, ask for more (its handshake under way), which the
+    connection's C{_raise_ssl_error} (what takes an error off OpenSSL's
+    queue) raises as pyOpenSSL's C{WantReadError}; and C{ERR_peek_error}
+    is there.
     """
     missing: list[str] = []
     try:
