@@ -65,6 +65,24 @@ def test_portFileRoundTripAndMode(tmp_path: pytest.TempPathFactory) -> None:
     assert os.listdir(str(tmp_path)) == ["jobs.port"]
 
 
+def test_portFileIsNotSyncedToDisk(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A host writes its port file on the takeover's path without waiting for
+    the disk (an fsync took up to 24 ms under a shared machine's load, time
+    a killed host's clients need to leave it before the kernel closes its
+    sockets); the rename alone makes the whole file visible.
+    """
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    monkeypatch.setattr(os, "fdatasync", synced.append)
+    path = os.path.join(str(tmp_path), "c.port")
+    writePortFile(path, PortFile(4321, SECRET, 99))
+    assert synced == []
+    assert readPortFile(path) == PortFile(4321, SECRET, 99)
+
+
 def test_portFileReadableByOthersIsRefused(tmp_path: pytest.TempPathFactory) -> None:
     path = os.path.join(str(tmp_path), "jobs.port")
     writePortFile(path, PortFile(4321, SECRET, 99))

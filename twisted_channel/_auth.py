@@ -86,6 +86,15 @@ def writePortFile(path: str, portFile: PortFile) -> None:
     Write C{portFile} to C{path} atomically, never readable by anyone else:
     a temporary file is created with mode 0600, filled, and renamed over
     C{path}.
+
+    Not synced to disk: the file describes a live process, so after a crash
+    of the machine it is stale whatever it holds, and other processes see
+    the whole file through the rename alone.  A sync would wait for the
+    file system's journal on the takeover's path (from the lock's win to
+    the clients' sight of the new host), 0.3 ms when the disk is idle but
+    up to 24 ms measured under the load of a shared machine, while the
+    clients of a killed host have only until the kernel closes its sockets
+    to leave it on their own.
     """
     temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -100,8 +109,6 @@ def writePortFile(path: str, portFile: PortFile) -> None:
                 },
                 f,
             )
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(temporary, path)
     except BaseException:
         try:
