@@ -171,6 +171,14 @@ def test_clientLeavesDeadHostBeforeTheKernelClosesItsLink(
     over, and the streaming client leaves its link to the dead host for the
     new one at once (its link ends with ConnectionAborted, its own doing,
     not with the kernel's close).  Nothing is lost.
+
+    A race the client wins only if it and the standby get the CPU in time:
+    the kernel closes the link 55 to 125 ms after the kill (measured beside
+    two busy loops), and the standby publishing (over TCP: a listening
+    port and its port file, up to 80 ms after the kill under that load)
+    then the client seeing it must both fit in that time.  A machine loaded
+    enough to keep them off the CPU longer sees the kernel close the link
+    first (C{UNLINK ConnectionLost}), losing nothing still.
     """
     record = os.path.join(channelDirectory, "record")
     heavy = children.recorder(
