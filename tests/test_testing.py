@@ -342,3 +342,24 @@ def test_releasedStreamGoesOnAtItsRate() -> None:
 
         waitUntil(lambda: len(held()) == 2, 20, "the second HELD")
         assert held()[1] - before < 40 * 2.5
+
+
+@pytest.mark.parametrize("wait", ["waitFor", "result"])
+def test_waitsLastUntilTheOutputEnds(wait: str) -> None:
+    """
+    A wait gives up when the child's output ends, not when the child exits:
+    what it printed may reach the reader later (here a process it started
+    prints after it exited; under load, the reading thread can lag behind
+    the exit), and a wait that gave up at the exit once failed the
+    benchmark's smoke test with a child that had printed its result.
+    """
+    script = "(sleep 0.5; echo 'RESULT {\"late\": 1}') & exit 0"
+    with ChildProcess(["sh", "-c", script], group=True) as child:
+        child.wait(10)
+        if wait == "waitFor":
+            line = child.waitFor(lambda line: line.startswith("RESULT "), 10)
+            assert line == 'RESULT {"late": 1}'
+        else:
+            assert child.result(10) == {"late": 1}
+        with pytest.raises(ChildFailedError, match="no matching line"):
+            child.waitFor(lambda line: line == "more", 10)

@@ -22,6 +22,10 @@ from typing import Any
 #: How much of a child's standard error is kept, and shown when it fails.
 STDERR_KEPT = 64 * 1024
 
+#: Seconds a failed wait, once the child's output has ended, gives it to be
+#: seen to exit and for its standard error to be read.
+OUTPUT_END_GRACE = 2.0
+
 #: Where a child finds its runtime directory when the parent's environment
 #: names none: a path that cannot exist, so that no child ever uses the
 #: user's real one by mistake.
@@ -126,7 +130,8 @@ class ChildProcess:
         self._outputEnded = False
         self._killedAtDeadline = False
         threading.Thread(target=self._readOutput, daemon=True).start()
-        threading.Thread(target=self._readErrors, daemon=True).start()
+        self._errorReader = threading.Thread(target=self._readErrors, daemon=True)
+        self._errorReader.start()
         self._timer: threading.Timer | None = None
         if lifetime is not None:
             self._timer = threading.Timer(lifetime, self._lifetimeOver)
@@ -212,6 +217,18 @@ class ChildProcess:
             pass
         return self.lines
 
+    def _outputOver(self) -> None:
+        """
+        The child's output ended: a child ends it by exiting, so give it a
+        moment to be seen to exit, and its standard error to be read, so
+        that the failure says how it ended.
+        """
+        try:
+            self.process.wait(OUTPUT_END_GRACE)
+        except subprocess.TimeoutExpired:
+            pass
+        self._errorReader.join(OUTPUT_END_GRACE)
+
     def _failure(self, what: str) -> ChildFailedError:
         end = self.process.poll()
         status = "still running" if end is None else f"exit status {end}"
@@ -243,9 +260,13 @@ class ChildProcess:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            if not self._pull(min(remaining, 0.1)) and self.exited():
-                self.collect()
+            # Over once the output has ended, not once the child has
+            # exited: what it printed last may still be in the pipe, or
+            # with the thread that reads it, which a loaded machine can
+            # keep off the CPU for longer than a pull waits.
+            if not self._pull(min(remaining, 0.1)) and self._outputEnded:
                 if index >= len(self.lines):
+                    self._outputOver()
                     break
         raise self._failure(f"printed no matching line within {timeout} s")
 
@@ -280,8 +301,8 @@ class ChildProcess:
         @param timeout: seconds to wait at most.
         @param what: what the line is, for the error message.
         @return: the line.
-        @raise ChildFailedError: if none comes within C{timeout} seconds, or
-            the child reports an error.
+        @raise ChildFailedError: if none comes within C{timeout} seconds or
+            before the child's output ends, or the child reports an error.
         """
         deadline = time.monotonic() + timeout
         while True:
@@ -291,10 +312,12 @@ class ChildProcess:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            if not self._pull(min(remaining, 0.05)) and self.exited():
+            # Over once the output has ended (see L{waitFor}).
+            if not self._pull(min(remaining, 0.05)) and self._outputEnded:
                 line = self.take(predicate)
                 if line is not None:
                     return line
+                self._outputOver()
                 break
         raise self._failure(f"gave no {what or 'expected'} line within {timeout} s")
 
