@@ -213,3 +213,37 @@ def test_tlsSkippedWithoutEtcd(
     }
     assert results["figures"] == {}
     assert results["errors"] == []
+
+
+def test_failedPeerRunIsRunAgain(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A peer's measurement that fails (open-channel's election can, under
+    load) is run again once: the figure is the second run's, and the first
+    failure is still reported among the peer's errors.
+    """
+    from bench import _common, _scenarios
+
+    real = _scenarios.roundTrip
+    calls: list[str] = []
+
+    def failingOnce(impl: str, settings: object) -> dict[str, object]:
+        calls.append(impl)
+        if impl == _common.MPCONN and calls.count(impl) == 1:
+            raise RuntimeError("the peer's own failure")
+        return real(impl, settings)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_scenarios, "roundTrip", failingOnce)
+    output = os.path.join(str(tmp_path), "bench.json")
+    status = _runner.main(
+        ["--quick", "--only", "roundtrip", "--peers", "mpconn", "--json", output]
+    )
+    assert status == 0
+    with open(output, encoding="utf-8") as f:
+        results = json.load(f)
+    assert calls.count(_common.MPCONN) == 2
+    value = results["figures"]["roundtrip_p50_us"]["peers"]["mpconn"]["value"]
+    assert value is not None and value > 0
+    [failure] = results["peer_errors"]
+    assert "(run again)" in failure and "the peer's own failure" in failure
