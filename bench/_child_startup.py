@@ -56,53 +56,47 @@ def runStartup(reactor: Any, options: argparse.Namespace) -> None:
         reactor.callLater(seconds, d.callback, None)
         return d
 
+    async def listen(name: str) -> tuple[Any, Any, int]:
+        """
+        Listen on channel (or socket) C{name}: the endpoint to connect
+        with, the port, and the nanoseconds from C{listen()} to hosting (for
+        the baseline, to listening).
+        """
+        if options.impl == CHANNEL:
+            endpoint = ChannelEndpoint(reactor, name, directory=options.dir)
+            t0 = monotonic_ns()
+            port = await endpoint.listen(Factory.forProtocol(ChannelHost))
+            await port.whenHosting()
+            return endpoint, port, monotonic_ns() - t0
+        path = os.path.join(options.dir, name + ".b.sock")
+        server = serverFromString(reactor, f"unix:{path}")
+        client = clientFromString(reactor, f"unix:path={path}")
+        t0 = monotonic_ns()
+        port = await server.listen(Factory.forProtocol(BaselineHost))
+        return client, port, monotonic_ns() - t0
+
     async def once(i: int) -> tuple[int, int]:
         arrival: Deferred[int] = Deferred()
         arrivals.append(arrival)
-        name = f"st{i}"
+        endpoint, port, listenNs = await listen(f"st{i}")
+        t2 = monotonic_ns()
         if options.impl == CHANNEL:
-            endpoint = ChannelEndpoint(reactor, name, directory=options.dir)
-            t0 = monotonic_ns()
-            port = await endpoint.listen(Factory.forProtocol(ChannelHost))
-            await port.whenHosting()
-            t1 = monotonic_ns()
-            t2 = monotonic_ns()
             protocol = await endpoint.connect(Factory.forProtocol(Protocol))
             protocol.transport.write(b"hello")
         else:
-            path = os.path.join(options.dir, name + ".b.sock")
-            server = serverFromString(reactor, f"unix:{path}")
-            client = clientFromString(reactor, f"unix:path={path}")
-            t0 = monotonic_ns()
-            port = await server.listen(Factory.forProtocol(BaselineHost))
-            t1 = monotonic_ns()
-            t2 = monotonic_ns()
-            protocol = await client.connect(Factory.forProtocol(BaselineClient))
+            protocol = await endpoint.connect(Factory.forProtocol(BaselineClient))
         t3 = await arrival
-        connectNs = t3 - t2
         protocol.transport.loseConnection()
         await pause(0.02)
         await port.stopListening()
-        return t1 - t0, connectNs
+        return listenNs, t3 - t2
 
     async def again(i: int) -> int:
         # The name used (and stopped) by once(i).
-        name = f"st{i}"
-        if options.impl == CHANNEL:
-            endpoint = ChannelEndpoint(reactor, name, directory=options.dir)
-            t0 = monotonic_ns()
-            port = await endpoint.listen(Factory.forProtocol(ChannelHost))
-            await port.whenHosting()
-            t1 = monotonic_ns()
-        else:
-            path = os.path.join(options.dir, name + ".b.sock")
-            server = serverFromString(reactor, f"unix:{path}")
-            t0 = monotonic_ns()
-            port = await server.listen(Factory.forProtocol(BaselineHost))
-            t1 = monotonic_ns()
+        _, port, listenNs = await listen(f"st{i}")
         await pause(0.02)
         await port.stopListening()
-        return t1 - t0
+        return listenNs
 
     async def main() -> None:
         listens: list[float] = []
