@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import tcp, unix
+from twisted.internet import tcp
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
@@ -40,7 +40,7 @@ from ._directory import (
     checkReplaceableSocket,
     removeStaleSocket,
 )
-from ._sockets import newUnixPort, startListeningOn
+from ._sockets import LinkAcceptingPort, newUnixPort, startListeningOn
 
 _log = Logger()
 
@@ -49,7 +49,7 @@ _log = Logger()
 PUBLISH_CHECK_INTERVAL = 1.0
 
 
-class HostSocketPort(unix.Port):
+class HostSocketPort(LinkAcceptingPort):
     """
     A Unix listening port that, when it closes, removes its socket file only
     if the file there is still the one it bound: a host never removes a
