@@ -6,6 +6,7 @@ ChannelEndpoint: checked at parse time, a clear ValueError for each mistake.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -280,3 +281,55 @@ def test_etcdUserMistakes(
     with pytest.raises(ValueError, match=complaint) as raised:
         serverFromString(MemoryReactorClock(), string)
     assert "Zq9secret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "missing, string, named",
+    [
+        (["treq"], "insecure=yes", "treq"),
+        (["OpenSSL"], "tls", "OpenSSL"),
+        (["OpenSSL", "service_identity"], "tls", "OpenSSL, service_identity"),
+        (["OpenSSL"], "etcds", "OpenSSL"),
+    ],
+)
+def test_clusterExtraMissing(
+    certs: str,
+    monkeypatch: pytest.MonkeyPatch,
+    missing: list[str],
+    string: str,
+    named: str,
+) -> None:
+    """
+    Without the C{cluster} extra's packages, a string with C{coordinator=}
+    is refused when it is parsed, with a ValueError naming what is missing
+    and the extra to install, rather than an ImportError from a module the
+    user never named (at parse time for certificates, at C{listen()} for
+    etcd's client).  TLS packages are needed only where TLS is used.
+    """
+    for name in missing:
+        monkeypatch.setitem(sys.modules, name, None)
+    if string == "tls":
+        text = _string(certs)
+    elif string == "etcds":
+        text = "channel:jobs:coordinator=etcds\\://10.0.0.5\\:2379:insecure=yes"
+    else:
+        text = "channel:jobs:coordinator=etcd\\://10.0.0.5\\:2379:insecure=yes"
+    with pytest.raises(ValueError) as raised:
+        serverFromString(MemoryReactorClock(), text)
+    message = str(raised.value)
+    assert f"(no {named})" in message
+    assert "pip install 'twisted-channel[cluster]'" in message
+
+
+def test_insecureNeedsNoTLSPackages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    C{insecure=yes} with plain C{etcd://} uses no TLS, so it does not ask
+    for pyOpenSSL.
+    """
+    monkeypatch.setitem(sys.modules, "OpenSSL", None)
+    monkeypatch.setitem(sys.modules, "service_identity", None)
+    endpoint: Any = serverFromString(
+        MemoryReactorClock(),
+        "channel:jobs:coordinator=etcd\\://10.0.0.5\\:2379:insecure=yes",
+    )
+    assert endpoint.cluster.insecure

@@ -30,9 +30,11 @@ from twisted_channel import (
     _host,
     _hostsession,
     _publishing,
+    _temporary,
     _wire,
 )
 from twisted_channel._address import HOST
+from twisted_channel._auth import LOOPBACK, PortFile, readPortFile
 from twisted_channel._credentials import PeerCredentials
 from twisted_channel._directory import channelPaths
 from twisted_channel._election import HostElection
@@ -853,15 +855,13 @@ def test_leftoverTemporarySocketsAreRemovedAfterTakingOver(
     takes over but when it checks its published socket, every second.
     """
     paths = channelPaths("jobs", channelDirectory)
-    prefix = _publishing.temporaryPrefix(paths.socket)
+    prefix = _temporary.temporaryPrefix(paths.socket)
     # Above any pid_max, so no such process.
     leftover = prefix + "99999999-dead"
     # Names no process of the channel makes.
     odd = [prefix + "0-x", prefix + "9" * 30 + "-x", prefix + "x"]
     live = prefix + f"{os.getpid()}-live"
-    other = (
-        _publishing.temporaryPrefix(os.path.join(channelDirectory, "o.sock")) + "1-x"
-    )
+    other = _temporary.temporaryPrefix(os.path.join(channelDirectory, "o.sock")) + "1-x"
     for path in (leftover, *odd, live, other):
         bound = socket.socket(socket.AF_UNIX)
         bound.bind(path)
@@ -917,10 +917,10 @@ def test_aZombieMakerIsDead() -> None:
     try:
         # Wait for it to end, but leave it unreaped.
         os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
-        assert not _publishing.makerAlive(f".s~{child.pid}-x", ".s~")
+        assert not _temporary.makerAlive(f".s~{child.pid}-x", ".s~")
     finally:
         child.wait(10)
-    assert _publishing.makerAlive(f".s~{os.getpid()}-x", ".s~")
+    assert _temporary.makerAlive(f".s~{os.getpid()}-x", ".s~")
 
 
 def test_temporaryNamesAreThisProcesssAndNeverTheSame(channelDirectory: str) -> None:
@@ -930,20 +930,20 @@ def test_temporaryNamesAreThisProcesssAndNeverTheSame(channelDirectory: str) -> 
     name to the next; a child after a fork names its own pid.
     """
     path = os.path.join(channelDirectory, "jobs.sock")
-    prefix = _publishing.temporaryPrefix(path)
+    prefix = _temporary.temporaryPrefix(path)
     assert prefix == os.path.join(channelDirectory, ".jobs.sock~")
-    names = [_publishing.temporaryName(path) for _ in range(3)]
+    names = [_temporary.temporaryName(path) for _ in range(3)]
     assert len(set(names)) == 3
     for name in names:
         pid, serial = name[len(prefix) :].split("-")
         assert pid == str(os.getpid()) and len(serial) == 8
         int(serial, 16)
-        assert _publishing.makerAlive(name, prefix)
+        assert _temporary.makerAlive(name, prefix)
     reader, writer = os.pipe()
     child = os.fork()
     if child == 0:
         os.close(reader)
-        os.write(writer, _publishing.temporaryName(path).encode())
+        os.write(writer, _temporary.temporaryName(path).encode())
         os._exit(0)
     os.close(writer)
     try:
@@ -965,7 +965,7 @@ def test_standbyHoldsASocketReadyToPublish(channelDirectory: str) -> None:
     ready = port._standbySocket.ready
     assert ready is not None
     assert os.path.basename(ready.temporary).startswith(
-        os.path.basename(_publishing.temporaryPrefix(paths.socket)) + f"{os.getpid()}-"
+        os.path.basename(_temporary.temporaryPrefix(paths.socket)) + f"{os.getpid()}-"
     )
     info = os.lstat(ready.temporary)
     assert stat.S_ISSOCK(info.st_mode)
@@ -993,6 +993,188 @@ def test_standbyStoppingRemovesItsReadySocket(channelDirectory: str) -> None:
     assert ready.listening.fileno() == -1
     assert port._standbySocket.ready is None
     holder.release()
+
+
+def standingByOverTCP(directory: str) -> tuple[ChannelPort, HostElection]:
+    """
+    A port standing by over loopback TCP, and the election that holds the
+    lock meanwhile.
+    """
+    reactor = MemoryReactorClock()
+    paths = channelPaths("jobs", directory)
+    holder = HostElection(reactor, paths.lock, lambda prepared: None)
+    assert holder.tryNow()
+    port = ChannelPort(reactor, "jobs", paths, AppFactory(), 10, transport="tcp")
+    port.startListening()
+    assert port.role == _host.STANDBY
+    return port, holder
+
+
+def test_tcpStandbyHoldsAPortReadyToPublish(channelDirectory: str) -> None:
+    """
+    A TCP standby binds and listens a loopback port, and writes the port
+    file naming it and its secret under a temporary name, mode 0600, before
+    it wins; winning renames that very file into place, naming that very
+    port.  Whoever connects to the port meanwhile only waits in the
+    kernel's queue.
+    """
+    port, holder = standingByOverTCP(channelDirectory)
+    paths = port.paths
+    ready = port._standbySocket.ready
+    assert isinstance(ready, _publishing.ReadyPort)
+    assert os.path.basename(ready.temporary).startswith(
+        os.path.basename(_temporary.temporaryPrefix(paths.port)) + f"{os.getpid()}-"
+    )
+    info = os.lstat(ready.temporary)
+    assert stat.S_ISREG(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o600
+    assert (info.st_dev, info.st_ino) == ready.identity
+    assert readPortFile(ready.temporary) == PortFile(
+        ready.port, ready.secret, os.getpid()
+    )
+    assert ready.listening.getsockname() == (LOOPBACK, ready.port)
+    assert not os.path.exists(paths.port)
+    probe = socket.create_connection((LOOPBACK, ready.port), 5)
+    probe.close()
+    published = port._standbySocket.publish()
+    assert isinstance(published, _publishing.PublishedPort)
+    assert published.listening is ready.listening
+    assert (published.port, published.secret) == (ready.port, ready.secret)
+    assert readPortFile(paths.port) == PortFile(ready.port, ready.secret, os.getpid())
+    assert not os.path.exists(ready.temporary)
+    assert port._standbySocket.ready is None
+    port._standbySocket.withdraw(published)
+    assert ready.listening.fileno() == -1
+    port.stopListening()
+    holder.release()
+    assert os.listdir(channelDirectory) == ["jobs.lock"]
+
+
+def test_tcpHostListensOnThePortItHeldReady(channelDirectory: str) -> None:
+    """
+    Elected with the port its election thread published, a TCP host hands
+    that socket to the reactor (which listens on a duplicate) and serves
+    the secret its port file names; stopping, it removes the file.
+    """
+    reactor = MemoryReactorClock()
+    paths = channelPaths("jobs", channelDirectory)
+    port = ChannelPort(reactor, "jobs", paths, App, 10, transport="tcp")
+    port.role = _host.STANDBY
+    assert port._election.tryNow()
+    port._standbySocket.prepare()
+    ready = port._standbySocket.ready
+    assert isinstance(ready, _publishing.ReadyPort)
+    descriptor = ready.listening.fileno()
+    published = port._standbySocket.publish()
+    port._elected(published)
+    assert port.role == HOST
+    [(adopted, family, _)] = reactor.adoptedPorts
+    assert (adopted, family) == (descriptor, socket.AF_INET)
+    assert ready.listening.fileno() == -1
+    assert port.secret == ready.secret
+    assert readPortFile(paths.port).port == ready.port
+    stopped = port.stopListening()
+    reactor.advance(0)
+    assert stopped.called
+    assert os.listdir(channelDirectory) == ["jobs.lock"]
+    assert not port._election.holding
+
+
+def test_tcpStandbyStoppingRemovesItsReadyPort(channelDirectory: str) -> None:
+    port, holder = standingByOverTCP(channelDirectory)
+    ready = port._standbySocket.ready
+    assert isinstance(ready, _publishing.ReadyPort)
+    port.stopListening()
+    assert ready.listening.fileno() == -1
+    assert port._standbySocket.ready is None
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((LOOPBACK, ready.port), 5).close()
+    holder.release()
+    assert os.listdir(channelDirectory) == ["jobs.lock"]
+
+
+def test_tcpPortPublishedAfterStoppingIsWithdrawn(channelDirectory: str) -> None:
+    """
+    A port its election thread published after the standby stopped is
+    withdrawn once the reactor thread hears of it: port file removed,
+    socket closed, lock given up.
+    """
+    reactor = MemoryReactorClock()
+    paths = channelPaths("jobs", channelDirectory)
+    port = ChannelPort(reactor, "jobs", paths, App, 10, transport="tcp")
+    port.role = _host.STANDBY
+    port._standbySocket.prepare()
+    assert port._election.tryNow()
+    published = port._standbySocket.publish()
+    assert isinstance(published, _publishing.PublishedPort)
+    port.stopListening()
+    assert os.path.exists(paths.port)
+    port._elected(published)
+    assert published.listening.fileno() == -1
+    assert os.listdir(channelDirectory) == ["jobs.lock"]
+    assert not port._election.holding
+    assert port.role == _host.STOPPED
+
+
+def test_readyPortFileGoneIsWrittenAfresh(channelDirectory: str) -> None:
+    """
+    If the ready port file was removed (or replaced) under the standby, the
+    winner closes its port and publishes a new one, as it would have
+    without one.
+    """
+    path = channelPaths("jobs", channelDirectory).port
+    ready = _publishing.readyPort(path)
+    os.unlink(ready.temporary)
+    published = _publishing.listeningTCPPort(path, ready)
+    assert ready.listening.fileno() == -1
+    assert published.listening is not ready.listening
+    assert published.listening.getsockname() == (LOOPBACK, published.port)
+    assert readPortFile(path) == PortFile(published.port, published.secret, os.getpid())
+    _publishing.withdrawTCPPort(published, path)
+    assert published.listening.fileno() == -1
+    assert os.listdir(channelDirectory) == []
+
+
+def test_leftoverTemporaryPortFilesAreRemovedAfterTakingOver(
+    channelDirectory: str,
+) -> None:
+    """
+    A TCP standby killed with its ready port file (or a host killed between
+    writing its port file and renaming it) leaves the file; the host
+    removes it at its next check (its own channel's only, and not a live
+    standby's), and leaves alone what is not a regular file.
+    """
+    paths = channelPaths("jobs", channelDirectory)
+    prefix = _temporary.temporaryPrefix(paths.port)
+    leftover = prefix + "99999999-dead"
+    live = prefix + f"{os.getpid()}-live"
+    other = _temporary.temporaryPrefix(paths.socket) + "99999999-dead"
+    for path in (leftover, live, other):
+        with open(path, "w") as f:
+            f.write("{}")
+    target = os.path.join(channelDirectory, "target")
+    with open(target, "w") as f:
+        f.write("kept")
+    link = prefix + "99999997-dead"
+    os.symlink(target, link)
+    reactor = MemoryReactorClock()
+    port = ChannelPort(reactor, "jobs", paths, App, 10, transport="tcp")
+    port.role = _host.STANDBY
+    assert port._election.tryNow()
+    port._elected()
+    assert port.role == HOST
+    assert os.path.exists(leftover)
+    reactor.advance(_publishing.PUBLISH_CHECK_INTERVAL)
+    assert not os.path.exists(leftover)
+    assert os.path.exists(live) and os.path.exists(other)
+    assert os.path.islink(link)
+    with open(target) as f:
+        assert f.read() == "kept"
+    assert readPortFile(paths.port).secret == port.secret
+    stopped = port.stopListening()
+    reactor.advance(0)
+    assert stopped.called
+    assert not os.path.exists(paths.port)
 
 
 def test_readySocketGoneIsBoundAfresh(channelDirectory: str) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from twisted_channel._election import ROBUST_MUTEX
+from twisted_channel._temporary import temporaryPrefix
 from twisted_channel._wire import CHALLENGE, ERROR, FrameDecoder
 from twisted_channel.testing import (
     ChannelProcesses,
@@ -64,6 +65,77 @@ def rawConnection(children: ChannelProcesses, name: str) -> socket.socket:
         raw.settimeout(5)
         raw.connect(children.channelFile(name))
     return raw
+
+
+def listeningLoopbackPorts(pid: int) -> set[int]:
+    """
+    The loopback TCP ports process C{pid} listens on, seen from outside
+    it: the listening entries of C{/proc/net/tcp} whose socket is one of
+    the process's descriptors (C{/proc/PID/fd}).
+    """
+    inodes = set()
+    descriptors = f"/proc/{pid}/fd"
+    for descriptor in os.listdir(descriptors):
+        try:
+            target = os.readlink(os.path.join(descriptors, descriptor))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            address, port = fields[1].split(":")
+            # 0A is LISTEN; the address is 127.0.0.1 in the kernel's order.
+            loopback = address in ("0100007F", "7F000001")
+            if fields[3] == "0A" and loopback and fields[9] in inodes:
+                ports.add(int(port, 16))
+    return ports
+
+
+def heldReady(children: ChannelProcesses, name: str, candidate: ChildProcess) -> object:
+    """
+    What standby C{candidate} holds ready to publish, checked from outside
+    it: over Unix, the device and inode of the socket it bound under its
+    temporary name; over TCP, the port its temporary port file names, which
+    it must be listening on already.
+    """
+    prefix = temporaryPrefix(children.channelFile(name)) + f"{candidate.pid}-"
+    [path] = [
+        os.path.join(children.directory, entry)
+        for entry in os.listdir(children.directory)
+        if os.path.join(children.directory, entry).startswith(prefix)
+    ]
+    info = os.lstat(path)
+    assert stat.S_IMODE(info.st_mode) == 0o600
+    if children.transportKind != "tcp":
+        assert stat.S_ISSOCK(info.st_mode)
+        return (info.st_dev, info.st_ino)
+    assert stat.S_ISREG(info.st_mode)
+    with open(path) as f:
+        content = json.load(f)
+    assert content["pid"] == candidate.pid
+    assert content["port"] in listeningLoopbackPorts(candidate.pid)
+    port: int = content["port"]
+    return port
+
+
+def published(children: ChannelProcesses, name: str, host: ChildProcess) -> object:
+    """
+    What the host of channel C{name} published, in the terms of
+    L{heldReady}.
+    """
+    path = children.channelFile(name)
+    if children.transportKind != "tcp":
+        info = os.lstat(path)
+        return (info.st_dev, info.st_ino)
+    with open(path) as f:
+        content = json.load(f)
+    assert content["pid"] == host.pid
+    port: int = content["port"]
+    return port
 
 
 def hostOf(candidates: list[ChildProcess]) -> list[ChildProcess]:
@@ -174,11 +246,14 @@ def test_clientLeavesDeadHostBeforeTheKernelClosesItsLink(
 
     A race the client wins only if it and the standby get the CPU in time:
     the kernel closes the link 55 to 125 ms after the kill (measured beside
-    two busy loops), and the standby publishing (over TCP: a listening
-    port and its port file, up to 80 ms after the kill under that load)
-    then the client seeing it must both fit in that time.  A machine loaded
-    enough to keep them off the CPU longer sees the kernel close the link
-    first (C{UNLINK ConnectionLost}), losing nothing still.
+    two busy loops), and the standby publishing then the client seeing it
+    must both fit in that time.  Publishing is a rename on either transport:
+    of the socket the standby bound and listens on since it stood by, or
+    over TCP of the port file naming the port it listens on since then
+    (before, a TCP standby bound, listened, and wrote its port file only
+    once it had won, up to 80 ms after the kill under that load).  A
+    machine loaded enough to keep them off the CPU longer sees the kernel
+    close the link first (C{UNLINK ConnectionLost}), losing nothing still.
     """
     record = os.path.join(channelDirectory, "record")
     heavy = children.recorder(
@@ -199,6 +274,56 @@ def test_clientLeavesDeadHostBeforeTheKernelClosesItsLink(
     assert unlinks == ["UNLINK ConnectionAborted"]
     assert f"LINK {standby.pid}" in client.collect()
     assertDeliveredInOrder(readRecords(record), {"h": 3000})
+
+
+def test_standbyPublishesWhatItHeldReady(
+    children: ChannelProcesses, channelDirectory: str
+) -> None:
+    """
+    A standby holds ready, while it waits, what it publishes when it wins:
+    a socket bound and listening under a temporary name, or over TCP a
+    loopback port bound and listening and the port file naming it under a
+    temporary name.  The host SIGKILLed, the standby publishes that very
+    socket (that very port); so does the next standby after a graceful
+    handover.  A standby that stops listening leaves neither its file nor,
+    over TCP, its port; nor does a host that stops.
+    """
+    record = os.path.join(channelDirectory, "record")
+    host = children.candidate("held", record)
+    host.waitFor(lambda line: line == "ROLE host")
+    first = children.candidate("held", record)
+    first.waitFor(lambda line: line == "ROLE standby")
+    firstReady = heldReady(children, "held", first)
+    host.kill()
+    host.wait()
+    first.waitFor(lambda line: line == "ROLE host", 10)
+    assert published(children, "held", first) == firstReady
+    second = children.candidate("held", record)
+    second.waitFor(lambda line: line == "ROLE standby")
+    secondReady = heldReady(children, "held", second)
+    client = children.client("held", "a", 20)
+    client.waitFor(lambda line: line.startswith("CLOSED"), 20)
+    assert client.collect()[-1] == "CLOSED ConnectionDone 0"
+    first.send("stop")
+    first.waitFor(lambda line: line == "STOPPED")
+    second.waitFor(lambda line: line == "ROLE host", 10)
+    assert published(children, "held", second) == secondReady
+    third = children.candidate("held", record)
+    third.waitFor(lambda line: line == "ROLE standby")
+    thirdReady = heldReady(children, "held", third)
+    third.send("stop")
+    third.waitFor(lambda line: line == "STOPPED")
+    if children.transportKind == "tcp":
+        assert thirdReady not in listeningLoopbackPorts(third.pid)
+        assert listeningLoopbackPorts(third.pid) == set()
+        assert listeningLoopbackPorts(first.pid) == set()
+    client = children.client("held", "b", 20)
+    client.waitFor(lambda line: line.startswith("CLOSED"), 20)
+    assert client.collect()[-1] == "CLOSED ConnectionDone 0"
+    assert {r.pid for r in readRecords(record)} == {first.pid, second.pid}
+    second.send("stop")
+    second.waitFor(lambda line: line == "STOPPED")
+    assert sorted(os.listdir(channelDirectory)) == ["held.lock", "record"]
 
 
 def test_staleSocketOfKilledHostDoesNotBlock(
@@ -334,13 +459,12 @@ def test_standbysHoldTheirSocketsReady(
     children: ChannelProcesses, channelDirectory: str
 ) -> None:
     """
-    Each standby holds its socket ready under a temporary name that names
-    its pid; one killed leaves it, and the host removes it within about a
-    second; the winner of a failover publishes its own; processes that stop
-    gracefully leave nothing but the lock file.
+    Each standby holds its socket (over TCP: its port file) ready under a
+    temporary name that names its pid; one killed leaves it, and the host
+    removes it within about a second; the winner of a failover publishes
+    its own; processes that stop gracefully leave nothing but the lock
+    file.
     """
-    if children.transportKind == "tcp":
-        pytest.skip("a TCP host's port is bound when it wins; only sockets wait ready")
 
     def readyOf() -> set[str]:
         prefix = "." + os.path.basename(children.channelFile("ready")) + "~"

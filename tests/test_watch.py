@@ -258,6 +258,33 @@ def test_watchBeginsAfterAFailedFirstAttempt(
     assert len(reactor.getDelayedCalls()) == deadlines + 1
 
 
+def test_watchBeginsAfterAFirstLinkLostBeforeItsWelcome(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """
+    A first attempt whose link is lost before the host welcomes it (the
+    host died during the handshake) begins the watch and tries again at
+    once, as a failed dial does: the host's successor may have published
+    itself before the watch began.  A second such loss backs off, watching.
+    """
+    client, reactor, watches = watchedClient(monkeypatch, str(tmp_path / "j.lock"))
+    client.startConnecting()
+    assert watches == []
+    first = reactor.unixClients[-1][1].buildProtocol(None)
+    first.makeConnection(LinkTransport())
+    first.connectionLost(Failure(ConnectionDone()))
+    assert watches == [SOCKET]
+    assert len(reactor.unixClients) == 2
+    assert client.link is None
+    deadlines = len(reactor.getDelayedCalls())
+    second = reactor.unixClients[-1][1].buildProtocol(None)
+    second.makeConnection(LinkTransport())
+    second.connectionLost(Failure(ConnectionDone()))
+    assert watches == [SOCKET]
+    assert len(reactor.unixClients) == 2
+    assert len(reactor.getDelayedCalls()) == deadlines + 1
+
+
 def test_oneLinkAtATimeThroughAFailover(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -29,6 +29,7 @@ import secrets
 from dataclasses import dataclass
 
 from ._directory import UnsafeDirectoryError
+from ._temporary import temporaryName
 
 #: The address a TCP host listens on, and its clients connect to.
 LOOPBACK = "127.0.0.1"
@@ -81,22 +82,17 @@ def proofMatches(expected: bytes, received: bytes) -> bool:
     return hmac.compare_digest(expected, received)
 
 
-def writePortFile(path: str, portFile: PortFile) -> None:
+def createPortFile(temporary: str, portFile: PortFile) -> tuple[int, int]:
     """
-    Write C{portFile} to C{path} atomically, never readable by anyone else:
-    a temporary file is created with mode 0600, filled, and renamed over
-    C{path}.
+    Write C{portFile} to a new file at C{temporary}, mode 0600, never
+    following a link nor opening a file already there; to be renamed into
+    place.
 
-    Not synced to disk: the file describes a live process, so after a crash
-    of the machine it is stale whatever it holds, and other processes see
-    the whole file through the rename alone.  A sync would wait for the
-    file system's journal on the takeover's path (from the lock's win to
-    the clients' sight of the new host), 0.3 ms when the disk is idle but
-    up to 24 ms measured under the load of a shared machine, while the
-    clients of a killed host have only until the kernel closes its sockets
-    to leave it on their own.
+    @return: the device and inode of the file written, by which it is told
+        from one put in its place.
+    @raise OSError: if it cannot be made; nothing is left at C{temporary}
+        then.
     """
-    temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     descriptor = os.open(temporary, flags, 0o600)
     try:
@@ -109,6 +105,37 @@ def writePortFile(path: str, portFile: PortFile) -> None:
                 },
                 f,
             )
+            f.flush()
+            info = os.fstat(f.fileno())
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    return info.st_dev, info.st_ino
+
+
+def writePortFile(path: str, portFile: PortFile) -> None:
+    """
+    Write C{portFile} to C{path} atomically, never readable by anyone else:
+    a temporary file is created with mode 0600 (L{createPortFile}), filled,
+    and renamed over C{path}.  Its temporary name names this process
+    (L{temporaryName}), so that a host removes what a writer killed
+    meanwhile left.
+
+    Not synced to disk: the file describes a live process, so after a crash
+    of the machine it is stale whatever it holds, and other processes see
+    the whole file through the rename alone.  A sync would wait for the
+    file system's journal on the takeover's path (from the lock's win to
+    the clients' sight of the new host), 0.3 ms when the disk is idle but
+    up to 24 ms measured under the load of a shared machine, while the
+    clients of a killed host have only until the kernel closes its sockets
+    to leave it on their own.
+    """
+    temporary = temporaryName(path)
+    createPortFile(temporary, portFile)
+    try:
         os.replace(temporary, path)
     except BaseException:
         try:

@@ -1126,7 +1126,7 @@ class ChannelClientTransport(SocketOptions):
             # (then try again), or another was welcomed first (then nothing
             # is to be done: a retry would dial a second link to the host).
             if self.link is None:
-                reconnection.attemptFailed(reason, linkLost=True)
+                reconnection.attemptFailed(reason)
             return
         self.link = None
         if self.failover == CLOSE:

@@ -21,6 +21,7 @@ time.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from dataclasses import dataclass, field
@@ -110,6 +111,7 @@ class ClusterSettings:
                 )
             return None
         parsed = parseCoordinator(coordinator)
+        _requireClusterPackages(tls=parsed.secure or not insecure)
         from ._campaign import Campaign
 
         ttl = DEFAULT_LEASE_TTL if leaseTTL is None else leaseTTL
@@ -172,6 +174,27 @@ class ClusterSettings:
         if self.credentials is not None:
             return str(self.credentials.identity)
         return self.advertise or "127.0.0.1"
+
+
+def _requireClusterPackages(tls: bool) -> None:
+    """
+    Check that the C{cluster} extra's packages are there: etcd is reached
+    through treq, and TLS (between machines, or to etcd with C{etcds://})
+    goes through pyOpenSSL and service_identity (C{twisted[tls]}).
+
+    @param tls: whether this channel uses TLS anywhere.
+    @raise ValueError: naming the missing modules and the extra to install,
+        when the string is parsed, rather than an C{ImportError} from a
+        module the user never named at C{listen()} or C{connect()}.
+    """
+    needed = ["treq"] + (["OpenSSL", "service_identity"] if tls else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(
+            "coordinator= (a channel across machines) needs the cluster extra, "
+            f"which is not installed (no {', '.join(missing)}): "
+            "pip install 'twisted-channel[cluster]'"
+        )
 
 
 def _etcdTLS(

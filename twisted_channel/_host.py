@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -33,13 +34,7 @@ from zope.interface import implementer
 
 from . import _process, _wire
 from ._address import HOST, STANDBY, ChannelAddress
-from ._auth import (
-    LOOPBACK,
-    PortFile,
-    newSecret,
-    removePortFile,
-    writePortFile,
-)
+from ._auth import LOOPBACK, removePortFile
 from ._authexchange import FailureLimit
 from ._budget import BudgetedProducer, HostBudget
 from ._candidacy import ElectionRetry, ShutdownHandover
@@ -63,7 +58,9 @@ from ._interfaces import ChannelBufferFullError
 from ._publishing import (
     HostSocketPort,
     Publication,
+    PublishedPort,
     PublishedSocket,
+    StandbyPort,
     StandbySocket,
 )
 from ._roles import RoleWaiters
@@ -827,13 +824,18 @@ class ChannelPort:
         self.acrossMachines: _wire.HostTerm | None = None
         self._authFailures = FailureLimit(AUTH_FAILURE_LIMIT, AUTH_FAILURE_WINDOW)
         self.role = STOPPED
-        # The socket this standby will publish if it wins.
-        self._standbySocket = StandbySocket(paths.socket)
+        # The socket (over TCP: the port and its port file) this standby
+        # will publish if it wins.
+        self._standbySocket: StandbySocket | StandbyPort = (
+            StandbyPort(paths.port)
+            if transport == "tcp"
+            else StandbySocket(paths.socket)
+        )
         self._election = HostElection(
             reactor,
             paths.lock,
             self._elected,
-            prepare=self._standbySocket.publish if transport == "unix" else None,
+            prepare=self._standbySocket.publish,
             discard=self._standbySocket.withdraw,
         )
         # What this host published, while it hosts.
@@ -940,13 +942,12 @@ class ChannelPort:
 
     def _standBy(self) -> None:
         """
-        Wait for the lock in the background, with a socket ready to publish
-        if it is won: the moment of the win is the one when the dead host's
-        exit and its clients compete for the CPU, and a rename is all that
-        is then left to do.
+        Wait for the lock in the background, with a socket (over TCP: a
+        port and its port file) ready to publish if it is won: the moment of
+        the win is the one when the dead host's exit and its clients compete
+        for the CPU, and a rename is all that is then left to do.
         """
-        if self.transportKind == "unix":
-            self._standbySocket.prepare()
+        self._standbySocket.prepare()
         _readyToHost()
         self._election.waitInBackground()
         # Last, the collection that would otherwise fall due during the
@@ -957,7 +958,7 @@ class ChannelPort:
 
     def _elected(self, prepared: object = None) -> None:
         if self.role != STANDBY:
-            if isinstance(prepared, PublishedSocket):
+            if isinstance(prepared, (PublishedSocket, PublishedPort)):
                 self._standbySocket.withdraw(prepared)
             self._election.release()
             return
@@ -1000,19 +1001,25 @@ class ChannelPort:
         publishedEarlier = False
         try:
             if self.transportKind == "tcp":
-                socketPort = self.reactor.listenTCP(
-                    0, _HostLinkFactory(self, term), backlog=128, interface=LOOPBACK
-                )
-                secret = newSecret()
+                # Published on the election thread, clients may be queued on
+                # it already; published here, none had the time to.
+                publishedEarlier = isinstance(prepared, PublishedPort)
+                if not isinstance(prepared, PublishedPort):
+                    prepared = self._standbySocket.publish()
+                assert isinstance(prepared, PublishedPort)
                 try:
-                    writePortFile(
-                        self.paths.port,
-                        PortFile(socketPort.getHost().port, secret, _process.pid),  # type: ignore[attr-defined]
+                    # The reactor's port listens on a duplicate, and shuts
+                    # nothing down but closes it when it stops.
+                    socketPort = self.reactor.adoptStreamPort(
+                        prepared.listening.fileno(),
+                        socket.AF_INET,
+                        _HostLinkFactory(self, term),
                     )
                 except BaseException:
-                    socketPort.stopListening()
+                    self._standbySocket.withdraw(prepared)
                     raise
-                self.secret = secret
+                prepared.listening.close()
+                self.secret = prepared.secret
             else:
                 unixPort = HostSocketPort(
                     os.fsencode(self.paths.socket),
@@ -1026,6 +1033,7 @@ class ChannelPort:
                 publishedEarlier = isinstance(prepared, PublishedSocket)
                 if not isinstance(prepared, PublishedSocket):
                     prepared = self._standbySocket.publish()
+                assert isinstance(prepared, PublishedSocket)
                 unixPort.adopt(prepared)
                 unixPort.startListening()
                 socketPort = unixPort

@@ -1,25 +1,27 @@
 """
 Publishing a host: binding its Unix socket under a temporary name and
 renaming it into place, the socket a standby holds ready to publish the
-moment it wins (L{StandbySocket}), the clean-up of what dead processes
-left, the port that removes its socket only if it is still the one it
-bound, and
+moment it wins (L{StandbySocket}); over loopback TCP, the port, secret and
+port file a standby holds ready likewise (L{StandbyPort}); the clean-up of
+what dead processes left, the port that removes its socket only if it is
+still the one it bound, and
 L{Publication}, which checks once a second while it hosts that clients
 can still find it (its socket file, or over loopback TCP its port file)
 and publishes it again if not.
 
-Every function here is called holding the lock (or, for a standby's ready
-socket, under a name no one else uses): the file system is the only shared
+Every function here is called holding the lock (or, for what a standby
+holds ready, under a name no one else uses): the file system is the only shared
 state, and a host never removes a file it did not make.
 """
 
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import socket
+import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,14 +35,25 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import _process
-from ._auth import PortFile, proofMatches, readPortFile, writePortFile
+from ._auth import (
+    LOOPBACK,
+    PortFile,
+    createPortFile,
+    newSecret,
+    proofMatches,
+    readPortFile,
+    removePortFile,
+    writePortFile,
+)
 from ._directory import (
     MAX_SOCKET_PATH,
     ChannelPaths,
+    UnsafeDirectoryError,
     checkReplaceableSocket,
     removeStaleSocket,
 )
 from ._sockets import LinkAcceptingPort, newUnixPort, startListeningOn
+from ._temporary import makerAlive, temporaryName, temporaryPrefix
 
 _log = Logger()
 
@@ -144,64 +157,21 @@ class ReadySocket:
     identity: tuple[int, int]
 
 
-def temporaryPrefix(path: str) -> str:
+def removeLeftovers(
+    path: str, remove: Callable[[str], None] = removeStaleSocket
+) -> None:
     """
-    The prefix of the temporary names a host of the socket at C{path} binds
-    under: a dot, the socket's file name, a tilde.
-    """
-    directory, _, name = path.rpartition(os.sep)
-    return f"{directory}{os.sep}.{name}~"
+    Remove the temporary files that processes of this channel left behind
+    when they died: hosts killed between bind (or write) and rename,
+    standbys killed with their L{ReadySocket} or L{ReadyPort}.  Those of
+    live standbys stay.  Called by the lock holder only, so no host is
+    publishing meanwhile; not while it takes over, when every moment
+    counts, but at each check of its published socket or port file.
 
-
-#: The last part of the temporary names: random once per process, then
-#: counted up, so that no two of its names are the same and a name is not
-#: one a dead process of the same pid left.
-_serials = itertools.count(int.from_bytes(os.urandom(4), "big"))
-
-
-def temporaryName(path: str) -> str:
-    """
-    A temporary name for a socket to be published at C{path}: its prefix,
-    this process's pid (which tells whether its maker is alive) and a
-    part of its own.
-    """
-    serial = next(_serials) & 0xFFFFFFFF
-    return f"{temporaryPrefix(path)}{_process.pid}-{serial:08x}"
-
-
-def makerAlive(name: str, prefix: str) -> bool:
-    """
-    Whether the process that bound the temporary socket C{name} still runs,
-    by the pid in the name.  A zombie (dead, not yet reaped by its parent)
-    does not.
-    """
-    pid = name[len(prefix) :].split("-", 1)[0]
-    if not pid.isdigit() or int(pid) <= 0:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except OSError:
-        return True
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as stat:
-            # The state follows the command name, which is in parentheses
-            # and may hold anything, a parenthesis included.
-            state = stat.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in (b"Z", b"X")
-
-
-def removeLeftovers(path: str) -> None:
-    """
-    Remove temporary sockets that processes of this channel left behind
-    when they died: hosts killed between bind and rename, standbys killed
-    with their L{ReadySocket}.  Those of live standbys stay.  Called by
-    the lock holder only, so no host is publishing meanwhile; not while it
-    takes over, when every moment counts, but at each check of its
-    published socket.
+    @param path: the published socket, or port file.
+    @param remove: removes one leftover, if it is of the kind published
+        at C{path} (L{removeStaleSocket}, L{removeStalePortFile}), and
+        raises L{UnsafeDirectoryError} if not.
     """
     directory, _ = os.path.split(path)
     prefix = os.path.basename(temporaryPrefix(path))
@@ -212,9 +182,27 @@ def removeLeftovers(path: str) -> None:
     for name in names:
         if name.startswith(prefix) and not makerAlive(name, prefix):
             try:
-                removeStaleSocket(os.path.join(directory, name))
+                remove(os.path.join(directory, name))
             except (OSError, ValueError):
                 pass
+
+
+def removeStalePortFile(path: str) -> None:
+    """
+    Remove a port file a dead process left under a temporary name.
+
+    @raise UnsafeDirectoryError: if something other than a regular file is
+        there (a symbolic link, say): the channel does not remove what it
+        did not make.
+    """
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise UnsafeDirectoryError(
+            f"{path!r} is not a regular file; refusing to remove it"
+        )
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 #: A stream socket made not blocking (where the kernel can, as it is made:
@@ -408,6 +396,181 @@ class StandbySocket:
             discardReadySocket(ready)
 
 
+@dataclass(frozen=True)
+class ReadyPort:
+    """
+    What a loopback TCP standby holds ready to publish the moment it wins
+    the lock: a socket bound to an ephemeral loopback port and listening,
+    the secret of its term to come, and the port file naming both, written
+    under a temporary name, so that a rename publishes it.
+
+    The port is reachable before it is published, as any loopback port is,
+    but nobody is served there before the rename: no client knows the port
+    before the file names it, and whoever connects anyway waits in the
+    kernel's queue, unread, until this process hosts (and then must prove
+    it knows the secret).
+    """
+
+    listening: socket.socket
+    port: int
+    secret: bytes
+    temporary: str
+    identity: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    """
+    A loopback TCP socket listening, and the secret its port file names.
+    """
+
+    listening: socket.socket
+    port: int
+    secret: bytes
+
+
+def listeningOnLoopback() -> socket.socket:
+    """
+    A TCP socket bound to an ephemeral loopback port and listening, not
+    blocking.
+    """
+    listening = socket.socket(socket.AF_INET, _NONBLOCKING_STREAM)
+    try:
+        if not _SOCK_NONBLOCK:
+            listening.setblocking(False)
+        listening.bind((LOOPBACK, 0))
+        listening.listen(128)
+    except BaseException:
+        listening.close()
+        raise
+    return listening
+
+
+def readyPort(path: str) -> ReadyPort:
+    """
+    Bind and listen a loopback port, make a secret, and write the port file
+    naming both under a temporary name, to publish at C{path} by renaming
+    it: what a TCP standby holds ready, and how a TCP host publishes.
+    """
+    listening = listeningOnLoopback()
+    try:
+        port = listening.getsockname()[1]
+        secret = newSecret()
+        temporary = temporaryName(path)
+        identity = createPortFile(temporary, PortFile(port, secret, _process.pid))
+    except BaseException:
+        listening.close()
+        raise
+    return ReadyPort(listening, port, secret, temporary, identity)
+
+
+def discardReadyPort(ready: ReadyPort) -> None:
+    """
+    Close a L{ReadyPort} that will not be published, and remove its port
+    file.
+    """
+    ready.listening.close()
+    unlinkIfSame(ready.temporary, ready.identity)
+
+
+def listeningTCPPort(path: str, ready: ReadyPort | None = None) -> PublishedPort:
+    """
+    A loopback port listening, published by the port file at C{path}
+    (replacing the dead host's): C{ready}'s, renamed into place, if its
+    file is still the one it wrote; otherwise a new one, made and renamed
+    the same way.  Called holding the lock.
+    """
+    if ready is not None:
+        try:
+            info = os.lstat(ready.temporary)
+            if (info.st_dev, info.st_ino) != ready.identity:
+                raise FileNotFoundError(ready.temporary)
+            os.rename(ready.temporary, path)
+        except OSError:
+            discardReadyPort(ready)
+        else:
+            return PublishedPort(ready.listening, ready.port, ready.secret)
+    ready = readyPort(path)
+    try:
+        os.rename(ready.temporary, path)
+    except BaseException:
+        discardReadyPort(ready)
+        raise
+    return PublishedPort(ready.listening, ready.port, ready.secret)
+
+
+def withdrawTCPPort(published: PublishedPort, path: str) -> None:
+    """
+    Remove the port file at C{path} if it still names C{published}, and
+    close its socket.
+    """
+    removePortFile(path, published.secret)
+    published.listening.close()
+
+
+class StandbyPort:
+    """
+    What a loopback TCP standby holds ready to publish at C{path} (its port
+    file) the moment it wins the lock: a L{ReadyPort}, so that, as with
+    L{StandbySocket}, a rename is all that is left to do when the dead
+    host's exit and its clients compete for the CPU.  The reactor thread
+    makes it and discards it; whichever thread wins the lock publishes it
+    (hence its lock).
+
+    @ivar ready: the port held ready, if any.
+    """
+
+    def __init__(self, path: str) -> None:
+        """
+        @param path: the port file that publishes the port.
+        """
+        self._path = path
+        self.ready: ReadyPort | None = None
+        self._lock = threading.Lock()
+
+    def prepare(self) -> None:
+        """
+        Bind, listen and write the port file under a temporary name, unless
+        that is held already; if it cannot be done, the winner does it when
+        it wins, as it would have anyway.
+        """
+        with self._lock:
+            if self.ready is None:
+                try:
+                    self.ready = readyPort(self._path)
+                except OSError:
+                    pass
+
+    def publish(self) -> PublishedPort:
+        """
+        Publish a listening port: the one held ready if it can be, else a
+        new one (see L{listeningTCPPort}).  Called holding the lock; on the
+        election thread the moment it is won, so that clients connect (and
+        queue in the kernel) before the reactor thread even wakes.
+        """
+        with self._lock:
+            ready, self.ready = self.ready, None
+        return listeningTCPPort(self._path, ready)
+
+    def withdraw(self, published: object) -> None:
+        """
+        Withdraw a port L{publish} returned: the election's wait was
+        cancelled after it, or the port stopped meanwhile.
+        """
+        assert isinstance(published, PublishedPort)
+        withdrawTCPPort(published, self._path)
+
+    def discard(self) -> None:
+        """
+        Close the port held ready, if any, and remove its file: the standby
+        stops.
+        """
+        with self._lock:
+            ready, self.ready = self.ready, None
+        if ready is not None:
+            discardReadyPort(ready)
+
+
 class Publication:
     """
     What one host published so that clients find it, for as long as it
@@ -476,6 +639,7 @@ class Publication:
         try:
             if self.secret is not None:
                 self._checkPortFile(self.secret)
+                removeLeftovers(self._paths.port, removeStalePortFile)
             else:
                 self._checkSocketFile()
                 removeLeftovers(self._paths.socket)

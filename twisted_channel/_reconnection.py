@@ -706,24 +706,24 @@ class Reconnection:
         )
         link.abort()
 
-    def attemptFailed(self, reason: Failure, *, linkLost: bool = False) -> None:
+    def attemptFailed(self, reason: Failure) -> None:
         """
-        An attempt of the L{connector} failed: its dial, or (C{linkLost})
-        its link, lost before a host welcomed it while the connection has
-        no link.  What follows is decided here, for every connector.
+        An attempt of the L{connector} failed: its dial, or its link, lost
+        before a host welcomed it while the connection has no link.  What
+        follows is decided here, for every connector.
 
         Nothing, if the attempt was cancelled or the connection is closed.
         Otherwise the timer of the give-up deadline is armed, since no link
         guards the search any more (see L{start}); then, unless another
         attempt is under way (a second link would say hello with the same
         client id, and the host would close the first for it), an attempt
-        at once if a host appeared while this one was under way, or if a
-        failed dial just began the watch (a host published between the dial
-        and the watch went unseen by both); else the strategy's backoff.
+        at once if a host appeared while this one was under way, or if the
+        failure just began the watch (a host published between the attempt
+        and the watch went unseen by both: the one a lost link reached may
+        have died, and a standby taken over, meanwhile); else the
+        strategy's backoff.
 
         @param reason: why the attempt failed.
-        @param linkLost: whether the attempt's link was lost, rather than
-            its dial failing: the watch is then left as it is.
         """
         if reason.check(error.ConnectingCancelledError) or self._connection.closed:
             return
@@ -731,7 +731,7 @@ class Reconnection:
         connector = self.connector
         if connector.attempting:
             return
-        if self.hostAppearedMeanwhile() or (not linkLost and self.startWatching()):
+        if self.hostAppearedMeanwhile() or self.startWatching():
             connector.connect()
             return
         self.strategy.clientConnectionFailed(connector, reason)  # type: ignore[no-untyped-call]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted_channel._directory import channelPaths
-from twisted_channel._publishing import temporaryPrefix as _temporaryPrefix
+from twisted_channel._temporary import temporaryPrefix as _temporaryPrefix
 from twisted_channel.testing import ChannelProcesses, Record, readRecords
 from twisted_channel.testing import ChildProcess as Child
 
@@ -482,17 +482,24 @@ class Cluster:
     def strayFiles(self) -> list[str]:
         """
         What the runtime directory holds besides the channel's own files,
-        the record and the sockets live standbys hold ready (named after
-        their pid): what a dead process left behind.
+        the record and the sockets (over TCP, port files) live standbys
+        hold ready (named after their pid): what a dead process left
+        behind.
         """
         paths = channelPaths(self.name, self.directory)
         own = {
             os.path.basename(path)
             for path in (paths.socket, paths.lock, paths.port, self.record)
         }
-        prefix = os.path.basename(_temporaryPrefix(paths.socket))
+        prefixes = [
+            os.path.basename(_temporaryPrefix(published))
+            for published in (paths.socket, paths.port)
+        ]
         ready = tuple(
-            f"{prefix}{child.pid}-" for child in self.candidates if self.alive(child)
+            f"{prefix}{child.pid}-"
+            for prefix in prefixes
+            for child in self.candidates
+            if self.alive(child)
         )
         try:
             names = os.listdir(self.directory)

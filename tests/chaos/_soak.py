@@ -337,8 +337,9 @@ def markdown(report: SoakReport, command: str) -> str:
         "that died with its host, the messages up to its last delivered one.  "
         "*Files left behind* are what dead processes left in the runtime "
         "directory that the host had not removed 3 s after the run (it "
-        "removes them at each check of its socket, every second); the "
-        "sockets live standbys hold ready are not counted.",
+        "removes them at each check of its socket or port file, every "
+        "second); the sockets (over TCP, the port files) live standbys hold "
+        "ready are not counted.",
         "",
         "## Fault scenarios",
         "",
