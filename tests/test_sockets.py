@@ -5,16 +5,19 @@ interfaces, over real Unix and TCP sockets with the installed reactor.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
 import struct
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import abstract, tcp, unix
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
@@ -858,6 +861,7 @@ def test_probeFindsEverythingOnThisTwisted() -> None:
     assert found.directDispatch
     assert found.unixTransportOver
     assert found.unixPortTemplate is not None
+    assert found.directAccept
     assert twistedEdge() == found
 
 
@@ -1038,12 +1042,14 @@ def test_probeFindsAPortThatDoesNotAcceptStartedOtherwise(
 ) -> None:
     """
     A Unix port that, started as the channel starts it on a socket bound
-    beforehand, does not accept on it is named, and only that is off.
+    beforehand, does not accept on it is named, and that is off; so is the
+    channel's accept loop, which stands in for Twisted's, not for another.
     """
     _portsStartedOtherwise(monkeypatch)
     found = probeTwisted()
-    assert found.missing == (_STARTED_OTHERWISE,)
-    assert not found.adoptListeningSocket and found.bufferAccounting
+    assert found.missing == (_STARTED_OTHERWISE, _ACCEPT_LOOP)
+    assert not found.adoptListeningSocket and not found.directAccept
+    assert found.bufferAccounting and found.unixTransportOver
 
 
 def test_portStartedOnABoundSocketAccepts(channelDirectory: str) -> None:
@@ -1085,6 +1091,219 @@ def test_portStartedOnABoundSocketAccepts(channelDirectory: str) -> None:
     finally:
         port.stopReading()
         listening.close()
+
+
+#: What the probe calls Twisted's accept loop when the channel's may not
+#: stand in for it.
+_ACCEPT_LOOP = "tcp.Port.doRead's accept loop, for Unix ports"
+
+
+class _Noting(Factory):
+    """
+    Builds plain protocols, and notes the address each was built for and
+    the legacy logging context's C{system} meanwhile; or raises, while
+    C{failing}.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.built: list[Protocol] = []
+        self.addresses: list[object] = []
+        self.systems: list[object] = []
+        self.failing = False
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        if self.failing:
+            raise ZeroDivisionError("the factory failed")
+        self.addresses.append(addr)
+        self.systems.append(context.get(log.ILogContext)["system"])
+        self.built.append(Protocol())
+        return self.built[-1]
+
+    def close(self) -> None:
+        for protocol in self.built:
+            assert protocol.transport is not None
+            protocol.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+@contextmanager
+def _acceptingPort(
+    directory: str, reactor: Any, sock: socket.socket | None = None
+) -> Iterator[tuple[_sockets.LinkAcceptingPort, _Noting, str]]:
+    """
+    A channel's accepting port, started on a listening socket (C{sock} if
+    given) at a path in C{directory}; its factory, and the path.
+    """
+    path = os.path.join(directory, "a.sock")
+    listening = sock or socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(path)
+    listening.listen(8)
+    listening.setblocking(False)
+    factory = _Noting()
+    port = _sockets.LinkAcceptingPort(os.fsencode(path), factory, reactor=reactor)
+    try:
+        assert _sockets.startListeningOn(port, listening)
+        yield port, factory, path
+    finally:
+        port.stopReading()
+        factory.close()
+        listening.close()
+
+
+def test_portAcceptsWithTheChannelsLoop(
+    channelDirectory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The channel's port accepts every link waiting, without Twisted's loop
+    and without an address for its factory, each link the reactor's Unix
+    transport over a non-blocking socket and numbered as Twisted numbers
+    them; it then accepts as many at once as Twisted's loop would (as many
+    as it found, or 20 more when it took all it could).
+    """
+    from twisted.internet import reactor
+
+    twisteds: list[object] = []
+    monkeypatch.setattr(tcp.Port, "doRead", twisteds.append)
+    with _acceptingPort(channelDirectory, reactor) as (port, factory, path):
+        clients = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+        try:
+            for client in clients:
+                client.connect(path)
+            port.doRead()
+            assert factory.addresses == [None] * 3
+            transports = [protocol.transport for protocol in factory.built]
+            assert [type(t) for t in transports] == [unix.Server] * 3
+            assert [t.sessionno for t in transports] == [0, 1, 2]  # type: ignore[union-attr]
+            assert all(t.connected for t in transports)  # type: ignore[union-attr]
+            assert all(t.socket.gettimeout() == 0.0 for t in transports)  # type: ignore[union-attr]
+            assert port.numberAccepts == 3
+            # Nothing waits: nothing is made.
+            port.doRead()
+            assert len(factory.built) == 3 and port.numberAccepts == 1
+            # As many as it may take: it takes 20 more the next time.
+            for client in clients[:2]:
+                client.close()
+            clients[:2] = [socket.socket(socket.AF_UNIX) for _ in range(2)]
+            for client in clients[:2]:
+                client.connect(path)
+            port.doRead()
+            assert len(factory.built) == 4 and port.numberAccepts == 21
+            port.doRead()
+            assert len(factory.built) == 5
+        finally:
+            for client in clients:
+                client.close()
+    assert twisteds == []
+
+
+class _AbortingOnce(socket.socket):
+    """
+    A listening socket whose first accept fails as one whose client gave
+    up while queued does.
+    """
+
+    aborted = False
+
+    def _accept(self) -> tuple[int, Any]:
+        if not self.aborted:
+            self.aborted = True
+            raise ConnectionAbortedError(errno.ECONNABORTED, "aborted")
+        return super()._accept()  # type: ignore[misc, no-any-return]
+
+
+def test_portLeavesAnAcceptErrorToTwistedsLoop(channelDirectory: str) -> None:
+    """
+    An accept that fails otherwise than for want of a link is left to
+    Twisted's loop, which meets what follows as it does: here the link
+    after an aborted one is accepted by it (its factory given the
+    address Twisted makes).
+    """
+    from twisted.internet import reactor
+
+    sock = _AbortingOnce(socket.AF_UNIX, socket.SOCK_STREAM)
+    with _acceptingPort(channelDirectory, reactor, sock) as (port, factory, path):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)
+            port.doRead()
+            assert sock.aborted
+            [protocol] = factory.built
+            [address] = factory.addresses
+            assert isinstance(address, UNIXAddress)
+            assert protocol.transport.connected  # type: ignore[union-attr]
+
+
+def test_portLogsWhatAcceptingRaisesAndGoesOn(channelDirectory: str) -> None:
+    """
+    What a link's making raises is logged, as Twisted's loop logs it, and
+    the port goes on accepting.
+    """
+    from twisted.internet import reactor
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        with _acceptingPort(channelDirectory, reactor) as (port, factory, path):
+            with (
+                socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as first,
+                socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as second,
+            ):
+                first.connect(path)
+                factory.failing = True
+                port.doRead()
+                factory.failing = False
+                second.connect(path)
+                port.doRead()
+                assert len(factory.built) == 1
+                assert port in reactor.getReaders()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any("the factory failed" in str(e.get("failure")) for e in events)
+
+
+def test_directDispatchAcceptsWithoutTheLoggingContext(
+    epollReactor: Any, channelDirectory: str
+) -> None:
+    """
+    Once the channel's port reads, the epoll reactor's dispatch is the
+    channel's, and it hands the port's accepts over without the legacy
+    logging context, as it does a link's reads.
+    """
+    with _acceptingPort(channelDirectory, epollReactor) as (port, factory, path):
+        assert "doIteration" in vars(epollReactor)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)
+            epollReactor.doIteration(0)
+            assert factory.systems == ["-"]
+
+
+def test_probeNamesAnAcceptLoopItDoesNotKnow(
+    channelDirectory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Unix ports that make another transport than the one the channel's
+    loop was found to make as Twisted's does turn that loop off, and only
+    that: the channel's port then accepts through Twisted's loop, inside
+    the logging context that names it.
+    """
+    from twisted.internet import reactor
+
+    class Other(unix.Server):
+        pass
+
+    monkeypatch.setattr(unix.Port, "transport", Other)
+    found = probeTwisted()
+    assert found.missing == (_ACCEPT_LOOP,)
+    assert not found.directAccept and found.adoptListeningSocket
+    monkeypatch.setattr(_sockets, "_found", found)
+    with _acceptingPort(channelDirectory, reactor) as (port, factory, path):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)
+            port.doRead()
+            [address] = factory.addresses
+            assert isinstance(address, UNIXAddress)
+            assert isinstance(factory.built[0].transport, Other)
+            assert factory.systems == [port.logPrefix()]
 
 
 _DISPATCH = (

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import tcp, unix
+from twisted.internet import tcp
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
@@ -52,7 +52,7 @@ from ._directory import (
     checkReplaceableSocket,
     removeStaleSocket,
 )
-from ._sockets import newUnixPort, startListeningOn
+from ._sockets import LinkAcceptingPort, newUnixPort, startListeningOn
 from ._temporary import makerAlive, temporaryName, temporaryPrefix
 
 _log = Logger()
@@ -62,7 +62,7 @@ _log = Logger()
 PUBLISH_CHECK_INTERVAL = 1.0
 
 
-class HostSocketPort(unix.Port):
+class HostSocketPort(LinkAcceptingPort):
     """
     A Unix listening port that, when it closes, removes its socket file only
     if the file there is still the one it bound: a host never removes a

@@ -6,8 +6,9 @@ nothing, sending what it holds without joining it, reading without its
 layers, the epoll reactor handing a link's reads over without the legacy
 logging context, how much waits unread in the kernel, a Unix
 listening port made without running its constructor's code (its fields
-taken from a port the constructor made once) and started on a socket
-bound and listening beforehand, a Unix transport made over a socket the
+taken from a port the constructor made once), started on a socket
+bound and listening beforehand and accepting with a loop of the channel's
+(L{LinkAcceptingPort}), a Unix transport made over a socket the
 channel connected itself, and, for links under Twisted's TLS layer,
 reading and writing its records with pyOpenSSL's C{SSL_read},
 C{SSL_write} and C{BIO_read} on buffers of the channel's (probed apart, by
@@ -116,6 +117,11 @@ class TwistedEdge:
         links that read directly serves every descriptor as the reactor's
         own does: L{readDirectly} gives it to the reactor.  False where
         there is no epoll (nothing is lacking then).
+    @ivar directAccept: a Unix listening port's accept loop
+        (C{tcp.Port.doRead}) may be stood in for by L{LinkAcceptingPort}'s,
+        which makes the same transports with less on the way: the sockets'
+        C{_accept} gives a descriptor and the peer's name, and a link made
+        from them is what Twisted's loop makes.
     @ivar missing: the names of what was not found, for the warning.
     """
 
@@ -128,6 +134,7 @@ class TwistedEdge:
     directDispatch: bool = False
     unixTransportOver: bool = False
     unixPortTemplate: UnixPortTemplate | None = None
+    directAccept: bool = False
 
 
 @implementer(IReactorFDSet)
@@ -345,6 +352,71 @@ def _probeAdoptListeningSocket(missing: list[str]) -> bool:
                 else:
                     connected.append(False)
             if connected != [True] or port.fileno() != listening.fileno():
+                missing.append(name)
+                return False
+    except Exception:
+        missing.append(name)
+        return False
+    return True
+
+
+#: The fields of a transport that differ between two links accepted on
+#: one port, whoever made them.
+_PER_LINK = frozenset(("socket", "fileno", "protocol", "sessionno", "logstr", "repstr"))
+
+
+def _probeDirectAccept(missing: list[str]) -> bool:
+    """
+    Whether L{LinkAcceptingPort}'s accept loop may stand in for Twisted's
+    (C{tcp.Port.doRead}, which Unix ports use): on a port started on a
+    listening socket, a link accepted by each holds the same fields of the
+    same values but for those that differ per link, names the same peer
+    over a non-blocking socket, and the port counts its sessions and scales
+    its accepts as Twisted's loop does.
+    """
+    name = "tcp.Port.doRead's accept loop, for Unix ports"
+    factory = _ProbeFactory()
+    try:
+        if (
+            unix.Port.doRead is not tcp.Port.doRead
+            or unix.Port.transport is not unix.Server
+        ):
+            missing.append(name)
+            return False
+        with (
+            _probeListeningSocket() as listening,
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as first,
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as second,
+        ):
+            port = unix.Port(b"\0probe", factory, reactor=_ProbeReactor())
+            _startOn(port, listening)
+            first.connect(listening.getsockname())
+            unix.Port.doRead(port)
+            second.connect(listening.getsockname())
+            _acceptLinks(port)
+            # Nothing waits now: nothing is made.
+            _acceptLinks(port)
+            transports = [protocol.transport for protocol in factory.built]
+            for transport in transports:
+                if isinstance(transport, tcp.Connection):
+                    transport.socket.close()
+            if len(transports) != 2:
+                missing.append(name)
+                return False
+            theirs, ours = transports
+            if not (
+                type(ours) is type(theirs)
+                and vars(ours).keys() == vars(theirs).keys()
+                and all(
+                    value == vars(ours)[field]
+                    for field, value in vars(theirs).items()
+                    if field not in _PER_LINK
+                )
+                and ours.getPeer() == theirs.getPeer()  # type: ignore[union-attr]
+                and ours.sessionno == 1  # type: ignore[union-attr]
+                and ours.socket.gettimeout() == 0.0  # type: ignore[union-attr]
+                and (port.sessionno, port.numberAccepts) == (2, 1)
+            ):
                 missing.append(name)
                 return False
     except Exception:
@@ -580,6 +652,7 @@ def probeTwisted() -> TwistedEdge:
         directDispatch=_probeDirectDispatch(missing),
         unixTransportOver=_probeUnixTransportOver(missing),
         unixPortTemplate=_probeUnixPortTemplate(missing),
+        directAccept=_probeDirectAccept(missing),
         missing=tuple(missing),
     )
 
@@ -1495,7 +1568,11 @@ def _directDoPoll(reactor: typing.Any) -> Callable[[float | None], None]:
                 continue
             doRead: typing.Any = getattr(selectable, "doRead", None)
             code = getattr(doRead, "__code__", None)
-            if code is not _DIRECT_READ and code is not _TLS_READ:
+            if (
+                code is not _DIRECT_READ
+                and code is not _TLS_READ
+                and code is not _DIRECT_ACCEPT
+            ):
                 log.callWithLogger(selectable, doReadOrWrite, selectable, fd, event)
                 continue
             try:
@@ -1918,6 +1995,80 @@ def startListeningOn(port: unix.Port, listening: socket.socket) -> bool:
         return False
     _startOn(port, listening)
     return True
+
+
+class LinkAcceptingPort(unix.Port):
+    """
+    A Unix listening port whose accept loop is the channel's
+    (L{_acceptLinks}) where the probe found it may be
+    (L{TwistedEdge.directAccept}), and whose accepts the epoll reactor's
+    dispatch (L{_directDoPoll}) hands over without the legacy logging
+    context, as it does a link's reads.  Its factory is given no address:
+    the channel's host links do not look at it.
+    """
+
+    def startReading(self) -> None:
+        # Before the first accept, which may come before any link reads.
+        _dispatchDirectly(self.reactor)
+        super().startReading()  # type: ignore[no-untyped-call]
+
+    def doRead(self) -> None:
+        """
+        Accept what waits, as C{tcp.Port.doRead} would.
+        """
+        if (_found or twistedEdge()).directAccept:
+            _acceptLinks(self)
+        else:
+            log.callWithLogger(self, tcp.Port.doRead, self)
+
+
+# How the reactor's dispatch (L{_directDoPoll}) knows a channel's port.
+_DIRECT_ACCEPT = LinkAcceptingPort.doRead.__code__
+
+
+def _acceptLinks(port: unix.Port) -> None:
+    """
+    What C{tcp.Port.doRead} does for a Unix port, less what costs the
+    host's first message about 50 microseconds cold and serves nothing
+    here: its log-buffering context manager and the logger it makes, its
+    generator, the socket's C{accept} converting the family and type to
+    their C{enum}s for each new socket, and the C{UNIXAddress} made for the
+    factory.  Up to C{numberAccepts} links are accepted, each made into
+    the port's transport, and that number scaled as Twisted's loop scales
+    it.  An error other than having nothing to accept (too many
+    descriptors, a connection aborted while queued) is left to Twisted's
+    loop, which meets it again and deals with it as it does (its reserved
+    descriptor, its log lines); anything raised on the way is logged, as
+    Twisted's loop logs it.
+    """
+    accept = port.socket._accept  # type: ignore[union-attr]
+    factory = port.factory
+    assert factory is not None
+    limit = port.numberAccepts
+    accepted = 0
+    try:
+        while accepted < limit:
+            try:
+                descriptor, peer = accept()
+            except BlockingIOError:
+                break
+            except OSError:
+                log.callWithLogger(port, tcp.Port.doRead, port)
+                return
+            accepted += 1
+            link = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, descriptor)
+            protocol = factory.buildProtocol(None)
+            if protocol is None:
+                link.close()
+                continue
+            session = port.sessionno
+            port.sessionno = session + 1
+            protocol.makeConnection(
+                port.transport(link, protocol, peer, port, session, port.reactor)
+            )
+        port.numberAccepts = limit + 20 if accepted == limit else max(1, accepted)
+    except BaseException:
+        log.deferr()
 
 
 class _BuildsOne(Factory):
