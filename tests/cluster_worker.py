@@ -5,7 +5,8 @@ A process of a channel across machines, for the multi-process tests:
         receives as "pid message time" lines in --record ("pid message
         time term" with --record-terms: its fencing term then, -1 if it
         had none); prints
-        "HOSTING term t" and "NOT-HOSTING t" (time.monotonic()), and
+        "HOSTING term t" and "NOT-HOSTING t" (time.monotonic()), "ROLE r"
+        for each role its port's role observer is told of, and
         "PEER identity pid" for each link (its getPeer()).
     client: connects and sends --count messages "TAG:i", one every
         --interval seconds (fewer if "stop" comes first on standard input),
@@ -148,6 +149,7 @@ def main() -> None:
             from twisted.internet.defer import Deferred
 
             Deferred.fromCoroutine(roles())
+            port.addRoleObserver(lambda role: say(f"ROLE {role}"))  # type: ignore[attr-defined]
             say(f"READY {os.getpid()}")
 
             def stop() -> None:

@@ -315,6 +315,25 @@ def test_portTerm(rig: Rig) -> None:
     assert _hosting(b1) > term
 
 
+def test_roleObserverAcrossMachines(rig: Rig) -> None:
+    """
+    A port's role observers are told of each change across machines too,
+    as on one machine: C{"host"} when it hosts, C{"stopped"} when it stops
+    listening; the other machine's candidate is told C{"host"} when it
+    takes over.
+    """
+    a1 = rig.start("candidate", "a")
+    _hosting(a1)
+    b1 = rig.start("candidate", "b")
+    a1.waitFor(lambda line: line == "ROLE host", 30)
+    a1.send("stop")
+    a1.waitFor(lambda line: line == "ROLE stopped", 30)
+    _hosting(b1)
+    b1.waitFor(lambda line: line == "ROLE host", 30)
+    roles = [line for line in a1.collect() if line.startswith("ROLE ")]
+    assert roles == ["ROLE host", "ROLE stopped"]
+
+
 def test_insecure(rig: Rig) -> None:
     """
     insecure=yes: plain TCP between machines, said loudly in the log; the

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from ._campaign import DEFAULT_LEASE_TTL, HostRecord, readNumberFile, writeNumbe
 from ._cluster import MachineElection, electionKey
 from ._etcd import Coordinator, EtcdClient, parseCoordinator
 from ._machinelink import HOST_WAIT, MachineHostLink, MachineLinkFactory
+from ._roles import RoleWaiters
 from ._wire import HostTerm
 
 _log = Logger()
@@ -313,6 +315,10 @@ class ClusterPort:
         self._record: HostRecord | None = None
         self._hostingWaiters: list[Deferred[ChannelAddress]] = []
         self._notHostingWaiters: list[Deferred[ChannelAddress]] = []
+        # Told each role as it changes, as a one-machine port's are (only
+        # its observers are used: the waiters above fire when the election
+        # decides, which is not always a change of role).
+        self._roleObservers = RoleWaiters(name)
 
     def startListening(self) -> None:
         """
@@ -491,6 +497,7 @@ class ClusterPort:
         # delivers to it: a link's first messages are read as it is
         # released.
         self._announce(self._hostingWaiters)
+        self._roleObservers.announce(HOST, self.getHost())
         held, self._held = self._held, []
         for link, timer in held:
             timer.cancel()
@@ -517,7 +524,8 @@ class ClusterPort:
         self._releaseHeld()
         self.local.acrossMachines = None
         self.term = None
-        if self.role == HOST:
+        steppedDown = self.role == HOST
+        if steppedDown:
             self.role = STANDBY
         _log.info(
             "channel {channel}: pid {pid} stops hosting across machines "
@@ -528,6 +536,8 @@ class ClusterPort:
             reason=reason,
         )
         self._announce(self._notHostingWaiters)
+        if steppedDown:
+            self._roleObservers.announce(STANDBY, self.getHost())
 
     def _announce(self, waiters: list[Deferred[ChannelAddress]]) -> None:
         pending, waiters[:] = waiters[:], []
@@ -598,8 +608,25 @@ class ClusterPort:
             await self.client.close()
             if wasHost:
                 self._announce(self._notHostingWaiters)
+            self._roleObservers.announce("stopped", self.getHost())
 
         return Deferred.fromCoroutine(rest())
+
+    def addRoleObserver(self, observer: Callable[[str], None]) -> None:
+        """
+        Call C{observer} with the new role (C{"host"}, C{"standby"} or
+        C{"stopped"}) each time this process starts or stops hosting across
+        machines, as L{ChannelPort.addRoleObserver} does on one machine.
+        """
+        self._roleObservers.addObserver(observer)
+
+    def removeRoleObserver(self, observer: Callable[[str], None]) -> None:
+        """
+        Stop calling an observer added with L{addRoleObserver}.
+
+        @raise ValueError: if it was not added.
+        """
+        self._roleObservers.removeObserver(observer)
 
 
 async def _stop(listening: Any) -> None:
