@@ -97,6 +97,21 @@ def test_anUnknownOptionIsOneLineAndStatus2() -> None:
     assert "--frobnicate" in line
 
 
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf", "abc"])
+def test_aBadStatusTimeoutIsOneLineAndStatus2(
+    seconds: str, channelDirectory: str
+) -> None:
+    """
+    C{status --timeout} is a number of seconds above 0: anything else is
+    a mistake in the command line, named, before any socket is touched (it
+    was a socket's C{Timeout value out of range}, or, with C{inf} and a
+    host to ask, a traceback).
+    """
+    result = run("status", "jobs", "--dir", channelDirectory, "--timeout", seconds)
+    line = assertOneLineError(result, 2)
+    assert "--timeout" in line
+
+
 @pytest.mark.parametrize("command", [["status"], ["listen"], ["send", "hi"]])
 def test_anUnsafeDirectoryIsOneLineAndStatus2(
     command: list[str], channelDirectory: str

@@ -298,6 +298,57 @@ async def test_garbageMemberSkipped(
 
 
 @pytest_twisted.ensureDeferred
+async def test_failingMemberWarnedOncePerOutage() -> None:
+    """
+    A member that keeps failing is one warning, then debug lines for as
+    long as it fails (a candidate asks again and again while etcd is away:
+    that was a warning at every attempt, two a second); once it answers
+    again an info line says so, and its next failure is a warning again.
+    """
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    def closing(body: bytes, status: bytes = b"200 OK") -> Callable[[bytes], bytes]:
+        # Each answer on a connection of its own, as the fake member closes
+        # it: no request may be sent on a connection it has closed.
+        return lambda request: _http(body, status)(request).replace(
+            b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1
+        )
+
+    unavailable = closing(
+        b'{"code": 14, "message": "no leader"}', b"503 Service Unavailable"
+    )
+    granted = closing(b'{"header": {"revision": "1"}, "ID": "7", "TTL": "5"}')
+    answers = iter([unavailable] * 3 + [granted, unavailable])
+    member = _Listener(lambda request: next(answers)(request))
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    client = _client(f"etcd://{member.address}")
+    try:
+        for _ in range(3):
+            with pytest.raises(EtcdUnavailableError):
+                await client.grantLease(5)
+        assert (await client.grantLease(5)).id == 7
+        with pytest.raises(EtcdUnavailableError):
+            await client.grantLease(5)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+        await _closing(client)
+        await member.stop()
+    levels = [
+        event["log_level"]
+        for event in logged
+        if event.get("member") == f"http://{member.address}"
+    ]
+    assert levels == [
+        LogLevel.warn,
+        LogLevel.debug,
+        LogLevel.debug,
+        LogLevel.info,
+        LogLevel.warn,
+    ]
+
+
+@pytest_twisted.ensureDeferred
 async def test_silentMemberTimesOut(etcdServer: EtcdCluster) -> None:
     """
     A member that accepts and never answers costs a request part of its

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import sys
 import time
@@ -112,6 +113,21 @@ def _rate(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 1 <= value <= 1_000_000:
         raise argparse.ArgumentTypeError(f"{value:g} is not from 1 to 1000000")
+    return value
+
+
+def _waitSeconds(text: str) -> float:
+    """
+    An argparse type: how long to wait for an answer, a finite number of
+    seconds above 0 (a socket's timeout cannot be 0, which means "do not
+    wait", nor infinite).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
     return value
 
 
@@ -247,7 +263,7 @@ def buildParser() -> argparse.ArgumentParser:
     )
     status.add_argument(
         "--timeout",
-        type=float,
+        type=_waitSeconds,
         default=2.0,
         metavar="S",
         help="seconds to wait for the host's answer (default 2)",

