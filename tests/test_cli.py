@@ -112,6 +112,32 @@ def test_aBadStatusTimeoutIsOneLineAndStatus2(
     assert "--timeout" in line
 
 
+@pytest.mark.parametrize("seconds", ["1e10", "9223372037", "1e300"])
+def test_aStatusTimeoutLongerThanASocketWaitsIsOneLineAndStatus2(
+    seconds: str, channelDirectory: str
+) -> None:
+    """
+    C{status --timeout} longer than a socket's timeout can be (about 292
+    years: C{threading.TIMEOUT_MAX}) is refused as a mistake in the command
+    line too: it was finite and above 0, so accepted, and then a traceback
+    (C{OverflowError} from C{settimeout}) as soon as the channel's directory
+    existed, host or not.
+    """
+    result = run("status", "jobs", "--dir", channelDirectory, "--timeout", seconds)
+    line = assertOneLineError(result, 2)
+    assert "--timeout" in line
+
+
+def test_theLongestStatusTimeoutIsTaken(channelDirectory: str) -> None:
+    """
+    The longest C{status --timeout} taken is one a socket takes: with
+    nobody hosting, the answer is "not hosted", at once.
+    """
+    result = run("status", "jobs", "--dir", channelDirectory, "--timeout", "9223372036")
+    assert (result.returncode, result.stderr) == (1, "")
+    assert "not hosted" in result.stdout
+
+
 @pytest.mark.parametrize("command", [["status"], ["listen"], ["send", "hi"]])
 def test_anUnsafeDirectoryIsOneLineAndStatus2(
     command: list[str], channelDirectory: str

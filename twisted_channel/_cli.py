@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any, NoReturn
@@ -118,16 +119,20 @@ def _rate(text: str) -> float:
 
 def _waitSeconds(text: str) -> float:
     """
-    An argparse type: how long to wait for an answer, a finite number of
-    seconds above 0 (a socket's timeout cannot be 0, which means "do not
-    wait", nor infinite).
+    An argparse type: how long to wait for an answer, a number of seconds
+    above 0 and at most C{threading.TIMEOUT_MAX} (a socket's timeout cannot
+    be 0, which means "do not wait", nor longer than Python's blocking
+    calls wait, about 292 years: C{settimeout} raises C{OverflowError}).
     """
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    if not (math.isfinite(value) and 0 < value <= threading.TIMEOUT_MAX):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds above 0 and at most "
+            f"{threading.TIMEOUT_MAX:.0f}"
+        )
     return value
 
 
