@@ -995,6 +995,23 @@ def test_standbyStoppingRemovesItsReadySocket(channelDirectory: str) -> None:
     holder.release()
 
 
+def test_aStandbyStoppingTellsItsRoleObservers(channelDirectory: str) -> None:
+    """
+    A standby that stops listening tells its role observers C{"stopped"},
+    once: its role changed (README: the observer "calls back on each
+    change"), as a host's observers are told when it stops, and as a port
+    across machines tells its own whatever its role was.
+    """
+    port, holder = standingBy(channelDirectory)
+    roles: list[str] = []
+    port.addRoleObserver(roles.append)
+    port.stopListening()
+    assert (port.role, roles) == (_host.STOPPED, [_host.STOPPED])
+    port.stopListening()
+    assert roles == [_host.STOPPED]
+    holder.release()
+
+
 def standingByOverTCP(directory: str) -> tuple[ChannelPort, HostElection]:
     """
     A port standing by over loopback TCP, and the election that holds the

@@ -1116,10 +1116,14 @@ class ChannelPort:
         self._electionRetry.cancel()
         self._shutdownHandover.disarm()
         wasHosting = self.role == HOST
+        wasStandingBy = self.role == STANDBY
         self.role = PORT[self.role, WITHDRAWN]
         if not wasHosting:
             self._election.release()
             self._standbySocket.discard()
+            if wasStandingBy:
+                # A change of role, as a host's stop is.
+                self._roleWaiters.announce(self.role, self.getHost())
             self._stopFactory()
             return succeed(None)
         publication, self._publication = self._publication, None
