@@ -310,3 +310,37 @@ def test_heirBindsTheSamePort() -> None:
     finally:
         first.close()
         heir.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_roleObserversAcrossMachines(tmp_path: Any) -> None:
+    """
+    A port across machines tells its role observers each change, as a
+    one-machine port does: C{"host"} when it hosts, C{"standby"} when it
+    steps down, C{"stopped"} once when it stops listening (a second
+    C{stopListening} changes nothing).
+    """
+    from twisted.internet.defer import succeed
+
+    received: list[bytes] = []
+    local, port, listening = await _machinePort(tmp_path, received)
+    port._election = SimpleNamespace(  # type: ignore[assignment]
+        contending=True, stop=lambda: succeed(None)
+    )
+    port._record = HostRecord("127.0.0.1:4433", "a", os.getpid())
+    port.role = "standby"
+    roles: list[str] = []
+    port.addRoleObserver(roles.append)
+    try:
+        port._hosting(7)
+        port._notHosting(7, "its lease is lost")
+        await port.stopListening()
+        await port.stopListening()
+        assert roles == ["host", "standby", "stopped"]
+        port.removeRoleObserver(roles.append)
+        with pytest.raises(ValueError):
+            port.removeRoleObserver(roles.append)
+    finally:
+        await listening.stopListening()
+        await local.stopListening()
+        await port.client.close()

@@ -587,6 +587,8 @@ class ClusterPort:
         that another machine is elected at once), then stop the local port.
         """
         wasHost = self.role == HOST
+        # A port stopped already (or never started) has no change to tell.
+        changed = self.role != "stopped"
         self.role = "stopped"
         election, self._election = self._election, None
         try:
@@ -608,7 +610,8 @@ class ClusterPort:
             await self.client.close()
             if wasHost:
                 self._announce(self._notHostingWaiters)
-            self._roleObservers.announce("stopped", self.getHost())
+            if changed:
+                self._roleObservers.announce("stopped", self.getHost())
 
         return Deferred.fromCoroutine(rest())
 
