@@ -331,3 +331,29 @@ async def test_peerClosingEndsTheConnection(pair: Pair) -> None:
     await within(pair.tested.whenLost)
     assert pair.tested.lost[0].check(error.ConnectionDone)
     assert not pair.transport.connected
+
+
+@pytest_twisted.ensureDeferred
+async def test_logPrefixNamesTheProtocol(pair: Pair) -> None:
+    """
+    Twisted code calls C{transport.logPrefix()} (C{log.callWithLogger},
+    conch's SSH service, C{policies}); like C{tcp.Connection}'s, it
+    starts with the protocol's class name, and is what C{callWithLogger}
+    gives the log as the system.
+    """
+    from twisted.python import log
+
+    prefix = pair.transport.logPrefix()
+    assert isinstance(prefix, str)
+    assert prefix.split(",")[0] == "Recorder"
+    seen: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        seen.append(event["system"])
+
+    log.addObserver(observer)
+    try:
+        log.callWithLogger(pair.transport, log.msg, "inside")
+    finally:
+        log.removeObserver(observer)
+    assert seen == [prefix]

@@ -373,8 +373,8 @@ class ChannelClientTransport(SocketOptions):
 
     Like Twisted's own stream transports it also has C{connected} and
     C{disconnected} (of the logical connection, not of the link beneath),
-    C{getHandle()} (the current link's socket), L{IPushProducer} (the
-    messages from the host) and L{IConsumer} (streaming and pull
+    C{getHandle()} (the current link's socket), L{logPrefix},
+    L{IPushProducer} (the messages from the host) and L{IConsumer} (streaming and pull
     producers), and takes C{setTcpNoDelay} and C{setTcpKeepAlive} as
     harmless calls.
 
@@ -881,6 +881,14 @@ class ChannelClientTransport(SocketOptions):
         """
         if self._finishing is None:
             self._finishing = self.reactor.callLater(0, self._finish, reason)
+
+    def logPrefix(self) -> str:
+        """
+        What Twisted's log calls this connection (C{log.callWithLogger}
+        and Twisted's protocols ask a transport for it): the protocol's
+        class name and C{"client"}, as C{tcp.Client}'s says.
+        """
+        return f"{self.protocol.__class__.__name__},client"
 
     def getPeer(self) -> ChannelAddress:
         """

@@ -120,6 +120,7 @@ class _LinkTransport(SocketOptions):
 
     Like Twisted's own stream transports it has C{disconnecting},
     C{connected}, C{disconnected}, C{getHandle()} (the link's socket),
+    L{logPrefix},
     L{IPushProducer} (the client's messages) and L{IConsumer} (streaming and
     pull producers, driven by the link's socket and held back by the host's
     budget), and takes
@@ -226,6 +227,16 @@ class _LinkTransport(SocketOptions):
 
     def abortConnection(self) -> None:
         self._link.closeByApplication(abort=True)
+
+    def logPrefix(self) -> str:
+        """
+        What Twisted's log calls this connection (C{log.callWithLogger}
+        and Twisted's protocols ask a transport for it): the application
+        protocol's class name and the client's pid, as C{tcp.Server}'s
+        says its class name, session number and peer.
+        """
+        link = self._link
+        return f"{link.application.__class__.__name__},{link.peerAddress.pid}"
 
     def getPeer(self) -> IAddress:
         return self._link.peerAddress
