@@ -13,6 +13,7 @@ import pytest
 from twisted.internet import error
 from twisted.internet.interfaces import IConsumer, ITransport
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -25,6 +26,7 @@ from twisted_channel import (
     ChannelHostLostError,
     ChannelUnreachableError,
     IChannelLinkObserver,
+    _auth,
     _client,
     _reconnection,
     _wire,
@@ -47,6 +49,7 @@ from ._support.clientlinks import (
     Observer,
     Producer,
     Recorder,
+    RecordingFactory,
     Replier,
     WaitingRead,
     ack,
@@ -1424,3 +1427,93 @@ def test_secondWelcomedLinkIsRefused() -> None:
     assert client.link is first
     assert client.state == CONNECTED
     assert protocol.lost == []
+
+
+# A host that refuses the link
+
+
+def refusedOverTcp(
+    client: ChannelClientTransport, reason: bytes, portPid: int | None
+) -> None:
+    """
+    Open a loopback TCP link, made with the port file's C{portPid}, whose
+    host answers the challenge's answer with an C{ERROR}.
+    """
+    link = _client._ClientLink(client, b"s" * 32, portPid=portPid)
+    transport = LinkTransport()
+    link.makeConnection(transport)
+    link.dataReceived(_wire.encodeFrame(_wire.CHALLENGE, b"n" * _auth.NONCE_SIZE))
+    link.dataReceived(_wire.encodeFrame(_wire.ERROR, reason))
+    assert transport.disconnecting
+    loseLink(link)
+
+
+def test_refusedOverTcpNamesThePortFilesPidAndWarnsOncePerReason() -> None:
+    """
+    Over loopback TCP a host refuses before it has said its pid: the line
+    names the pid the port file gave (else "the host"), not "pid None".
+    The same refusal at each retry is one warning (then debug lines) until
+    a link is welcomed; after that it is a warning again.
+    """
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        client, _, _ = makeClient()
+        refusedOverTcp(client, b"too many failures", 777)
+        refusedOverTcp(client, b"too many failures", 777)
+        refusedOverTcp(client, b"something else", None)
+        link, _ = openLink(client)
+        welcome(link)
+        loseLink(link)
+        refusedOverTcp(client, b"too many failures", 777)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    refusals = [
+        (event["log_level"], formatEvent(event))
+        for event in logged
+        if "closed the link" in event.get("log_format", "")
+    ]
+    assert refusals == [
+        (
+            LogLevel.warn,
+            "channel jobs: host pid 777 closed the link: too many failures",
+        ),
+        (
+            LogLevel.debug,
+            "channel jobs: host pid 777 closed the link: too many failures",
+        ),
+        (LogLevel.warn, "channel jobs: the host closed the link: something else"),
+        (
+            LogLevel.warn,
+            "channel jobs: host pid 777 closed the link: too many failures",
+        ),
+    ]
+    assert all("None" not in line for _, line in refusals)
+
+
+def test_tcpLinkKnowsThePortFilesPid(tmp_path: Any) -> None:
+    """
+    Over loopback TCP each attempt reads the port file afresh, and its link
+    is made with the pid that file named, for the lines before a welcome.
+    """
+    path = str(tmp_path / "jobs.port")
+    _auth.writePortFile(path, _auth.PortFile(4321, b"s" * 32, 777))
+    reactor = MemoryReactorClock()
+    client = ChannelClientTransport(
+        reactor,
+        ChannelAddress("jobs", path, HOST),
+        Recorder(),
+        RecordingFactory(),
+        5.0,
+        1000,
+        4000,
+        transport="tcp",
+    )
+    client.startConnecting()
+    reactor.advance(0)
+    [(host, port, factory, _, _)] = reactor.tcpClients
+    assert (host, port) == ("127.0.0.1", 4321)
+    link = factory.buildProtocol(None)._wrappedProtocol
+    assert link.portPid == 777
+    assert link.describeHost() == "host pid 777"
+    client.abortConnection()

@@ -129,6 +129,9 @@ class _ClientLink(Protocol):
         them over a Unix socket).
     @ivar hostPid: the host's pid where known: as the kernel reports it
         over a Unix socket from the link's start, else from its welcome.
+    @ivar portPid: over loopback TCP, the pid the port file read for this
+        link named (the host's, unless the file is stale): what a line
+        about the host says before its welcome; else None.
     @ivar connector: the connector whose attempt made the link.
     """
 
@@ -137,11 +140,13 @@ class _ClientLink(Protocol):
         connection: ChannelClientTransport,
         secret: bytes | None = None,
         connector: IConnector | None = None,
+        portPid: int | None = None,
     ) -> None:
         """
         @param secret: over loopback TCP, the secret from the port file
             read for this link; None over Unix sockets, whose directory is
             private.
+        @param portPid: over loopback TCP, the pid that port file named.
         """
         self._connection = connection
         self.connector = connector
@@ -153,6 +158,7 @@ class _ClientLink(Protocol):
         # welcome makes its address.
         self.hostPid: int | None = None
         self._hostUid: int | None = None
+        self.portPid = portPid
         # Whether reads go straight to the connection (see dataReceived).
         self._readsDirectly = False
 
@@ -185,6 +191,15 @@ class _ClientLink(Protocol):
         self._hostUid = hostUid
         self._startDeadline()
         self.send(self.session.start())
+
+    def describeHost(self) -> str:
+        """
+        The host as a log line names it: by its pid where known (before
+        its welcome over loopback TCP, the port file's), else as "the
+        host".
+        """
+        pid = self.portPid if self.hostPid is None else self.hostPid
+        return "the host" if pid is None else f"host pid {pid}"
 
     def _startDeadline(self) -> None:
         self._deadline = self._connection.reactor.callLater(
@@ -222,9 +237,9 @@ class _ClientLink(Protocol):
             )
             return
         _log.warn(
-            "channel {channel}: host pid {hostPid} did not answer within "
-            "{timeout} s; trying again",
+            "channel {channel}: {host} did not answer within {timeout} s; trying again",
             channel=self._connection.address.name,
+            host=self.describeHost(),
             hostPid=self.hostPid,
             timeout=LINK_HANDSHAKE_TIMEOUT,
         )
@@ -299,9 +314,10 @@ class _ClientLink(Protocol):
         The host broke the protocol: log why, and drop the link.
         """
         _log.error(
-            "channel {channel}: host pid {hostPid} broke the protocol ({reason}); "
+            "channel {channel}: {host} broke the protocol ({reason}); "
             "dropping the link",
             channel=self._connection.address.name,
+            host=self.describeHost(),
             hostPid=self.hostPid,
             reason=reason,
         )
@@ -510,6 +526,9 @@ class ChannelClientTransport(SocketOptions):
         # The footprint at which a write pauses the registered producer
         # (its high-water mark), or, without one, a footprint never reached.
         self._pauseAt = _NEVER
+        # The reasons hosts gave for refusing links since the last welcome:
+        # a refusal repeated at each retry is one warning, not one a retry.
+        self._refusals: set[str] = set()
 
     def __repr__(self) -> str:
         return (
@@ -701,13 +720,7 @@ class ChannelClientTransport(SocketOptions):
                     if not self.linkUp(link, event.welcome):
                         return
                 elif isinstance(event, HostRefused):
-                    _log.warn(
-                        "channel {channel}: host pid {hostPid} closed the link: "
-                        "{reason}",
-                        channel=self.address.name,
-                        hostPid=link.hostPid,
-                        reason=event.reason,
-                    )
+                    self._hostRefused(link, event.reason)
                     link.abort()
                     return
                 else:
@@ -1050,6 +1063,21 @@ class ChannelClientTransport(SocketOptions):
 
     # Called by links
 
+    def _hostRefused(self, link: _ClientLink, reason: str) -> None:
+        """
+        The host refused C{link} for C{reason}: a warning the first time
+        since a link was last welcomed, then debug lines.
+        """
+        log = _log.debug if reason in self._refusals else _log.warn
+        self._refusals.add(reason)
+        log(
+            "channel {channel}: {host} closed the link: {reason}",
+            channel=self.address.name,
+            host=link.describeHost(),
+            hostPid=link.hostPid,
+            reason=reason,
+        )
+
     def linkUp(self, link: _ClientLink, welcome: _wire.Welcome) -> bool:
         """
         A host welcomed C{link}: resend what it lacks, and go on there.
@@ -1079,6 +1107,7 @@ class ChannelClientTransport(SocketOptions):
         self.link = link
         self.state = CONNECTION[self.state, WELCOMED]
         self._hostAddress = link.hostAddress
+        self._refusals.clear()
         hostsSeen = reconnection.linkUp(now)
         self._ackedOnLink = False
         self._writeLimit = min(self.maxMessageSize, welcome.maxMessageSize)

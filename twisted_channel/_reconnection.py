@@ -195,7 +195,8 @@ class _LinkConnector(ConnectionsConnector):
     ) -> None:
         """
         @param linkType: what builds a link: called with the connection,
-            the secret read for it (or C{None}) and this connector.
+            the secret read for it (or C{None}), this connector and, as
+            C{portPid}, the pid the port file named (or C{None}).
         """
         self._connection = connection
         self._reconnection = reconnection
@@ -328,16 +329,17 @@ class _LinkConnector(ConnectionsConnector):
                 self._reconnection.strategy.clientConnectionFailed(self, Failure(e))  # type: ignore[no-untyped-call]
                 return
             secret: bytes | None = portFile.secret
+            portPid: int | None = portFile.pid
             endpoint = TCP4ClientEndpoint(
                 connection.reactor, LOOPBACK, portFile.port, timeout=5
             )
         else:
-            secret = None
+            secret = portPid = None
             endpoint = UNIXClientEndpoint(
                 connection.reactor, connection.address.path, timeout=5
             )
         attempt = endpoint.connect(
-            _LinkFactory(self._linkType, connection, secret, self)
+            _LinkFactory(self._linkType, connection, secret, self, portPid)
         )
         self._attempt = attempt
 
@@ -390,8 +392,9 @@ class _LinkConnector(ConnectionsConnector):
 
 class _LinkFactory(Factory):
     """
-    Builds the link of one connection attempt, with the secret read for it
-    from the port file (over loopback TCP) and the connector that made it.
+    Builds the link of one connection attempt, with the secret and pid read
+    for it from the port file (over loopback TCP) and the connector that
+    made it.
 
     @ivar built: whether it built the link.
     """
@@ -404,17 +407,21 @@ class _LinkFactory(Factory):
         connection: ChannelClientTransport,
         secret: bytes | None,
         connector: _LinkConnector,
+        portPid: int | None = None,
     ) -> None:
         self._linkType = linkType
         self._connection = connection
         self._secret = secret
         self._connector = connector
+        self._portPid = portPid
         self.built = False
 
     def buildProtocol(self, addr: IAddress | None) -> _ClientLink:
         self.built = True
         return self._connector.linked(
-            self._linkType(self._connection, self._secret, self._connector)
+            self._linkType(
+                self._connection, self._secret, self._connector, portPid=self._portPid
+            )
         )
 
 
