@@ -151,6 +151,27 @@ def test_anUnsafeDirectoryIsOneLineAndStatus2(
     assert "writable by group or others" in line
 
 
+@pytest.mark.parametrize(
+    "command", [["listen", "jobs"], ["send", "jobs", "hi"], ["demo"]]
+)
+def test_aDirectoryThatCannotBeMadeIsOneLineAndStatus2(
+    command: list[str], channelDirectory: str
+) -> None:
+    """
+    A --dir under a file cannot be made: one line naming the directory and
+    why, and the status of a mistake in the command line, not an errno.
+    """
+    aFile = os.path.join(channelDirectory, "a-file")
+    open(aFile, "w").close()
+    wanted = os.path.join(aFile, "sub")
+    result = run(*command, "--dir", wanted)
+    line = assertOneLineError(result, 2)
+    assert line == (
+        f"twisted-channel {command[0]}: error: channel directory {wanted!r} "
+        "cannot be created: not a directory"
+    )
+
+
 def test_demoInAnUnsafeDirectoryIsOneLineAndStatus2(channelDirectory: str) -> None:
     os.chmod(channelDirectory, 0o777)
     try:

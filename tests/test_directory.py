@@ -5,6 +5,7 @@ on the runtime directory and the files in it.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -14,6 +15,7 @@ import pytest
 
 from twisted_channel import UnsafeDirectoryError
 from twisted_channel._directory import (
+    UncreatableDirectoryError,
     channelPaths,
     checkName,
     defaultDirectory,
@@ -156,8 +158,14 @@ def test_prepareCannotCreate(tmp_path: Path) -> None:
     """
     parent = tmp_path / "file"
     parent.write_bytes(b"")
-    with pytest.raises(OSError):
-        prepareDirectory(str(parent / "run"))
+    wanted = str(parent / "run")
+    with pytest.raises(UncreatableDirectoryError) as raised:
+        prepareDirectory(wanted)
+    assert isinstance(raised.value, OSError)
+    assert raised.value.errno == errno.ENOTDIR
+    assert str(raised.value) == (
+        f"channel directory {wanted!r} cannot be created: not a directory"
+    )
 
 
 # removeStaleSocket

@@ -24,7 +24,12 @@ from typing import IO, Any, NoReturn
 
 from twisted.python.failure import Failure
 
-from ._directory import UnsafeDirectoryError, checkName, defaultDirectory
+from ._directory import (
+    UncreatableDirectoryError,
+    UnsafeDirectoryError,
+    checkName,
+    defaultDirectory,
+)
 
 PROG = "twisted-channel"
 
@@ -521,7 +526,8 @@ def _startLogging(verbose: bool = False) -> None:
 def _runReactor(command: str, main: Callable[[Any], Any]) -> int:
     """
     Run the reactor until C{main(reactor)}'s Deferred fires with an exit
-    status; a failure is one line on standard error and status 1.
+    status; a failure is one line on standard error and status 1 (2 for
+    a mistake: a C{ValueError}, or a directory that cannot be created).
 
     C{SIGINT} and C{SIGTERM} stop the reactor the usual way; C{main} adds
     a before-shutdown trigger for what must be done first.
@@ -542,7 +548,7 @@ def _runReactor(command: str, main: Callable[[Any], Any]) -> int:
 
     def failed(reason: Failure) -> None:
         print(f"{PROG} {command}: error: {reason.getErrorMessage()}", file=sys.stderr)
-        stop(USAGE if reason.check(ValueError) else NO)
+        stop(USAGE if reason.check(ValueError, UncreatableDirectoryError) else NO)
 
     def start() -> None:
         maybeDeferred(main, reactor).addCallbacks(stop, failed)
@@ -764,7 +770,7 @@ def main(arguments: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int] = options.run
     try:
         return run(options)
-    except UnsafeDirectoryError as e:
+    except (UnsafeDirectoryError, UncreatableDirectoryError) as e:
         print(f"{PROG} {options.command}: error: {e}", file=sys.stderr)
         return USAGE
     except (UsageError, ValueError) as e:

@@ -25,6 +25,19 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
+class UncreatableDirectoryError(OSError):
+    """
+    The runtime directory is missing and cannot be created (a file where a
+    directory should be, no permission, a read-only file system): an
+    C{OSError} with the errno of the failure, and a message naming the
+    directory and why.
+    """
+
+    def __str__(self) -> str:
+        # The message alone, without OSError's "[Errno N]".
+        return str(self.strerror)
+
+
 class UnsafeDirectoryError(ValueError):
     """
     The runtime directory, or a file in it, could be changed by someone else
@@ -126,7 +139,7 @@ def prepareDirectory(directory: str) -> None:
 
     @raise UnsafeDirectoryError: if it is not a directory, belongs to another
         user, or is writable by group or others.
-    @raise OSError: if it cannot be created.
+    @raise UncreatableDirectoryError: if it cannot be created.
     """
     try:
         # Usually there already: one lstat, and makedirs (a stat of the
@@ -137,7 +150,12 @@ def prepareDirectory(directory: str) -> None:
             os.makedirs(directory, mode=0o700, exist_ok=True)
         except FileExistsError:
             pass
+        except OSError as e:
+            raise _uncreatable(directory, e) from None
         info = os.lstat(directory)
+    except OSError as e:
+        # Under a file, or a parent this user may not search.
+        raise _uncreatable(directory, e) from None
     if stat.S_ISLNK(info.st_mode):
         # A link is followed only if what it points to passes the same checks.
         info = os.stat(directory)
@@ -155,6 +173,16 @@ def prepareDirectory(directory: str) -> None:
             f"channel directory {directory!r} is writable by group or others "
             f"(mode {stat.S_IMODE(info.st_mode):04o}); make it 0700"
         )
+
+
+def _uncreatable(directory: str, e: OSError) -> UncreatableDirectoryError:
+    """
+    Why C{directory} cannot be created, in one line: C{e}'s reason.
+    """
+    reason = (e.strerror or str(e)).lower()
+    return UncreatableDirectoryError(
+        e.errno, f"channel directory {directory!r} cannot be created: {reason}"
+    )
 
 
 def checkReplaceableSocket(path: str) -> None:
