@@ -340,6 +340,39 @@ def test_listenPrintsWhatIsSent(
     assert run("status", "news", "--dir", channelDirectory).returncode == 1
 
 
+def test_listenPrintsEachMessageOnOneLine(
+    children: ChannelProcesses, channelDirectory: str
+) -> None:
+    """
+    A message holding a newline (or a carriage return) is still one line:
+    they are escaped as C{\\n} and C{\\r}, and a backslash as two, so
+    that no message reads as another.
+    """
+    listener = children.start(
+        [*COMMAND, "listen", "news", "--dir", channelDirectory, "--count", "3"]
+    )
+    deadline = time.monotonic() + 20
+    while "listening on bus 'news'" not in listener.stderr:
+        assert time.monotonic() < deadline, listener.stderr
+        time.sleep(0.02)
+    result = run(
+        "send",
+        "news",
+        "two\nlines",
+        "back\\nslash",
+        "cr\r and \\",
+        "--dir",
+        channelDirectory,
+    )
+    assert result.returncode == 0, result.stderr
+    assert listener.wait(20) == 0, listener.stderr
+    assert listener.collect() == [
+        r"two\nlines",
+        r"back\\nslash",
+        r"cr\r and \\",
+    ]
+
+
 def test_sendWithNoHostGivesUp(channelDirectory: str) -> None:
     result = run(
         "send",

@@ -523,6 +523,19 @@ def _startLogging(verbose: bool = False) -> None:
     )
 
 
+def _oneLine(data: bytes) -> bytes:
+    """
+    C{data} as one line of C{listen}'s output: a backslash, a newline and
+    a carriage return are escaped (C{\\\\}, C{\\n}, C{\\r}), so that
+    a message holding a newline does not read as two.
+    """
+    if b"\\" in data or b"\n" in data or b"\r" in data:
+        data = (
+            data.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+        )
+    return data
+
+
 def _runReactor(command: str, main: Callable[[Any], Any]) -> int:
     """
     Run the reactor until C{main(reactor)}'s Deferred fires with an exit
@@ -599,7 +612,7 @@ def commandListen(options: argparse.Namespace) -> int:
             if state["count"] < 0:
                 return
             try:
-                out.write(message.data + b"\n")
+                out.write(_oneLine(message.data) + b"\n")
                 out.flush()
             except OSError:
                 # Whoever read our output went away (| head): leave quietly.
