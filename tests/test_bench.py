@@ -196,20 +196,21 @@ def test_tlsSkippedWithoutEtcd(
     """
     from twisted_channel import _democluster
 
-    def missing() -> str:
-        raise _democluster.MissingEtcdError("no etcd binary for this platform")
+    def missing(needs: str = "demo --cluster") -> str:
+        raise _democluster.MissingEtcdError(f"{needs} needs an etcd server")
 
     monkeypatch.setattr(_democluster, "etcdBinary", missing)
     output = os.path.join(str(tmp_path), "bench.json")
     status = _runner.main(["--only", "tls", "--peers", "none", "--json", output])
     assert status == 0
     printed = capsys.readouterr()
-    assert "skipped: no etcd binary for this platform" in printed.out
+    # It says what needs etcd: the bench, not the demo.
+    assert "skipped: the bench's tls group needs an etcd server" in printed.out
     with open(output, encoding="utf-8") as f:
         results = json.load(f)
     assert results["meta"]["tls"] == {
         "ok": False,
-        "detail": "skipped: no etcd binary for this platform",
+        "detail": "skipped: the bench's tls group needs an etcd server",
     }
     assert results["figures"] == {}
     assert results["errors"] == []

