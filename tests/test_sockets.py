@@ -1217,20 +1217,33 @@ def test_portLeavesAnAcceptErrorToTwistedsLoop(channelDirectory: str) -> None:
     An accept that fails otherwise than for want of a link is left to
     Twisted's loop, which meets what follows as it does: here the link
     after an aborted one is accepted by it (its factory given the
-    address Twisted makes).
+    address Twisted makes).  The aborted connection was used up by the
+    failed accept, so Twisted's loop never meets it: its line, "Could not
+    accept new connection (ECONNABORTED)", is written here, once.
     """
     from twisted.internet import reactor
 
+    events: list[dict[str, Any]] = []
     sock = _AbortingOnce(socket.AF_UNIX, socket.SOCK_STREAM)
-    with _acceptingPort(channelDirectory, reactor, sock) as (port, factory, path):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-            client.connect(path)
-            port.doRead()
-            assert sock.aborted
-            [protocol] = factory.built
-            [address] = factory.addresses
-            assert isinstance(address, UNIXAddress)
-            assert protocol.transport.connected  # type: ignore[union-attr]
+    globalLogPublisher.addObserver(events.append)
+    try:
+        with _acceptingPort(channelDirectory, reactor, sock) as (port, factory, path):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.connect(path)
+                port.doRead()
+                assert sock.aborted
+                [protocol] = factory.built
+                [address] = factory.addresses
+                assert isinstance(address, UNIXAddress)
+                assert protocol.transport.connected  # type: ignore[union-attr]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [
+        formatEvent(event)
+        for event in events
+        if "Could not accept" in (event.get("log_format") or "")
+    ]
+    assert lines == ["Could not accept new connection (ECONNABORTED)"]
 
 
 def test_portLogsWhatAcceptingRaisesAndGoesOn(channelDirectory: str) -> None:

@@ -2035,11 +2035,15 @@ def _acceptLinks(port: unix.Port) -> None:
     their C{enum}s for each new socket, and the C{UNIXAddress} made for the
     factory.  Up to C{numberAccepts} links are accepted, each made into
     the port's transport, and that number scaled as Twisted's loop scales
-    it.  An error other than having nothing to accept (too many
-    descriptors, a connection aborted while queued) is left to Twisted's
-    loop, which meets it again and deals with it as it does (its reserved
-    descriptor, its log lines); anything raised on the way is logged, as
-    Twisted's loop logs it.
+    it.  An error other than having nothing to accept is left to
+    Twisted's loop, which goes on from there as it does.  A lasting one
+    (too many descriptors, no memory) it meets again, and deals with as it
+    does (its reserved descriptor, its log lines); a connection aborted
+    while queued was used up by the failed accept, so its line ("Could not
+    accept new connection (ECONNABORTED)") is written here, as Twisted's
+    loop writes it; one refused by the firewall (C{EPERM}) Twisted passes
+    over silently, and so does this.  Anything raised on the way is
+    logged, as Twisted's loop logs it.
     """
     accept = port.socket._accept  # type: ignore[union-attr]
     factory = port.factory
@@ -2052,7 +2056,13 @@ def _acceptLinks(port: unix.Port) -> None:
                 descriptor, peer = accept()
             except BlockingIOError:
                 break
-            except OSError:
+            except OSError as e:
+                if e.errno == errno.ECONNABORTED:
+                    # Twisted's loop will not meet this one.
+                    _log.info(
+                        "Could not accept new connection ({acceptError})",
+                        acceptError="ECONNABORTED",
+                    )
                 log.callWithLogger(port, tcp.Port.doRead, port)
                 return
             accepted += 1
