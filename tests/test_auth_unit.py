@@ -6,8 +6,10 @@ handshake, and the transport= option.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+from typing import Any
 
 import pytest
 from twisted.internet.endpoints import clientFromString, serverFromString
@@ -307,3 +309,29 @@ def test_handshakeTimeoutOption(channelDirectory: str) -> None:
 def test_badHandshakeTimeout(value: str) -> None:
     with pytest.raises(ValueError, match="handshakeTimeout"):
         clientFromString(MemoryReactorClock(), f"channel:jobs:handshakeTimeout={value}")
+
+
+def test_createPortFileClosesItsDescriptorWhenFdopenFails(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    If the file object cannot be made over the new file's descriptor, the
+    descriptor is closed (not leaked) and nothing is left at the path.
+    """
+    from twisted_channel import _auth
+
+    opened: list[int] = []
+
+    def failingFdopen(descriptor: int, *args: Any, **kwargs: Any) -> Any:
+        opened.append(descriptor)
+        raise MemoryError("no memory for the file object")
+
+    monkeypatch.setattr(_auth.os, "fdopen", failingFdopen)
+    temporary = str(tmp_path / "port.tmp")
+    with pytest.raises(MemoryError):
+        _auth.createPortFile(temporary, _auth.PortFile(1234, b"s" * 32, 42))
+    [descriptor] = opened
+    with pytest.raises(OSError) as raised:
+        os.fstat(descriptor)
+    assert raised.value.errno == errno.EBADF
+    assert not os.path.lexists(temporary)

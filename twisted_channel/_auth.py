@@ -96,7 +96,13 @@ def createPortFile(temporary: str, portFile: PortFile) -> tuple[int, int]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     descriptor = os.open(temporary, flags, 0o600)
     try:
-        with os.fdopen(descriptor, "w", encoding="ascii") as f:
+        try:
+            f = os.fdopen(descriptor, "w", encoding="ascii")
+        except BaseException:
+            # Not taken by a file object: it would leak.
+            os.close(descriptor)
+            raise
+        with f:
             json.dump(
                 {
                     "port": portFile.port,
