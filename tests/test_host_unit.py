@@ -984,6 +984,31 @@ def test_standbyHoldsASocketReadyToPublish(channelDirectory: str) -> None:
     holder.release()
 
 
+def test_aUnixHostThatFailsToStartGivesBackItsSocket(
+    channelDirectory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    If starting to listen on the socket published for it fails, the
+    would-be host withdraws that socket (its file removed, the socket
+    closed), as the TCP one withdraws its port: clients do not queue on a
+    socket nobody will ever accept on.
+    """
+    port, holder = standingBy(channelDirectory)
+    holder.release()
+    published = port._standbySocket.publish()
+    assert os.path.exists(port.paths.socket)
+
+    def failing(listeningPort: object, listening: socket.socket) -> bool:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(_publishing, "startListeningOn", failing)
+    with pytest.raises(OSError):
+        port._becomeHost(published)
+    assert not os.path.lexists(port.paths.socket)
+    assert published.listening.fileno() == -1
+    port.stopListening()
+
+
 def test_standbyStoppingRemovesItsReadySocket(channelDirectory: str) -> None:
     port, holder = standingBy(channelDirectory)
     ready = port._standbySocket.ready

@@ -1046,7 +1046,14 @@ class ChannelPort:
                     prepared = self._standbySocket.publish()
                 assert isinstance(prepared, PublishedSocket)
                 unixPort.adopt(prepared)
-                unixPort.startListening()
+                try:
+                    unixPort.startListening()
+                except BaseException:
+                    # As over TCP: no client may queue on a socket that
+                    # nobody accepts on.  (Withdrawn already if the port
+                    # fell back to a socket of its own: this does no harm.)
+                    self._standbySocket.withdraw(prepared)
+                    raise
                 socketPort = unixPort
         except BaseException:
             self._election.release()
