@@ -29,7 +29,7 @@ import secrets
 from dataclasses import dataclass
 
 from ._directory import UnsafeDirectoryError
-from ._temporary import temporaryName
+from ._temporary import removedOnFailure, temporaryName
 
 #: The address a TCP host listens on, and its clients connect to.
 LOOPBACK = "127.0.0.1"
@@ -95,7 +95,7 @@ def createPortFile(temporary: str, portFile: PortFile) -> tuple[int, int]:
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     descriptor = os.open(temporary, flags, 0o600)
-    try:
+    with removedOnFailure(temporary):
         try:
             f = os.fdopen(descriptor, "w", encoding="ascii")
         except BaseException:
@@ -113,12 +113,6 @@ def createPortFile(temporary: str, portFile: PortFile) -> tuple[int, int]:
             )
             f.flush()
             info = os.fstat(f.fileno())
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
     return info.st_dev, info.st_ino
 
 
@@ -141,14 +135,8 @@ def writePortFile(path: str, portFile: PortFile) -> None:
     """
     temporary = temporaryName(path)
     createPortFile(temporary, portFile)
-    try:
+    with removedOnFailure(temporary):
         os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
 
 
 def readPortFile(path: str) -> PortFile:

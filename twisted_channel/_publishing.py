@@ -23,7 +23,7 @@ import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import (
@@ -53,13 +53,23 @@ from ._directory import (
     removeStaleSocket,
 )
 from ._sockets import LinkAcceptingPort, newUnixPort, startListeningOn
-from ._temporary import makerAlive, temporaryName, temporaryPrefix
+from ._temporary import (
+    makerAlive,
+    removedOnFailure,
+    temporaryName,
+    temporaryPrefix,
+)
 
 _log = Logger()
 
 #: Seconds between a host's checks that its socket or port file is still
 #: the one it published.
 PUBLISH_CHECK_INTERVAL = 1.0
+
+
+#: What a standby holds ready, and what it is once published.
+_Ready = TypeVar("_Ready")
+_Published = TypeVar("_Published")
 
 
 class HostSocketPort(LinkAcceptingPort):
@@ -236,14 +246,8 @@ def readySocket(path: str) -> ReadySocket:
     by renaming it: what a standby holds ready, and how a host publishes.
     """
     temporary = temporaryName(path)
-    try:
+    with removedOnFailure(temporary):
         listening, identity = listeningAt(temporary)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
     return ReadySocket(listening, temporary, identity)
 
 
@@ -331,69 +335,6 @@ def withdrawUnixSocket(published: PublishedSocket, path: str) -> None:
     """
     unlinkIfSame(path, published.identity)
     published.listening.close()
-
-
-class StandbySocket:
-    """
-    The socket a standby holds ready to publish at C{path} the moment it
-    wins the lock: the moment of the win is the one when the dead host's
-    exit and its clients compete for the CPU, and a rename is all that is
-    then left to do.  The reactor thread binds it and discards it; whichever
-    thread wins the lock publishes it (hence its lock).
-
-    @ivar ready: the socket held ready, if any.
-    """
-
-    def __init__(self, path: str) -> None:
-        """
-        @param path: where the socket is published.
-        """
-        self._path = path
-        self.ready: ReadySocket | None = None
-        self._lock = threading.Lock()
-
-    def prepare(self) -> None:
-        """
-        Bind and listen a socket under a temporary name, unless one is held
-        already; if that cannot be done, the winner binds when it wins, as
-        it would have anyway.
-        """
-        with self._lock:
-            if self.ready is None:
-                try:
-                    self.ready = readySocket(self._path)
-                except OSError:
-                    pass
-
-    def publish(self) -> PublishedSocket:
-        """
-        Publish a listening socket at the path: the one held ready if it can
-        be, else a new one (see L{listeningUnixSocket}).  Called holding the
-        lock; on the election thread the moment it is won, so that clients
-        connect (and queue in the kernel) before the reactor thread even
-        wakes.
-        """
-        with self._lock:
-            ready, self.ready = self.ready, None
-        return listeningUnixSocket(self._path, ready)
-
-    def withdraw(self, published: object) -> None:
-        """
-        Withdraw a socket L{publish} returned: the election's wait was
-        cancelled after it, or the port stopped meanwhile.
-        """
-        assert isinstance(published, PublishedSocket)
-        withdrawUnixSocket(published, self._path)
-
-    def discard(self) -> None:
-        """
-        Close the socket held ready, if any, and remove its file: the
-        standby stops.
-        """
-        with self._lock:
-            ready, self.ready = self.ready, None
-        if ready is not None:
-            discardReadySocket(ready)
 
 
 @dataclass(frozen=True)
@@ -508,67 +449,118 @@ def withdrawTCPPort(published: PublishedPort, path: str) -> None:
     published.listening.close()
 
 
-class StandbyPort:
+class _HeldReady(Generic[_Ready, _Published]):
     """
-    What a loopback TCP standby holds ready to publish at C{path} (its port
-    file) the moment it wins the lock: a L{ReadyPort}, so that, as with
-    L{StandbySocket}, a rename is all that is left to do when the dead
-    host's exit and its clients compete for the CPU.  The reactor thread
-    makes it and discards it; whichever thread wins the lock publishes it
-    (hence its lock).
+    What a standby holds ready to publish at C{path} the moment it wins the
+    lock: the moment of the win is the one when the dead host's exit and
+    its clients compete for the CPU, and a rename is all that is then left
+    to do.  The reactor thread makes it and discards it; whichever thread
+    wins the lock publishes it (hence its lock).
 
-    @ivar ready: the port held ready, if any.
+    @ivar ready: what is held ready, if anything.
     """
 
     def __init__(self, path: str) -> None:
         """
-        @param path: the port file that publishes the port.
+        @param path: where it is published.
         """
         self._path = path
-        self.ready: ReadyPort | None = None
+        self.ready: _Ready | None = None
         self._lock = threading.Lock()
+
+    def _make(self, path: str) -> _Ready:
+        raise NotImplementedError()
+
+    def _publish(self, path: str, ready: _Ready | None) -> _Published:
+        raise NotImplementedError()
+
+    def _withdraw(self, published: object, path: str) -> None:
+        raise NotImplementedError()
+
+    def _discard(self, ready: _Ready) -> None:
+        raise NotImplementedError()
 
     def prepare(self) -> None:
         """
-        Bind, listen and write the port file under a temporary name, unless
-        that is held already; if it cannot be done, the winner does it when
-        it wins, as it would have anyway.
+        Make it ready, unless it is held already; if that cannot be done,
+        the winner makes it when it wins, as it would have anyway.
         """
         with self._lock:
             if self.ready is None:
                 try:
-                    self.ready = readyPort(self._path)
+                    self.ready = self._make(self._path)
                 except OSError:
                     pass
 
-    def publish(self) -> PublishedPort:
+    def publish(self) -> _Published:
         """
-        Publish a listening port: the one held ready if it can be, else a
-        new one (see L{listeningTCPPort}).  Called holding the lock; on the
-        election thread the moment it is won, so that clients connect (and
-        queue in the kernel) before the reactor thread even wakes.
+        Publish at the path what is held ready if it can be, else a new one.
+        Called holding the lock; on the election thread the moment it is
+        won, so that clients connect (and queue in the kernel) before the
+        reactor thread even wakes.
         """
         with self._lock:
             ready, self.ready = self.ready, None
-        return listeningTCPPort(self._path, ready)
+        return self._publish(self._path, ready)
 
     def withdraw(self, published: object) -> None:
         """
-        Withdraw a port L{publish} returned: the election's wait was
-        cancelled after it, or the port stopped meanwhile.
+        Withdraw what L{publish} returned: the election's wait was cancelled
+        after it, or the port stopped meanwhile.
         """
-        assert isinstance(published, PublishedPort)
-        withdrawTCPPort(published, self._path)
+        self._withdraw(published, self._path)
 
     def discard(self) -> None:
         """
-        Close the port held ready, if any, and remove its file: the standby
-        stops.
+        Close what is held ready, if anything, and remove its file: the
+        standby stops.
         """
         with self._lock:
             ready, self.ready = self.ready, None
         if ready is not None:
-            discardReadyPort(ready)
+            self._discard(ready)
+
+
+class StandbySocket(_HeldReady[ReadySocket, PublishedSocket]):
+    """
+    The socket a Unix standby holds ready: a L{ReadySocket}, bound and
+    listening under a temporary name (L{readySocket}), published by
+    L{listeningUnixSocket}.
+    """
+
+    def _make(self, path: str) -> ReadySocket:
+        return readySocket(path)
+
+    def _publish(self, path: str, ready: ReadySocket | None) -> PublishedSocket:
+        return listeningUnixSocket(path, ready)
+
+    def _withdraw(self, published: object, path: str) -> None:
+        assert isinstance(published, PublishedSocket)
+        withdrawUnixSocket(published, path)
+
+    def _discard(self, ready: ReadySocket) -> None:
+        discardReadySocket(ready)
+
+
+class StandbyPort(_HeldReady[ReadyPort, PublishedPort]):
+    """
+    What a loopback TCP standby holds ready: a L{ReadyPort}, a port bound
+    and listening, its secret and the port file naming both under a
+    temporary name (L{readyPort}), published by L{listeningTCPPort}.
+    """
+
+    def _make(self, path: str) -> ReadyPort:
+        return readyPort(path)
+
+    def _publish(self, path: str, ready: ReadyPort | None) -> PublishedPort:
+        return listeningTCPPort(path, ready)
+
+    def _withdraw(self, published: object, path: str) -> None:
+        assert isinstance(published, PublishedPort)
+        withdrawTCPPort(published, path)
+
+    def _discard(self, ready: ReadyPort) -> None:
+        discardReadyPort(ready)
 
 
 class Publication:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
 from . import _process
 
@@ -36,6 +38,21 @@ def temporaryName(path: str) -> str:
     """
     serial = next(_serials) & 0xFFFFFFFF
     return f"{temporaryPrefix(path)}{_process.pid}-{serial:08x}"
+
+
+@contextmanager
+def removedOnFailure(temporary: str) -> Iterator[None]:
+    """
+    Remove the file at the temporary name C{temporary} if the block raises:
+    what was made there will not be published, and no one else would
+    remove it while this process lives.
+    """
+    try:
+        yield
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def makerAlive(name: str, prefix: str) -> bool:
